@@ -1,0 +1,536 @@
+//! The custody state machine: the only code that decides a transition.
+//! `submit` builds a new task; `decide` judges a command against a task and
+//! returns the new row with its event (unsealed: the engine chains it) or a
+//! refusal. Both are pure: `now` and the rules are arguments.
+
+use crate::command::{Action, Command, NewTask, Report};
+use crate::engine::Rules;
+use crate::event::{Actor, Event, EventKind, Hash, Position, canonical_json};
+use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
+use crate::rejection::Rejection;
+use crate::store::{Alert, Handoff, HandoffOutcome};
+use crate::task::{Custodian, Join, JoinMode, Lease, Task, TaskState, Wait};
+
+/// The result of an accepted command: the task after it, its event, and what
+/// else the same transaction must write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub task: Task,
+    /// The event, with `prev_hash` and `hash` still zero until sealed.
+    pub event: Event,
+    /// A handoff record to create or update.
+    pub handoff: Option<Handoff>,
+    pub alert: Option<Alert>,
+    /// The task reached a terminal state and has a parent: tell it (ok = done).
+    pub settle_parent: Option<(TaskId, bool)>,
+}
+
+/// Builds a new task from a submit request. The caller supplies the id.
+pub fn submit(id: TaskId, new: &NewTask, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    validate_new(new, rules)?;
+    let policy = rules.policies.get(&new.stage);
+    let digest = Hash::of(canonical_json(&serde_json::to_value(new).expect("serializes")).as_bytes());
+    let task = Task {
+        id,
+        namespace: new.namespace.clone(),
+        idempotency_key: new.idempotency_key.clone(),
+        submit_digest: digest.to_hex(),
+        stage: new.stage.clone(),
+        priority: new.priority,
+        deadline: new.deadline,
+        parent: new.parent,
+        labels: new.labels.clone(),
+        trace: new.trace.clone(),
+        submitter: new.submitter.clone(),
+        created_at: now,
+        updated_at: now,
+        revision: 1,
+        epoch: 0,
+        attempts: 0,
+        reoffers: 0,
+        reroutes: 0,
+        state: TaskState::Waiting {
+            custodian: Custodian::Submitter(new.submitter.clone()),
+            since: now,
+            wait: Wait::Offered { due_at: now.saturating_add(policy.accept_within_ms) },
+            handoff: None,
+        },
+    };
+    let event = Event {
+        task: id,
+        version: 1,
+        at: now,
+        actor: new.submitter.clone(),
+        kind: EventKind::Submitted,
+        from: None,
+        to: Position::of(&task),
+        note: None,
+        findings: None,
+        confidence: None,
+        handoff: None,
+        after: task.clone(),
+        prev_hash: Hash::ZERO,
+        hash: Hash::ZERO,
+    };
+    Ok(Change { task, event, handoff: None, alert: None, settle_parent: None })
+}
+
+/// Judges `command` against `task` at time `now`.
+pub fn decide(task: &Task, command: &Command, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    if task.is_terminal() && !matches!(command, Command::Act { .. }) {
+        return Err(invalid(task, command));
+    }
+    match command {
+        Command::Claim { agent, lease_ms } => claim(task, agent, *lease_ms, rules, now),
+        Command::Act { agent, epoch, action, handoff_id } => {
+            let lease = fence(task, agent, *epoch)?;
+            act(task, lease, action, *handoff_id, rules, now)
+        }
+        Command::Cancel { actor, reason } => cancel(task, actor, reason, rules, now),
+        Command::Fire => fire(task, rules, now),
+        Command::ChildSettled { child, ok } => settle(task, *child, *ok, rules, now),
+    }
+}
+
+fn claim(task: &Task, agent: &AgentId, lease_ms: Millis, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    let TaskState::Waiting { wait: Wait::Offered { .. }, handoff, .. } = &task.state else {
+        return Err(invalid(task, &Command::Claim { agent: agent.clone(), lease_ms }));
+    };
+    check_lease_ms(lease_ms, rules)?;
+    let epoch = task.epoch + 1;
+    let accepted = handoff.clone().map(|h| Handoff {
+        outcome: HandoffOutcome::Accepted { by: agent.clone(), at: now, epoch },
+        ..h
+    });
+    let lease = Lease { agent: agent.clone(), epoch, claimed_at: now, expires_at: now.saturating_add(lease_ms) };
+    let next = Task { epoch, reoffers: 0, state: TaskState::Held { lease }, ..task.clone() };
+    let mut change = change(task, next, EventKind::Claimed, Actor::Agent(agent.clone()), now);
+    change.event.handoff = accepted.as_ref().map(|h| h.id);
+    change.handoff = accepted;
+    Ok(change)
+}
+
+/// Checks the caller's fence token: the epoch must be current and the lease theirs.
+fn fence<'t>(task: &'t Task, agent: &AgentId, epoch: u64) -> Result<&'t Lease, Rejection> {
+    let lost = || Rejection::LeaseLost { task: task.id, current_epoch: task.epoch, state: task.state_name() };
+    if epoch != task.epoch {
+        return Err(lost());
+    }
+    match &task.state {
+        TaskState::Held { lease } if &lease.agent == agent => Ok(lease),
+        TaskState::Held { .. } => Err(Rejection::NotHolder { task: task.id }),
+        _ => Err(lost()),
+    }
+}
+
+fn act(
+    task: &Task,
+    lease: &Lease,
+    action: &Action,
+    handoff_id: Option<HandoffId>,
+    rules: &Rules,
+    now: Millis,
+) -> Result<Change, Rejection> {
+    let actor = Actor::Agent(lease.agent.clone());
+    let policy = rules.policies.get(&task.stage);
+    match action {
+        Action::Heartbeat { lease_ms, note } => {
+            let ttl = lease_ms.unwrap_or(policy.lease_ms);
+            check_lease_ms(ttl, rules)?;
+            check_text("note", note.as_deref(), rules)?;
+            let lease = Lease { expires_at: now.saturating_add(ttl), ..lease.clone() };
+            let next = Task { state: TaskState::Held { lease }, ..task.clone() };
+            let mut change = change(task, next, EventKind::Heartbeat, actor, now);
+            change.event.note = note.clone();
+            Ok(change)
+        }
+        Action::Handoff { to_stage, report } => {
+            check_stage("to_stage", to_stage, rules)?;
+            check_report(report, rules)?;
+            let id = handoff_id.expect("the engine names every handoff");
+            let handoff = Handoff {
+                id,
+                task: task.id,
+                from_stage: task.stage.clone(),
+                to_stage: to_stage.clone(),
+                from_agent: lease.agent.clone(),
+                at: now,
+                outcome: HandoffOutcome::Pending,
+            };
+            let accept_within = rules.policies.get(to_stage).accept_within_ms;
+            let next = Task {
+                stage: to_stage.clone(),
+                attempts: 0,
+                reoffers: 0,
+                state: TaskState::Waiting {
+                    custodian: Custodian::Agent(lease.agent.clone()),
+                    since: now,
+                    wait: Wait::Offered { due_at: now.saturating_add(accept_within) },
+                    handoff: Some(handoff.clone()),
+                },
+                ..task.clone()
+            };
+            let mut change = change(task, next, EventKind::HandedOff, actor, now);
+            with_report(&mut change.event, report);
+            change.event.handoff = Some(id);
+            change.handoff = Some(handoff);
+            Ok(change)
+        }
+        Action::Complete { result, report } => {
+            check_report(report, rules)?;
+            check_json("result", result.as_ref(), rules)?;
+            let next = Task { state: TaskState::Done { at: now, result: result.clone() }, ..task.clone() };
+            let mut change = change(task, next, EventKind::Completed, actor, now);
+            with_report(&mut change.event, report);
+            change.settle_parent = task.parent.map(|p| (p, true));
+            Ok(change)
+        }
+        Action::Release { note } => {
+            check_text("note", note.as_deref(), rules)?;
+            let attempts = task.attempts + 1;
+            let mut change = if attempts >= policy.max_attempts {
+                let why = format!("released {attempts} times at {}", task.stage);
+                climb(task, Task { attempts, ..task.clone() }, true, &why, rules, now, actor)
+            } else {
+                let next = Task { attempts, state: offered(task, Custodian::Stage(task.stage.clone()), rules, now), ..task.clone() };
+                change(task, next, EventKind::Released, actor, now)
+            };
+            if change.event.note.is_none() {
+                change.event.note = note.clone();
+            }
+            Ok(change)
+        }
+        Action::Fail { error, retryable } => {
+            check_text("error", Some(error), rules)?;
+            let attempts = task.attempts + 1;
+            if *retryable && attempts < policy.max_attempts {
+                let retry_at = now.saturating_add(policy.retry.delay_ms(attempts));
+                let next = Task {
+                    attempts,
+                    state: TaskState::Waiting {
+                        custodian: Custodian::Stage(task.stage.clone()),
+                        since: now,
+                        wait: Wait::Backoff { retry_at },
+                        handoff: None,
+                    },
+                    ..task.clone()
+                };
+                let mut change = change(task, next, EventKind::Failed, actor, now);
+                change.event.note = Some(error.clone());
+                Ok(change)
+            } else {
+                let why = if *retryable {
+                    format!("failed {attempts} times at {}: {error}", task.stage)
+                } else {
+                    format!("failed, not retryable: {error}")
+                };
+                Ok(climb(task, Task { attempts, ..task.clone() }, *retryable, &why, rules, now, actor))
+            }
+        }
+        Action::Spawn { children, join } => {
+            if children.is_empty() {
+                return Err(Rejection::invalid("children", "spawn needs at least one child"));
+            }
+            if children.len() > rules.limits.children_max {
+                return Err(Rejection::limit("children_max", rules.limits.children_max, "spawn fewer children"));
+            }
+            let count = u32::try_from(children.len()).expect("bounded by children_max");
+            if let JoinMode::Quorum(n) = join.mode
+                && (n == 0 || n > count)
+            {
+                return Err(Rejection::invalid("join.n", format!("a quorum must be between 1 and {count}")));
+            }
+            if join.within_ms <= 0 {
+                return Err(Rejection::invalid("join.within_ms", "must be positive"));
+            }
+            let next = Task {
+                state: TaskState::Blocked {
+                    custodian: lease.agent.clone(),
+                    join: Join { mode: join.mode, children: count, done: 0, failed: 0, due_at: now.saturating_add(join.within_ms) },
+                },
+                ..task.clone()
+            };
+            Ok(change(task, next, EventKind::Spawned, actor, now))
+        }
+    }
+}
+
+fn cancel(task: &Task, actor: &Actor, reason: &str, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    check_text("reason", Some(reason), rules)?;
+    let next = Task { state: TaskState::Cancelled { at: now, reason: reason.to_owned() }, ..task.clone() };
+    let mut change = change(task, next, EventKind::Cancelled, actor.clone(), now);
+    change.event.note = Some(reason.to_owned());
+    if let Some(h) = open_handoff(task) {
+        change.event.handoff = Some(h.id);
+        change.handoff = Some(Handoff { outcome: HandoffOutcome::Cancelled { at: now }, ..h.clone() });
+    }
+    change.settle_parent = task.parent.map(|p| (p, false));
+    Ok(change)
+}
+
+/// The timer: the task's `due_at` has passed.
+fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    match task.due_at() {
+        Some(due) if due <= now => {}
+        _ => return Err(Rejection::NotDue { task: task.id }),
+    }
+    let policy = rules.policies.get(&task.stage);
+    match &task.state {
+        TaskState::Waiting { wait: Wait::Offered { .. }, custodian, since, handoff } => {
+            if policy.human || task.reoffers < policy.reoffers {
+                let next = Task {
+                    reoffers: task.reoffers.saturating_add(1),
+                    state: TaskState::Waiting {
+                        custodian: custodian.clone(),
+                        since: *since,
+                        wait: Wait::Offered { due_at: now.saturating_add(policy.accept_within_ms) },
+                        handoff: handoff.clone(),
+                    },
+                    ..task.clone()
+                };
+                let mut change = change(task, next, EventKind::Reoffered, Actor::System, now);
+                change.event.note = Some(format!("not claimed within {} ms; offered again", policy.accept_within_ms));
+                Ok(change)
+            } else {
+                let why = format!("not claimed at {} after {} offers", task.stage, task.reoffers + 1);
+                Ok(climb(task, task.clone(), true, &why, rules, now, Actor::System))
+            }
+        }
+        TaskState::Waiting { wait: Wait::Backoff { .. }, custodian, handoff, .. } => {
+            let next = Task {
+                state: TaskState::Waiting {
+                    custodian: custodian.clone(),
+                    since: now,
+                    wait: Wait::Offered { due_at: now.saturating_add(policy.accept_within_ms) },
+                    handoff: handoff.clone(),
+                },
+                ..task.clone()
+            };
+            Ok(change(task, next, EventKind::RetryReady, Actor::System, now))
+        }
+        TaskState::Held { lease } => {
+            let attempts = task.attempts + 1;
+            let expired = Task { epoch: task.epoch + 1, attempts, ..task.clone() };
+            if attempts >= policy.max_attempts {
+                let why = format!("lease of {} expired; {attempts} attempts at {}", lease.agent, task.stage);
+                Ok(climb(task, expired, true, &why, rules, now, Actor::System))
+            } else {
+                let next = Task { state: offered(task, Custodian::Stage(task.stage.clone()), rules, now), ..expired };
+                let mut change = change(task, next, EventKind::LeaseExpired, Actor::System, now);
+                change.event.note = Some(format!("lease of {} expired", lease.agent));
+                Ok(change)
+            }
+        }
+        TaskState::Blocked { join, .. } => {
+            let why = format!("join deadline passed with {} of {} children done", join.done, join.needed());
+            Ok(climb(task, task.clone(), false, &why, rules, now, Actor::System))
+        }
+        TaskState::Done { .. } | TaskState::Cancelled { .. } => unreachable!("terminal tasks have no due_at"),
+    }
+}
+
+fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    let TaskState::Blocked { custodian, join } = &task.state else {
+        return Err(invalid(task, &Command::ChildSettled { child, ok }));
+    };
+    let mut join = join.clone();
+    if ok {
+        join.done += 1;
+    } else {
+        join.failed += 1;
+    }
+    let note = Some(format!("child {child} {}", if ok { "done" } else { "cancelled" }));
+    let mut change = if join.satisfied() {
+        let next = Task { state: offered(task, Custodian::Agent(custodian.clone()), rules, now), ..task.clone() };
+        change(task, next, EventKind::Joined, Actor::System, now)
+    } else if join.hopeless() {
+        let why = format!("join cannot hold: {} of {} children failed", join.failed, join.children);
+        climb(task, task.clone(), false, &why, rules, now, Actor::System)
+    } else {
+        let next = Task { state: TaskState::Blocked { custodian: custodian.clone(), join }, ..task.clone() };
+        change(task, next, EventKind::ChildSettled, Actor::System, now)
+    };
+    if change.event.note.is_none() {
+        change.event.note = note;
+    }
+    Ok(change)
+}
+
+/// Climbs the ladder past re-offers: reroute to the fallback stage when allowed
+/// and available, otherwise escalate to the human stage with an alert.
+/// `base` is the task with counters already updated by the caller.
+fn climb(task: &Task, base: Task, allow_reroute: bool, why: &str, rules: &Rules, now: Millis, actor: Actor) -> Change {
+    let policy = rules.policies.get(&task.stage);
+    let reroute = policy
+        .reroute_to
+        .as_ref()
+        .filter(|to| allow_reroute && **to != task.stage && task.reroutes < rules.limits.reroutes_max);
+    let (to, kind, reroutes) = match reroute {
+        Some(to) => (to.clone(), EventKind::Rerouted, base.reroutes + 1),
+        None => (policy.escalation_target(), EventKind::Escalated, base.reroutes),
+    };
+    let accept_within = rules.policies.get(&to).accept_within_ms;
+    let next = Task {
+        stage: to.clone(),
+        attempts: 0,
+        reoffers: 0,
+        reroutes,
+        state: TaskState::Waiting {
+            custodian: Custodian::Stage(to.clone()),
+            since: now,
+            wait: Wait::Offered { due_at: now.saturating_add(accept_within) },
+            handoff: None,
+        },
+        ..base
+    };
+    let mut change = change(task, next, kind, actor, now);
+    change.event.note = Some(why.to_owned());
+    if let Some(h) = open_handoff(task) {
+        let outcome = match kind {
+            EventKind::Rerouted => HandoffOutcome::Rerouted { to: to.clone(), at: now },
+            _ => HandoffOutcome::Escalated { to: to.clone(), at: now },
+        };
+        change.event.handoff = Some(h.id);
+        change.handoff = Some(Handoff { outcome, ..h.clone() });
+    }
+    if kind == EventKind::Escalated {
+        change.alert = Some(Alert { task: task.id, stage: to, at: now, message: why.to_owned() });
+    }
+    change
+}
+
+/// A waiting state offered in the task's current stage.
+fn offered(task: &Task, custodian: Custodian, rules: &Rules, now: Millis) -> TaskState {
+    let accept_within = rules.policies.get(&task.stage).accept_within_ms;
+    TaskState::Waiting {
+        custodian,
+        since: now,
+        wait: Wait::Offered { due_at: now.saturating_add(accept_within) },
+        handoff: None,
+    }
+}
+
+fn open_handoff(task: &Task) -> Option<&Handoff> {
+    match &task.state {
+        TaskState::Waiting { handoff: Some(h), .. } => Some(h),
+        _ => None,
+    }
+}
+
+/// Builds the change from `task` to `next`: one more revision and its event.
+fn change(task: &Task, mut next: Task, kind: EventKind, actor: Actor, now: Millis) -> Change {
+    next.revision = task.revision + 1;
+    next.updated_at = now;
+    let event = Event {
+        task: task.id,
+        version: next.revision,
+        at: now,
+        actor,
+        kind,
+        from: Some(Position::of(task)),
+        to: Position::of(&next),
+        note: None,
+        findings: None,
+        confidence: None,
+        handoff: None,
+        after: next.clone(),
+        prev_hash: Hash::ZERO,
+        hash: Hash::ZERO,
+    };
+    Change { task: next, event, handoff: None, alert: None, settle_parent: None }
+}
+
+fn with_report(event: &mut Event, report: &Report) {
+    event.note = report.note.clone();
+    event.findings = report.findings.clone();
+    event.confidence = report.confidence;
+}
+
+fn invalid(task: &Task, command: &Command) -> Rejection {
+    Rejection::InvalidTransition { task: task.id, command: command.name().to_owned(), state: task.state_name() }
+}
+
+fn check_lease_ms(ms: Millis, rules: &Rules) -> Result<(), Rejection> {
+    let l = &rules.limits;
+    if ms < l.lease_ttl_ms_min {
+        return Err(Rejection::limit("lease_ttl_ms_min", l.lease_ttl_ms_min, format!("ask for a lease of at least {} ms", l.lease_ttl_ms_min)));
+    }
+    if ms > l.lease_ttl_ms_max {
+        return Err(Rejection::limit("lease_ttl_ms_max", l.lease_ttl_ms_max, format!("ask for a lease of at most {} ms and heartbeat", l.lease_ttl_ms_max)));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, text: Option<&str>, rules: &Rules) -> Result<(), Rejection> {
+    match text {
+        Some(t) if t.len() > rules.limits.note_bytes_max => {
+            Err(Rejection::limit("note_bytes_max", rules.limits.note_bytes_max, format!("{field} is {} bytes; shorten it", t.len())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_json(field: &str, value: Option<&serde_json::Value>, rules: &Rules) -> Result<(), Rejection> {
+    if let Some(v) = value {
+        let len = serde_json::to_string(v).expect("values serialize").len();
+        if len > rules.limits.findings_bytes_max {
+            return Err(Rejection::limit("findings_bytes_max", rules.limits.findings_bytes_max, format!("{field} is {len} bytes; store large data elsewhere and pass a reference")));
+        }
+    }
+    Ok(())
+}
+
+fn check_report(report: &Report, rules: &Rules) -> Result<(), Rejection> {
+    check_text("note", report.note.as_deref(), rules)?;
+    check_json("findings", report.findings.as_ref(), rules)?;
+    match report.confidence {
+        Some(c) if !(0.0..=1.0).contains(&c) => Err(Rejection::invalid("confidence", "must be between 0 and 1")),
+        _ => Ok(()),
+    }
+}
+
+/// Stage names: 1 to `stage_bytes_max` bytes of letters, digits, `-`, `_`, `.`, `/`.
+pub fn check_stage(field: &str, stage: &StageName, rules: &Rules) -> Result<(), Rejection> {
+    let s = stage.as_str();
+    if s.is_empty() {
+        return Err(Rejection::invalid(field, "a stage name cannot be empty"));
+    }
+    if s.len() > rules.limits.stage_bytes_max {
+        return Err(Rejection::limit("stage_bytes_max", rules.limits.stage_bytes_max, format!("{field} is too long")));
+    }
+    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')) {
+        return Err(Rejection::invalid(field, "use letters, digits, '-', '_', '.' and '/' only"));
+    }
+    Ok(())
+}
+
+fn validate_new(new: &NewTask, rules: &Rules) -> Result<(), Rejection> {
+    let l = &rules.limits;
+    check_stage("stage", &new.stage, rules)?;
+    if new.payload.len() > l.payload_bytes_max {
+        return Err(Rejection::limit("payload_bytes_max", l.payload_bytes_max, format!("payload is {} bytes; store large data elsewhere and pass a reference", new.payload.len())));
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(&new.payload).is_err() {
+        return Err(Rejection::invalid("payload", "must be valid JSON"));
+    }
+    if let Some(key) = &new.idempotency_key {
+        if key.is_empty() {
+            return Err(Rejection::invalid("idempotency_key", "cannot be empty"));
+        }
+        if key.len() > l.idempotency_key_bytes_max {
+            return Err(Rejection::limit("idempotency_key_bytes_max", l.idempotency_key_bytes_max, "use a shorter idempotency key"));
+        }
+    }
+    if new.labels.len() > l.labels_max {
+        return Err(Rejection::limit("labels_max", l.labels_max, "use fewer labels"));
+    }
+    if new.labels.iter().any(|(k, v)| k.is_empty() || k.len() > l.label_bytes_max || v.len() > l.label_bytes_max) {
+        return Err(Rejection::limit("label_bytes_max", l.label_bytes_max, "label keys must be non-empty and keys and values short"));
+    }
+    if let Some(t) = &new.trace
+        && (t.len() > 256 || !t.is_ascii())
+    {
+        return Err(Rejection::invalid("trace", "must be a W3C traceparent"));
+    }
+    Ok(())
+}

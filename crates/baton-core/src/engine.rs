@@ -1,0 +1,264 @@
+//! The engine runs one operation inside a store's transaction: load, decide,
+//! save if unchanged, with the event row in the same transaction. Stores
+//! implement `Tx` (plain reads and guarded writes, no business rules) and call
+//! these functions; they commit, roll back a refused operation, and answer.
+//! The engine also follows a change's consequences inside the transaction: a
+//! child's end settles its parent's join, spawned children are submitted, and
+//! claim-next leases the agent's next tasks after its action.
+
+use crate::command::{Action, Command, NewTask};
+use crate::decide::{Change, decide, submit as decide_submit};
+use crate::event::{Actor, Event, Hash};
+use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
+use crate::limits::Limits;
+use crate::policy::Policies;
+use crate::rejection::Rejection;
+use crate::store::{ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Grant, Handoff, Submitted};
+use crate::task::{Task, TaskState};
+use uuid::Uuid;
+
+/// The rules an engine applies: stage policies and limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    pub policies: Policies,
+    pub limits: Limits,
+}
+
+/// A ready task's sort key: priority (higher first), then deadline, then age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadyKey {
+    pub id: TaskId,
+    pub priority: i32,
+    pub deadline_rank: Millis,
+}
+
+/// One open transaction of a store. Reads see the transaction's own writes.
+pub trait Tx {
+    type Error: std::fmt::Debug;
+    /// A fresh UUIDv7.
+    fn new_id(&mut self) -> Uuid;
+    fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, Self::Error>;
+    fn load_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<(Task, Hash)>, Self::Error>;
+    /// Up to `limit` ready tasks of a stage, best first.
+    fn ready(&mut self, stage: &StageName, limit: usize) -> Result<Vec<ReadyKey>, Self::Error>;
+    /// Up to `limit` live tasks with `due_at <= now`, earliest first.
+    fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, Self::Error>;
+    /// How many tasks this agent holds now.
+    fn leases_held(&mut self, agent: &AgentId) -> Result<u64, Self::Error>;
+    /// Writes a new task, its payload and its first event.
+    fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), Self::Error>;
+    /// Saves a task if its stored revision is still `task.revision - 1`, with
+    /// its event. Returns false, writing nothing, if the revision moved.
+    fn update(&mut self, task: &Task, event: &Event) -> Result<bool, Self::Error>;
+    fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), Self::Error>;
+    fn put_alert(&mut self, alert: &Alert) -> Result<(), Self::Error>;
+}
+
+/// Why an operation did not go through. The store rolls back its part.
+#[derive(Debug)]
+pub enum Fail<E> {
+    Rejected(Rejection),
+    /// A guarded save found the row changed: retry the operation.
+    Conflict,
+    Store(E),
+}
+
+impl<E> From<Rejection> for Fail<E> {
+    fn from(r: Rejection) -> Self {
+        Self::Rejected(r)
+    }
+}
+
+/// What the transaction did besides its answer: stages with new ready work.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub ready: Vec<StageName>,
+}
+
+impl Effects {
+    fn note_ready(&mut self, task: &Task) {
+        if task.is_ready() && !self.ready.contains(&task.stage) {
+            self.ready.push(task.stage.clone());
+        }
+    }
+}
+
+/// Everything an engine call needs besides the transaction.
+pub struct Ctx<'a> {
+    pub rules: &'a Rules,
+    pub now: Millis,
+    pub effects: &'a mut Effects,
+}
+
+type Res<T, E> = Result<T, Fail<E>>;
+
+fn st<T, E>(r: Result<T, E>) -> Res<T, E> {
+    r.map_err(Fail::Store)
+}
+
+/// Submit: create the task, or return the existing one for a repeated key.
+pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitted, T::Error> {
+    if let Some(key) = &new.idempotency_key
+        && let Some((existing, _)) = st(tx.load_by_key(&new.namespace, key))?
+    {
+        // Recompute the digest the way `decide::submit` does, to compare.
+        let probe = decide_submit(existing.id, new, cx.rules, cx.now)?;
+        if probe.task.submit_digest == existing.submit_digest {
+            return Ok(Submitted { task: existing, created: false });
+        }
+        return Err(Rejection::IdempotencyConflict { key: key.clone() }.into());
+    }
+    if let Some(parent) = new.parent {
+        check_lineage(tx, parent, cx.rules)?;
+    }
+    let id = TaskId(tx.new_id());
+    let change = decide_submit(id, new, cx.rules, cx.now)?;
+    let event = change.event.seal(Hash::ZERO);
+    st(tx.insert(&change.task, &new.payload, &event))?;
+    cx.effects.note_ready(&change.task);
+    Ok(Submitted { task: change.task, created: true })
+}
+
+/// Claim: lease up to `max` ready tasks from the stages, best first.
+pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec<Grant>, T::Error> {
+    let limits = &cx.rules.limits;
+    if req.max == 0 || req.max > limits.claim_max {
+        return Err(Rejection::limit("claim_max", limits.claim_max, format!("claim between 1 and {} tasks", limits.claim_max)).into());
+    }
+    if req.stages.is_empty() {
+        return Err(Rejection::invalid("stages", "name at least one stage").into());
+    }
+    for stage in &req.stages {
+        crate::decide::check_stage("stages", stage, cx.rules)?;
+    }
+    let held = st(tx.leases_held(&req.agent))?;
+    let room = limits.leases_per_agent_max.saturating_sub(held);
+    if room == 0 {
+        return Err(Rejection::TooManyLeases { max: limits.leases_per_agent_max }.into());
+    }
+    let max = req.max.min(usize::try_from(room).unwrap_or(usize::MAX));
+    let mut candidates = Vec::new();
+    for stage in &req.stages {
+        candidates.extend(st(tx.ready(stage, max))?);
+    }
+    candidates.sort_by(|a, b| {
+        b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
+    });
+    candidates.dedup_by_key(|c| c.id);
+    let mut grants = Vec::with_capacity(max);
+    for key in candidates.into_iter().take(max) {
+        let Some((task, head)) = st(tx.load(key.id))? else { continue };
+        let lease_ms = req.lease_ms.unwrap_or_else(|| cx.rules.policies.get(&task.stage).lease_ms);
+        let change = decide(&task, &Command::Claim { agent: req.agent.clone(), lease_ms }, cx.rules, cx.now)?;
+        let task = apply(tx, change, head, cx)?;
+        let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
+        grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
+    }
+    Ok(grants)
+}
+
+/// A holder's action, then optionally claim-next in the same transaction.
+pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
+    let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    let handoff_id = matches!(req.action, Action::Handoff { .. }).then(|| HandoffId(tx.new_id()));
+    let command = Command::Act { agent: req.agent.clone(), epoch: req.epoch, action: req.action.clone(), handoff_id };
+    let change = decide(&task, &command, cx.rules, cx.now)?;
+    let task = apply(tx, change, head, cx)?;
+    let mut children = Vec::new();
+    if let Action::Spawn { children: specs, .. } = &req.action {
+        for spec in specs {
+            let new = NewTask {
+                namespace: task.namespace.clone(),
+                stage: spec.stage.clone(),
+                payload: spec.payload.clone(),
+                priority: spec.priority,
+                deadline: task.deadline,
+                idempotency_key: None,
+                labels: spec.labels.clone(),
+                parent: Some(task.id),
+                trace: task.trace.clone(),
+                submitter: Actor::Agent(req.agent.clone()),
+            };
+            children.push(submit(tx, &new, cx)?.task.id);
+        }
+    }
+    let mut next = Vec::new();
+    if let Some(claim_next) = &req.claim_next {
+        let request = ClaimRequest {
+            agent: req.agent.clone(),
+            stages: claim_next.stages.clone(),
+            max: claim_next.max,
+            lease_ms: claim_next.lease_ms,
+        };
+        // The main action commits whatever happens to the claim part.
+        match claim(tx, &request, cx) {
+            Ok(grants) => next = grants,
+            Err(Fail::Rejected(_)) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(ActOutcome { handoff: handoff_id, children, next, task })
+}
+
+pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+    let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    let change = decide(&task, &Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() }, cx.rules, cx.now)?;
+    apply(tx, change, head, cx)
+}
+
+/// The timers: act on up to `limit` tasks whose `due_at` has passed.
+pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize, T::Error> {
+    let limit = limit.min(cx.rules.limits.sweep_batch_max);
+    let mut fired = 0;
+    for id in st(tx.due(cx.now, limit))? {
+        let Some((task, head)) = st(tx.load(id))? else { continue };
+        match decide(&task, &Command::Fire, cx.rules, cx.now) {
+            Ok(change) => {
+                apply(tx, change, head, cx)?;
+                fired += 1;
+            }
+            Err(Rejection::NotDue { .. }) => {}
+            Err(other) => unreachable!("a due task always has a timer action: {other}"),
+        }
+    }
+    Ok(fired)
+}
+
+/// Saves a change with its sealed event and its consequences.
+fn apply<T: Tx>(tx: &mut T, change: Change, head: Hash, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+    let event = change.event.seal(head);
+    if !st(tx.update(&change.task, &event))? {
+        return Err(Fail::Conflict);
+    }
+    if let Some(h) = &change.handoff {
+        st(tx.put_handoff(h))?;
+    }
+    if let Some(a) = &change.alert {
+        st(tx.put_alert(a))?;
+    }
+    cx.effects.note_ready(&change.task);
+    if let Some((parent, ok)) = change.settle_parent
+        && let Some((p, p_head)) = st(tx.load(parent))?
+    {
+        let command = Command::ChildSettled { child: change.task.id, ok };
+        // A parent that is no longer blocked (escalated at its join deadline,
+        // cancelled) has nothing to settle: the child's end changes nothing.
+        if let Ok(parent_change) = decide(&p, &command, cx.rules, cx.now) {
+            apply(tx, parent_change, p_head, cx)?;
+        }
+    }
+    Ok(change.task)
+}
+
+fn check_lineage<T: Tx>(tx: &mut T, parent: TaskId, rules: &Rules) -> Res<(), T::Error> {
+    let mut cursor = Some(parent);
+    for _ in 0..rules.limits.lineage_depth_max {
+        let Some(id) = cursor else { return Ok(()) };
+        let (task, _) = st(tx.load(id))?.ok_or(Rejection::TaskNotFound { task: id })?;
+        cursor = task.parent;
+    }
+    if cursor.is_none() {
+        return Ok(());
+    }
+    Err(Rejection::limit("lineage_depth_max", rules.limits.lineage_depth_max, "the parent chain is too deep").into())
+}

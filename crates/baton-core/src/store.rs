@@ -1,0 +1,173 @@
+//! The storage boundary: the `Store` trait (domain verbs, one per protocol
+//! operation plus reads) and the request and outcome types it speaks. Stores
+//! load, guard and persist; the engine (`crate::engine`) decides. Methods return
+//! boxed futures so the trait stays object-safe and free of any runtime.
+
+use crate::command::{Action, NewTask};
+use crate::event::{Actor, Event, Hash};
+use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
+use crate::rejection::Rejection;
+use crate::task::{StateName, Task};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+
+/// What every store method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// A store call's failure: a refusal (nothing changed) or the store itself.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The store cannot serve now (closed, unreachable); retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A store of tasks. Every write is durable before its future resolves.
+pub trait Store: Send + Sync + 'static {
+    /// Creates a task, or returns the existing one for a repeated idempotency key.
+    fn submit(&self, task: NewTask) -> StoreFuture<'_, Submitted>;
+    /// Leases up to `max` ready tasks from the given stages. Never waits.
+    fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, Vec<Grant>>;
+    /// A holder's heartbeat, handoff, complete, release, fail or spawn,
+    /// optionally claiming the agent's next tasks in the same transaction.
+    fn act(&self, request: ActRequest) -> StoreFuture<'_, ActOutcome>;
+    fn cancel(&self, request: CancelRequest) -> StoreFuture<'_, Task>;
+    /// Acts on up to `limit` tasks whose `due_at` has passed; returns how many.
+    fn fire_due(&self, limit: usize) -> StoreFuture<'_, usize>;
+    fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>>;
+    fn list(&self, filter: TaskFilter) -> StoreFuture<'_, Page>;
+    fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>>;
+    fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>>;
+    /// The earliest `due_at` among live tasks, so the sweeper knows when to wake.
+    fn next_due(&self) -> StoreFuture<'_, Option<Millis>>;
+}
+
+/// Called by a store after a commit that made tasks claimable in these stages.
+pub trait ReadyListener: Send + Sync + 'static {
+    fn ready(&self, stages: &[StageName]);
+}
+
+/// A listener that ignores wake-ups.
+pub struct NoListener;
+impl ReadyListener for NoListener {
+    fn ready(&self, _: &[StageName]) {}
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when an earlier submit with the same idempotency key is returned.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub agent: AgentId,
+    pub stages: Vec<StageName>,
+    pub max: usize,
+    /// Lease length; the stage's `lease_ms` when unset.
+    pub lease_ms: Option<Millis>,
+}
+
+/// A lease granted by a claim: the task as it is now held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub task: Task,
+    pub epoch: u64,
+    pub lease_expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimNext {
+    pub stages: Vec<StageName>,
+    pub max: usize,
+    pub lease_ms: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActRequest {
+    pub task: TaskId,
+    pub agent: AgentId,
+    pub epoch: u64,
+    pub action: Action,
+    pub claim_next: Option<ClaimNext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActOutcome {
+    pub task: Task,
+    /// The handoff created by a `Handoff` action.
+    pub handoff: Option<HandoffId>,
+    /// Children created by a `Spawn` action.
+    pub children: Vec<TaskId>,
+    /// Leases from `claim_next`; empty when nothing was ready or a limit said no.
+    pub next: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub task: TaskId,
+    pub actor: Actor,
+    pub reason: String,
+}
+
+/// A task with its payload and the head of its event chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task: Task,
+    pub payload: String,
+    pub head: Hash,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskFilter {
+    pub stage: Option<StageName>,
+    pub state: Option<StateName>,
+    pub parent: Option<TaskId>,
+    /// Cursor: list tasks with ids after this one.
+    pub after: Option<TaskId>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    pub tasks: Vec<Task>,
+    /// The cursor for the next page, when there may be one.
+    pub next: Option<TaskId>,
+}
+
+/// A handoff and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    pub id: HandoffId,
+    pub task: TaskId,
+    pub from_stage: StageName,
+    pub to_stage: StageName,
+    pub from_agent: AgentId,
+    pub at: Millis,
+    pub outcome: HandoffOutcome,
+}
+
+/// Open until the first claim in the target stage or until the ladder acts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HandoffOutcome {
+    Pending,
+    Accepted { by: AgentId, at: Millis, epoch: u64 },
+    Rerouted { to: StageName, at: Millis },
+    Escalated { to: StageName, at: Millis },
+    Cancelled { at: Millis },
+}
+
+/// An alert raised by an escalation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub task: TaskId,
+    pub stage: StageName,
+    pub at: Millis,
+    pub message: String,
+}
