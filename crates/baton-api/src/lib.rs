@@ -1,0 +1,1 @@
+//! Wire types: the only types serialized over HTTP. (Being built.)

@@ -1,0 +1,1 @@
+//! Benchmarks and fault runners. (Being built.)

@@ -1,0 +1,2 @@
+//! The `baton` command. (Being built.)
+fn main() {}

@@ -1,0 +1,2 @@
+//! cargo xtask. (Being built.)
+fn main() {}
