@@ -92,17 +92,23 @@ pub fn decide(task: &Task, command: &Command, rules: &Rules, now: Millis) -> Res
     }
 }
 
-fn claim(task: &Task, agent: &AgentId, lease_ms: Millis, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+fn claim(
+    task: &Task,
+    agent: &AgentId,
+    lease_ms: Millis,
+    rules: &Rules,
+    now: Millis,
+) -> Result<Change, Rejection> {
     let TaskState::Waiting { wait: Wait::Offered { .. }, handoff, .. } = &task.state else {
         return Err(invalid(task, &Command::Claim { agent: agent.clone(), lease_ms }));
     };
     check_lease_ms(lease_ms, rules)?;
     let epoch = task.epoch + 1;
-    let accepted = handoff.clone().map(|h| Handoff {
-        outcome: HandoffOutcome::Accepted { by: agent.clone(), at: now, epoch },
-        ..h
-    });
-    let lease = Lease { agent: agent.clone(), epoch, claimed_at: now, expires_at: now.saturating_add(lease_ms) };
+    let accepted = handoff
+        .clone()
+        .map(|h| Handoff { outcome: HandoffOutcome::Accepted { by: agent.clone(), at: now, epoch }, ..h });
+    let lease =
+        Lease { agent: agent.clone(), epoch, claimed_at: now, expires_at: now.saturating_add(lease_ms) };
     let next = Task { epoch, reoffers: 0, state: TaskState::Held { lease }, ..task.clone() };
     let mut change = change(task, next, EventKind::Claimed, Actor::Agent(agent.clone()), now);
     change.event.handoff = accepted.as_ref().map(|h| h.id);
@@ -192,7 +198,11 @@ fn act(
                 let why = format!("released {attempts} times at {}", task.stage);
                 climb(task, Task { attempts, ..task.clone() }, true, &why, rules, now, actor)
             } else {
-                let next = Task { attempts, state: offered(task, Custodian::Stage(task.stage.clone()), rules, now), ..task.clone() };
+                let next = Task {
+                    attempts,
+                    state: offered(task, Custodian::Stage(task.stage.clone()), rules, now),
+                    ..task.clone()
+                };
                 change(task, next, EventKind::Released, actor, now)
             };
             if change.event.note.is_none() {
@@ -232,7 +242,11 @@ fn act(
                 return Err(Rejection::invalid("children", "spawn needs at least one child"));
             }
             if children.len() > rules.limits.children_max {
-                return Err(Rejection::limit("children_max", rules.limits.children_max, "spawn fewer children"));
+                return Err(Rejection::limit(
+                    "children_max",
+                    rules.limits.children_max,
+                    "spawn fewer children",
+                ));
             }
             let count = u32::try_from(children.len()).expect("bounded by children_max");
             if let JoinMode::Quorum(n) = join.mode
@@ -246,7 +260,13 @@ fn act(
             let next = Task {
                 state: TaskState::Blocked {
                     custodian: lease.agent.clone(),
-                    join: Join { mode: join.mode, children: count, done: 0, failed: 0, due_at: now.saturating_add(join.within_ms) },
+                    join: Join {
+                        mode: join.mode,
+                        children: count,
+                        done: 0,
+                        failed: 0,
+                        due_at: now.saturating_add(join.within_ms),
+                    },
                 },
                 ..task.clone()
             };
@@ -289,7 +309,8 @@ fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
                     ..task.clone()
                 };
                 let mut change = change(task, next, EventKind::Reoffered, Actor::System, now);
-                change.event.note = Some(format!("not claimed within {} ms; offered again", policy.accept_within_ms));
+                change.event.note =
+                    Some(format!("not claimed within {} ms; offered again", policy.accept_within_ms));
                 Ok(change)
             } else {
                 let why = format!("not claimed at {} after {} offers", task.stage, task.reoffers + 1);
@@ -315,7 +336,10 @@ fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
                 let why = format!("lease of {} expired; {attempts} attempts at {}", lease.agent, task.stage);
                 Ok(climb(task, expired, true, &why, rules, now, Actor::System))
             } else {
-                let next = Task { state: offered(task, Custodian::Stage(task.stage.clone()), rules, now), ..expired };
+                let next = Task {
+                    state: offered(task, Custodian::Stage(task.stage.clone()), rules, now),
+                    ..expired
+                };
                 let mut change = change(task, next, EventKind::LeaseExpired, Actor::System, now);
                 change.event.note = Some(format!("lease of {} expired", lease.agent));
                 Ok(change)
@@ -341,7 +365,8 @@ fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> R
     }
     let note = Some(format!("child {child} {}", if ok { "done" } else { "cancelled" }));
     let mut change = if join.satisfied() {
-        let next = Task { state: offered(task, Custodian::Agent(custodian.clone()), rules, now), ..task.clone() };
+        let next =
+            Task { state: offered(task, Custodian::Agent(custodian.clone()), rules, now), ..task.clone() };
         change(task, next, EventKind::Joined, Actor::System, now)
     } else if join.hopeless() {
         let why = format!("join cannot hold: {} of {} children failed", join.failed, join.children);
@@ -359,7 +384,15 @@ fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> R
 /// Climbs the ladder past re-offers: reroute to the fallback stage when allowed
 /// and available, otherwise escalate to the human stage with an alert.
 /// `base` is the task with counters already updated by the caller.
-fn climb(task: &Task, base: Task, allow_reroute: bool, why: &str, rules: &Rules, now: Millis, actor: Actor) -> Change {
+fn climb(
+    task: &Task,
+    base: Task,
+    allow_reroute: bool,
+    why: &str,
+    rules: &Rules,
+    now: Millis,
+    actor: Actor,
+) -> Change {
     let policy = rules.policies.get(&task.stage);
     let reroute = policy
         .reroute_to
@@ -447,25 +480,39 @@ fn with_report(event: &mut Event, report: &Report) {
 }
 
 fn invalid(task: &Task, command: &Command) -> Rejection {
-    Rejection::InvalidTransition { task: task.id, command: command.name().to_owned(), state: task.state_name() }
+    Rejection::InvalidTransition {
+        task: task.id,
+        command: command.name().to_owned(),
+        state: task.state_name(),
+    }
 }
 
 fn check_lease_ms(ms: Millis, rules: &Rules) -> Result<(), Rejection> {
     let l = &rules.limits;
     if ms < l.lease_ttl_ms_min {
-        return Err(Rejection::limit("lease_ttl_ms_min", l.lease_ttl_ms_min, format!("ask for a lease of at least {} ms", l.lease_ttl_ms_min)));
+        return Err(Rejection::limit(
+            "lease_ttl_ms_min",
+            l.lease_ttl_ms_min,
+            format!("ask for a lease of at least {} ms", l.lease_ttl_ms_min),
+        ));
     }
     if ms > l.lease_ttl_ms_max {
-        return Err(Rejection::limit("lease_ttl_ms_max", l.lease_ttl_ms_max, format!("ask for a lease of at most {} ms and heartbeat", l.lease_ttl_ms_max)));
+        return Err(Rejection::limit(
+            "lease_ttl_ms_max",
+            l.lease_ttl_ms_max,
+            format!("ask for a lease of at most {} ms and heartbeat", l.lease_ttl_ms_max),
+        ));
     }
     Ok(())
 }
 
 fn check_text(field: &str, text: Option<&str>, rules: &Rules) -> Result<(), Rejection> {
     match text {
-        Some(t) if t.len() > rules.limits.note_bytes_max => {
-            Err(Rejection::limit("note_bytes_max", rules.limits.note_bytes_max, format!("{field} is {} bytes; shorten it", t.len())))
-        }
+        Some(t) if t.len() > rules.limits.note_bytes_max => Err(Rejection::limit(
+            "note_bytes_max",
+            rules.limits.note_bytes_max,
+            format!("{field} is {} bytes; shorten it", t.len()),
+        )),
         _ => Ok(()),
     }
 }
@@ -474,7 +521,11 @@ fn check_json(field: &str, value: Option<&serde_json::Value>, rules: &Rules) -> 
     if let Some(v) = value {
         let len = serde_json::to_string(v).expect("values serialize").len();
         if len > rules.limits.findings_bytes_max {
-            return Err(Rejection::limit("findings_bytes_max", rules.limits.findings_bytes_max, format!("{field} is {len} bytes; store large data elsewhere and pass a reference")));
+            return Err(Rejection::limit(
+                "findings_bytes_max",
+                rules.limits.findings_bytes_max,
+                format!("{field} is {len} bytes; store large data elsewhere and pass a reference"),
+            ));
         }
     }
     Ok(())
@@ -484,7 +535,9 @@ fn check_report(report: &Report, rules: &Rules) -> Result<(), Rejection> {
     check_text("note", report.note.as_deref(), rules)?;
     check_json("findings", report.findings.as_ref(), rules)?;
     match report.confidence {
-        Some(c) if !(0.0..=1.0).contains(&c) => Err(Rejection::invalid("confidence", "must be between 0 and 1")),
+        Some(c) if !(0.0..=1.0).contains(&c) => {
+            Err(Rejection::invalid("confidence", "must be between 0 and 1"))
+        }
         _ => Ok(()),
     }
 }
@@ -496,7 +549,11 @@ pub fn check_stage(field: &str, stage: &StageName, rules: &Rules) -> Result<(), 
         return Err(Rejection::invalid(field, "a stage name cannot be empty"));
     }
     if s.len() > rules.limits.stage_bytes_max {
-        return Err(Rejection::limit("stage_bytes_max", rules.limits.stage_bytes_max, format!("{field} is too long")));
+        return Err(Rejection::limit(
+            "stage_bytes_max",
+            rules.limits.stage_bytes_max,
+            format!("{field} is too long"),
+        ));
     }
     if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')) {
         return Err(Rejection::invalid(field, "use letters, digits, '-', '_', '.' and '/' only"));
@@ -508,7 +565,14 @@ fn validate_new(new: &NewTask, rules: &Rules) -> Result<(), Rejection> {
     let l = &rules.limits;
     check_stage("stage", &new.stage, rules)?;
     if new.payload.len() > l.payload_bytes_max {
-        return Err(Rejection::limit("payload_bytes_max", l.payload_bytes_max, format!("payload is {} bytes; store large data elsewhere and pass a reference", new.payload.len())));
+        return Err(Rejection::limit(
+            "payload_bytes_max",
+            l.payload_bytes_max,
+            format!(
+                "payload is {} bytes; store large data elsewhere and pass a reference",
+                new.payload.len()
+            ),
+        ));
     }
     if serde_json::from_str::<serde::de::IgnoredAny>(&new.payload).is_err() {
         return Err(Rejection::invalid("payload", "must be valid JSON"));
@@ -518,14 +582,26 @@ fn validate_new(new: &NewTask, rules: &Rules) -> Result<(), Rejection> {
             return Err(Rejection::invalid("idempotency_key", "cannot be empty"));
         }
         if key.len() > l.idempotency_key_bytes_max {
-            return Err(Rejection::limit("idempotency_key_bytes_max", l.idempotency_key_bytes_max, "use a shorter idempotency key"));
+            return Err(Rejection::limit(
+                "idempotency_key_bytes_max",
+                l.idempotency_key_bytes_max,
+                "use a shorter idempotency key",
+            ));
         }
     }
     if new.labels.len() > l.labels_max {
         return Err(Rejection::limit("labels_max", l.labels_max, "use fewer labels"));
     }
-    if new.labels.iter().any(|(k, v)| k.is_empty() || k.len() > l.label_bytes_max || v.len() > l.label_bytes_max) {
-        return Err(Rejection::limit("label_bytes_max", l.label_bytes_max, "label keys must be non-empty and keys and values short"));
+    if new
+        .labels
+        .iter()
+        .any(|(k, v)| k.is_empty() || k.len() > l.label_bytes_max || v.len() > l.label_bytes_max)
+    {
+        return Err(Rejection::limit(
+            "label_bytes_max",
+            l.label_bytes_max,
+            "label keys must be non-empty and keys and values short",
+        ));
     }
     if let Some(t) = &new.trace
         && (t.len() > 256 || !t.is_ascii())

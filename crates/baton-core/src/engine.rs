@@ -123,7 +123,12 @@ pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitt
 pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec<Grant>, T::Error> {
     let limits = &cx.rules.limits;
     if req.max == 0 || req.max > limits.claim_max {
-        return Err(Rejection::limit("claim_max", limits.claim_max, format!("claim between 1 and {} tasks", limits.claim_max)).into());
+        return Err(Rejection::limit(
+            "claim_max",
+            limits.claim_max,
+            format!("claim between 1 and {} tasks", limits.claim_max),
+        )
+        .into());
     }
     if req.stages.is_empty() {
         return Err(Rejection::invalid("stages", "name at least one stage").into());
@@ -161,7 +166,8 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
 pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
     let handoff_id = matches!(req.action, Action::Handoff { .. }).then(|| HandoffId(tx.new_id()));
-    let command = Command::Act { agent: req.agent.clone(), epoch: req.epoch, action: req.action.clone(), handoff_id };
+    let command =
+        Command::Act { agent: req.agent.clone(), epoch: req.epoch, action: req.action.clone(), handoff_id };
     let change = decide(&task, &command, cx.rules, cx.now)?;
     let task = apply(tx, change, head, cx)?;
     let mut children = Vec::new();
@@ -202,7 +208,12 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
 
 pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
-    let change = decide(&task, &Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() }, cx.rules, cx.now)?;
+    let change = decide(
+        &task,
+        &Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() },
+        cx.rules,
+        cx.now,
+    )?;
     apply(tx, change, head, cx)
 }
 
@@ -260,5 +271,6 @@ fn check_lineage<T: Tx>(tx: &mut T, parent: TaskId, rules: &Rules) -> Res<(), T:
     if cursor.is_none() {
         return Ok(());
     }
-    Err(Rejection::limit("lineage_depth_max", rules.limits.lineage_depth_max, "the parent chain is too deep").into())
+    Err(Rejection::limit("lineage_depth_max", rules.limits.lineage_depth_max, "the parent chain is too deep")
+        .into())
 }

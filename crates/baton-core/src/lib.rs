@@ -27,7 +27,7 @@ pub use limits::Limits;
 pub use policy::{Backoff, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
-    ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Error, Grant,
-    Handoff, HandoffOutcome, Page, Store, StoreFuture, Submitted, TaskFilter, TaskView,
+    ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Error, Grant, Handoff,
+    HandoffOutcome, Page, Store, StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Rejection {
     /// The caller's epoch is not the task's current lease epoch (or the lease is gone).
-    #[error("the lease on task {task} is lost: current epoch is {current_epoch} and the task is {state}; stop working on it")]
+    #[error(
+        "the lease on task {task} is lost: current epoch is {current_epoch} and the task is {state}; stop working on it"
+    )]
     LeaseLost { task: TaskId, current_epoch: u64, state: StateName },
     /// The epoch is current but another agent holds the lease.
     #[error("task {task} is held by another agent")]
@@ -19,7 +21,9 @@ pub enum Rejection {
     #[error("cannot {command} a task that is {state}")]
     InvalidTransition { task: TaskId, command: String, state: StateName },
     /// An idempotency key was reused with a different request.
-    #[error("idempotency key {key:?} was already used with a different request; use a new key or repeat the original request")]
+    #[error(
+        "idempotency key {key:?} was already used with a different request; use a new key or repeat the original request"
+    )]
     IdempotencyConflict { key: String },
     /// A named limit refused the request.
     #[error("limit {limit} is {max}; {what}")]

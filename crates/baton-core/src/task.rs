@@ -59,11 +59,22 @@ pub enum TaskState {
         handoff: Option<Handoff>,
     },
     /// Leased to an agent.
-    Held { lease: Lease },
+    Held {
+        lease: Lease,
+    },
     /// Waiting for child tasks.
-    Blocked { custodian: AgentId, join: Join },
-    Done { at: Millis, result: Option<serde_json::Value> },
-    Cancelled { at: Millis, reason: String },
+    Blocked {
+        custodian: AgentId,
+        join: Join,
+    },
+    Done {
+        at: Millis,
+        result: Option<serde_json::Value>,
+    },
+    Cancelled {
+        at: Millis,
+        reason: String,
+    },
 }
 
 /// Why a waiting task waits.
