@@ -610,3 +610,7 @@ fn validate_new(new: &NewTask, rules: &Rules) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,339 @@
+//! The state machine, pair by pair. Goal: every (state, command) pair is
+//! accepted or refused as SPEC section 3 says. Method: one table of cases, each
+//! a named starting state, a command, the time, and the expected result (the
+//! event kind and resulting state, or the refusal code), run through `check`,
+//! which also asserts the invariants every accepted change must keep.
+
+use super::*;
+use crate::command::{JoinSpec, NewChild};
+use crate::limits::Limits;
+use crate::policy::{Backoff, Policies, StagePolicy};
+use crate::task::StateName;
+
+const T0: Millis = 1_000_000;
+
+fn rules() -> Rules {
+    let policies = Policies::default()
+        .with_stage(
+            "a",
+            StagePolicy {
+                reroute_to: Some("b".into()),
+                reoffers: 1,
+                max_attempts: 2,
+                ..StagePolicy::default()
+            },
+        )
+        .with_stage(
+            "b",
+            StagePolicy { escalate_to: Some("desk".into()), reoffers: 0, ..StagePolicy::default() },
+        )
+        .with_stage("desk", StagePolicy::human());
+    Rules { policies, limits: Limits::default() }
+}
+
+fn agent(s: &str) -> AgentId {
+    AgentId::new(s)
+}
+
+fn submitted(stage: &str) -> Task {
+    submit(TaskId(uuid::Uuid::from_u128(7)), &NewTask::new(stage, "{}"), &rules(), T0).unwrap().task
+}
+
+/// Applies accepted commands in order, panicking on a refusal.
+fn run(mut task: Task, steps: &[(Command, Millis)]) -> Task {
+    for (command, now) in steps {
+        task = decide(&task, command, &rules(), *now).unwrap_or_else(|r| panic!("{command:?}: {r}")).task;
+    }
+    task
+}
+
+fn claim_by(a: &str) -> Command {
+    Command::Claim { agent: agent(a), lease_ms: 30_000 }
+}
+
+fn act(a: &str, epoch: u64, action: Action) -> Command {
+    let handoff_id = matches!(action, Action::Handoff { .. }).then(|| HandoffId(uuid::Uuid::from_u128(9)));
+    Command::Act { agent: agent(a), epoch, action, handoff_id }
+}
+
+fn heartbeat() -> Action {
+    Action::Heartbeat { lease_ms: None, note: Some("halfway".into()) }
+}
+fn handoff(to: &str) -> Action {
+    Action::Handoff {
+        to_stage: to.into(),
+        report: Report {
+            note: Some("triaged".into()),
+            findings: Some(serde_json::json!({"k": 1})),
+            confidence: Some(0.9),
+        },
+    }
+}
+fn complete() -> Action {
+    Action::Complete { result: Some(serde_json::json!({"ok": true})), report: Report::default() }
+}
+fn fail(retryable: bool) -> Action {
+    Action::Fail { error: "boom".into(), retryable }
+}
+fn spawn(mode: JoinMode, n: usize) -> Action {
+    let child = NewChild { stage: "c".into(), payload: "{}".into(), priority: 0, labels: Default::default() };
+    Action::Spawn { children: vec![child; n], join: JoinSpec { mode, within_ms: 60_000 } }
+}
+
+/// The named starting states.
+fn state(name: &str) -> Task {
+    let waiting = submitted("a");
+    match name {
+        "waiting" => waiting,
+        "held" => run(waiting, &[(claim_by("x"), T0 + 1)]),
+        "handed_off" => run(state("held"), &[(act("x", 1, handoff("b")), T0 + 2)]),
+        "backoff" => run(state("held"), &[(act("x", 1, fail(true)), T0 + 2)]),
+        "blocked" => run(state("held"), &[(act("x", 1, spawn(JoinMode::All, 2)), T0 + 2)]),
+        "blocked_any" => run(state("held"), &[(act("x", 1, spawn(JoinMode::Any, 2)), T0 + 2)]),
+        "blocked_quorum" => run(state("held"), &[(act("x", 1, spawn(JoinMode::Quorum(2), 3)), T0 + 2)]),
+        "done" => run(state("held"), &[(act("x", 1, complete()), T0 + 2)]),
+        "cancelled" => {
+            run(waiting, &[(Command::Cancel { actor: Actor::System, reason: "stop".into() }, T0 + 1)])
+        }
+        "reoffered" => run(waiting, &[(Command::Fire, T0 + 300_000)]),
+        "held_b" => run(state("handed_off"), &[(claim_by("y"), T0 + 3)]),
+        "human" => run(submitted("desk"), &[]),
+        _ => panic!("no state {name}"),
+    }
+}
+
+enum Expect {
+    /// Accepted: the event kind, the resulting state and stage.
+    Ok(EventKind, StateName, &'static str),
+    /// Refused with this code.
+    No(&'static str),
+}
+use Expect::{No, Ok as Yes};
+
+/// Runs one case and checks the invariants of an accepted change.
+fn check(from: &str, command: Command, now: Millis, expect: Expect) {
+    let task = state(from);
+    let result = decide(&task, &command, &rules(), now);
+    let label = format!("{from} + {command:?} at {now}");
+    match (expect, result) {
+        (Yes(kind, state, stage), Ok(change)) => {
+            assert_eq!(change.event.kind, kind, "{label}");
+            assert_eq!(change.task.state_name(), state, "{label}");
+            assert_eq!(change.task.stage.as_str(), stage, "{label}");
+            assert_eq!(change.task.revision, task.revision + 1, "{label}: revision grows by one");
+            assert_eq!(change.event.version, change.task.revision, "{label}");
+            assert_eq!(change.event.after, change.task, "{label}: the event carries the row");
+            assert!(change.task.epoch >= task.epoch, "{label}: epochs never shrink");
+            assert_eq!(change.event.from, Some(Position::of(&task)), "{label}");
+            if !change.task.is_terminal() {
+                assert!(
+                    change.task.custodian().is_some() && change.task.due_at().is_some(),
+                    "{label}: custody invariant"
+                );
+            }
+        }
+        (No(code), Err(rejection)) => {
+            assert_eq!(rejection.code(), code, "{label}: {rejection}");
+        }
+        (Yes(kind, ..), Err(r)) => panic!("{label}: expected {kind:?}, refused {r}"),
+        (No(code), Ok(change)) => panic!("{label}: expected {code}, accepted {:?}", change.event.kind),
+    }
+}
+
+#[test]
+fn every_state_and_command() {
+    use EventKind as K;
+    use StateName as S;
+    let later = T0 + 10;
+    let cancel =
+        || Command::Cancel { actor: Actor::Principal("ops".into()), reason: "no longer needed".into() };
+    let settle = |ok| Command::ChildSettled { child: TaskId(uuid::Uuid::from_u128(99)), ok };
+    let cases: Vec<(&str, Command, Millis, Expect)> = vec![
+        // waiting (offered)
+        ("waiting", claim_by("x"), later, Yes(K::Claimed, S::Held, "a")),
+        ("waiting", Command::Claim { agent: agent("x"), lease_ms: 10 }, later, No("limit_exceeded")),
+        ("waiting", Command::Claim { agent: agent("x"), lease_ms: i64::MAX }, later, No("limit_exceeded")),
+        ("waiting", act("x", 0, heartbeat()), later, No("lease_lost")),
+        ("waiting", act("x", 0, complete()), later, No("lease_lost")),
+        ("waiting", act("x", 0, handoff("b")), later, No("lease_lost")),
+        ("waiting", act("x", 0, Action::Release { note: None }), later, No("lease_lost")),
+        ("waiting", act("x", 0, fail(true)), later, No("lease_lost")),
+        ("waiting", act("x", 0, spawn(JoinMode::All, 1)), later, No("lease_lost")),
+        ("waiting", cancel(), later, Yes(K::Cancelled, S::Cancelled, "a")),
+        ("waiting", Command::Fire, later, No("not_due")),
+        ("waiting", Command::Fire, T0 + 300_000, Yes(K::Reoffered, S::Waiting, "a")),
+        ("reoffered", Command::Fire, T0 + 600_000, Yes(K::Rerouted, S::Waiting, "b")),
+        ("waiting", settle(true), later, No("invalid_transition")),
+        // waiting after a handoff: the ladder finalizes the outcome
+        ("handed_off", claim_by("y"), later, Yes(K::Claimed, S::Held, "b")),
+        ("handed_off", Command::Fire, T0 + 400_000, Yes(K::Escalated, S::Waiting, "desk")),
+        ("handed_off", cancel(), later, Yes(K::Cancelled, S::Cancelled, "b")),
+        ("handed_off", act("x", 1, complete()), later, No("lease_lost")),
+        // backoff: not claimable until the timer offers it again
+        ("backoff", claim_by("y"), later, No("invalid_transition")),
+        ("backoff", Command::Fire, T0 + 2 + 1_000, Yes(K::RetryReady, S::Waiting, "a")),
+        ("backoff", Command::Fire, T0 + 2 + 999, No("not_due")),
+        ("backoff", cancel(), later, Yes(K::Cancelled, S::Cancelled, "a")),
+        // held
+        ("held", claim_by("y"), later, No("invalid_transition")),
+        ("held", act("x", 1, heartbeat()), later, Yes(K::Heartbeat, S::Held, "a")),
+        (
+            "held",
+            act("x", 1, Action::Heartbeat { lease_ms: Some(1), note: None }),
+            later,
+            No("limit_exceeded"),
+        ),
+        ("held", act("x", 1, handoff("b")), later, Yes(K::HandedOff, S::Waiting, "b")),
+        ("held", act("x", 1, handoff("bad stage!")), later, No("invalid_request")),
+        ("held", act("x", 1, complete()), later, Yes(K::Completed, S::Done, "a")),
+        ("held", act("x", 1, Action::Release { note: None }), later, Yes(K::Released, S::Waiting, "a")),
+        ("held", act("x", 1, fail(true)), later, Yes(K::Failed, S::Waiting, "a")),
+        ("held", act("x", 1, fail(false)), later, Yes(K::Escalated, S::Waiting, "inbox")),
+        ("held", act("x", 1, spawn(JoinMode::All, 2)), later, Yes(K::Spawned, S::Blocked, "a")),
+        ("held", act("x", 1, spawn(JoinMode::Quorum(3), 2)), later, No("invalid_request")),
+        ("held", act("x", 1, spawn(JoinMode::All, 101)), later, No("limit_exceeded")),
+        ("held", act("x", 1, spawn(JoinMode::All, 0)), later, No("invalid_request")),
+        ("held", act("x", 0, complete()), later, No("lease_lost")),
+        ("held", act("x", 2, complete()), later, No("lease_lost")),
+        ("held", act("y", 1, complete()), later, No("not_holder")),
+        ("held", act("y", 1, heartbeat()), later, No("not_holder")),
+        ("held", cancel(), later, Yes(K::Cancelled, S::Cancelled, "a")),
+        ("held", Command::Fire, later, No("not_due")),
+        ("held", Command::Fire, T0 + 1 + 30_000, Yes(K::LeaseExpired, S::Waiting, "a")),
+        ("held", settle(true), later, No("invalid_transition")),
+        ("held_b", act("y", 2, complete()), later, Yes(K::Completed, S::Done, "b")),
+        ("held_b", act("x", 1, complete()), later, No("lease_lost")),
+        // blocked on children
+        ("blocked", claim_by("y"), later, No("invalid_transition")),
+        ("blocked", act("x", 1, complete()), later, No("lease_lost")),
+        ("blocked", settle(true), later, Yes(K::ChildSettled, S::Blocked, "a")),
+        ("blocked", settle(false), later, Yes(K::Escalated, S::Waiting, "inbox")),
+        ("blocked_any", settle(true), later, Yes(K::Joined, S::Waiting, "a")),
+        ("blocked_any", settle(false), later, Yes(K::ChildSettled, S::Blocked, "a")),
+        ("blocked_quorum", settle(true), later, Yes(K::ChildSettled, S::Blocked, "a")),
+        ("blocked", Command::Fire, T0 + 2 + 60_000, Yes(K::Escalated, S::Waiting, "inbox")),
+        ("blocked", Command::Fire, later, No("not_due")),
+        ("blocked", cancel(), later, Yes(K::Cancelled, S::Cancelled, "a")),
+        // terminal states refuse everything
+        ("done", claim_by("y"), later, No("invalid_transition")),
+        ("done", act("x", 1, complete()), later, No("lease_lost")),
+        ("done", act("x", 1, heartbeat()), later, No("lease_lost")),
+        ("done", cancel(), later, No("invalid_transition")),
+        ("done", Command::Fire, later, No("invalid_transition")),
+        ("done", settle(true), later, No("invalid_transition")),
+        ("cancelled", claim_by("y"), later, No("invalid_transition")),
+        ("cancelled", act("x", 0, complete()), later, No("lease_lost")),
+        ("cancelled", cancel(), later, No("invalid_transition")),
+        ("cancelled", Command::Fire, later, No("invalid_transition")),
+        // a human stage only re-offers
+        ("human", Command::Fire, T0 + 24 * 3_600_000, Yes(K::Reoffered, S::Waiting, "desk")),
+        ("human", claim_by("ops"), later, Yes(K::Claimed, S::Held, "desk")),
+    ];
+    for (from, command, now, expect) in cases {
+        check(from, command, now, expect);
+    }
+}
+
+#[test]
+fn custody_follows_the_protocol() {
+    // After submit: the submitter. After a handoff: the sender, until a claim.
+    let t = state("waiting");
+    assert_eq!(t.custodian(), Some(Custodian::Submitter(Actor::System)));
+    let t = state("handed_off");
+    assert_eq!(t.custodian(), Some(Custodian::Agent(agent("x"))));
+    // The claim accepts the handoff: the outcome names the claimer.
+    let change = decide(&t, &claim_by("y"), &rules(), T0 + 5).unwrap();
+    let h = change.handoff.expect("the claim finalizes the handoff");
+    assert_eq!(h.outcome, HandoffOutcome::Accepted { by: agent("y"), at: T0 + 5, epoch: 2 });
+    // A lease expiry returns the task to the stage with the next epoch.
+    let held = change.task;
+    let expired = decide(&held, &Command::Fire, &rules(), T0 + 5 + 30_000).unwrap().task;
+    assert_eq!(expired.epoch, 3);
+    assert_eq!(expired.custodian(), Some(Custodian::Stage("b".into())));
+}
+
+#[test]
+fn the_ladder_reoffers_then_reroutes_then_escalates() {
+    let r = rules();
+    let mut t = state("waiting");
+    let mut kinds = Vec::new();
+    let mut now = T0;
+    for _ in 0..4 {
+        now = t.due_at().unwrap();
+        let change = decide(&t, &Command::Fire, &r, now).unwrap();
+        kinds.push((change.event.kind, change.task.stage.to_string(), change.alert.is_some()));
+        t = change.task;
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (EventKind::Reoffered, "a".into(), false),
+            (EventKind::Rerouted, "b".into(), false),
+            (EventKind::Escalated, "desk".into(), true),
+            (EventKind::Reoffered, "desk".into(), false),
+        ]
+    );
+    assert_eq!(t.due_at(), Some(now + 24 * 3_600_000));
+}
+
+#[test]
+fn retries_back_off_then_climb_at_max_attempts() {
+    // Stage a allows 2 attempts: one retryable failure backs off, the second reroutes.
+    let r = rules();
+    let t = state("backoff");
+    assert_eq!(t.due_at(), Some(T0 + 2 + 1_000));
+    let t = run(t, &[(Command::Fire, T0 + 1_002), (claim_by("x"), T0 + 1_003)]);
+    let change = decide(&t, &act("x", 2, fail(true)), &r, T0 + 1_004).unwrap();
+    assert_eq!((change.event.kind, change.task.stage.as_str()), (EventKind::Rerouted, "b"));
+    assert_eq!(change.task.attempts, 0, "attempts count per stage visit");
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let b = Backoff { initial_ms: 100, max_ms: 1_000, multiplier: 3 };
+    let got: Vec<Millis> = (1..=5).map(|a| b.delay_ms(a)).collect();
+    assert_eq!(got, vec![100, 300, 900, 1_000, 1_000]);
+}
+
+#[test]
+fn submit_validates_and_digests() {
+    let r = rules();
+    let id = TaskId(uuid::Uuid::from_u128(1));
+    let cases: Vec<(NewTask, Option<&str>)> = vec![
+        (NewTask::new("a", "{\"x\":1}"), None),
+        (NewTask::new("a", "not json"), Some("invalid_request")),
+        (NewTask::new("", "{}"), Some("invalid_request")),
+        (NewTask::new("a b", "{}"), Some("invalid_request")),
+        (NewTask::new("a".repeat(200), "{}"), Some("limit_exceeded")),
+        (NewTask::new("a", format!("\"{}\"", "x".repeat(300 * 1024))), Some("limit_exceeded")),
+        (NewTask::new("a", "{}").key(""), Some("invalid_request")),
+        (NewTask::new("a", "{}").key("k".repeat(300)), Some("limit_exceeded")),
+    ];
+    for (new, code) in cases {
+        let got = submit(id, &new, &r, T0).err().map(|e| e.code());
+        assert_eq!(got, code, "{:?}", &new.stage);
+    }
+    let a = submit(id, &NewTask::new("a", "{}").key("k"), &r, T0).unwrap().task;
+    let b = submit(id, &NewTask::new("a", "{}").key("k"), &r, T0 + 5).unwrap().task;
+    let c = submit(id, &NewTask::new("a", "[]").key("k"), &r, T0).unwrap().task;
+    assert_eq!(a.submit_digest, b.submit_digest, "the digest covers the request, not the time");
+    assert_ne!(a.submit_digest, c.submit_digest);
+}
+
+#[test]
+fn events_chain_and_detect_tampering() {
+    let r = rules();
+    let first = submit(TaskId(uuid::Uuid::from_u128(3)), &NewTask::new("a", "{}"), &r, T0).unwrap();
+    let e1 = first.event.seal(Hash::ZERO);
+    let second = decide(&first.task, &claim_by("x"), &r, T0 + 1).unwrap();
+    let e2 = second.event.seal(e1.hash);
+    assert_eq!(crate::event::verify_chain(&[e1.clone(), e2.clone()]), Ok(()));
+    let mut edited = e2.clone();
+    edited.note = Some("forged".into());
+    assert_eq!(crate::event::verify_chain(&[e1.clone(), edited]).unwrap_err().0, 1);
+    assert_eq!(crate::event::verify_chain(&[e2.clone(), e1.clone()]).unwrap_err().0, 0);
+    assert_eq!(crate::event::verify_chain(std::slice::from_ref(&e2)).unwrap_err().0, 0);
+    // Canonical form: key order does not matter.
+    let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,2],"c":null}}"#).unwrap();
+    assert_eq!(crate::event::canonical_json(&a), r#"{"a":{"c":null,"d":[1,2]},"b":1}"#);
+}
