@@ -1,1 +1,70 @@
-//! Wire types: the only types serialized over HTTP. (Being built.)
+//! Baton's wire types: the only types serialized over HTTP. The server converts
+//! its domain types into these; clients (the Rust client, the CLI) speak only
+//! these. Requests refuse unknown fields; responses tolerate them. Times are
+//! RFC 3339 UTC strings with milliseconds (`Timestamp`), durations integer
+//! milliseconds in fields named `*_ms`, refusals `{code, message, details}`.
+//! This crate depends on serde, serde_json and uuid only, so clients stay light.
+
+pub mod error;
+pub mod payload;
+pub mod request;
+pub mod response;
+pub mod time;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use payload::Payload;
+pub use request::{
+    CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest, HandoffQuery,
+    HandoffRequest, HeartbeatRequest, JoinRequest, ListQuery, ReleaseRequest, SpawnRequest, SubmitRequest,
+};
+pub use response::{
+    ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,
+    History, Join, JoinMode, Lease, LeaseInfo, Position, SubmitResponse, Task, TaskPage, TaskStateName,
+    WaitKind, Waiting,
+};
+pub use time::Timestamp;
+
+/// A task's id (UUIDv7).
+pub type TaskId = uuid::Uuid;
+/// A handoff's id (UUIDv7).
+pub type HandoffId = uuid::Uuid;
+
+/// Limits of the wire contract that the server enforces before the store.
+pub mod limits {
+    /// Bytes of one request body.
+    pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+    /// The longest a claim or a handoff-outcome call may wait.
+    pub const WAIT_MS_MAX: u64 = 60_000;
+    /// Tasks per page when a listing names no `limit`.
+    pub const PAGE_SIZE_DEFAULT: u32 = 50;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let err = serde_json::from_str::<ClaimRequest>(r#"{"stages":["a"],"maxx":3}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `maxx`"), "{err}");
+        let err = serde_json::from_str::<CompleteRequest>(r#"{"epoch":1,"extra":true}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn defaults_fill_optional_request_fields() {
+        let claim: ClaimRequest = serde_json::from_str(r#"{"stages":["a"]}"#).unwrap();
+        assert_eq!((claim.max, claim.wait_ms, claim.lease_ms), (1, 0, None));
+        let submit: SubmitRequest = serde_json::from_str(r#"{"stage":"a","payload":{"x": [1, 2]}}"#).unwrap();
+        assert_eq!(submit.payload.get(), r#"{"x": [1, 2]}"#, "payload text is kept as sent");
+        assert_eq!(serde_json::to_string(&submit).unwrap(), r#"{"stage":"a","payload":{"x": [1, 2]}}"#);
+    }
+
+    #[test]
+    fn handoff_outcome_is_tagged_by_status() {
+        let outcome = HandoffOutcome::Accepted { by: "a1".into(), at: Timestamp(0), epoch: 2 };
+        let text = serde_json::to_string(&outcome).unwrap();
+        assert_eq!(text, r#"{"status":"accepted","by":"a1","at":"1970-01-01T00:00:00.000Z","epoch":2}"#);
+        assert_eq!(serde_json::from_str::<HandoffOutcome>(&text).unwrap(), outcome);
+    }
+}

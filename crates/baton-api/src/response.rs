@@ -1,0 +1,351 @@
+//! Response bodies: the task as clients see it, leases, events, handoffs and
+//! pages. Responses do not refuse unknown fields, so older clients keep
+//! working when the server adds a field. Optional details are omitted when
+//! empty; `state` says which of `waiting`, `lease`, `join` and the finish
+//! fields are present.
+
+use crate::payload::Payload;
+use crate::time::Timestamp;
+use crate::{HandoffId, TaskId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStateName {
+    Waiting,
+    Held,
+    Blocked,
+    Done,
+    Cancelled,
+}
+
+impl TaskStateName {
+    pub const ALL: [Self; 5] = [Self::Waiting, Self::Held, Self::Blocked, Self::Done, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Held => "held",
+            Self::Blocked => "blocked",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStateName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}; expected waiting, held, blocked, done or cancelled"))
+    }
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub stage: String,
+    pub state: TaskStateName,
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// Who submitted it: `agent:ID`, `principal:NAME` or `baton`.
+    pub submitter: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Versions the task: one more on every change.
+    pub revision: u64,
+    /// The fence: grows on every claim and every lease expiry.
+    pub epoch: u64,
+    /// Failures and lease expiries at the current stage.
+    pub attempts: u32,
+    pub reoffers: u32,
+    pub reroutes: u32,
+    /// Who is accountable now; absent only when done or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custodian: Option<Custodian>,
+    /// When Baton acts if nothing else happens; absent only when done or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<Timestamp>,
+    /// Present when `state` is `waiting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// Present when `state` is `held`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseInfo>,
+    /// Present when `state` is `blocked`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Join>,
+    /// When the task became done or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// The result a `complete` gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// The payload; sent by `GET /v1/tasks/{id}` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+}
+
+/// Who is accountable for a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Custodian {
+    pub kind: CustodianKind,
+    /// An agent id, a stage name, or for a submitter `agent:ID` / `principal:NAME`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustodianKind {
+    /// The submitter, until the first claim.
+    Submitter,
+    /// The agent that handed it off or spawned children.
+    Agent,
+    /// The stage itself: Baton acting under the stage's rules.
+    Stage,
+}
+
+/// Why and since when a task waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub since: Timestamp,
+    /// `offered` (claimable now) or `backoff` (offered again at `due_at`).
+    pub kind: WaitKind,
+    /// The handoff that brought the task here, while its outcome is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitKind {
+    Offered,
+    Backoff,
+}
+
+/// The current lease of a held task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub agent: String,
+    pub epoch: u64,
+    pub claimed_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinMode {
+    All,
+    Any,
+    Quorum,
+}
+
+/// A blocked parent's join over its children.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    pub mode: JoinMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    pub children: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub due_at: Timestamp,
+}
+
+/// A lease granted by a claim: the fence token `(task, stage, epoch)` and what
+/// the agent needs to work, including the payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub task: TaskId,
+    pub stage: String,
+    pub epoch: u64,
+    pub lease_expires_at: Timestamp,
+    pub priority: i32,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// The handoff this claim accepted, if the task came by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_id: Option<HandoffId>,
+    pub payload: Payload,
+}
+
+impl Lease {
+    /// The fence token, also the idempotency key for the agent's own side effects.
+    pub fn fence(&self) -> FenceToken {
+        FenceToken { task: self.task, stage: self.stage.clone(), epoch: self.epoch }
+    }
+}
+
+/// `(task, stage, epoch)`: unique per lease; holder calls carry its epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FenceToken {
+    pub task: TaskId,
+    pub stage: String,
+    pub epoch: u64,
+}
+
+impl fmt::Display for FenceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.task, self.stage, self.epoch)
+    }
+}
+
+/// `POST /v1/tasks` answer (201 created, 200 for a repeated idempotency key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    pub task: Task,
+    /// False when an earlier submit with the same idempotency key came back.
+    pub created: bool,
+}
+
+/// `POST /v1/claims` answer; empty when the wait ended with no work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub leases: Vec<Lease>,
+}
+
+/// The answer of every holder call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActResponse {
+    /// The task after the call.
+    pub task: Task,
+    /// The handoff a `handoff` call created; ask `GET /v1/handoffs/{id}` for its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_id: Option<HandoffId>,
+    /// The children a `spawn` call created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<TaskId>,
+    /// Leases from `claim_next`; empty when nothing was ready or a limit said no.
+    #[serde(default)]
+    pub next: Vec<Lease>,
+}
+
+/// `GET /v1/tasks` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/tasks/{id}/history` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub task: TaskId,
+    pub events: Vec<Event>,
+}
+
+/// One committed change of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// 1, 2, 3... without gaps; equals the task's revision after the change.
+    pub version: u64,
+    pub at: Timestamp,
+    /// `agent:ID`, `principal:NAME` or `baton` (timers and the ladder).
+    pub actor: String,
+    /// `submitted`, `claimed`, `heartbeat`, `handed_off`, `completed`, ...
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Position>,
+    pub to: Position,
+    /// The epoch after the change.
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_id: Option<HandoffId>,
+    /// SHA-256 (hex) of the previous event; zeros for the first.
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A state and a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub state: TaskStateName,
+    pub stage: String,
+}
+
+/// A handoff and its outcome: `GET /v1/handoffs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub id: HandoffId,
+    pub task: TaskId,
+    pub from_stage: String,
+    pub to_stage: String,
+    pub from_agent: String,
+    pub at: Timestamp,
+    pub outcome: HandoffOutcome,
+}
+
+/// Open (`pending`) until the first claim in the target stage or until the
+/// ladder acts; final after that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HandoffOutcome {
+    Pending,
+    Accepted { by: String, at: Timestamp, epoch: u64 },
+    Rerouted { to: String, at: Timestamp },
+    Escalated { to: String, at: Timestamp },
+    Cancelled { at: Timestamp },
+}
+
+impl HandoffOutcome {
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Pending)
+    }
+
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted { .. } => "accepted",
+            Self::Rerouted { .. } => "rerouted",
+            Self::Escalated { .. } => "escalated",
+            Self::Cancelled { .. } => "cancelled",
+        }
+    }
+}
+
+/// `/healthz` and `/readyz` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    pub version: String,
+}
