@@ -1,0 +1,160 @@
+//! Baton's side of the benchmark: the HB3 burn-down through the `Store` trait.
+//! Each agent thread loops: hold a task, `act` on it (hand off to the next
+//! stage, or complete at the last) with claim-next for its own stages, so a
+//! busy agent makes one store call per handoff, and the answer already holds
+//! its next lease. Only an idle agent calls `claim` on its own.
+//!
+//! `burn_down` takes any `Store`, so the same loop can measure other stores;
+//! `run_baton` opens the SQLite store in the run's directory.
+
+use super::pipeline::{Board, STAGES, assign};
+use super::{Measured, RunParams, histogram, record};
+use crate::exec::block_on;
+use crate::sys::{Probe, Usage};
+use anyhow::{Context as _, Result, bail};
+use baton_core::{
+    ActRequest, Action, AgentId, ClaimNext, ClaimRequest, Grant, NewTask, Report, StageName, Store,
+};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+
+/// Threads that preload tasks: enough concurrent submits for group commit to
+/// make the (untimed) preload quick.
+const PRELOAD_THREADS: usize = 8;
+
+/// Opens Baton's SQLite store in the run's directory and burns down.
+pub fn run_baton(p: &RunParams, probe: &Probe) -> Result<Measured> {
+    let store = crate::store::open_sqlite(&p.dir.join("baton.db"))?;
+    let started = Instant::now();
+    preload(&store, p.tasks, &p.payload)?;
+    let preload_seconds = started.elapsed().as_secs_f64();
+    let (usage, step) = burn_down(Arc::clone(&store), p.agents, p.tasks, probe)?;
+    drop(store);
+    Ok(Measured {
+        handoffs: p.tasks as u64 * STAGES.len() as u64,
+        usage,
+        step,
+        transactions: None,
+        preload_seconds,
+    })
+}
+
+/// Submits `tasks` tasks into the first stage from a few threads.
+pub fn preload(store: &Arc<dyn Store>, tasks: usize, payload: &str) -> Result<()> {
+    let threads: Vec<_> = (0..PRELOAD_THREADS)
+        .map(|t| {
+            let store = Arc::clone(store);
+            let payload = payload.to_owned();
+            let count = tasks / PRELOAD_THREADS + usize::from(t < tasks % PRELOAD_THREADS);
+            thread::spawn(move || -> Result<()> {
+                for _ in 0..count {
+                    block_on(store.submit(NewTask::new(STAGES[0], payload.clone())))?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("preload thread panicked")?;
+    }
+    Ok(())
+}
+
+/// Runs `agents` agent threads until all `tasks` preloaded tasks are done.
+/// Returns the usage from the agents' start to the last completion and the
+/// merged histogram of `act` round trips.
+pub fn burn_down(
+    store: Arc<dyn Store>,
+    agents: usize,
+    tasks: usize,
+    probe: &Probe,
+) -> Result<(Usage, Histogram<u64>)> {
+    let board = Arc::new(Board::new(tasks));
+    let mark = probe.start()?;
+    let threads: Vec<_> = assign(agents)
+        .into_iter()
+        .enumerate()
+        .map(|(agent, stages)| {
+            let store = Arc::clone(&store);
+            let board = Arc::clone(&board);
+            thread::Builder::new()
+                .name(format!("baton-agent-{agent}"))
+                .spawn(move || agent_loop(store.as_ref(), agent, &stages, &board))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut step = histogram();
+    let mut failure = None;
+    for t in threads {
+        match t.join().expect("agent thread panicked") {
+            Ok(h) => step.add(&h).expect("histograms share bounds"),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let end = board.end().context("the Baton run ended without finishing its tasks")?;
+    Ok((probe.stop(&mark, end)?, step))
+}
+
+fn agent_loop(store: &dyn Store, agent: usize, stages: &[usize], board: &Board) -> Result<Histogram<u64>> {
+    let result = agent_steps(store, agent, stages, board);
+    if result.is_err() {
+        // Release the other agents: the run cannot finish.
+        while !board.is_over() {
+            board.finished_one();
+        }
+    }
+    result
+}
+
+fn agent_steps(store: &dyn Store, agent: usize, stages: &[usize], board: &Board) -> Result<Histogram<u64>> {
+    let id = AgentId::new(format!("agent-{agent}"));
+    let names: Vec<StageName> = stages.iter().map(|&s| StageName::new(STAGES[s])).collect();
+    let claim_next = ClaimNext { stages: names.clone(), max: 1, lease_ms: None };
+    let mut step = histogram();
+    let mut held: Option<Grant> = None;
+    while !board.is_over() {
+        let Some(grant) = held.take() else {
+            let seen = board.generation(stages);
+            let request = ClaimRequest { agent: id.clone(), stages: names.clone(), max: 1, lease_ms: None };
+            match block_on(store.claim(request))?.pop() {
+                Some(g) => held = Some(g),
+                None => board.wait(stages, seen),
+            }
+            continue;
+        };
+        let Some(stage) = STAGES.iter().position(|s| *s == grant.task.stage.as_str()) else {
+            bail!("agent {agent} was granted task {} in stage {}", grant.task.id, grant.task.stage);
+        };
+        let last = stage + 1 == STAGES.len();
+        let action = if last {
+            Action::Complete { result: None, report: Report::default() }
+        } else {
+            Action::Handoff { to_stage: StageName::new(STAGES[stage + 1]), report: Report::default() }
+        };
+        let request = ActRequest {
+            task: grant.task.id,
+            agent: id.clone(),
+            epoch: grant.epoch,
+            action,
+            claim_next: Some(claim_next.clone()),
+        };
+        let seen = board.generation(stages);
+        let t0 = Instant::now();
+        let outcome = block_on(store.act(request))?;
+        record(&mut step, t0.elapsed());
+        if last {
+            board.finished_one();
+        } else {
+            board.handed_into(stage + 1);
+        }
+        held = outcome.next.into_iter().next();
+        if held.is_none() {
+            board.wait(stages, seen);
+        }
+    }
+    Ok(step)
+}

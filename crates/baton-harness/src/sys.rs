@@ -1,0 +1,205 @@
+//! Readings from Linux's `/proc` and `/sys` that make benchmark figures
+//! comparable across systems: device flushes (who really fsyncs, and how
+//! often), this process's CPU time, and CPU time used by everything else on
+//! the machine during a run (the noise gate of notes/performance.md 4.6).
+//! Nothing here needs privileges or `unsafe`.
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Linux reports process CPU time in clock ticks of `USER_HZ`, which is 100 on
+/// every architecture Linux supports today (it is part of the user ABI, unlike
+/// the kernel's internal HZ). Reading it via `sysconf` would need `libc`.
+const USER_HZ: f64 = 100.0;
+
+/// The whole disk that holds a path, as seen by `/sys/block/<disk>/stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockDevice {
+    /// The disk's kernel name, such as `vda` or `nvme0n1`.
+    pub name: String,
+    #[serde(skip)]
+    stat: PathBuf,
+}
+
+impl BlockDevice {
+    /// Finds the disk holding `path`: `st_dev` gives major:minor, and
+    /// `/sys/dev/block/MAJ:MIN` links to the device; a partition's parent
+    /// directory is its disk, whose counters include the partition's flushes.
+    pub fn holding(path: &Path) -> Result<Self> {
+        let dev = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.dev();
+        let (major, minor) = split_dev(dev);
+        if major == 0 {
+            bail!("{} is on a virtual filesystem (device 0:{minor}); it has no block device", path.display());
+        }
+        let link = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let mut dir = fs::canonicalize(&link).with_context(|| format!("resolve {}", link.display()))?;
+        if dir.join("partition").exists() {
+            dir = dir.parent().context("a partition has a parent disk")?.to_path_buf();
+        }
+        let name = dir.file_name().context("device directory has a name")?.to_string_lossy().into_owned();
+        let device = Self { name, stat: dir.join("stat") };
+        device.flushes()?;
+        Ok(device)
+    }
+
+    /// Field 16 of the stat file: flush requests completed since boot
+    /// (Documentation/block/stat.rst). Kernels before 5.5 lack it.
+    pub fn flushes(&self) -> Result<u64> {
+        let text = fs::read_to_string(&self.stat).with_context(|| format!("read {}", self.stat.display()))?;
+        let field = text.split_whitespace().nth(15).with_context(|| {
+            format!("{} has no flush counter (field 16); the kernel is older than 5.5", self.stat.display())
+        })?;
+        Ok(field.parse()?)
+    }
+}
+
+/// Linux's `dev_t` layout: 12 bits of major and 20 of minor, split across the word.
+fn split_dev(dev: u64) -> (u64, u64) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major, minor)
+}
+
+/// User plus system CPU seconds used by this process, all threads, so far.
+pub fn process_cpu_seconds() -> Result<f64> {
+    let text = fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let rest = text.rsplit_once(')').context("/proc/self/stat has a command name")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) as f64 / USER_HZ)
+}
+
+/// Busy CPU seconds of the whole machine (all CPUs) so far, from `/proc/stat`.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let text = fs::read_to_string("/proc/stat")?;
+    let line = text.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let busy: u64 =
+        ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(busy as f64 / USER_HZ)
+}
+
+/// What a measured interval cost.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    pub seconds: f64,
+    /// Device flushes completed during the interval; `None` without a block device.
+    pub flushes: Option<u64>,
+    /// This process (agents and the system under test, which runs in-process).
+    pub cpu_seconds: f64,
+    /// Everything else on the machine: a high figure means the run was disturbed.
+    pub foreign_cpu_seconds: f64,
+}
+
+/// Takes readings at the start of an interval and reports the difference.
+pub struct Probe {
+    device: Option<BlockDevice>,
+}
+
+/// Readings at the start of an interval.
+pub struct Mark {
+    at: Instant,
+    flushes: Option<u64>,
+    cpu: f64,
+    busy: f64,
+}
+
+impl Probe {
+    pub fn new(device: Option<BlockDevice>) -> Self {
+        Self { device }
+    }
+
+    pub fn device(&self) -> Option<&BlockDevice> {
+        self.device.as_ref()
+    }
+
+    pub fn start(&self) -> Result<Mark> {
+        Ok(Mark {
+            flushes: self.device.as_ref().map(BlockDevice::flushes).transpose()?,
+            cpu: process_cpu_seconds()?,
+            busy: machine_busy_seconds()?,
+            at: Instant::now(),
+        })
+    }
+
+    /// The usage from `mark` until now. `end` is when the work really ended
+    /// (the last handoff), which may be a little before the readings are taken.
+    pub fn stop(&self, mark: &Mark, end: Instant) -> Result<Usage> {
+        let cpu = process_cpu_seconds()? - mark.cpu;
+        let busy = machine_busy_seconds()? - mark.busy;
+        let flushes = match (&self.device, mark.flushes) {
+            (Some(d), Some(before)) => Some(d.flushes()? - before),
+            _ => None,
+        };
+        Ok(Usage {
+            seconds: end.saturating_duration_since(mark.at).as_secs_f64(),
+            flushes,
+            cpu_seconds: cpu,
+            foreign_cpu_seconds: (busy - cpu).max(0.0),
+        })
+    }
+}
+
+/// The machine a report was measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory_kib: u64,
+    pub device: Option<String>,
+    pub sqlite: String,
+}
+
+impl Machine {
+    pub fn describe(device: Option<&BlockDevice>) -> Self {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_default();
+        let memory_kib = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        Self {
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu_model,
+            memory_kib,
+            device: device.map(|d| d.name.clone()),
+            sqlite: rusqlite::version().to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_numbers_split_like_the_kernel() {
+        // 254:0 is 0xfe00; 259:1 (nvme partition) is 0x10301.
+        for (dev, want) in [(0xfe00, (254, 0)), (0x10301, (259, 1)), (0x0801, (8, 1))] {
+            assert_eq!(split_dev(dev), want, "dev {dev:#x}");
+        }
+    }
+
+    #[test]
+    fn readings_are_available_here() {
+        assert!(process_cpu_seconds().expect("proc stat") >= 0.0);
+        assert!(machine_busy_seconds().expect("proc stat") > 0.0);
+    }
+}
