@@ -1,0 +1,127 @@
+//! How to open a store: the injected world (clock, rules, ready listener, fatal
+//! hook) and the few storage knobs, with defaults that are safe for
+//! production. Durability settings (`journal_mode=WAL`, `synchronous=FULL`)
+//! are deliberately not options: every acknowledged write is fsync'd.
+
+use crate::error::FatalError;
+use baton_core::store::{NoListener, ReadyListener};
+use baton_core::{Clock, Rules, SystemClock};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Called once, from the writer thread, when a commit cannot be trusted.
+/// The default logs and aborts the process; tests inject one that records.
+pub type FatalHook = Arc<dyn Fn(&FatalError) + Send + Sync>;
+
+/// How thoroughly `open` checks the file before trusting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IntegrityCheck {
+    /// `PRAGMA integrity_check`: everything `Quick` does, plus every index
+    /// against its table. O(n log n) in the database size.
+    Full,
+    /// `PRAGMA quick_check`: every page, b-tree and record is well formed;
+    /// skips cross-checking index contents against tables. O(n), the default
+    /// because it keeps restart fast on a large database.
+    #[default]
+    Quick,
+    /// No check: for tools that only inspect a file.
+    Off,
+}
+
+/// Options for `SqliteStore::open`. Build with `SqliteOptions::default()` and
+/// the setters below.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    /// Where `now` comes from; read once per committed batch.
+    pub clock: Arc<dyn Clock>,
+    /// Stage policies and limits, including `limits.commit_batch_max`.
+    pub rules: Rules,
+    /// Told, after each commit, which stages got new ready work.
+    pub listener: Arc<dyn ReadyListener>,
+    /// Read connections kept open for `get`, `list`, `history`, ...
+    pub readers: usize,
+    /// How long a statement waits for another process's lock before failing.
+    pub busy_timeout: Duration,
+    pub integrity_check: IntegrityCheck,
+    /// WAL pages after which a commit checkpoints into the main file. Bounds
+    /// the WAL, so recovery after a crash has little to replay.
+    pub wal_autocheckpoint_pages: u32,
+    /// Size the WAL file is truncated to after a checkpoint.
+    pub journal_size_limit_bytes: i64,
+    /// Called on a fatal storage error; must not return in production.
+    pub on_fatal: FatalHook,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            rules: Rules::default(),
+            listener: Arc::new(NoListener),
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            integrity_check: IntegrityCheck::Quick,
+            wal_autocheckpoint_pages: 1_000,
+            journal_size_limit_bytes: 64 * 1024 * 1024,
+            on_fatal: Arc::new(abort_process),
+        }
+    }
+}
+
+impl SqliteOptions {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    pub fn listener(mut self, listener: Arc<dyn ReadyListener>) -> Self {
+        self.listener = listener;
+        self
+    }
+
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    pub fn integrity_check(mut self, check: IntegrityCheck) -> Self {
+        self.integrity_check = check;
+        self
+    }
+
+    pub fn on_fatal(mut self, hook: FatalHook) -> Self {
+        self.on_fatal = hook;
+        self
+    }
+}
+
+impl fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("rules", &self.rules)
+            .field("readers", &self.readers)
+            .field("busy_timeout", &self.busy_timeout)
+            .field("integrity_check", &self.integrity_check)
+            .field("wal_autocheckpoint_pages", &self.wal_autocheckpoint_pages)
+            .field("journal_size_limit_bytes", &self.journal_size_limit_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default fatal hook: the process must not outlive a commit it cannot
+/// trust. Abort (not exit) so no destructor or buffered write runs after it.
+fn abort_process(error: &FatalError) {
+    eprintln!("baton-sqlite: {error}; aborting");
+    std::process::abort();
+}

@@ -1,0 +1,150 @@
+//! Reads: a small pool of read-only connections and the queries behind `get`,
+//! `list`, `history`, `handoff` and `next_due`. Reads never touch the writer:
+//! in WAL mode each read sees the latest committed snapshot while the writer
+//! keeps committing. Each query is one statement, so it reads one snapshot.
+//!
+//! Reads run on the caller's thread when its future is polled. They are short
+//! and bounded (point lookups, pages of at most `page_size_max`), so this
+//! costs less than a hop to a reader thread and needs no runtime.
+
+use crate::error::StoreError;
+use crate::options::SqliteOptions;
+use crate::rows::{int, task_and_head};
+use crate::schema::open_reader;
+use baton_core::{Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// Idle read connections. A read takes one (or opens a fresh one when all are
+/// busy, so a read never waits for another) and gives it back; at most
+/// `size` stay open between reads.
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: Mutex<Vec<Connection>>,
+    size: usize,
+    closed: AtomicBool,
+}
+
+impl ReadPool {
+    pub(crate) fn open(path: PathBuf, options: &SqliteOptions) -> rusqlite::Result<Self> {
+        let size = options.readers.max(1);
+        let idle = (0..size).map(|_| open_reader(&path, options)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            path,
+            options: options.clone(),
+            idle: Mutex::new(idle),
+            size,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `f` on a read connection.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Unavailable("the SQLite store is closed".into()));
+        }
+        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_reader(&self.path, &self.options).map_err(|e| unavailable(&e.into()))?,
+        };
+        let out = f(&conn).map_err(|e| unavailable(&e));
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.size && !self.closed.load(Ordering::Acquire) {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Refuses later reads and closes the idle connections.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+}
+
+fn unavailable(e: &StoreError) -> Error {
+    tracing::error!(error = %e, "SQLite read failed");
+    Error::Unavailable(format!("reading the SQLite store failed: {e}"))
+}
+
+pub(crate) fn get(conn: &Connection, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT t.body, t.head, p.body FROM tasks t JOIN payloads p ON p.task = t.id WHERE t.id = ?1",
+    )?;
+    let mut rows = st.query([id.0.as_bytes()])?;
+    let Some(row) = rows.next()? else { return Ok(None) };
+    let (task, head) = task_and_head(row, 0)?;
+    Ok(Some(TaskView { task, head, payload: row.get(2)? }))
+}
+
+/// A page of tasks in id order (oldest first), after the cursor.
+pub(crate) fn list(conn: &Connection, filter: &TaskFilter, page_size_max: usize) -> Result<Page, StoreError> {
+    let limit = match filter.limit {
+        0 => page_size_max,
+        n => n.min(page_size_max),
+    };
+    // Only the filters given appear in the SQL, so SQLite can pick the index
+    // for each combination; at most 16 texts, each prepared once and cached.
+    let mut sql = String::from("SELECT body FROM tasks WHERE 1 = 1");
+    let mut args: Vec<Value> = Vec::with_capacity(5);
+    if let Some(stage) = &filter.stage {
+        args.push(Value::Text(stage.as_str().to_owned()));
+        sql.push_str(&format!(" AND stage = ?{}", args.len()));
+    }
+    if let Some(state) = filter.state {
+        args.push(Value::Text(state.as_str().to_owned()));
+        sql.push_str(&format!(" AND state = ?{}", args.len()));
+    }
+    if let Some(parent) = filter.parent {
+        args.push(Value::Blob(parent.0.as_bytes().to_vec()));
+        sql.push_str(&format!(" AND parent = ?{}", args.len()));
+    }
+    if let Some(after) = filter.after {
+        args.push(Value::Blob(after.0.as_bytes().to_vec()));
+        sql.push_str(&format!(" AND id > ?{}", args.len()));
+    }
+    // One row more than the page tells whether another page exists.
+    args.push(Value::Integer(int(limit as u64 + 1)?));
+    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(rusqlite::params_from_iter(args))?;
+    let mut tasks = Vec::with_capacity(limit.min(64));
+    let mut more = false;
+    while let Some(row) = rows.next()? {
+        if tasks.len() == limit {
+            more = true;
+            break;
+        }
+        let body = row.get_ref(0)?.as_str().map_err(|e| StoreError::Row(format!("task body: {e}")))?;
+        tasks.push(serde_json::from_str::<Task>(body)?);
+    }
+    let next = if more { tasks.last().map(|t| t.id) } else { None };
+    Ok(Page { tasks, next })
+}
+
+pub(crate) fn history(conn: &Connection, id: TaskId) -> Result<Vec<Event>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT body FROM events WHERE task = ?1 ORDER BY version")?;
+    let mut rows = st.query([id.0.as_bytes()])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body = row.get_ref(0)?.as_str().map_err(|e| StoreError::Row(format!("event body: {e}")))?;
+        out.push(serde_json::from_str(body)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn handoff(conn: &Connection, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT body FROM handoffs WHERE id = ?1")?;
+    let body: Option<String> = st.query_row([id.0.as_bytes()], |r| r.get(0)).optional()?;
+    body.map(|b| serde_json::from_str(&b)).transpose().map_err(Into::into)
+}
+
+pub(crate) fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT min(due_at) FROM tasks WHERE due_at IS NOT NULL")?;
+    Ok(st.query_row([], |r| r.get(0))?)
+}

@@ -1,0 +1,177 @@
+//! `SqliteStore`: the public face. `open` checks and migrates the file, opens
+//! the read pool and starts the writer thread; the `Store` methods send writes
+//! to the writer and run reads on the pool. Closing (or dropping) the store
+//! lets the writer drain what is queued and exit; later calls get
+//! `Unavailable`.
+
+use crate::error::OpenError;
+use crate::oneshot;
+use crate::options::SqliteOptions;
+use crate::read::{self, ReadPool};
+use crate::schema::open_writer;
+use crate::writer::{Counters, Op, Reply, Writer};
+use baton_core::{
+    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId, Millis,
+    NewTask, Page, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+/// A `Store` over one SQLite database file.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// The writer's queue; `None` once closed.
+    queue: RwLock<Option<Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    reads: ReadPool,
+    counters: Arc<Counters>,
+    page_size_max: usize,
+}
+
+/// What the writer has done since `open`: group commit at work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Transactions committed (each one fsync).
+    pub commits: u64,
+    /// Operations in committed transactions, refused ones included.
+    pub ops: u64,
+    /// Operations refused (rolled back to their savepoint, answered `Rejected`).
+    pub refused: u64,
+    /// Operations answered `Unavailable` (storage errors, lost batches).
+    pub unavailable: u64,
+    /// The most operations one transaction carried.
+    pub batch_max: u64,
+    /// The writer stopped after a fatal storage error.
+    pub stopped: bool,
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `path`: sets the durability pragmas,
+    /// checks integrity, migrates, and starts the writer thread.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open_writer(&path, &options)?;
+        let reads = ReadPool::open(path.clone(), &options)
+            .map_err(|source| OpenError::Sqlite { path: path.clone(), source })?;
+        let counters = Arc::new(Counters::default());
+        let (queue, rx) = mpsc::channel();
+        let writer = Writer {
+            conn,
+            rx,
+            clock: options.clock,
+            rules: options.rules.clone(),
+            listener: options.listener,
+            on_fatal: options.on_fatal,
+            counters: Arc::clone(&counters),
+        };
+        let handle = std::thread::Builder::new()
+            .name("baton-sqlite-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| OpenError::Thread { path: path.clone(), source })?;
+        tracing::info!(path = %path.display(), "SQLite store open");
+        Ok(Self {
+            path,
+            queue: RwLock::new(Some(queue)),
+            writer: Mutex::new(Some(handle)),
+            reads,
+            counters,
+            page_size_max: options.rules.limits.page_size_max,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            commits: c.commits.load(Ordering::Relaxed),
+            ops: c.ops.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            unavailable: c.unavailable.load(Ordering::Relaxed),
+            batch_max: c.batch_max.load(Ordering::Relaxed),
+            stopped: c.stopped.load(Ordering::Acquire),
+        }
+    }
+
+    /// Stops taking operations, lets the writer commit and answer what is
+    /// already queued, and waits for it to exit. Idempotent; `Drop` calls it.
+    pub fn close(&self) {
+        self.reads.close();
+        drop(self.queue.write().unwrap_or_else(PoisonError::into_inner).take());
+        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+
+    /// Queues a write and returns the future of its answer.
+    fn write<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<'static, T> {
+        let (reply, answer) = oneshot::channel();
+        let op = op(reply);
+        if let Some(queue) = self.queue.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            // A send fails only when the writer is gone; the op (and its reply
+            // slot) is then dropped, which resolves `answer` to None below.
+            let _ = queue.send(op);
+        }
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|| {
+                Err(Error::Unavailable("the SQLite store is closed or its writer stopped".into()))
+            })
+        })
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, task: NewTask) -> StoreFuture<'_, Submitted> {
+        self.write(|reply| Op::Submit(task, reply))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, Vec<Grant>> {
+        self.write(|reply| Op::Claim(request, reply))
+    }
+
+    fn act(&self, request: ActRequest) -> StoreFuture<'_, ActOutcome> {
+        self.write(|reply| Op::Act(request, reply))
+    }
+
+    fn cancel(&self, request: CancelRequest) -> StoreFuture<'_, Task> {
+        self.write(|reply| Op::Cancel(request, reply))
+    }
+
+    fn fire_due(&self, limit: usize) -> StoreFuture<'_, usize> {
+        self.write(|reply| Op::FireDue(limit, reply))
+    }
+
+    fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {
+        Box::pin(async move { self.reads.with(|c| read::get(c, task)) })
+    }
+
+    fn list(&self, filter: TaskFilter) -> StoreFuture<'_, Page> {
+        Box::pin(async move { self.reads.with(|c| read::list(c, &filter, self.page_size_max)) })
+    }
+
+    fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
+        Box::pin(async move { self.reads.with(|c| read::history(c, task)) })
+    }
+
+    fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
+        Box::pin(async move { self.reads.with(|c| read::handoff(c, id)) })
+    }
+
+    fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
+        Box::pin(async move { self.reads.with(read::next_due) })
+    }
+}

@@ -1,0 +1,174 @@
+//! `WriteTx`: the engine's `Tx` over the writer's open transaction. Plain reads
+//! and revision-guarded writes, no business rule: which task to claim, whether
+//! a command is allowed and what the new row is, the engine decides. Every
+//! statement is prepared once per connection and reused (`prepare_cached`).
+
+use crate::error::StoreError;
+use crate::rows::{Columns, int, task_and_head};
+use baton_core::engine::{ReadyKey, Tx};
+use baton_core::{AgentId, Alert, Event, Handoff, Hash, Millis, StageName, Task, TaskId};
+use rusqlite::{Connection, params};
+use uuid::Uuid;
+
+/// One operation's view of the writer's transaction (inside its savepoint).
+pub(crate) struct WriteTx<'c> {
+    pub conn: &'c Connection,
+}
+
+impl Tx for WriteTx<'_> {
+    type Error = StoreError;
+
+    fn new_id(&mut self) -> Uuid {
+        Uuid::now_v7()
+    }
+
+    fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT body, head FROM tasks WHERE id = ?1")?;
+        let mut rows = st.query([id.0.as_bytes()])?;
+        match rows.next()? {
+            Some(row) => task_and_head(row, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn load_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<(Task, Hash)>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT body, head FROM tasks WHERE namespace = ?1 AND idempotency_key = ?2")?;
+        let mut rows = st.query([namespace, key])?;
+        match rows.next()? {
+            Some(row) => task_and_head(row, 0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn ready(&mut self, stage: &StageName, limit: usize) -> Result<Vec<ReadyKey>, StoreError> {
+        // `ready = 1` literally, so the partial index tasks_ready answers it.
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, priority, deadline_rank FROM tasks WHERE ready = 1 AND stage = ?1
+             ORDER BY priority DESC, deadline_rank, id LIMIT ?2",
+        )?;
+        let mut rows = st.query(params![stage.as_str(), int(limit as u64)?])?;
+        let mut out = Vec::with_capacity(limit.min(64));
+        while let Some(row) = rows.next()? {
+            out.push(ReadyKey {
+                id: TaskId(Uuid::from_bytes(row.get(0)?)),
+                priority: row.get(1)?,
+                deadline_rank: row.get(2)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        )?;
+        let mut rows = st.query(params![now, int(limit as u64)?])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(TaskId(Uuid::from_bytes(row.get(0)?)));
+        }
+        Ok(out)
+    }
+
+    fn leases_held(&mut self, agent: &AgentId) -> Result<u64, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT count(*) FROM tasks WHERE holder = ?1")?;
+        let n: i64 = st.query_row([agent.as_str()], |r| r.get(0))?;
+        Ok(n.max(0).unsigned_abs())
+    }
+
+    fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {
+        let c = Columns::of(task)?;
+        let id = task.id.0.as_bytes();
+        let body = serde_json::to_string(task)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tasks (id, namespace, idempotency_key, stage, state, priority, deadline_rank,
+                                    due_at, holder, ready, parent, revision, head, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                id,
+                task.namespace,
+                task.idempotency_key,
+                c.stage,
+                c.state,
+                c.priority,
+                c.deadline_rank,
+                c.due_at,
+                c.holder,
+                c.ready,
+                task.parent.as_ref().map(|p| p.0.as_bytes()),
+                c.revision,
+                event.hash.0,
+                body,
+            ])?;
+        self.conn
+            .prepare_cached("INSERT INTO payloads (task, body) VALUES (?1, ?2)")?
+            .execute(params![id, payload])?;
+        self.append_event(event)
+    }
+
+    fn update(&mut self, task: &Task, event: &Event) -> Result<bool, StoreError> {
+        let c = Columns::of(task)?;
+        let expected = int(task.revision.saturating_sub(1))?;
+        let body = serde_json::to_string(task)?;
+        // The guard: the row changes only if nobody saved it since it was loaded.
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE tasks SET stage = ?3, state = ?4, priority = ?5, deadline_rank = ?6, due_at = ?7,
+                                  holder = ?8, ready = ?9, revision = ?10, head = ?11, body = ?12
+                 WHERE id = ?1 AND revision = ?2",
+            )?
+            .execute(params![
+                task.id.0.as_bytes(),
+                expected,
+                c.stage,
+                c.state,
+                c.priority,
+                c.deadline_rank,
+                c.due_at,
+                c.holder,
+                c.ready,
+                c.revision,
+                event.hash.0,
+                body,
+            ])?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.append_event(event)?;
+        Ok(true)
+    }
+
+    fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), StoreError> {
+        let body = serde_json::to_string(handoff)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO handoffs (id, task, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![handoff.id.0.as_bytes(), handoff.task.0.as_bytes(), body])?;
+        Ok(())
+    }
+
+    fn put_alert(&mut self, alert: &Alert) -> Result<(), StoreError> {
+        let body = serde_json::to_string(alert)?;
+        self.conn
+            .prepare_cached("INSERT INTO alerts (task, at, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![alert.task.0.as_bytes(), alert.at, body])?;
+        Ok(())
+    }
+}
+
+impl WriteTx<'_> {
+    fn append_event(&mut self, event: &Event) -> Result<(), StoreError> {
+        let body = serde_json::to_string(event)?;
+        self.conn
+            .prepare_cached("INSERT INTO events (task, version, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![event.task.0.as_bytes(), int(event.version)?, body])?;
+        Ok(())
+    }
+}
