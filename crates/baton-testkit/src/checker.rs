@@ -1,0 +1,327 @@
+//! The history checker: reads a whole store through the public `Store` trait
+//! and checks the invariants of SPEC.md section 2 over every task's row and
+//! event log (chain intact, log replays to the row, custody, growing epochs, no
+//! stage visit finished twice), plus `check_acknowledged` for crash and fault
+//! tests (nothing acknowledged is lost). It owns the checks only; it never
+//! writes, and it leaves producing histories to the suite, the model tests and
+//! the fault harness. Results list every problem found, not just the first.
+
+use crate::exec::block_on;
+use baton_core::event::verify_chain;
+use baton_core::{Event, EventKind, Millis, Position, StageName, Store, Task, TaskFilter, TaskId, TaskState};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The page size the checker lists with.
+pub const CHECK_PAGE_SIZE: usize = 100;
+
+/// Listing more pages than this means a cursor that never ends.
+pub const CHECK_PAGES_MAX: usize = 100_000;
+
+/// What a clean check saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryReport {
+    pub tasks: usize,
+    /// Tasks not done or cancelled.
+    pub live: usize,
+    pub events: usize,
+    /// The earliest `due_at` of live tasks, as the checker computed it.
+    pub next_due: Option<Millis>,
+}
+
+/// Checks every task of `store`; `Ok` with counts, or every problem found.
+///
+/// Per task: the hash chain verifies; each event's `after` is a state of the
+/// task whose revision is the event's version and whose position is the
+/// event's `to` (and the previous event's `after` matches its `from`); the last
+/// `after` equals the row exactly and the last hash equals the view's `head`;
+/// every state in the log keeps custody (a non-terminal state has a custodian
+/// and a `due_at`, a lease carries the task's epoch); epochs never decrease and
+/// each claim raises the epoch; nothing follows a terminal event; no stage
+/// visit (stage, epoch) is completed or handed off twice; every parent exists;
+/// an open handoff on a row matches the stored handoff. Store-wide: ids and
+/// idempotency keys are unique and `next_due` is the minimum live `due_at`.
+pub fn check_store(store: &dyn Store) -> Result<HistoryReport, Vec<String>> {
+    let mut problems = Vec::new();
+    let tasks = match list_all(store) {
+        Ok(tasks) => tasks,
+        Err(problem) => return Err(vec![problem]),
+    };
+    let mut report = HistoryReport { tasks: tasks.len(), ..HistoryReport::default() };
+    let ids: HashSet<TaskId> = tasks.iter().map(|t| t.id).collect();
+    if ids.len() != tasks.len() {
+        problems.push(format!("listing returned {} tasks but {} distinct ids", tasks.len(), ids.len()));
+    }
+    let mut keys: HashMap<(&str, &str), TaskId> = HashMap::new();
+    for task in &tasks {
+        if let Some(key) = &task.idempotency_key
+            && let Some(other) = keys.insert((&task.namespace, key), task.id)
+        {
+            problems.push(format!("idempotency key {key:?} is on tasks {other} and {}", task.id));
+        }
+        if let Some(parent) = task.parent
+            && !ids.contains(&parent)
+        {
+            problems.push(format!("task {}: parent {parent} does not exist", task.id));
+        }
+        if !task.is_terminal() {
+            report.live += 1;
+        }
+        report.events += check_task(store, task, &mut problems);
+    }
+    report.next_due = tasks.iter().filter_map(Task::due_at).min();
+    match block_on(store.next_due()) {
+        Ok(next) if next == report.next_due => {}
+        Ok(next) => problems.push(format!(
+            "next_due is {next:?} but the earliest due_at of live tasks is {:?}",
+            report.next_due
+        )),
+        Err(e) => problems.push(format!("next_due failed: {e}")),
+    }
+    if problems.is_empty() { Ok(report) } else { Err(problems) }
+}
+
+/// Panics with every problem if the store fails `check_store`.
+pub fn assert_store_ok(store: &dyn Store) -> HistoryReport {
+    match check_store(store) {
+        Ok(report) => report,
+        Err(problems) => panic!("history check failed:\n  {}", problems.join("\n  ")),
+    }
+}
+
+/// Lists every task of the store, following cursors, in id order.
+pub fn list_all(store: &dyn Store) -> Result<Vec<Task>, String> {
+    list_matching(store, TaskFilter::default())
+}
+
+/// Lists every task matching `filter` (its `after` and `limit` are replaced).
+pub fn list_matching(store: &dyn Store, filter: TaskFilter) -> Result<Vec<Task>, String> {
+    let mut tasks = Vec::new();
+    let mut after = None;
+    for _ in 0..CHECK_PAGES_MAX {
+        let page = block_on(store.list(TaskFilter { after, limit: CHECK_PAGE_SIZE, ..filter.clone() }))
+            .map_err(|e| format!("list failed: {e}"))?;
+        if page.tasks.len() > CHECK_PAGE_SIZE {
+            return Err(format!("list returned {} tasks for a limit of {CHECK_PAGE_SIZE}", page.tasks.len()));
+        }
+        if let (Some(prev), Some(first)) = (tasks.last().map(|t: &Task| t.id), page.tasks.first())
+            && first.id <= prev
+        {
+            return Err(format!("list is not in id order across pages: {} after {prev}", first.id));
+        }
+        tasks.extend(page.tasks);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(tasks),
+        }
+    }
+    Err(format!("list did not end within {CHECK_PAGES_MAX} pages"))
+}
+
+/// Checks one task; returns how many events it has.
+fn check_task(store: &dyn Store, task: &Task, problems: &mut Vec<String>) -> usize {
+    let id = task.id;
+    let mut fail = |what: String| problems.push(format!("task {id}: {what}"));
+    let view = match block_on(store.get(id)) {
+        Ok(Some(view)) => view,
+        Ok(None) => {
+            fail("listed but get finds nothing".into());
+            return 0;
+        }
+        Err(e) => {
+            fail(format!("get failed: {e}"));
+            return 0;
+        }
+    };
+    if &view.task != task {
+        fail("get and list disagree about the row".into());
+    }
+    let events = match block_on(store.history(id)) {
+        Ok(events) => events,
+        Err(e) => {
+            fail(format!("history failed: {e}"));
+            return 0;
+        }
+    };
+    let Some(last) = events.last() else {
+        fail("has no events".into());
+        return 0;
+    };
+    if let Err((i, why)) = verify_chain(&events) {
+        fail(format!("hash chain broken at event {}: {why}", i + 1));
+    }
+    if last.after != view.task {
+        fail(format!(
+            "replaying the log does not reproduce the row:\n    log: {:?}\n    row: {:?}",
+            last.after, view.task
+        ));
+    }
+    if last.hash != view.head {
+        fail(format!("head is {:?} but the last event's hash is {:?}", view.head, last.hash));
+    }
+    for problem in check_events(&events) {
+        fail(problem);
+    }
+    if let TaskState::Waiting { handoff: Some(open), .. } = &view.task.state {
+        match block_on(store.handoff(open.id)) {
+            Ok(Some(stored)) if &stored == open => {}
+            Ok(stored) => fail(format!("open handoff {:?} is stored as {stored:?}", open.id)),
+            Err(e) => fail(format!("handoff {} failed: {e}", open.id)),
+        }
+    }
+    for event in &events {
+        if event.kind == EventKind::HandedOff {
+            match event.handoff {
+                Some(h) => match block_on(store.handoff(h)) {
+                    Ok(Some(stored)) if stored.task == id => {}
+                    Ok(other) => fail(format!("handoff {h} of event {} is {other:?}", event.version)),
+                    Err(e) => fail(format!("handoff {h} failed: {e}")),
+                },
+                None => fail(format!("handoff event {} names no handoff", event.version)),
+            }
+        }
+    }
+    events.len()
+}
+
+/// The log-only checks of one task's events, oldest first.
+pub fn check_events(events: &[Event]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut prev: Option<&Event> = None;
+    let mut finished: BTreeMap<(StageName, u64), (u64, EventKind)> = BTreeMap::new();
+    for e in events {
+        let v = e.version;
+        let mut fail = |what: String| problems.push(format!("event {v} ({}): {what}", e.kind.as_str()));
+        let after = &e.after;
+        if e.task != after.id {
+            fail(format!("is about task {} but carries task {}", e.task, after.id));
+        }
+        if after.revision != v {
+            fail(format!("carries revision {} for version {v}", after.revision));
+        }
+        if e.to != Position::of(after) {
+            fail(format!("says it moved to {:?} but the task is at {:?}", e.to, Position::of(after)));
+        }
+        if after.updated_at != e.at {
+            fail(format!("at {} but the task was updated at {}", e.at, after.updated_at));
+        }
+        if !after.is_terminal() && (after.custodian().is_none() || after.due_at().is_none()) {
+            fail("leaves a live task without a custodian or a due_at".into());
+        }
+        if let TaskState::Held { lease } = &after.state
+            && lease.epoch != after.epoch
+        {
+            fail(format!("lease epoch {} differs from the task's epoch {}", lease.epoch, after.epoch));
+        }
+        match prev {
+            None => {
+                if e.kind != EventKind::Submitted || e.from.is_some() {
+                    fail("the first event must be a submit from nowhere".into());
+                }
+            }
+            Some(p) => {
+                if p.after.is_terminal() {
+                    fail(format!("follows the terminal event {}", p.version));
+                }
+                if e.from.as_ref() != Some(&Position::of(&p.after)) {
+                    fail(format!(
+                        "says it came from {:?} but the task was at {:?}",
+                        e.from,
+                        Position::of(&p.after)
+                    ));
+                }
+                if after.epoch < p.after.epoch {
+                    fail(format!("epoch went down from {} to {}", p.after.epoch, after.epoch));
+                }
+                if e.kind == EventKind::Claimed && after.epoch != p.after.epoch + 1 {
+                    fail(format!("a claim moved the epoch from {} to {}", p.after.epoch, after.epoch));
+                }
+                if after.id != p.after.id || after.created_at != p.after.created_at {
+                    fail("changed the task's identity".into());
+                }
+            }
+        }
+        if matches!(e.kind, EventKind::Completed | EventKind::HandedOff) {
+            let stage = e.from.as_ref().map_or_else(|| after.stage.clone(), |f| f.stage.clone());
+            let epoch = prev.map_or(after.epoch, |p| p.after.epoch);
+            if let Some((first, kind)) = finished.insert((stage.clone(), epoch), (v, e.kind)) {
+                fail(format!(
+                    "finishes the visit to {stage} at epoch {epoch} again (first by event {first}, {})",
+                    kind.as_str()
+                ));
+            }
+        }
+        prev = Some(e);
+    }
+    problems
+}
+
+/// What a client was told succeeded, collected by a crash or fault test.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Idempotency keys (namespace `default`) of submits answered with success.
+    pub submit_keys: Vec<String>,
+    /// Ids returned by successful submits.
+    pub submit_ids: Vec<TaskId>,
+    /// (task, epoch) of completes answered with success.
+    pub completions: Vec<(TaskId, u64)>,
+    /// (task, epoch) of handoffs answered with success.
+    pub handoffs: Vec<(TaskId, u64)>,
+}
+
+/// Checks that everything acknowledged is in the store exactly once: each
+/// key names one task, each id exists, each acknowledged complete or handoff
+/// is one event at that epoch. Run `check_store` too for the rest.
+pub fn check_acknowledged(store: &dyn Store, acked: &Acknowledged) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let tasks = list_all(store).map_err(|p| vec![p])?;
+    let by_key: HashMap<&str, &Task> = tasks
+        .iter()
+        .filter(|t| t.namespace == "default")
+        .filter_map(|t| t.idempotency_key.as_deref().map(|k| (k, t)))
+        .collect();
+    for key in &acked.submit_keys {
+        if !by_key.contains_key(key.as_str()) {
+            problems.push(format!("acknowledged submit with key {key:?} is lost"));
+        }
+    }
+    let ids: HashSet<TaskId> = tasks.iter().map(|t| t.id).collect();
+    for id in &acked.submit_ids {
+        if !ids.contains(id) {
+            problems.push(format!("acknowledged submit of task {id} is lost"));
+        }
+    }
+    let mut histories: HashMap<TaskId, Vec<Event>> = HashMap::new();
+    let acked_actions = acked
+        .completions
+        .iter()
+        .map(|a| (a, EventKind::Completed))
+        .chain(acked.handoffs.iter().map(|a| (a, EventKind::HandedOff)));
+    for (&(task, epoch), kind) in acked_actions {
+        let events = match histories.entry(task) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => match block_on(store.history(task)) {
+                Ok(events) => slot.insert(events),
+                Err(e) => {
+                    problems.push(format!("history of {task} failed: {e}"));
+                    continue;
+                }
+            },
+        };
+        let found = events
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| {
+                e.kind == kind && *i > 0 && events[*i - 1].after.epoch == epoch && e.from.is_some()
+            })
+            .count();
+        match found {
+            1 => {}
+            0 => problems
+                .push(format!("acknowledged {} of task {task} at epoch {epoch} is lost", kind.as_str())),
+            n => {
+                problems.push(format!("{} of task {task} at epoch {epoch} happened {n} times", kind.as_str()))
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
+}

@@ -1,0 +1,404 @@
+//! The in-memory store: `baton_core::Store` over a `Mutex<State>`, built on the
+//! engine like every store. It owns the data structures (tasks by id with their
+//! payloads and event chains, handoffs, alerts, the idempotency map), the
+//! transaction (`MemTx`, an undo log over the state, so a refused or failed
+//! operation leaves no trace) and the commit/rollback/answer loop. It leaves
+//! every decision to `baton_core::engine` and `decide`, and durability to the
+//! real stores: nothing here survives the process. Reads scan; it is a store
+//! for tests, the reference that the conformance suite holds the others to.
+
+use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
+use baton_core::store::{NoListener, ReadyListener};
+use baton_core::{
+    ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
+    HandoffId, Hash, Millis, NewTask, Page, Rules, StageName, Store, StoreFuture, Submitted, Task,
+    TaskFilter, TaskId, TaskView,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use uuid::Uuid;
+
+/// How often an operation that met a revision conflict is run again before
+/// the store gives up. Under one mutex a conflict means a bug, so this is small.
+pub const CONFLICT_RETRIES_MAX: u32 = 3;
+
+/// The in-memory store. Cheap to create; share it behind an `Arc`.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+    listener: Arc<dyn ReadyListener>,
+}
+
+/// Everything the store holds.
+#[derive(Debug, Default, Clone)]
+struct State {
+    tasks: BTreeMap<TaskId, Row>,
+    /// (namespace, idempotency key) -> task.
+    keys: HashMap<(String, String), TaskId>,
+    handoffs: HashMap<HandoffId, Handoff>,
+    alerts: Vec<Alert>,
+    /// Failpoint: the write after this many more writes fails (see
+    /// `MemoryStore::fail_write_after`).
+    fail_after_writes: Option<usize>,
+}
+
+/// One task: its row, its payload and its event chain (never empty).
+#[derive(Debug, Clone)]
+struct Row {
+    task: Task,
+    payload: String,
+    events: Vec<Event>,
+}
+
+impl Row {
+    fn head(&self) -> Hash {
+        self.events.last().expect("a stored task has its first event").hash
+    }
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>, rules: Rules) -> Self {
+        Self { state: Mutex::new(State::default()), clock, rules, listener: Arc::new(NoListener) }
+    }
+
+    /// Tells `listener` after each commit that made tasks claimable.
+    pub fn with_listener(mut self, listener: Arc<dyn ReadyListener>) -> Self {
+        self.listener = listener;
+        self
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The alerts raised so far, oldest first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.lock().alerts.clone()
+    }
+
+    /// Failpoint for rollback tests: after `writes` more successful writes
+    /// (inserts, updates, handoffs, alerts), the next write fails with a store
+    /// error, once. The operation it belongs to must then leave no trace.
+    pub fn fail_write_after(&self, writes: usize) {
+        self.lock().fail_after_writes = Some(writes);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in a test or in the engine;
+        // the test that caused it has failed already.
+        self.state.lock().expect("memory store mutex poisoned by an earlier panic")
+    }
+
+    /// Runs one engine operation in a transaction: commit on success, roll
+    /// back everything on any failure, retry on a revision conflict.
+    fn run<T>(
+        &self,
+        mut op: impl FnMut(&mut MemTx<'_>, &mut Ctx<'_>) -> Result<T, Fail<MemError>>,
+    ) -> Result<T, Error> {
+        let mut conflicts = 0;
+        loop {
+            let now = self.clock.now();
+            let mut effects = Effects::default();
+            let result = {
+                let mut state = self.lock();
+                let mut tx = MemTx::new(&mut state);
+                let mut cx = Ctx { rules: &self.rules, now, effects: &mut effects };
+                let result = op(&mut tx, &mut cx);
+                if result.is_ok() {
+                    tx.commit();
+                }
+                // Dropping an uncommitted transaction rolls it back.
+                result
+            };
+            match result {
+                Ok(value) => {
+                    if !effects.ready.is_empty() {
+                        self.listener.ready(&effects.ready);
+                    }
+                    return Ok(value);
+                }
+                Err(Fail::Rejected(rejection)) => return Err(Error::Rejected(rejection)),
+                Err(Fail::Conflict) if conflicts < CONFLICT_RETRIES_MAX => conflicts += 1,
+                Err(Fail::Conflict) => {
+                    return Err(Error::Unavailable(format!(
+                        "revision conflict persisted over {CONFLICT_RETRIES_MAX} retries"
+                    )));
+                }
+                Err(Fail::Store(e)) => return Err(Error::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.lock())
+    }
+}
+
+fn answer<'a, T: Send + 'a>(result: Result<T, Error>) -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(result))
+}
+
+impl Store for MemoryStore {
+    fn submit(&self, task: NewTask) -> StoreFuture<'_, Submitted> {
+        answer(self.run(|tx, cx| engine::submit(tx, &task, cx)))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, Vec<Grant>> {
+        answer(self.run(|tx, cx| engine::claim(tx, &request, cx)))
+    }
+
+    fn act(&self, request: ActRequest) -> StoreFuture<'_, ActOutcome> {
+        answer(self.run(|tx, cx| engine::act(tx, &request, cx)))
+    }
+
+    fn cancel(&self, request: CancelRequest) -> StoreFuture<'_, Task> {
+        answer(self.run(|tx, cx| engine::cancel(tx, &request, cx)))
+    }
+
+    fn fire_due(&self, limit: usize) -> StoreFuture<'_, usize> {
+        answer(self.run(|tx, cx| engine::fire_due(tx, limit, cx)))
+    }
+
+    fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {
+        answer(Ok(self.read(|s| {
+            s.tasks.get(&task).map(|row| TaskView {
+                task: row.task.clone(),
+                payload: row.payload.clone(),
+                head: row.head(),
+            })
+        })))
+    }
+
+    /// Pages by id. A `limit` of 0 means the largest page, `page_size_max`.
+    fn list(&self, filter: TaskFilter) -> StoreFuture<'_, Page> {
+        let page_max = self.rules.limits.page_size_max.max(1);
+        let limit = if filter.limit == 0 { page_max } else { filter.limit.min(page_max) };
+        answer(Ok(self.read(|s| {
+            let lower = match filter.after {
+                Some(after) => std::ops::Bound::Excluded(after),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut matching = s
+                .tasks
+                .range((lower, std::ops::Bound::Unbounded))
+                .map(|(_, row)| &row.task)
+                .filter(|t| filter.stage.as_ref().is_none_or(|stage| &t.stage == stage))
+                .filter(|t| filter.state.is_none_or(|state| t.state_name() == state))
+                .filter(|t| filter.parent.is_none_or(|parent| t.parent == Some(parent)));
+            let tasks: Vec<Task> = matching.by_ref().take(limit).cloned().collect();
+            let more = matching.next().is_some();
+            let next = if more { tasks.last().map(|t| t.id) } else { None };
+            Page { tasks, next }
+        })))
+    }
+
+    fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
+        answer(Ok(self.read(|s| s.tasks.get(&task).map(|row| row.events.clone()).unwrap_or_default())))
+    }
+
+    fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
+        answer(Ok(self.read(|s| s.handoffs.get(&id).cloned())))
+    }
+
+    fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
+        answer(Ok(self.read(|s| s.tasks.values().filter_map(|row| row.task.due_at()).min())))
+    }
+}
+
+/// A store error of the memory store: only the failpoint and broken
+/// preconditions of `Tx` produce one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemError(pub String);
+
+impl fmt::Display for MemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "memory store: {}", self.0)
+    }
+}
+
+impl std::error::Error for MemError {}
+
+/// One open transaction: writes go straight into the state and are recorded
+/// in an undo log, replayed backwards on rollback (or on drop without commit).
+pub struct MemTx<'s> {
+    state: &'s mut State,
+    undo: Vec<Undo>,
+    committed: bool,
+}
+
+/// The inverse of one write.
+enum Undo {
+    /// A task was inserted: remove it (and its idempotency key).
+    Insert(TaskId),
+    /// A task was updated: put the old row back and drop the new event.
+    Update(Box<Task>),
+    /// A handoff was put: restore what was there before.
+    Handoff(HandoffId, Option<Handoff>),
+    /// An alert was pushed: pop it.
+    Alert,
+}
+
+impl<'s> MemTx<'s> {
+    fn new(state: &'s mut State) -> Self {
+        Self { state, undo: Vec::new(), committed: false }
+    }
+
+    fn commit(&mut self) {
+        self.committed = true;
+        self.undo.clear();
+    }
+
+    fn rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Insert(id) => {
+                    let row = self.state.tasks.remove(&id).expect("an inserted task is present");
+                    if let Some(key) = row.task.idempotency_key {
+                        self.state.keys.remove(&(row.task.namespace, key));
+                    }
+                }
+                Undo::Update(old) => {
+                    let row = self.state.tasks.get_mut(&old.id).expect("an updated task is present");
+                    row.events.pop();
+                    row.task = *old;
+                }
+                Undo::Handoff(id, before) => match before {
+                    Some(h) => {
+                        self.state.handoffs.insert(id, h);
+                    }
+                    None => {
+                        self.state.handoffs.remove(&id);
+                    }
+                },
+                Undo::Alert => {
+                    self.state.alerts.pop();
+                }
+            }
+        }
+    }
+
+    /// Consumes one unit of the failpoint's budget, failing when it runs out.
+    fn write_allowed(&mut self) -> Result<(), MemError> {
+        match self.state.fail_after_writes {
+            Some(0) => {
+                self.state.fail_after_writes = None;
+                Err(MemError("injected write failure".into()))
+            }
+            Some(n) => {
+                self.state.fail_after_writes = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MemTx<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.rollback();
+        }
+    }
+}
+
+impl Tx for MemTx<'_> {
+    type Error = MemError;
+
+    fn new_id(&mut self) -> Uuid {
+        Uuid::now_v7()
+    }
+
+    fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, MemError> {
+        Ok(self.state.tasks.get(&id).map(|row| (row.task.clone(), row.head())))
+    }
+
+    fn load_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<(Task, Hash)>, MemError> {
+        let id = self.state.keys.get(&(namespace.to_owned(), key.to_owned())).copied();
+        match id {
+            Some(id) => self.load(id),
+            None => Ok(None),
+        }
+    }
+
+    fn ready(&mut self, stage: &StageName, limit: usize) -> Result<Vec<ReadyKey>, MemError> {
+        let mut ready: Vec<ReadyKey> = self
+            .state
+            .tasks
+            .values()
+            .map(|row| &row.task)
+            .filter(|t| &t.stage == stage && t.is_ready())
+            .map(|t| ReadyKey { id: t.id, priority: t.priority, deadline_rank: t.deadline_rank() })
+            .collect();
+        ready.sort_by(|a, b| {
+            b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
+        });
+        ready.truncate(limit);
+        Ok(ready)
+    }
+
+    fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, MemError> {
+        let mut due: Vec<(Millis, TaskId)> = self
+            .state
+            .tasks
+            .values()
+            .filter_map(|row| row.task.due_at().map(|at| (at, row.task.id)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    fn leases_held(&mut self, agent: &AgentId) -> Result<u64, MemError> {
+        let held = self.state.tasks.values().filter(|row| row.task.holder() == Some(agent)).count();
+        Ok(u64::try_from(held).expect("fits"))
+    }
+
+    fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), MemError> {
+        if self.state.tasks.contains_key(&task.id) {
+            return Err(MemError(format!("task {} exists already", task.id)));
+        }
+        let key = task.idempotency_key.clone().map(|k| (task.namespace.clone(), k));
+        if let Some(key) = &key
+            && self.state.keys.contains_key(key)
+        {
+            return Err(MemError(format!("idempotency key {:?} is taken", key.1)));
+        }
+        self.write_allowed()?;
+        if let Some(key) = key {
+            self.state.keys.insert(key, task.id);
+        }
+        let row = Row { task: task.clone(), payload: payload.to_owned(), events: vec![event.clone()] };
+        self.state.tasks.insert(task.id, row);
+        self.undo.push(Undo::Insert(task.id));
+        Ok(())
+    }
+
+    fn update(&mut self, task: &Task, event: &Event) -> Result<bool, MemError> {
+        let Some(row) = self.state.tasks.get(&task.id) else { return Ok(false) };
+        if row.task.revision + 1 != task.revision {
+            return Ok(false);
+        }
+        self.write_allowed()?;
+        let row = self.state.tasks.get_mut(&task.id).expect("checked above");
+        let old = std::mem::replace(&mut row.task, task.clone());
+        row.events.push(event.clone());
+        self.undo.push(Undo::Update(Box::new(old)));
+        Ok(true)
+    }
+
+    fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let before = self.state.handoffs.insert(handoff.id, handoff.clone());
+        self.undo.push(Undo::Handoff(handoff.id, before));
+        Ok(())
+    }
+
+    fn put_alert(&mut self, alert: &Alert) -> Result<(), MemError> {
+        self.write_allowed()?;
+        self.state.alerts.push(alert.clone());
+        self.undo.push(Undo::Alert);
+        Ok(())
+    }
+}
