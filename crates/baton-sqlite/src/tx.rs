@@ -10,6 +10,24 @@ use baton_core::{AgentId, Alert, Event, Handoff, Hash, Millis, StageName, Task, 
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
+const LOAD: &str = "SELECT body, head FROM tasks WHERE id = ?1";
+const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = ?1 AND idempotency_key = ?2";
+// `ready = 1` literally, so the partial index tasks_ready can answer it.
+const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready = 1 AND stage = ?1 \
+                     ORDER BY priority DESC, deadline_rank, id LIMIT ?2";
+const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2";
+const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = ?1";
+
+/// The writer's lookups that must stay O(log n) at any backlog, by name, for
+/// `SqliteStore::lookup_plans`.
+pub(crate) const LOOKUPS: &[(&str, &str)] = &[
+    ("load", LOAD),
+    ("load_by_key", LOAD_BY_KEY),
+    ("ready", READY),
+    ("due", DUE),
+    ("leases_held", LEASES_HELD),
+];
+
 /// One operation's view of the writer's transaction (inside its savepoint).
 pub(crate) struct WriteTx<'c> {
     pub conn: &'c Connection,
@@ -23,7 +41,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT body, head FROM tasks WHERE id = ?1")?;
+        let mut st = self.conn.prepare_cached(LOAD)?;
         let mut rows = st.query([id.0.as_bytes()])?;
         match rows.next()? {
             Some(row) => task_and_head(row, 0).map(Some),
@@ -32,9 +50,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn load_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<(Task, Hash)>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT body, head FROM tasks WHERE namespace = ?1 AND idempotency_key = ?2")?;
+        let mut st = self.conn.prepare_cached(LOAD_BY_KEY)?;
         let mut rows = st.query([namespace, key])?;
         match rows.next()? {
             Some(row) => task_and_head(row, 0).map(Some),
@@ -43,11 +59,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn ready(&mut self, stage: &StageName, limit: usize) -> Result<Vec<ReadyKey>, StoreError> {
-        // `ready = 1` literally, so the partial index tasks_ready answers it.
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, priority, deadline_rank FROM tasks WHERE ready = 1 AND stage = ?1
-             ORDER BY priority DESC, deadline_rank, id LIMIT ?2",
-        )?;
+        let mut st = self.conn.prepare_cached(READY)?;
         let mut rows = st.query(params![stage.as_str(), int(limit as u64)?])?;
         let mut out = Vec::with_capacity(limit.min(64));
         while let Some(row) = rows.next()? {
@@ -61,9 +73,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
-        )?;
+        let mut st = self.conn.prepare_cached(DUE)?;
         let mut rows = st.query(params![now, int(limit as u64)?])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -73,7 +83,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT count(*) FROM tasks WHERE holder = ?1")?;
+        let mut st = self.conn.prepare_cached(LEASES_HELD)?;
         let n: i64 = st.query_row([agent.as_str()], |r| r.get(0))?;
         Ok(n.max(0).unsigned_abs())
     }

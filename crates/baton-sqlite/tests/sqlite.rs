@@ -1,0 +1,666 @@
+//! The SQLite store's tests, in one binary. Goal: the store keeps the
+//! engine's promises on a real file (durability across close and reopen, a
+//! refused operation changes nothing, group commit batches concurrent
+//! callers) and refuses files it must not trust (corrupt, too new, foreign).
+//! Method: drive the public `Store` API with a manual clock, then inspect
+//! what the store reports (`stats`, `lookup_plans`) and what reopening finds.
+//! Failures that need a broken disk run in a child process under a file-size
+//! limit, so the real fail-stop path runs, not a mock.
+
+use baton_core::event::verify_chain;
+use baton_core::store::ReadyListener;
+use baton_core::{
+    ActRequest, Action, Actor, AgentId, CancelRequest, ClaimRequest, Clock, Error, Grant, HandoffOutcome,
+    JoinMode, JoinSpec, Millis, NewChild, NewTask, Report, StageName, StateName, Store, TaskFilter, TaskId,
+    TaskView,
+};
+use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fatal};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A clock the test moves by hand.
+struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self(AtomicI64::new(1_700_000_000_000)))
+    }
+    fn advance(&self, ms: Millis) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls one future on this thread, parking between polls.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        thread::park_timeout(Duration::from_secs(1));
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir"), clock: ManualClock::new() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("baton.db")
+    }
+
+    fn options(&self) -> SqliteOptions {
+        SqliteOptions::default().clock(self.clock.clone())
+    }
+
+    fn open(&self) -> SqliteStore {
+        SqliteStore::open(self.path(), self.options()).expect("open")
+    }
+}
+
+fn agent(name: &str) -> AgentId {
+    AgentId::new(name)
+}
+
+fn submit(store: &SqliteStore, stage: &str, payload: &str) -> TaskId {
+    block_on(store.submit(NewTask::new(stage, payload))).expect("submit").task.id
+}
+
+fn claim(store: &SqliteStore, who: &str, stage: &str, max: usize) -> Vec<Grant> {
+    let request =
+        ClaimRequest { agent: agent(who), stages: vec![StageName::new(stage)], max, lease_ms: None };
+    block_on(store.claim(request)).expect("claim")
+}
+
+fn act(store: &SqliteStore, grant: &Grant, action: Action) -> Result<baton_core::ActOutcome, Error> {
+    let holder = grant.task.holder().expect("a grant is held").clone();
+    block_on(store.act(ActRequest {
+        task: grant.task.id,
+        agent: holder,
+        epoch: grant.epoch,
+        action,
+        claim_next: None,
+    }))
+}
+
+fn handoff_to(stage: &str) -> Action {
+    Action::Handoff { to_stage: StageName::new(stage), report: Report::default() }
+}
+
+fn complete() -> Action {
+    Action::Complete { result: None, report: Report::default() }
+}
+
+fn view(store: &SqliteStore, id: TaskId) -> TaskView {
+    block_on(store.get(id)).expect("get").expect("task exists")
+}
+
+/// Checks a task's stored history: an unbroken chain ending at the row's head,
+/// whose last event carries the row as it is.
+fn check_history(store: &SqliteStore, id: TaskId) {
+    let events = block_on(store.history(id)).expect("history");
+    verify_chain(&events).unwrap_or_else(|(i, why)| panic!("task {id}: event {i}: {why}"));
+    let view = view(store, id);
+    let last = events.last().expect("at least the submit event");
+    assert_eq!(last.hash, view.head, "task {id}: head is the last event's hash");
+    assert_eq!(last.after, view.task, "task {id}: the last event carries the row");
+    assert_eq!(last.version, view.task.revision, "task {id}: version equals revision");
+}
+
+// ---------------------------------------------------------------------------
+// The protocol through the store
+
+#[test]
+fn a_task_travels_two_stages() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let id = submit(&store, "triage", r#"{"patient":7}"#);
+    assert_eq!(view(&store, id).payload, r#"{"patient":7}"#);
+
+    let grants = claim(&store, "a", "triage", 10);
+    assert_eq!(grants.len(), 1);
+    let out = act(&store, &grants[0], handoff_to("billing")).expect("handoff");
+    let handoff = out.handoff.expect("a handoff id");
+    let pending = block_on(store.handoff(handoff)).expect("read").expect("stored");
+    assert_eq!(pending.outcome, HandoffOutcome::Pending);
+
+    let grants = claim(&store, "b", "billing", 10);
+    assert_eq!(grants.len(), 1);
+    let accepted = block_on(store.handoff(handoff)).expect("read").expect("stored");
+    assert!(matches!(accepted.outcome, HandoffOutcome::Accepted { ref by, .. } if by == &agent("b")));
+    act(&store, &grants[0], complete()).expect("complete");
+
+    let done = view(&store, id);
+    assert_eq!(done.task.state_name(), StateName::Done);
+    assert_eq!(block_on(store.next_due()).expect("next_due"), None, "a finished task has no timer");
+    check_history(&store, id);
+    assert_eq!(block_on(store.history(id)).expect("history").len(), 5);
+}
+
+#[test]
+fn claims_follow_priority_then_deadline_then_age() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let mut late = NewTask::new("s", "{}");
+    late.deadline = Some(fx.clock.now() + 100_000);
+    let mut soon = NewTask::new("s", "{}");
+    soon.deadline = Some(fx.clock.now() + 1_000);
+    let first_plain = submit(&store, "s", "{}");
+    let late = block_on(store.submit(late)).expect("submit").task.id;
+    let soon = block_on(store.submit(soon)).expect("submit").task.id;
+    let urgent = block_on(store.submit(NewTask::new("s", "{}").priority(5))).expect("submit").task.id;
+    let second_plain = submit(&store, "s", "{}");
+    let order: Vec<TaskId> = claim(&store, "a", "s", 10).iter().map(|g| g.task.id).collect();
+    assert_eq!(order, vec![urgent, soon, late, first_plain, second_plain]);
+}
+
+#[test]
+fn idempotent_submit_returns_the_first_task() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let first = block_on(store.submit(NewTask::new("s", "{}").key("k1"))).expect("submit");
+    let again = block_on(store.submit(NewTask::new("s", "{}").key("k1"))).expect("repeat");
+    assert!(first.created && !again.created);
+    assert_eq!(first.task, again.task);
+    let conflict = block_on(store.submit(NewTask::new("s", r#"{"other":1}"#).key("k1")));
+    assert!(matches!(conflict, Err(Error::Rejected(r)) if r.code() == "idempotency_conflict"));
+    let page = block_on(store.list(TaskFilter::default())).expect("list");
+    assert_eq!(page.tasks.len(), 1);
+}
+
+#[test]
+fn stale_epoch_is_lease_lost_and_changes_nothing() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let id = submit(&store, "s", "{}");
+    let grant = claim(&store, "a", "s", 1).remove(0);
+    fx.clock.advance(31_000);
+    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 1, "the lease expired");
+    let before = view(&store, id);
+    let stale = act(&store, &grant, complete());
+    assert!(matches!(stale, Err(Error::Rejected(ref r)) if r.code() == "lease_lost"), "{stale:?}");
+    assert_eq!(view(&store, id), before);
+    check_history(&store, id);
+}
+
+#[test]
+fn timers_fire_through_next_due() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let id = submit(&store, "s", "{}");
+    let due = block_on(store.next_due()).expect("next_due").expect("a live task has a timer");
+    assert_eq!(due, fx.clock.now() + 5 * 60_000);
+    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 0, "nothing is due yet");
+    fx.clock.advance(5 * 60_000);
+    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 1);
+    let task = view(&store, id).task;
+    assert_eq!(task.reoffers, 1);
+    check_history(&store, id);
+}
+
+#[test]
+fn listing_pages_by_id_with_filters() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let ids: Vec<TaskId> =
+        (0..7).map(|i| submit(&store, if i % 2 == 0 { "even" } else { "odd" }, "{}")).collect();
+    claim(&store, "a", "even", 1);
+    let page = |filter: TaskFilter| block_on(store.list(filter)).expect("list");
+
+    let first = page(TaskFilter { limit: 3, ..TaskFilter::default() });
+    assert_eq!(first.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[..3]);
+    let second = page(TaskFilter { limit: 3, after: first.next, ..TaskFilter::default() });
+    assert_eq!(second.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[3..6]);
+    let third = page(TaskFilter { limit: 3, after: second.next, ..TaskFilter::default() });
+    assert_eq!(third.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[6..]);
+    assert_eq!(third.next, None, "the last page says so");
+
+    let even = page(TaskFilter { stage: Some(StageName::new("even")), ..TaskFilter::default() });
+    assert_eq!(even.tasks.len(), 4);
+    let held = page(TaskFilter { state: Some(StateName::Held), ..TaskFilter::default() });
+    assert_eq!(held.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]]);
+    let waiting_even = page(TaskFilter {
+        stage: Some(StageName::new("even")),
+        state: Some(StateName::Waiting),
+        ..TaskFilter::default()
+    });
+    assert_eq!(waiting_even.tasks.len(), 3);
+}
+
+#[test]
+fn spawned_children_settle_their_parent() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let parent = submit(&store, "plan", "{}");
+    let grant = claim(&store, "a", "plan", 1).remove(0);
+    let children = ["notify", "bill"].map(|s| NewChild {
+        stage: StageName::new(s),
+        payload: "{}".into(),
+        priority: 0,
+        labels: BTreeMap::new(),
+    });
+    let out = act(
+        &store,
+        &grant,
+        Action::Spawn {
+            children: children.to_vec(),
+            join: JoinSpec { mode: JoinMode::All, within_ms: 60_000 },
+        },
+    )
+    .expect("spawn");
+    assert_eq!(out.children.len(), 2);
+    let listed =
+        block_on(store.list(TaskFilter { parent: Some(parent), ..TaskFilter::default() })).expect("list");
+    assert_eq!(listed.tasks.len(), 2);
+    for stage in ["notify", "bill"] {
+        let g = claim(&store, "w", stage, 1).remove(0);
+        act(&store, &g, complete()).expect("complete child");
+    }
+    let parent_view = view(&store, parent);
+    assert_eq!(parent_view.task.state_name(), StateName::Waiting, "the join held");
+    assert!(parent_view.task.is_ready());
+    check_history(&store, parent);
+}
+
+#[test]
+fn cancel_ends_a_task() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let id = submit(&store, "s", "{}");
+    let task = block_on(store.cancel(CancelRequest {
+        task: id,
+        actor: Actor::Principal("ops".into()),
+        reason: "duplicate".into(),
+    }))
+    .expect("cancel");
+    assert_eq!(task.state_name(), StateName::Cancelled);
+    assert!(claim(&store, "a", "s", 1).is_empty());
+    check_history(&store, id);
+}
+
+#[test]
+fn ready_listener_hears_each_commit() {
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<StageName>>);
+    impl ReadyListener for Heard {
+        fn ready(&self, stages: &[StageName]) {
+            self.0.lock().expect("lock").extend_from_slice(stages);
+        }
+    }
+    let fx = Fixture::new();
+    let heard = Arc::new(Heard::default());
+    let store = SqliteStore::open(fx.path(), fx.options().listener(heard.clone())).expect("open");
+    submit(&store, "alpha", "{}");
+    let refused = block_on(store.submit(NewTask::new("beta", "not json")));
+    assert!(matches!(refused, Err(Error::Rejected(_))));
+    assert_eq!(*heard.0.lock().expect("lock"), vec![StageName::new("alpha")], "refused ops wake nobody");
+}
+
+// ---------------------------------------------------------------------------
+// Storage: durability, batching, refusals
+
+#[test]
+fn acknowledged_writes_survive_close_and_reopen() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(submit(&store, "in", &format!(r#"{{"n":{i}}}"#)));
+    }
+    for grant in claim(&store, "a", "in", 20) {
+        act(&store, &grant, handoff_to("out")).expect("handoff");
+    }
+    for grant in claim(&store, "b", "out", 10) {
+        act(&store, &grant, complete()).expect("complete");
+    }
+    let before: Vec<_> =
+        ids.iter().map(|id| (view(&store, *id), block_on(store.history(*id)).unwrap())).collect();
+    drop(store);
+
+    let store = fx.open();
+    for (view_before, history_before) in &before {
+        let id = view_before.task.id;
+        assert_eq!(&view(&store, id), view_before, "task {id} and its head survive");
+        assert_eq!(&block_on(store.history(id)).expect("history"), history_before);
+        check_history(&store, id);
+    }
+    // And the store keeps working where it left off.
+    assert_eq!(claim(&store, "c", "out", 100).len(), 10);
+}
+
+#[test]
+fn many_concurrent_callers_share_commits() {
+    const THREADS: usize = 32;
+    const EACH: usize = 40;
+    let fx = Fixture::new();
+    let store = Arc::new(fx.open());
+    let acked: Vec<TaskId> = thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = &store;
+                s.spawn(move || {
+                    (0..EACH).map(|i| submit(store, "s", &format!("[{t},{i}]"))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let stats = store.stats();
+    assert_eq!(stats.ops, (THREADS * EACH) as u64);
+    // Group commit's correctness property: callers waiting together share a
+    // commit. 32 callers blocked on fsync cannot all land in separate batches.
+    assert!(stats.batch_max > 1, "no batch carried more than one operation: {stats:?}");
+    assert!(stats.commits < stats.ops, "{stats:?}");
+    assert_eq!(acked.len(), THREADS * EACH);
+    for id in acked {
+        assert!(block_on(store.get(id)).expect("get").is_some(), "acknowledged task {id} is stored");
+    }
+}
+
+/// Holds the database's write lock from another connection, so the writer's
+/// next `BEGIN IMMEDIATE` waits and callers queue up behind it.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(path: &Path) -> Self {
+        let conn = rusqlite::Connection::open(path).expect("second connection");
+        conn.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+        Self(conn)
+    }
+    fn release(self) {
+        self.0.execute_batch("ROLLBACK").expect("release");
+    }
+}
+
+#[test]
+fn a_refused_operation_leaves_its_batch_neighbours_committed() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let parent = submit(&store, "plan", "{}");
+    let grant = claim(&store, "a", "plan", 1).remove(0);
+    let parent_before = view(&store, parent);
+    let commits_before = store.stats().commits;
+
+    let lock = WriteLock::take(&fx.path());
+    // The first operation takes the writer into BEGIN, where it waits on the
+    // lock; the next three queue meanwhile and are taken as one batch.
+    let opener = store.submit(NewTask::new("s", "{}"));
+    thread::sleep(Duration::from_millis(200));
+    let good1 = store.submit(NewTask::new("s", r#""one""#));
+    // Spawn writes the parent and the first child, then the second child's
+    // stage is refused: all of this operation's writes must roll back.
+    let bad_children = vec![
+        NewChild {
+            stage: StageName::new("fine"),
+            payload: "{}".into(),
+            priority: 0,
+            labels: BTreeMap::new(),
+        },
+        NewChild {
+            stage: StageName::new("bad stage!"),
+            payload: "{}".into(),
+            priority: 0,
+            labels: BTreeMap::new(),
+        },
+    ];
+    let bad = store.act(ActRequest {
+        task: parent,
+        agent: agent("a"),
+        epoch: grant.epoch,
+        action: Action::Spawn {
+            children: bad_children,
+            join: JoinSpec { mode: JoinMode::All, within_ms: 1_000 },
+        },
+        claim_next: None,
+    });
+    let good2 = store.submit(NewTask::new("s", r#""two""#));
+    lock.release();
+
+    block_on(opener).expect("opener");
+    let good1 = block_on(good1).expect("good1").task.id;
+    let refused = block_on(bad);
+    assert!(matches!(refused, Err(Error::Rejected(ref r)) if r.code() == "invalid_request"), "{refused:?}");
+    let good2 = block_on(good2).expect("good2").task.id;
+
+    let stats = store.stats();
+    assert_eq!(stats.commits - commits_before, 2, "the opener, then the other three together: {stats:?}");
+    assert!(stats.batch_max >= 3, "{stats:?}");
+    assert_eq!(stats.refused, 1);
+    assert_eq!(view(&store, good1).payload, r#""one""#);
+    assert_eq!(view(&store, good2).payload, r#""two""#);
+    assert_eq!(view(&store, parent), parent_before, "the refused spawn left the parent as it was");
+    let children =
+        block_on(store.list(TaskFilter { parent: Some(parent), ..TaskFilter::default() })).expect("list");
+    assert!(children.tasks.is_empty(), "the first child's insert was rolled back too");
+    check_history(&store, parent);
+}
+
+#[test]
+fn a_closed_store_answers_unavailable() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let id = submit(&store, "s", "{}");
+    store.close();
+    assert!(matches!(block_on(store.submit(NewTask::new("s", "{}"))), Err(Error::Unavailable(_))));
+    assert!(matches!(block_on(store.get(id)), Err(Error::Unavailable(_))));
+    store.close();
+}
+
+#[test]
+fn hot_lookups_use_their_indexes() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    let plans: BTreeMap<&str, String> = store.lookup_plans().expect("plans").into_iter().collect();
+    let expect = [
+        ("load", "sqlite_autoindex_tasks_1"),
+        ("load_by_key", "tasks_idempotency"),
+        ("ready", "COVERING INDEX tasks_ready"),
+        ("due", "tasks_due"),
+        ("leases_held", "tasks_holder"),
+    ];
+    for (lookup, index) in expect {
+        let plan = &plans[lookup];
+        assert!(plan.contains(index), "{lookup} should use {index}, plan: {plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{lookup} should not sort, plan: {plan}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files the store must refuse
+
+#[test]
+fn a_corrupt_file_is_refused_with_a_clear_error() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    for i in 0..200 {
+        submit(&store, "s", &format!(r#"{{"filler":"{}"}}"#, "x".repeat(i)));
+    }
+    drop(store);
+    // Overwrite the middle of the file: b-tree pages, not the header.
+    let mut bytes = std::fs::read(fx.path()).expect("read db");
+    assert!(bytes.len() > 16 * 4096, "the database spans many pages");
+    for page in [3, 5, 8] {
+        let at = page * 4096;
+        bytes[at..at + 64].fill(0xA5);
+    }
+    std::fs::write(fx.path(), &bytes).expect("write db");
+
+    let err = SqliteStore::open(fx.path(), fx.options()).err().expect("a corrupt file is refused");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+
+    // A file that is not SQLite at all is refused the same way.
+    std::fs::write(fx.path(), vec![0x42; 8192]).expect("write junk");
+    let err = SqliteStore::open(fx.path(), fx.options()).err().expect("junk is refused");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+}
+
+#[test]
+fn the_full_integrity_check_passes_a_healthy_file() {
+    let fx = Fixture::new();
+    drop(fx.open());
+    let store =
+        SqliteStore::open(fx.path(), fx.options().integrity_check(IntegrityCheck::Full)).expect("open");
+    submit(&store, "s", "{}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let fx = Fixture::new();
+    drop(fx.open());
+    let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
+    conn.execute_batch(&format!("PRAGMA user_version = {}", baton_sqlite::SCHEMA_VERSION + 1)).expect("bump");
+    drop(conn);
+    let err = SqliteStore::open(fx.path(), fx.options()).err().expect("too new is refused");
+    match &err {
+        OpenError::TooNew { found, supported, .. } => {
+            assert_eq!(
+                (*found, *supported),
+                (baton_sqlite::SCHEMA_VERSION + 1, baton_sqlite::SCHEMA_VERSION)
+            );
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    assert!(err.to_string().contains("newer than this binary"), "{err}");
+}
+
+#[test]
+fn another_applications_database_is_refused() {
+    let fx = Fixture::new();
+    let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
+    conn.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY)").expect("create");
+    drop(conn);
+    let err = SqliteStore::open(fx.path(), fx.options()).err().expect("foreign is refused");
+    assert!(matches!(err, OpenError::Foreign { .. }), "{err:?}");
+}
+
+#[test]
+fn reopening_migrates_nothing_twice() {
+    let fx = Fixture::new();
+    drop(fx.open());
+    drop(fx.open());
+    let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    assert_eq!(version, baton_sqlite::SCHEMA_VERSION);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
+    assert_eq!(mode, "wal", "WAL is persistent in the file");
+}
+
+// ---------------------------------------------------------------------------
+// Fail-stop on I/O errors
+
+#[test]
+fn storage_failures_are_classified_fatal_or_not() {
+    use rusqlite::ffi;
+    let error = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+    for code in [
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_CORRUPT,
+        ffi::SQLITE_NOTADB,
+    ] {
+        assert!(is_fatal(&error(code)), "code {code} must stop the process");
+    }
+    for code in [ffi::SQLITE_BUSY, ffi::SQLITE_CONSTRAINT_UNIQUE, ffi::SQLITE_NOMEM, ffi::SQLITE_MISUSE] {
+        assert!(!is_fatal(&error(code)), "code {code} is not fatal");
+    }
+    assert!(!is_fatal(&rusqlite::Error::QueryReturnedNoRows));
+}
+
+/// Set in the child process of the test below: the database path.
+const FATAL_CHILD_ENV: &str = "BATON_SQLITE_FATAL_CHILD";
+/// The child's exit code when the fatal hook ran.
+const FATAL_EXIT: i32 = 86;
+
+/// Runs the real writer against a file-size limit (`ulimit -f`): once the WAL
+/// would grow past it, writing the commit fails with EFBIG (SQLITE_IOERR_WRITE)
+/// and the writer must call the fatal hook without acknowledging the batch.
+/// The test re-runs this binary as the child, under `sh` with the limit set
+/// and SIGXFSZ ignored (so the write fails instead of killing the process).
+#[test]
+fn the_fatal_hook_fires_when_a_commit_cannot_be_written() {
+    if let Ok(path) = std::env::var(FATAL_CHILD_ENV) {
+        fatal_child(Path::new(&path));
+    }
+    let fx = Fixture::new();
+    drop(fx.open()); // create and migrate the file without a limit
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f 2048 && exec "$0" "$@""#)
+        .arg(&exe)
+        .args([
+            "the_fatal_hook_fires_when_a_commit_cannot_be_written",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FATAL_CHILD_ENV, fx.path())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(FATAL_EXIT), "child stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("FATAL during=commit"), "the hook saw a failed commit:\n{stdout}");
+
+    // Every submit the child saw acknowledged is on disk; the failed one is not.
+    let acked: Vec<TaskId> = stdout
+        .lines()
+        .filter_map(|l| l.split("ACK ").nth(1))
+        .map(|id| id.parse().expect("task id"))
+        .collect();
+    assert!(!acked.is_empty(), "some commits fitted under the limit:\n{stdout}");
+    let store = fx.open();
+    for id in &acked {
+        assert!(block_on(store.get(*id)).expect("get").is_some(), "acknowledged task {id} lost");
+    }
+    let all = block_on(store.list(TaskFilter::default())).expect("list");
+    assert_eq!(all.tasks.len(), acked.len(), "nothing unacknowledged was committed:\n{stdout}");
+}
+
+fn fatal_child(path: &Path) -> ! {
+    let hook: baton_sqlite::FatalHook = Arc::new(|e: &baton_sqlite::FatalError| {
+        println!("FATAL during={} code={:?} unacknowledged={}", e.during, e.code, e.unacknowledged);
+        std::process::exit(FATAL_EXIT);
+    });
+    let store = SqliteStore::open(path, SqliteOptions::default().on_fatal(hook)).expect("child open");
+    let payload = format!(r#""{}""#, "p".repeat(200 * 1024));
+    for _ in 0..200 {
+        match block_on(store.submit(NewTask::new("s", payload.clone()))) {
+            Ok(s) => println!("ACK {}", s.task.id),
+            Err(e) => println!("ERR {e}"),
+        }
+    }
+    println!("the limit never bit");
+    std::process::exit(1);
+}
