@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
-use baton_core::{Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
+use baton_core::{Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
@@ -147,4 +147,17 @@ pub(crate) fn handoff(conn: &Connection, id: HandoffId) -> Result<Option<Handoff
 pub(crate) fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
     let mut st = conn.prepare_cached("SELECT min(due_at) FROM tasks WHERE due_at IS NOT NULL")?;
     Ok(st.query_row([], |r| r.get(0))?)
+}
+
+/// Alerts in the order they were raised, after the `after` cursor (an alert
+/// sequence number), at most `limit`.
+pub(crate) fn alerts(conn: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, Alert)>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT id, body FROM alerts WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+    let mut rows = st.query(rusqlite::params![after, int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body = row.get_ref(1)?.as_str().map_err(|e| StoreError::Row(format!("alert body: {e}")))?;
+        out.push((row.get(0)?, serde_json::from_str(body)?));
+    }
+    Ok(out)
 }

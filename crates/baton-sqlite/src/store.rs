@@ -11,8 +11,8 @@ use crate::read::{self, ReadPool};
 use crate::schema::open_writer;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::{
-    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId, Millis,
-    NewTask, Page, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
+    ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
+    Millis, NewTask, Page, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -96,6 +96,14 @@ impl SqliteStore {
             batch_max: c.batch_max.load(Ordering::Relaxed),
             stopped: c.stopped.load(Ordering::Acquire),
         }
+    }
+
+    /// Alerts raised by escalations, oldest first: up to `limit` (at most
+    /// `page_size_max`) after the sequence number `after` (0 for the first
+    /// page). Each comes with its sequence number, the cursor for the next page.
+    pub fn alerts(&self, after: i64, limit: usize) -> Result<Vec<(i64, Alert)>, Error> {
+        let limit = limit.clamp(1, self.page_size_max.max(1));
+        self.reads.with(|c| read::alerts(c, after, limit))
     }
 
     /// How SQLite answers each of the writer's hot lookups (`EXPLAIN QUERY

@@ -150,14 +150,16 @@ impl Writer {
         c.refused.fetch_add(refused, Ordering::Relaxed);
         c.unavailable.fetch_add(unavailable, Ordering::Relaxed);
         c.batch_max.fetch_max(count as u64, Ordering::Relaxed);
-        for answer in answers {
-            answer.deliver();
-        }
+        // Wake-ups before answers: a caller that sees its answer may rely on
+        // the listener having heard about the work it created.
         if !ready.is_empty() {
             let listener = &self.listener;
             if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(&ready))).is_err() {
                 tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
             }
+        }
+        for answer in answers {
+            answer.deliver();
         }
         Flow::Continue
     }

@@ -2,67 +2,74 @@
 //! engine's promises on a real file (durability across close and reopen, a
 //! refused operation changes nothing, group commit batches concurrent
 //! callers) and refuses files it must not trust (corrupt, too new, foreign).
-//! Method: drive the public `Store` API with a manual clock, then inspect
-//! what the store reports (`stats`, `lookup_plans`) and what reopening finds.
+//! Method: the conformance suite (`baton_testkit::store_suite!`) pins the
+//! protocol, as for every store; the tests below it drive the public API on a
+//! manual clock and inspect what the store reports (`stats`, `lookup_plans`)
+//! and what reopening finds.
 //! Failures that need a broken disk run in a child process under a file-size
 //! limit, so the real fail-stop path runs, not a mock.
 
 use baton_core::event::verify_chain;
-use baton_core::store::ReadyListener;
 use baton_core::{
-    ActRequest, Action, Actor, AgentId, CancelRequest, ClaimRequest, Clock, Error, Grant, HandoffOutcome,
-    JoinMode, JoinSpec, Millis, NewChild, NewTask, Report, StageName, StateName, Store, TaskFilter, TaskId,
-    TaskView,
+    ActRequest, Action, AgentId, Alert, ClaimRequest, Error, Grant, JoinMode, JoinSpec, NewChild, NewTask,
+    Report, StageName, Store, TaskFilter, TaskId, TaskView,
 };
 use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fatal};
+use baton_testkit::{ManualClock, Setup, SuiteStore, block_on};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------
-// Harness
+// The conformance suite every store passes
 
-/// A clock the test moves by hand.
-struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    fn new() -> Arc<Self> {
-        Arc::new(Self(AtomicI64::new(1_700_000_000_000)))
-    }
-    fn advance(&self, ms: Millis) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
+/// A fresh SQLite file per case, in its own temporary directory.
+struct Harness {
+    store: SqliteStore,
+    options: SqliteOptions,
+    dir: tempfile::TempDir,
 }
 
-impl Clock for ManualClock {
-    fn now(&self) -> Millis {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+impl SuiteStore for Harness {
+    type Store = SqliteStore;
 
-/// Polls one future on this thread, parking between polls.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
+    fn open(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteOptions::default().clock(setup.clock).rules(setup.rules).listener(setup.listener);
+        let store = SqliteStore::open(dir.path().join("baton.db"), options.clone()).expect("open");
+        Self { store, options, dir }
+    }
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    fn alerts(&self) -> Option<Vec<Alert>> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.alerts(after, 100).expect("alerts");
+            let Some((last, _)) = page.last() else { return Some(all) };
+            after = *last;
+            all.extend(page.into_iter().map(|(_, alert)| alert));
         }
     }
-    let mut future = std::pin::pin!(future);
-    let waker = Waker::from(Arc::new(Unpark(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        thread::park_timeout(Duration::from_secs(1));
+
+    fn reopen(self) -> Self {
+        let Self { store, options, dir } = self;
+        store.close();
+        drop(store);
+        let store = SqliteStore::open(dir.path().join("baton.db"), options.clone()).expect("reopen");
+        Self { store, options, dir }
     }
 }
+
+baton_testkit::store_suite!(Harness);
+
+// ---------------------------------------------------------------------------
+// Helpers for the SQLite-specific tests
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -71,7 +78,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir"), clock: ManualClock::new() }
+        Self { dir: tempfile::tempdir().expect("temp dir"), clock: Arc::new(ManualClock::default()) }
     }
 
     fn path(&self) -> PathBuf {
@@ -134,195 +141,6 @@ fn check_history(store: &SqliteStore, id: TaskId) {
     assert_eq!(last.hash, view.head, "task {id}: head is the last event's hash");
     assert_eq!(last.after, view.task, "task {id}: the last event carries the row");
     assert_eq!(last.version, view.task.revision, "task {id}: version equals revision");
-}
-
-// ---------------------------------------------------------------------------
-// The protocol through the store
-
-#[test]
-fn a_task_travels_two_stages() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let id = submit(&store, "triage", r#"{"patient":7}"#);
-    assert_eq!(view(&store, id).payload, r#"{"patient":7}"#);
-
-    let grants = claim(&store, "a", "triage", 10);
-    assert_eq!(grants.len(), 1);
-    let out = act(&store, &grants[0], handoff_to("billing")).expect("handoff");
-    let handoff = out.handoff.expect("a handoff id");
-    let pending = block_on(store.handoff(handoff)).expect("read").expect("stored");
-    assert_eq!(pending.outcome, HandoffOutcome::Pending);
-
-    let grants = claim(&store, "b", "billing", 10);
-    assert_eq!(grants.len(), 1);
-    let accepted = block_on(store.handoff(handoff)).expect("read").expect("stored");
-    assert!(matches!(accepted.outcome, HandoffOutcome::Accepted { ref by, .. } if by == &agent("b")));
-    act(&store, &grants[0], complete()).expect("complete");
-
-    let done = view(&store, id);
-    assert_eq!(done.task.state_name(), StateName::Done);
-    assert_eq!(block_on(store.next_due()).expect("next_due"), None, "a finished task has no timer");
-    check_history(&store, id);
-    assert_eq!(block_on(store.history(id)).expect("history").len(), 5);
-}
-
-#[test]
-fn claims_follow_priority_then_deadline_then_age() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let mut late = NewTask::new("s", "{}");
-    late.deadline = Some(fx.clock.now() + 100_000);
-    let mut soon = NewTask::new("s", "{}");
-    soon.deadline = Some(fx.clock.now() + 1_000);
-    let first_plain = submit(&store, "s", "{}");
-    let late = block_on(store.submit(late)).expect("submit").task.id;
-    let soon = block_on(store.submit(soon)).expect("submit").task.id;
-    let urgent = block_on(store.submit(NewTask::new("s", "{}").priority(5))).expect("submit").task.id;
-    let second_plain = submit(&store, "s", "{}");
-    let order: Vec<TaskId> = claim(&store, "a", "s", 10).iter().map(|g| g.task.id).collect();
-    assert_eq!(order, vec![urgent, soon, late, first_plain, second_plain]);
-}
-
-#[test]
-fn idempotent_submit_returns_the_first_task() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let first = block_on(store.submit(NewTask::new("s", "{}").key("k1"))).expect("submit");
-    let again = block_on(store.submit(NewTask::new("s", "{}").key("k1"))).expect("repeat");
-    assert!(first.created && !again.created);
-    assert_eq!(first.task, again.task);
-    let conflict = block_on(store.submit(NewTask::new("s", r#"{"other":1}"#).key("k1")));
-    assert!(matches!(conflict, Err(Error::Rejected(r)) if r.code() == "idempotency_conflict"));
-    let page = block_on(store.list(TaskFilter::default())).expect("list");
-    assert_eq!(page.tasks.len(), 1);
-}
-
-#[test]
-fn stale_epoch_is_lease_lost_and_changes_nothing() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let id = submit(&store, "s", "{}");
-    let grant = claim(&store, "a", "s", 1).remove(0);
-    fx.clock.advance(31_000);
-    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 1, "the lease expired");
-    let before = view(&store, id);
-    let stale = act(&store, &grant, complete());
-    assert!(matches!(stale, Err(Error::Rejected(ref r)) if r.code() == "lease_lost"), "{stale:?}");
-    assert_eq!(view(&store, id), before);
-    check_history(&store, id);
-}
-
-#[test]
-fn timers_fire_through_next_due() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let id = submit(&store, "s", "{}");
-    let due = block_on(store.next_due()).expect("next_due").expect("a live task has a timer");
-    assert_eq!(due, fx.clock.now() + 5 * 60_000);
-    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 0, "nothing is due yet");
-    fx.clock.advance(5 * 60_000);
-    assert_eq!(block_on(store.fire_due(10)).expect("fire"), 1);
-    let task = view(&store, id).task;
-    assert_eq!(task.reoffers, 1);
-    check_history(&store, id);
-}
-
-#[test]
-fn listing_pages_by_id_with_filters() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let ids: Vec<TaskId> =
-        (0..7).map(|i| submit(&store, if i % 2 == 0 { "even" } else { "odd" }, "{}")).collect();
-    claim(&store, "a", "even", 1);
-    let page = |filter: TaskFilter| block_on(store.list(filter)).expect("list");
-
-    let first = page(TaskFilter { limit: 3, ..TaskFilter::default() });
-    assert_eq!(first.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[..3]);
-    let second = page(TaskFilter { limit: 3, after: first.next, ..TaskFilter::default() });
-    assert_eq!(second.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[3..6]);
-    let third = page(TaskFilter { limit: 3, after: second.next, ..TaskFilter::default() });
-    assert_eq!(third.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), ids[6..]);
-    assert_eq!(third.next, None, "the last page says so");
-
-    let even = page(TaskFilter { stage: Some(StageName::new("even")), ..TaskFilter::default() });
-    assert_eq!(even.tasks.len(), 4);
-    let held = page(TaskFilter { state: Some(StateName::Held), ..TaskFilter::default() });
-    assert_eq!(held.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]]);
-    let waiting_even = page(TaskFilter {
-        stage: Some(StageName::new("even")),
-        state: Some(StateName::Waiting),
-        ..TaskFilter::default()
-    });
-    assert_eq!(waiting_even.tasks.len(), 3);
-}
-
-#[test]
-fn spawned_children_settle_their_parent() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let parent = submit(&store, "plan", "{}");
-    let grant = claim(&store, "a", "plan", 1).remove(0);
-    let children = ["notify", "bill"].map(|s| NewChild {
-        stage: StageName::new(s),
-        payload: "{}".into(),
-        priority: 0,
-        labels: BTreeMap::new(),
-    });
-    let out = act(
-        &store,
-        &grant,
-        Action::Spawn {
-            children: children.to_vec(),
-            join: JoinSpec { mode: JoinMode::All, within_ms: 60_000 },
-        },
-    )
-    .expect("spawn");
-    assert_eq!(out.children.len(), 2);
-    let listed =
-        block_on(store.list(TaskFilter { parent: Some(parent), ..TaskFilter::default() })).expect("list");
-    assert_eq!(listed.tasks.len(), 2);
-    for stage in ["notify", "bill"] {
-        let g = claim(&store, "w", stage, 1).remove(0);
-        act(&store, &g, complete()).expect("complete child");
-    }
-    let parent_view = view(&store, parent);
-    assert_eq!(parent_view.task.state_name(), StateName::Waiting, "the join held");
-    assert!(parent_view.task.is_ready());
-    check_history(&store, parent);
-}
-
-#[test]
-fn cancel_ends_a_task() {
-    let fx = Fixture::new();
-    let store = fx.open();
-    let id = submit(&store, "s", "{}");
-    let task = block_on(store.cancel(CancelRequest {
-        task: id,
-        actor: Actor::Principal("ops".into()),
-        reason: "duplicate".into(),
-    }))
-    .expect("cancel");
-    assert_eq!(task.state_name(), StateName::Cancelled);
-    assert!(claim(&store, "a", "s", 1).is_empty());
-    check_history(&store, id);
-}
-
-#[test]
-fn ready_listener_hears_each_commit() {
-    #[derive(Default)]
-    struct Heard(Mutex<Vec<StageName>>);
-    impl ReadyListener for Heard {
-        fn ready(&self, stages: &[StageName]) {
-            self.0.lock().expect("lock").extend_from_slice(stages);
-        }
-    }
-    let fx = Fixture::new();
-    let heard = Arc::new(Heard::default());
-    let store = SqliteStore::open(fx.path(), fx.options().listener(heard.clone())).expect("open");
-    submit(&store, "alpha", "{}");
-    let refused = block_on(store.submit(NewTask::new("beta", "not json")));
-    assert!(matches!(refused, Err(Error::Rejected(_))));
-    assert_eq!(*heard.0.lock().expect("lock"), vec![StageName::new("alpha")], "refused ops wake nobody");
 }
 
 // ---------------------------------------------------------------------------
