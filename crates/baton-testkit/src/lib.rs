@@ -9,6 +9,7 @@ pub mod checker;
 pub mod clock;
 pub mod exec;
 pub mod memory;
+pub mod model;
 pub mod suite;
 
 pub use checker::{Acknowledged, HistoryReport, assert_store_ok, check_acknowledged, check_store};

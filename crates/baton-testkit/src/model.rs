@@ -13,12 +13,13 @@
 //! 5 s, three attempts per stage, a 1 s backoff; past the attempts a task
 //! escalates to the human stage `inbox`.
 
-use crate::exec::block_on;
 use crate::clock::ManualClock;
+use crate::exec::block_on;
+use crate::suite::{Setup, SuiteStore};
 use baton_core::engine::Rules;
 use baton_core::{
-    Action, ActRequest, AgentId, Backoff, CancelRequest, ClaimRequest, Error, NewTask, Policies, Report,
-    StageName, StagePolicy, StateName, Store, TaskId,
+    ActRequest, Action, AgentId, Backoff, CancelRequest, ClaimRequest, Error, NewTask, Policies, Report,
+    StageName, StagePolicy, StateName, Store, TaskId, store::NoListener,
 };
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
@@ -50,11 +51,6 @@ pub fn model_rules() -> Rules {
         .with_stage("s2", stage)
         .with_stage("inbox", inbox);
     Rules { policies, limits: baton_core::Limits::default() }
-}
-
-/// Opens a fresh, empty store for one model run.
-pub trait OpenStore: 'static {
-    fn open(clock: Arc<ManualClock>, rules: Rules) -> Arc<dyn Store>;
 }
 
 /// A task as the model sees it.
@@ -197,7 +193,16 @@ impl Model {
                 Expect::Refused("idempotency_conflict")
             };
         }
-        self.tasks.push(MTask { stage, origin: stage, priority, payload, key, epoch: 0, attempts: 0, state: MState::Ready });
+        self.tasks.push(MTask {
+            stage,
+            origin: stage,
+            priority,
+            payload,
+            key,
+            epoch: 0,
+            attempts: 0,
+            state: MState::Ready,
+        });
         Expect::Submitted { index: self.tasks.len() - 1, created: true }
     }
 
@@ -286,30 +291,33 @@ impl MTask {
     }
 }
 
-/// The system under test: a store, its clock, and the ids of the model's tasks.
-pub struct Sut {
-    store: Arc<dyn Store>,
+/// The system under test: a store (through its suite harness), its clock, and
+/// the ids of the model's tasks.
+pub struct Sut<H> {
+    harness: H,
     clock: Arc<ManualClock>,
     ids: Vec<TaskId>,
 }
 
-/// The model test over the store that `F` opens.
-pub struct ModelTest<F>(PhantomData<F>);
+/// The model test over the store that harness `H` opens.
+pub struct ModelTest<H>(PhantomData<H>);
 
-impl<F: OpenStore> StateMachineTest for ModelTest<F> {
-    type SystemUnderTest = Sut;
+impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
+    type SystemUnderTest = Sut<H>;
     type Reference = Reference;
 
-    fn init_test(_: &Model) -> Sut {
+    fn init_test(_: &Model) -> Sut<H> {
         let clock = Arc::new(ManualClock::new(START));
-        Sut { store: F::open(clock.clone(), model_rules()), clock, ids: Vec::new() }
+        let setup = Setup { clock: clock.clone(), rules: model_rules(), listener: Arc::new(NoListener) };
+        Sut { harness: H::open(setup), clock, ids: Vec::new() }
     }
 
-    fn apply(mut sut: Sut, model: &Model, step: Step) -> Sut {
-        let store = sut.store.clone();
+    fn apply(mut sut: Sut<H>, model: &Model, step: Step) -> Sut<H> {
+        let store = sut.harness.store();
         let got: Expect = match &step {
             Step::Submit { stage, priority, payload, key } => {
-                let mut new = NewTask::new(STAGES[*stage], format!("{{\"p\":{payload}}}")).priority(*priority);
+                let mut new =
+                    NewTask::new(STAGES[*stage], format!("{{\"p\":{payload}}}")).priority(*priority);
                 new.idempotency_key = key.map(|k| format!("key-{k}"));
                 match block_on(store.submit(new)) {
                     Ok(s) => {
@@ -350,10 +358,17 @@ impl<F: OpenStore> StateMachineTest for ModelTest<F> {
                     }
                     HolderCall::Complete => Action::Complete { result: None, report: Report::default() },
                     HolderCall::Release => Action::Release { note: None },
-                    HolderCall::Fail { retryable } => Action::Fail { error: "e".into(), retryable: *retryable },
+                    HolderCall::Fail { retryable } => {
+                        Action::Fail { error: "e".into(), retryable: *retryable }
+                    }
                 };
-                let request =
-                    ActRequest { task: sut.ids[*task], agent: agent_id(*agent), epoch: *epoch, action, claim_next: None };
+                let request = ActRequest {
+                    task: sut.ids[*task],
+                    agent: agent_id(*agent),
+                    epoch: *epoch,
+                    action,
+                    claim_next: None,
+                };
                 match block_on(store.act(request)) {
                     Ok(_) => Expect::Accepted,
                     Err(e) => refused(e),
@@ -385,10 +400,12 @@ impl<F: OpenStore> StateMachineTest for ModelTest<F> {
         sut
     }
 
-    fn check_invariants(sut: &Sut, model: &Model) {
+    fn check_invariants(sut: &Sut<H>, model: &Model) {
         assert_eq!(sut.ids.len(), model.tasks.len(), "every acknowledged submit is a task");
         for (i, (id, m)) in sut.ids.iter().zip(&model.tasks).enumerate() {
-            let view = block_on(sut.store.get(*id)).expect("get").expect("acknowledged tasks are never lost");
+            let view = block_on(sut.harness.store().get(*id))
+                .expect("get")
+                .expect("acknowledged tasks are never lost");
             let t = &view.task;
             let want = match m.state {
                 MState::Ready | MState::Backoff { .. } => StateName::Waiting,
@@ -414,8 +431,8 @@ impl<F: OpenStore> StateMachineTest for ModelTest<F> {
         }
     }
 
-    fn teardown(sut: Sut, _: Model) {
-        if let Err(problems) = crate::checker::check_store(sut.store.as_ref()) {
+    fn teardown(sut: Sut<H>, _: Model) {
+        if let Err(problems) = crate::checker::check_store(sut.harness.store()) {
             panic!("history checker: {problems:#?}");
         }
     }

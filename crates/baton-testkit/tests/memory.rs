@@ -71,3 +71,18 @@ fn child_completion_and_parent_escalation_roll_back_at_every_write() {
     assert_eq!(cx.store().alerts().len(), 1);
     cx.finish();
 }
+
+mod model {
+    //! The model test over the memory store: random protocol sequences, each
+    //! step's outcome and every task's state checked against the reference
+    //! model, the history checker at the end (see `baton_testkit::model`).
+    use baton_testkit::MemoryStore;
+    use baton_testkit::model::ModelTest;
+    use proptest_state_machine::prop_state_machine;
+
+    prop_state_machine! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn memory_store_follows_the_model(sequential 1..60 => ModelTest<MemoryStore>);
+    }
+}
