@@ -115,7 +115,7 @@ impl Ack {
 /// Runs the child workload until killed, `run_ms_max` passes, or every thread
 /// did its operations.
 pub fn run_child(config: &ChildConfig) -> Result<()> {
-    let store = open_sqlite(&config.db)?;
+    let store: Arc<dyn Store> = open_sqlite(&config.db)?;
     let deadline = Instant::now() + Duration::from_millis(config.run_ms_max);
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {

@@ -26,17 +26,22 @@ const PRELOAD_THREADS: usize = 8;
 
 /// Opens Baton's SQLite store in the run's directory and burns down.
 pub fn run_baton(p: &RunParams, probe: &Probe) -> Result<Measured> {
-    let store = crate::store::open_sqlite(&p.dir.join("baton.db"))?;
+    let sqlite = crate::store::open_sqlite(&p.dir.join("baton.db"))?;
+    let store: Arc<dyn Store> = sqlite.clone();
     let started = Instant::now();
     preload(&store, p.tasks, &p.payload)?;
     let preload_seconds = started.elapsed().as_secs_f64();
-    let (usage, step) = burn_down(Arc::clone(&store), p.agents, p.tasks, probe)?;
-    drop(store);
+    let before = sqlite.stats().commits;
+    let (usage, step) = burn_down(store, p.agents, p.tasks, probe)?;
+    // Idle agents' empty claims commit too (an empty transaction), so this
+    // counts every transaction the burn-down cost, not only handoffs.
+    let transactions = sqlite.stats().commits - before;
+    sqlite.close();
     Ok(Measured {
         handoffs: p.tasks as u64 * STAGES.len() as u64,
         usage,
         step,
-        transactions: None,
+        transactions: Some(transactions),
         preload_seconds,
     })
 }
