@@ -482,3 +482,17 @@ fn fatal_child(path: &Path) -> ! {
     println!("the limit never bit");
     std::process::exit(1);
 }
+
+mod model {
+    //! The model test over the SQLite store: the same reference model as the
+    //! memory store's (see `baton_testkit::model`), every step fsync'd.
+    use super::Harness;
+    use baton_testkit::model::ModelTest;
+    use proptest_state_machine::prop_state_machine;
+
+    prop_state_machine! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn sqlite_store_follows_the_model(sequential 1..60 => ModelTest<Harness>);
+    }
+}
