@@ -47,6 +47,12 @@ enum Command {
         /// Print the Markdown table to stdout.
         #[arg(long)]
         markdown: bool,
+        /// Before each run, wait up to this many seconds for other processes to quiet down.
+        #[arg(long, default_value_t = 60)]
+        quiet_wait_s: u64,
+        /// Skip the unrecorded warm-up run of each system.
+        #[arg(long)]
+        no_warmup: bool,
     },
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
@@ -77,6 +83,8 @@ fn main() -> Result<()> {
             dir,
             json,
             markdown,
+            quiet_wait_s,
+            no_warmup,
         } => {
             let systems = systems
                 .iter()
@@ -95,6 +103,8 @@ fn main() -> Result<()> {
                 runs,
                 systems,
                 dir,
+                quiet_wait_s,
+                warmup: !no_warmup,
             };
             let report = bench::run(config)?;
             if let Some(path) = json {

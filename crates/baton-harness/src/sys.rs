@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Linux reports process CPU time in clock ticks of `USER_HZ`, which is 100 on
 /// every architecture Linux supports today (it is part of the user ABI, unlike
@@ -85,6 +85,27 @@ pub fn machine_busy_seconds() -> Result<f64> {
     let busy: u64 =
         ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
     Ok(busy as f64 / USER_HZ)
+}
+
+/// Waits until the rest of the machine is quiet: other processes together
+/// using less than `foreign_cores_max` cores over a one-second window, or
+/// until `wait_max` has passed. Returns how long it waited and the last
+/// window's foreign load (in cores). On a shared 2-core machine a compiler
+/// running beside a benchmark cuts fsync rates several-fold
+/// (notes/performance.md 3.5), so runs start only when it is quiet, and
+/// `Usage::foreign_cpu_seconds` tells which runs were disturbed anyway.
+pub fn wait_for_quiet(foreign_cores_max: f64, wait_max: Duration) -> Result<(Duration, f64)> {
+    const WINDOW: Duration = Duration::from_secs(1);
+    let start = Instant::now();
+    loop {
+        let (busy, own) = (machine_busy_seconds()?, process_cpu_seconds()?);
+        std::thread::sleep(WINDOW);
+        let foreign = ((machine_busy_seconds()? - busy) - (process_cpu_seconds()? - own)).max(0.0);
+        let cores = foreign / WINDOW.as_secs_f64();
+        if cores < foreign_cores_max || start.elapsed() >= wait_max {
+            return Ok((start.elapsed(), cores));
+        }
+    }
 }
 
 /// What a measured interval cost.

@@ -71,7 +71,18 @@ pub struct BenchConfig {
     pub systems: Vec<System>,
     /// Where the per-run data directories are made (and removed).
     pub dir: PathBuf,
+    /// Before each run, wait up to this long for other processes to quiet down.
+    pub quiet_wait_s: u64,
+    /// Run every system once, unrecorded, before the first measured round.
+    pub warmup: bool,
 }
+
+/// Other processes may use this many cores during a run before it counts as
+/// disturbed (notes/performance.md 4.6: 20% of a core).
+pub const FOREIGN_CORES_MAX: f64 = 0.2;
+
+/// Tasks in a warm-up run: enough to touch every code path and warm caches.
+const WARMUP_TASKS_MAX: usize = 2_000;
 
 /// What one system's run is given.
 pub struct RunParams {
@@ -114,6 +125,10 @@ pub struct RunResult {
     pub foreign_cpu_seconds: f64,
     pub handoffs_per_transaction: Option<f64>,
     pub preload_seconds: f64,
+    /// How long the run waited for the machine to quiet down before starting.
+    pub quiet_wait_seconds: f64,
+    /// Other processes used more than `FOREIGN_CORES_MAX` cores on average.
+    pub disturbed: bool,
 }
 
 /// Every run of a set plus the machine; the summary is computed from these.
@@ -141,33 +156,47 @@ pub fn run(config: BenchConfig) -> Result<BenchReport> {
     let payload = pipeline::payload(config.payload_bytes);
     let started_unix_s =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if config.warmup {
+        let agents = config.agents[0];
+        let tasks = config.tasks.min(WARMUP_TASKS_MAX);
+        for &system in &config.systems {
+            eprintln!("warm-up: {} at K={agents}, {tasks} tasks", system.label());
+            let dir = fresh_dir(&config.dir, &format!("warmup-{system:?}"))?;
+            let params = RunParams { agents, tasks, payload: payload.clone(), dir: dir.clone() };
+            run_system(system, &params, &probe)?;
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
     let mut runs = Vec::new();
     for &agents in &config.agents {
         let tasks = if agents == 1 { config.tasks_single } else { config.tasks };
         for round in 0..config.runs {
             for &system in &config.systems {
-                let dir = config.dir.join(format!("k{agents}-r{round}-{system:?}").to_lowercase());
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
-                }
-                std::fs::create_dir_all(&dir)?;
+                let dir = fresh_dir(&config.dir, &format!("k{agents}-r{round}-{system:?}"))?;
                 let params = RunParams { agents, tasks, payload: payload.clone(), dir: dir.clone() };
-                eprint!("K={agents:<3} round {}/{} {:<22} ", round + 1, config.runs, system.label());
-                let measured = match system {
-                    System::Raw => baselines::run_raw(&params, &probe),
-                    System::Ideal => baselines::run_ideal(&params, &probe),
-                    System::Baton => baton::run_baton(&params, &probe),
+                let (waited, load) =
+                    crate::sys::wait_for_quiet(FOREIGN_CORES_MAX, Duration::from_secs(config.quiet_wait_s))?;
+                if load >= FOREIGN_CORES_MAX {
+                    eprintln!(
+                        "note: other processes still use {load:.2} cores after {waited:.0?}; running anyway"
+                    );
                 }
-                .with_context(|| format!("{} at K={agents}, round {}", system.label(), round + 1))?;
-                let result = summarise_run(system, &params, round, &measured);
+                eprint!("K={agents:<3} round {}/{} {:<22} ", round + 1, config.runs, system.label());
+                let measured = run_system(system, &params, &probe)
+                    .with_context(|| format!("{} at K={agents}, round {}", system.label(), round + 1))?;
+                let mut result = summarise_run(system, &params, round, &measured);
+                result.quiet_wait_seconds = waited.as_secs_f64();
                 eprintln!(
-                    "{:>9.0} handoffs/s  p50 {:>7.1} µs  p99 {:>8.1} µs  flushes/handoff {}  cpu s/1k {:.3}  foreign cpu {:.2} s",
+                    "{:>9.0} handoffs/s  p50 {:>7.1} µs  p99 {:>8.1} µs  flushes/handoff {}  cpu s/1k {:.3}  \
+                     handoffs/txn {}  foreign cpu {:.2} s{}",
                     result.handoffs_per_s,
                     result.step_p50_us,
                     result.step_p99_us,
                     result.flushes_per_handoff.map_or("n/a".into(), |f| format!("{f:.3}")),
                     result.cpu_s_per_1k_handoffs,
+                    result.handoffs_per_transaction.map_or("n/a".into(), |f| format!("{f:.1}")),
                     result.foreign_cpu_seconds,
+                    if result.disturbed { "  DISTURBED" } else { "" },
                 );
                 runs.push(result);
                 std::fs::remove_dir_all(&dir)?;
@@ -176,6 +205,24 @@ pub fn run(config: BenchConfig) -> Result<BenchReport> {
     }
     let summary = report::summarise(&config, &runs);
     Ok(BenchReport { machine, config, started_unix_s, runs, summary })
+}
+
+fn run_system(system: System, params: &RunParams, probe: &Probe) -> Result<Measured> {
+    match system {
+        System::Raw => baselines::run_raw(params, probe),
+        System::Ideal => baselines::run_ideal(params, probe),
+        System::Baton => baton::run_baton(params, probe),
+    }
+}
+
+/// An empty directory `name` under `root` (lower-cased), emptied if it exists.
+fn fresh_dir(root: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let dir = root.join(name.to_lowercase());
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn summarise_run(system: System, p: &RunParams, round: usize, m: &Measured) -> RunResult {
@@ -199,6 +246,8 @@ fn summarise_run(system: System, p: &RunParams, round: usize, m: &Measured) -> R
         foreign_cpu_seconds: m.usage.foreign_cpu_seconds,
         handoffs_per_transaction: m.transactions.map(|t| handoffs / t as f64),
         preload_seconds: m.preload_seconds,
+        quiet_wait_seconds: 0.0,
+        disturbed: m.usage.foreign_cpu_seconds > FOREIGN_CORES_MAX * m.usage.seconds,
     }
 }
 

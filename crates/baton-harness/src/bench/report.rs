@@ -259,6 +259,20 @@ pub fn markdown(report: &BenchReport) -> String {
                 ratio(System::Ideal),
             );
         }
+        let disturbed: Vec<String> = report
+            .runs
+            .iter()
+            .filter(|r| r.agents == group.agents && r.disturbed)
+            .map(|r| format!("{} round {}", r.system.label(), r.round + 1))
+            .collect();
+        if !disturbed.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nDisturbed runs (other processes above {:.0}% of a core on average): {}.",
+                super::FOREIGN_CORES_MAX * 100.0,
+                disturbed.join(", ")
+            );
+        }
         let _ = writeln!(out);
     }
     out
