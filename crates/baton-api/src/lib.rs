@@ -19,8 +19,7 @@ pub use request::{
 };
 pub use response::{
     ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,
-    History, Join, JoinMode, Lease, LeaseInfo, Position, SubmitResponse, Task, TaskPage, TaskStateName,
-    WaitKind, Waiting,
+    History, Join, JoinMode, Lease, LeaseInfo, Position, Task, TaskPage, TaskStateName, WaitKind, Waiting,
 };
 pub use time::Timestamp;
 

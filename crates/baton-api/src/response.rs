@@ -194,9 +194,6 @@ pub struct Lease {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
-    /// The handoff this claim accepted, if the task came by one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handoff_id: Option<HandoffId>,
     pub payload: Payload,
 }
 
@@ -219,14 +216,6 @@ impl fmt::Display for FenceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.task, self.stage, self.epoch)
     }
-}
-
-/// `POST /v1/tasks` answer (201 created, 200 for a repeated idempotency key).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitResponse {
-    pub task: Task,
-    /// False when an earlier submit with the same idempotency key came back.
-    pub created: bool,
 }
 
 /// `POST /v1/claims` answer; empty when the wait ended with no work.

@@ -1,1 +1,52 @@
-//! The HTTP server. (Being built.)
+//! Baton's HTTP server: the `/v1` API on axum over an injected `Store` and
+//! `Clock`, the long-poll wake-ups, the sweeper (timers over `due_at`), and
+//! graceful shutdown. `app(state)` builds the router for tests
+//! (`tower::ServiceExt::oneshot`); `serve(config, listener, shutdown)` runs it
+//! on a bound listener with the sweeper until `shutdown` resolves. The server
+//! converts core types to `baton-api` types and never serializes core types.
+//! Authentication is a seam for later: see `http::principal`.
+
+pub mod convert;
+pub mod http;
+pub mod state;
+pub mod sweeper;
+pub mod wake;
+
+pub use http::error::ApiError;
+pub use state::{AppState, AuthMode, Config, Options, SweeperOptions};
+pub use wake::ReadyHub;
+
+use axum::Router;
+use std::future::Future;
+use tokio::net::TcpListener;
+
+/// The API's router over `state`; no sweeper runs (see `serve`).
+pub fn app(state: AppState) -> Router {
+    http::router(state)
+}
+
+/// Serves the API on `listener` and runs the sweeper, until `shutdown`
+/// resolves: then it stops accepting, lets long polls answer with what they
+/// have, finishes in-flight requests, stops the sweeper, and returns.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState::new(config);
+    let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
+    let signal_state = state.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        signal_state.begin_shutdown();
+    };
+    let result = axum::serve(listener, app(state.clone())).with_graceful_shutdown(signal).await;
+    state.begin_shutdown();
+    if let Some(sweeper) = sweeper
+        && let Err(error) = sweeper.await
+    {
+        tracing::error!(%error, "the sweeper task failed");
+    }
+    result
+}

@@ -1,0 +1,346 @@
+//! Baton's async Rust client: one method per API call, `baton-api` types in
+//! and out, and refusals as typed errors (`Error::LeaseLost`, `NotFound`,
+//! ...) carrying the server's message and details. Leases expose their fence
+//! token `(task, stage, epoch)` (`Lease::fence`), the idempotency key for an
+//! agent's own side effects. Plain HTTP only (no TLS backend is built in):
+//! reach a remote server through a TLS-terminating proxy.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), baton_client::Error> {
+//! use baton_client::{Client, api};
+//! let client = Client::new("http://127.0.0.1:7707")?.with_agent("intake-bot");
+//! let submit = api::SubmitRequest::new("intake", api::Payload::from_json(r#"{"n":1}"#).unwrap());
+//! let task = client.submit(&submit).await?.task;
+//! for lease in client.claim_from(&["intake"], 1, 5_000).await? {
+//!     client.complete(lease.task, &api::CompleteRequest { epoch: lease.epoch, ..Default::default() }).await?;
+//! }
+//! # let _ = task; Ok(()) }
+//! ```
+
+pub use baton_api as api;
+pub use baton_api::{ErrorCode, FenceToken, Lease, TaskId};
+
+use baton_api::{
+    ActResponse, CancelRequest, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FailRequest,
+    Handoff, HandoffId, HandoffQuery, HandoffRequest, Health, HeartbeatRequest, History, ListQuery,
+    ReleaseRequest, SpawnRequest, SubmitRequest, Task, TaskPage,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// The default address of `baton dev`.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:7707";
+
+/// Extra time allowed past a long poll's `wait_ms` before the client gives up.
+const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+
+/// A refusal or a failure to talk to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller's epoch is stale: stop working on the task.
+    #[error("{message}")]
+    LeaseLost { current_epoch: Option<u64>, state: Option<String>, message: String },
+    /// The epoch is current but another agent holds the lease.
+    #[error("{message}")]
+    NotHolder { message: String },
+    #[error("{message}")]
+    NotFound { message: String },
+    /// A malformed request; `field` names the culprit when known.
+    #[error("{message}")]
+    InvalidRequest { field: Option<String>, message: String },
+    #[error("{message}")]
+    InvalidTransition { message: String },
+    /// A named limit said no.
+    #[error("{message}")]
+    LimitExceeded { limit: Option<String>, max: Option<u64>, message: String },
+    #[error("{message}")]
+    TooManyLeases { message: String },
+    #[error("{message}")]
+    IdempotencyConflict { message: String },
+    #[error("{message}")]
+    RouteNotAllowed { message: String },
+    /// The server or its store cannot serve now; retry later.
+    #[error("{message}")]
+    Unavailable { message: String },
+    /// Any other refusal, with the server's body.
+    #[error("{body}")]
+    Refused { status: u16, body: ErrorBody },
+    /// The server could not be reached, or the connection broke.
+    #[error("could not reach Baton at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered something this client does not understand.
+    #[error("unexpected answer from Baton (HTTP {status}): {detail}")]
+    Protocol { status: u16, detail: String },
+    /// The client was given a bad address.
+    #[error("bad Baton address {address:?}: {problem}")]
+    Address { address: String, problem: String },
+}
+
+impl Error {
+    /// The API's error code, for refusals.
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            Self::LeaseLost { .. } => ErrorCode::LeaseLost,
+            Self::NotHolder { .. } => ErrorCode::NotHolder,
+            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::InvalidRequest { .. } => ErrorCode::InvalidRequest,
+            Self::InvalidTransition { .. } => ErrorCode::InvalidTransition,
+            Self::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            Self::TooManyLeases { .. } => ErrorCode::TooManyLeases,
+            Self::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
+            Self::RouteNotAllowed { .. } => ErrorCode::RouteNotAllowed,
+            Self::Unavailable { .. } => ErrorCode::Unavailable,
+            Self::Refused { body, .. } => return body.error_code(),
+            Self::Transport { .. } | Self::Protocol { .. } | Self::Address { .. } => return None,
+        })
+    }
+
+    /// Whether the same call may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Transport { .. })
+            || matches!(self.code(), Some(ErrorCode::RateLimited | ErrorCode::RequestInProgress))
+    }
+
+    fn from_body(status: StatusCode, body: ErrorBody) -> Self {
+        let message = body.message.clone();
+        let detail_u64 = |key: &str| body.details.get(key).and_then(serde_json::Value::as_u64);
+        let detail_str = |key: &str| body.details.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        match body.error_code() {
+            Some(ErrorCode::LeaseLost) => Self::LeaseLost {
+                current_epoch: detail_u64("current_epoch"),
+                state: detail_str("state"),
+                message,
+            },
+            Some(ErrorCode::NotHolder) => Self::NotHolder { message },
+            Some(ErrorCode::NotFound) => Self::NotFound { message },
+            Some(ErrorCode::InvalidRequest) => Self::InvalidRequest { field: detail_str("field"), message },
+            Some(ErrorCode::InvalidTransition) => Self::InvalidTransition { message },
+            Some(ErrorCode::LimitExceeded) => {
+                Self::LimitExceeded { limit: detail_str("limit"), max: detail_u64("max"), message }
+            }
+            Some(ErrorCode::TooManyLeases) => Self::TooManyLeases { message },
+            Some(ErrorCode::IdempotencyConflict) => Self::IdempotencyConflict { message },
+            Some(ErrorCode::RouteNotAllowed) => Self::RouteNotAllowed { message },
+            Some(ErrorCode::Unavailable) => Self::Unavailable { message },
+            _ => Self::Refused { status: status.as_u16(), body },
+        }
+    }
+}
+
+/// What a submit returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub task: Task,
+    /// False when an earlier submit with the same idempotency key came back.
+    pub created: bool,
+}
+
+/// A Baton API client. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    agent: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `address` (`http://host:port`).
+    pub fn new(address: &str) -> Result<Self, Error> {
+        let base = address.trim_end_matches('/').to_owned();
+        let bad = |problem: &str| Error::Address { address: address.to_owned(), problem: problem.to_owned() };
+        let rest = base.strip_prefix("http://").ok_or_else(|| {
+            bad(if base.starts_with("https://") {
+                "this client speaks plain HTTP; put a TLS proxy's plain side here"
+            } else {
+                "expected http://HOST:PORT"
+            })
+        })?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(bad("expected http://HOST:PORT with no path"));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| Error::Transport { url: base.clone(), source })?;
+        Ok(Self { http, base, agent: None })
+    }
+
+    /// Fills in `agent` on claims and holder calls that leave it out (auth off).
+    pub fn with_agent(mut self, agent: impl Into<String>) -> Self {
+        self.agent = Some(agent.into());
+        self
+    }
+
+    pub fn address(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /v1/tasks`.
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<Submitted, Error> {
+        let (status, task) = self.send_with_status(Method::POST, "/v1/tasks", Some(request), None).await?;
+        Ok(Submitted { task, created: status == StatusCode::CREATED })
+    }
+
+    /// `POST /v1/claims`: the leases granted, empty when the wait ended with no work.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Lease>, Error> {
+        let mut request = request.clone();
+        if request.agent.is_none() {
+            request.agent.clone_from(&self.agent);
+        }
+        let wait = Duration::from_millis(request.wait_ms);
+        let response: ClaimResponse =
+            self.send(Method::POST, "/v1/claims", Some(&request), Some(wait)).await?;
+        Ok(response.leases)
+    }
+
+    /// Claims up to `max` tasks from `stages` as this client's agent, waiting up to `wait_ms`.
+    pub async fn claim_from(&self, stages: &[&str], max: u32, wait_ms: u64) -> Result<Vec<Lease>, Error> {
+        let request = ClaimRequest {
+            stages: stages.iter().map(|s| (*s).to_owned()).collect(),
+            max,
+            wait_ms,
+            lease_ms: None,
+            agent: None,
+        };
+        self.claim(&request).await
+    }
+
+    pub async fn heartbeat(&self, task: TaskId, request: &HeartbeatRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "heartbeat", &request).await
+    }
+
+    /// Hands the task to `to_stage`; the answer's `handoff_id` names the handoff.
+    pub async fn handoff(&self, task: TaskId, request: &HandoffRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "handoff", &request).await
+    }
+
+    pub async fn complete(&self, task: TaskId, request: &CompleteRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "complete", &request).await
+    }
+
+    pub async fn release(&self, task: TaskId, request: &ReleaseRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "release", &request).await
+    }
+
+    pub async fn fail(&self, task: TaskId, request: &FailRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "fail", &request).await
+    }
+
+    pub async fn spawn(&self, task: TaskId, request: &SpawnRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.act(task, "spawn", &request).await
+    }
+
+    pub async fn cancel(&self, task: TaskId, reason: &str) -> Result<Task, Error> {
+        let request = CancelRequest { reason: reason.to_owned() };
+        self.send(Method::POST, &format!("/v1/tasks/{task}/cancel"), Some(&request), None).await
+    }
+
+    /// `GET /v1/tasks/{id}`: the task with its payload.
+    pub async fn get(&self, task: TaskId) -> Result<Task, Error> {
+        self.send::<(), _>(Method::GET, &format!("/v1/tasks/{task}"), None, None).await
+    }
+
+    pub async fn history(&self, task: TaskId) -> Result<History, Error> {
+        self.send::<(), _>(Method::GET, &format!("/v1/tasks/{task}/history"), None, None).await
+    }
+
+    /// One page of tasks; pass the page's `next_cursor` as `query.cursor` for the next.
+    pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, Error> {
+        let url = format!("{}/v1/tasks", self.base);
+        let request = self.http.get(&url).query(query);
+        self.execute(request, &url).await.map(|(_, page)| page)
+    }
+
+    /// `GET /v1/handoffs/{id}?wait_ms=`: the outcome, waiting while it is pending.
+    pub async fn handoff_outcome(&self, id: HandoffId, wait_ms: u64) -> Result<Handoff, Error> {
+        let url = format!("{}/v1/handoffs/{id}", self.base);
+        let query = HandoffQuery { wait_ms: (wait_ms > 0).then_some(wait_ms) };
+        let request =
+            self.http.get(&url).query(&query).timeout(Duration::from_millis(wait_ms) + LONG_POLL_GRACE);
+        self.execute(request, &url).await.map(|(_, handoff)| handoff)
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.send::<(), _>(Method::GET, "/healthz", None, None).await
+    }
+
+    fn fill_agent(&self, agent: &mut Option<String>) {
+        if agent.is_none() {
+            agent.clone_from(&self.agent);
+        }
+    }
+
+    async fn act<B: Serialize>(&self, task: TaskId, verb: &str, body: &B) -> Result<ActResponse, Error> {
+        self.send(Method::POST, &format!("/v1/tasks/{task}/{verb}"), Some(body), None).await
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        long_poll: Option<Duration>,
+    ) -> Result<T, Error> {
+        self.send_with_status(method, path, body, long_poll).await.map(|(_, value)| value)
+    }
+
+    async fn send_with_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        long_poll: Option<Duration>,
+    ) -> Result<(StatusCode, T), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(wait) = long_poll {
+            request = request.timeout(wait + LONG_POLL_GRACE);
+        }
+        self.execute(request, &url).await
+    }
+
+    async fn execute<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(StatusCode, T), Error> {
+        let transport = |source| Error::Transport { url: url.to_owned(), source };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport)?;
+        if status.is_success() {
+            let value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Protocol { status: status.as_u16(), detail: e.to_string() })?;
+            return Ok((status, value));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Error::from_body(status, body)),
+            Err(_) => Err(Error::Protocol {
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `POST /v1/claims`: lease up to `max` waiting tasks, waiting up to `wait_ms`
+//! for work. The long poll is server-side and bounded: claim; if nothing was
+//! ready, wait for a wake-up from one of the claim's stages (`ReadyHub`), the
+//! deadline, or shutdown; claim again. Interest is registered before each
+//! claim, so work that arrives between the claim and the wait still wakes it.
+
+use crate::convert;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiJson;
+use crate::http::principal::Principal;
+use crate::http::tasks::{millis, stored_payload};
+use crate::state::AppState;
+use crate::wake::AnyNotified;
+use axum::Json;
+use axum::extract::State;
+use baton_api as api;
+use baton_core::{ClaimRequest, Grant, StageName};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+pub async fn claim(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<api::ClaimRequest>,
+) -> Result<Json<api::ClaimResponse>, ApiError> {
+    let agent = principal.agent_for(req.agent.as_deref())?;
+    let wait_ms_max = state.options().wait_ms_max;
+    if req.wait_ms > wait_ms_max {
+        return Err(ApiError::limit("wait_ms_max", wait_ms_max, "wait less and claim again"));
+    }
+    check_stage_count(&state, req.stages.len())?;
+    let request = ClaimRequest {
+        agent,
+        stages: req.stages.into_iter().map(StageName::new).collect(),
+        max: req.max as usize,
+        lease_ms: millis("lease_ms", req.lease_ms)?,
+    };
+    let grants = if req.wait_ms == 0 {
+        state.store().claim(request).await?
+    } else {
+        wait_for_work(&state, request, Duration::from_millis(req.wait_ms)).await?
+    };
+    for grant in &grants {
+        state.tasks().notify(&grant.task.id);
+    }
+    Ok(Json(api::ClaimResponse { leases: leases(&state, &grants).await? }))
+}
+
+/// Claims until something is granted, the wait ends or the server shuts down.
+async fn wait_for_work(
+    state: &AppState,
+    request: ClaimRequest,
+    wait: Duration,
+) -> Result<Vec<Grant>, ApiError> {
+    let deadline = Instant::now() + wait;
+    let mut stages = request.stages.clone();
+    stages.sort();
+    stages.dedup();
+    let signals: Vec<Arc<Notify>> = stages.iter().map(|s| state.hub().subscribe(s)).collect();
+    let mut shutdown = pin!(state.shutting_down());
+    loop {
+        let woken = AnyNotified::enable(&signals);
+        let grants = state.store().claim(request.clone()).await?;
+        if !grants.is_empty() || Instant::now() >= deadline || state.is_shutting_down() {
+            return Ok(grants);
+        }
+        tokio::select! {
+            () = woken => {}
+            () = sleep_until(deadline) => {}
+            () = &mut shutdown => {}
+        }
+    }
+}
+
+/// Leases as the agent sees them: each with its task's payload.
+pub async fn leases(state: &AppState, grants: &[Grant]) -> Result<Vec<api::Lease>, ApiError> {
+    let mut leases = Vec::with_capacity(grants.len());
+    for grant in grants {
+        let Some(view) = state.store().get(grant.task.id).await? else {
+            tracing::error!(task = %grant.task.id, "a task granted by a claim is missing");
+            return Err(ApiError::internal());
+        };
+        leases.push(convert::lease(grant, stored_payload(view.payload)?));
+    }
+    Ok(leases)
+}
+
+/// Refuses claims that name too many stages.
+pub fn check_stage_count(state: &AppState, count: usize) -> Result<(), ApiError> {
+    let max = state.options().claim_stages_max;
+    if count > max {
+        return Err(ApiError::limit("claim_stages_max", max as u64, "name fewer stages in one claim"));
+    }
+    Ok(())
+}

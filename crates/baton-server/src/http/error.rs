@@ -1,0 +1,166 @@
+//! Refusals become HTTP here, and only here: the one table from error code to
+//! status, the conversion of core refusals (with their `details`), and the
+//! response body `{code, message, details}`. Store failures are logged with
+//! their internal text and answered with a generic message: internal error
+//! text never reaches a client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use baton_api::{ErrorBody, ErrorCode};
+use baton_core::{Error as StoreError, Rejection};
+use serde_json::json;
+
+/// A refusal on its way to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+/// The status of each code. Every refusal the server sends goes through this table.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::NotHolder => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::LeaseLost | ErrorCode::InvalidTransition | ErrorCode::RequestInProgress => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::IdempotencyConflict | ErrorCode::RouteNotAllowed | ErrorCode::LimitExceeded => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ErrorCode::RateLimited | ErrorCode::TooManyLeases => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
+
+/// Put in a refused response's extensions, so the refusal log can name the code.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused(pub ErrorCode);
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: json!({}) }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    /// 400 `invalid_request` about one field.
+    pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::InvalidRequest, format!("{field}: {problem}"))
+            .with_details(json!({ "field": field }))
+    }
+
+    /// 422 `limit_exceeded` naming the limit.
+    pub fn limit(limit: &str, max: u64, what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::LimitExceeded, format!("limit {limit} is {max}; {what}"))
+            .with_details(json!({ "limit": limit, "max": max }))
+    }
+
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} {id} not found"))
+            .with_details(json!({ what: id.to_string() }))
+    }
+
+    pub fn body_too_large(max: usize) -> Self {
+        Self::new(
+            ErrorCode::BodyTooLarge,
+            format!("the request body is over {max} bytes; store large data elsewhere and pass a reference"),
+        )
+        .with_details(json!({ "limit": "body_bytes_max", "max": max }))
+    }
+
+    /// 503 after a store failure, whose text is logged, not sent.
+    pub fn unavailable() -> Self {
+        Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+    }
+
+    /// 500 for a bug; the caller logs what happened.
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error; the server logged it")
+    }
+
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(self.code, self.message).with_details(self.details);
+        let mut response = (status_of(self.code), Json(body)).into_response();
+        response.extensions_mut().insert(Refused(self.code));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Rejected(rejection) => rejection.into(),
+            StoreError::Unavailable(text) => {
+                tracing::warn!(error = %text, "store unavailable");
+                Self::unavailable()
+            }
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        let message = rejection.to_string();
+        let (code, details) = match &rejection {
+            Rejection::LeaseLost { task, current_epoch, state } => (
+                ErrorCode::LeaseLost,
+                json!({ "task": task, "current_epoch": current_epoch, "state": state.as_str() }),
+            ),
+            Rejection::NotHolder { task } => (ErrorCode::NotHolder, json!({ "task": task })),
+            Rejection::InvalidTransition { task, command, state } => (
+                ErrorCode::InvalidTransition,
+                json!({ "task": task, "command": command, "state": state.as_str() }),
+            ),
+            Rejection::IdempotencyConflict { key } => (ErrorCode::IdempotencyConflict, json!({ "key": key })),
+            Rejection::LimitExceeded { limit, max, .. } => {
+                (ErrorCode::LimitExceeded, json!({ "limit": limit, "max": max }))
+            }
+            Rejection::TooManyLeases { max } => {
+                (ErrorCode::TooManyLeases, json!({ "limit": "leases_per_agent_max", "max": max }))
+            }
+            Rejection::TaskNotFound { task } => (ErrorCode::NotFound, json!({ "task": task })),
+            Rejection::HandoffNotFound { handoff } => (ErrorCode::NotFound, json!({ "handoff": handoff })),
+            Rejection::RouteNotAllowed { from, to } => {
+                (ErrorCode::RouteNotAllowed, json!({ "from": from, "to": to }))
+            }
+            Rejection::InvalidRequest { field, .. } => (ErrorCode::InvalidRequest, json!({ "field": field })),
+            Rejection::NotDue { .. } => {
+                // The engine keeps `not_due` inside the timer sweep; one here is a bug.
+                tracing::error!(%rejection, "a timer refusal reached the API");
+                return Self::internal();
+            }
+        };
+        Self { code, message, details }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_4xx_or_5xx_status() {
+        for code in ErrorCode::ALL {
+            let status = status_of(*code);
+            assert!(status.is_client_error() || status.is_server_error(), "{code}: {status}");
+        }
+    }
+}

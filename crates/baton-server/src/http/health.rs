@@ -1,0 +1,36 @@
+//! `/healthz` (the process is up) and `/readyz` (the store answers and the
+//! server is not shutting down; 503 otherwise, so load balancers stop sending).
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use baton_api::Health;
+use std::time::Duration;
+
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> Json<Health> {
+    Json(health("ok"))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        return ApiError::new(baton_api::ErrorCode::Unavailable, "the server is shutting down")
+            .into_response();
+    }
+    match tokio::time::timeout(READY_TIMEOUT, state.store().next_due()).await {
+        Ok(Ok(_)) => Json(health("ok")).into_response(),
+        Ok(Err(error)) => ApiError::from(error).into_response(),
+        Err(_) => {
+            tracing::warn!("readiness check: the store did not answer in time");
+            ApiError::unavailable().into_response()
+        }
+    }
+}
+
+fn health(status: &str) -> Health {
+    Health { status: status.to_owned(), version: env!("CARGO_PKG_VERSION").to_owned() }
+}

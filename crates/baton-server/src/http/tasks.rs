@@ -1,0 +1,283 @@
+//! Task routes: submit, show, list, history, cancel, and the holder calls
+//! (heartbeat, handoff, complete, release, fail, spawn). Each handler turns a
+//! wire request into one store call and the answer into wire types; the
+//! store's engine decides. Holder calls are fenced by `epoch` and may claim
+//! the agent's next tasks in the same transaction (`claim_next`).
+
+use crate::convert;
+use crate::http::claims::leases;
+use crate::http::error::ApiError;
+use crate::http::extract::{ApiJson, ApiQuery, IdPath};
+use crate::http::principal::Principal;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use baton_api as api;
+use baton_api::Payload;
+use baton_core::{
+    ActRequest, Action, CancelRequest, ClaimNext, JoinMode, JoinSpec, Millis, NewChild, NewTask, Report,
+    StageName, TaskFilter, TaskId,
+};
+
+/// `POST /v1/tasks`: 201 with the new task, 200 with the existing one for a
+/// repeated idempotency key and body.
+pub async fn submit(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<api::SubmitRequest>,
+) -> Result<(StatusCode, Json<api::Task>), ApiError> {
+    let stage = match (req.stage, req.workflow) {
+        (Some(stage), None) => stage,
+        (None, Some(workflow)) => {
+            // Workflows are not built yet, so no workflow exists by any name.
+            return Err(ApiError::not_found("workflow", &workflow));
+        }
+        (Some(_), Some(_)) => return Err(ApiError::invalid("stage", "name a stage or a workflow, not both")),
+        (None, None) => return Err(ApiError::invalid("stage", "required: name the stage to submit into")),
+    };
+    let new = NewTask {
+        namespace: "default".to_owned(),
+        stage: StageName::new(stage),
+        payload: req.payload.into_string(),
+        priority: req.priority,
+        deadline: req.deadline.map(|t| t.as_millis()),
+        idempotency_key: req.idempotency_key,
+        labels: req.labels,
+        parent: req.parent.map(TaskId),
+        trace: req.trace,
+        submitter: principal.actor(),
+    };
+    let submitted = state.store().submit(new).await?;
+    let task = &submitted.task;
+    if submitted.created && task.is_ready() {
+        use baton_core::store::ReadyListener;
+        state.hub().ready(std::slice::from_ref(&task.stage));
+    }
+    let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(convert::task(task, None))))
+}
+
+/// `GET /v1/tasks/{id}`: the task with its payload.
+pub async fn show(State(state): State<AppState>, IdPath(id): IdPath) -> Result<Json<api::Task>, ApiError> {
+    let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
+}
+
+/// `GET /v1/tasks?stage=&state=&parent=&cursor=&limit=`: one page, oldest first.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<api::ListQuery>,
+) -> Result<Json<api::TaskPage>, ApiError> {
+    let limit = query.limit.unwrap_or(baton_api::limits::PAGE_SIZE_DEFAULT);
+    let page_max = state.options().limits.page_size_max;
+    if limit == 0 {
+        return Err(ApiError::invalid("limit", "must be at least 1"));
+    }
+    if usize::try_from(limit).map_or(true, |l| l > page_max) {
+        return Err(ApiError::limit("page_size_max", page_max as u64, "ask for fewer tasks per page"));
+    }
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<TaskId>()
+                .map_err(|_| ApiError::invalid("cursor", "pass the next_cursor of the previous page"))?,
+        ),
+    };
+    let filter = TaskFilter {
+        stage: query.stage.map(StageName::new),
+        state: query.state.map(convert::state_from_api),
+        parent: query.parent.map(TaskId),
+        after,
+        limit: limit as usize,
+    };
+    let page = state.store().list(filter).await?;
+    Ok(Json(api::TaskPage {
+        tasks: page.tasks.iter().map(|t| convert::task(t, None)).collect(),
+        next_cursor: page.next.map(|id| id.to_string()),
+    }))
+}
+
+/// `GET /v1/tasks/{id}/history`: every event, oldest first.
+pub async fn history(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<Json<api::History>, ApiError> {
+    let events = state.store().history(TaskId(id)).await?;
+    if events.is_empty() {
+        return Err(ApiError::not_found("task", id));
+    }
+    Ok(Json(api::History { task: id, events: events.iter().map(convert::event).collect() }))
+}
+
+/// `POST /v1/tasks/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::CancelRequest>,
+) -> Result<Json<api::Task>, ApiError> {
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason", "say why the task is cancelled"));
+    }
+    let request = CancelRequest { task: TaskId(id), actor: principal.actor(), reason: req.reason };
+    let task = state.store().cancel(request).await?;
+    state.tasks().notify(&task.id);
+    Ok(Json(convert::task(&task, None)))
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::HeartbeatRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let action = Action::Heartbeat { lease_ms: millis("lease_ms", req.lease_ms)?, note: req.note };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+pub async fn handoff(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::HandoffRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
+    let action = Action::Handoff { to_stage: StageName::new(req.to_stage), report };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::CompleteRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
+    let action = Action::Complete { result: req.result, report };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+pub async fn release(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::ReleaseRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let action = Action::Release { note: req.note };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+pub async fn fail(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::FailRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let action = Action::Fail { error: req.error, retryable: req.retryable };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+pub async fn spawn(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    ApiJson(req): ApiJson<api::SpawnRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let mode = match (req.join.mode, req.join.n) {
+        (api::JoinMode::All, None) => JoinMode::All,
+        (api::JoinMode::Any, None) => JoinMode::Any,
+        (api::JoinMode::Quorum, Some(n)) => JoinMode::Quorum(n),
+        (api::JoinMode::Quorum, None) => return Err(ApiError::invalid("join.n", "a quorum join needs n")),
+        (_, Some(_)) => return Err(ApiError::invalid("join.n", "only a quorum join takes n")),
+    };
+    let within_ms =
+        millis("join.within_ms", Some(req.join.within_ms))?.expect("a present duration stays present");
+    let children = req
+        .children
+        .into_iter()
+        .map(|c| NewChild {
+            stage: StageName::new(c.stage),
+            payload: c.payload.into_string(),
+            priority: c.priority,
+            labels: c.labels,
+        })
+        .collect();
+    let action = Action::Spawn { children, join: JoinSpec { mode, within_ms } };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action).await
+}
+
+/// The parts every holder call shares.
+struct HolderCall {
+    agent: Option<String>,
+    epoch: u64,
+    claim_next: Option<api::ClaimNext>,
+}
+
+/// Runs one holder call: the action, then claim-next, in one store transaction.
+async fn act(
+    state: &AppState,
+    principal: &Principal,
+    id: uuid::Uuid,
+    call: HolderCall,
+    action: Action,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    let agent = principal.agent_for(call.agent.as_deref())?;
+    let claim_next = match call.claim_next {
+        None => None,
+        Some(next) => {
+            crate::http::claims::check_stage_count(state, next.stages.len())?;
+            Some(ClaimNext {
+                stages: next.stages.into_iter().map(StageName::new).collect(),
+                max: next.max as usize,
+                lease_ms: millis("claim_next.lease_ms", next.lease_ms)?,
+            })
+        }
+    };
+    let spawned: Vec<StageName> = match &action {
+        Action::Spawn { children, .. } => children.iter().map(|c| c.stage.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
+    let outcome = state.store().act(request).await?;
+    // The store's listener wakes waiting claims after its commit; these
+    // wake-ups cover stores opened without the hub, and handoff waiters.
+    let mut ready = spawned;
+    if outcome.task.is_ready() {
+        ready.push(outcome.task.stage.clone());
+    }
+    if !ready.is_empty() {
+        use baton_core::store::ReadyListener;
+        state.hub().ready(&ready);
+    }
+    state.tasks().notify(&outcome.task.id);
+    for grant in &outcome.next {
+        state.tasks().notify(&grant.task.id);
+    }
+    Ok(Json(api::ActResponse {
+        task: convert::task(&outcome.task, None),
+        handoff_id: outcome.handoff.map(|h| h.0),
+        children: outcome.children.iter().map(|c| c.0).collect(),
+        next: leases(state, &outcome.next).await?,
+    }))
+}
+
+/// A wire duration (`u64` ms) as a core duration.
+pub fn millis(field: &str, ms: Option<u64>) -> Result<Option<Millis>, ApiError> {
+    ms.map(|ms| Millis::try_from(ms).map_err(|_| ApiError::invalid(field, "too large"))).transpose()
+}
+
+/// A payload read back from the store.
+pub fn stored_payload(text: String) -> Result<Payload, ApiError> {
+    Payload::from_json(text).map_err(|e| {
+        tracing::error!(error = %e, "a stored payload is not valid JSON");
+        ApiError::internal()
+    })
+}

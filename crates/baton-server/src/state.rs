@@ -1,0 +1,144 @@
+//! What the server is built from, injected: the store, the clock, the wake-up
+//! hub and the options (`Config`), and the shared state handlers see
+//! (`AppState`). Nothing here opens a database or reads the wall clock; the
+//! binary (or a test) constructs the world and passes it in.
+
+use crate::wake::{ReadyHub, TaskSignals};
+use baton_core::{Clock, Limits, Store};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Everything `serve` needs besides the listener and the shutdown signal.
+#[derive(Clone)]
+pub struct Config {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// The store's `ReadyListener`: give the same hub to the store when
+    /// opening it, so commits wake waiting claims.
+    pub hub: Arc<ReadyHub>,
+    pub options: Options,
+}
+
+/// How the server behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub auth: AuthMode,
+    /// The limits the store enforces; the server checks the ones it can
+    /// without the store (page size) against the same values.
+    pub limits: Limits,
+    /// The longest a claim or a handoff-outcome call may wait.
+    pub wait_ms_max: u64,
+    /// Stages one claim may name.
+    pub claim_stages_max: usize,
+    /// A handoff-outcome wait looks at the store at least this often, for
+    /// changes no wake-up announces.
+    pub handoff_poll_ms: u64,
+    pub sweeper: SweeperOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            auth: AuthMode::Off,
+            limits: Limits::default(),
+            wait_ms_max: baton_api::limits::WAIT_MS_MAX,
+            claim_stages_max: 64,
+            handoff_poll_ms: 1_000,
+            sweeper: SweeperOptions::default(),
+        }
+    }
+}
+
+/// Authentication. Only `Off` exists yet; see `http::principal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every caller is trusted and names its agent in the body (`baton dev`).
+    Off,
+}
+
+/// The timer loop over `due_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweeperOptions {
+    pub enabled: bool,
+    /// Due tasks fired per store call; the sweeper loops at once while a batch is full.
+    pub batch_max: usize,
+    /// The longest the sweeper sleeps, so a task that becomes due earlier than
+    /// any the sweeper knew of is acted on within this time.
+    pub idle_ms_max: u64,
+}
+
+impl Default for SweeperOptions {
+    fn default() -> Self {
+        Self { enabled: true, batch_max: 512, idle_ms_max: 1_000 }
+    }
+}
+
+/// The state every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    hub: Arc<ReadyHub>,
+    tasks: TaskSignals,
+    options: Options,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let (shutdown_tx, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                store: config.store,
+                clock: config.clock,
+                hub: config.hub,
+                tasks: TaskSignals::default(),
+                options: config.options,
+                shutdown_tx,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.inner.store
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.inner.clock
+    }
+
+    pub fn hub(&self) -> &ReadyHub {
+        &self.inner.hub
+    }
+
+    /// Per-task wake-ups for handoff-outcome waits.
+    pub fn tasks(&self) -> &TaskSignals {
+        &self.inner.tasks
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// Tells long polls and the sweeper to finish: polls answer with what they have.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown_tx.subscribe();
+        async move {
+            // An error means the sender is gone, which also means shutdown.
+            let _ = rx.wait_for(|down| *down).await;
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown_tx.borrow()
+    }
+}

@@ -1,0 +1,66 @@
+//! The sweeper: the timers over `due_at`. It asks the store when the next task
+//! is due, sleeps until then (at most `idle_ms_max`, so tasks that become due
+//! earlier are not missed), and calls `fire_due` in batches, looping at once
+//! while a batch comes back full. What firing does (lease expiry, re-offer,
+//! reroute, escalation, retry, join deadline) is the engine's business.
+//! After a batch it wakes every waiting claim and handoff wait, since timers
+//! make work ready in stages the server cannot name.
+
+use crate::state::AppState;
+use std::pin::pin;
+use std::time::Duration;
+
+/// Pause after a round in which the store fired nothing although a task
+/// looked due (clock skew between the store and the server): no busy loop.
+const NOTHING_FIRED_PAUSE_MS: u64 = 50;
+
+/// Runs until shutdown begins.
+pub async fn run(state: AppState) {
+    let mut shutdown = pin!(state.shutting_down());
+    loop {
+        let pause = step(&state).await;
+        if state.is_shutting_down() {
+            return;
+        }
+        if pause == 0 {
+            // Let other tasks run between full batches.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// One round: fire what is due; returns how many milliseconds to sleep.
+pub async fn step(state: &AppState) -> u64 {
+    let options = &state.options().sweeper;
+    let idle = options.idle_ms_max.max(1);
+    let due = match state.store().next_due().await {
+        Ok(Some(due)) => due,
+        Ok(None) => return idle,
+        Err(error) => {
+            tracing::warn!(%error, "sweeper: the store did not say what is due");
+            return idle;
+        }
+    };
+    let now = state.clock().now();
+    if due > now {
+        return u64::try_from(due - now).unwrap_or(u64::MAX).min(idle);
+    }
+    match state.store().fire_due(options.batch_max).await {
+        Ok(0) => NOTHING_FIRED_PAUSE_MS.min(idle),
+        Ok(fired) => {
+            tracing::debug!(fired, "sweeper fired due tasks");
+            state.hub().wake_all();
+            state.tasks().notify_all();
+            0
+        }
+        Err(error) => {
+            tracing::warn!(%error, "sweeper: firing due tasks failed");
+            idle
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The HTTP API, end to end over the real SQLite store in a temp dir.
+//!
+//! Goal: every route answers its documented status and body on the accepted
+//! path, and every refusal has its documented status and code and changes
+//! nothing. Method: requests go through `app(state).oneshot(..)` (no socket);
+//! time is a `ManualClock` shared by the store and the sweeper, which tests
+//! step by hand (`sweeper::step`); refusals are a table run through one
+//! `check_refusals` helper that compares a snapshot of every task's revision
+//! before and after each call. One test runs over a real socket on
+//! 127.0.0.1:0 with `baton-client` and shuts the server down gracefully.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, header};
+use baton_api as api;
+use baton_client::Client;
+use baton_core::{Rules, StagePolicy};
+use baton_server::{AppState, Config, Options, ReadyHub, sweeper};
+use baton_sqlite::{SqliteOptions, SqliteStore};
+use baton_testkit::ManualClock;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// Leases one agent may hold in these tests (small, to reach `too_many_leases`).
+const LEASES_MAX: u64 = 3;
+/// A generous bound on waits that must end by a wake-up, not by their deadline.
+const WAKE_BOUND: Duration = Duration::from_secs(30);
+
+fn rules() -> Rules {
+    let mut rules = Rules::default();
+    rules.limits.leases_per_agent_max = LEASES_MAX;
+    rules.policies = rules
+        .policies
+        .with_stage("flaky", StagePolicy { max_attempts: 2, lease_ms: 5_000, ..StagePolicy::default() });
+    rules
+}
+
+struct Api {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    state: AppState,
+    app: Router,
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Api {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::default());
+        let hub = Arc::new(ReadyHub::new());
+        let store = SqliteStore::open(
+            dir.path().join("baton.db"),
+            SqliteOptions::default().clock(clock.clone()).rules(rules()).listener(hub.clone()),
+        )
+        .expect("open the store");
+        let options = Options { limits: rules().limits, ..Options::default() };
+        let state = AppState::new(Config { store: Arc::new(store), clock: clock.clone(), hub, options });
+        let app = baton_server::app(state.clone());
+        Self { _dir: dir, clock, state, app }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.expect("the router never fails");
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let body =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
+        Reply { status, body }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.send(request(method, path, body.map(|b| RawBody::json(&b)))).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None).await
+    }
+
+    /// Submits into `stage`; returns the task.
+    async fn submit(&self, stage: &str, payload: Value) -> Value {
+        self.post("/v1/tasks", json!({ "stage": stage, "payload": payload })).await.expect(201)
+    }
+
+    /// Claims one task from `stage` as `agent`; returns the lease.
+    async fn claim(&self, agent: &str, stage: &str) -> Value {
+        let reply = self.post("/v1/claims", json!({ "agent": agent, "stages": [stage] })).await.expect(200);
+        let leases = reply["leases"].as_array().expect("leases");
+        assert_eq!(leases.len(), 1, "one lease from {stage}: {reply}");
+        leases[0].clone()
+    }
+
+    /// Every task's id, state and revision: any change shows here.
+    async fn snapshot(&self) -> Vec<(String, String, u64)> {
+        let page = self.get("/v1/tasks?limit=500").await.expect(200);
+        page["tasks"]
+            .as_array()
+            .expect("tasks")
+            .iter()
+            .map(|t| (id(t), t["state"].as_str().unwrap().to_owned(), t["revision"].as_u64().unwrap()))
+            .collect()
+    }
+}
+
+impl Reply {
+    /// Asserts the status and returns the body.
+    #[track_caller]
+    fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        self.body
+    }
+}
+
+/// A request body with an explicit content type (or none).
+struct RawBody {
+    content_type: Option<&'static str>,
+    bytes: Vec<u8>,
+}
+
+impl RawBody {
+    fn json(value: &Value) -> Self {
+        Self { content_type: Some("application/json"), bytes: serde_json::to_vec(value).unwrap() }
+    }
+
+    fn text(content_type: Option<&'static str>, text: &str) -> Self {
+        Self { content_type, bytes: text.as_bytes().to_vec() }
+    }
+}
+
+fn request(method: &str, path: &str, body: Option<RawBody>) -> Request<Body> {
+    let builder = Request::builder().method(method).uri(path);
+    match body {
+        None => builder.body(Body::empty()).unwrap(),
+        Some(raw) => {
+            let builder = match raw.content_type {
+                Some(ct) => builder.header(header::CONTENT_TYPE, ct),
+                None => builder,
+            };
+            builder.body(Body::from(raw.bytes)).unwrap()
+        }
+    }
+}
+
+fn id(value: &Value) -> String {
+    value["id"].as_str().or_else(|| value["task"].as_str()).expect("an id").to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Refusals: status, code, details, and nothing changed.
+
+struct Refusal {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<RawBody>,
+    status: u16,
+    code: &'static str,
+    /// A detail the body must carry.
+    detail: Option<(&'static str, Value)>,
+}
+
+fn refuse(
+    name: &'static str,
+    method: &'static str,
+    path: impl Into<String>,
+    body: Option<Value>,
+    status: u16,
+    code: &'static str,
+) -> Refusal {
+    Refusal {
+        name,
+        method,
+        path: path.into(),
+        body: body.map(|b| RawBody::json(&b)),
+        status,
+        code,
+        detail: None,
+    }
+}
+
+impl Refusal {
+    fn detail(mut self, key: &'static str, value: Value) -> Self {
+        self.detail = Some((key, value));
+        self
+    }
+
+    fn raw(mut self, body: RawBody) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+async fn check_refusals(api: &Api, cases: Vec<Refusal>) {
+    for case in cases {
+        let before = api.snapshot().await;
+        let reply = api.send(request(case.method, &case.path, case.body)).await;
+        let name = case.name;
+        assert_eq!(reply.status, case.status, "{name}: status; body {}", reply.body);
+        assert_eq!(reply.body["code"], case.code, "{name}: code; body {}", reply.body);
+        assert!(reply.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: message");
+        assert!(reply.body["details"].is_object(), "{name}: details is an object");
+        if let Some((key, value)) = case.detail {
+            assert_eq!(reply.body["details"][key], value, "{name}: details.{key}; body {}", reply.body);
+        }
+        assert_eq!(api.snapshot().await, before, "{name}: a refusal changed something");
+    }
+}
+
+#[tokio::test]
+async fn refusals_have_their_documented_status_and_code_and_change_nothing() {
+    let api = Api::new();
+    let held = api.submit("s-held", json!({"n": 1})).await;
+    let lease = api.claim("a1", "s-held").await;
+    assert_eq!(lease["epoch"], 1);
+    api.submit("s-done", json!({})).await;
+    let done = api.claim("a1", "s-done").await;
+    api.post(&format!("/v1/tasks/{}/complete", id(&done)), json!({"agent": "a1", "epoch": 1}))
+        .await
+        .expect(200);
+    let keyed = api
+        .post("/v1/tasks", json!({"stage": "s-keyed", "payload": {"n": 1}, "idempotency_key": "k1"}))
+        .await;
+    let keyed = keyed.expect(201);
+    for _ in 0..LEASES_MAX {
+        api.submit("s-greedy", json!({})).await;
+        api.claim("greedy", "s-greedy").await;
+    }
+    api.submit("s-greedy", json!({})).await;
+
+    let held = id(&held);
+    let done = id(&done);
+    let keyed = id(&keyed);
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    let big_payload = "x".repeat(300 * 1024);
+    let huge_body = format!(r#"{{"stage":"s","payload":"{}"}}"#, "x".repeat(1100 * 1024));
+    let act = |verb: &str, task: &str| format!("/v1/tasks/{task}/{verb}");
+
+    let cases = vec![
+        // Submit: malformed input.
+        refuse("unknown field", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": {}, "colour": 1})), 400, "invalid_request"),
+        refuse("malformed JSON", "POST", "/v1/tasks", None, 400, "invalid_request")
+            .raw(RawBody::text(Some("application/json"), r#"{"stage":"#)),
+        refuse("no content type", "POST", "/v1/tasks", None, 400, "invalid_request")
+            .raw(RawBody::text(None, r#"{"stage":"s","payload":{}}"#))
+            .detail("field", json!("content-type")),
+        refuse("form content type", "POST", "/v1/tasks", None, 400, "invalid_request")
+            .raw(RawBody::text(Some("application/x-www-form-urlencoded"), r#"{"stage":"s","payload":{}}"#)),
+        refuse("empty body", "POST", "/v1/tasks", None, 400, "invalid_request")
+            .raw(RawBody::text(Some("application/json"), "")),
+        refuse("no stage", "POST", "/v1/tasks", Some(json!({"payload": {}})), 400, "invalid_request")
+            .detail("field", json!("stage")),
+        refuse("no payload", "POST", "/v1/tasks", Some(json!({"stage": "s"})), 400, "invalid_request"),
+        refuse("stage and workflow", "POST", "/v1/tasks", Some(json!({"stage": "s", "workflow": "w", "payload": 1})), 400, "invalid_request"),
+        refuse("unknown workflow", "POST", "/v1/tasks", Some(json!({"workflow": "w", "payload": 1})), 404, "not_found")
+            .detail("workflow", json!("w")),
+        refuse("bad stage name", "POST", "/v1/tasks", Some(json!({"stage": "a b", "payload": 1})), 400, "invalid_request")
+            .detail("field", json!("stage")),
+        refuse("bad deadline", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": 1, "deadline": "tomorrow"})), 400, "invalid_request"),
+        refuse("payload over its limit", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": big_payload})), 422, "limit_exceeded")
+            .detail("limit", json!("payload_bytes_max")),
+        refuse("body over 1 MiB", "POST", "/v1/tasks", None, 413, "body_too_large")
+            .raw(RawBody::text(Some("application/json"), &huge_body)),
+        refuse("idempotency conflict", "POST", "/v1/tasks", Some(json!({"stage": "s-keyed", "payload": {"n": 2}, "idempotency_key": "k1"})), 422, "idempotency_conflict")
+            .detail("key", json!("k1")),
+        refuse("parent unknown", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": 1, "parent": unknown})), 404, "not_found"),
+        // Claims.
+        refuse("claim max 0", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "max": 0})), 422, "limit_exceeded")
+            .detail("limit", json!("claim_max")),
+        refuse("claim max 101", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "max": 101})), 422, "limit_exceeded")
+            .detail("limit", json!("claim_max")),
+        refuse("claim negative max", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "max": -1})), 400, "invalid_request"),
+        refuse("claim wait too long", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "wait_ms": 60_001})), 422, "limit_exceeded")
+            .detail("limit", json!("wait_ms_max")),
+        refuse("claim without agent", "POST", "/v1/claims", Some(json!({"stages": ["s"]})), 400, "invalid_request")
+            .detail("field", json!("agent")),
+        refuse("claim bad agent", "POST", "/v1/claims", Some(json!({"agent": "a b", "stages": ["s"]})), 400, "invalid_request"),
+        refuse("claim lease too short", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s-greedy"], "lease_ms": 10})), 422, "limit_exceeded")
+            .detail("limit", json!("lease_ttl_ms_min")),
+        refuse("claim no stages", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": []})), 400, "invalid_request"),
+        refuse("claim unknown field", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "maxx": 1})), 400, "invalid_request"),
+        refuse("too many leases", "POST", "/v1/claims", Some(json!({"agent": "greedy", "stages": ["s-greedy"]})), 429, "too_many_leases")
+            .detail("max", json!(LEASES_MAX)),
+        // Holder calls.
+        refuse("stale epoch", "POST", act("heartbeat", &held), Some(json!({"agent": "a1", "epoch": 0})), 409, "lease_lost")
+            .detail("current_epoch", json!(1)),
+        refuse("stale epoch state", "POST", act("complete", &held), Some(json!({"agent": "a1", "epoch": 7})), 409, "lease_lost")
+            .detail("state", json!("held")),
+        refuse("not the holder", "POST", act("heartbeat", &held), Some(json!({"agent": "a2", "epoch": 1})), 403, "not_holder"),
+        refuse("completed twice", "POST", act("complete", &done), Some(json!({"agent": "a1", "epoch": 1})), 409, "lease_lost")
+            .detail("state", json!("done")),
+        refuse("never claimed", "POST", act("release", &keyed), Some(json!({"agent": "a1", "epoch": 0})), 409, "lease_lost")
+            .detail("state", json!("waiting")),
+        refuse("unknown task", "POST", act("complete", unknown), Some(json!({"agent": "a1", "epoch": 1})), 404, "not_found"),
+        refuse("malformed id", "POST", act("complete", "not-a-uuid"), Some(json!({"agent": "a1", "epoch": 1})), 400, "invalid_request")
+            .detail("field", json!("id")),
+        refuse("no epoch", "POST", act("complete", &held), Some(json!({"agent": "a1"})), 400, "invalid_request"),
+        refuse("holder call without agent", "POST", act("complete", &held), Some(json!({"epoch": 1})), 400, "invalid_request"),
+        refuse("confidence above 1", "POST", act("handoff", &held), Some(json!({"agent": "a1", "epoch": 1, "to_stage": "next", "confidence": 2.0})), 400, "invalid_request")
+            .detail("field", json!("confidence")),
+        refuse("handoff to no stage", "POST", act("handoff", &held), Some(json!({"agent": "a1", "epoch": 1, "to_stage": ""})), 400, "invalid_request"),
+        refuse("fail without retryable", "POST", act("fail", &held), Some(json!({"agent": "a1", "epoch": 1, "error": "boom"})), 400, "invalid_request"),
+        refuse("quorum without n", "POST", act("spawn", &held), Some(json!({"agent": "a1", "epoch": 1, "children": [{"stage": "c", "payload": 1}], "join": {"mode": "quorum", "within_ms": 1000}})), 400, "invalid_request")
+            .detail("field", json!("join.n")),
+        refuse("n without quorum", "POST", act("spawn", &held), Some(json!({"agent": "a1", "epoch": 1, "children": [{"stage": "c", "payload": 1}], "join": {"mode": "any", "n": 1, "within_ms": 1000}})), 400, "invalid_request"),
+        refuse("spawn no children", "POST", act("spawn", &held), Some(json!({"agent": "a1", "epoch": 1, "children": [], "join": {"mode": "all", "within_ms": 1000}})), 400, "invalid_request"),
+        refuse("spawn child in a bad stage", "POST", act("spawn", &held), Some(json!({"agent": "a1", "epoch": 1, "children": [{"stage": "b a d", "payload": 1}], "join": {"mode": "all", "within_ms": 1000}})), 400, "invalid_request"),
+        refuse("lease_lost wins over bad input", "POST", act("heartbeat", &held), Some(json!({"agent": "a1", "epoch": 0, "lease_ms": 1})), 409, "lease_lost"),
+        // Cancel.
+        refuse("cancel a done task", "POST", act("cancel", &done), Some(json!({"reason": "why not"})), 409, "invalid_transition")
+            .detail("state", json!("done")),
+        refuse("cancel without reason", "POST", act("cancel", &held), Some(json!({"reason": " "})), 400, "invalid_request"),
+        refuse("cancel unknown", "POST", act("cancel", unknown), Some(json!({"reason": "x"})), 404, "not_found"),
+        // Reads.
+        refuse("show unknown", "GET", format!("/v1/tasks/{unknown}"), None, 404, "not_found"),
+        refuse("history unknown", "GET", format!("/v1/tasks/{unknown}/history"), None, 404, "not_found"),
+        refuse("handoff unknown", "GET", format!("/v1/handoffs/{unknown}"), None, 404, "not_found"),
+        refuse("handoff malformed id", "GET", "/v1/handoffs/42", None, 400, "invalid_request"),
+        refuse("handoff wait too long", "GET", format!("/v1/handoffs/{unknown}?wait_ms=60001"), None, 422, "limit_exceeded"),
+        refuse("list limit 0", "GET", "/v1/tasks?limit=0", None, 400, "invalid_request"),
+        refuse("list page too big", "GET", "/v1/tasks?limit=501", None, 422, "limit_exceeded")
+            .detail("limit", json!("page_size_max")),
+        refuse("list bad cursor", "GET", "/v1/tasks?cursor=zzz", None, 400, "invalid_request"),
+        refuse("list bad state", "GET", "/v1/tasks?state=lost", None, 400, "invalid_request"),
+        refuse("list unknown parameter", "GET", "/v1/tasks?colour=red", None, 400, "invalid_request"),
+        // Routing.
+        refuse("no such route", "GET", "/v1/nope", None, 404, "not_found"),
+        refuse("wrong method", "DELETE", "/v1/tasks", None, 405, "method_not_allowed"),
+        refuse("claims are POST", "GET", "/v1/claims", None, 405, "method_not_allowed"),
+    ];
+    check_refusals(&api, cases).await;
+}
+
+// ---------------------------------------------------------------------------
+// Accepted paths.
+
+#[tokio::test]
+async fn submit_creates_once_per_idempotency_key() {
+    let api = Api::new();
+    let body = json!({"stage": "intake", "payload": {"patient": "p-1"}, "idempotency_key": "p-1",
+                      "priority": 5, "labels": {"ward": "3"}, "deadline": "2030-01-01T00:00:00Z"});
+    let first = api.post("/v1/tasks", body.clone()).await.expect(201);
+    assert_eq!(first["state"], "waiting");
+    assert_eq!(first["stage"], "intake");
+    assert_eq!(first["priority"], 5);
+    assert_eq!(first["labels"], json!({"ward": "3"}));
+    assert_eq!(first["deadline"], "2030-01-01T00:00:00.000Z");
+    assert_eq!(first["revision"], 1);
+    assert_eq!(first["epoch"], 0);
+    assert_eq!(first["custodian"]["kind"], "submitter");
+    assert_eq!(first["waiting"]["kind"], "offered");
+    assert_eq!(first["created_at"], "2023-11-14T22:13:20.000Z", "times are RFC 3339 with ms");
+    assert!(first["due_at"].is_string());
+    assert!(first.get("payload").is_none(), "submit does not echo the payload");
+
+    let again = api.post("/v1/tasks", body).await.expect(200);
+    assert_eq!(again["id"], first["id"], "the same key and body return the same task");
+
+    let shown = api.get(&format!("/v1/tasks/{}", id(&first))).await.expect(200);
+    assert_eq!(shown["payload"], json!({"patient": "p-1"}));
+    assert_eq!(api.snapshot().await.len(), 1);
+}
+
+#[tokio::test]
+async fn claim_grants_a_lease_with_payload_and_fence() {
+    let api = Api::new();
+    let low = api.submit("work", json!({"n": "low"})).await;
+    let high = api
+        .post("/v1/tasks", json!({"stage": "work", "payload": {"n": "high"}, "priority": 9}))
+        .await
+        .expect(201);
+    let reply = api
+        .post("/v1/claims", json!({"agent": "a1", "stages": ["work", "other"], "max": 5, "lease_ms": 20_000}))
+        .await;
+    let leases = reply.expect(200)["leases"].as_array().unwrap().clone();
+    assert_eq!(leases.len(), 2);
+    assert_eq!(leases[0]["task"], high["id"], "higher priority first");
+    assert_eq!(leases[1]["task"], low["id"]);
+    assert_eq!(leases[0]["payload"], json!({"n": "high"}));
+    assert_eq!(leases[0]["stage"], "work");
+    assert_eq!(leases[0]["epoch"], 1);
+    assert_eq!(leases[0]["lease_expires_at"], "2023-11-14T22:13:40.000Z");
+    let shown = api.get(&format!("/v1/tasks/{}", id(&low))).await.expect(200);
+    assert_eq!(shown["state"], "held");
+    assert_eq!(shown["lease"]["agent"], "a1");
+    assert_eq!(shown["custodian"], json!({"kind": "agent", "id": "a1"}));
+
+    let none = api.post("/v1/claims", json!({"agent": "a1", "stages": ["work"]})).await.expect(200);
+    assert_eq!(none["leases"], json!([]), "nothing left: an empty answer at once");
+}
+
+#[tokio::test]
+async fn a_task_travels_heartbeat_handoff_accept_and_complete_with_claim_next() {
+    let api = Api::new();
+    let task = id(&api.submit("intake", json!({"patient": "p-1"})).await);
+    let lease = api.claim("intake-bot", "intake").await;
+    let path = |verb: &str| format!("/v1/tasks/{task}/{verb}");
+
+    api.clock.advance(10_000);
+    let beat =
+        api.post(&path("heartbeat"), json!({"agent": "intake-bot", "epoch": 1, "note": "halfway"})).await;
+    let beat = beat.expect(200);
+    assert_eq!(beat["task"]["lease"]["expires_at"], "2023-11-14T22:14:00.000Z", "30 s from the heartbeat");
+    assert_eq!(beat["next"], json!([]));
+
+    let handoff = api
+        .post(
+            &path("handoff"),
+            json!({"agent": "intake-bot", "epoch": lease["epoch"], "to_stage": "triage",
+               "note": "vitals taken", "findings": {"bp": "120/80"}, "confidence": 0.9}),
+        )
+        .await
+        .expect(200);
+    let handoff_id = handoff["handoff_id"].as_str().expect("a handoff id").to_owned();
+    assert_eq!(handoff["task"]["state"], "waiting");
+    assert_eq!(handoff["task"]["stage"], "triage");
+    assert_eq!(handoff["task"]["custodian"], json!({"kind": "agent", "id": "intake-bot"}));
+    assert_eq!(handoff["task"]["waiting"]["handoff"]["id"], handoff_id.as_str());
+    let outcome = api.get(&format!("/v1/handoffs/{handoff_id}")).await.expect(200);
+    assert_eq!(outcome["outcome"], json!({"status": "pending"}));
+    assert_eq!(outcome["from_agent"], "intake-bot");
+    assert_eq!(outcome["to_stage"], "triage");
+
+    let accepted = api.claim("triage-bot", "triage").await;
+    assert_eq!(accepted["epoch"], 2, "each claim is a new epoch");
+    let outcome = api.get(&format!("/v1/handoffs/{handoff_id}")).await.expect(200);
+    assert_eq!(outcome["outcome"]["status"], "accepted");
+    assert_eq!(outcome["outcome"]["by"], "triage-bot");
+    assert_eq!(outcome["outcome"]["epoch"], 2);
+
+    let second = id(&api.submit("triage", json!({"patient": "p-2"})).await);
+    let done = api
+        .post(
+            &path("complete"),
+            json!({"agent": "triage-bot", "epoch": 2, "result": {"ok": true},
+               "claim_next": {"stages": ["triage"], "max": 5}}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(done["task"]["state"], "done");
+    assert_eq!(done["task"]["result"], json!({"ok": true}));
+    assert!(done["task"].get("custodian").is_none() && done["task"].get("due_at").is_none());
+    let next = done["next"].as_array().unwrap();
+    assert_eq!(next.len(), 1, "claim-next leased the waiting task: {done}");
+    assert_eq!(next[0]["task"], second.as_str());
+    assert_eq!(next[0]["payload"], json!({"patient": "p-2"}));
+
+    let history = api.get(&format!("/v1/tasks/{task}/history")).await.expect(200);
+    let events = history["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["submitted", "claimed", "heartbeat", "handed_off", "claimed", "completed"]);
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["version"], i as u64 + 1);
+        if i > 0 {
+            assert_eq!(event["prev_hash"], events[i - 1]["hash"], "the chain links");
+        }
+    }
+    assert_eq!(events[0]["prev_hash"], "0".repeat(64));
+    assert_eq!(events[2]["note"], "halfway");
+    assert_eq!(events[3]["findings"], json!({"bp": "120/80"}));
+    assert_eq!(events[3]["confidence"], 0.9);
+    assert_eq!(events[3]["handoff_id"], handoff_id.as_str());
+    assert_eq!(events[3]["actor"], "agent:intake-bot");
+    assert_eq!(events[3]["from"], json!({"state": "held", "stage": "intake"}));
+    assert_eq!(events[3]["to"], json!({"state": "waiting", "stage": "triage"}));
+}
+
+#[tokio::test]
+async fn release_and_fail_return_the_task_or_escalate_it() {
+    let api = Api::new();
+    let task = id(&api.submit("flaky", json!({})).await);
+    let path = |verb: &str| format!("/v1/tasks/{task}/{verb}");
+
+    api.claim("a1", "flaky").await;
+    let released =
+        api.post(&path("release"), json!({"agent": "a1", "epoch": 1, "note": "busy"})).await.expect(200);
+    assert_eq!(released["task"]["state"], "waiting");
+    assert_eq!(released["task"]["attempts"], 1);
+    assert_eq!(released["task"]["custodian"], json!({"kind": "stage", "id": "flaky"}));
+
+    api.claim("a1", "flaky").await;
+    let failed =
+        api.post(&path("fail"), json!({"agent": "a1", "epoch": 2, "error": "boom", "retryable": true})).await;
+    let failed = failed.expect(200);
+    assert_eq!(failed["task"]["stage"], "inbox", "the second attempt at a 2-attempt stage escalates");
+    assert_eq!(failed["task"]["custodian"]["kind"], "stage");
+
+    let other = id(&api.submit("work", json!({})).await);
+    api.claim("a1", "work").await;
+    let backoff = api
+        .post(
+            &format!("/v1/tasks/{other}/fail"),
+            json!({"agent": "a1", "epoch": 1, "error": "flaky", "retryable": true}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(backoff["task"]["state"], "waiting");
+    assert_eq!(backoff["task"]["waiting"]["kind"], "backoff");
+}
+
+#[tokio::test]
+async fn spawn_blocks_the_parent_until_its_children_are_done() {
+    let api = Api::new();
+    let parent = id(&api.submit("order", json!({})).await);
+    api.claim("planner", "order").await;
+    let spawned = api
+        .post(&format!("/v1/tasks/{parent}/spawn"), json!({"agent": "planner", "epoch": 1,
+               "children": [{"stage": "bill", "payload": {"amount": 3}}, {"stage": "notify", "payload": {"to": "p"}, "priority": 2}],
+               "join": {"mode": "all", "within_ms": 60_000}}))
+        .await
+        .expect(200);
+    assert_eq!(spawned["task"]["state"], "blocked");
+    assert_eq!(
+        spawned["task"]["join"],
+        json!({"mode": "all", "children": 2, "done": 0, "failed": 0,
+                                               "due_at": "2023-11-14T22:14:20.000Z"})
+    );
+    let children = spawned["children"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 2);
+    let listed = api.get(&format!("/v1/tasks?parent={parent}")).await.expect(200);
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
+
+    for stage in ["bill", "notify"] {
+        let lease = api.claim("worker", stage).await;
+        let path = format!("/v1/tasks/{}/complete", id(&lease));
+        api.post(&path, json!({"agent": "worker", "epoch": lease["epoch"]})).await.expect(200);
+    }
+    let joined = api.get(&format!("/v1/tasks/{parent}")).await.expect(200);
+    assert_eq!(joined["state"], "waiting", "the join held: the parent is offered again");
+    assert_eq!(joined["custodian"], json!({"kind": "agent", "id": "planner"}));
+}
+
+#[tokio::test]
+async fn cancel_ends_a_task_and_fences_its_holder() {
+    let api = Api::new();
+    let task = id(&api.submit("work", json!({})).await);
+    api.claim("a1", "work").await;
+    let cancelled =
+        api.post(&format!("/v1/tasks/{task}/cancel"), json!({"reason": "duplicate order"})).await.expect(200);
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["cancel_reason"], "duplicate order");
+    assert!(cancelled["finished_at"].is_string());
+    let late = api.post(&format!("/v1/tasks/{task}/complete"), json!({"agent": "a1", "epoch": 1})).await;
+    let late = late.expect(409);
+    assert_eq!(late["code"], "lease_lost");
+    assert_eq!(late["details"]["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn list_filters_and_pages_with_a_cursor() {
+    let api = Api::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(id(&api.submit(if i % 2 == 0 { "even" } else { "odd" }, json!(i)).await));
+    }
+    api.claim("a1", "odd").await;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &cursor {
+            Some(c) => format!("/v1/tasks?limit=2&cursor={c}"),
+            None => "/v1/tasks?limit=2".to_owned(),
+        };
+        let page = api.get(&path).await.expect(200);
+        seen.extend(page["tasks"].as_array().unwrap().iter().map(id));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "pages cover every task once, oldest first");
+
+    let even = api.get("/v1/tasks?stage=even").await.expect(200);
+    assert_eq!(even["tasks"].as_array().unwrap().len(), 3);
+    let held = api.get("/v1/tasks?state=held").await.expect(200);
+    assert_eq!(held["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(held["tasks"][0]["stage"], "odd");
+    let none = api.get("/v1/tasks?stage=even&state=held").await.expect(200);
+    assert_eq!(none["tasks"], json!([]));
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let api = Api::new();
+    let health = api.get("/healthz").await.expect(200);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(api.get("/readyz").await.expect(200)["status"], "ok");
+    api.state.begin_shutdown();
+    let draining = api.get("/readyz").await.expect(503);
+    assert_eq!(draining["code"], "unavailable");
+}
+
+// ---------------------------------------------------------------------------
+// Long polls and timers.
+
+#[tokio::test]
+async fn a_waiting_claim_is_woken_by_a_submit() {
+    let api = Api::new();
+    let app = api.app.clone();
+    let waiting = tokio::spawn(async move {
+        let body = json!({"agent": "a1", "stages": ["quiet", "busy"], "wait_ms": 60_000});
+        app.oneshot(request("POST", "/v1/claims", Some(RawBody::json(&body)))).await.unwrap()
+    });
+    // Give the claim time to find nothing and start waiting; a submit before
+    // that is also fine (the claim then finds the task at once).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task = api.submit("busy", json!({"hello": "world"})).await;
+    let response = tokio::time::timeout(WAKE_BOUND, waiting)
+        .await
+        .expect("the submit woke the claim long before its 60 s wait ended")
+        .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["leases"][0]["task"], task["id"], "{body}");
+    assert_eq!(body["leases"][0]["payload"], json!({"hello": "world"}));
+}
+
+#[tokio::test]
+async fn a_waiting_claim_ends_empty_at_its_deadline() {
+    let api = Api::new();
+    let reply = api.post("/v1/claims", json!({"agent": "a1", "stages": ["quiet"], "wait_ms": 50})).await;
+    assert_eq!(reply.expect(200), json!({"leases": []}));
+}
+
+#[tokio::test]
+async fn a_handoff_outcome_wait_is_woken_by_the_accepting_claim() {
+    let api = Api::new();
+    let task = id(&api.submit("a", json!({})).await);
+    api.claim("sender", "a").await;
+    let handoff = api
+        .post(&format!("/v1/tasks/{task}/handoff"), json!({"agent": "sender", "epoch": 1, "to_stage": "b"}))
+        .await
+        .expect(200);
+    let handoff_id = handoff["handoff_id"].as_str().unwrap().to_owned();
+    let app = api.app.clone();
+    let path = format!("/v1/handoffs/{handoff_id}?wait_ms=60000");
+    let waiting = tokio::spawn(async move { app.oneshot(request("GET", &path, None)).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.claim("receiver", "b").await;
+    let response = tokio::time::timeout(WAKE_BOUND, waiting).await.expect("the claim woke the wait").unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["outcome"]["status"], "accepted", "{body}");
+    assert_eq!(body["outcome"]["by"], "receiver");
+}
+
+#[tokio::test]
+async fn the_sweeper_expires_leases_and_the_stale_holder_is_fenced() {
+    let api = Api::new();
+    let task = id(&api.submit("work", json!({})).await);
+    api.claim("slow", "work").await;
+    assert_eq!(sweeper::step(&api.state).await, 1_000, "nothing due: sleep the idle maximum");
+
+    api.clock.advance(31_000);
+    assert_eq!(sweeper::step(&api.state).await, 0, "a lease expired: fire and look again at once");
+    let shown = api.get(&format!("/v1/tasks/{task}")).await.expect(200);
+    assert_eq!(shown["state"], "waiting");
+    assert_eq!(shown["epoch"], 2, "an expiry moves the epoch on");
+    let stale = api.post(&format!("/v1/tasks/{task}/complete"), json!({"agent": "slow", "epoch": 1})).await;
+    let stale = stale.expect(409);
+    assert_eq!(stale["code"], "lease_lost");
+    assert_eq!(stale["details"], json!({"task": task, "current_epoch": 2, "state": "waiting"}));
+    let lease = api.claim("fast", "work").await;
+    assert_eq!(lease["epoch"], 3);
+}
+
+// ---------------------------------------------------------------------------
+// A real socket, the Rust client, graceful shutdown.
+
+#[tokio::test]
+async fn over_a_socket_with_the_client_then_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Arc::new(ReadyHub::new());
+    let store =
+        SqliteStore::open(dir.path().join("baton.db"), SqliteOptions::default().listener(hub.clone()))
+            .expect("open the store");
+    let config = Config {
+        store: Arc::new(store),
+        clock: Arc::new(baton_core::SystemClock),
+        hub,
+        options: Options::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(baton_server::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let client = Client::new(&address).unwrap().with_agent("socket-bot");
+    assert_eq!(client.health().await.unwrap().status, "ok");
+    let payload = api::Payload::from_json(r#"{"k": [1, 2, 3]}"#).unwrap();
+    let mut submit = api::SubmitRequest::new("socket", payload.clone());
+    submit.idempotency_key = Some("once".into());
+    let first = client.submit(&submit).await.unwrap();
+    assert!(first.created);
+    let again = client.submit(&submit).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.task.id, first.task.id);
+
+    let leases = client.claim_from(&["socket"], 1, 1_000).await.unwrap();
+    assert_eq!(leases.len(), 1);
+    let fence = leases[0].fence();
+    assert_eq!((fence.task, fence.stage.as_str(), fence.epoch), (first.task.id, "socket", 1));
+    assert_eq!(leases[0].payload, payload, "the payload comes back byte for byte");
+
+    let stale = client.complete(fence.task, &api::CompleteRequest { epoch: 0, ..Default::default() }).await;
+    match stale {
+        Err(baton_client::Error::LeaseLost { current_epoch, state, .. }) => {
+            assert_eq!((current_epoch, state.as_deref()), (Some(1), Some("held")));
+        }
+        other => panic!("expected lease_lost, got {other:?}"),
+    }
+    let done =
+        client.complete(fence.task, &api::CompleteRequest { epoch: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(done.task.state, api::TaskStateName::Done);
+    let shown = client.get(fence.task).await.unwrap();
+    assert_eq!(shown.payload, Some(payload));
+    let history = client.history(fence.task).await.unwrap();
+    assert_eq!(history.events.len(), 3);
+    let page =
+        client.list(&api::ListQuery { state: Some(api::TaskStateName::Done), ..Default::default() }).await;
+    assert_eq!(page.unwrap().tasks.len(), 1);
+    let missing = client.get(uuid::Uuid::nil()).await.unwrap_err();
+    assert_eq!(missing.code(), Some(api::ErrorCode::NotFound));
+
+    // A long poll in flight when shutdown begins answers (empty) and lets the
+    // server stop; the server then returns from `serve`.
+    let polling = {
+        let client = client.clone();
+        tokio::spawn(async move { client.claim_from(&["never"], 1, 60_000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let leases = tokio::time::timeout(WAKE_BOUND, polling).await.expect("shutdown ended the poll").unwrap();
+    assert_eq!(leases.unwrap(), vec![]);
+    tokio::time::timeout(WAKE_BOUND, server).await.expect("serve returned").unwrap().unwrap();
+    assert!(client.health().await.is_err(), "the listener is closed");
+}
