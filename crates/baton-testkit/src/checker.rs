@@ -325,3 +325,234 @@ pub fn check_acknowledged(store: &dyn Store, acked: &Acknowledged) -> Result<(),
     }
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Goal: the checker accepts real histories and names each kind of
+    //! corruption. Method: record a real history on the memory store, corrupt
+    //! a copy one way per case (re-sealing the chain so only the intended
+    //! problem shows), and check the problems through one `check` helper.
+
+    use super::*;
+    use crate::suite::{Case, complete, handoff_to, heartbeat};
+    use crate::{MemoryStore, suite_rules};
+    use baton_core::Hash;
+
+    /// Submitted, Claimed (epoch 1), Heartbeat, HandedOff a -> b, Claimed (epoch 2), Completed.
+    fn recorded() -> Vec<Event> {
+        let cx = Case::<MemoryStore>::open(suite_rules());
+        let id = cx.submit_to("a").id;
+        let grant = cx.claim_one("alice", "a");
+        cx.act(&grant, heartbeat(None));
+        cx.act(&grant, handoff_to("b"));
+        let bob = cx.claim_one("bob", "b");
+        cx.act(&bob, complete());
+        let events = cx.history(id);
+        assert!(check_store(cx.store()).is_ok());
+        events
+    }
+
+    /// Renumbers versions and revisions and re-seals the chain.
+    fn resealed(mut events: Vec<Event>) -> Vec<Event> {
+        let mut prev = Hash::ZERO;
+        for (i, e) in events.iter_mut().enumerate() {
+            e.version = i as u64 + 1;
+            e.after.revision = e.version;
+            *e = e.clone().seal(prev);
+            prev = e.hash;
+        }
+        events
+    }
+
+    #[track_caller]
+    fn check(events: Vec<Event>, expected: &str) {
+        let problems = check_events(&events);
+        if expected.is_empty() {
+            assert_eq!(problems, Vec::<String>::new());
+        } else {
+            assert!(problems.iter().any(|p| p.contains(expected)), "expected {expected:?} in {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn accepts_a_real_history() {
+        check(recorded(), "");
+    }
+
+    #[test]
+    fn names_each_corruption() {
+        let events = recorded();
+        type Corrupt = Box<dyn Fn(&mut Vec<Event>)>;
+        let cases: Vec<(&str, Corrupt)> = vec![
+            ("epoch went down", Box::new(|e| e[2].after.epoch = 0)),
+            ("a claim moved the epoch", Box::new(|e| e[4].after.epoch = 7)),
+            ("the first event must be a submit", Box::new(|e| e[0].kind = EventKind::Claimed)),
+            ("follows the terminal event", Box::new(|e| e.push(e[5].clone()))),
+            ("came from", Box::new(|e| e[3].from = e[0].from.clone())),
+            ("says it moved to", Box::new(|e| e[1].to = e[0].to.clone())),
+            ("changed the task's identity", Box::new(|e| e[3].after.created_at += 1)),
+            ("updated at", Box::new(|e| e[2].at += 1)),
+            ("is about task", Box::new(|e| e[2].task = TaskId(uuid::Uuid::now_v7()))),
+            (
+                "lease epoch",
+                Box::new(|e| {
+                    if let TaskState::Held { lease } = &mut e[2].after.state {
+                        lease.epoch = 9;
+                    }
+                }),
+            ),
+            (
+                // The handoff at (a, epoch 1) recorded twice.
+                "finishes the visit to a at epoch 1 again",
+                Box::new(|e| {
+                    let again = e[3].clone();
+                    e.insert(4, again);
+                }),
+            ),
+        ];
+        for (expected, corrupt) in cases {
+            let mut copy = events.clone();
+            corrupt(&mut copy);
+            check(resealed(copy), expected);
+        }
+        // Without re-sealing, any edit breaks the chain.
+        let mut edited = events.clone();
+        edited[1].note = Some("edited".into());
+        assert_eq!(
+            baton_core::event::verify_chain(&edited),
+            Err((1, "hash does not match the event's content"))
+        );
+    }
+
+    #[test]
+    fn acknowledged_work_must_be_there_once() {
+        let cx = Case::<MemoryStore>::open(suite_rules());
+        let kept = cx.submit(crate::suite::new_task("a", "{}").key("kept")).task.id;
+        let grant = cx.claim_one("alice", "a");
+        cx.act(&grant, handoff_to("b"));
+        let bob = cx.claim_one("bob", "b");
+        cx.act(&bob, complete());
+        let good = Acknowledged {
+            submit_keys: vec!["kept".into()],
+            submit_ids: vec![kept],
+            completions: vec![(kept, 2)],
+            handoffs: vec![(kept, 1)],
+        };
+        assert_eq!(check_acknowledged(cx.store(), &good), Ok(()));
+        let lost = Acknowledged {
+            submit_keys: vec!["never".into()],
+            submit_ids: vec![TaskId(uuid::Uuid::now_v7())],
+            completions: vec![(kept, 1)],
+            handoffs: vec![(kept, 2)],
+        };
+        let problems = check_acknowledged(cx.store(), &lost).expect_err("four losses");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        cx.finish();
+    }
+
+    /// A store that misreports one thing, to show `check_store` notices.
+    struct Lying {
+        inner: MemoryStore,
+        lie: Lie,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Lie {
+        RowDiffersFromLog,
+        WrongHead,
+        DroppedEvent,
+        WrongNextDue,
+        MissingHandoff,
+    }
+
+    impl Store for Lying {
+        fn submit(&self, task: baton_core::NewTask) -> baton_core::StoreFuture<'_, baton_core::Submitted> {
+            self.inner.submit(task)
+        }
+        fn claim(&self, r: baton_core::ClaimRequest) -> baton_core::StoreFuture<'_, Vec<baton_core::Grant>> {
+            self.inner.claim(r)
+        }
+        fn act(&self, r: baton_core::ActRequest) -> baton_core::StoreFuture<'_, baton_core::ActOutcome> {
+            self.inner.act(r)
+        }
+        fn cancel(&self, r: baton_core::CancelRequest) -> baton_core::StoreFuture<'_, Task> {
+            self.inner.cancel(r)
+        }
+        fn fire_due(&self, limit: usize) -> baton_core::StoreFuture<'_, usize> {
+            self.inner.fire_due(limit)
+        }
+        fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
+            let mut view = block_on(self.inner.get(task)).expect("memory get");
+            if let Some(v) = &mut view {
+                match self.lie {
+                    Lie::RowDiffersFromLog => v.task.priority += 1,
+                    Lie::WrongHead => v.head = Hash::ZERO,
+                    _ => {}
+                }
+            }
+            Box::pin(std::future::ready(Ok(view)))
+        }
+        fn list(&self, filter: TaskFilter) -> baton_core::StoreFuture<'_, baton_core::Page> {
+            let mut page = block_on(self.inner.list(filter)).expect("memory list");
+            if let Lie::RowDiffersFromLog = self.lie {
+                page.tasks.iter_mut().for_each(|t| t.priority += 1);
+            }
+            Box::pin(std::future::ready(Ok(page)))
+        }
+        fn history(&self, task: TaskId) -> baton_core::StoreFuture<'_, Vec<Event>> {
+            let mut events = block_on(self.inner.history(task)).expect("memory history");
+            if let Lie::DroppedEvent = self.lie {
+                events.remove(1);
+            }
+            Box::pin(std::future::ready(Ok(events)))
+        }
+        fn handoff(
+            &self,
+            id: baton_core::HandoffId,
+        ) -> baton_core::StoreFuture<'_, Option<baton_core::Handoff>> {
+            match self.lie {
+                Lie::MissingHandoff => Box::pin(std::future::ready(Ok(None))),
+                _ => self.inner.handoff(id),
+            }
+        }
+        fn next_due(&self) -> baton_core::StoreFuture<'_, Option<Millis>> {
+            match self.lie {
+                Lie::WrongNextDue => Box::pin(std::future::ready(Ok(Some(0)))),
+                _ => self.inner.next_due(),
+            }
+        }
+    }
+
+    #[test]
+    fn check_store_notices_a_lying_store() {
+        let cases = [
+            (Lie::RowDiffersFromLog, "replaying the log does not reproduce the row"),
+            (Lie::WrongHead, "head is"),
+            (Lie::DroppedEvent, "hash chain broken at event 2"),
+            (Lie::WrongNextDue, "next_due is Some(0)"),
+            (Lie::MissingHandoff, "open handoff"),
+        ];
+        for (lie, expected) in cases {
+            let clock = std::sync::Arc::new(crate::ManualClock::default());
+            let store = Lying { inner: MemoryStore::new(clock, suite_rules()), lie };
+            let id = block_on(store.submit(crate::suite::new_task("a", "{}"))).expect("submit").task.id;
+            let request = baton_core::ClaimRequest {
+                agent: baton_core::AgentId::new("w"),
+                stages: vec![baton_core::StageName::new("a")],
+                max: 1,
+                lease_ms: None,
+            };
+            let grant = block_on(store.claim(request)).expect("claim").remove(0);
+            let handoff = baton_core::ActRequest {
+                task: id,
+                agent: baton_core::AgentId::new("w"),
+                epoch: grant.epoch,
+                action: handoff_to("b"),
+                claim_next: None,
+            };
+            block_on(store.act(handoff)).expect("handoff");
+            let problems = check_store(&store).expect_err("a lie is noticed");
+            assert!(problems.iter().any(|p| p.contains(expected)), "expected {expected:?} in {problems:#?}");
+        }
+    }
+}

@@ -402,3 +402,65 @@ impl Tx for MemTx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The transaction's guard and undo log, below the engine: what the
+    //! conformance suite cannot reach through one mutex.
+
+    use super::*;
+    use baton_core::engine::Rules;
+
+    fn submitted(tx: &mut MemTx<'_>) -> (Task, Event) {
+        let new = NewTask::new("a", "{}").key("k");
+        let change = baton_core::decide::submit(TaskId(tx.new_id()), &new, &Rules::default(), 10)
+            .expect("a valid submit");
+        let event = change.event.seal(Hash::ZERO);
+        tx.insert(&change.task, &new.payload, &event).expect("insert");
+        (change.task, event)
+    }
+
+    #[test]
+    fn update_is_guarded_by_revision_and_rollback_undoes_everything() {
+        let mut state = State::default();
+        let mut tx = MemTx::new(&mut state);
+        let (task, first) = submitted(&mut tx);
+        tx.commit();
+        drop(tx);
+
+        let mut tx = MemTx::new(&mut state);
+        let bumped = Task { revision: 2, updated_at: 20, ..task.clone() };
+        let event = Event { version: 2, after: bumped.clone(), ..first.clone() }.seal(first.hash);
+        let skipped = Task { revision: 3, ..bumped.clone() };
+        assert!(!tx.update(&skipped, &event).expect("no store error"), "revision 3 does not follow 1");
+        assert!(tx.update(&bumped, &event).expect("no store error"));
+        assert!(!tx.update(&bumped, &event).expect("no store error"), "revision 2 is taken now");
+        let handoff = Handoff {
+            id: HandoffId(Uuid::now_v7()),
+            task: task.id,
+            from_stage: StageName::new("a"),
+            to_stage: StageName::new("b"),
+            from_agent: AgentId::new("w"),
+            at: 20,
+            outcome: baton_core::HandoffOutcome::Pending,
+        };
+        tx.put_handoff(&handoff).expect("put");
+        tx.put_alert(&Alert { task: task.id, stage: StageName::new("inbox"), at: 20, message: "m".into() })
+            .expect("put");
+        drop(tx); // not committed: rolled back
+
+        let row = &state.tasks[&task.id];
+        assert_eq!((&row.task, row.events.len()), (&task, 1));
+        assert!(state.handoffs.is_empty() && state.alerts.is_empty());
+        assert_eq!(state.keys.len(), 1);
+
+        // An id and an idempotency key are inserted once; a refused insert writes nothing.
+        let mut tx = MemTx::new(&mut state);
+        assert!(tx.insert(&task, "{}", &first).is_err(), "the id is taken");
+        let other = Task { id: TaskId(Uuid::now_v7()), ..task.clone() };
+        assert!(tx.insert(&other, "{}", &first).is_err(), "the key is taken");
+        assert!(tx.undo.is_empty());
+        drop(tx);
+        assert_eq!(state.tasks.len(), 1);
+    }
+}

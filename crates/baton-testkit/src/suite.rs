@@ -750,14 +750,18 @@ pub fn claim_respects_leases_per_agent_max<H: SuiteStore>() {
 }
 
 /// A claim refused after it leased some tasks in its transaction (here the
-/// second stage's default lease is over `lease_ttl_ms_max`) leases none.
+/// second stage's default lease is over `lease_ttl_ms_max`) leases none, and
+/// the handoff its first lease accepted is pending again.
 pub fn claim_refused_midway_rolls_back_every_lease<H: SuiteStore>() {
     let cx = Case::<H>::open(suite_rules());
     let first = cx.submit(new_task("a", "{}").priority(9)).task;
+    let sender = cx.claim_one("alice", "a");
+    let handoff_id = cx.act(&sender, handoff_to("b")).handoff.expect("handoff id");
     cx.submit_to("long-lease");
-    let r = cx.refuses("limit_exceeded", |cx| cx.try_claim("w", &["a", "long-lease"], 2, None));
+    let r = cx.refuses("limit_exceeded", |cx| cx.try_claim("w", &["b", "long-lease"], 2, None));
     assert_limit(&r, "lease_ttl_ms_max");
     assert!(cx.task(first.id).is_ready(), "the first task's lease was rolled back");
+    assert_eq!(cx.handoff(handoff_id).outcome, HandoffOutcome::Pending, "and its handoff's acceptance");
     cx.finish();
 }
 
