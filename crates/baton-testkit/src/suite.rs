@@ -66,10 +66,36 @@ pub trait SuiteStore: Sized {
 }
 
 /// Expands to one `#[test]` per conformance case for the harness type `$h`
-/// (a type implementing `baton_testkit::suite::SuiteStore`):
+/// (a type implementing `baton_testkit::suite::SuiteStore`). Invoke it once, at
+/// the top level of one integration test file. A durable store's harness owns
+/// its temp dir and reopens on the same file, for example:
 ///
-/// ```ignore
-/// baton_testkit::store_suite!(my_crate_tests::Harness);
+/// ```text
+/// struct Harness { dir: tempfile::TempDir, options: SqliteOptions, store: SqliteStore }
+///
+/// impl SuiteStore for Harness {
+///     type Store = SqliteStore;
+///     fn open(setup: Setup) -> Self {
+///         let dir = tempfile::tempdir().expect("temp dir");
+///         let options = SqliteOptions::default()
+///             .clock(setup.clock).rules(setup.rules).listener(setup.listener);
+///         let store = SqliteStore::open(dir.path().join("baton.db"), options.clone()).expect("open");
+///         Self { dir, options, store }
+///     }
+///     fn store(&self) -> &SqliteStore { &self.store }
+///     fn alerts(&self) -> Option<Vec<Alert>> {
+///         Some(self.store.alerts(0, 10_000).expect("alerts").into_iter().map(|(_, a)| a).collect())
+///     }
+///     fn reopen(self) -> Self {
+///         let Self { dir, options, store } = self;
+///         store.close();
+///         drop(store);
+///         let store = SqliteStore::open(dir.path().join("baton.db"), options.clone()).expect("reopen");
+///         Self { dir, options, store }
+///     }
+/// }
+///
+/// baton_testkit::store_suite!(Harness);
 /// ```
 #[macro_export]
 macro_rules! store_suite {
