@@ -19,7 +19,8 @@ pub use request::{
 };
 pub use response::{
     ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,
-    History, Join, JoinMode, Lease, LeaseInfo, Position, Task, TaskPage, TaskStateName, WaitKind, Waiting,
+    History, Index, Join, JoinMode, Lease, LeaseInfo, Position, Task, TaskPage, TaskStateName, WaitKind,
+    Waiting,
 };
 pub use time::Timestamp;
 

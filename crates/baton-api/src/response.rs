@@ -338,3 +338,12 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// `GET /v1`: what this server serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub name: String,
+    pub version: String,
+    /// `METHOD /path` for every API route.
+    pub routes: Vec<String>,
+}

@@ -68,9 +68,11 @@ pub enum Error {
     #[error("{body}")]
     Refused { status: u16, body: ErrorBody },
     /// The server could not be reached, or the connection broke.
-    #[error("could not reach Baton at {url}: {source}")]
+    #[error("could not reach Baton at {url}: {cause}")]
     Transport {
         url: String,
+        /// The innermost cause, e.g. "Connection refused (os error 111)".
+        cause: String,
         #[source]
         source: reqwest::Error,
     },
@@ -167,7 +169,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|source| Error::Transport { url: base.clone(), source })?;
+            .map_err(|source| transport(&base, source))?;
         Ok(Self { http, base, agent: None })
     }
 
@@ -326,10 +328,9 @@ impl Client {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<(StatusCode, T), Error> {
-        let transport = |source| Error::Transport { url: url.to_owned(), source };
-        let response = request.send().await.map_err(transport)?;
+        let response = request.send().await.map_err(|e| transport(url, e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(transport)?;
+        let bytes = response.bytes().await.map_err(|e| transport(url, e))?;
         if status.is_success() {
             let value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Protocol { status: status.as_u16(), detail: e.to_string() })?;
@@ -343,4 +344,13 @@ impl Client {
             }),
         }
     }
+}
+
+fn transport(url: &str, source: reqwest::Error) -> Error {
+    let mut cause: &dyn std::error::Error = &source;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let cause = if source.is_timeout() { "timed out".to_owned() } else { cause.to_string() };
+    Error::Transport { url: url.to_owned(), cause, source }
 }

@@ -599,6 +599,20 @@ async fn health_and_readiness_answer() {
     assert_eq!(draining["code"], "unavailable");
 }
 
+#[tokio::test]
+async fn the_index_lists_routes_that_all_exist() {
+    let api = Api::new();
+    let index = api.get("/v1").await.expect(200);
+    let routes = index["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), baton_server::http::ROUTES.len());
+    for (method, path) in baton_server::http::ROUTES {
+        let path = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+        let reply = api.call(method, &path, None).await;
+        let message = reply.body["message"].as_str().unwrap_or("");
+        assert!(!message.starts_with("no route") && reply.status != 405, "{method} {path}: {}", reply.body);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Long polls and timers.
 

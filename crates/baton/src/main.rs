@@ -1,2 +1,119 @@
-//! The `baton` command. (Being built.)
-fn main() {}
+//! The `baton` command: `baton dev` and `baton serve` run the coordinator
+//! (embedded SQLite, the HTTP API, the timers); `baton task ...` talks to a
+//! running one through `baton-client`; `baton version`. Flags mirror
+//! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `DATABASE_URL`,
+//! `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
+//! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
+//! failed, 2 usage error, 3 the server could not be reached or is unavailable.
+
+mod duration;
+mod output;
+mod server;
+mod task;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about = "Baton: a durable handoff coordinator for multi-agent systems")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Baton for development: SQLite in ./.baton/, 127.0.0.1:7707, authentication off.
+    Dev(server::DevArgs),
+    /// Run Baton on a database (loopback only until authentication exists).
+    Serve(server::ServeArgs),
+    /// Submit, claim, inspect and finish tasks on a running server.
+    Task {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Dev(_) | Command::Serve(_));
+    init_logs(cli.log_format, if server { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(&error),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Dev(args) => server::dev(args).await,
+        Command::Serve(args) => server::serve(args).await,
+        Command::Task { client, command } => task::run(&client, command).await,
+        Command::Version => {
+            println!("baton {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+/// Prints an error for people and picks the exit code.
+fn report(error: &anyhow::Error) -> ExitCode {
+    let Some(client_error) = error.downcast_ref::<baton_client::Error>() else {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(1);
+    };
+    use baton_client::Error as E;
+    match client_error {
+        E::Transport { .. } => {
+            eprintln!("error: {client_error}");
+            eprintln!(
+                "hint: is Baton running? Start it with `baton dev`, or point --address / BATON_ADDRESS at it"
+            );
+            ExitCode::from(3)
+        }
+        E::Unavailable { .. } => {
+            eprintln!("error: unavailable: {client_error}");
+            ExitCode::from(3)
+        }
+        _ => {
+            match client_error.code() {
+                Some(code) => eprintln!("error: {code}: {client_error}"),
+                None => eprintln!("error: {client_error}"),
+            }
+            if let E::LeaseLost { .. } = client_error {
+                eprintln!("hint: another agent may hold the task now; stop working on it");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,5 +1,6 @@
-//! `/healthz` (the process is up) and `/readyz` (the store answers and the
-//! server is not shutting down; 503 otherwise, so load balancers stop sending).
+//! `/healthz` (the process is up), `/readyz` (the store answers and the
+//! server is not shutting down; 503 otherwise, so load balancers stop
+//! sending), and `GET /v1`, the index of the API's routes.
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -11,6 +12,15 @@ use std::time::Duration;
 
 /// How long `/readyz` waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /v1`: the routes, so the API URL `baton dev` prints answers something useful.
+pub async fn index() -> Json<baton_api::Index> {
+    Json(baton_api::Index {
+        name: "baton".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        routes: super::ROUTES.iter().map(|(method, path)| format!("{method} {path}")).collect(),
+    })
+}
 
 pub async fn healthz() -> Json<Health> {
     Json(health("ok"))

@@ -20,9 +20,27 @@ use axum::routing::{get, post};
 use baton_api::ErrorCode;
 use error::{ApiError, Refused};
 
+/// The API's routes, as `GET /v1` lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/tasks"),
+    ("GET", "/v1/tasks"),
+    ("GET", "/v1/tasks/{id}"),
+    ("GET", "/v1/tasks/{id}/history"),
+    ("POST", "/v1/tasks/{id}/heartbeat"),
+    ("POST", "/v1/tasks/{id}/handoff"),
+    ("POST", "/v1/tasks/{id}/complete"),
+    ("POST", "/v1/tasks/{id}/release"),
+    ("POST", "/v1/tasks/{id}/fail"),
+    ("POST", "/v1/tasks/{id}/spawn"),
+    ("POST", "/v1/tasks/{id}/cancel"),
+    ("POST", "/v1/claims"),
+    ("GET", "/v1/handoffs/{id}"),
+];
+
 /// The API's routes over the given state.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/v1", get(health::index))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/tasks", post(tasks::submit).get(tasks::list))

@@ -1,0 +1,265 @@
+//! `baton task ...`: the client commands, one API call each through
+//! `baton-client`, against `--address` / `BATON_ADDRESS`. Data goes to stdout
+//! (`-o text` for people, `-o json` for scripts: the API's own JSON); the
+//! caller's errors go to stderr via `main`, with a non-zero exit.
+
+use crate::duration::parse_ms;
+use crate::output::{Format, Printer};
+use anyhow::{Context, bail};
+use baton_api as api;
+use baton_client::{Client, DEFAULT_ADDRESS};
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// Where the server is and how to print.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The Baton server's address.
+    #[arg(long, global = true, env = "BATON_ADDRESS", default_value = DEFAULT_ADDRESS)]
+    pub address: String,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task into a stage.
+    Submit(SubmitArgs),
+    /// Claim waiting tasks as an agent, waiting for work if asked to.
+    Claim(ClaimArgs),
+    /// Show a task with its payload.
+    Show {
+        /// The task's id.
+        id: api::TaskId,
+    },
+    /// Show a task's events, oldest first.
+    History { id: api::TaskId },
+    /// List tasks, oldest first, one page at a time.
+    List(ListArgs),
+    /// Cancel a task.
+    Cancel {
+        id: api::TaskId,
+        /// Why; recorded in the history.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Complete a task you hold.
+    Complete(CompleteArgs),
+    /// Hand a task you hold to another stage.
+    Handoff(HandoffArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The stage to submit into.
+    #[arg(long)]
+    stage: String,
+    /// The payload as JSON text; `@FILE` reads a file, `@-` standard input.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// Higher is claimed first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Submitting again with the same key returns the same task.
+    #[arg(long = "key")]
+    idempotency_key: Option<String>,
+    /// A label, `KEY=VALUE`; repeat for more.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// The task's absolute deadline, RFC 3339 (e.g. 2030-01-31T12:00:00Z).
+    #[arg(long)]
+    deadline: Option<api::Timestamp>,
+    /// The parent task's id.
+    #[arg(long)]
+    parent: Option<api::TaskId>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClaimArgs {
+    /// The claiming agent (with auth off, agents name themselves).
+    #[arg(long, env = "BATON_AGENT")]
+    agent: String,
+    /// A stage to claim from; repeat for more.
+    #[arg(long = "stage", required = true)]
+    stages: Vec<String>,
+    /// Tasks to claim at most (1-100).
+    #[arg(long, default_value_t = 1)]
+    max: u32,
+    /// How long to wait for work, e.g. 30s (at most 60s).
+    #[arg(long, value_parser = parse_ms, default_value = "0s")]
+    wait: u64,
+    /// Lease length, e.g. 5m; the stage's default when left out.
+    #[arg(long, value_parser = parse_ms)]
+    lease: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    stage: Option<String>,
+    /// waiting, held, blocked, done or cancelled.
+    #[arg(long)]
+    state: Option<api::TaskStateName>,
+    #[arg(long)]
+    parent: Option<api::TaskId>,
+    /// Tasks per page.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// The cursor a previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// What a holder reports; shared by complete and handoff.
+#[derive(Debug, clap::Args)]
+pub struct HolderArgs {
+    /// The agent holding the lease.
+    #[arg(long, env = "BATON_AGENT")]
+    agent: String,
+    /// The lease's epoch, from the claim.
+    #[arg(long)]
+    epoch: u64,
+    /// A note for the history (and the next agent).
+    #[arg(long)]
+    note: Option<String>,
+    /// Findings as JSON text.
+    #[arg(long, value_parser = parse_json)]
+    findings: Option<serde_json::Value>,
+    /// Confidence between 0 and 1.
+    #[arg(long)]
+    confidence: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompleteArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    holder: HolderArgs,
+    /// The result as JSON text.
+    #[arg(long, value_parser = parse_json)]
+    result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HandoffArgs {
+    id: api::TaskId,
+    /// The stage to hand the task to.
+    #[arg(long = "to")]
+    to_stage: String,
+    #[command(flatten)]
+    holder: HolderArgs,
+}
+
+pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()> {
+    let api = Client::new(&client.address)?;
+    let out = Printer::new(client.output);
+    match command {
+        TaskCommand::Submit(args) => {
+            let payload = read_payload(&args.payload)?;
+            let request = api::SubmitRequest {
+                stage: Some(args.stage),
+                workflow: None,
+                payload,
+                priority: args.priority,
+                deadline: args.deadline,
+                idempotency_key: args.idempotency_key,
+                labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                parent: args.parent,
+                trace: None,
+            };
+            let submitted = api.submit(&request).await?;
+            if !submitted.created {
+                tracing::info!("an earlier submit with the same key came back; nothing new was created");
+            }
+            out.task(&submitted.task)
+        }
+        TaskCommand::Claim(args) => {
+            let request = api::ClaimRequest {
+                stages: args.stages,
+                max: args.max,
+                wait_ms: args.wait,
+                lease_ms: args.lease,
+                agent: Some(args.agent),
+            };
+            let leases = api.claim(&request).await?;
+            if leases.is_empty() {
+                eprintln!("no task was ready in {}", request.stages.join(", "));
+            }
+            out.leases(&leases)
+        }
+        TaskCommand::Show { id } => out.task(&api.get(id).await?),
+        TaskCommand::History { id } => out.history(&api.history(id).await?),
+        TaskCommand::List(args) => {
+            let query = api::ListQuery {
+                stage: args.stage,
+                state: args.state,
+                parent: args.parent,
+                cursor: args.cursor,
+                limit: args.limit,
+            };
+            out.page(&api.list(&query).await?)
+        }
+        TaskCommand::Cancel { id, reason } => out.task(&api.cancel(id, &reason).await?),
+        TaskCommand::Complete(args) => {
+            let h = args.holder;
+            let request = api::CompleteRequest {
+                epoch: h.epoch,
+                agent: Some(h.agent),
+                result: args.result,
+                note: h.note,
+                findings: h.findings,
+                confidence: h.confidence,
+                claim_next: None,
+            };
+            out.act("completed", &api.complete(args.id, &request).await?)
+        }
+        TaskCommand::Handoff(args) => {
+            let h = args.holder;
+            let request = api::HandoffRequest {
+                epoch: h.epoch,
+                agent: Some(h.agent),
+                to_stage: args.to_stage,
+                note: h.note,
+                findings: h.findings,
+                confidence: h.confidence,
+                claim_next: None,
+            };
+            out.act("handed off", &api.handoff(args.id, &request).await?)
+        }
+    }
+}
+
+/// The payload flag: JSON text, `@FILE`, or `@-` for standard input.
+fn read_payload(flag: &str) -> anyhow::Result<api::Payload> {
+    let (text, source) = match flag.strip_prefix('@') {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the payload from standard input")?;
+            (text, "standard input".to_owned())
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the payload file {path}"))?;
+            (text, path.to_owned())
+        }
+        None => (flag.to_owned(), "--payload".to_owned()),
+    };
+    match api::Payload::from_json(text.trim().to_owned()) {
+        Ok(payload) => Ok(payload),
+        Err(error) => bail!("the payload from {source} is not valid JSON: {error}"),
+    }
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not a label; write KEY=VALUE")),
+    }
+}

@@ -1,0 +1,220 @@
+//! The `baton` binary as a user runs it.
+//!
+//! Goal: `baton dev` starts, prints URLs that answer, serves the task
+//! commands, and stops cleanly on SIGTERM; client commands print data on
+//! stdout, refusals on stderr with a non-zero exit. Method: start the real
+//! binary (`CARGO_BIN_EXE_baton`) in a temp dir on 127.0.0.1:0, read the
+//! address it prints, and run `baton task ...` commands against it through
+//! one `check` helper that asserts the exit code and returns the output.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BATON: &str = env!("CARGO_BIN_EXE_baton");
+/// How long `baton dev` may take to start or stop before the test gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `baton dev`, killed if the test fails before stopping it.
+struct Dev {
+    child: Child,
+    address: String,
+}
+
+impl Dev {
+    fn start(dir: &Path) -> Self {
+        let mut child = baton(dir)
+            .args(["dev", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start baton dev");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
+        let address = loop {
+            let line = lines.next().expect("baton dev printed its URLs before exiting").expect("utf-8");
+            printed.push(line.clone());
+            if let Some(url) = line.trim().strip_prefix("API:") {
+                break url.trim().trim_end_matches("/v1").to_owned();
+            }
+        };
+        // Keep reading in the background so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        assert!(printed[0].contains("authentication off"), "{printed:?}");
+        Self { child, address }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for baton dev") {
+                assert!(status.success(), "baton dev exits 0 after SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "baton dev did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The binary with a clean environment, in `dir`.
+fn baton(dir: &Path) -> Command {
+    let mut command = Command::new(BATON);
+    command.current_dir(dir);
+    for var in ["BATON_ADDRESS", "BATON_AGENT", "BATON_LISTEN", "BATON_DATA_DIR", "DATABASE_URL", "RUST_LOG"]
+    {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs `baton ARGS`, asserts its exit code, and returns stdout and stderr.
+#[track_caller]
+fn check(dir: &Path, args: &[&str], code: i32) -> (String, String) {
+    let Output { status, stdout, stderr } = baton(dir).args(args).output().expect("run baton");
+    let (stdout, stderr) = (String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap());
+    assert_eq!(status.code(), Some(code), "baton {args:?}\nstdout: {stdout}\nstderr: {stderr}");
+    (stdout, stderr)
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn dev_server_serves_the_task_commands_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let dev = Dev::start(dir);
+    let address = dev.address.clone();
+    let at = ["--address", address.as_str()];
+    let run = |args: &[&str], code: i32| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&at);
+        check(dir, &all, code)
+    };
+    assert!(dir.join(".baton/baton.db").exists(), "baton dev keeps its data in ./.baton/");
+
+    let (out, _) = run(
+        &[
+            "task",
+            "submit",
+            "--stage",
+            "intake",
+            "--payload",
+            r#"{"patient":"p-1"}"#,
+            "--key",
+            "p-1",
+            "-o",
+            "json",
+        ],
+        0,
+    );
+    let task = json(&out);
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["state"], "waiting");
+    let (again, _) = run(
+        &[
+            "task",
+            "submit",
+            "--stage",
+            "intake",
+            "--payload",
+            r#"{"patient":"p-1"}"#,
+            "--key",
+            "p-1",
+            "-o",
+            "json",
+        ],
+        0,
+    );
+    assert_eq!(json(&again)["id"], id.as_str(), "the same key gives the same task");
+
+    let (out, _) = run(
+        &["task", "claim", "--agent", "intake-bot", "--stage", "intake", "--wait", "5s", "-o", "json"],
+        0,
+    );
+    let claim = json(&out);
+    assert_eq!(claim["leases"][0]["task"], id.as_str());
+    assert_eq!(claim["leases"][0]["epoch"], 1);
+    assert_eq!(claim["leases"][0]["payload"]["patient"], "p-1");
+
+    let (_, err) = run(&["task", "complete", &id, "--agent", "intake-bot", "--epoch", "0"], 1);
+    assert!(err.contains("lease_lost"), "a stale epoch is refused: {err}");
+
+    let (out, _) = run(
+        &["task", "complete", &id, "--agent", "intake-bot", "--epoch", "1", "--result", r#"{"ok":true}"#],
+        0,
+    );
+    assert!(out.starts_with(&format!("completed task {id}: now done")), "{out}");
+
+    let (out, _) = run(&["task", "show", &id], 0);
+    assert!(out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["state", "done"]), "{out}");
+    assert!(out.contains(r#"{"patient":"p-1"}"#), "show prints the payload: {out}");
+    let (out, _) = run(&["task", "show", &id, "-o", "json"], 0);
+    assert_eq!(json(&out)["result"]["ok"], true);
+
+    let (out, _) = run(&["task", "history", &id, "-o", "json"], 0);
+    let kinds: Vec<String> = json(&out)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["submitted", "claimed", "completed"]);
+
+    let (out, _) = run(&["task", "list", "--state", "done"], 0);
+    assert!(out.starts_with(&id), "{out}");
+
+    let (out, err) = run(&["task", "claim", "--agent", "a2", "--stage", "intake", "--wait", "100ms"], 0);
+    assert!(out.is_empty() && err.contains("no task was ready"), "an empty claim is not an error: {err}");
+
+    let (_, err) = run(&["task", "show", "00000000-0000-0000-0000-000000000000"], 1);
+    assert!(err.contains("not_found"), "{err}");
+    let (_, err) = run(&["task", "cancel", &id, "--reason", "late"], 1);
+    assert!(err.contains("invalid_transition"), "{err}");
+
+    dev.stop();
+    let (_, err) = check(dir, &["task", "show", &id, "--address", &address], 3);
+    assert!(err.contains("could not reach Baton") && err.contains("hint:"), "{err}");
+}
+
+#[test]
+fn commands_that_must_not_start_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (out, _) = check(dir, &["version"], 0);
+    assert_eq!(out.trim(), format!("baton {}", env!("CARGO_PKG_VERSION")));
+    let (_, err) = check(dir, &["dev", "--listen", "0.0.0.0:0"], 1);
+    assert!(err.contains("loopback"), "{err}");
+    let (_, err) = check(dir, &["serve", "--database-url", "sqlite://x.db", "--listen", "0.0.0.0:7707"], 1);
+    assert!(err.contains("authentication is not built yet"), "{err}");
+    let (_, err) = check(dir, &["serve", "--database-url", "postgres://localhost/baton"], 1);
+    assert!(err.contains("PostgreSQL is not supported yet"), "{err}");
+    let (_, err) = check(dir, &["serve", "--database-url", "sqlite://"], 1);
+    assert!(err.contains("names no file"), "{err}");
+    let (_, err) = check(dir, &["serve", "--database-url", "mysql://x"], 1);
+    assert!(err.contains("sqlite://PATH"), "{err}");
+    for bad in ["30", "1.5s", "3d", "s"] {
+        let (_, err) = check(dir, &["task", "claim", "--agent", "a", "--stage", "s", "--wait", bad], 2);
+        assert!(err.contains("500ms, 30s, 5m or 1h"), "a duration needs a unit: {err}");
+    }
+    let (_, err) = check(dir, &["task", "submit", "--stage", "s", "--payload", "{nope"], 1);
+    assert!(err.contains("not valid JSON"), "{err}");
+}
