@@ -12,6 +12,9 @@ use std::path::PathBuf;
 /// says what to do, because an operator reads it at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// The stage policies do not fit the limits.
+    #[error("invalid rules: {0}")]
+    Rules(String),
     #[error("cannot create the directory for {path:?}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
     #[error("cannot open the SQLite database {path:?}: {source}")]

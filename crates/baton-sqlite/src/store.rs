@@ -44,6 +44,9 @@ pub struct Stats {
     pub unavailable: u64,
     /// The most operations one transaction carried.
     pub batch_max: u64,
+    /// Batches rolled back and run again with a savepoint per operation,
+    /// because an operation was refused (or failed) after it had written.
+    pub reruns: u64,
     /// The writer stopped after a fatal storage error.
     pub stopped: bool,
 }
@@ -53,6 +56,7 @@ impl SqliteStore {
     /// checks integrity, migrates, and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
+        options.rules.validate().map_err(OpenError::Rules)?;
         let conn = open_writer(&path, &options)?;
         let reads = ReadPool::open(path.clone(), &options)
             .map_err(|source| OpenError::Sqlite { path: path.clone(), source })?;
@@ -94,6 +98,7 @@ impl SqliteStore {
             refused: c.refused.load(Ordering::Relaxed),
             unavailable: c.unavailable.load(Ordering::Relaxed),
             batch_max: c.batch_max.load(Ordering::Relaxed),
+            reruns: c.reruns.load(Ordering::Relaxed),
             stopped: c.stopped.load(Ordering::Acquire),
         }
     }

@@ -31,6 +31,9 @@ pub(crate) const LOOKUPS: &[(&str, &str)] = &[
 /// One operation's view of the writer's transaction (inside its savepoint).
 pub(crate) struct WriteTx<'c> {
     pub conn: &'c Connection,
+    /// Write calls made, counted before they run: the writer needs to know
+    /// whether a refused operation left anything to undo.
+    pub writes: u32,
 }
 
 impl Tx for WriteTx<'_> {
@@ -89,6 +92,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {
+        self.writes += 1;
         let c = Columns::of(task)?;
         let id = task.id.0.as_bytes();
         let body = serde_json::to_string(task)?;
@@ -121,6 +125,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, StoreError> {
+        self.writes += 1;
         let c = Columns::of(task)?;
         let expected = int(task.revision.saturating_sub(1))?;
         let body = serde_json::to_string(task)?;
@@ -154,6 +159,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), StoreError> {
+        self.writes += 1;
         let body = serde_json::to_string(handoff)?;
         self.conn
             .prepare_cached(
@@ -165,6 +171,7 @@ impl Tx for WriteTx<'_> {
     }
 
     fn put_alert(&mut self, alert: &Alert) -> Result<(), StoreError> {
+        self.writes += 1;
         let body = serde_json::to_string(alert)?;
         self.conn
             .prepare_cached("INSERT INTO alerts (task, at, body) VALUES (?1, ?2, ?3)")?

@@ -4,8 +4,13 @@
 //! in one `BEGIN IMMEDIATE` transaction, each inside its own savepoint, commits
 //! once (one fsync for the whole batch), and only then answers every caller.
 //!
-//! A refused operation rolls back to its savepoint, so it changes nothing
-//! while its neighbours commit. A failure that makes the batch untrustworthy
+//! A refused operation changes nothing while its neighbours commit. Most
+//! refusals come before an operation writes anything, so a batch first runs
+//! without savepoints (they cost a copy of every page an operation touches);
+//! if an operation is refused or fails after it wrote, the writer rolls the
+//! batch back and runs it again with each operation in its own savepoint,
+//! rolling back to it on refusal. Nothing is answered before the commit, so
+//! running a batch twice is invisible to callers. A failure that makes the batch untrustworthy
 //! (an I/O error, a full disk, corruption, or any failed COMMIT) acknowledges
 //! nothing and calls the fatal hook, which stops the process: SQLite keeps
 //! accepting commits after an fsync error, and we must not.
@@ -17,8 +22,8 @@ use crate::tx::WriteTx;
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::store::ReadyListener;
 use baton_core::{
-    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, Rules,
-    StageName, Submitted, Task,
+    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, Rejection,
+    Rules, StageName, Submitted, Task,
 };
 use rusqlite::Connection;
 use std::panic::{self, AssertUnwindSafe};
@@ -51,6 +56,7 @@ pub(crate) struct Counters {
     pub refused: AtomicU64,
     pub unavailable: AtomicU64,
     pub batch_max: AtomicU64,
+    pub reruns: AtomicU64,
     /// Set when the writer stopped after a fatal error.
     pub stopped: AtomicBool,
 }
@@ -97,59 +103,76 @@ impl Writer {
         }
     }
 
+    /// Runs, commits and answers one batch; `ops` is empty afterwards.
     fn commit_batch(&mut self, ops: &mut Vec<Op>) -> Flow {
         let count = ops.len();
         // One `now` per batch: every operation in it happens at the same instant.
         let now = self.clock.now();
-        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
-            let answers = ops.drain(..).map(Op::unanswered).collect();
-            if is_fatal(&e) {
-                return self.die(fatal("begin", &e), answers);
-            }
-            // Not fatal (another process held the lock past busy_timeout):
-            // nothing was written; callers may retry.
-            tracing::warn!(error = %e, ops = count, "could not begin a write transaction");
-            self.counters.unavailable.fetch_add(count as u64, Ordering::Relaxed);
-            abandon(answers, &format!("the SQLite store could not begin a transaction: {e}"));
-            return Flow::Continue;
-        }
-        let mut batch = Batch {
-            conn: &self.conn,
-            rules: &self.rules,
-            now,
-            ready: Vec::new(),
-            broken: None,
-            refused: 0,
-            unavailable: 0,
-        };
-        let answers: Vec<Box<dyn Answer>> = ops.drain(..).map(|op| op.run(&mut batch)).collect();
-        let Batch { ready, broken, refused, unavailable, .. } = batch;
-        match broken {
-            Some(Broken::Fatal(f)) => return self.die(f, answers),
-            Some(Broken::Lost(why)) => {
-                // SQLite dropped the transaction (out of memory, say): nothing
-                // of this batch is written, so nothing may be acknowledged.
-                tracing::error!(reason = %why, ops = count, "write transaction lost; batch not committed");
-                if !self.conn.is_autocommit() {
-                    let _ = exec(&self.conn, "ROLLBACK");
+        let mut careful = false;
+        let (outcomes, ready) = loop {
+            if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
+                if is_fatal(&e) {
+                    return self.die(fatal("begin", &e), ops);
                 }
-                self.counters.unavailable.fetch_add(count as u64, Ordering::Relaxed);
-                abandon(answers, &format!("the SQLite store lost the transaction: {why}"));
+                // Not fatal (another process held the lock past busy_timeout):
+                // nothing was written; callers may retry.
+                tracing::warn!(error = %e, ops = count, "could not begin a write transaction");
+                self.lost(ops, &format!("the SQLite store could not begin a transaction: {e}"));
                 return Flow::Continue;
             }
-            None => {}
-        }
+            let mut batch =
+                Batch { conn: &self.conn, rules: &self.rules, now, careful, ready: Vec::new(), end: None };
+            let mut outcomes = Vec::with_capacity(count);
+            for op in ops.iter() {
+                outcomes.push(op.run(&mut batch));
+                if batch.end.is_some() {
+                    break;
+                }
+            }
+            match batch.end {
+                None => break (outcomes, batch.ready),
+                Some(End::Fatal(error)) => return self.die(error, ops),
+                Some(End::Tainted) => {
+                    // An operation wrote, then was refused or failed: take the
+                    // whole batch back and rerun it with savepoints.
+                    if let Err(e) = exec(&self.conn, "ROLLBACK") {
+                        if is_fatal(&e) {
+                            return self.die(fatal("rollback", &e), ops);
+                        }
+                        self.lost(ops, &format!("the SQLite store could not roll back: {e}"));
+                        return Flow::Continue;
+                    }
+                    careful = true;
+                    self.counters.reruns.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(End::Lost(why)) => {
+                    // SQLite dropped the transaction (out of memory, say):
+                    // nothing of this batch is written or acknowledged.
+                    tracing::error!(reason = %why, ops = count, "write transaction lost; batch not committed");
+                    if !self.conn.is_autocommit() {
+                        let _ = exec(&self.conn, "ROLLBACK");
+                    }
+                    self.lost(ops, &format!("the SQLite store lost the transaction: {why}"));
+                    return Flow::Continue;
+                }
+            }
+        };
         if let Err(e) = exec(&self.conn, "COMMIT") {
             // Whatever the code, a failed COMMIT leaves us not knowing what is
             // on disk: fail-stop.
-            return self.die(fatal("commit", &e), answers);
+            return self.die(fatal("commit", &e), ops);
         }
         let c = &self.counters;
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.ops.fetch_add(count as u64, Ordering::Relaxed);
-        c.refused.fetch_add(refused, Ordering::Relaxed);
-        c.unavailable.fetch_add(unavailable, Ordering::Relaxed);
         c.batch_max.fetch_max(count as u64, Ordering::Relaxed);
+        for outcome in &outcomes {
+            match outcome.error() {
+                None => {}
+                Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
+                Some(Error::Unavailable(_)) => drop(c.unavailable.fetch_add(1, Ordering::Relaxed)),
+            }
+        }
         // Wake-ups before answers: a caller that sees its answer may rely on
         // the listener having heard about the work it created.
         if !ready.is_empty() {
@@ -158,16 +181,24 @@ impl Writer {
                 tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
             }
         }
-        for answer in answers {
-            answer.deliver();
+        for (op, outcome) in ops.drain(..).zip(outcomes) {
+            op.answer(outcome);
         }
         Flow::Continue
     }
 
+    /// Answers a batch that did not commit, and was not fatal, `Unavailable`.
+    fn lost(&self, ops: &mut Vec<Op>, why: &str) {
+        self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for op in ops.drain(..) {
+            op.abandon(why);
+        }
+    }
+
     /// Acknowledges nothing, reports, and stops the writer (in production the
     /// hook stops the process before this returns).
-    fn die(&mut self, mut error: FatalError, answers: Vec<Box<dyn Answer>>) -> Flow {
-        error.unacknowledged = answers.len();
+    fn die(&mut self, mut error: FatalError, ops: &mut Vec<Op>) -> Flow {
+        error.unacknowledged = ops.len();
         tracing::error!(error = %error, "fatal storage error: stopping without acknowledging the batch");
         if !self.conn.is_autocommit() {
             let _ = exec(&self.conn, "ROLLBACK");
@@ -176,7 +207,9 @@ impl Writer {
         (self.on_fatal)(&error);
         // Only a test's hook returns. The writer stops for good: later calls
         // find the channel closed and get `Unavailable`.
-        abandon(answers, "the SQLite store stopped after a fatal storage error");
+        for op in ops.drain(..) {
+            op.abandon("the SQLite store stopped after a fatal storage error");
+        }
         Flow::Stop
     }
 }
@@ -189,66 +222,92 @@ fn fatal(during: &'static str, e: &rusqlite::Error) -> FatalError {
     FatalError { during, code: e.sqlite_extended_error_code(), message: e.to_string(), unacknowledged: 0 }
 }
 
-fn abandon(answers: Vec<Box<dyn Answer>>, why: &str) {
-    for answer in answers {
-        answer.abandon(why);
+/// What one operation produced, held until the batch commits.
+enum Outcome {
+    Submit(Result<Submitted, Error>),
+    Claim(Result<Vec<Grant>, Error>),
+    Act(Result<ActOutcome, Error>),
+    Cancel(Result<Task, Error>),
+    FireDue(Result<usize, Error>),
+}
+
+impl Outcome {
+    fn error(&self) -> Option<&Error> {
+        match self {
+            Outcome::Submit(r) => r.as_ref().err(),
+            Outcome::Claim(r) => r.as_ref().err(),
+            Outcome::Act(r) => r.as_ref().err(),
+            Outcome::Cancel(r) => r.as_ref().err(),
+            Outcome::FireDue(r) => r.as_ref().err(),
+        }
     }
 }
 
 impl Op {
-    fn run(self, b: &mut Batch<'_>) -> Box<dyn Answer> {
+    /// Runs the operation in the batch's transaction. Takes `&self`: a batch
+    /// may run twice, and the reply slot is used only after the commit.
+    fn run(&self, b: &mut Batch<'_>) -> Outcome {
         match self {
-            Op::Submit(req, reply) => b.run(reply, |tx, cx| engine::submit(tx, &req, cx)),
-            Op::Claim(req, reply) => b.run(reply, |tx, cx| engine::claim(tx, &req, cx)),
-            Op::Act(req, reply) => b.run(reply, |tx, cx| engine::act(tx, &req, cx)),
-            Op::Cancel(req, reply) => b.run(reply, |tx, cx| engine::cancel(tx, &req, cx)),
-            Op::FireDue(limit, reply) => b.run(reply, |tx, cx| engine::fire_due(tx, limit, cx)),
+            Op::Submit(req, _) => Outcome::Submit(b.execute(|tx, cx| engine::submit(tx, req, cx))),
+            Op::Claim(req, _) => Outcome::Claim(b.execute(|tx, cx| engine::claim(tx, req, cx))),
+            Op::Act(req, _) => Outcome::Act(b.execute(|tx, cx| engine::act(tx, req, cx))),
+            Op::Cancel(req, _) => Outcome::Cancel(b.execute(|tx, cx| engine::cancel(tx, req, cx))),
+            Op::FireDue(limit, _) => Outcome::FireDue(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
         }
     }
 
-    /// The operation's answer slot, for a batch that never ran it.
-    fn unanswered(self) -> Box<dyn Answer> {
-        fn slot<T: Send + 'static>(reply: Reply<T>) -> Box<dyn Answer> {
-            Box::new(Answered { reply, result: Err(Error::Unavailable(String::new())) })
+    /// Tells the caller its outcome (the batch committed).
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Op::Submit(_, r), Outcome::Submit(v)) => r.send(v),
+            (Op::Claim(_, r), Outcome::Claim(v)) => r.send(v),
+            (Op::Act(_, r), Outcome::Act(v)) => r.send(v),
+            (Op::Cancel(_, r), Outcome::Cancel(v)) => r.send(v),
+            (Op::FireDue(_, r), Outcome::FireDue(v)) => r.send(v),
+            (op, _) => unreachable!("each outcome comes from its own operation ({})", op.name()),
         }
+    }
+
+    /// Tells the caller nothing happened for sure (the batch did not commit).
+    fn abandon(self, why: &str) {
+        let e = || Error::Unavailable(why.to_owned());
         match self {
-            Op::Submit(_, r) => slot(r),
-            Op::Claim(_, r) => slot(r),
-            Op::Act(_, r) => slot(r),
-            Op::Cancel(_, r) => slot(r),
-            Op::FireDue(_, r) => slot(r),
+            Op::Submit(_, r) => r.send(Err(e())),
+            Op::Claim(_, r) => r.send(Err(e())),
+            Op::Act(_, r) => r.send(Err(e())),
+            Op::Cancel(_, r) => r.send(Err(e())),
+            Op::FireDue(_, r) => r.send(Err(e())),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Submit(..) => "submit",
+            Op::Claim(..) => "claim",
+            Op::Act(..) => "act",
+            Op::Cancel(..) => "cancel",
+            Op::FireDue(..) => "fire_due",
         }
     }
 }
 
-/// An operation's outcome, held until the batch commits.
-trait Answer: Send {
-    /// The batch committed: tell the caller its outcome.
-    fn deliver(self: Box<Self>);
-    /// The batch did not commit: tell the caller nothing happened for sure.
-    fn abandon(self: Box<Self>, why: &str);
-}
-
-struct Answered<T> {
-    reply: Reply<T>,
-    result: Result<T, Error>,
-}
-
-impl<T: Send> Answer for Answered<T> {
-    fn deliver(self: Box<Self>) {
-        self.reply.send(self.result);
-    }
-    fn abandon(self: Box<Self>, why: &str) {
-        self.reply.send(Err(Error::Unavailable(why.to_owned())));
-    }
-}
-
-/// Why the rest of a batch cannot commit.
-enum Broken {
+/// Why a batch stopped running operations before its end.
+enum End {
     /// An error that stops the process.
     Fatal(FatalError),
     /// SQLite rolled the transaction back under us, or a savepoint failed.
     Lost(String),
+    /// Without savepoints, an operation was refused or failed after writing:
+    /// rerun the batch with them.
+    Tainted,
+}
+
+/// How one operation ended, short of success.
+enum Failure {
+    Refused(Rejection),
+    Conflict,
+    Store(StoreError),
+    Panic(String),
 }
 
 /// One open write transaction and what its operations produced so far.
@@ -256,51 +315,39 @@ struct Batch<'w> {
     conn: &'w Connection,
     rules: &'w Rules,
     now: Millis,
+    /// Each operation in its own savepoint.
+    careful: bool,
     /// Stages with new ready work, from operations that were kept.
     ready: Vec<StageName>,
-    broken: Option<Broken>,
-    refused: u64,
-    unavailable: u64,
+    end: Option<End>,
 }
 
 type EngineResult<T> = Result<T, Fail<StoreError>>;
 
 impl Batch<'_> {
-    fn run<T: Send + 'static>(
-        &mut self,
-        reply: Reply<T>,
-        mut op: impl FnMut(&mut WriteTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
-    ) -> Box<dyn Answer> {
-        let result = self.execute(&mut op);
-        match &result {
-            Ok(_) => {}
-            Err(Error::Rejected(_)) => self.refused += 1,
-            Err(Error::Unavailable(_)) => self.unavailable += 1,
-        }
-        Box::new(Answered { reply, result })
-    }
-
-    /// Runs one operation inside its own savepoint.
+    /// Runs one operation; on refusal or failure, undoes what it wrote.
     fn execute<T>(
         &mut self,
-        op: &mut impl FnMut(&mut WriteTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
+        mut op: impl FnMut(&mut WriteTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
     ) -> Result<T, Error> {
-        if self.broken.is_some() {
-            return Err(not_committed());
+        if self.careful {
+            self.exec("SAVEPOINT op")?;
         }
-        self.exec("SAVEPOINT op")?;
-        for _ in 0..CONFLICT_RETRIES_MAX {
+        let mut conflicts = 0;
+        let failure = loop {
             let mut effects = Effects::default();
+            let mut tx = WriteTx { conn: self.conn, writes: 0 };
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
-                let mut tx = WriteTx { conn: self.conn };
                 // A panic is a bug in one operation: undo that operation and
                 // keep serving the others, rather than lose the writer thread.
                 panic::catch_unwind(AssertUnwindSafe(|| op(&mut tx, &mut cx)))
             };
-            match outcome {
+            let failure = match outcome {
                 Ok(Ok(value)) => {
-                    self.exec("RELEASE op")?;
+                    if self.careful {
+                        self.exec("RELEASE op")?;
+                    }
                     for stage in effects.ready {
                         if !self.ready.contains(&stage) {
                             self.ready.push(stage);
@@ -308,67 +355,76 @@ impl Batch<'_> {
                     }
                     return Ok(value);
                 }
-                Ok(Err(Fail::Rejected(r))) => {
-                    self.undo()?;
-                    return Err(Error::Rejected(r));
+                Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),
+                Ok(Err(Fail::Conflict)) => Failure::Conflict,
+                Ok(Err(Fail::Store(e))) => {
+                    if let Some(sql) = e.sqlite()
+                        && is_fatal(sql)
+                    {
+                        self.end = Some(End::Fatal(fatal("operation", sql)));
+                        return Err(not_committed());
+                    }
+                    if self.conn.is_autocommit() {
+                        self.end = Some(End::Lost(e.to_string()));
+                        return Err(not_committed());
+                    }
+                    Failure::Store(e)
                 }
-                Ok(Err(Fail::Conflict)) => {
-                    // ROLLBACK TO keeps the savepoint open for the retry.
-                    self.exec("ROLLBACK TO op")?;
+                Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
+            };
+            if tx.writes > 0 {
+                if !self.careful {
+                    self.end = Some(End::Tainted);
+                    return Err(not_committed());
+                }
+                // ROLLBACK TO keeps the savepoint open, for a retry.
+                self.exec("ROLLBACK TO op")?;
+            }
+            match failure {
+                Failure::Conflict if conflicts < CONFLICT_RETRIES_MAX => {
+                    conflicts += 1;
                     tracing::warn!("revision conflict inside the single writer; retrying the operation");
                 }
-                Ok(Err(Fail::Store(e))) => return Err(self.failed(e)),
-                Err(payload) => {
-                    let what = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(panic = %what, "a write operation panicked; it was rolled back");
-                    self.undo()?;
-                    return Err(Error::Unavailable("internal error; the operation changed nothing".into()));
-                }
+                other => break other,
             }
+        };
+        if self.careful {
+            self.exec("RELEASE op")?;
         }
-        self.undo()?;
-        Err(Error::Unavailable("the task kept changing under the operation; retry".into()))
-    }
-
-    /// Classifies a storage error inside one operation.
-    fn failed(&mut self, e: StoreError) -> Error {
-        if let Some(sql) = e.sqlite()
-            && is_fatal(sql)
-        {
-            self.broken = Some(Broken::Fatal(fatal("operation", sql)));
-            return not_committed();
-        }
-        if self.conn.is_autocommit() {
-            self.broken = Some(Broken::Lost(e.to_string()));
-            return not_committed();
-        }
-        tracing::error!(error = %e, "a write operation failed; it was rolled back");
-        match self.undo() {
-            Ok(()) => Error::Unavailable(format!("storage error: {e}")),
-            Err(lost) => lost,
-        }
-    }
-
-    /// Undoes everything the current operation wrote and closes its savepoint.
-    fn undo(&mut self) -> Result<(), Error> {
-        self.exec("ROLLBACK TO op")?;
-        self.exec("RELEASE op")
+        Err(match failure {
+            Failure::Refused(r) => Error::Rejected(r),
+            Failure::Conflict => {
+                Error::Unavailable("the task kept changing under the operation; retry".into())
+            }
+            Failure::Store(e) => {
+                tracing::error!(error = %e, "a write operation failed; it changed nothing");
+                Error::Unavailable(format!("storage error: {e}"))
+            }
+            Failure::Panic(what) => {
+                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
+                Error::Unavailable("internal error; the operation changed nothing".into())
+            }
+        })
     }
 
     fn exec(&mut self, sql: &str) -> Result<(), Error> {
         exec(self.conn, sql).map_err(|e| {
-            self.broken = Some(if is_fatal(&e) {
-                Broken::Fatal(fatal("savepoint", &e))
+            self.end = Some(if is_fatal(&e) {
+                End::Fatal(fatal("savepoint", &e))
             } else {
-                Broken::Lost(e.to_string())
+                End::Lost(e.to_string())
             });
             not_committed()
         })
     }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 fn not_committed() -> Error {

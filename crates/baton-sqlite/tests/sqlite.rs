@@ -273,6 +273,7 @@ fn a_refused_operation_leaves_its_batch_neighbours_committed() {
     assert_eq!(stats.commits - commits_before, 2, "the opener, then the other three together: {stats:?}");
     assert!(stats.batch_max >= 3, "{stats:?}");
     assert_eq!(stats.refused, 1);
+    assert_eq!(stats.reruns, 1, "the spawn wrote before its refusal, so the batch ran again with savepoints");
     assert_eq!(view(&store, good1).payload, r#""one""#);
     assert_eq!(view(&store, good2).payload, r#""two""#);
     assert_eq!(view(&store, parent), parent_before, "the refused spawn left the parent as it was");
