@@ -118,8 +118,9 @@ pub enum Command {
     /// Take the task under a lease of `lease_ms`.
     Claim { agent: AgentId, lease_ms: Millis },
     /// A holder's action, fenced by `epoch`. `handoff_id` names the handoff a
-    /// `Handoff` action creates (ids come from the store).
-    Act { agent: AgentId, epoch: u64, action: Action, handoff_id: Option<HandoffId> },
+    /// `Handoff` action creates and `children` the tasks a `Spawn` creates
+    /// (ids come from the store).
+    Act { agent: AgentId, epoch: u64, action: Action, handoff_id: Option<HandoffId>, children: Vec<TaskId> },
     /// Cancel, by an authorized principal.
     Cancel { actor: Actor, reason: String },
     /// The task's `due_at` has passed: lease expiry, re-offer, reroute,

@@ -82,9 +82,9 @@ pub fn decide(task: &Task, command: &Command, rules: &Rules, now: Millis) -> Res
     }
     match command {
         Command::Claim { agent, lease_ms } => claim(task, agent, *lease_ms, rules, now),
-        Command::Act { agent, epoch, action, handoff_id } => {
+        Command::Act { agent, epoch, action, handoff_id, children } => {
             let lease = fence(task, agent, *epoch)?;
-            act(task, lease, action, *handoff_id, rules, now)
+            act(task, lease, action, Ids { handoff: *handoff_id, children }, rules, now)
         }
         Command::Cancel { actor, reason } => cancel(task, actor, reason, rules, now),
         Command::Fire => fire(task, rules, now),
@@ -129,11 +129,17 @@ fn fence<'t>(task: &'t Task, agent: &AgentId, epoch: u64) -> Result<&'t Lease, R
     }
 }
 
+/// Ids the store generated for what an action creates.
+struct Ids<'a> {
+    handoff: Option<HandoffId>,
+    children: &'a [TaskId],
+}
+
 fn act(
     task: &Task,
     lease: &Lease,
     action: &Action,
-    handoff_id: Option<HandoffId>,
+    ids: Ids<'_>,
     rules: &Rules,
     now: Millis,
 ) -> Result<Change, Rejection> {
@@ -153,7 +159,7 @@ fn act(
         Action::Handoff { to_stage, report } => {
             check_stage("to_stage", to_stage, rules)?;
             check_report(report, rules)?;
-            let id = handoff_id.expect("the engine names every handoff");
+            let id = ids.handoff.expect("the engine names every handoff");
             let handoff = Handoff {
                 id,
                 task: task.id,
@@ -249,6 +255,7 @@ fn act(
                 ));
             }
             let count = u32::try_from(children.len()).expect("bounded by children_max");
+            assert_eq!(ids.children.len(), children.len(), "the engine names every child");
             if let JoinMode::Quorum(n) = join.mode
                 && (n == 0 || n > count)
             {
@@ -263,6 +270,7 @@ fn act(
                     join: Join {
                         mode: join.mode,
                         children: count,
+                        open: ids.children.to_vec(),
                         done: 0,
                         failed: 0,
                         due_at: now.saturating_add(join.within_ms),
@@ -357,7 +365,13 @@ fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> R
     let TaskState::Blocked { custodian, join } = &task.state else {
         return Err(invalid(task, &Command::ChildSettled { child, ok }));
     };
+    if !join.open.contains(&child) {
+        // Not a child of the current spawn (an earlier spawn's, or a task
+        // submitted with this parent): it does not count toward the join.
+        return Err(invalid(task, &Command::ChildSettled { child, ok }));
+    }
     let mut join = join.clone();
+    join.open.retain(|c| *c != child);
     if ok {
         join.done += 1;
     } else {

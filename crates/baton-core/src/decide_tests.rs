@@ -53,7 +53,15 @@ fn claim_by(a: &str) -> Command {
 
 fn act(a: &str, epoch: u64, action: Action) -> Command {
     let handoff_id = matches!(action, Action::Handoff { .. }).then(|| HandoffId(uuid::Uuid::from_u128(9)));
-    Command::Act { agent: agent(a), epoch, action, handoff_id }
+    let children = match &action {
+        Action::Spawn { children, .. } => (0..children.len()).map(|i| child(i as u128)).collect(),
+        _ => Vec::new(),
+    };
+    Command::Act { agent: agent(a), epoch, action, handoff_id, children }
+}
+
+fn child(i: u128) -> TaskId {
+    TaskId(uuid::Uuid::from_u128(100 + i))
 }
 
 fn heartbeat() -> Action {
@@ -147,7 +155,8 @@ fn every_state_and_command() {
     let later = T0 + 10;
     let cancel =
         || Command::Cancel { actor: Actor::Principal("ops".into()), reason: "no longer needed".into() };
-    let settle = |ok| Command::ChildSettled { child: TaskId(uuid::Uuid::from_u128(99)), ok };
+    let settle = |ok| Command::ChildSettled { child: child(0), ok };
+    let stranger = Command::ChildSettled { child: TaskId(uuid::Uuid::from_u128(99)), ok: true };
     let cases: Vec<(&str, Command, Millis, Expect)> = vec![
         // waiting (offered)
         ("waiting", claim_by("x"), later, Yes(K::Claimed, S::Held, "a")),
@@ -207,6 +216,7 @@ fn every_state_and_command() {
         ("blocked", claim_by("y"), later, No("invalid_transition")),
         ("blocked", act("x", 1, complete()), later, No("lease_lost")),
         ("blocked", settle(true), later, Yes(K::ChildSettled, S::Blocked, "a")),
+        ("blocked_any", stranger, later, No("invalid_transition")),
         ("blocked", settle(false), later, Yes(K::Escalated, S::Waiting, "inbox")),
         ("blocked_any", settle(true), later, Yes(K::Joined, S::Waiting, "a")),
         ("blocked_any", settle(false), later, Yes(K::ChildSettled, S::Blocked, "a")),
@@ -336,4 +346,27 @@ fn events_chain_and_detect_tampering() {
     // Canonical form: key order does not matter.
     let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,2],"c":null}}"#).unwrap();
     assert_eq!(crate::event::canonical_json(&a), r#"{"a":{"c":null,"d":[1,2]},"b":1}"#);
+}
+
+#[test]
+fn a_join_counts_only_its_own_children_once() {
+    let r = rules();
+    let t = state("blocked");
+    let settle = |t: &Task, c, ok| decide(t, &Command::ChildSettled { child: child(c), ok }, &r, T0 + 9);
+    let t = settle(&t, 0, true).unwrap().task;
+    assert_eq!(settle(&t, 0, true).unwrap_err().code(), "invalid_transition", "a child counts once");
+    let joined = settle(&t, 1, true).unwrap();
+    assert_eq!(joined.event.kind, EventKind::Joined);
+    assert_eq!(joined.task.custodian(), Some(Custodian::Agent(agent("x"))), "back to the spawner");
+}
+
+#[test]
+fn rules_must_fit_the_limits() {
+    assert_eq!(rules().validate(), Ok(()));
+    let mut bad = rules();
+    bad.policies.default.lease_ms = bad.limits.lease_ttl_ms_max + 1;
+    assert!(bad.validate().unwrap_err().contains("lease"));
+    let mut bad = rules();
+    bad.policies.stages.get_mut(&StageName::new("b")).unwrap().max_attempts = 0;
+    assert!(bad.validate().unwrap_err().contains("stage b"));
 }

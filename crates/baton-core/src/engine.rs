@@ -24,6 +24,30 @@ pub struct Rules {
     pub limits: Limits,
 }
 
+impl Rules {
+    /// Checks that the policies fit the limits, so no operation can fail later
+    /// for a reason the operator set up. Stores call it when they open.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let named = self.policies.stages.iter().map(|(name, p)| (name.as_str(), p));
+        for (name, p) in std::iter::once(("(default)", &self.policies.default)).chain(named) {
+            if p.lease_ms < l.lease_ttl_ms_min || p.lease_ms > l.lease_ttl_ms_max {
+                return Err(format!(
+                    "stage {name}: lease {} ms is outside the lease limits {}..={} ms",
+                    p.lease_ms, l.lease_ttl_ms_min, l.lease_ttl_ms_max
+                ));
+            }
+            if p.accept_within_ms <= 0 {
+                return Err(format!("stage {name}: accept_within must be positive"));
+            }
+            if p.max_attempts == 0 {
+                return Err(format!("stage {name}: max_attempts must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A ready task's sort key: priority (higher first), then deadline, then age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadyKey {
@@ -108,15 +132,20 @@ pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitt
         }
         return Err(Rejection::IdempotencyConflict { key: key.clone() }.into());
     }
+    let id = TaskId(tx.new_id());
+    insert_new(tx, id, new, cx).map(|task| Submitted { task, created: true })
+}
+
+/// Creates a task with an id the engine chose.
+fn insert_new<T: Tx>(tx: &mut T, id: TaskId, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     if let Some(parent) = new.parent {
         check_lineage(tx, parent, cx.rules)?;
     }
-    let id = TaskId(tx.new_id());
     let change = decide_submit(id, new, cx.rules, cx.now)?;
     let event = change.event.seal(Hash::ZERO);
     st(tx.insert(&change.task, &new.payload, &event))?;
     cx.effects.note_ready(&change.task);
-    Ok(Submitted { task: change.task, created: true })
+    Ok(change.task)
 }
 
 /// Claim: lease up to `max` ready tasks from the stages, best first.
@@ -150,11 +179,17 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
         b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
     });
     candidates.dedup_by_key(|c| c.id);
-    let mut grants = Vec::with_capacity(max);
+    // Decide every lease before writing any, so a refusal leaves nothing
+    // half-claimed (claim-next commits its action even when its claim fails).
+    let mut changes = Vec::with_capacity(max);
     for key in candidates.into_iter().take(max) {
         let Some((task, head)) = st(tx.load(key.id))? else { continue };
         let lease_ms = req.lease_ms.unwrap_or_else(|| cx.rules.policies.get(&task.stage).lease_ms);
         let change = decide(&task, &Command::Claim { agent: req.agent.clone(), lease_ms }, cx.rules, cx.now)?;
+        changes.push((change, head));
+    }
+    let mut grants = Vec::with_capacity(changes.len());
+    for (change, head) in changes {
         let task = apply(tx, change, head, cx)?;
         let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
         grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
@@ -166,13 +201,23 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
 pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
     let handoff_id = matches!(req.action, Action::Handoff { .. }).then(|| HandoffId(tx.new_id()));
-    let command =
-        Command::Act { agent: req.agent.clone(), epoch: req.epoch, action: req.action.clone(), handoff_id };
+    let children: Vec<TaskId> = match &req.action {
+        Action::Spawn { children, .. } if children.len() <= cx.rules.limits.children_max => {
+            children.iter().map(|_| TaskId(tx.new_id())).collect()
+        }
+        _ => Vec::new(),
+    };
+    let command = Command::Act {
+        agent: req.agent.clone(),
+        epoch: req.epoch,
+        action: req.action.clone(),
+        handoff_id,
+        children: children.clone(),
+    };
     let change = decide(&task, &command, cx.rules, cx.now)?;
     let task = apply(tx, change, head, cx)?;
-    let mut children = Vec::new();
     if let Action::Spawn { children: specs, .. } = &req.action {
-        for spec in specs {
+        for (spec, id) in specs.iter().zip(&children) {
             let new = NewTask {
                 namespace: task.namespace.clone(),
                 stage: spec.stage.clone(),
@@ -185,7 +230,7 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
                 trace: task.trace.clone(),
                 submitter: Actor::Agent(req.agent.clone()),
             };
-            children.push(submit(tx, &new, cx)?.task.id);
+            insert_new(tx, *id, &new, cx)?;
         }
     }
     let mut next = Vec::new();

@@ -110,12 +110,15 @@ pub enum Custodian {
     Stage(StageName),
 }
 
-/// A parent's join over its children.
+/// A parent's join over the children of its current spawn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Join {
     pub mode: JoinMode,
     pub children: u32,
+    /// The children of this spawn not yet settled. Only these count: a child
+    /// of an earlier spawn, or a task submitted with this parent, does not.
+    pub open: Vec<TaskId>,
     pub done: u32,
     pub failed: u32,
     pub due_at: Millis,

@@ -60,6 +60,9 @@ impl Row {
 
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>, rules: Rules) -> Self {
+        if let Err(problem) = rules.validate() {
+            panic!("invalid rules: {problem}");
+        }
         Self { state: Mutex::new(State::default()), clock, rules, listener: Arc::new(NoListener) }
     }
 

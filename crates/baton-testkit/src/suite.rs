@@ -200,9 +200,8 @@ pub fn suite_rules() -> Rules {
         .with_stage("fallback", StagePolicy { accept_within_ms: 500, reoffers: 0, ..base.clone() })
         .with_stage(
             "flaky",
-            StagePolicy { max_attempts: 2, reroute_to: Some(StageName::new("fallback")), ..base.clone() },
-        )
-        .with_stage("long-lease", StagePolicy { lease_ms: limits.lease_ttl_ms_max + 1, ..base });
+            StagePolicy { max_attempts: 2, reroute_to: Some(StageName::new("fallback")), ..base },
+        );
     Rules { policies, limits }
 }
 
@@ -775,16 +774,18 @@ pub fn claim_respects_leases_per_agent_max<H: SuiteStore>() {
     cx.finish();
 }
 
-/// A claim refused after it leased some tasks in its transaction (here the
-/// second stage's default lease is over `lease_ttl_ms_max`) leases none, and
-/// the handoff its first lease accepted is pending again.
+/// A refused claim leases none of its candidates, and the handoff a lease
+/// would have accepted stays pending. (Stage policies whose lease is outside
+/// the limits are refused when the store opens, so a claim is decided for
+/// every candidate before any lease is written.)
 pub fn claim_refused_midway_rolls_back_every_lease<H: SuiteStore>() {
     let cx = Case::<H>::open(suite_rules());
     let first = cx.submit(new_task("a", "{}").priority(9)).task;
     let sender = cx.claim_one("alice", "a");
     let handoff_id = cx.act(&sender, handoff_to("b")).handoff.expect("handoff id");
-    cx.submit_to("long-lease");
-    let r = cx.refuses("limit_exceeded", |cx| cx.try_claim("w", &["b", "long-lease"], 2, None));
+    cx.submit_to("c");
+    let too_long = Some(suite_rules().limits.lease_ttl_ms_max + 1);
+    let r = cx.refuses("limit_exceeded", |cx| cx.try_claim("w", &["b", "c"], 2, too_long));
     assert_limit(&r, "lease_ttl_ms_max");
     assert!(cx.task(first.id).is_ready(), "the first task's lease was rolled back");
     assert_eq!(cx.handoff(handoff_id).outcome, HandoffOutcome::Pending, "and its handoff's acceptance");
