@@ -285,6 +285,10 @@ async fn refusals_have_their_documented_status_and_code_and_change_nothing() {
         refuse("claim bad agent", "POST", "/v1/claims", Some(json!({"agent": "a b", "stages": ["s"]})), 400, "invalid_request"),
         refuse("claim lease too short", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s-greedy"], "lease_ms": 10})), 422, "limit_exceeded")
             .detail("limit", json!("lease_ttl_ms_min")),
+        refuse("claim lease too short, nothing ready", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["empty"], "lease_ms": 10, "wait_ms": 60_000})), 422, "limit_exceeded")
+            .detail("limit", json!("lease_ttl_ms_min")),
+        refuse("claim lease too long", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["empty"], "lease_ms": 90_000_000_u64})), 422, "limit_exceeded")
+            .detail("limit", json!("lease_ttl_ms_max")),
         refuse("claim no stages", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": []})), 400, "invalid_request"),
         refuse("claim unknown field", "POST", "/v1/claims", Some(json!({"agent": "a9", "stages": ["s"], "maxx": 1})), 400, "invalid_request"),
         refuse("too many leases", "POST", "/v1/claims", Some(json!({"agent": "greedy", "stages": ["s-greedy"]})), 429, "too_many_leases")

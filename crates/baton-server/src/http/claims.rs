@@ -14,7 +14,7 @@ use crate::wake::AnyNotified;
 use axum::Json;
 use axum::extract::State;
 use baton_api as api;
-use baton_core::{ClaimRequest, Grant, StageName};
+use baton_core::{ClaimRequest, Grant, Millis, StageName};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub async fn claim(
         agent,
         stages: req.stages.into_iter().map(StageName::new).collect(),
         max: req.max as usize,
-        lease_ms: millis("lease_ms", req.lease_ms)?,
+        lease_ms: check_lease_ms(&state, millis("lease_ms", req.lease_ms)?)?,
     };
     let grants = if req.wait_ms == 0 {
         state.store().claim(request).await?
@@ -86,6 +86,26 @@ pub async fn leases(state: &AppState, grants: &[Grant]) -> Result<Vec<api::Lease
         leases.push(convert::lease(grant, stored_payload(view.payload)?));
     }
     Ok(leases)
+}
+
+/// Refuses a lease length outside the limits before any waiting: the engine
+/// checks it only against a task it is about to lease, so an empty claim with
+/// a bad `lease_ms` would otherwise wait, then fail when work arrives.
+pub fn check_lease_ms(state: &AppState, lease_ms: Option<Millis>) -> Result<Option<Millis>, ApiError> {
+    let limits = &state.options().limits;
+    match lease_ms {
+        Some(ms) if ms < limits.lease_ttl_ms_min => Err(ApiError::limit(
+            "lease_ttl_ms_min",
+            limits.lease_ttl_ms_min.unsigned_abs(),
+            format!("ask for a lease of at least {} ms", limits.lease_ttl_ms_min),
+        )),
+        Some(ms) if ms > limits.lease_ttl_ms_max => Err(ApiError::limit(
+            "lease_ttl_ms_max",
+            limits.lease_ttl_ms_max.unsigned_abs(),
+            format!("ask for a lease of at most {} ms and heartbeat", limits.lease_ttl_ms_max),
+        )),
+        _ => Ok(lease_ms),
+    }
 }
 
 /// Refuses claims that name too many stages.

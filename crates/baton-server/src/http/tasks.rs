@@ -237,6 +237,9 @@ async fn act(
             Some(ClaimNext {
                 stages: next.stages.into_iter().map(StageName::new).collect(),
                 max: next.max as usize,
+                // Not checked up front: the main action commits whatever
+                // happens to the claim part, and a limit saying no leaves
+                // `next` empty (SPEC section 6).
                 lease_ms: millis("claim_next.lease_ms", next.lease_ms)?,
             })
         }
