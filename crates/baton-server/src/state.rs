@@ -14,7 +14,8 @@ pub struct Config {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     /// The store's `ReadyListener`: give the same hub to the store when
-    /// opening it, so commits wake waiting claims.
+    /// opening it. It is the only source of wake-ups for waiting claims: with
+    /// a store that does not call it, a long poll ends only at its deadline.
     pub hub: Arc<ReadyHub>,
     pub options: Options,
 }

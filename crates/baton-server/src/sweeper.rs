@@ -3,8 +3,9 @@
 //! earlier are not missed), and calls `fire_due` in batches, looping at once
 //! while a batch comes back full. What firing does (lease expiry, re-offer,
 //! reroute, escalation, retry, join deadline) is the engine's business.
-//! After a batch it wakes every waiting claim and handoff wait, since timers
-//! make work ready in stages the server cannot name.
+//! Work the timers make ready wakes waiting claims through the store's
+//! listener; after a batch the sweeper wakes every handoff-outcome wait, since
+//! reroutes and escalations settle handoffs the server cannot name.
 
 use crate::state::AppState;
 use std::pin::pin;
@@ -54,7 +55,6 @@ pub async fn step(state: &AppState) -> u64 {
         Ok(0) => NOTHING_FIRED_PAUSE_MS.min(idle),
         Ok(fired) => {
             tracing::debug!(fired, "sweeper fired due tasks");
-            state.hub().wake_all();
             state.tasks().notify_all();
             0
         }

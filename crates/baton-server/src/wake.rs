@@ -1,12 +1,19 @@
 //! Wake-ups for long polls. `ReadyHub` is the store's `ReadyListener`: after a
 //! commit that made tasks claimable in some stages, the store calls it, and it
-//! wakes the claims waiting on those stages. `Signals` is the keyed set of
-//! `tokio::sync::Notify`s underneath, also used per task for handoff-outcome
-//! waits. Entries are held weakly, so a key lives only while someone waits
-//! on it; memory is O(waiters), not O(stages ever seen).
+//! wakes one claim waiting on each of those stages (`notify_one`), not all of
+//! them: with K idle agents on a stage, waking all would cost K claim
+//! transactions per ready task. A woken claim that takes work passes the
+//! wake-up on to two more waiters (see `http::claims`), so a burst reaches
+//! every waiter in a logarithmic number of hops and a trickle costs about
+//! three claims per task. `Signals` is the keyed set of `tokio::sync::Notify`s
+//! underneath, also used per task for handoff-outcome waits. Entries are held
+//! weakly, so a key lives only while someone waits on it; memory is
+//! O(waiters), not O(stages ever seen).
 //!
 //! Waiters must `enable()` their `Notified` before they look at the store, so
-//! a wake-up between the look and the wait is not lost.
+//! a wake-up between the look and the wait is not lost; a `Notified` dropped
+//! after a `notify_one` reached it hands that wake-up to the next waiter
+//! (tokio guarantees this), so abandoned waits lose nothing.
 
 use baton_core::store::ReadyListener;
 use baton_core::{StageName, TaskId};
@@ -34,18 +41,12 @@ impl ReadyHub {
     pub fn subscribe(&self, stage: &StageName) -> Arc<Notify> {
         self.stages.subscribe(stage)
     }
-
-    /// Wakes every waiting claim: used when work may be ready somewhere
-    /// unknown (after timers fired), so waiters look again.
-    pub fn wake_all(&self) {
-        self.stages.notify_all();
-    }
 }
 
 impl ReadyListener for ReadyHub {
     fn ready(&self, stages: &[StageName]) {
         for stage in stages {
-            self.stages.notify(stage);
+            self.stages.notify_one(stage);
         }
     }
 }
@@ -87,6 +88,14 @@ impl<K: Hash + Eq + Clone> Signals<K> {
         let notify = Arc::new(Notify::new());
         inner.map.insert(key.clone(), Arc::downgrade(&notify));
         notify
+    }
+
+    /// Wakes one waiter on `key`, or lets the next one through at once.
+    pub fn notify_one(&self, key: &K) {
+        let inner = self.inner.lock().expect("signal map lock");
+        if let Some(notify) = inner.map.get(key).and_then(Weak::upgrade) {
+            notify.notify_one();
+        }
     }
 
     /// Wakes everyone waiting on `key` now.
@@ -157,17 +166,36 @@ impl Future for AnyNotified<'_> {
 mod tests {
     use super::*;
 
+    /// Polls once: has the wait been woken?
+    async fn is_woken(wait: &mut AnyNotified<'_>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *wait).poll(cx).is_ready())).await
+    }
+
     #[tokio::test]
     async fn a_ready_stage_wakes_its_waiters_only() {
         let hub = ReadyHub::new();
         let a = [hub.subscribe(&StageName::new("a"))];
         let b = [hub.subscribe(&StageName::new("b"))];
-        let wait_a = AnyNotified::enable(&a);
+        let mut wait_a = AnyNotified::enable(&a);
         let mut wait_b = AnyNotified::enable(&b);
         hub.ready(&[StageName::new("a")]);
-        wait_a.await;
-        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut wait_b).poll(cx).is_ready())).await;
-        assert!(!polled, "stage b was not made ready");
+        assert!(is_woken(&mut wait_a).await);
+        assert!(!is_woken(&mut wait_b).await, "stage b was not made ready");
+    }
+
+    #[tokio::test]
+    async fn a_ready_stage_wakes_one_waiter() {
+        let hub = ReadyHub::new();
+        let stage = StageName::new("a");
+        let signals = [hub.subscribe(&stage)];
+        let mut first = AnyNotified::enable(&signals);
+        let mut second = AnyNotified::enable(&signals);
+        hub.ready(std::slice::from_ref(&stage));
+        assert!(is_woken(&mut first).await, "the first waiter is woken");
+        assert!(!is_woken(&mut second).await, "the second sleeps on");
+        drop(first);
+        hub.ready(std::slice::from_ref(&stage));
+        assert!(is_woken(&mut second).await);
     }
 
     #[test]

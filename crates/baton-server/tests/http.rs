@@ -643,6 +643,43 @@ async fn a_waiting_claim_is_woken_by_a_submit() {
 }
 
 #[tokio::test]
+async fn work_made_ready_in_one_commit_reaches_every_waiting_claim() {
+    let api = Api::new();
+    let parent = id(&api.submit("plan", json!({})).await);
+    api.claim("planner", "plan").await;
+    let waiters: Vec<_> = (0..3)
+        .map(|i| {
+            let app = api.app.clone();
+            tokio::spawn(async move {
+                let body = json!({"agent": format!("w{i}"), "stages": ["fan"], "wait_ms": 60_000});
+                let response =
+                    app.oneshot(request("POST", "/v1/claims", Some(RawBody::json(&body)))).await.unwrap();
+                let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let child = json!({"stage": "fan", "payload": 1});
+    api.post(
+        &format!("/v1/tasks/{parent}/spawn"),
+        json!({"agent": "planner", "epoch": 1,
+             "children": [child, child, child], "join": {"mode": "all", "within_ms": 60_000}}),
+    )
+    .await
+    .expect(200);
+    let mut leased = Vec::new();
+    for waiter in waiters {
+        let body = tokio::time::timeout(WAKE_BOUND, waiter).await.expect("every waiter was woken").unwrap();
+        assert_eq!(body["leases"].as_array().unwrap().len(), 1, "{body}");
+        leased.push(body["leases"][0]["task"].as_str().unwrap().to_owned());
+    }
+    leased.sort();
+    leased.dedup();
+    assert_eq!(leased.len(), 3, "each child went to one waiter");
+}
+
+#[tokio::test]
 async fn a_waiting_claim_ends_empty_at_its_deadline() {
     let api = Api::new();
     let reply = api.post("/v1/claims", json!({"agent": "a1", "stages": ["quiet"], "wait_ms": 50})).await;

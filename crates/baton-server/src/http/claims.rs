@@ -3,6 +3,9 @@
 //! ready, wait for a wake-up from one of the claim's stages (`ReadyHub`), the
 //! deadline, or shutdown; claim again. Interest is registered before each
 //! claim, so work that arrives between the claim and the wait still wakes it.
+//! A woken claim that leased something, or failed, passes its wake-up on to
+//! two more waiters per stage (`Baton`), because more work may be ready; one
+//! that found nothing ends the chain.
 
 use crate::convert;
 use crate::http::error::ApiError;
@@ -61,16 +64,41 @@ async fn wait_for_work(
     stages.dedup();
     let signals: Vec<Arc<Notify>> = stages.iter().map(|s| state.hub().subscribe(s)).collect();
     let mut shutdown = pin!(state.shutting_down());
+    let mut baton = Baton { signals: &signals, armed: false };
     loop {
         let woken = AnyNotified::enable(&signals);
+        // On an error the baton, if held, passes on as this returns.
         let grants = state.store().claim(request.clone()).await?;
-        if !grants.is_empty() || Instant::now() >= deadline || state.is_shutting_down() {
+        if !grants.is_empty() {
+            return Ok(grants);
+        }
+        baton.armed = false;
+        if Instant::now() >= deadline || state.is_shutting_down() {
             return Ok(grants);
         }
         tokio::select! {
-            () = woken => {}
+            () = woken => baton.armed = true,
             () = sleep_until(deadline) => {}
             () = &mut shutdown => {}
+        }
+    }
+}
+
+/// Held by a claim that a wake-up reached: when it goes (lease granted, error,
+/// or the request dropped mid-claim) it wakes two more waiters per stage,
+/// unless it was disarmed by a claim that found nothing.
+struct Baton<'a> {
+    signals: &'a [Arc<Notify>],
+    armed: bool,
+}
+
+impl Drop for Baton<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for signal in self.signals {
+                signal.notify_one();
+                signal.notify_one();
+            }
         }
     }
 }

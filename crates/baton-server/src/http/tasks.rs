@@ -50,10 +50,6 @@ pub async fn submit(
     };
     let submitted = state.store().submit(new).await?;
     let task = &submitted.task;
-    if submitted.created && task.is_ready() {
-        use baton_core::store::ReadyListener;
-        state.hub().ready(std::slice::from_ref(&task.stage));
-    }
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(convert::task(task, None))))
 }
@@ -244,22 +240,10 @@ async fn act(
             })
         }
     };
-    let spawned: Vec<StageName> = match &action {
-        Action::Spawn { children, .. } => children.iter().map(|c| c.stage.clone()).collect(),
-        _ => Vec::new(),
-    };
     let request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
     let outcome = state.store().act(request).await?;
-    // The store's listener wakes waiting claims after its commit; these
-    // wake-ups cover stores opened without the hub, and handoff waiters.
-    let mut ready = spawned;
-    if outcome.task.is_ready() {
-        ready.push(outcome.task.stage.clone());
-    }
-    if !ready.is_empty() {
-        use baton_core::store::ReadyListener;
-        state.hub().ready(&ready);
-    }
+    // Waiting claims are woken by the store's listener after its commit;
+    // handoff-outcome waits are woken here.
     state.tasks().notify(&outcome.task.id);
     for grant in &outcome.next {
         state.tasks().notify(&grant.task.id);
