@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The stage policies do not fit the limits.
-    #[error("invalid rules: {0}")]
+    #[error("invalid rules: {0}; fix the stage policies or the limits")]
     Rules(String),
     #[error("cannot create the directory for {path:?}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },

@@ -383,6 +383,16 @@ fn another_applications_database_is_refused() {
 }
 
 #[test]
+fn rules_that_do_not_fit_the_limits_are_refused() {
+    let fx = Fixture::new();
+    let mut rules = baton_core::Rules::default();
+    rules.policies.default.lease_ms = rules.limits.lease_ttl_ms_max + 1;
+    let err = SqliteStore::open(fx.path(), fx.options().rules(rules)).err().expect("refused");
+    assert!(matches!(err, OpenError::Rules(_)), "{err:?}");
+    assert!(!fx.path().exists(), "nothing was created for a refused configuration");
+}
+
+#[test]
 fn reopening_migrates_nothing_twice() {
     let fx = Fixture::new();
     drop(fx.open());
