@@ -39,6 +39,9 @@ pub struct SqliteOptions {
     pub rules: Rules,
     /// Told, after each commit, which stages got new ready work.
     pub listener: Arc<dyn ReadyListener>,
+    /// Operations waiting for the writer, at most; past it a write is
+    /// answered `Unavailable` at once instead of queueing without bound.
+    pub queue_max: usize,
     /// Read connections kept open for `get`, `list`, `history`, ...
     pub readers: usize,
     /// How long a statement waits for another process's lock before failing.
@@ -59,6 +62,7 @@ impl Default for SqliteOptions {
             clock: Arc::new(SystemClock),
             rules: Rules::default(),
             listener: Arc::new(NoListener),
+            queue_max: 16 * 1024,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             integrity_check: IntegrityCheck::Quick,
@@ -82,6 +86,11 @@ impl SqliteOptions {
 
     pub fn listener(mut self, listener: Arc<dyn ReadyListener>) -> Self {
         self.listener = listener;
+        self
+    }
+
+    pub fn queue_max(mut self, queue_max: usize) -> Self {
+        self.queue_max = queue_max;
         self
     }
 
@@ -110,6 +119,7 @@ impl fmt::Debug for SqliteOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteOptions")
             .field("rules", &self.rules)
+            .field("queue_max", &self.queue_max)
             .field("readers", &self.readers)
             .field("busy_timeout", &self.busy_timeout)
             .field("integrity_check", &self.integrity_check)

@@ -16,15 +16,16 @@ use baton_core::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 /// A `Store` over one SQLite database file.
 pub struct SqliteStore {
     path: PathBuf,
-    /// The writer's queue; `None` once closed.
-    queue: RwLock<Option<Sender<Op>>>,
+    /// The writer's queue, bounded by `queue_max`; `None` once closed.
+    queue: RwLock<Option<SyncSender<Op>>>,
+    queue_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
     reads: ReadPool,
     counters: Arc<Counters>,
@@ -61,7 +62,8 @@ impl SqliteStore {
         let reads = ReadPool::open(path.clone(), &options)
             .map_err(|source| OpenError::Sqlite { path: path.clone(), source })?;
         let counters = Arc::new(Counters::default());
-        let (queue, rx) = mpsc::channel();
+        let queue_max = options.queue_max.max(1);
+        let (queue, rx) = mpsc::sync_channel(queue_max);
         let writer = Writer {
             conn,
             rx,
@@ -79,6 +81,7 @@ impl SqliteStore {
         Ok(Self {
             path,
             queue: RwLock::new(Some(queue)),
+            queue_max,
             writer: Mutex::new(Some(handle)),
             reads,
             counters,
@@ -148,9 +151,21 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let op = op(reply);
         if let Some(queue) = self.queue.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            // A send fails only when the writer is gone; the op (and its reply
-            // slot) is then dropped, which resolves `answer` to None below.
-            let _ = queue.send(op);
+            match queue.try_send(op) {
+                Ok(()) => {}
+                // Refuse rather than block: the caller may be an async task,
+                // and an overloaded store should say so, not stall its runtime.
+                Err(TrySendError::Full(op)) => {
+                    self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                    op.abandon(&format!(
+                        "the SQLite writer has {} operations queued (queue_max); retry shortly",
+                        self.queue_max
+                    ));
+                }
+                // The writer is gone: dropping the op (and its reply slot)
+                // resolves `answer` to None below.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
         }
         Box::pin(async move {
             answer.await.unwrap_or_else(|| {

@@ -268,8 +268,9 @@ impl Op {
         }
     }
 
-    /// Tells the caller nothing happened for sure (the batch did not commit).
-    fn abandon(self, why: &str) {
+    /// Tells the caller nothing happened for sure (the batch did not commit,
+    /// or the operation never reached the writer).
+    pub(crate) fn abandon(self, why: &str) {
         let e = || Error::Unavailable(why.to_owned());
         match self {
             Op::Submit(_, r) => r.send(Err(e())),

@@ -284,6 +284,24 @@ fn a_refused_operation_leaves_its_batch_neighbours_committed() {
 }
 
 #[test]
+fn a_full_write_queue_refuses_at_once() {
+    let fx = Fixture::new();
+    let store = SqliteStore::open(fx.path(), fx.options().queue_max(2)).expect("open");
+    let lock = WriteLock::take(&fx.path());
+    let opener = store.submit(NewTask::new("s", "{}"));
+    thread::sleep(Duration::from_millis(200)); // the writer takes it and waits in BEGIN
+    let queued: Vec<_> = (0..2).map(|_| store.submit(NewTask::new("s", "{}"))).collect();
+    // Answered before the lock is released: refused at the door, not queued.
+    let refused = block_on(store.submit(NewTask::new("s", "{}")));
+    assert!(matches!(&refused, Err(Error::Unavailable(why)) if why.contains("queue_max")), "{refused:?}");
+    lock.release();
+    block_on(opener).expect("opener");
+    for q in queued {
+        block_on(q).expect("queued");
+    }
+}
+
+#[test]
 fn a_closed_store_answers_unavailable() {
     let fx = Fixture::new();
     let store = fx.open();
