@@ -39,9 +39,10 @@ pub struct Stats {
     pub commits: u64,
     /// Operations in committed transactions, refused ones included.
     pub ops: u64,
-    /// Operations refused (rolled back to their savepoint, answered `Rejected`).
+    /// Operations refused: answered `Rejected`, they changed nothing.
     pub refused: u64,
-    /// Operations answered `Unavailable` (storage errors, lost batches).
+    /// Operations answered `Unavailable` (storage errors, batches that could
+    /// not begin or commit, a full queue).
     pub unavailable: u64,
     /// The most operations one transaction carried.
     pub batch_max: u64,
