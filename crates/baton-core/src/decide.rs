@@ -501,7 +501,7 @@ fn invalid(task: &Task, command: &Command) -> Rejection {
     }
 }
 
-fn check_lease_ms(ms: Millis, rules: &Rules) -> Result<(), Rejection> {
+pub(crate) fn check_lease_ms(ms: Millis, rules: &Rules) -> Result<(), Rejection> {
     let l = &rules.limits;
     if ms < l.lease_ttl_ms_min {
         return Err(Rejection::limit(

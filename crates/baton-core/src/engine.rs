@@ -165,6 +165,9 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
     for stage in &req.stages {
         crate::decide::check_stage("stages", stage, cx.rules)?;
     }
+    if let Some(ms) = req.lease_ms {
+        crate::decide::check_lease_ms(ms, cx.rules)?;
+    }
     let held = st(tx.leases_held(&req.agent))?;
     let room = limits.leases_per_agent_max.saturating_sub(held);
     if room == 0 {

@@ -1,0 +1,254 @@
+//! Principals, roles and tokens, and the pure authorization rules. Deny by
+//! default: an agent claims only from its stages, acts only on tasks it holds,
+//! hands off only along its routes, and sees a task outside its stages as
+//! missing (404). Only admins create principals and tokens. Tokens are random
+//! 256-bit secrets shown once; stores keep only their SHA-256 (a fast hash is
+//! right for full-entropy secrets; slow hashes are for passwords).
+
+use crate::event::Hash;
+use crate::ids::{Millis, StageName};
+use crate::store::StoreFuture;
+use crate::task::Task;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Claims and works tasks in its stages.
+    Agent,
+    /// Submits tasks and reads them.
+    Submitter,
+    /// Works the human inbox: reads everything, claims from human stages, cancels.
+    Operator,
+    /// Everything, including principals and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Submitter => "submitter",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "agent" => Self::Agent,
+            "submitter" => Self::Submitter,
+            "operator" => Self::Operator,
+            "admin" => Self::Admin,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A handoff route an agent may use: from one stage to another.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub from: StageName,
+    pub to: StageName,
+}
+
+/// Someone who calls Baton.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// Unique, also the agent id for agents.
+    pub name: String,
+    pub role: Role,
+    /// Stages an agent may claim from and read; `["*"]` means every stage.
+    pub stages: Vec<StageName>,
+    /// Routes an agent may hand off along; empty means "between its own stages".
+    pub routes: Vec<Route>,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// A stored token: only the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// The public part of the token, used to look it up.
+    pub id: String,
+    pub principal: String,
+    pub secret_hash: Hash,
+    pub created_at: Millis,
+    pub revoked_at: Option<Millis>,
+}
+
+/// The prefix every token starts with, so secret scanners can find leaked ones.
+pub const TOKEN_PREFIX: &str = "baton_";
+
+/// Builds a token from 8 random id bytes and 32 random secret bytes: the text
+/// shown once to the user, and the record to store.
+pub fn mint_token(
+    principal: &str,
+    id_bytes: [u8; 8],
+    secret: [u8; 32],
+    now: Millis,
+) -> (String, TokenRecord) {
+    let id = hex(&id_bytes);
+    let secret_hex = hex(&secret);
+    let record = TokenRecord {
+        id: id.clone(),
+        principal: principal.to_owned(),
+        secret_hash: Hash::of(secret_hex.as_bytes()),
+        created_at: now,
+        revoked_at: None,
+    };
+    (format!("{TOKEN_PREFIX}{id}_{secret_hex}"), record)
+}
+
+/// Splits a presented token into its id and secret, or `None` if malformed.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(TOKEN_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let hexy = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hexy(id, 16) && hexy(secret, 64)).then_some((id, secret))
+}
+
+/// Whether `secret` matches the record, comparing in constant time.
+pub fn token_matches(record: &TokenRecord, secret: &str) -> bool {
+    let presented = Hash::of(secret.as_bytes());
+    let diff = presented.0.iter().zip(record.secret_hash.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    diff == 0 && record.revoked_at.is_none()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Principal {
+    pub fn is_live(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+
+    fn has_stage(&self, stage: &StageName) -> bool {
+        self.stages.iter().any(|s| s.as_str() == "*" || s == stage)
+    }
+
+    /// May this principal claim from `stage`?
+    pub fn may_claim(&self, stage: &StageName, human_stage: bool) -> bool {
+        match self.role {
+            Role::Agent => self.has_stage(stage),
+            Role::Operator => human_stage || self.has_stage(stage),
+            Role::Admin => true,
+            Role::Submitter => false,
+        }
+    }
+
+    /// May this principal see `task`? Agents see only tasks in their stages
+    /// (a task elsewhere is reported as not found); others see everything.
+    pub fn may_read(&self, task: &Task) -> bool {
+        match self.role {
+            Role::Agent => self.has_stage(&task.stage),
+            Role::Submitter | Role::Operator | Role::Admin => true,
+        }
+    }
+
+    /// May this principal hand a task off from `from` to `to`?
+    pub fn may_route(&self, from: &StageName, to: &StageName) -> bool {
+        match self.role {
+            Role::Agent if self.routes.is_empty() => self.has_stage(from) && self.has_stage(to),
+            Role::Agent => self.routes.iter().any(|r| &r.from == from && &r.to == to),
+            Role::Operator | Role::Admin => true,
+            Role::Submitter => false,
+        }
+    }
+
+    pub fn may_submit(&self) -> bool {
+        matches!(self.role, Role::Submitter | Role::Operator | Role::Admin)
+    }
+
+    pub fn may_cancel(&self) -> bool {
+        matches!(self.role, Role::Operator | Role::Admin)
+    }
+
+    /// Only admins create principals and tokens; an admin holds every role's
+    /// power, so it never creates one with more power than its own.
+    pub fn may_administer(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Where principals and tokens are kept. Writes are durable before they resolve.
+pub trait Directory: Send + Sync + 'static {
+    /// Creates a principal; refuses (`invalid_request`) if the name is taken.
+    fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()>;
+    fn principal(&self, name: &str) -> StoreFuture<'_, Option<Principal>>;
+    fn principals(&self) -> StoreFuture<'_, Vec<Principal>>;
+    /// Revokes a principal and every token it has.
+    fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool>;
+    fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()>;
+    fn token(&self, id: &str) -> StoreFuture<'_, Option<TokenRecord>>;
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>>;
+    fn revoke_token(&self, id: &str, at: Millis) -> StoreFuture<'_, bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    //! Tokens round-trip and compare exactly; each role gets exactly its powers.
+
+    use super::*;
+
+    fn agent(stages: &[&str], routes: &[(&str, &str)]) -> Principal {
+        Principal {
+            name: "a".into(),
+            role: Role::Agent,
+            stages: stages.iter().map(|s| StageName::new(*s)).collect(),
+            routes: routes.iter().map(|(f, t)| Route { from: (*f).into(), to: (*t).into() }).collect(),
+            created_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_refuse_tampering() {
+        let (text, record) = mint_token("bob", [1; 8], [2; 32], 5);
+        let (id, secret) = parse_token(&text).expect("well formed");
+        assert_eq!(id, record.id);
+        assert!(token_matches(&record, secret));
+        let mut forged = secret.to_owned();
+        forged.replace_range(0..1, if forged.starts_with('0') { "1" } else { "0" });
+        assert!(!token_matches(&record, &forged));
+        assert!(!text.contains(&record.secret_hash.to_hex()), "the hash is not the secret");
+        for bad in ["", "baton_", "baton_zz_00", &text[1..], &format!("{text}0"), "other_0102030405060708_00"]
+        {
+            assert_eq!(parse_token(bad), None, "{bad}");
+        }
+        let revoked = TokenRecord { revoked_at: Some(9), ..record };
+        assert!(!token_matches(&revoked, secret));
+    }
+
+    #[test]
+    fn roles_get_exactly_their_powers() {
+        let a = agent(&["intake", "triage"], &[]);
+        let s = |n: &str| StageName::new(n);
+        assert!(a.may_claim(&s("intake"), false) && !a.may_claim(&s("billing"), false));
+        assert!(a.may_route(&s("intake"), &s("triage")) && !a.may_route(&s("intake"), &s("billing")));
+        let routed = agent(&["intake"], &[("intake", "triage")]);
+        assert!(
+            routed.may_route(&s("intake"), &s("triage")) && !routed.may_route(&s("triage"), &s("intake"))
+        );
+        assert!(!a.may_submit() && !a.may_cancel() && !a.may_administer());
+        let star = agent(&["*"], &[]);
+        assert!(star.may_claim(&s("anything"), false));
+        let op = Principal { role: Role::Operator, ..agent(&[], &[]) };
+        assert!(op.may_claim(&s("inbox"), true) && !op.may_claim(&s("intake"), false) && op.may_cancel());
+        let sub = Principal { role: Role::Submitter, ..agent(&[], &[]) };
+        assert!(sub.may_submit() && !sub.may_claim(&s("inbox"), true) && !sub.may_administer());
+        let admin = Principal { role: Role::Admin, ..agent(&[], &[]) };
+        assert!(admin.may_administer() && admin.may_claim(&s("x"), false));
+    }
+}
