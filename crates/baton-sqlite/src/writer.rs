@@ -1,19 +1,21 @@
 //! The writer thread and group commit. One thread owns the only write
 //! connection and drains a channel of operations: it blocks for the first,
 //! takes whatever else is queued (up to `limits.commit_batch_max`), runs them
-//! in one `BEGIN IMMEDIATE` transaction, each inside its own savepoint, commits
-//! once (one fsync for the whole batch), and only then answers every caller.
+//! in one `BEGIN IMMEDIATE` transaction, commits once (one fsync for the whole
+//! batch), and only then answers every caller.
 //!
 //! A refused operation changes nothing while its neighbours commit. Most
 //! refusals come before an operation writes anything, so a batch first runs
-//! without savepoints (they cost a copy of every page an operation touches);
-//! if an operation is refused or fails after it wrote, the writer rolls the
+//! without savepoints (they cost a copy of every page an operation touches).
+//! If an operation is refused or fails after it wrote, the writer rolls the
 //! batch back and runs it again with each operation in its own savepoint,
 //! rolling back to it on refusal. Nothing is answered before the commit, so
-//! running a batch twice is invisible to callers. A failure that makes the batch untrustworthy
-//! (an I/O error, a full disk, corruption, or any failed COMMIT) acknowledges
-//! nothing and calls the fatal hook, which stops the process: SQLite keeps
-//! accepting commits after an fsync error, and we must not.
+//! running a batch twice is invisible to callers.
+//!
+//! A failure that makes the batch untrustworthy (an I/O error, a full disk,
+//! corruption, or any failed COMMIT) acknowledges nothing and calls the fatal
+//! hook, which stops the process: SQLite keeps accepting commits after an
+//! fsync error, and we must not.
 
 use crate::error::{FatalError, StoreError, is_fatal};
 use crate::oneshot;
