@@ -4,18 +4,25 @@
 //! never on the message.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// The body of every non-2xx response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// A stable code from `ErrorCode`, as text (clients may meet newer codes).
+    /// A stable code (see `ErrorCode`), as text: clients should accept codes
+    /// newer than the ones they know.
+    #[schema(examples("lease_lost"))]
     pub code: String,
     /// A sentence for humans: what happened and what to do.
     pub message: String,
     /// Machine-readable facts, e.g. `limit` and `max` for `limit_exceeded`,
     /// `current_epoch` and `state` for `lease_lost`. Always an object.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object, examples(json!({"task": "0190a0c4-0000-7000-8000-000000000000", "current_epoch": 3, "state": "held"})))]
     pub details: serde_json::Value,
 }
 
@@ -63,6 +70,13 @@ macro_rules! codes {
                 }
             }
 
+            /// What the code means, in one sentence.
+            pub fn doc(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $doc,)*
+                }
+            }
+
             pub fn parse(s: &str) -> Option<Self> {
                 match s {
                     $($text => Some(ErrorCode::$variant),)*
@@ -97,6 +111,29 @@ codes! {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for ErrorCode {
+    /// The codes as a string enum; the description says what each means.
+    fn schema() -> RefOr<Schema> {
+        let mut description =
+            String::from("The stable error codes. Clients match on these, never on messages.\n");
+        for code in ErrorCode::ALL {
+            description.push_str(&format!("\n- `{code}`: {}", code.doc()));
+        }
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .description(Some(description))
+            .build()
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
     }
 }
 

@@ -3,7 +3,10 @@
 //! these. Requests refuse unknown fields; responses tolerate them. Times are
 //! RFC 3339 UTC strings with milliseconds (`Timestamp`), durations integer
 //! milliseconds in fields named `*_ms`, refusals `{code, message, details}`.
-//! This crate depends on serde, serde_json and uuid only, so clients stay light.
+//! Each type also describes itself for the OpenAPI document (`utoipa`
+//! `ToSchema`; query strings `IntoParams`), so the schema is written next to
+//! the serde attributes it must agree with. Dependencies: serde, serde_json,
+//! uuid and utoipa (no HTTP stack), so clients stay light.
 
 pub mod error;
 pub mod payload;

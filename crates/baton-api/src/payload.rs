@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType};
 
 /// Any JSON value, kept as its original text.
 #[derive(Clone)]
@@ -65,5 +68,23 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Box::<RawValue>::deserialize(d).map(Self)
+    }
+}
+
+impl utoipa::PartialSchema for Payload {
+    /// Any JSON value: the schema leaves the type open.
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::AnyValue)
+            .description(Some("Any JSON value, stored once and sent back exactly as submitted."))
+            .examples([serde_json::json!({"order": 1042, "items": ["a", "b"]})])
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Payload {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Payload")
     }
 }

@@ -11,9 +11,10 @@ use crate::payload::Payload;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
 
 /// `POST /v1/tasks`: name exactly one of `stage` and `workflow`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,6 +36,7 @@ pub struct SubmitRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub parent: Option<TaskId>,
     /// W3C `traceparent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +62,7 @@ impl SubmitRequest {
 
 /// `POST /v1/claims`: lease up to `max` waiting tasks from `stages`, waiting up
 /// to `wait_ms` for work to arrive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     pub stages: Vec<String>,
@@ -79,7 +81,7 @@ pub struct ClaimRequest {
 
 /// Claim the agent's next tasks in the same transaction as a holder call.
 /// Never waits; an empty `next` means nothing was ready or a limit said no.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimNext {
     pub stages: Vec<String>,
@@ -90,7 +92,7 @@ pub struct ClaimNext {
 }
 
 /// `POST /v1/tasks/{id}/heartbeat`: extend the lease.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub epoch: u64,
@@ -107,7 +109,7 @@ pub struct HeartbeatRequest {
 }
 
 /// `POST /v1/tasks/{id}/handoff`: finish this part and pass the task on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandoffRequest {
     pub epoch: u64,
@@ -126,7 +128,7 @@ pub struct HandoffRequest {
 }
 
 /// `POST /v1/tasks/{id}/complete`: finish the task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub epoch: u64,
@@ -145,7 +147,7 @@ pub struct CompleteRequest {
 }
 
 /// `POST /v1/tasks/{id}/release`: give the task back to its stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     pub epoch: u64,
@@ -159,7 +161,7 @@ pub struct ReleaseRequest {
 
 /// `POST /v1/tasks/{id}/fail`: report a failure. Retryable failures come back
 /// after a backoff; the rest (and too many retries) climb the ladder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     pub epoch: u64,
@@ -173,7 +175,7 @@ pub struct FailRequest {
 
 /// `POST /v1/tasks/{id}/spawn`: create children; the parent is blocked until
 /// the join holds or its deadline passes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnRequest {
     pub epoch: u64,
@@ -186,7 +188,7 @@ pub struct SpawnRequest {
 }
 
 /// One child of a spawn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChildSpec {
     pub stage: String,
@@ -198,7 +200,7 @@ pub struct ChildSpec {
 }
 
 /// How a parent joins its children.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub mode: crate::JoinMode,
@@ -210,21 +212,27 @@ pub struct JoinRequest {
 }
 
 /// `POST /v1/tasks/{id}/cancel`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     pub reason: String,
 }
 
 /// `GET /v1/tasks` query string.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only tasks in this stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// Only tasks in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::TaskStateName>,
+    /// Only the children of this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    #[param(value_type = Option<uuid::Uuid>)]
     pub parent: Option<TaskId>,
     /// The `next_cursor` of the previous page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,8 +243,9 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/handoffs/{id}` query string.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HandoffQuery {
     /// Wait up to this long (0 to 60000 ms) for the outcome to leave `pending`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use utoipa::ToSchema;
 
 /// A task's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStateName {
     Waiting,
@@ -54,8 +55,9 @@ impl FromStr for TaskStateName {
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
+    #[schema(value_type = uuid::Uuid)]
     pub id: TaskId,
     pub stage: String,
     pub state: TaskStateName,
@@ -65,6 +67,7 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub parent: Option<TaskId>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -111,14 +114,14 @@ pub struct Task {
 }
 
 /// Who is accountable for a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Custodian {
     pub kind: CustodianKind,
     /// An agent id, a stage name, or for a submitter `agent:ID` / `principal:NAME`.
     pub id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CustodianKind {
     /// The submitter, until the first claim.
@@ -130,7 +133,7 @@ pub enum CustodianKind {
 }
 
 /// Why and since when a task waits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Waiting {
     pub since: Timestamp,
     /// `offered` (claimable now) or `backoff` (offered again at `due_at`).
@@ -140,7 +143,7 @@ pub struct Waiting {
     pub handoff: Option<Handoff>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitKind {
     Offered,
@@ -148,7 +151,7 @@ pub enum WaitKind {
 }
 
 /// The current lease of a held task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LeaseInfo {
     pub agent: String,
     pub epoch: u64,
@@ -156,7 +159,7 @@ pub struct LeaseInfo {
     pub expires_at: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JoinMode {
     All,
@@ -165,7 +168,7 @@ pub enum JoinMode {
 }
 
 /// A blocked parent's join over its children.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Join {
     pub mode: JoinMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,8 +181,9 @@ pub struct Join {
 
 /// A lease granted by a claim: the fence token `(task, stage, epoch)` and what
 /// the agent needs to work, including the payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Lease {
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub stage: String,
     pub epoch: u64,
@@ -189,6 +193,7 @@ pub struct Lease {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub parent: Option<TaskId>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -205,8 +210,9 @@ impl Lease {
 }
 
 /// `(task, stage, epoch)`: unique per lease; holder calls carry its epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct FenceToken {
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub stage: String,
     pub epoch: u64,
@@ -219,21 +225,23 @@ impl fmt::Display for FenceToken {
 }
 
 /// `POST /v1/claims` answer; empty when the wait ended with no work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClaimResponse {
     pub leases: Vec<Lease>,
 }
 
 /// The answer of every holder call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActResponse {
     /// The task after the call.
     pub task: Task,
     /// The handoff a `handoff` call created; ask `GET /v1/handoffs/{id}` for its outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub handoff_id: Option<HandoffId>,
     /// The children a `spawn` call created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<uuid::Uuid>)]
     pub children: Vec<TaskId>,
     /// Leases from `claim_next`; empty when nothing was ready or a limit said no.
     #[serde(default)]
@@ -241,7 +249,7 @@ pub struct ActResponse {
 }
 
 /// `GET /v1/tasks` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskPage {
     pub tasks: Vec<Task>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -250,14 +258,15 @@ pub struct TaskPage {
 }
 
 /// `GET /v1/tasks/{id}/history` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct History {
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub events: Vec<Event>,
 }
 
 /// One committed change of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// 1, 2, 3... without gaps; equals the task's revision after the change.
     pub version: u64,
@@ -278,6 +287,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub handoff_id: Option<HandoffId>,
     /// SHA-256 (hex) of the previous event; zeros for the first.
     pub prev_hash: String,
@@ -285,16 +295,18 @@ pub struct Event {
 }
 
 /// A state and a stage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Position {
     pub state: TaskStateName,
     pub stage: String,
 }
 
 /// A handoff and its outcome: `GET /v1/handoffs/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Handoff {
+    #[schema(value_type = uuid::Uuid)]
     pub id: HandoffId,
+    #[schema(value_type = uuid::Uuid)]
     pub task: TaskId,
     pub from_stage: String,
     pub to_stage: String,
@@ -305,7 +317,7 @@ pub struct Handoff {
 
 /// Open (`pending`) until the first claim in the target stage or until the
 /// ladder acts; final after that.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum HandoffOutcome {
     Pending,
@@ -332,7 +344,7 @@ impl HandoffOutcome {
 }
 
 /// `/healthz` and `/readyz` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: String,
@@ -340,7 +352,7 @@ pub struct Health {
 }
 
 /// `GET /v1`: what this server serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Index {
     pub name: String,
     pub version: String,
