@@ -2,8 +2,10 @@
 //! and out, and refusals as typed errors (`Error::LeaseLost`, `NotFound`,
 //! ...) carrying the server's message and details. Leases expose their fence
 //! token `(task, stage, epoch)` (`Lease::fence`), the idempotency key for an
-//! agent's own side effects. Plain HTTP only (no TLS backend is built in):
-//! reach a remote server through a TLS-terminating proxy.
+//! agent's own side effects. `worker::Worker` runs the claim loop around a
+//! handler: long-poll claims, heartbeats, claim-next, safe retries. Plain
+//! HTTP only (no TLS backend is built in): reach a remote server through a
+//! TLS-terminating proxy.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), baton_client::Error> {
@@ -17,8 +19,11 @@
 //! # let _ = task; Ok(()) }
 //! ```
 
+pub mod worker;
+
 pub use baton_api as api;
 pub use baton_api::{ErrorCode, FenceToken, Lease, TaskId};
+pub use worker::{Decision, Job, Outcome, Worker, WorkerError, WorkerOptions};
 
 use baton_api::{
     ActResponse, CancelRequest, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FailRequest,
@@ -35,6 +40,10 @@ pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:7707";
 
 /// Extra time allowed past a long poll's `wait_ms` before the client gives up.
 const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a call that does not long-poll may take before it fails as a
+/// transport error ("timed out"), unless `Client::with_request_timeout` says otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A refusal or a failure to talk to the server.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +158,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     agent: Option<String>,
+    /// Applies to every call; long polls get their wait plus a grace instead.
+    timeout: Duration,
 }
 
 impl Client {
@@ -170,12 +181,20 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|source| transport(&base, source))?;
-        Ok(Self { http, base, agent: None })
+        Ok(Self { http, base, agent: None, timeout: DEFAULT_REQUEST_TIMEOUT })
     }
 
     /// Fills in `agent` on claims and holder calls that leave it out (auth off).
     pub fn with_agent(mut self, agent: impl Into<String>) -> Self {
         self.agent = Some(agent.into());
+        self
+    }
+
+    /// How long a call may take before it fails as `Error::Transport` ("timed
+    /// out"); long polls (`claim`, `handoff_outcome`) wait their `wait_ms` plus
+    /// a grace instead. A timed-out call may still have taken effect.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -267,7 +286,7 @@ impl Client {
     /// One page of tasks; pass the page's `next_cursor` as `query.cursor` for the next.
     pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, Error> {
         let url = format!("{}/v1/tasks", self.base);
-        let request = self.http.get(&url).query(query);
+        let request = self.http.get(&url).timeout(self.timeout).query(query);
         self.execute(request, &url).await.map(|(_, page)| page)
     }
 
@@ -313,7 +332,7 @@ impl Client {
         long_poll: Option<Duration>,
     ) -> Result<(StatusCode, T), Error> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.http.request(method, &url).timeout(self.timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
