@@ -10,7 +10,8 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
 /// The migrations, in order: entry `i` is migration number `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_auth.sql")];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -4,12 +4,14 @@
 //! lets the writer drain what is queued and exit; later calls get
 //! `Unavailable`.
 
+use crate::directory::{self, DirectoryWrite};
 use crate::error::OpenError;
 use crate::oneshot;
 use crate::options::SqliteOptions;
 use crate::read::{self, ReadPool};
 use crate::schema::open_writer;
 use crate::writer::{Counters, Op, Reply, Writer};
+use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
     Millis, NewTask, Page, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
@@ -221,5 +223,47 @@ impl Store for SqliteStore {
 
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
         Box::pin(async move { self.reads.with(read::next_due) })
+    }
+}
+
+/// Principals and tokens: writes through the writer (durable before they
+/// answer), reads on the read pool. See `crate::directory`.
+impl Directory for SqliteStore {
+    fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()> {
+        let done = self.write(|reply| Op::Directory(DirectoryWrite::AddPrincipal(principal), reply));
+        Box::pin(async move { done.await.map(drop) })
+    }
+
+    fn principal(&self, name: &str) -> StoreFuture<'_, Option<Principal>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.reads.with(|c| directory::principal(c, &name)) })
+    }
+
+    fn principals(&self) -> StoreFuture<'_, Vec<Principal>> {
+        Box::pin(async move { self.reads.with(directory::principals) })
+    }
+
+    fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool> {
+        let name = name.to_owned();
+        self.write(|reply| Op::Directory(DirectoryWrite::RevokePrincipal { name, at }, reply))
+    }
+
+    fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()> {
+        let done = self.write(|reply| Op::Directory(DirectoryWrite::AddToken(token), reply));
+        Box::pin(async move { done.await.map(drop) })
+    }
+
+    fn token(&self, id: &str) -> StoreFuture<'_, Option<TokenRecord>> {
+        let id = id.to_owned();
+        Box::pin(async move { self.reads.with(|c| directory::token(c, &id)) })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
+        Box::pin(async move { self.reads.with(directory::tokens) })
+    }
+
+    fn revoke_token(&self, id: &str, at: Millis) -> StoreFuture<'_, bool> {
+        let id = id.to_owned();
+        self.write(|reply| Op::Directory(DirectoryWrite::RevokeToken { id, at }, reply))
     }
 }

@@ -17,6 +17,7 @@
 //! hook, which stops the process: SQLite keeps accepting commits after an
 //! fsync error, and we must not.
 
+use crate::directory::DirectoryWrite;
 use crate::error::{FatalError, StoreError, is_fatal};
 use crate::oneshot;
 use crate::options::FatalHook;
@@ -48,6 +49,8 @@ pub(crate) enum Op {
     Act(ActRequest, Reply<ActOutcome>),
     Cancel(CancelRequest, Reply<Task>),
     FireDue(usize, Reply<usize>),
+    /// A principal or token write (`crate::directory`).
+    Directory(DirectoryWrite, Reply<bool>),
 }
 
 /// Counts kept by the writer, read by `SqliteStore::stats`.
@@ -231,6 +234,7 @@ enum Outcome {
     Act(Result<ActOutcome, Error>),
     Cancel(Result<Task, Error>),
     FireDue(Result<usize, Error>),
+    Directory(Result<bool, Error>),
 }
 
 impl Outcome {
@@ -241,6 +245,7 @@ impl Outcome {
             Outcome::Act(r) => r.as_ref().err(),
             Outcome::Cancel(r) => r.as_ref().err(),
             Outcome::FireDue(r) => r.as_ref().err(),
+            Outcome::Directory(r) => r.as_ref().err(),
         }
     }
 }
@@ -255,6 +260,7 @@ impl Op {
             Op::Act(req, _) => Outcome::Act(b.execute(|tx, cx| engine::act(tx, req, cx))),
             Op::Cancel(req, _) => Outcome::Cancel(b.execute(|tx, cx| engine::cancel(tx, req, cx))),
             Op::FireDue(limit, _) => Outcome::FireDue(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
+            Op::Directory(write, _) => Outcome::Directory(b.execute(|tx, _| write.run(tx))),
         }
     }
 
@@ -266,6 +272,7 @@ impl Op {
             (Op::Act(_, r), Outcome::Act(v)) => r.send(v),
             (Op::Cancel(_, r), Outcome::Cancel(v)) => r.send(v),
             (Op::FireDue(_, r), Outcome::FireDue(v)) => r.send(v),
+            (Op::Directory(_, r), Outcome::Directory(v)) => r.send(v),
             (op, _) => unreachable!("each outcome comes from its own operation ({})", op.name()),
         }
     }
@@ -280,6 +287,7 @@ impl Op {
             Op::Act(_, r) => r.send(Err(e())),
             Op::Cancel(_, r) => r.send(Err(e())),
             Op::FireDue(_, r) => r.send(Err(e())),
+            Op::Directory(_, r) => r.send(Err(e())),
         }
     }
 
@@ -290,6 +298,7 @@ impl Op {
             Op::Act(..) => "act",
             Op::Cancel(..) => "cancel",
             Op::FireDue(..) => "fire_due",
+            Op::Directory(..) => "directory",
         }
     }
 }

@@ -7,6 +7,8 @@
 //! real stores: nothing here survives the process. Reads scan; it is a store
 //! for tests, the reference that the conformance suite holds the others to.
 
+use baton_core::Rejection;
+use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
 use baton_core::store::{NoListener, ReadyListener};
 use baton_core::{
@@ -29,6 +31,9 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     rules: Rules,
     listener: Arc<dyn ReadyListener>,
+    /// Principals and tokens, apart from the tasks: directory writes are
+    /// single inserts and updates with nothing to roll back.
+    directory: Mutex<Principals>,
 }
 
 /// Everything the store holds.
@@ -63,7 +68,13 @@ impl MemoryStore {
         if let Err(problem) = rules.validate() {
             panic!("invalid rules: {problem}");
         }
-        Self { state: Mutex::new(State::default()), clock, rules, listener: Arc::new(NoListener) }
+        Self {
+            state: Mutex::new(State::default()),
+            clock,
+            rules,
+            listener: Arc::new(NoListener),
+            directory: Mutex::default(),
+        }
     }
 
     /// Tells `listener` after each commit that made tasks claimable.
@@ -403,6 +414,90 @@ impl Tx for MemTx<'_> {
         self.state.alerts.push(alert.clone());
         self.undo.push(Undo::Alert);
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- directory
+
+/// The memory store's principals and tokens (`baton_core::auth::Directory`):
+/// the same refusals as every store (a taken name, a token for a principal
+/// that does not exist or is revoked), checked by the conformance suite.
+#[derive(Debug, Default)]
+struct Principals {
+    by_name: BTreeMap<String, Principal>,
+    tokens: BTreeMap<String, TokenRecord>,
+}
+
+impl MemoryStore {
+    fn principals_lock(&self) -> MutexGuard<'_, Principals> {
+        self.directory.lock().expect("memory directory mutex poisoned by an earlier panic")
+    }
+}
+
+impl Directory for MemoryStore {
+    fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()> {
+        let mut d = self.principals_lock();
+        if d.by_name.contains_key(&principal.name) {
+            let problem = format!("a principal named {:?} exists already", principal.name);
+            return answer(Err(Rejection::invalid("name", problem).into()));
+        }
+        d.by_name.insert(principal.name.clone(), principal);
+        answer(Ok(()))
+    }
+
+    fn principal(&self, name: &str) -> StoreFuture<'_, Option<Principal>> {
+        answer(Ok(self.principals_lock().by_name.get(name).cloned()))
+    }
+
+    fn principals(&self) -> StoreFuture<'_, Vec<Principal>> {
+        answer(Ok(self.principals_lock().by_name.values().cloned().collect()))
+    }
+
+    fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool> {
+        let mut d = self.principals_lock();
+        let Some(principal) = d.by_name.get_mut(name) else { return answer(Ok(false)) };
+        principal.revoked_at.get_or_insert(at);
+        for token in d.tokens.values_mut().filter(|t| t.principal == name) {
+            token.revoked_at.get_or_insert(at);
+        }
+        answer(Ok(true))
+    }
+
+    fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()> {
+        let mut d = self.principals_lock();
+        let problem = match d.by_name.get(&token.principal) {
+            None => Some(("principal", format!("no principal is named {:?}", token.principal))),
+            Some(p) if !p.is_live() => {
+                Some(("principal", format!("principal {:?} is revoked", token.principal)))
+            }
+            Some(_) if d.tokens.contains_key(&token.id) => {
+                Some(("id", "a token with this id exists already".to_owned()))
+            }
+            Some(_) => None,
+        };
+        if let Some((field, problem)) = problem {
+            return answer(Err(Rejection::invalid(field, problem).into()));
+        }
+        d.tokens.insert(token.id.clone(), token);
+        answer(Ok(()))
+    }
+
+    fn token(&self, id: &str) -> StoreFuture<'_, Option<TokenRecord>> {
+        answer(Ok(self.principals_lock().tokens.get(id).cloned()))
+    }
+
+    /// Oldest first, as every store lists them.
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
+        let mut tokens: Vec<TokenRecord> = self.principals_lock().tokens.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        answer(Ok(tokens))
+    }
+
+    fn revoke_token(&self, id: &str, at: Millis) -> StoreFuture<'_, bool> {
+        let mut d = self.principals_lock();
+        let Some(token) = d.tokens.get_mut(id) else { return answer(Ok(false)) };
+        token.revoked_at.get_or_insert(at);
+        answer(Ok(true))
     }
 }
 

@@ -21,6 +21,7 @@
 use crate::checker::{Acknowledged, HistoryReport, assert_store_ok, check_acknowledged, list_all};
 use crate::clock::ManualClock;
 use crate::exec::block_on;
+use baton_core::auth::{Directory, Principal, Role, Route, TokenRecord, mint_token};
 use baton_core::store::ReadyListener;
 use baton_core::{
     ActOutcome, ActRequest, Action, Actor, AgentId, Alert, Backoff, CancelRequest, ClaimNext, ClaimRequest,
@@ -45,7 +46,8 @@ pub struct Setup {
 /// A store under test, as the suite opens it. Implement it for a harness type
 /// that owns the store and whatever must outlive it (a temp dir, a database).
 pub trait SuiteStore: Sized {
-    type Store: Store;
+    /// Every store keeps principals and tokens too (`auth::Directory`).
+    type Store: Store + Directory;
 
     /// Opens a fresh, empty store. Called once per case.
     fn open(setup: Setup) -> Self;
@@ -139,6 +141,10 @@ macro_rules! store_suite {
             concurrent_claims_lease_each_task_once,
             reopen_keeps_everything,
             random_walk_keeps_the_invariants,
+            directory_keeps_principals_and_tokens,
+            directory_refuses_what_would_break_it,
+            directory_revocation_reaches_every_token,
+            directory_survives_reopen,
         );
     };
 }
@@ -1762,6 +1768,147 @@ pub fn random_walk_keeps_the_invariants<H: SuiteStore>() {
     }
     let report = cx.finish();
     assert!(report.events > report.tasks, "the walk did more than submit");
+}
+
+// ---------------------------------------------------------------- directory
+
+/// A principal as the directory cases create it.
+pub fn principal(name: &str, role: Role, stages: &[&str], routes: &[(&str, &str)]) -> Principal {
+    Principal {
+        name: name.to_owned(),
+        role,
+        stages: stages.iter().map(|s| StageName::new(*s)).collect(),
+        routes: routes.iter().map(|(f, t)| Route { from: stage(f), to: stage(t) }).collect(),
+        created_at: T0,
+        revoked_at: None,
+    }
+}
+
+/// A token for `principal` with ids and secrets derived from `seed`; returns
+/// the text shown once and the record to store.
+pub fn token_for(principal: &str, seed: u8, at: Millis) -> (String, TokenRecord) {
+    mint_token(principal, [seed; 8], [seed.wrapping_add(1); 32], at)
+}
+
+fn add_principal<H: SuiteStore>(cx: &Case<H>, p: &Principal) -> Result<(), Error> {
+    block_on(cx.store().add_principal(p.clone()))
+}
+
+fn add_token<H: SuiteStore>(cx: &Case<H>, t: &TokenRecord) -> Result<(), Error> {
+    block_on(cx.store().add_token(t.clone()))
+}
+
+/// Every principal and token, as the directory lists them.
+fn directory<H: SuiteStore>(cx: &Case<H>) -> (Vec<Principal>, Vec<TokenRecord>) {
+    (ok(block_on(cx.store().principals())), ok(block_on(cx.store().tokens())))
+}
+
+/// Principals and tokens read back exactly as written: principals by name,
+/// tokens oldest first, each found by its key; the token's secret matches its
+/// record and nothing else does. Directory writes touch no task.
+pub fn directory_keeps_principals_and_tokens<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    cx.submit_to("a");
+    let tasks_before = cx.snapshot();
+    let worker = principal("worker-1", Role::Agent, &["a", "b"], &[("a", "b")]);
+    let admin = principal("admin", Role::Admin, &["*"], &[]);
+    let ops = Principal { created_at: T0 + 5, ..principal("ops", Role::Operator, &[], &[]) };
+    for p in [&worker, &admin, &ops] {
+        ok(add_principal(&cx, p));
+    }
+    assert_eq!(ok(block_on(cx.store().principal("worker-1"))), Some(worker.clone()));
+    assert_eq!(ok(block_on(cx.store().principal("nobody"))), None);
+    let (later_text, later) = token_for("worker-1", 7, T0 + 10);
+    let (_, earlier) = token_for("admin", 3, T0 + 1);
+    ok(add_token(&cx, &later));
+    ok(add_token(&cx, &earlier));
+    let stored = ok(block_on(cx.store().token(&later.id))).expect("the token is found by its id");
+    assert_eq!(stored, later);
+    let (id, secret) = baton_core::auth::parse_token(&later_text).expect("a minted token parses");
+    assert_eq!(id, stored.id);
+    assert!(baton_core::auth::token_matches(&stored, secret));
+    assert!(!baton_core::auth::token_matches(&earlier, secret), "a secret matches only its own record");
+    assert_eq!(ok(block_on(cx.store().token("0000000000000000"))), None);
+    let (principals, tokens) = directory(&cx);
+    assert_eq!(principals, vec![admin, ops, worker], "principals by name");
+    assert_eq!(tokens, vec![earlier, later], "tokens oldest first");
+    assert_eq!(cx.snapshot(), tasks_before, "directory writes touch no task");
+    cx.finish();
+}
+
+/// A taken name (even a revoked one), a token for a principal that does not
+/// exist or is revoked, and a taken token id are refused, changing nothing.
+pub fn directory_refuses_what_would_break_it<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let worker = principal("worker-1", Role::Agent, &["a"], &[]);
+    ok(add_principal(&cx, &worker));
+    let (_, token) = token_for("worker-1", 1, T0);
+    ok(add_token(&cx, &token));
+    let gone = principal("gone", Role::Submitter, &[], &[]);
+    ok(add_principal(&cx, &gone));
+    assert!(ok(block_on(cx.store().revoke_principal("gone", T0 + 1))));
+    let before = directory(&cx);
+    let again = Principal { role: Role::Admin, ..worker.clone() };
+    assert_field(&refused(add_principal(&cx, &again), "invalid_request"), "name");
+    let reborn = principal("gone", Role::Submitter, &[], &[]);
+    assert_field(&refused(add_principal(&cx, &reborn), "invalid_request"), "name");
+    let (_, orphan) = token_for("nobody", 2, T0);
+    assert_field(&refused(add_token(&cx, &orphan), "invalid_request"), "principal");
+    let (_, revoked) = token_for("gone", 3, T0);
+    assert_field(&refused(add_token(&cx, &revoked), "invalid_request"), "principal");
+    let same_id = TokenRecord { secret_hash: baton_core::Hash::of(b"another secret"), ..token };
+    assert_field(&refused(add_token(&cx, &same_id), "invalid_request"), "id");
+    assert_eq!(directory(&cx), before, "refused directory writes changed nothing");
+    cx.finish();
+}
+
+/// Revoking a token marks it (once: a second revocation keeps the first
+/// time); revoking a principal marks it and every token it has, and no other.
+/// Unknown names and ids answer `false`.
+pub fn directory_revocation_reaches_every_token<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    ok(add_principal(&cx, &principal("w", Role::Agent, &["a"], &[])));
+    ok(add_principal(&cx, &principal("s", Role::Submitter, &[], &[])));
+    let (_, w1) = token_for("w", 1, T0);
+    let (_, w2) = token_for("w", 2, T0 + 1);
+    let (_, s1) = token_for("s", 3, T0 + 2);
+    for t in [&w1, &w2, &s1] {
+        ok(add_token(&cx, t));
+    }
+    let store = cx.store();
+    assert!(ok(block_on(store.revoke_token(&w1.id, T0 + 10))));
+    assert!(ok(block_on(store.revoke_token(&w1.id, T0 + 20))), "revoking twice is fine");
+    assert_eq!(ok(block_on(store.token(&w1.id))).and_then(|t| t.revoked_at), Some(T0 + 10));
+    assert!(!ok(block_on(store.revoke_token("ffffffffffffffff", T0 + 10))));
+    assert!(!ok(block_on(store.revoke_principal("nobody", T0 + 10))));
+    assert!(ok(block_on(store.revoke_principal("w", T0 + 30))));
+    let revoked_at = |id: &str| ok(block_on(store.token(id))).expect("token exists").revoked_at;
+    assert_eq!(revoked_at(&w1.id), Some(T0 + 10), "an earlier revocation stands");
+    assert_eq!(revoked_at(&w2.id), Some(T0 + 30), "the principal's other token is revoked with it");
+    assert_eq!(revoked_at(&s1.id), None, "another principal's token is untouched");
+    let w = ok(block_on(store.principal("w"))).expect("a revoked principal is kept");
+    assert_eq!(w.revoked_at, Some(T0 + 30));
+    assert!(!w.is_live());
+    assert!(ok(block_on(store.revoke_principal("w", T0 + 40))));
+    assert_eq!(ok(block_on(store.principal("w"))).and_then(|p| p.revoked_at), Some(T0 + 30));
+    cx.finish();
+}
+
+/// Principals and tokens, revocations included, survive closing and
+/// reopening a durable store.
+pub fn directory_survives_reopen<H: SuiteStore>() {
+    let mut cx = Case::<H>::open(suite_rules());
+    ok(add_principal(&cx, &principal("w", Role::Agent, &["a", "b"], &[("a", "b")])));
+    ok(add_principal(&cx, &principal("root", Role::Admin, &["*"], &[])));
+    let (_, kept) = token_for("w", 1, T0);
+    let (_, revoked) = token_for("root", 2, T0 + 1);
+    ok(add_token(&cx, &kept));
+    ok(add_token(&cx, &revoked));
+    assert!(ok(block_on(cx.store().revoke_token(&revoked.id, T0 + 2))));
+    let before = directory(&cx);
+    cx.reopen();
+    assert_eq!(directory(&cx), before);
+    cx.finish();
 }
 
 /// A small deterministic generator, so every store walks the same path.
