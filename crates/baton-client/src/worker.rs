@@ -9,6 +9,25 @@
 //! trip and commit. Run several workers for several tasks at once; clones of a
 //! `Client` share connections.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use baton_client::{Client, Decision, Job, Worker, WorkerOptions};
+//! let client = Client::new("http://127.0.0.1:7707")?;
+//! let worker = Worker::new(client, "triage-bot", ["triage"], WorkerOptions::default())?;
+//! let handler = |job: Job| async move {
+//!     // Work on job.payload(); key outside side effects by job.fence().
+//!     Decision::handoff("review").note("triaged").confidence(0.8)
+//! };
+//! let (stop, mut stopped) = tokio::sync::watch::channel(false);
+//! let shutdown = async move {
+//!     let _ = stopped.wait_for(|stop| *stop).await;
+//! };
+//! let stats = worker.run(handler, shutdown).await?; // until `stop.send(true)`
+//! # drop(stop);
+//! println!("{} handed off", stats.handed_off);
+//! # Ok(()) }
+//! ```
+//!
 //! # Retries and why they are safe
 //!
 //! Claims, holder calls and the history read are retried on transport errors,
@@ -358,6 +377,44 @@ pub struct WorkerStats {
     pub heartbeat_failures: u64,
     pub handler_panics: u64,
     pub handler_timeouts: u64,
+}
+
+impl WorkerStats {
+    /// Adds another worker's counts to these (for a fleet's totals).
+    pub fn add(&mut self, other: &Self) {
+        let Self {
+            claims,
+            leases,
+            handed_off,
+            completed,
+            released,
+            failed,
+            lost,
+            refused,
+            unknown,
+            confirmed_by_history,
+            retries,
+            heartbeats,
+            heartbeat_failures,
+            handler_panics,
+            handler_timeouts,
+        } = other;
+        self.claims += claims;
+        self.leases += leases;
+        self.handed_off += handed_off;
+        self.completed += completed;
+        self.released += released;
+        self.failed += failed;
+        self.lost += lost;
+        self.refused += refused;
+        self.unknown += unknown;
+        self.confirmed_by_history += confirmed_by_history;
+        self.retries += retries;
+        self.heartbeats += heartbeats;
+        self.heartbeat_failures += heartbeat_failures;
+        self.handler_panics += handler_panics;
+        self.handler_timeouts += handler_timeouts;
+    }
 }
 
 /// Why a worker stopped before its shutdown signal.

@@ -6,6 +6,18 @@
 //! binary (`CARGO_BIN_EXE_baton`) in a temp dir on 127.0.0.1:0, read the
 //! address it prints, and run `baton task ...` commands against it through
 //! one `check` helper that asserts the exit code and returns the output.
+//!
+//! This is the crate's one integration binary; its modules test the server
+//! end to end through `baton_client`: `pipeline` (workers through repeated
+//! kill -9, T1) and `stale` (a paused holder fenced off, T3), with the
+//! restartable server of `support`.
+
+#[path = "cli/pipeline.rs"]
+mod pipeline;
+#[path = "cli/stale.rs"]
+mod stale;
+#[path = "cli/support.rs"]
+mod support;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
