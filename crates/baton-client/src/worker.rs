@@ -5,8 +5,9 @@
 //! a `Job` (the lease: payload and fence token `(task, stage, epoch)`),
 //! heartbeats every `lease_ms / 3` while the handler runs, and applies the
 //! handler's `Decision` (hand off, complete, release, fail). The decision
-//! carries `claim_next`, so a busy worker gets its next task in the same round
-//! trip and commit. Run several workers for several tasks at once; clones of a
+//! carries `claim_next` (except a release, whose own task could come right
+//! back), so a busy worker gets its next task in the same round trip and
+//! commit. Run several workers for several tasks at once; clones of a
 //! `Client` share connections.
 //!
 //! ```no_run
@@ -625,7 +626,10 @@ impl Worker {
             // The decision cannot land: the fence already refused this epoch.
             Some(lost) => Outcome::Lost(lost),
             None => {
-                let next = (self.options.claim_next && !stop.check()).then(|| ClaimNext {
+                // A release asks for nothing next: the released task, offered
+                // again in the same transaction, could be the one it gets back.
+                let wants_next = !matches!(decision, Decision::Release { .. });
+                let next = (self.options.claim_next && wants_next && !stop.check()).then(|| ClaimNext {
                     stages: self.stages.clone(),
                     max: 1,
                     lease_ms: Some(self.options.lease_ms),

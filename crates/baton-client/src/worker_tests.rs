@@ -341,6 +341,22 @@ async fn unavailable_is_retried_and_claim_next_feeds_the_loop_without_a_claim() 
 }
 
 #[tokio::test]
+async fn a_release_asks_for_no_next_task() {
+    let task = Uuid::now_v7();
+    let claim = first_claim_gets(task, 1);
+    let fake = Fake::start(move |seen, earlier| match seen.path.rsplit('/').next().unwrap() {
+        "claims" => claim(earlier),
+        "release" => Reply::Json(200, act_json(task, "s", "waiting", 1, vec![])),
+        other => panic!("unexpected call {other}"),
+    })
+    .await;
+    let (finished, _) =
+        run_until(&fake, fast_options(), 1, |_job| async { Decision::release().note("later") }).await;
+    assert_eq!(finished[0].outcome, Outcome::Released { confirmed: Confirmed::Response });
+    assert_eq!(fake.seen("release")[0].body, json!({"epoch": 1, "agent": "w", "note": "later"}));
+}
+
+#[tokio::test]
 async fn heartbeats_keep_a_slow_handler_alive() {
     let task = Uuid::now_v7();
     let claim = first_claim_gets(task, 4);
