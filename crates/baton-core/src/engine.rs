@@ -5,6 +5,9 @@
 //! The engine also follows a change's consequences inside the transaction: a
 //! child's end settles its parent's join, spawned children are submitted, and
 //! claim-next leases the agent's next tasks after its action.
+//! `keyed` makes any operation idempotent under a request key: the operation
+//! and the record of its outcome commit in the same transaction, so no crash
+//! can separate an effect from the answer a repeat will get.
 
 use crate::command::{Action, Command, NewTask};
 use crate::decide::{Change, decide, submit as decide_submit};
@@ -13,7 +16,10 @@ use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::limits::Limits;
 use crate::policy::Policies;
 use crate::rejection::Rejection;
-use crate::store::{ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Grant, Handoff, Submitted};
+use crate::store::{
+    ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Grant, Handoff, Op, OpOutcome, RequestKey,
+    RequestRecord, Submitted,
+};
 use crate::task::{Task, TaskState};
 use uuid::Uuid;
 
@@ -43,6 +49,9 @@ impl Rules {
             if p.max_attempts == 0 {
                 return Err(format!("stage {name}: max_attempts must be at least 1"));
             }
+        }
+        if l.request_key_ttl_ms <= 0 {
+            return Err("request_key_ttl_ms must be positive".to_owned());
         }
         Ok(())
     }
@@ -76,6 +85,15 @@ pub trait Tx {
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, Self::Error>;
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), Self::Error>;
     fn put_alert(&mut self, alert: &Alert) -> Result<(), Self::Error>;
+    /// The record of a keyed request by (principal, key), expired or not: the
+    /// engine judges its age against `request_key_ttl_ms`.
+    fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, Self::Error>;
+    /// Saves the record of a keyed request made at `at`, replacing the
+    /// (expired) record of the same principal and key if there is one.
+    fn save_request(&mut self, key: &RequestKey, outcome: &OpOutcome, at: Millis) -> Result<(), Self::Error>;
+    /// Deletes up to `limit` request records saved at or before `at_or_before`,
+    /// oldest first; returns how many.
+    fn purge_requests(&mut self, at_or_before: Millis, limit: usize) -> Result<usize, Self::Error>;
 }
 
 /// Why an operation did not go through. The store rolls back its part.
@@ -118,6 +136,70 @@ type Res<T, E> = Result<T, Fail<E>>;
 
 fn st<T, E>(r: Result<T, E>) -> Res<T, E> {
     r.map_err(Fail::Store)
+}
+
+/// Runs `op` under an optional request key. A live record of the key (saved
+/// less than `request_key_ttl_ms` ago) with the same fingerprint returns its
+/// stored outcome and changes nothing; with another fingerprint the call is
+/// refused `idempotency_conflict`. Otherwise the operation runs and its
+/// outcome is saved in the same transaction, so the effect and the answer a
+/// repeat gets commit together or not at all.
+///
+/// Two outcomes are not recorded, because they changed nothing and a retry
+/// should be judged afresh: refusals (the store rolls the whole call back),
+/// and claims that leased nothing (a long-polled claim calls the store again
+/// with the same key until work arrives).
+pub fn keyed<T: Tx>(
+    tx: &mut T,
+    key: Option<&RequestKey>,
+    op: &Op,
+    cx: &mut Ctx<'_>,
+) -> Res<OpOutcome, T::Error> {
+    let Some(key) = key else { return run(tx, op, cx) };
+    let limits = &cx.rules.limits;
+    if key.key.is_empty() {
+        return Err(Rejection::invalid("Idempotency-Key", "must not be empty").into());
+    }
+    if key.key.len() > limits.idempotency_key_bytes_max {
+        return Err(Rejection::limit(
+            "idempotency_key_bytes_max",
+            limits.idempotency_key_bytes_max,
+            "use a shorter idempotency key",
+        )
+        .into());
+    }
+    if let Some(record) = st(tx.load_request(&key.principal, &key.key))?
+        && cx.now.saturating_sub(record.at) < limits.request_key_ttl_ms
+    {
+        if record.fingerprint == key.fingerprint {
+            return Ok(record.outcome);
+        }
+        return Err(Rejection::IdempotencyConflict { key: key.key.clone() }.into());
+    }
+    let outcome = run(tx, op, cx)?;
+    let leased_nothing = matches!(&outcome, OpOutcome::Claim(grants) if grants.is_empty());
+    if !leased_nothing {
+        st(tx.save_request(key, &outcome, cx.now))?;
+    }
+    Ok(outcome)
+}
+
+/// Runs one operation, without a key.
+pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Error> {
+    Ok(match op {
+        Op::Submit(new) => OpOutcome::Submit(submit(tx, new, cx)?),
+        Op::Claim(req) => OpOutcome::Claim(claim(tx, req, cx)?),
+        Op::Act(req) => OpOutcome::Act(act(tx, req, cx)?),
+        Op::Cancel(req) => OpOutcome::Cancel(cancel(tx, req, cx)?),
+    })
+}
+
+/// Deletes up to `limit` (at most `sweep_batch_max`) expired request records.
+pub fn purge_requests<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize, T::Error> {
+    let limit = limit.min(cx.rules.limits.sweep_batch_max);
+    // A record saved at `at` is live while `now - at < ttl`.
+    let at_or_before = cx.now.saturating_sub(cx.rules.limits.request_key_ttl_ms);
+    st(tx.purge_requests(at_or_before, limit))
 }
 
 /// Submit: create the task, or return the existing one for a repeated key.

@@ -29,6 +29,7 @@ pub use policy::{Backoff, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Error, Grant, Handoff,
-    HandoffOutcome, Page, Store, StoreFuture, Submitted, TaskFilter, TaskView,
+    HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord, Store, StoreFuture, Submitted,
+    TaskFilter, TaskView,
 };
 pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};

@@ -42,6 +42,10 @@ pub struct Limits {
     pub sweep_batch_max: usize,
     /// Tasks in one page of a listing.
     pub page_size_max: usize,
+    /// How long a request's `Idempotency-Key` is remembered: for this long the
+    /// same key from the same principal returns the first outcome; after it,
+    /// the key is free again and its record may be purged (SPEC section 6: 24 h).
+    pub request_key_ttl_ms: i64,
 }
 
 impl Default for Limits {
@@ -64,6 +68,7 @@ impl Default for Limits {
             commit_batch_max: 256,
             sweep_batch_max: 512,
             page_size_max: 500,
+            request_key_ttl_ms: 24 * 3_600_000,
         }
     }
 }

@@ -43,6 +43,77 @@ pub trait Store: Send + Sync + 'static {
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>>;
     /// The earliest `due_at` among live tasks, so the sweeper knows when to wake.
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>>;
+    /// Runs one mutating operation. With a `RequestKey`, the operation and the
+    /// record of its outcome commit in one transaction: a repeat of the key
+    /// with the same fingerprint returns the first outcome and changes
+    /// nothing; with another fingerprint it is refused `idempotency_conflict`
+    /// (see `engine::keyed`). Without a key it is the per-verb method.
+    fn execute(&self, op: Op, key: Option<RequestKey>) -> StoreFuture<'_, OpOutcome>;
+    /// Deletes up to `limit` request records older than `request_key_ttl_ms`
+    /// (at most `sweep_batch_max`), oldest first; returns how many. The
+    /// sweeper calls it; expired records are already ignored before then.
+    fn purge_requests(&self, limit: usize) -> StoreFuture<'_, usize>;
+}
+
+/// One mutating operation, as `Store::execute` takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "request", rename_all = "snake_case")]
+pub enum Op {
+    Submit(NewTask),
+    Claim(ClaimRequest),
+    Act(ActRequest),
+    Cancel(CancelRequest),
+}
+
+/// What an `Op` produced, one variant per operation. Stored as the record
+/// of a keyed request, so a repeat returns exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "outcome", rename_all = "snake_case")]
+pub enum OpOutcome {
+    Submit(Submitted),
+    Claim(Vec<Grant>),
+    Act(ActOutcome),
+    Cancel(Task),
+}
+
+impl OpOutcome {
+    pub fn into_submitted(self) -> Option<Submitted> {
+        if let Self::Submit(s) = self { Some(s) } else { None }
+    }
+
+    pub fn into_grants(self) -> Option<Vec<Grant>> {
+        if let Self::Claim(g) = self { Some(g) } else { None }
+    }
+
+    pub fn into_acted(self) -> Option<ActOutcome> {
+        if let Self::Act(a) = self { Some(a) } else { None }
+    }
+
+    pub fn into_cancelled(self) -> Option<Task> {
+        if let Self::Cancel(t) = self { Some(t) } else { None }
+    }
+}
+
+/// A request's idempotency key (the wire's `Idempotency-Key` header), scoped
+/// to the principal that sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestKey {
+    /// Who sent the request: keys of different principals never meet.
+    pub principal: String,
+    /// The key as the client sent it.
+    pub key: String,
+    /// SHA-256 of the request (route and canonical body), computed by the
+    /// server: the same key with another fingerprint is another request.
+    pub fingerprint: Hash,
+}
+
+/// A keyed request's stored record: the first outcome, and when it was saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub fingerprint: Hash,
+    pub outcome: OpOutcome,
+    /// When the outcome committed; the record expires `request_key_ttl_ms` later.
+    pub at: Millis,
 }
 
 /// Called by a store after a commit that made tasks claimable in these stages.

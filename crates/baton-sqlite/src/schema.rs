@@ -10,8 +10,11 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
 /// The migrations, in order: entry `i` is migration number `i + 1`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../migrations/0001_init.sql"), include_str!("../migrations/0002_auth.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_auth.sql"),
+    include_str!("../migrations/0003_requests.sql"),
+];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -14,7 +14,8 @@ use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
-    Millis, NewTask, Page, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
+    Millis, NewTask, OpOutcome, Page, RequestKey, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId,
+    TaskView,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -203,6 +204,17 @@ impl Store for SqliteStore {
 
     fn fire_due(&self, limit: usize) -> StoreFuture<'_, usize> {
         self.write(|reply| Op::FireDue(limit, reply))
+    }
+
+    /// With one writer running operations in queue order, a repeated key
+    /// always finds the first call's record (see `writer`), so this store
+    /// never answers `request_in_progress`.
+    fn execute(&self, op: baton_core::Op, key: Option<RequestKey>) -> StoreFuture<'_, OpOutcome> {
+        self.write(|reply| Op::Execute(Box::new((op, key)), reply))
+    }
+
+    fn purge_requests(&self, limit: usize) -> StoreFuture<'_, usize> {
+        self.write(|reply| Op::PurgeRequests(limit, reply))
     }
 
     fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {

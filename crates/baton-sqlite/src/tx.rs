@@ -6,7 +6,10 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
-use baton_core::{AgentId, Alert, Event, Handoff, Hash, Millis, StageName, Task, TaskId};
+use baton_core::{
+    AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
+    TaskId,
+};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
@@ -17,6 +20,9 @@ const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready =
                      ORDER BY priority DESC, deadline_rank, id LIMIT ?2";
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2";
 const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = ?1";
+const LOAD_REQUEST: &str = "SELECT fingerprint, at, outcome FROM requests WHERE principal = ?1 AND key = ?2";
+const PURGE_REQUESTS: &str =
+    "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at <= ?1 ORDER BY at LIMIT ?2)";
 
 /// The writer's lookups that must stay O(log n) at any backlog, by name, for
 /// `SqliteStore::lookup_plans`.
@@ -26,6 +32,7 @@ pub(crate) const LOOKUPS: &[(&str, &str)] = &[
     ("ready", READY),
     ("due", DUE),
     ("leases_held", LEASES_HELD),
+    ("load_request", LOAD_REQUEST),
 ];
 
 /// One operation's view of the writer's transaction (inside its savepoint).
@@ -177,6 +184,40 @@ impl Tx for WriteTx<'_> {
             .prepare_cached("INSERT INTO alerts (task, at, body) VALUES (?1, ?2, ?3)")?
             .execute(params![alert.task.0.as_bytes(), alert.at, body])?;
         Ok(())
+    }
+
+    fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(LOAD_REQUEST)?;
+        let mut rows = st.query([principal, key])?;
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let fingerprint: [u8; 32] = row.get(0)?;
+        let outcome: String = row.get(2)?;
+        Ok(Some(RequestRecord {
+            fingerprint: Hash(fingerprint),
+            at: row.get(1)?,
+            outcome: serde_json::from_str(&outcome)?,
+        }))
+    }
+
+    fn save_request(&mut self, key: &RequestKey, outcome: &OpOutcome, at: Millis) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(outcome)?;
+        // An existing row is an expired record (the engine replays live ones).
+        self.conn
+            .prepare_cached(
+                "INSERT INTO requests (principal, key, fingerprint, at, outcome) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (principal, key) DO UPDATE
+                 SET fingerprint = excluded.fingerprint, at = excluded.at, outcome = excluded.outcome",
+            )?
+            .execute(params![key.principal, key.key, key.fingerprint.0, at, body])?;
+        Ok(())
+    }
+
+    fn purge_requests(&mut self, at_or_before: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.writes += 1;
+        let deleted =
+            self.conn.prepare_cached(PURGE_REQUESTS)?.execute(params![at_or_before, int(limit as u64)?])?;
+        Ok(deleted)
     }
 }
 

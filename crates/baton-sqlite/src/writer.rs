@@ -16,6 +16,12 @@
 //! corruption, or any failed COMMIT) acknowledges nothing and calls the fatal
 //! hook, which stops the process: SQLite keeps accepting commits after an
 //! fsync error, and we must not.
+//!
+//! A keyed request (`Execute` with a `RequestKey`) saves its record in its
+//! operation's transaction. Operations run one after another in queue order,
+//! so a repeat queued behind the first finds the first's record already
+//! written (in the same batch or a committed one): a repeat is never seen
+//! while the first is half done, and `request_in_progress` cannot arise.
 
 use crate::directory::DirectoryWrite;
 use crate::error::{FatalError, StoreError, is_fatal};
@@ -25,8 +31,8 @@ use crate::tx::WriteTx;
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::store::ReadyListener;
 use baton_core::{
-    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, Rejection,
-    Rules, StageName, Submitted, Task,
+    ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, OpOutcome,
+    Rejection, RequestKey, Rules, StageName, Submitted, Task,
 };
 use rusqlite::Connection;
 use std::panic::{self, AssertUnwindSafe};
@@ -49,6 +55,9 @@ pub(crate) enum Op {
     Act(ActRequest, Reply<ActOutcome>),
     Cancel(CancelRequest, Reply<Task>),
     FireDue(usize, Reply<usize>),
+    /// `Store::execute`: any operation, keyed or not (boxed: it is large).
+    Execute(Box<(baton_core::Op, Option<RequestKey>)>, Reply<OpOutcome>),
+    PurgeRequests(usize, Reply<usize>),
     /// A principal or token write (`crate::directory`).
     Directory(DirectoryWrite, Reply<bool>),
 }
@@ -234,6 +243,8 @@ enum Outcome {
     Act(Result<ActOutcome, Error>),
     Cancel(Result<Task, Error>),
     FireDue(Result<usize, Error>),
+    Execute(Result<OpOutcome, Error>),
+    PurgeRequests(Result<usize, Error>),
     Directory(Result<bool, Error>),
 }
 
@@ -245,6 +256,8 @@ impl Outcome {
             Outcome::Act(r) => r.as_ref().err(),
             Outcome::Cancel(r) => r.as_ref().err(),
             Outcome::FireDue(r) => r.as_ref().err(),
+            Outcome::Execute(r) => r.as_ref().err(),
+            Outcome::PurgeRequests(r) => r.as_ref().err(),
             Outcome::Directory(r) => r.as_ref().err(),
         }
     }
@@ -260,6 +273,13 @@ impl Op {
             Op::Act(req, _) => Outcome::Act(b.execute(|tx, cx| engine::act(tx, req, cx))),
             Op::Cancel(req, _) => Outcome::Cancel(b.execute(|tx, cx| engine::cancel(tx, req, cx))),
             Op::FireDue(limit, _) => Outcome::FireDue(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
+            Op::Execute(call, _) => {
+                let (op, key) = call.as_ref();
+                Outcome::Execute(b.execute(|tx, cx| engine::keyed(tx, key.as_ref(), op, cx)))
+            }
+            Op::PurgeRequests(limit, _) => {
+                Outcome::PurgeRequests(b.execute(|tx, cx| engine::purge_requests(tx, *limit, cx)))
+            }
             Op::Directory(write, _) => Outcome::Directory(b.execute(|tx, _| write.run(tx))),
         }
     }
@@ -272,6 +292,8 @@ impl Op {
             (Op::Act(_, r), Outcome::Act(v)) => r.send(v),
             (Op::Cancel(_, r), Outcome::Cancel(v)) => r.send(v),
             (Op::FireDue(_, r), Outcome::FireDue(v)) => r.send(v),
+            (Op::Execute(_, r), Outcome::Execute(v)) => r.send(v),
+            (Op::PurgeRequests(_, r), Outcome::PurgeRequests(v)) => r.send(v),
             (Op::Directory(_, r), Outcome::Directory(v)) => r.send(v),
             (op, _) => unreachable!("each outcome comes from its own operation ({})", op.name()),
         }
@@ -287,6 +309,8 @@ impl Op {
             Op::Act(_, r) => r.send(Err(e())),
             Op::Cancel(_, r) => r.send(Err(e())),
             Op::FireDue(_, r) => r.send(Err(e())),
+            Op::Execute(_, r) => r.send(Err(e())),
+            Op::PurgeRequests(_, r) => r.send(Err(e())),
             Op::Directory(_, r) => r.send(Err(e())),
         }
     }
@@ -298,6 +322,8 @@ impl Op {
             Op::Act(..) => "act",
             Op::Cancel(..) => "cancel",
             Op::FireDue(..) => "fire_due",
+            Op::Execute(..) => "execute",
+            Op::PurgeRequests(..) => "purge_requests",
             Op::Directory(..) => "directory",
         }
     }

@@ -481,6 +481,16 @@ mod tests {
         fn fire_due(&self, limit: usize) -> baton_core::StoreFuture<'_, usize> {
             self.inner.fire_due(limit)
         }
+        fn execute(
+            &self,
+            op: baton_core::Op,
+            key: Option<baton_core::RequestKey>,
+        ) -> baton_core::StoreFuture<'_, baton_core::OpOutcome> {
+            self.inner.execute(op, key)
+        }
+        fn purge_requests(&self, limit: usize) -> baton_core::StoreFuture<'_, usize> {
+            self.inner.purge_requests(limit)
+        }
         fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
             let mut view = block_on(self.inner.get(task)).expect("memory get");
             if let Some(v) = &mut view {

@@ -1,6 +1,7 @@
 //! The in-memory store: `baton_core::Store` over a `Mutex<State>`, built on the
 //! engine like every store. It owns the data structures (tasks by id with their
-//! payloads and event chains, handoffs, alerts, the idempotency map), the
+//! payloads and event chains, handoffs, alerts, the idempotency map, the
+//! records of keyed requests), the
 //! transaction (`MemTx`, an undo log over the state, so a refused or failed
 //! operation leaves no trace) and the commit/rollback/answer loop. It leaves
 //! every decision to `baton_core::engine` and `decide`, and durability to the
@@ -13,8 +14,8 @@ use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
 use baton_core::store::{NoListener, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
-    HandoffId, Hash, Millis, NewTask, Page, Rules, StageName, Store, StoreFuture, Submitted, Task,
-    TaskFilter, TaskId, TaskView,
+    HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules, StageName,
+    Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -44,6 +45,8 @@ struct State {
     keys: HashMap<(String, String), TaskId>,
     handoffs: HashMap<HandoffId, Handoff>,
     alerts: Vec<Alert>,
+    /// (principal, key) -> the record of a keyed request.
+    requests: HashMap<(String, String), RequestRecord>,
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
@@ -175,6 +178,16 @@ impl Store for MemoryStore {
         answer(self.run(|tx, cx| engine::fire_due(tx, limit, cx)))
     }
 
+    /// Under one mutex a keyed request is never seen half-done, so
+    /// `request_in_progress` cannot arise here.
+    fn execute(&self, op: Op, key: Option<RequestKey>) -> StoreFuture<'_, OpOutcome> {
+        answer(self.run(|tx, cx| engine::keyed(tx, key.as_ref(), &op, cx)))
+    }
+
+    fn purge_requests(&self, limit: usize) -> StoreFuture<'_, usize> {
+        answer(self.run(|tx, cx| engine::purge_requests(tx, limit, cx)))
+    }
+
     fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {
         answer(Ok(self.read(|s| {
             s.tasks.get(&task).map(|row| TaskView {
@@ -252,6 +265,8 @@ enum Undo {
     Handoff(HandoffId, Option<Handoff>),
     /// An alert was pushed: pop it.
     Alert,
+    /// A request record was saved or purged: restore what was there before.
+    Request((String, String), Option<Box<RequestRecord>>),
 }
 
 impl<'s> MemTx<'s> {
@@ -289,6 +304,14 @@ impl<'s> MemTx<'s> {
                 Undo::Alert => {
                     self.state.alerts.pop();
                 }
+                Undo::Request(key, before) => match before {
+                    Some(record) => {
+                        self.state.requests.insert(key, *record);
+                    }
+                    None => {
+                        self.state.requests.remove(&key);
+                    }
+                },
             }
         }
     }
@@ -414,6 +437,39 @@ impl Tx for MemTx<'_> {
         self.state.alerts.push(alert.clone());
         self.undo.push(Undo::Alert);
         Ok(())
+    }
+
+    fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, MemError> {
+        Ok(self.state.requests.get(&(principal.to_owned(), key.to_owned())).cloned())
+    }
+
+    fn save_request(&mut self, key: &RequestKey, outcome: &OpOutcome, at: Millis) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let id = (key.principal.clone(), key.key.clone());
+        let record = RequestRecord { fingerprint: key.fingerprint, outcome: outcome.clone(), at };
+        let before = self.state.requests.insert(id.clone(), record);
+        self.undo.push(Undo::Request(id, before.map(Box::new)));
+        Ok(())
+    }
+
+    fn purge_requests(&mut self, at_or_before: Millis, limit: usize) -> Result<usize, MemError> {
+        let mut expired: Vec<(Millis, (String, String))> = self
+            .state
+            .requests
+            .iter()
+            .filter(|(_, r)| r.at <= at_or_before)
+            .map(|(id, r)| (r.at, id.clone()))
+            .collect();
+        expired.sort();
+        expired.truncate(limit);
+        if !expired.is_empty() {
+            self.write_allowed()?;
+        }
+        for (_, id) in &expired {
+            let before = self.state.requests.remove(id);
+            self.undo.push(Undo::Request(id.clone(), before.map(Box::new)));
+        }
+        Ok(expired.len())
     }
 }
 

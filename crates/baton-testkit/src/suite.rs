@@ -25,9 +25,9 @@ use baton_core::auth::{Directory, Principal, Role, Route, TokenRecord, mint_toke
 use baton_core::store::ReadyListener;
 use baton_core::{
     ActOutcome, ActRequest, Action, Actor, AgentId, Alert, Backoff, CancelRequest, ClaimNext, ClaimRequest,
-    Custodian, Error, Event, EventKind, Grant, Handoff, HandoffId, HandoffOutcome, JoinMode, JoinSpec,
-    Limits, Millis, NewChild, NewTask, Policies, Rejection, Report, Rules, StageName, StagePolicy, StateName,
-    Store, Submitted, Task, TaskFilter, TaskId, TaskState, TaskView, Wait,
+    Custodian, Error, Event, EventKind, Grant, Handoff, HandoffId, HandoffOutcome, Hash, JoinMode, JoinSpec,
+    Limits, Millis, NewChild, NewTask, Op, OpOutcome, Policies, Rejection, Report, RequestKey, Rules,
+    StageName, StagePolicy, StateName, Store, Submitted, Task, TaskFilter, TaskId, TaskState, TaskView, Wait,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
@@ -145,6 +145,13 @@ macro_rules! store_suite {
             directory_refuses_what_would_break_it,
             directory_revocation_reaches_every_token,
             directory_survives_reopen,
+            keyed_repeat_returns_the_first_outcome_and_writes_nothing,
+            keyed_repeat_with_another_request_conflicts,
+            keyed_requests_are_scoped_to_their_principal,
+            keyed_refusals_and_empty_claims_are_judged_afresh,
+            keyed_request_expires_after_request_key_ttl_ms,
+            keyed_outcomes_survive_reopen,
+            concurrent_repeats_of_a_key_run_once,
         );
     };
 }
@@ -389,6 +396,31 @@ impl<H: SuiteStore> Case<H> {
         ok(block_on(self.store().fire_due(limit)))
     }
 
+    pub fn try_execute(&self, op: Op, key: Option<RequestKey>) -> Result<OpOutcome, Error> {
+        block_on(self.store().execute(op, key))
+    }
+
+    /// Runs `op` under `key`.
+    #[track_caller]
+    pub fn execute(&self, op: Op, key: &RequestKey) -> OpOutcome {
+        ok(self.try_execute(op, Some(key.clone())))
+    }
+
+    /// Repeats a keyed call: it must answer `first` and change nothing.
+    #[track_caller]
+    pub fn assert_replays(&self, op: Op, key: &RequestKey, first: &OpOutcome) {
+        self.ready.take();
+        let before = self.snapshot();
+        assert_eq!(&self.execute(op, key), first, "a repeated key answers the first outcome");
+        assert_eq!(self.snapshot(), before, "a repeated key changed the store");
+        assert_eq!(self.ready.take(), BTreeSet::new(), "a repeated key sent a wake-up");
+    }
+
+    #[track_caller]
+    pub fn purge_requests(&self, limit: usize) -> usize {
+        ok(block_on(self.store().purge_requests(limit)))
+    }
+
     #[track_caller]
     pub fn view(&self, id: TaskId) -> TaskView {
         ok(block_on(self.store().get(id))).unwrap_or_else(|| panic!("task {id} exists"))
@@ -528,6 +560,36 @@ pub fn every_action() -> Vec<Action> {
         fail(true),
         spawn(&["b"], JoinMode::All, 1_000),
     ]
+}
+
+/// A request key of `principal`, whose fingerprint stands for `request`.
+pub fn request_key(principal: &str, key: &str, request: &str) -> RequestKey {
+    RequestKey { principal: principal.into(), key: key.into(), fingerprint: Hash::of(request.as_bytes()) }
+}
+
+/// A submit of `{}` into `stage`, as an `Op`.
+pub fn submit_op(stage: &str) -> Op {
+    Op::Submit(new_task(stage, "{}"))
+}
+
+pub fn claim_op(agent_id: &str, stages: &[&str], max: usize) -> Op {
+    Op::Claim(ClaimRequest {
+        agent: agent(agent_id),
+        stages: stages.iter().map(|s| stage(s)).collect(),
+        max,
+        lease_ms: None,
+    })
+}
+
+/// `action` by the grant's holder with the grant's epoch, as an `Op`.
+pub fn act_op(grant: &Grant, action: Action) -> Op {
+    Op::Act(ActRequest {
+        task: grant.task.id,
+        agent: grant.task.holder().expect("a grant names its holder").clone(),
+        epoch: grant.epoch,
+        action,
+        claim_next: None,
+    })
 }
 
 #[track_caller]
@@ -1643,6 +1705,189 @@ pub fn concurrent_claims_lease_each_task_once<H: SuiteStore>() {
     let leased: HashSet<TaskId> = grants.iter().map(|g| g.task.id).collect();
     assert_eq!(leased, ids);
     assert!(grants.iter().all(|g| g.epoch == 1));
+    cx.finish();
+}
+
+// ---------------------------------------------------------------- keyed requests
+
+/// A repeated request key with the same fingerprint answers the first outcome
+/// and writes nothing, for every operation: a repeated submit does not create
+/// a second task, a repeated claim returns the same leases (not new ones), a
+/// repeated complete returns its outcome (not `lease_lost`), a repeated
+/// cancel returns the cancelled task (not `invalid_transition`).
+pub fn keyed_repeat_returns_the_first_outcome_and_writes_nothing<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let key = request_key("alice", "submit-1", "POST /v1/tasks a");
+    let first = cx.execute(submit_op("a"), &key);
+    let submitted = first.clone().into_submitted().expect("a submit's outcome");
+    assert!(submitted.created);
+    cx.advance(1_000);
+    cx.assert_replays(submit_op("a"), &key, &first);
+    let task = submitted.task.id;
+    let other = cx.submit_to("a");
+    assert_eq!(cx.list(TaskFilter::default()).len(), 2);
+
+    let key = request_key("w", "claim-1", "POST /v1/claims a 1");
+    let first = cx.execute(claim_op("w", &["a"], 1), &key);
+    let grants = first.clone().into_grants().expect("a claim's outcome");
+    assert_eq!(grants.iter().map(|g| g.task.id).collect::<Vec<_>>(), vec![task]);
+    cx.advance(1_000);
+    cx.assert_replays(claim_op("w", &["a"], 1), &key, &first);
+    assert!(cx.task(other.id).is_ready(), "the repeat leased nothing more");
+
+    let grant = &grants[0];
+    let key = request_key("w", "complete-1", "POST /v1/tasks/{id}/complete");
+    let first = cx.execute(act_op(grant, complete()), &key);
+    let done = first.clone().into_acted().expect("an act's outcome").task;
+    assert_eq!(done.state_name(), StateName::Done);
+    cx.refuses("lease_lost", |cx| cx.try_act(grant, complete()));
+    cx.assert_replays(act_op(grant, complete()), &key, &first);
+    assert_eq!(cx.history(task).len(), 3, "submitted, claimed, completed: once each");
+
+    let cancel = Op::Cancel(CancelRequest {
+        task: other.id,
+        actor: Actor::Principal("operator".into()),
+        reason: "duplicate".into(),
+    });
+    let key = request_key("operator", "cancel-1", "POST /v1/tasks/{id}/cancel");
+    let first = cx.execute(cancel.clone(), &key);
+    assert_eq!(
+        first.clone().into_cancelled().expect("a cancel's outcome").state_name(),
+        StateName::Cancelled
+    );
+    cx.refuses("invalid_transition", |cx| cx.try_cancel(other.id, "duplicate"));
+    cx.assert_replays(cancel, &key, &first);
+    assert_eq!(cx.history(other.id).len(), 2);
+    cx.finish();
+}
+
+/// The same key with another fingerprint is refused `idempotency_conflict`
+/// and changes nothing, whatever the operation; the first still replays.
+pub fn keyed_repeat_with_another_request_conflicts<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let key = request_key("alice", "k-1", "submit a");
+    let first = cx.execute(submit_op("a"), &key);
+    for (op, request) in [(submit_op("b"), "submit b"), (claim_op("alice", &["a"], 1), "claim a")] {
+        let other = RequestKey { fingerprint: Hash::of(request.as_bytes()), ..key.clone() };
+        let r = cx.refuses("idempotency_conflict", |cx| cx.try_execute(op, Some(other)));
+        assert_eq!(r, Rejection::IdempotencyConflict { key: "k-1".into() });
+    }
+    cx.assert_replays(submit_op("a"), &key, &first);
+    assert_eq!(cx.list(TaskFilter::default()).len(), 1);
+    cx.finish();
+}
+
+/// Keys are scoped to their principal: the same key from another principal
+/// is another request, with its own outcome.
+pub fn keyed_requests_are_scoped_to_their_principal<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let alice = request_key("alice", "k", "submit a");
+    let bob = request_key("bob", "k", "submit a");
+    let a = cx.execute(submit_op("a"), &alice).into_submitted().expect("submitted");
+    let b = cx.execute(submit_op("a"), &bob).into_submitted().expect("submitted");
+    assert!(a.created && b.created);
+    assert_ne!(a.task.id, b.task.id);
+    // Carol's key is free even for another request.
+    let carol = request_key("carol", "k", "claim a");
+    assert_eq!(cx.execute(claim_op("carol", &["a"], 2), &carol).into_grants().expect("claimed").len(), 2);
+    cx.assert_replays(submit_op("a"), &alice, &OpOutcome::Submit(a));
+    cx.finish();
+}
+
+/// Refusals and claims that lease nothing are not recorded (they changed
+/// nothing): a retry under the same key is judged afresh, and may succeed.
+pub fn keyed_refusals_and_empty_claims_are_judged_afresh<H: SuiteStore>() {
+    let mut rules = suite_rules();
+    rules.limits.leases_per_agent_max = 1;
+    let cx = Case::<H>::open(rules);
+    let key = request_key("w", "claim-b", "claim b");
+    let claim = claim_op("w", &["b"], 1);
+    assert_eq!(cx.execute(claim.clone(), &key), OpOutcome::Claim(vec![]), "nothing ready in b");
+    cx.submit_to("a");
+    let held = cx.claim_one("w", "a");
+    let waiting = cx.submit_to("b");
+    cx.refuses("too_many_leases", |cx| cx.try_execute(claim.clone(), Some(key.clone())));
+    cx.act(&held, complete());
+    let first = cx.execute(claim.clone(), &key);
+    let grants = first.clone().into_grants().expect("claimed");
+    assert_eq!(grants.iter().map(|g| g.task.id).collect::<Vec<_>>(), vec![waiting.id]);
+    cx.assert_replays(claim, &key, &first);
+    // A refused call leaves its key free for another request.
+    let key = request_key("w", "cancel-1", "cancel unknown");
+    let unknown = TaskId(uuid::Uuid::now_v7());
+    let cancel =
+        Op::Cancel(CancelRequest { task: unknown, actor: Actor::Principal("w".into()), reason: "x".into() });
+    cx.refuses("not_found", |cx| cx.try_execute(cancel, Some(key.clone())));
+    let other = RequestKey { fingerprint: Hash::of(b"submit a"), ..key };
+    assert!(cx.execute(submit_op("a"), &other).into_submitted().expect("submitted").created);
+    cx.finish();
+}
+
+/// A key is remembered for `request_key_ttl_ms`: until then it replays, from
+/// then on it is free (another request may use it) and its record may be
+/// purged, in bounded batches, oldest first.
+pub fn keyed_request_expires_after_request_key_ttl_ms<H: SuiteStore>() {
+    let rules = suite_rules();
+    let ttl = rules.limits.request_key_ttl_ms;
+    let cx = Case::<H>::open(rules);
+    let key = request_key("alice", "k", "submit a");
+    let first = cx.execute(submit_op("a"), &key);
+    for other in ["p1", "p2"] {
+        cx.execute(submit_op("a"), &request_key("alice", other, "submit a"));
+    }
+    cx.advance(ttl - 1);
+    assert_eq!(cx.purge_requests(100), 0, "nothing has expired yet");
+    cx.assert_replays(submit_op("a"), &key, &first);
+    let conflict = RequestKey { fingerprint: Hash::of(b"submit b"), ..key.clone() };
+    cx.refuses("idempotency_conflict", |cx| cx.try_execute(submit_op("b"), Some(conflict.clone())));
+    cx.advance(1);
+    // Expired: the key is free, even for another request, which is recorded anew.
+    let second = cx.execute(submit_op("b"), &conflict);
+    let task = second.clone().into_submitted().expect("submitted").task;
+    assert_eq!(task.stage, stage("b"));
+    cx.assert_replays(submit_op("b"), &conflict, &second);
+    // The two other records expired; the re-used key's record is live.
+    assert_eq!(cx.purge_requests(1), 1);
+    assert_eq!(cx.purge_requests(100), 1);
+    assert_eq!(cx.purge_requests(100), 0);
+    cx.assert_replays(submit_op("b"), &conflict, &second);
+    let purged = request_key("alice", "p1", "submit a");
+    assert!(cx.execute(submit_op("a"), &purged).into_submitted().expect("submitted").created);
+    assert_eq!(cx.list(TaskFilter::default()).len(), 5);
+    cx.finish();
+}
+
+/// Request records are as durable as the operations they record.
+pub fn keyed_outcomes_survive_reopen<H: SuiteStore>() {
+    let mut cx = Case::<H>::open(suite_rules());
+    cx.submit_to("a");
+    let grant = cx.claim_one("w", "a");
+    let key = request_key("w", "complete-1", "complete");
+    let first = cx.execute(act_op(&grant, complete()), &key);
+    cx.reopen();
+    cx.assert_replays(act_op(&grant, complete()), &key, &first);
+    let other = RequestKey { fingerprint: Hash::of(b"another"), ..key };
+    cx.refuses("idempotency_conflict", |cx| cx.try_execute(act_op(&grant, release()), Some(other)));
+    cx.finish();
+}
+
+/// The same keyed request sent from several threads at once runs once:
+/// every caller gets the same outcome, one task exists.
+pub fn concurrent_repeats_of_a_key_run_once<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let key = request_key("alice", "k", "submit a");
+    let store = cx.store();
+    let outcomes: Vec<OpOutcome> = std::thread::scope(|scope| {
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let key = key.clone();
+                scope.spawn(move || ok(block_on(store.execute(submit_op("a"), Some(key)))))
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().expect("caller")).collect()
+    });
+    assert!(outcomes.iter().all(|o| o == &outcomes[0]), "{outcomes:#?}");
+    assert_eq!(cx.list(TaskFilter::default()).len(), 1);
     cx.finish();
 }
 

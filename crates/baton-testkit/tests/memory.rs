@@ -9,7 +9,7 @@
 //! snapshots before and after, then check the history.
 
 use baton_core::{Error, JoinMode};
-use baton_testkit::suite::{Case, complete, spawn, suite_rules};
+use baton_testkit::suite::{Case, act_op, complete, request_key, spawn, suite_rules};
 use baton_testkit::{MemoryStore, assert_store_ok};
 
 baton_testkit::store_suite!(baton_testkit::MemoryStore);
@@ -69,6 +69,25 @@ fn child_completion_and_parent_escalation_roll_back_at_every_write() {
     let writes = check_rollback_at_every_write(&cx, |cx| cx.try_cancel(out.children[1], "gone").map(drop));
     assert_eq!(writes, 3);
     assert_eq!(cx.store().alerts().len(), 1);
+    cx.finish();
+}
+
+/// A keyed call and the record of its outcome commit together: a failure at
+/// either write leaves neither, and the retry runs the call and records it.
+#[test]
+fn keyed_call_and_its_record_roll_back_together() {
+    let cx = Case::<MemoryStore>::open(suite_rules());
+    cx.submit_to("a");
+    let grant = cx.claim_one("alice", "a");
+    let key = request_key("alice", "complete-1", "complete");
+    // The task's update (1) and the request record (2).
+    let writes = check_rollback_at_every_write(&cx, |cx| {
+        cx.try_execute(act_op(&grant, complete()), Some(key.clone())).map(drop)
+    });
+    assert_eq!(writes, 2);
+    let done = cx.task(grant.task.id);
+    let replay = cx.execute(act_op(&grant, complete()), &key).into_acted().expect("an act's outcome");
+    assert_eq!(replay.task, done);
     cx.finish();
 }
 
