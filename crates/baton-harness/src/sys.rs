@@ -66,9 +66,33 @@ fn split_dev(dev: u64) -> (u64, u64) {
 
 /// User plus system CPU seconds used by this process, all threads, so far.
 pub fn process_cpu_seconds() -> Result<f64> {
-    let text = fs::read_to_string("/proc/self/stat")?;
+    stat_cpu_seconds(&fs::read_to_string("/proc/self/stat")?)
+}
+
+/// CPU seconds used so far by this process's live threads whose name starts
+/// with `prefix` (names are cut to 15 bytes by the kernel). Shows whether a
+/// single writer thread is the bottleneck: near 1 s per second is a full core.
+pub fn threads_cpu_seconds(prefix: &str) -> Result<f64> {
+    let mut total = 0.0;
+    for entry in fs::read_dir("/proc/self/task")? {
+        let dir = entry?.path();
+        // A thread may exit between listing and reading: skip it.
+        let (Ok(comm), Ok(stat)) =
+            (fs::read_to_string(dir.join("comm")), fs::read_to_string(dir.join("stat")))
+        else {
+            continue;
+        };
+        if comm.trim_end().starts_with(prefix) {
+            total += stat_cpu_seconds(&stat)?;
+        }
+    }
+    Ok(total)
+}
+
+/// utime + stime of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Result<f64> {
     // The command name (field 2) may contain spaces; fields after it are plain.
-    let rest = text.rsplit_once(')').context("/proc/self/stat has a command name")?.1;
+    let rest = stat.rsplit_once(')').context("a stat line has a command name")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): utime is field 14, stime field 15.
     let utime: u64 = fields.get(11).context("utime")?.parse()?;
@@ -118,6 +142,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Everything else on the machine: a high figure means the run was disturbed.
     pub foreign_cpu_seconds: f64,
+    /// CPU of the system's writer thread, when it has one (see `Probe::start`).
+    pub writer_cpu_seconds: Option<f64>,
 }
 
 /// Takes readings at the start of an interval and reports the difference.
@@ -131,6 +157,7 @@ pub struct Mark {
     flushes: Option<u64>,
     cpu: f64,
     busy: f64,
+    writer: Option<(&'static str, f64)>,
 }
 
 impl Probe {
@@ -142,8 +169,12 @@ impl Probe {
         self.device.as_ref()
     }
 
-    pub fn start(&self) -> Result<Mark> {
+    /// Starts an interval. `writer` names the system's writer thread (a
+    /// prefix of its name), whose CPU is then reported separately; it must be
+    /// alive when `stop` is called, or its time is lost.
+    pub fn start(&self, writer: Option<&'static str>) -> Result<Mark> {
         Ok(Mark {
+            writer: writer.map(|w| threads_cpu_seconds(w).map(|cpu| (w, cpu))).transpose()?,
             flushes: self.device.as_ref().map(BlockDevice::flushes).transpose()?,
             cpu: process_cpu_seconds()?,
             busy: machine_busy_seconds()?,
@@ -160,7 +191,10 @@ impl Probe {
             (Some(d), Some(before)) => Some(d.flushes()? - before),
             _ => None,
         };
+        let writer_cpu_seconds =
+            mark.writer.map(|(w, before)| threads_cpu_seconds(w).map(|now| now - before)).transpose()?;
         Ok(Usage {
+            writer_cpu_seconds,
             seconds: end.saturating_duration_since(mark.at).as_secs_f64(),
             flushes,
             cpu_seconds: cpu,
@@ -221,6 +255,7 @@ mod tests {
     #[test]
     fn readings_are_available_here() {
         assert!(process_cpu_seconds().expect("proc stat") >= 0.0);
+        assert!(threads_cpu_seconds("").expect("task stats") >= 0.0);
         assert!(machine_busy_seconds().expect("proc stat") > 0.0);
     }
 }

@@ -27,6 +27,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
+/// The ideal writer thread's name (15 bytes at most, the kernel's limit).
+const IDEAL_WRITER_THREAD: &str = "ideal-writer";
+
 /// Requests the ideal writer puts in one transaction at most.
 const IDEAL_BATCH_MAX: usize = 256;
 
@@ -128,7 +131,8 @@ pub fn run_raw(p: &RunParams, probe: &Probe) -> Result<Measured> {
     let mut event = conn.prepare(INSERT_EVENT)?;
     let mut step = histogram();
     let mut transactions = 0u64;
-    let mark = probe.start()?;
+    // The calling thread is the writer here; the process CPU says it all.
+    let mark = probe.start(None)?;
     for id in 1..=p.tasks as i64 {
         for stage in 0..STAGE_DONE {
             let t0 = Instant::now();
@@ -208,11 +212,11 @@ pub fn run_ideal(p: &RunParams, probe: &Probe) -> Result<Measured> {
         reply_receivers.push(rx);
     }
     let writer = thread::Builder::new()
-        .name("ideal-writer".into())
+        .name(IDEAL_WRITER_THREAD.into())
         .spawn(move || writer_loop(conn, requests, reply_senders))?;
 
     let board = Arc::new(Board::new(p.tasks));
-    let mark = probe.start()?;
+    let mark = probe.start(Some(IDEAL_WRITER_THREAD))?;
     let agents: Vec<_> = plan
         .into_iter()
         .zip(reply_receivers)
@@ -225,14 +229,15 @@ pub fn run_ideal(p: &RunParams, probe: &Probe) -> Result<Measured> {
                 .spawn(move || ideal_agent(agent, &stages, &board, &to_writer, &replies))
         })
         .collect::<Result<_, _>>()?;
-    drop(to_writer);
     let mut step = histogram();
     for agent in agents {
         let h = agent.join().expect("ideal agent panicked")?;
         step.add(&h).expect("histograms share bounds");
     }
     let end = board.end().context("the ideal run ended without finishing its tasks")?;
+    // `to_writer` is still held, so the writer thread is alive to be read.
     let usage = probe.stop(&mark, end)?;
+    drop(to_writer);
     let transactions = writer.join().expect("ideal writer panicked")?;
     Ok(Measured {
         handoffs: p.tasks as u64 * STAGES.len() as u64,

@@ -20,6 +20,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
+/// The SQLite store's writer thread, as the kernel names it ("baton-sqlite-writer"
+/// cut to 15 bytes). Its CPU share shows whether group commit is CPU-bound.
+const BATON_WRITER_THREAD: &str = "baton-sqlite-wr";
+
 /// Threads that preload tasks: enough concurrent submits for group commit to
 /// make the (untimed) preload quick.
 const PRELOAD_THREADS: usize = 8;
@@ -77,7 +81,7 @@ pub fn burn_down(
     probe: &Probe,
 ) -> Result<(Usage, Histogram<u64>)> {
     let board = Arc::new(Board::new(tasks));
-    let mark = probe.start()?;
+    let mark = probe.start(Some(BATON_WRITER_THREAD))?;
     let threads: Vec<_> = assign(agents)
         .into_iter()
         .enumerate()

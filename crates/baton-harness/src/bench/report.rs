@@ -39,17 +39,19 @@ pub enum Metric {
     FlushesPerHandoff,
     CpuSPer1kHandoffs,
     HandoffsPerTransaction,
+    WriterBusy,
     ForeignCpuSeconds,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 8] = [
         Metric::HandoffsPerS,
         Metric::StepP50Us,
         Metric::StepP99Us,
         Metric::FlushesPerHandoff,
         Metric::CpuSPer1kHandoffs,
         Metric::HandoffsPerTransaction,
+        Metric::WriterBusy,
         Metric::ForeignCpuSeconds,
     ];
 
@@ -61,6 +63,7 @@ impl Metric {
             Self::FlushesPerHandoff => "device flushes per handoff",
             Self::CpuSPer1kHandoffs => "CPU s per 1,000 handoffs (whole process)",
             Self::HandoffsPerTransaction => "handoffs per transaction",
+            Self::WriterBusy => "writer thread busy (share of one core)",
             Self::ForeignCpuSeconds => "other processes' CPU during the run, s",
         }
     }
@@ -73,13 +76,14 @@ impl Metric {
             Self::FlushesPerHandoff => r.flushes_per_handoff,
             Self::CpuSPer1kHandoffs => Some(r.cpu_s_per_1k_handoffs),
             Self::HandoffsPerTransaction => r.handoffs_per_transaction,
+            Self::WriterBusy => r.writer_busy,
             Self::ForeignCpuSeconds => Some(r.foreign_cpu_seconds),
         }
     }
 
     /// Whether a ratio to a baseline says something (the noise figure does not).
     fn has_ratio(self) -> bool {
-        !matches!(self, Self::ForeignCpuSeconds | Self::HandoffsPerTransaction)
+        !matches!(self, Self::ForeignCpuSeconds | Self::HandoffsPerTransaction | Self::WriterBusy)
     }
 
     fn format(self, v: f64) -> String {
@@ -95,6 +99,7 @@ impl Metric {
             Self::FlushesPerHandoff => format!("{v:.3}"),
             Self::CpuSPer1kHandoffs => format!("{v:.3}"),
             Self::HandoffsPerTransaction => format!("{v:.1}"),
+            Self::WriterBusy => format!("{:.0}%", v * 100.0),
             Self::ForeignCpuSeconds => format!("{v:.2}"),
         }
     }
