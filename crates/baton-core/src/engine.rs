@@ -232,6 +232,17 @@ fn insert_new<T: Tx>(tx: &mut T, id: TaskId, new: &NewTask, cx: &mut Ctx<'_>) ->
 
 /// Claim: lease up to `max` ready tasks from the stages, best first.
 pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec<Grant>, T::Error> {
+    claim_except(tx, req, None, cx)
+}
+
+/// Claim, never taking `except`: claim-next after a release must not hand the
+/// agent back the task it just gave up.
+fn claim_except<T: Tx>(
+    tx: &mut T,
+    req: &ClaimRequest,
+    except: Option<TaskId>,
+    cx: &mut Ctx<'_>,
+) -> Res<Vec<Grant>, T::Error> {
     let limits = &cx.rules.limits;
     if req.max == 0 || req.max > limits.claim_max {
         return Err(Rejection::limit(
@@ -258,12 +269,13 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
     let max = req.max.min(usize::try_from(room).unwrap_or(usize::MAX));
     let mut candidates = Vec::new();
     for stage in &req.stages {
-        candidates.extend(st(tx.ready(stage, max))?);
+        candidates.extend(st(tx.ready(stage, max + usize::from(except.is_some())))?);
     }
     candidates.sort_by(|a, b| {
         b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
     });
     candidates.dedup_by_key(|c| c.id);
+    candidates.retain(|c| Some(c.id) != except);
     // Decide every lease before writing any, so a refusal leaves nothing
     // half-claimed (claim-next commits its action even when its claim fails).
     let mut changes = Vec::with_capacity(max);
@@ -327,7 +339,7 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
             lease_ms: claim_next.lease_ms,
         };
         // The main action commits whatever happens to the claim part.
-        match claim(tx, &request, cx) {
+        match claim_except(tx, &request, Some(req.task), cx) {
             Ok(grants) => next = grants,
             Err(Fail::Rejected(_)) => {}
             Err(other) => return Err(other),

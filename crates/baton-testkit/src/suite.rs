@@ -1487,10 +1487,14 @@ pub fn claim_next_returns_the_next_leases_in_the_same_call<H: SuiteStore>() {
     assert_eq!(out4.next, vec![], "a refused claim part: the action still commits");
     assert_eq!(cx.task(ids[3]).state_name(), StateName::Done);
     let from_b = cx.claim_one("bob", "b");
-    let out5 = cx.act_next(&from_b, release(), &["b"], 1);
-    assert_eq!(out5.next.len(), 1, "release with claim_next may take the same task back");
-    assert_eq!(out5.next[0].task.id, ids[1]);
-    assert_eq!(out5.next[0].epoch, 3);
+    let later = cx.submit_to("b").id;
+    let out5 = cx.act_next(&from_b, release(), &["b"], 2);
+    assert_eq!(
+        out5.next.iter().map(|g| g.task.id).collect::<Vec<_>>(),
+        vec![later],
+        "claim-next after a release takes other work, never the task just released"
+    );
+    assert!(cx.task(ids[1]).is_ready(), "the released task waits for another agent");
     cx.finish();
 }
 
