@@ -34,6 +34,53 @@ impl<'t> Columns<'t> {
     }
 }
 
+impl Columns<'_> {
+    /// Which index columns differ from `before`, as a mask of `UPDATE_COLUMNS`.
+    pub(crate) fn changed_since(&self, before: &Indexed) -> usize {
+        let flags = [
+            self.stage != before.stage,
+            self.state != before.state,
+            self.priority != before.priority,
+            self.deadline_rank != before.deadline_rank,
+            self.due_at != before.due_at,
+            self.holder != before.holder.as_deref(),
+            self.ready != before.ready,
+        ];
+        flags.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| 1 << i).sum()
+    }
+}
+
+/// The index columns of a task as loaded, kept by the writer between a load
+/// and the update that follows it.
+pub(crate) struct Indexed {
+    stage: String,
+    state: &'static str,
+    priority: i32,
+    deadline_rank: Millis,
+    due_at: Option<Millis>,
+    holder: Option<String>,
+    ready: bool,
+}
+
+impl Indexed {
+    pub(crate) fn of(task: &Task) -> Self {
+        Self {
+            stage: task.stage.as_str().to_owned(),
+            state: task.state_name().as_str(),
+            priority: task.priority,
+            deadline_rank: task.deadline_rank(),
+            due_at: task.due_at(),
+            holder: task.holder().map(|a| a.as_str().to_owned()),
+            ready: task.is_ready(),
+        }
+    }
+}
+
+/// The index columns an update may set, in the order of the `changed_since`
+/// mask bits and of the update's parameters `?3` to `?9`.
+pub(crate) const UPDATE_COLUMNS: [&str; 7] =
+    ["stage", "state", "priority", "deadline_rank", "due_at", "holder", "ready"];
+
 /// A u64 counter as an SQLite integer. Counters never come near 2^63; if one
 /// did, refusing the write beats wrapping it.
 pub(crate) fn int(value: u64) -> Result<i64, StoreError> {

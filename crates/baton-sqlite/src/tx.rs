@@ -4,13 +4,15 @@
 //! statement is prepared once per connection and reused (`prepare_cached`).
 
 use crate::error::StoreError;
-use crate::rows::{Columns, int, task_and_head};
+use crate::rows::{Columns, Indexed, UPDATE_COLUMNS, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
 use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
     TaskId,
 };
 use rusqlite::{Connection, params};
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use uuid::Uuid;
 
 const LOAD: &str = "SELECT body, head FROM tasks WHERE id = ?1";
@@ -41,6 +43,17 @@ pub(crate) struct WriteTx<'c> {
     /// Write calls made, counted before they run: the writer needs to know
     /// whether a refused operation left anything to undo.
     pub writes: u32,
+    /// Index columns of the tasks this operation loaded, so an update sets
+    /// only the columns that changed: SQLite rewrites an index entry for
+    /// every indexed column named in SET, changed or not, and a heartbeat
+    /// then costs one index (due) instead of five.
+    pub loaded: HashMap<TaskId, Indexed>,
+}
+
+impl<'c> WriteTx<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> Self {
+        Self { conn, writes: 0, loaded: HashMap::new() }
+    }
 }
 
 impl Tx for WriteTx<'_> {
@@ -53,10 +66,10 @@ impl Tx for WriteTx<'_> {
     fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, StoreError> {
         let mut st = self.conn.prepare_cached(LOAD)?;
         let mut rows = st.query([id.0.as_bytes()])?;
-        match rows.next()? {
-            Some(row) => task_and_head(row, 0).map(Some),
-            None => Ok(None),
-        }
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let (task, head) = task_and_head(row, 0)?;
+        self.loaded.insert(id, Indexed::of(&task));
+        Ok(Some((task, head)))
     }
 
     fn load_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<(Task, Hash)>, StoreError> {
@@ -136,28 +149,25 @@ impl Tx for WriteTx<'_> {
         let c = Columns::of(task)?;
         let expected = int(task.revision.saturating_sub(1))?;
         let body = serde_json::to_string(task)?;
+        // Without a load in this operation (the engine always loads first),
+        // set every index column.
+        let mask = self.loaded.get(&task.id).map_or(ALL_COLUMNS, |before| c.changed_since(before));
         // The guard: the row changes only if nobody saved it since it was loaded.
-        let changed = self
-            .conn
-            .prepare_cached(
-                "UPDATE tasks SET stage = ?3, state = ?4, priority = ?5, deadline_rank = ?6, due_at = ?7,
-                                  holder = ?8, ready = ?9, revision = ?10, head = ?11, body = ?12
-                 WHERE id = ?1 AND revision = ?2",
-            )?
-            .execute(params![
-                task.id.0.as_bytes(),
-                expected,
-                c.stage,
-                c.state,
-                c.priority,
-                c.deadline_rank,
-                c.due_at,
-                c.holder,
-                c.ready,
-                c.revision,
-                event.hash.0,
-                body,
-            ])?;
+        let changed = self.conn.prepare_cached(update_sql(mask))?.execute(params![
+            task.id.0.as_bytes(),
+            expected,
+            c.stage,
+            c.state,
+            c.priority,
+            c.deadline_rank,
+            c.due_at,
+            c.holder,
+            c.ready,
+            c.revision,
+            event.hash.0,
+            body,
+        ])?;
+        self.loaded.insert(task.id, Indexed::of(task));
         if changed == 0 {
             return Ok(false);
         }
@@ -229,4 +239,30 @@ impl WriteTx<'_> {
             .execute(params![event.task.0.as_bytes(), int(event.version)?, body])?;
         Ok(())
     }
+}
+
+/// Every index column, for an update without a preceding load.
+const ALL_COLUMNS: usize = (1 << UPDATE_COLUMNS.len()) - 1;
+
+/// The guarded update that sets the index columns in `mask` (and always the
+/// revision, head and body). Parameters keep fixed numbers: `?1` id, `?2` the
+/// expected revision, `?3`..`?9` the index columns, `?10` revision, `?11`
+/// head, `?12` body; a column outside the mask is bound but not used.
+fn update_sql(mask: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=ALL_COLUMNS)
+            .map(|m| {
+                let mut sql = String::from("UPDATE tasks SET revision = ?10, head = ?11, body = ?12");
+                for (i, column) in UPDATE_COLUMNS.iter().enumerate() {
+                    if m & (1 << i) != 0 {
+                        sql.push_str(&format!(", {column} = ?{}", i + 3));
+                    }
+                }
+                sql.push_str(" WHERE id = ?1 AND revision = ?2");
+                sql
+            })
+            .collect()
+    });
+    &all[mask & ALL_COLUMNS]
 }

@@ -374,7 +374,7 @@ impl Batch<'_> {
         let mut conflicts = 0;
         let failure = loop {
             let mut effects = Effects::default();
-            let mut tx = WriteTx { conn: self.conn, writes: 0 };
+            let mut tx = WriteTx::new(self.conn);
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
                 // A panic is a bug in one operation: undo that operation and

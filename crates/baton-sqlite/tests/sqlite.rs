@@ -334,6 +334,77 @@ fn hot_lookups_use_their_indexes() {
 // ---------------------------------------------------------------------------
 // Files the store must refuse
 
+/// Updates set only the index columns that changed (see `tx.rs`); whatever
+/// the transitions, every row's index columns must equal what its JSON body
+/// implies, or claims and timers would read a stale index.
+#[test]
+fn index_columns_always_match_the_row_body() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    for i in 0..12 {
+        let mut new = NewTask::new(if i % 3 == 0 { "b" } else { "a" }, "{}").priority(i % 4);
+        new.deadline = (i % 2 == 0).then(|| 1_700_000_000_000 + i64::from(i) * 1_000);
+        block_on(store.submit(new)).expect("submit");
+    }
+    let grants = claim(&store, "w", "a", 8);
+    let heartbeat = Action::Heartbeat { lease_ms: Some(20_000), note: None };
+    act(&store, &grants[0], heartbeat.clone()).expect("heartbeat");
+    act(&store, &grants[1], heartbeat).expect("heartbeat");
+    act(&store, &grants[2], handoff_to("b")).expect("handoff");
+    act(&store, &grants[3], Action::Release { note: None }).expect("release");
+    act(&store, &grants[4], Action::Fail { error: "flaky".into(), retryable: true }).expect("fail");
+    act(&store, &grants[5], complete()).expect("complete");
+    fx.clock.advance(45_000);
+    assert!(block_on(store.fire_due(100)).expect("fire") > 0, "leases expired, a backoff ended");
+    claim(&store, "v", "b", 3);
+    drop(store);
+
+    let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
+    let mut st = conn
+        .prepare(
+            "SELECT stage, state, priority, deadline_rank, due_at, holder, ready, revision, body FROM tasks",
+        )
+        .expect("prepare");
+    type Row = (String, String, i32, i64, Option<i64>, Option<String>, bool, i64, String);
+    let rows: Vec<Row> = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 12);
+    for (stage, state, priority, deadline_rank, due_at, holder, ready, revision, body) in rows {
+        let task: baton_core::Task = serde_json::from_str(&body).expect("body");
+        let expected = (
+            task.stage.as_str().to_owned(),
+            task.state_name().as_str().to_owned(),
+            task.priority,
+            task.deadline_rank(),
+            task.due_at(),
+            task.holder().map(|a| a.as_str().to_owned()),
+            task.is_ready(),
+            i64::try_from(task.revision).expect("small"),
+        );
+        assert_eq!(
+            (stage, state, priority, deadline_rank, due_at, holder, ready, revision),
+            expected,
+            "task {}",
+            task.id
+        );
+    }
+}
+
 #[test]
 fn a_corrupt_file_is_refused_with_a_clear_error() {
     let fx = Fixture::new();
