@@ -6,6 +6,9 @@
 //! Work the timers make ready wakes waiting claims through the store's
 //! listener; after a batch the sweeper wakes every handoff-outcome wait, since
 //! reroutes and escalations settle handoffs the server cannot name.
+//! Once every `REQUEST_PURGE_INTERVAL_MS` it also deletes expired records of
+//! keyed requests (`Idempotency-Key`), in bounded batches; the store already
+//! ignores them, so the purge only keeps the table small.
 
 use crate::state::AppState;
 use std::pin::pin;
@@ -15,10 +18,21 @@ use std::time::Duration;
 /// looked due (clock skew between the store and the server): no busy loop.
 const NOTHING_FIRED_PAUSE_MS: u64 = 50;
 
+/// How often the sweeper purges expired request records.
+pub const REQUEST_PURGE_INTERVAL_MS: i64 = 60_000;
+
+/// Batches one purge round deletes at most; the rest wait for the next round.
+pub const REQUEST_PURGE_BATCHES_MAX: usize = 16;
+
 /// Runs until shutdown begins.
 pub async fn run(state: AppState) {
     let mut shutdown = pin!(state.shutting_down());
+    let mut purge_at = state.clock().now();
     loop {
+        if state.clock().now() >= purge_at {
+            purge_requests(&state).await;
+            purge_at = state.clock().now().saturating_add(REQUEST_PURGE_INTERVAL_MS);
+        }
         let pause = step(&state).await;
         if state.is_shutting_down() {
             return;
@@ -63,4 +77,29 @@ pub async fn step(state: &AppState) -> u64 {
             idle
         }
     }
+}
+
+/// Deletes expired request records, batch by batch, until a batch comes back
+/// short or `REQUEST_PURGE_BATCHES_MAX` batches ran; returns how many.
+pub async fn purge_requests(state: &AppState) -> usize {
+    let batch = state.options().sweeper.batch_max.max(1);
+    let mut purged = 0;
+    for _ in 0..REQUEST_PURGE_BATCHES_MAX {
+        match state.store().purge_requests(batch).await {
+            Ok(n) => {
+                purged += n;
+                if n < batch {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sweeper: purging expired request records failed");
+                break;
+            }
+        }
+    }
+    if purged > 0 {
+        tracing::debug!(purged, "sweeper purged expired request records");
+    }
+    purged
 }
