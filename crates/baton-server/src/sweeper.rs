@@ -30,8 +30,11 @@ pub async fn run(state: AppState) {
     let mut purge_at = state.clock().now();
     loop {
         if state.clock().now() >= purge_at {
-            purge_requests(&state).await;
-            purge_at = state.clock().now().saturating_add(REQUEST_PURGE_INTERVAL_MS);
+            let purged = purge_requests(&state).await;
+            // A round that hit its bound leaves more behind: go on next loop.
+            let more = purged >= REQUEST_PURGE_BATCHES_MAX * purge_batch(&state);
+            let wait = if more { 0 } else { REQUEST_PURGE_INTERVAL_MS };
+            purge_at = state.clock().now().saturating_add(wait);
         }
         let pause = step(&state).await;
         if state.is_shutting_down() {
@@ -82,7 +85,7 @@ pub async fn step(state: &AppState) -> u64 {
 /// Deletes expired request records, batch by batch, until a batch comes back
 /// short or `REQUEST_PURGE_BATCHES_MAX` batches ran; returns how many.
 pub async fn purge_requests(state: &AppState) -> usize {
-    let batch = state.options().sweeper.batch_max.max(1);
+    let batch = purge_batch(state);
     let mut purged = 0;
     for _ in 0..REQUEST_PURGE_BATCHES_MAX {
         match state.store().purge_requests(batch).await {
@@ -102,4 +105,11 @@ pub async fn purge_requests(state: &AppState) -> usize {
         tracing::debug!(purged, "sweeper purged expired request records");
     }
     purged
+}
+
+/// Records one purge batch deletes: the sweeper's batch, within the store's
+/// `sweep_batch_max` (a batch the store cuts short would look like the last).
+fn purge_batch(state: &AppState) -> usize {
+    let options = state.options();
+    options.sweeper.batch_max.min(options.limits.sweep_batch_max).max(1)
 }
