@@ -100,6 +100,16 @@ fn stat_cpu_seconds(stat: &str) -> Result<f64> {
     Ok((utime + stime) as f64 / USER_HZ)
 }
 
+/// Bytes this process has passed to write system calls so far (`wchar` of
+/// `/proc/self/io`). SQLite writes its WAL with `pwrite`, so the difference
+/// over a run is the WAL (and checkpoint) volume: how much each handoff costs
+/// the disk, before the fsync.
+pub fn process_written_bytes() -> Result<u64> {
+    let text = fs::read_to_string("/proc/self/io")?;
+    let line = text.lines().find_map(|l| l.strip_prefix("wchar:")).context("/proc/self/io has wchar")?;
+    Ok(line.trim().parse()?)
+}
+
 /// Busy CPU seconds of the whole machine (all CPUs) so far, from `/proc/stat`.
 pub fn machine_busy_seconds() -> Result<f64> {
     let text = fs::read_to_string("/proc/stat")?;
@@ -144,6 +154,8 @@ pub struct Usage {
     pub foreign_cpu_seconds: f64,
     /// CPU of the system's writer thread, when it has one (see `Probe::start`).
     pub writer_cpu_seconds: Option<f64>,
+    /// Bytes this process wrote (write system calls) during the interval.
+    pub written_bytes: u64,
 }
 
 /// Takes readings at the start of an interval and reports the difference.
@@ -158,6 +170,7 @@ pub struct Mark {
     cpu: f64,
     busy: f64,
     writer: Option<(&'static str, f64)>,
+    written: u64,
 }
 
 impl Probe {
@@ -175,6 +188,7 @@ impl Probe {
     pub fn start(&self, writer: Option<&'static str>) -> Result<Mark> {
         Ok(Mark {
             writer: writer.map(|w| threads_cpu_seconds(w).map(|cpu| (w, cpu))).transpose()?,
+            written: process_written_bytes()?,
             flushes: self.device.as_ref().map(BlockDevice::flushes).transpose()?,
             cpu: process_cpu_seconds()?,
             busy: machine_busy_seconds()?,
@@ -195,6 +209,7 @@ impl Probe {
             mark.writer.map(|(w, before)| threads_cpu_seconds(w).map(|now| now - before)).transpose()?;
         Ok(Usage {
             writer_cpu_seconds,
+            written_bytes: process_written_bytes()? - mark.written,
             seconds: end.saturating_duration_since(mark.at).as_secs_f64(),
             flushes,
             cpu_seconds: cpu,
@@ -256,6 +271,7 @@ mod tests {
     fn readings_are_available_here() {
         assert!(process_cpu_seconds().expect("proc stat") >= 0.0);
         assert!(threads_cpu_seconds("").expect("task stats") >= 0.0);
+        process_written_bytes().expect("proc io");
         assert!(machine_busy_seconds().expect("proc stat") > 0.0);
     }
 }

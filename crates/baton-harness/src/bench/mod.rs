@@ -127,6 +127,8 @@ pub struct RunResult {
     /// The writer thread's CPU seconds per second of run: 1.0 is a full core,
     /// so a single writer near 1.0 is the bottleneck.
     pub writer_busy: Option<f64>,
+    /// KiB passed to write system calls per handoff (WAL frames, checkpoints).
+    pub written_kib_per_handoff: f64,
     pub preload_seconds: f64,
     /// How long the run waited for the machine to quiet down before starting.
     pub quiet_wait_seconds: f64,
@@ -190,12 +192,13 @@ pub fn run(config: BenchConfig) -> Result<BenchReport> {
                 let mut result = summarise_run(system, &params, round, &measured);
                 result.quiet_wait_seconds = waited.as_secs_f64();
                 eprintln!(
-                    "{:>9.0} handoffs/s  p50 {:>7.1} µs  p99 {:>8.1} µs  flushes/handoff {}  cpu s/1k {:.3}  \
+                    "{:>9.0} handoffs/s  p50 {:>7.1} µs  p99 {:>8.1} µs  flushes/handoff {}  KiB/handoff {:.1}  cpu s/1k {:.3}  \
                      handoffs/txn {}  writer busy {}  foreign cpu {:.2} s{}",
                     result.handoffs_per_s,
                     result.step_p50_us,
                     result.step_p99_us,
                     result.flushes_per_handoff.map_or("n/a".into(), |f| format!("{f:.3}")),
+                    result.written_kib_per_handoff,
                     result.cpu_s_per_1k_handoffs,
                     result.handoffs_per_transaction.map_or("n/a".into(), |f| format!("{f:.1}")),
                     result.writer_busy.map_or("n/a".into(), |f| format!("{:.0}%", f * 100.0)),
@@ -250,6 +253,7 @@ fn summarise_run(system: System, p: &RunParams, round: usize, m: &Measured) -> R
         foreign_cpu_seconds: m.usage.foreign_cpu_seconds,
         handoffs_per_transaction: m.transactions.map(|t| handoffs / t as f64),
         writer_busy: m.usage.writer_cpu_seconds.map(|c| c / m.usage.seconds),
+        written_kib_per_handoff: m.usage.written_bytes as f64 / 1024.0 / handoffs,
         preload_seconds: m.preload_seconds,
         quiet_wait_seconds: 0.0,
         disturbed: m.usage.foreign_cpu_seconds > FOREIGN_CORES_MAX * m.usage.seconds,

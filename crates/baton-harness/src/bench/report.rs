@@ -37,6 +37,7 @@ pub enum Metric {
     StepP50Us,
     StepP99Us,
     FlushesPerHandoff,
+    WrittenKibPerHandoff,
     CpuSPer1kHandoffs,
     HandoffsPerTransaction,
     WriterBusy,
@@ -44,11 +45,12 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::HandoffsPerS,
         Metric::StepP50Us,
         Metric::StepP99Us,
         Metric::FlushesPerHandoff,
+        Metric::WrittenKibPerHandoff,
         Metric::CpuSPer1kHandoffs,
         Metric::HandoffsPerTransaction,
         Metric::WriterBusy,
@@ -61,6 +63,7 @@ impl Metric {
             Self::StepP50Us => "step latency p50, µs",
             Self::StepP99Us => "step latency p99, µs",
             Self::FlushesPerHandoff => "device flushes per handoff",
+            Self::WrittenKibPerHandoff => "KiB written per handoff (WAL + checkpoints)",
             Self::CpuSPer1kHandoffs => "CPU s per 1,000 handoffs (whole process)",
             Self::HandoffsPerTransaction => "handoffs per transaction",
             Self::WriterBusy => "writer thread busy (share of one core)",
@@ -74,6 +77,7 @@ impl Metric {
             Self::StepP50Us => Some(r.step_p50_us),
             Self::StepP99Us => Some(r.step_p99_us),
             Self::FlushesPerHandoff => r.flushes_per_handoff,
+            Self::WrittenKibPerHandoff => Some(r.written_kib_per_handoff),
             Self::CpuSPer1kHandoffs => Some(r.cpu_s_per_1k_handoffs),
             Self::HandoffsPerTransaction => r.handoffs_per_transaction,
             Self::WriterBusy => r.writer_busy,
@@ -97,6 +101,7 @@ impl Metric {
                 }
             }
             Self::FlushesPerHandoff => format!("{v:.3}"),
+            Self::WrittenKibPerHandoff => format!("{v:.1}"),
             Self::CpuSPer1kHandoffs => format!("{v:.3}"),
             Self::HandoffsPerTransaction => format!("{v:.1}"),
             Self::WriterBusy => format!("{:.0}%", v * 100.0),
