@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own automation. `ci` runs everything CI runs
 //! (format check, clippy with warnings denied, the whole test suite under
-//! nextest, tidy); `tidy` runs only the repository checks. The same tidy checks
+//! nextest, tidy); `tidy` runs only the repository checks; `openapi` writes
+//! the API's OpenAPI document to docs/api/openapi.json. The same tidy checks
 //! also run as a test, so `cargo nextest run` alone enforces them.
 
 mod tidy;
@@ -12,8 +13,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("tidy") => tidy::run(&tidy::root()).map_err(|problems| problems.join("\n")),
+        Some("openapi") => openapi(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|tidy>\n  ci    format check, clippy -D warnings, all tests (nextest), tidy\n  tidy  repository checks only");
+            eprintln!(
+                "usage: cargo xtask <ci|tidy|openapi>\n  \
+                 ci       format check, clippy -D warnings, all tests (nextest), tidy\n  \
+                 tidy     repository checks only\n  \
+                 openapi  write the API's OpenAPI document to {}",
+                tidy::OPENAPI_FILE
+            );
             return ExitCode::from(2);
         }
     };
@@ -24,6 +32,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes docs/api/openapi.json from the server's handlers.
+fn openapi() -> Result<(), String> {
+    let path = tidy::root().join(tidy::OPENAPI_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&path, baton_server::openapi_json())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("xtask openapi: wrote {}", tidy::OPENAPI_FILE);
+    Ok(())
 }
 
 fn ci() -> Result<(), String> {

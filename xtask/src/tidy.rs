@@ -6,6 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The committed OpenAPI document, relative to the root.
+pub const OPENAPI_FILE: &str = "docs/api/openapi.json";
+
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
@@ -22,6 +25,7 @@ pub fn run(root: &Path) -> Result<(), Vec<String>> {
     migrations_numbered(root, &mut problems);
     architecture_codemap(root, &mut problems);
     one_sqlite(root, &mut problems);
+    openapi_fresh(root, &mut problems);
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
@@ -60,7 +64,10 @@ fn module_docs(root: &Path, sources: &[PathBuf], problems: &mut Vec<String>) {
         let text = fs::read_to_string(path).unwrap_or_default();
         let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
         if !first.starts_with("//!") {
-            problems.push(format!("{}: open the module with a `//!` paragraph saying what it owns", rel(root, path)));
+            problems.push(format!(
+                "{}: open the module with a `//!` paragraph saying what it owns",
+                rel(root, path)
+            ));
         }
     }
 }
@@ -71,7 +78,8 @@ fn no_ignored_tests(root: &Path, sources: &[PathBuf], problems: &mut Vec<String>
     for path in sources {
         let text = fs::read_to_string(path).unwrap_or_default();
         if text.lines().any(|l| l.trim_start().starts_with(&needle)) {
-            problems.push(format!("{}: remove the ignore attribute; fix or delete the test", rel(root, path)));
+            problems
+                .push(format!("{}: remove the ignore attribute; fix or delete the test", rel(root, path)));
         }
     }
 }
@@ -91,7 +99,8 @@ fn core_is_pure(root: &Path, problems: &mut Vec<String>) {
     }
     let mut files = Vec::new();
     walk(&root.join("crates/baton-core/src"), &mut files);
-    let forbidden = ["std::fs", "std::net", "std::thread", "std::process", "SystemTime", "Instant::now", "now_v7"];
+    let forbidden =
+        ["std::fs", "std::net", "std::thread", "std::process", "SystemTime", "Instant::now", "now_v7"];
     for path in files {
         if path.file_name().is_some_and(|n| n == "clock.rs") {
             continue;
@@ -99,7 +108,10 @@ fn core_is_pure(root: &Path, problems: &mut Vec<String>) {
         let text = fs::read_to_string(&path).unwrap_or_default();
         for word in forbidden {
             if text.contains(word) {
-                problems.push(format!("{}: `{word}` does IO or reads the clock; pass it in instead", rel(root, &path)));
+                problems.push(format!(
+                    "{}: `{word}` does IO or reads the clock; pass it in instead",
+                    rel(root, &path)
+                ));
             }
         }
     }
@@ -171,7 +183,17 @@ fn architecture_codemap(root: &Path, problems: &mut Vec<String>) {
 /// Only one libsqlite3-sys may link (`links = "sqlite3"`).
 fn one_sqlite(root: &Path, problems: &mut Vec<String>) {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["tree", "--workspace", "--offline", "-i", "libsqlite3-sys", "--prefix", "none", "-e", "normal,build"])
+        .args([
+            "tree",
+            "--workspace",
+            "--offline",
+            "-i",
+            "libsqlite3-sys",
+            "--prefix",
+            "none",
+            "-e",
+            "normal,build",
+        ])
         .current_dir(root)
         .output();
     let Ok(output) = output else {
@@ -179,12 +201,26 @@ fn one_sqlite(root: &Path, problems: &mut Vec<String>) {
         return;
     };
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut versions: Vec<&str> =
-        text.lines().filter(|l| l.starts_with("libsqlite3-sys v")).filter_map(|l| l.split(' ').nth(1)).collect();
+    let mut versions: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("libsqlite3-sys v"))
+        .filter_map(|l| l.split(' ').nth(1))
+        .collect();
     versions.sort();
     versions.dedup();
     if versions.len() > 1 {
         problems.push(format!("more than one libsqlite3-sys links: {versions:?}; align the SQLite crates"));
+    }
+}
+
+/// docs/api/openapi.json is what the server's handlers generate now. The
+/// document is built in-process (no build, no server): cheap enough for tidy.
+fn openapi_fresh(root: &Path, problems: &mut Vec<String>) {
+    let committed = fs::read_to_string(root.join(OPENAPI_FILE)).unwrap_or_default();
+    if committed != baton_server::openapi_json() {
+        problems.push(format!(
+            "{OPENAPI_FILE} is missing or stale (the API changed): run `cargo xtask openapi` and commit it"
+        ));
     }
 }
 
@@ -227,14 +263,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("baton-tidy-{}", std::process::id()));
         let core = dir.join("crates/baton-core/src");
         fs::create_dir_all(&core).unwrap();
-        fs::write(dir.join("crates/baton-core/Cargo.toml"), "[dependencies]\ntokio.workspace = true\n").unwrap();
+        fs::write(dir.join("crates/baton-core/Cargo.toml"), "[dependencies]\ntokio.workspace = true\n")
+            .unwrap();
         fs::write(core.join("lib.rs"), "fn f() { std::time::SystemTime::now(); }\n").unwrap();
         let mig = dir.join("crates/baton-sqlite/migrations");
         fs::create_dir_all(&mig).unwrap();
         fs::write(mig.join("0002_x.sql"), "").unwrap();
         let problems = run(&dir).unwrap_err().join("\n");
         fs::remove_dir_all(&dir).unwrap();
-        for expected in ["`//!`", "`tokio` is not allowed", "`SystemTime`", "without gaps", "ARCHITECTURE.md is missing"] {
+        let expected = [
+            "`//!`",
+            "`tokio` is not allowed",
+            "`SystemTime`",
+            "without gaps",
+            "ARCHITECTURE.md is missing",
+            "run `cargo xtask openapi`",
+        ];
+        for expected in expected {
             assert!(problems.contains(expected), "expected {expected:?} in:\n{problems}");
         }
     }

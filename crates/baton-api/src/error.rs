@@ -22,7 +22,7 @@ pub struct ErrorBody {
     /// Machine-readable facts, e.g. `limit` and `max` for `limit_exceeded`,
     /// `current_epoch` and `state` for `lease_lost`. Always an object.
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object, examples(json!({"task": "0190a0c4-0000-7000-8000-000000000000", "current_epoch": 3, "state": "held"})))]
+    #[schema(value_type = Object, required = true, examples(json!({"task": "0190a0c4-0000-7000-8000-000000000000", "current_epoch": 3, "state": "held"})))]
     pub details: serde_json::Value,
 }
 
@@ -105,6 +105,7 @@ codes! {
     TooManyLeases => "too_many_leases", "The agent holds as many leases as it may.";
     Internal => "internal", "A bug in Baton; the server logged it.";
     Unavailable => "unavailable", "The store cannot serve now; retry later.";
+    RequestTimeout => "request_timeout", "The request outlasted the server's time limit; it may have taken effect, so retry it as it was (same epoch, same idempotency key).";
     StorageFull => "storage_full", "The store is out of space.";
 }
 

@@ -245,6 +245,7 @@ pub struct ActResponse {
     pub children: Vec<TaskId>,
     /// Leases from `claim_next`; empty when nothing was ready or a limit said no.
     #[serde(default)]
+    #[schema(required = true)]
     pub next: Vec<Lease>,
 }
 

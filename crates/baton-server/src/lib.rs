@@ -4,8 +4,11 @@
 //! (`tower::ServiceExt::oneshot`); `serve(config, listener, shutdown)` runs it
 //! on a bound listener with the sweeper until `shutdown` resolves. The server
 //! converts core types to `baton-api` types and never serializes core types.
-//! Authentication is a seam for later: see `http::principal`.
+//! Authentication is a seam for later: see `http::principal`. The API is
+//! described by an OpenAPI document generated from the handlers
+//! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
 
+pub mod accept;
 pub mod convert;
 pub mod http;
 pub mod state;
@@ -13,6 +16,7 @@ pub mod sweeper;
 pub mod wake;
 
 pub use http::error::ApiError;
+pub use http::openapi::{document as openapi, openapi_json};
 pub use state::{AppState, AuthMode, Config, Options, SweeperOptions};
 pub use wake::ReadyHub;
 
@@ -35,18 +39,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let state = AppState::new(config);
     let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
-    let signal_state = state.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
-        signal_state.begin_shutdown();
     };
-    let result = axum::serve(listener, app(state.clone())).with_graceful_shutdown(signal).await;
+    accept::run(listener, app(state.clone()), state.clone(), signal).await;
     state.begin_shutdown();
     if let Some(sweeper) = sweeper
         && let Err(error) = sweeper.await
     {
         tracing::error!(%error, "the sweeper task failed");
     }
-    result
+    Ok(())
 }

@@ -20,10 +20,26 @@ pub struct Config {
     pub options: Options,
 }
 
-/// How the server behaves.
+/// How the server behaves. The limits here are the server's own (the store's
+/// are in `limits`); each has a name that refusals carry and a row in
+/// docs/reference/limits.md.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub auth: AuthMode,
+    /// Bytes of one request body; past it, 413 `body_too_large`.
+    pub body_bytes_max: usize,
+    /// Nesting depth of a request body's JSON, the request's own object
+    /// included (a submit's payload starts at depth 2, a spawned child's at
+    /// depth 4); deeper, 422 `limit_exceeded` naming `json_depth_max`.
+    pub json_depth_max: usize,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open; then the connection is
+    /// closed without an answer. Applies to `serve` (a socket), not to `app`.
+    pub header_read_timeout_ms: u64,
+    /// How long one request may take from its headers to its answer; then
+    /// 503 `request_timeout`. Long polls (claims, handoff outcomes) get
+    /// `wait_ms_max` on top, since `wait_ms` already bounds their wait.
+    pub request_timeout_ms: u64,
     /// The limits the store enforces; the server checks the ones it can
     /// without the store (page size) against the same values.
     pub limits: Limits,
@@ -41,6 +57,10 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             auth: AuthMode::Off,
+            body_bytes_max: baton_api::limits::BODY_BYTES_MAX,
+            json_depth_max: 32,
+            header_read_timeout_ms: 30_000,
+            request_timeout_ms: 30_000,
             limits: Limits::default(),
             wait_ms_max: baton_api::limits::WAIT_MS_MAX,
             claim_stages_max: 64,

@@ -6,8 +6,10 @@
 //! time is a `ManualClock` shared by the store and the sweeper, which tests
 //! step by hand (`sweeper::step`); refusals are a table run through one
 //! `check_refusals` helper that compares a snapshot of every task's revision
-//! before and after each call. One test runs over a real socket on
-//! 127.0.0.1:0 with `baton-client` and shuts the server down gracefully.
+//! before and after each call. Tests that need a socket (the client, graceful
+//! shutdown, the header and request time limits) run the server on
+//! 127.0.0.1:0. The OpenAPI document is checked against the router: every
+//! route documented, every refusal in the error shape.
 
 use axum::Router;
 use axum::body::Body;
@@ -19,6 +21,7 @@ use baton_server::{AppState, Config, Options, ReadyHub, sweeper};
 use baton_sqlite::{SqliteOptions, SqliteStore};
 use baton_testkit::ManualClock;
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -51,6 +54,11 @@ struct Reply {
 
 impl Api {
     fn new() -> Self {
+        Self::with_options(|_| {})
+    }
+
+    /// An API whose server options `adjust` changes from the defaults.
+    fn with_options(adjust: impl FnOnce(&mut Options)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::default());
         let hub = Arc::new(ReadyHub::new());
@@ -59,19 +67,27 @@ impl Api {
             SqliteOptions::default().clock(clock.clone()).rules(rules()).listener(hub.clone()),
         )
         .expect("open the store");
-        let options = Options { limits: rules().limits, ..Options::default() };
+        let mut options = Options { limits: rules().limits, ..Options::default() };
+        adjust(&mut options);
         let state = AppState::new(Config { store: Arc::new(store), clock: clock.clone(), hub, options });
         let app = baton_server::app(state.clone());
         Self { _dir: dir, clock, state, app }
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(request).await.expect("the router never fails");
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let (status, _, bytes) = self.send_raw(request).await;
         let body =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
         Reply { status, body }
+    }
+
+    /// Status, headers and body bytes, for answers that are not JSON.
+    async fn send_raw(&self, request: Request<Body>) -> (u16, axum::http::HeaderMap, Vec<u8>) {
+        let response = self.app.clone().oneshot(request).await.expect("the router never fails");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, headers, bytes.to_vec())
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
@@ -148,6 +164,11 @@ fn request(method: &str, path: &str, body: Option<RawBody>) -> Request<Body> {
             builder.body(Body::from(raw.bytes)).unwrap()
         }
     }
+}
+
+/// `depth` nested arrays around a number: `nested(2)` is `[[1]]`.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
 }
 
 fn id(value: &Value) -> String {
@@ -268,7 +289,10 @@ async fn refusals_have_their_documented_status_and_code_and_change_nothing() {
         refuse("payload over its limit", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": big_payload})), 422, "limit_exceeded")
             .detail("limit", json!("payload_bytes_max")),
         refuse("body over 1 MiB", "POST", "/v1/tasks", None, 413, "body_too_large")
-            .raw(RawBody::text(Some("application/json"), &huge_body)),
+            .raw(RawBody::text(Some("application/json"), &huge_body))
+            .detail("limit", json!("body_bytes_max")),
+        refuse("JSON nested past json_depth_max", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": nested(40)})), 422, "limit_exceeded")
+            .detail("limit", json!("json_depth_max")),
         refuse("idempotency conflict", "POST", "/v1/tasks", Some(json!({"stage": "s-keyed", "payload": {"n": 2}, "idempotency_key": "k1"})), 422, "idempotency_conflict")
             .detail("key", json!("k1")),
         refuse("parent unknown", "POST", "/v1/tasks", Some(json!({"stage": "s", "payload": 1, "parent": unknown})), 404, "not_found"),
@@ -800,4 +824,283 @@ async fn over_a_socket_with_the_client_then_a_graceful_shutdown() {
     assert_eq!(leases.unwrap(), vec![]);
     tokio::time::timeout(WAKE_BOUND, server).await.expect("serve returned").unwrap().unwrap();
     assert!(client.health().await.is_err(), "the listener is closed");
+}
+
+// ---------------------------------------------------------------------------
+// The OpenAPI document and the docs UI.
+
+/// Routes served besides `ROUTES` (the index lists only the `/v1` API).
+const SERVICE_ROUTES: &[(&str, &str)] = &[("GET", "/v1"), ("GET", "/healthz"), ("GET", "/readyz")];
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_and_every_refusal() {
+    let api = Api::new();
+    let doc = api.get("/openapi.json").await.expect(200);
+    assert_eq!(doc["openapi"], "3.1.0", "OpenAPI 3.1");
+    // utoipa's own types read back the frame and every path item. (They
+    // cannot read a schema without a `type`, which is how JSON Schema says
+    // "any JSON" for payloads and findings, so schemas are checked below.)
+    let _: utoipa::openapi::Info = serde_json::from_value(doc["info"].clone()).expect("info parses");
+    let paths: utoipa::openapi::Paths = serde_json::from_value(doc["paths"].clone()).expect("paths parse");
+    assert!(!paths.paths.is_empty());
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        let keys = ["type", "oneOf", "allOf", "anyOf", "$ref", "description"];
+        assert!(keys.iter().any(|k| schema.get(*k).is_some()), "schema {name} says what it is: {schema}");
+    }
+    let generated: Value = serde_json::from_str(&baton_server::openapi_json()).unwrap();
+    assert_eq!(doc, generated, "/openapi.json serves what `openapi_json` (and `cargo xtask openapi`) writes");
+
+    // Every route, with its method, and nothing else.
+    let mut documented = BTreeSet::new();
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            documented.insert((method.to_uppercase(), path.clone()));
+            let id = operation["operationId"].as_str().expect("every operation has an id");
+            assert!(operation_ids.insert(id.to_owned()), "operationId {id} is used twice");
+            check_operation(&doc, &format!("{} {path}", method.to_uppercase()), operation);
+        }
+    }
+    let expected: BTreeSet<(String, String)> = baton_server::http::ROUTES
+        .iter()
+        .chain(SERVICE_ROUTES)
+        .map(|(method, path)| ((*method).to_owned(), (*path).to_owned()))
+        .collect();
+    assert_eq!(documented, expected, "documented routes vs ROUTES and the service routes");
+    // ...and each documented route is served.
+    for (method, path) in &documented {
+        let path = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+        let reply = api.call(method, &path, None).await;
+        let message = reply.body["message"].as_str().unwrap_or("");
+        assert!(!message.starts_with("no route") && reply.status != 405, "{method} {path}: {}", reply.body);
+    }
+
+    // The error schema, and every code in its examples.
+    let error_body = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error_body["required"], json!(["code", "message", "details"]));
+    let codes = doc["components"]["schemas"]["ErrorCode"]["enum"].as_array().unwrap();
+    assert_eq!(codes.len(), api::ErrorCode::ALL.len());
+    for code in api::ErrorCode::ALL {
+        let example = &doc["components"]["examples"][code.as_str()]["value"];
+        assert_eq!(example["code"], code.as_str(), "an example body for {code}");
+    }
+    check_refs_resolve(&doc, &doc);
+}
+
+/// Every response of an operation: at least one success; every refusal is
+/// an `ErrorBody` whose example codes have the response's status.
+fn check_operation(doc: &Value, name: &str, operation: &Value) {
+    let responses = operation["responses"].as_object().expect("responses");
+    assert!(responses.keys().any(|status| status.starts_with('2')), "{name}: a success response");
+    for (status, response) in responses {
+        if status.starts_with('2') {
+            continue;
+        }
+        let content = &response["content"]["application/json"];
+        assert_eq!(content["schema"]["$ref"], "#/components/schemas/ErrorBody", "{name} {status}: ErrorBody");
+        let examples = content["examples"].as_object().expect("one example per code");
+        assert!(!examples.is_empty(), "{name} {status}: names its codes");
+        for (code, example) in examples {
+            let parsed =
+                api::ErrorCode::parse(code).unwrap_or_else(|| panic!("{name} {status}: unknown code {code}"));
+            let status_of = baton_server::http::error::status_of(parsed).as_u16().to_string();
+            assert_eq!(&status_of, status, "{name}: {code} is answered with {status_of}, not {status}");
+            assert!(
+                response["description"].as_str().unwrap().contains(&format!("`{code}`")),
+                "{name} {status}"
+            );
+            assert_eq!(example["$ref"], format!("#/components/examples/{code}"));
+            assert!(doc["components"]["examples"].get(code).is_some());
+        }
+    }
+}
+
+/// Every `$ref` in the document points at something in it.
+fn check_refs_resolve(doc: &Value, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                let pointer = target.strip_prefix('#').expect("local references only");
+                assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+            }
+            map.values().for_each(|v| check_refs_resolve(doc, v));
+        }
+        Value::Array(items) => items.iter().for_each(|v| check_refs_resolve(doc, v)),
+        _ => {}
+    }
+}
+
+/// Routes enter the router only through `routes!` (which documents them):
+/// the one plain `.route(` in the server's sources serves the document itself.
+#[test]
+fn no_route_is_added_around_the_documented_router() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for needle in [".route(", ".route_service(", ".nest(", ".nest_service("] {
+                for (at, _) in text.match_indices(needle) {
+                    let call: String = text[at..].chars().take(80).collect();
+                    found.push(format!(
+                        "{}: {}",
+                        path.display(),
+                        call.split_whitespace().collect::<String>()
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "routes added outside `routes!`: {found:#?}");
+    assert!(found[0].contains("openapi::OPENAPI_PATH"), "{found:#?}");
+}
+
+#[test]
+fn long_poll_routes_are_api_routes() {
+    for route in baton_server::http::LONG_POLL_ROUTES {
+        assert!(baton_server::http::ROUTES.iter().any(|(_, path)| path == route), "{route}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_docs_ui_is_served_offline() {
+    let api = Api::new();
+    let get = |path: &str| request("GET", path, None);
+    let (status, headers, _) = api.send_raw(get("/docs")).await;
+    assert!((300..400).contains(&status), "/docs redirects to /docs/");
+    assert_eq!(headers[header::LOCATION], "/docs/");
+
+    let (status, headers, html) = api.send_raw(get("/docs/")).await;
+    assert_eq!(status, 200);
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    let html = String::from_utf8(html).unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    for attribute in ["src=\"http", "href=\"http", "src='http", "href='http", "//cdn", "unpkg"] {
+        assert!(!html.contains(attribute), "the page loads nothing from the network: {attribute} in {html}");
+    }
+    for (asset, content_type) in [
+        ("swagger-ui-bundle.js", "javascript"),
+        ("swagger-ui-standalone-preset.js", "javascript"),
+        ("swagger-ui.css", "text/css"),
+        ("swagger-initializer.js", "javascript"),
+    ] {
+        let (status, headers, body) = api.send_raw(get(&format!("/docs/{asset}"))).await;
+        assert_eq!(status, 200, "{asset} is compiled in");
+        let served = headers[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(served.contains(content_type), "{asset}: {served}");
+        assert!(body.len() > 100, "{asset} has content");
+        if asset == "swagger-initializer.js" {
+            let text = String::from_utf8(body).unwrap();
+            assert!(text.contains("\"/openapi.json\""), "the UI reads the served document: {text}");
+            assert!(text.contains("\"validatorUrl\": \"none\""), "no call to a public validator: {text}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The server's own limits: JSON depth, request and header time limits.
+
+#[tokio::test]
+async fn json_nested_deeper_than_json_depth_max_is_refused_and_changes_nothing() {
+    let api = Api::with_options(|o| o.json_depth_max = 8);
+    // The submit body's own object is depth 1, so its payload may nest 7 deep.
+    api.post("/v1/tasks", json!({"stage": "deep", "payload": nested(7)})).await.expect(201);
+    let lease = api.claim("a1", "deep").await;
+    let before = api.snapshot().await;
+    let refused = api.post("/v1/tasks", json!({"stage": "deep", "payload": nested(8)})).await.expect(422);
+    assert_eq!(refused["code"], "limit_exceeded");
+    assert_eq!(refused["details"], json!({"limit": "json_depth_max", "max": 8}));
+    // Findings count the same way (body, findings object, then its value).
+    let path = format!("/v1/tasks/{}/complete", id(&lease));
+    let deep = json!({"agent": "a1", "epoch": 1, "findings": {"f": nested(7)}});
+    let refused = api.post(&path, deep).await.expect(422);
+    assert_eq!(refused["details"]["limit"], "json_depth_max");
+    assert_eq!(api.snapshot().await, before, "the refused calls changed nothing");
+    api.post(&path, json!({"agent": "a1", "epoch": 1, "findings": {"f": nested(6)}})).await.expect(200);
+}
+
+#[tokio::test]
+async fn long_polls_may_outlast_the_request_time_limit() {
+    let api = Api::with_options(|o| o.request_timeout_ms = 50);
+    let reply = api.post("/v1/claims", json!({"agent": "a1", "stages": ["quiet"], "wait_ms": 300})).await;
+    assert_eq!(reply.expect(200), json!({"leases": []}), "the wait ends at wait_ms, not at the time limit");
+}
+
+/// A server on 127.0.0.1:0 with `adjust`ed options; stop it with the sender.
+async fn start_server(
+    dir: &tempfile::TempDir,
+    adjust: impl FnOnce(&mut Options),
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let hub = Arc::new(ReadyHub::new());
+    let store =
+        SqliteStore::open(dir.path().join("baton.db"), SqliteOptions::default().listener(hub.clone()))
+            .expect("open the store");
+    let mut options = Options::default();
+    adjust(&mut options);
+    let config = Config { store: Arc::new(store), clock: Arc::new(baton_core::SystemClock), hub, options };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(baton_server::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    (address, stop, server)
+}
+
+/// Writes `bytes` on a fresh connection and reads until the server closes it
+/// (blocking IO on its own thread, so the server keeps running meanwhile).
+async fn raw_exchange(address: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(WAKE_BOUND)).unwrap();
+        stream.write_all(&bytes).unwrap();
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("the server did not close the slow connection: {error}"),
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_by_the_header_and_request_time_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (address, stop, server) = start_server(&dir, |o| {
+        o.header_read_timeout_ms = 200;
+        o.request_timeout_ms = 200;
+    })
+    .await;
+
+    // Headers never finished: closed without an answer (there is no request to answer).
+    let answer = raw_exchange(address, b"GET /healthz HTTP/1.1\r\nHost: baton\r\n").await;
+    assert_eq!(answer, "", "no answer, just a closed connection");
+
+    // Headers sent, body promised but never finished: the request time limit answers.
+    let head = "POST /v1/tasks HTTP/1.1\r\nHost: baton\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"stage\":";
+    let answer = raw_exchange(address, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["code"], "request_timeout");
+    assert_eq!(body["details"], json!({"limit": "request_timeout_ms", "max": 200}));
+
+    // A prompt client is served as usual.
+    let answer =
+        raw_exchange(address, b"GET /healthz HTTP/1.1\r\nHost: baton\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAKE_BOUND, server).await.expect("serve returned").unwrap().unwrap();
 }

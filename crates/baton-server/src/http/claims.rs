@@ -10,6 +10,7 @@
 use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::http::openapi::ClaimRefusals;
 use crate::http::principal::Principal;
 use crate::http::tasks::{millis, stored_payload};
 use crate::state::AppState;
@@ -24,6 +25,21 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
+/// `POST /v1/claims`: lease up to `max` waiting tasks from `stages`, by
+/// priority, then deadline, then age; wait up to `wait_ms` for work.
+#[utoipa::path(
+    post,
+    path = "/v1/claims",
+    operation_id = "claim",
+    tag = "claims",
+    summary = "Claim waiting tasks, long-polling up to wait_ms",
+    request_body = api::ClaimRequest,
+    responses(
+        (status = 200, description = "The leases granted, each with its task's payload and fence token; \
+            empty when the wait ended with no work.", body = api::ClaimResponse),
+        ClaimRefusals,
+    ),
+)]
 pub async fn claim(
     State(state): State<AppState>,
     principal: Principal,

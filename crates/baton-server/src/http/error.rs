@@ -36,7 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::RateLimited | ErrorCode::TooManyLeases => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable | ErrorCode::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
@@ -83,6 +83,19 @@ impl ApiError {
     /// 503 after a store failure, whose text is logged, not sent.
     pub fn unavailable() -> Self {
         Self::new(ErrorCode::Unavailable, "the store is unavailable; retry later")
+    }
+
+    /// 503 `request_timeout`: the request outlasted `request_timeout_ms` (plus
+    /// the longest wait, for long polls).
+    pub fn request_timeout(limit_ms: u64) -> Self {
+        Self::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request took longer than {limit_ms} ms and was stopped; it may have taken effect, \
+                 so retry it unchanged (same epoch, same idempotency key)"
+            ),
+        )
+        .with_details(json!({ "limit": "request_timeout_ms", "max": limit_ms }))
     }
 
     /// 500 for a bug; the caller logs what happened.

@@ -2,11 +2,13 @@
 //! `Query` answer malformed input with plain-text bodies; these wrappers turn
 //! every such refusal into `{code, message, details}`: 400 `invalid_request`
 //! for bad JSON, unknown fields, a missing content type, malformed ids and
-//! query strings; 413 `body_too_large` past the body limit.
+//! query strings; 413 `body_too_large` past `body_bytes_max`; 422
+//! `limit_exceeded` for JSON nested deeper than `json_depth_max`.
 
 use crate::http::error::ApiError;
+use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -18,10 +20,17 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+    T: DeserializeOwned,
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let app = AppState::from_ref(state);
+        let options = app.options();
         // Requiring a JSON content type also keeps browsers from posting to a
         // loopback server cross-site without a CORS preflight.
         if !is_json(req.headers()) {
@@ -29,13 +38,48 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::body_too_large(baton_api::limits::BODY_BYTES_MAX)
+                ApiError::body_too_large(options.body_bytes_max)
             } else {
                 ApiError::invalid("body", "the request body could not be read")
             }
         })?;
+        check_depth(&bytes, options.json_depth_max)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Refuses JSON nested deeper than `max` (objects and arrays, the outermost
+/// counting as 1), before parsing: one pass over the bytes, no allocation.
+/// Malformed JSON passes through to the parser, which says what is wrong.
+pub fn check_depth(bytes: &[u8], max: usize) -> Result<(), ApiError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(ApiError::limit(
+                        "json_depth_max",
+                        max as u64,
+                        "the request's JSON is nested too deeply; flatten it or store it elsewhere",
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Parses a request body; the message says where and what went wrong.
@@ -85,6 +129,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(ApiError::invalid("query", rejection.body_text())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn depth_ok(text: &str, max: usize) -> bool {
+        check_depth(text.as_bytes(), max).is_ok()
+    }
+
+    #[test]
+    fn depth_counts_objects_and_arrays_outside_strings() {
+        let cases = [
+            ("1", 0, true),
+            ("{}", 0, false),
+            ("{}", 1, true),
+            (r#"{"a":[{"b":[]}]}"#, 4, true),
+            (r#"{"a":[{"b":[]}]}"#, 3, false),
+            (r#"{"a":"[[[[{{{{"}"#, 1, true),
+            (r#"{"a":"\"[[[["}"#, 1, true),
+            (r#"{"a":"\\"}"#, 1, true),
+            (r#"[[],[],[],[]]"#, 2, true),
+            (r#"{"a":"\\",  "b":[[]]}"#, 2, false),
+        ];
+        for (text, max, ok) in cases {
+            assert_eq!(depth_ok(text, max), ok, "{text} with max {max}");
         }
     }
 }

@@ -7,6 +7,7 @@
 use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, IdPath};
+use crate::http::openapi::HandoffOutcomeRefusals;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -16,6 +17,20 @@ use std::pin::pin;
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 
+/// `GET /v1/handoffs/{id}?wait_ms=`: the handoff and its outcome, waiting up
+/// to `wait_ms` for a `pending` outcome to become final.
+#[utoipa::path(
+    get,
+    path = "/v1/handoffs/{id}",
+    operation_id = "show_handoff",
+    tag = "handoffs",
+    summary = "A handoff and its outcome, long-polling while pending",
+    params(("id" = uuid::Uuid, Path, description = "The handoff's id, from the handoff call's answer."), api::HandoffQuery),
+    responses(
+        (status = 200, description = "The handoff; its outcome is still `pending` if the wait ended first.", body = api::Handoff),
+        HandoffOutcomeRefusals,
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     IdPath(id): IdPath,

@@ -3,6 +3,7 @@
 //! sending), and `GET /v1`, the index of the API's routes.
 
 use crate::http::error::ApiError;
+use crate::http::openapi::ReadyRefusals;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -14,6 +15,14 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /v1`: the routes, so the API URL `baton dev` prints answers something useful.
+#[utoipa::path(
+    get,
+    path = "/v1",
+    operation_id = "index",
+    tag = "service",
+    summary = "The API's routes",
+    responses((status = 200, description = "`METHOD /path` for every API route.", body = baton_api::Index)),
+)]
 pub async fn index() -> Json<baton_api::Index> {
     Json(baton_api::Index {
         name: "baton".to_owned(),
@@ -22,10 +31,31 @@ pub async fn index() -> Json<baton_api::Index> {
     })
 }
 
+/// `GET /healthz`: the process is up (the store is not consulted).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "service",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up.", body = Health)),
+)]
 pub async fn healthz() -> Json<Health> {
     Json(health("ok"))
 }
 
+/// `GET /readyz`: the store answers and the server is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "service",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Ready to serve.", body = Health),
+        ReadyRefusals,
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_shutting_down() {
         return ApiError::new(baton_api::ErrorCode::Unavailable, "the server is shutting down")

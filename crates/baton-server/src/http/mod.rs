@@ -1,24 +1,32 @@
-//! The HTTP layer: the route table, the fallbacks that keep every refusal in
-//! the `{code, message, details}` shape, the body limit, and the refusal log
-//! (method, route, status and code; with auth, the principal too, never a
-//! token). Handlers live in one module per resource.
+//! The HTTP layer: the route table (every API route documented: see
+//! `openapi`), the fallbacks that keep every refusal in the
+//! `{code, message, details}` shape, the request limits (body size, the
+//! per-request time limit; JSON depth is checked by `extract::ApiJson`), and
+//! the refusal log (method, route, status and code; with auth, the principal
+//! too, never a token). Handlers live in one module per resource.
 
 pub mod claims;
 pub mod error;
 pub mod extract;
 pub mod handoffs;
 pub mod health;
+pub mod openapi;
 pub mod principal;
 pub mod tasks;
 
 use crate::state::AppState;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use baton_api::ErrorCode;
 use error::{ApiError, Refused};
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The API's routes, as `GET /v1` lists them.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -37,29 +45,50 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/handoffs/{id}"),
 ];
 
-/// The API's routes over the given state.
+/// Routes that wait by design: their time limit is `request_timeout_ms`
+/// plus `wait_ms_max`, since `wait_ms` already bounds how long they wait.
+pub const LONG_POLL_ROUTES: &[&str] = &["/v1/claims", "/v1/handoffs/{id}"];
+
+/// The API's routes over the given state, with `/openapi.json` and `/docs`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1", get(health::index))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/tasks", post(tasks::submit).get(tasks::list))
-        .route("/v1/tasks/{id}", get(tasks::show))
-        .route("/v1/tasks/{id}/history", get(tasks::history))
-        .route("/v1/tasks/{id}/heartbeat", post(tasks::heartbeat))
-        .route("/v1/tasks/{id}/handoff", post(tasks::handoff))
-        .route("/v1/tasks/{id}/complete", post(tasks::complete))
-        .route("/v1/tasks/{id}/release", post(tasks::release))
-        .route("/v1/tasks/{id}/fail", post(tasks::fail))
-        .route("/v1/tasks/{id}/spawn", post(tasks::spawn))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/claims", post(claims::claim))
-        .route("/v1/handoffs/{id}", get(handoffs::show))
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(baton_api::limits::BODY_BYTES_MAX))
-        .layer(middleware::from_fn(log_refusals))
-        .with_state(state)
+    let (api, document) = documented_routes().split_for_parts();
+    let json: Arc<str> = openapi::to_json(&document).into();
+    let options = state.options();
+    api.route(
+        openapi::OPENAPI_PATH,
+        get(move || {
+            let json = json.clone();
+            async move { openapi::serve_json(json) }
+        }),
+    )
+    .merge(openapi::docs_ui())
+    .fallback(no_route)
+    .method_not_allowed_fallback(wrong_method)
+    .layer(DefaultBodyLimit::max(options.body_bytes_max))
+    .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+    .layer(middleware::from_fn(log_refusals))
+    .with_state(state)
+}
+
+/// Every documented route: the router and the OpenAPI paths in one, so no
+/// route is served undocumented. Routes that share a path share a `routes!`.
+pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::index))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(tasks::submit, tasks::list))
+        .routes(routes!(tasks::show))
+        .routes(routes!(tasks::history))
+        .routes(routes!(tasks::heartbeat))
+        .routes(routes!(tasks::handoff))
+        .routes(routes!(tasks::complete))
+        .routes(routes!(tasks::release))
+        .routes(routes!(tasks::fail))
+        .routes(routes!(tasks::spawn))
+        .routes(routes!(tasks::cancel))
+        .routes(routes!(claims::claim))
+        .routes(routes!(handoffs::show))
 }
 
 async fn no_route(request: Request) -> ApiError {
@@ -71,6 +100,23 @@ async fn wrong_method(request: Request) -> ApiError {
         ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", request.method(), request.uri().path()),
     )
+}
+
+/// Answers 503 `request_timeout` when a request outlasts its time limit. The
+/// handler is dropped: a store call already sent may still commit, which is
+/// why the answer tells the caller to retry the call unchanged.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let options = state.options();
+    let long_poll = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|path| LONG_POLL_ROUTES.contains(&path.as_str()));
+    let extra_ms = if long_poll { options.wait_ms_max } else { 0 };
+    let limit = Duration::from_millis(options.request_timeout_ms.saturating_add(extra_ms));
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(options.request_timeout_ms).into_response(),
+    }
 }
 
 /// Logs every refused call: refusals are not task events, but operators see them.

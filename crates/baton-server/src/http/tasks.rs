@@ -8,6 +8,9 @@ use crate::convert;
 use crate::http::claims::leases;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiJson, ApiQuery, IdPath};
+use crate::http::openapi::{
+    CancelRefusals, HandoffRefusals, HolderRefusals, ListRefusals, ReadRefusals, SubmitRefusals,
+};
 use crate::http::principal::Principal;
 use crate::state::AppState;
 use axum::Json;
@@ -22,6 +25,19 @@ use baton_core::{
 
 /// `POST /v1/tasks`: 201 with the new task, 200 with the existing one for a
 /// repeated idempotency key and body.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    operation_id = "submit_task",
+    summary = "Submit a task",
+    tag = "tasks",
+    request_body = api::SubmitRequest,
+    responses(
+        (status = 201, description = "The new task.", body = api::Task),
+        (status = 200, description = "The task submitted earlier with the same `idempotency_key` and the same body.", body = api::Task),
+        SubmitRefusals,
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     principal: Principal,
@@ -55,12 +71,36 @@ pub async fn submit(
 }
 
 /// `GET /v1/tasks/{id}`: the task with its payload.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    operation_id = "show_task",
+    summary = "Show a task with its payload",
+    tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "The task, with its payload.", body = api::Task),
+        ReadRefusals,
+    ),
+)]
 pub async fn show(State(state): State<AppState>, IdPath(id): IdPath) -> Result<Json<api::Task>, ApiError> {
     let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
 }
 
 /// `GET /v1/tasks?stage=&state=&parent=&cursor=&limit=`: one page, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "list_tasks",
+    summary = "List tasks",
+    tag = "tasks",
+    params(api::ListQuery),
+    responses(
+        (status = 200, description = "One page of tasks (without payloads), oldest first.", body = api::TaskPage),
+        ListRefusals,
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<api::ListQuery>,
@@ -96,6 +136,18 @@ pub async fn list(
 }
 
 /// `GET /v1/tasks/{id}/history`: every event, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/history",
+    operation_id = "task_history",
+    summary = "A task's history",
+    tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    responses(
+        (status = 200, description = "Every event of the task, oldest first, hash-chained.", body = api::History),
+        ReadRefusals,
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -108,6 +160,19 @@ pub async fn history(
 }
 
 /// `POST /v1/tasks/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    summary = "Cancel a task",
+    tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::CancelRequest,
+    responses(
+        (status = 200, description = "The cancelled task; a holder's epoch is fenced off.", body = api::Task),
+        CancelRefusals,
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
@@ -123,6 +188,20 @@ pub async fn cancel(
     Ok(Json(convert::task(&task, None)))
 }
 
+/// `POST /v1/tasks/{id}/heartbeat`: extend the lease.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/heartbeat",
+    operation_id = "heartbeat",
+    tag = "holder",
+    summary = "Extend the lease",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::HeartbeatRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
 pub async fn heartbeat(
     State(state): State<AppState>,
     principal: Principal,
@@ -134,6 +213,20 @@ pub async fn heartbeat(
     act(&state, &principal, id, call, action).await
 }
 
+/// `POST /v1/tasks/{id}/handoff`: finish this part and pass the task to another stage.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/handoff",
+    operation_id = "hand_off",
+    tag = "holder",
+    summary = "Finish this part and pass the task on; the answer carries the handoff id",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::HandoffRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HandoffRefusals,
+    ),
+)]
 pub async fn handoff(
     State(state): State<AppState>,
     principal: Principal,
@@ -146,6 +239,20 @@ pub async fn handoff(
     act(&state, &principal, id, call, action).await
 }
 
+/// `POST /v1/tasks/{id}/complete`: finish the task (or follow its workflow).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/complete",
+    operation_id = "complete",
+    tag = "holder",
+    summary = "Finish the task",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::CompleteRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
@@ -158,6 +265,20 @@ pub async fn complete(
     act(&state, &principal, id, call, action).await
 }
 
+/// `POST /v1/tasks/{id}/release`: give the task back to its stage.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/release",
+    operation_id = "release",
+    tag = "holder",
+    summary = "Give the task back to its stage",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::ReleaseRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
 pub async fn release(
     State(state): State<AppState>,
     principal: Principal,
@@ -169,6 +290,20 @@ pub async fn release(
     act(&state, &principal, id, call, action).await
 }
 
+/// `POST /v1/tasks/{id}/fail`: report a failure; retryable ones come back after a backoff.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/fail",
+    operation_id = "fail",
+    tag = "holder",
+    summary = "Report a failure",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::FailRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
 pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
@@ -180,6 +315,20 @@ pub async fn fail(
     act(&state, &principal, id, call, action).await
 }
 
+/// `POST /v1/tasks/{id}/spawn`: create children; the task is blocked until they join.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/spawn",
+    operation_id = "spawn",
+    tag = "holder",
+    summary = "Create child tasks and block until they join",
+    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    request_body = api::SpawnRequest,
+    responses(
+        (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
 pub async fn spawn(
     State(state): State<AppState>,
     principal: Principal,

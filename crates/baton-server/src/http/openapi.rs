@@ -1,0 +1,208 @@
+//! The OpenAPI document, generated from the code: the wire types describe
+//! themselves (`baton-api`), each handler carries `#[utoipa::path]`, and the
+//! router is built from those handlers (`utoipa-axum`), so a route cannot be
+//! served without being documented. This module owns what the annotations
+//! share: the document's frame (`ApiDoc`: info, tags, conventions), the sets
+//! of refusals each route answers (grouped by status through
+//! `http::error::status_of`, the same table the server answers with), the
+//! JSON text (`openapi_json`, also written to docs/api/openapi.json by
+//! `cargo xtask openapi`) and the offline Swagger UI at `/docs`.
+
+use crate::http::error::status_of;
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use baton_api::{ErrorBody, ErrorCode};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use utoipa::openapi::example::{Example, ExampleBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::{IntoResponses, Modify};
+use utoipa_swagger_ui::SwaggerUi;
+
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+/// Where the Swagger UI is served (its assets are compiled in: no network).
+pub const DOCS_PATH: &str = "/docs";
+
+/// The document's frame; the paths come from the router (`http::documented_routes`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Baton API", license(name = "Apache-2.0", identifier = "Apache-2.0")),
+    components(schemas(ErrorBody, ErrorCode)),
+    tags(
+        (name = "tasks", description = "Submit, read, list and cancel tasks."),
+        (name = "holder", description = "Calls from the agent holding a task's lease, fenced by `epoch`. \
+            Handoff, complete, release and fail may claim the agent's next tasks in the same \
+            transaction (`claim_next`)."),
+        (name = "claims", description = "Take waiting tasks under a lease; long-polled up to `wait_ms`."),
+        (name = "handoffs", description = "A handoff's outcome; long-polled up to `wait_ms`."),
+        (name = "service", description = "Liveness, readiness and the route index."),
+    ),
+    modifiers(&Conventions),
+)]
+pub struct ApiDoc;
+
+/// The whole document: the frame plus every route of the router.
+pub fn document() -> OpenApi {
+    crate::http::documented_routes().split_for_parts().1
+}
+
+/// The document as pretty JSON with a final newline: what `/openapi.json`
+/// serves and what docs/api/openapi.json holds.
+pub fn openapi_json() -> String {
+    to_json(&document())
+}
+
+pub(crate) fn to_json(document: &OpenApi) -> String {
+    let mut text = document.to_pretty_json().expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+/// `GET /openapi.json`, answered with the text built once with the router.
+pub(crate) fn serve_json(text: Arc<str>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], text.to_string()).into_response()
+}
+
+/// The Swagger UI at `/docs`, reading `/openapi.json`. The validator badge is
+/// off: it would call a public validator from the browser.
+pub(crate) fn docs_ui<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    let config = utoipa_swagger_ui::Config::new([OPENAPI_PATH]).validator_url("none");
+    SwaggerUi::new(DOCS_PATH).config(config).into()
+}
+
+/// The document's description: the conventions every route follows, and the
+/// error codes with their statuses (from the same table the server uses).
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let mut text = String::from(
+            "Baton is a durable handoff coordinator: agents submit tasks into stages, claim them \
+             under fenced leases and hand them on; no task is dropped at a boundary.\n\n\
+             Conventions: JSON bodies (`Content-Type: application/json`); request bodies refuse \
+             unknown fields; times are RFC 3339 UTC strings with milliseconds; durations are \
+             integer milliseconds in fields named `*_ms`. With auth off (`baton dev`) claims and \
+             holder calls name the calling agent in `agent`.\n\n\
+             Every refusal has the body `ErrorBody` = `{code, message, details}`. Match on \
+             `code`, never on `message`; `details` is always an object (for `limit_exceeded` it \
+             names the `limit` and its `max`). The codes and their statuses:\n\n\
+             | code | status | meaning |\n|---|---|---|\n",
+        );
+        for code in ErrorCode::ALL {
+            text.push_str(&format!("| `{code}` | {} | {} |\n", status_of(*code).as_u16(), code.doc()));
+        }
+        text.push_str(
+            "\nEvery route may also answer 404 `not_found` for an unknown path and 405 \
+             `method_not_allowed` for a wrong method. Limits and their settings: \
+             docs/reference/limits.md.",
+        );
+        openapi.info.description = Some(text);
+        // One example body per code, referenced by every response that may carry it.
+        let examples = &mut openapi.components.get_or_insert_with(Default::default).examples;
+        for code in ErrorCode::ALL {
+            let body = ErrorBody::new(*code, code.doc()).with_details(example_details(*code));
+            let value = serde_json::to_value(body).expect("an error body serializes");
+            let example = ExampleBuilder::new().summary(format!("{code} ({})", status_of(*code).as_u16()));
+            examples.insert(code.as_str().to_owned(), example.value(Some(value)).build().into());
+        }
+    }
+}
+
+fn example_ref(code: ErrorCode) -> String {
+    format!("#/components/examples/{code}")
+}
+
+/// The refusal responses for `codes`: one response per status, whose body is
+/// `ErrorBody`, whose description lists the codes, with one example per code
+/// (a reference to `components.examples.<code>`).
+pub fn refusals(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+    for code in codes {
+        by_status.entry(status_of(*code).as_u16()).or_default().push(*code);
+    }
+    by_status
+        .into_iter()
+        .map(|(status, codes)| {
+            let description =
+                codes.iter().map(|c| format!("`{c}`: {}", c.doc())).collect::<Vec<_>>().join("\n\n");
+            let examples =
+                codes.iter().map(|code| (code.as_str(), RefOr::<Example>::Ref(Ref::new(example_ref(*code)))));
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .examples_from_iter(examples)
+                .build();
+            let response =
+                ResponseBuilder::new().description(description).content("application/json", content);
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
+}
+
+/// Typical `details` of each code, for the examples.
+fn example_details(code: ErrorCode) -> Value {
+    let task = "0190a0c4-5e2b-7c3d-9f00-2a6b8c1d4e5f";
+    match code {
+        ErrorCode::InvalidRequest => json!({ "field": "epoch" }),
+        ErrorCode::NotHolder => json!({ "task": task }),
+        ErrorCode::NotFound => json!({ "task": task }),
+        ErrorCode::LeaseLost => json!({ "task": task, "current_epoch": 4, "state": "waiting" }),
+        ErrorCode::InvalidTransition => json!({ "task": task, "command": "cancel", "state": "done" }),
+        ErrorCode::BodyTooLarge => json!({ "limit": "body_bytes_max", "max": 1_048_576 }),
+        ErrorCode::IdempotencyConflict => json!({ "key": "order-1042" }),
+        ErrorCode::RouteNotAllowed => json!({ "from": "triage", "to": "billing" }),
+        ErrorCode::LimitExceeded => json!({ "limit": "payload_bytes_max", "max": 262_144 }),
+        ErrorCode::TooManyLeases => json!({ "limit": "leases_per_agent_max", "max": 1000 }),
+        ErrorCode::RequestTimeout => json!({ "limit": "request_timeout_ms", "max": 30_000 }),
+        _ => json!({}),
+    }
+}
+
+/// Declares a set of refusals as a type for `responses(...)` in `#[utoipa::path]`.
+macro_rules! refusal_sets {
+    ($($(#[$doc:meta])* $name:ident: [$($code:ident),* $(,)?];)*) => {
+        $(
+            $(#[$doc])*
+            pub struct $name;
+
+            impl IntoResponses for $name {
+                fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+                    refusals(&[$(ErrorCode::$code),*])
+                }
+            }
+        )*
+    };
+}
+
+// What each route can refuse. Every route that reaches the store can answer
+// `unavailable`, `request_timeout` and `internal`; every route with a JSON
+// body can answer `invalid_request`, `body_too_large` and `limit_exceeded`
+// (`json_depth_max`). Authentication (401, 403 `forbidden`) joins these sets
+// when it exists.
+refusal_sets! {
+    /// `POST /v1/tasks`.
+    SubmitRefusals: [InvalidRequest, NotFound, BodyTooLarge, IdempotencyConflict, LimitExceeded,
+        Internal, Unavailable, RequestTimeout];
+    /// `GET /v1/tasks`.
+    ListRefusals: [InvalidRequest, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    /// `GET /v1/tasks/{id}` and its history.
+    ReadRefusals: [InvalidRequest, NotFound, Internal, Unavailable, RequestTimeout];
+    /// Heartbeat, complete, release, fail and spawn.
+    HolderRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
+        LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+    /// Handoff: a holder call whose target must be an allowed route.
+    HandoffRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
+        RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+    /// `POST /v1/tasks/{id}/cancel`.
+    CancelRefusals: [InvalidRequest, NotFound, InvalidTransition, BodyTooLarge, LimitExceeded, Internal,
+        Unavailable, RequestTimeout];
+    /// `POST /v1/claims`.
+    ClaimRefusals: [InvalidRequest, BodyTooLarge, LimitExceeded, TooManyLeases, Internal, Unavailable,
+        RequestTimeout];
+    /// `GET /v1/handoffs/{id}`.
+    HandoffOutcomeRefusals: [InvalidRequest, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    /// `GET /readyz`.
+    ReadyRefusals: [Unavailable];
+}
