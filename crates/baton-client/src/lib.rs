@@ -3,7 +3,10 @@
 //! ...) carrying the server's message and details. Leases expose their fence
 //! token `(task, stage, epoch)` (`Lease::fence`), the idempotency key for an
 //! agent's own side effects. `worker::Worker` runs the claim loop around a
-//! handler: long-poll claims, heartbeats, claim-next, safe retries. Plain
+//! handler: long-poll claims, heartbeats, claim-next, safe retries. With
+//! auth on (`baton serve`) give the client a token (`Client::with_token`):
+//! every call then sends `Authorization: Bearer <token>`, and the admin calls
+//! (`add_principal`, `create_token`, ...) work for an admin's token. Plain
 //! HTTP only (no TLS backend is built in): reach a remote server through a
 //! TLS-terminating proxy.
 //!
@@ -25,6 +28,9 @@ pub use baton_api as api;
 pub use baton_api::{ErrorCode, FenceToken, Lease, TaskId};
 pub use worker::{Decision, Job, Outcome, Worker, WorkerError, WorkerOptions};
 
+use baton_api::auth::{
+    Principal, PrincipalList, PrincipalRequest, TokenCreated, TokenInfo, TokenList, TokenRequest,
+};
 use baton_api::{
     ActResponse, CancelRequest, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FailRequest,
     Handoff, HandoffId, HandoffQuery, HandoffRequest, Health, HeartbeatRequest, History, ListQuery,
@@ -115,7 +121,10 @@ impl Error {
     /// Whether the same call may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::Transport { .. })
-            || matches!(self.code(), Some(ErrorCode::RateLimited | ErrorCode::RequestInProgress))
+            || matches!(
+                self.code(),
+                Some(ErrorCode::RateLimited | ErrorCode::RequestInProgress | ErrorCode::RequestTimeout)
+            )
     }
 
     fn from_body(status: StatusCode, body: ErrorBody) -> Self {
@@ -158,6 +167,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     agent: Option<String>,
+    /// Sent as a bearer token on every call; never printed (`Debug` redacts it).
+    token: Option<Token>,
     /// Applies to every call; long polls get their wait plus a grace instead.
     timeout: Duration,
 }
@@ -179,9 +190,20 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // The server closes idle keep-alive connections after its header
+            // read timeout (30 s by default); drop ours sooner so a call never
+            // goes out on a connection the server has already closed.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .map_err(|source| transport(&base, source))?;
-        Ok(Self { http, base, agent: None, timeout: DEFAULT_REQUEST_TIMEOUT })
+        Ok(Self { http, base, agent: None, token: None, timeout: DEFAULT_REQUEST_TIMEOUT })
+    }
+
+    /// Sends `token` (`baton_<id>_<secret>`) as `Authorization: Bearer` on
+    /// every call: the server's auth names the caller by it.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token(token.into()));
+        self
     }
 
     /// Fills in `agent` on claims and holder calls that leave it out (auth off).
@@ -304,6 +326,42 @@ impl Client {
         self.send::<(), _>(Method::GET, "/healthz", None, None).await
     }
 
+    /// `POST /v1/principals` (admins): creates a principal; mint its token
+    /// with `create_token`.
+    pub async fn add_principal(&self, request: &PrincipalRequest) -> Result<Principal, Error> {
+        self.send(Method::POST, "/v1/principals", Some(request), None).await
+    }
+
+    /// `GET /v1/principals` (admins): every principal, by name.
+    pub async fn principals(&self) -> Result<Vec<Principal>, Error> {
+        let list: PrincipalList = self.send::<(), _>(Method::GET, "/v1/principals", None, None).await?;
+        Ok(list.principals)
+    }
+
+    /// `DELETE /v1/principals/{name}` (admins): revokes the principal and its tokens.
+    pub async fn revoke_principal(&self, name: &str) -> Result<Principal, Error> {
+        self.send::<(), _>(Method::DELETE, &format!("/v1/principals/{}", path_segment(name)), None, None)
+            .await
+    }
+
+    /// `POST /v1/tokens` (admins): a new token for an existing principal. The
+    /// answer's `token` is the only copy: Baton keeps a hash.
+    pub async fn create_token(&self, principal: &str) -> Result<TokenCreated, Error> {
+        let request = TokenRequest { principal: principal.to_owned() };
+        self.send(Method::POST, "/v1/tokens", Some(&request), None).await
+    }
+
+    /// `GET /v1/tokens` (admins): every token's id, principal and times.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, Error> {
+        let list: TokenList = self.send::<(), _>(Method::GET, "/v1/tokens", None, None).await?;
+        Ok(list.tokens)
+    }
+
+    /// `DELETE /v1/tokens/{id}` (admins).
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, Error> {
+        self.send::<(), _>(Method::DELETE, &format!("/v1/tokens/{}", path_segment(id)), None, None).await
+    }
+
     fn fill_agent(&self, agent: &mut Option<String>) {
         if agent.is_none() {
             agent.clone_from(&self.agent);
@@ -347,6 +405,10 @@ impl Client {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<(StatusCode, T), Error> {
+        let request = match &self.token {
+            Some(Token(token)) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| transport(url, e))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| transport(url, e))?;
@@ -363,6 +425,30 @@ impl Client {
             }),
         }
     }
+}
+
+/// A bearer token, kept out of `Debug` output and so out of logs.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A name or id as one URL path segment: anything outside the unreserved
+/// characters is percent-encoded, so a name cannot reach another route.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn transport(url: &str, source: reqwest::Error) -> Error {
