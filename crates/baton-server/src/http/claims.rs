@@ -9,7 +9,7 @@
 
 use crate::convert;
 use crate::http::error::ApiError;
-use crate::http::extract::ApiJson;
+use crate::http::idempotency::{IdempotencyKeyHeader, KeyedJson, unexpected_outcome};
 use crate::http::openapi::ClaimRefusals;
 use crate::http::principal::Principal;
 use crate::http::tasks::{millis, stored_payload};
@@ -18,7 +18,7 @@ use crate::wake::AnyNotified;
 use axum::Json;
 use axum::extract::State;
 use baton_api as api;
-use baton_core::{ClaimRequest, Grant, Millis, StageName};
+use baton_core::{ClaimRequest, Grant, Millis, Op, RequestKey, StageName};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,7 @@ use tokio::time::{Instant, sleep_until};
     operation_id = "claim",
     tag = "claims",
     summary = "Claim waiting tasks, long-polling up to wait_ms",
+    params(IdempotencyKeyHeader),
     request_body = api::ClaimRequest,
     responses(
         (status = 200, description = "The leases granted, each with its task's payload and fence token; \
@@ -43,9 +44,10 @@ use tokio::time::{Instant, sleep_until};
 pub async fn claim(
     State(state): State<AppState>,
     principal: Principal,
-    ApiJson(req): ApiJson<api::ClaimRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::ClaimRequest>,
 ) -> Result<Json<api::ClaimResponse>, ApiError> {
     let agent = principal.agent_for(req.agent.as_deref())?;
+    let key = key.map(|k| k.scoped(&principal, Some(&agent)));
     let wait_ms_max = state.options().wait_ms_max;
     if req.wait_ms > wait_ms_max {
         return Err(ApiError::limit("wait_ms_max", wait_ms_max, "wait less and claim again"));
@@ -58,9 +60,9 @@ pub async fn claim(
         lease_ms: check_lease_ms(&state, millis("lease_ms", req.lease_ms)?)?,
     };
     let grants = if req.wait_ms == 0 {
-        state.store().claim(request).await?
+        claim_once(&state, request, key).await?
     } else {
-        wait_for_work(&state, request, Duration::from_millis(req.wait_ms)).await?
+        wait_for_work(&state, request, key, Duration::from_millis(req.wait_ms)).await?
     };
     for grant in &grants {
         state.tasks().notify(&grant.task.id);
@@ -72,6 +74,7 @@ pub async fn claim(
 async fn wait_for_work(
     state: &AppState,
     request: ClaimRequest,
+    key: Option<RequestKey>,
     wait: Duration,
 ) -> Result<Vec<Grant>, ApiError> {
     let deadline = Instant::now() + wait;
@@ -84,7 +87,7 @@ async fn wait_for_work(
     loop {
         let woken = AnyNotified::enable(&signals);
         // On an error the baton, if held, passes on as this returns.
-        let grants = state.store().claim(request.clone()).await?;
+        let grants = claim_once(state, request.clone(), key.clone()).await?;
         if !grants.is_empty() {
             return Ok(grants);
         }
@@ -98,6 +101,17 @@ async fn wait_for_work(
             () = &mut shutdown => {}
         }
     }
+}
+
+/// One claim, never waiting. Under a key, a claim that leased nothing is not
+/// recorded, so the next round of a long poll claims again.
+async fn claim_once(
+    state: &AppState,
+    request: ClaimRequest,
+    key: Option<RequestKey>,
+) -> Result<Vec<Grant>, ApiError> {
+    let outcome = state.store().execute(Op::Claim(request), key).await?;
+    outcome.into_grants().ok_or_else(|| unexpected_outcome("claim"))
 }
 
 /// Held by a claim that a wake-up reached: when it goes (lease granted, error,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod handoffs;
 pub mod health;
+pub mod idempotency;
 pub mod openapi;
 pub mod principal;
 pub mod tasks;

@@ -191,15 +191,15 @@ refusal_sets! {
     ReadRefusals: [InvalidRequest, NotFound, Internal, Unavailable, RequestTimeout];
     /// Heartbeat, complete, release, fail and spawn.
     HolderRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
-        LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+        IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
     /// Handoff: a holder call whose target must be an allowed route.
     HandoffRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
-        RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+        IdempotencyConflict, RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
     /// `POST /v1/tasks/{id}/cancel`.
-    CancelRefusals: [InvalidRequest, NotFound, InvalidTransition, BodyTooLarge, LimitExceeded, Internal,
+    CancelRefusals: [InvalidRequest, NotFound, InvalidTransition, BodyTooLarge, IdempotencyConflict, LimitExceeded, Internal,
         Unavailable, RequestTimeout];
     /// `POST /v1/claims`.
-    ClaimRefusals: [InvalidRequest, BodyTooLarge, LimitExceeded, TooManyLeases, Internal, Unavailable,
+    ClaimRefusals: [InvalidRequest, BodyTooLarge, IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable,
         RequestTimeout];
     /// `GET /v1/handoffs/{id}`.
     HandoffOutcomeRefusals: [InvalidRequest, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout];

@@ -7,7 +7,8 @@
 use crate::convert;
 use crate::http::claims::leases;
 use crate::http::error::ApiError;
-use crate::http::extract::{ApiJson, ApiQuery, IdPath};
+use crate::http::extract::{ApiQuery, IdPath};
+use crate::http::idempotency::{IdempotencyKey, IdempotencyKeyHeader, KeyedJson, unexpected_outcome};
 use crate::http::openapi::{
     CancelRefusals, HandoffRefusals, HolderRefusals, ListRefusals, ReadRefusals, SubmitRefusals,
 };
@@ -19,7 +20,7 @@ use axum::http::StatusCode;
 use baton_api as api;
 use baton_api::Payload;
 use baton_core::{
-    ActRequest, Action, CancelRequest, ClaimNext, JoinMode, JoinSpec, Millis, NewChild, NewTask, Report,
+    ActRequest, Action, CancelRequest, ClaimNext, JoinMode, JoinSpec, Millis, NewChild, NewTask, Op, Report,
     StageName, TaskFilter, TaskId,
 };
 
@@ -31,6 +32,7 @@ use baton_core::{
     operation_id = "submit_task",
     summary = "Submit a task",
     tag = "tasks",
+    params(IdempotencyKeyHeader),
     request_body = api::SubmitRequest,
     responses(
         (status = 201, description = "The new task.", body = api::Task),
@@ -41,7 +43,7 @@ use baton_core::{
 pub async fn submit(
     State(state): State<AppState>,
     principal: Principal,
-    ApiJson(req): ApiJson<api::SubmitRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::SubmitRequest>,
 ) -> Result<(StatusCode, Json<api::Task>), ApiError> {
     let stage = match (req.stage, req.workflow) {
         (Some(stage), None) => stage,
@@ -64,7 +66,9 @@ pub async fn submit(
         trace: req.trace,
         submitter: principal.actor(),
     };
-    let submitted = state.store().submit(new).await?;
+    let key = key.map(|k| k.scoped(&principal, None));
+    let outcome = state.store().execute(Op::Submit(new), key).await?;
+    let submitted = outcome.into_submitted().ok_or_else(|| unexpected_outcome("submit"))?;
     let task = &submitted.task;
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(convert::task(task, None))))
@@ -166,7 +170,7 @@ pub async fn history(
     operation_id = "cancel_task",
     summary = "Cancel a task",
     tag = "tasks",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::CancelRequest,
     responses(
         (status = 200, description = "The cancelled task; a holder's epoch is fenced off.", body = api::Task),
@@ -177,13 +181,15 @@ pub async fn cancel(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::CancelRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::CancelRequest>,
 ) -> Result<Json<api::Task>, ApiError> {
     if req.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason", "say why the task is cancelled"));
     }
     let request = CancelRequest { task: TaskId(id), actor: principal.actor(), reason: req.reason };
-    let task = state.store().cancel(request).await?;
+    let key = key.map(|k| k.scoped(&principal, None));
+    let outcome = state.store().execute(Op::Cancel(request), key).await?;
+    let task = outcome.into_cancelled().ok_or_else(|| unexpected_outcome("cancel"))?;
     state.tasks().notify(&task.id);
     Ok(Json(convert::task(&task, None)))
 }
@@ -195,7 +201,7 @@ pub async fn cancel(
     operation_id = "heartbeat",
     tag = "holder",
     summary = "Extend the lease",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::HeartbeatRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -206,11 +212,11 @@ pub async fn heartbeat(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::HeartbeatRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::HeartbeatRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Heartbeat { lease_ms: millis("lease_ms", req.lease_ms)?, note: req.note };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// `POST /v1/tasks/{id}/handoff`: finish this part and pass the task to another stage.
@@ -220,7 +226,7 @@ pub async fn heartbeat(
     operation_id = "hand_off",
     tag = "holder",
     summary = "Finish this part and pass the task on; the answer carries the handoff id",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::HandoffRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -231,12 +237,12 @@ pub async fn handoff(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::HandoffRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::HandoffRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
     let action = Action::Handoff { to_stage: StageName::new(req.to_stage), report };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// `POST /v1/tasks/{id}/complete`: finish the task (or follow its workflow).
@@ -246,7 +252,7 @@ pub async fn handoff(
     operation_id = "complete",
     tag = "holder",
     summary = "Finish the task",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::CompleteRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -257,12 +263,12 @@ pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::CompleteRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::CompleteRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
     let action = Action::Complete { result: req.result, report };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// `POST /v1/tasks/{id}/release`: give the task back to its stage.
@@ -272,7 +278,7 @@ pub async fn complete(
     operation_id = "release",
     tag = "holder",
     summary = "Give the task back to its stage",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::ReleaseRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -283,11 +289,11 @@ pub async fn release(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::ReleaseRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::ReleaseRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Release { note: req.note };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// `POST /v1/tasks/{id}/fail`: report a failure; retryable ones come back after a backoff.
@@ -297,7 +303,7 @@ pub async fn release(
     operation_id = "fail",
     tag = "holder",
     summary = "Report a failure",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::FailRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -308,11 +314,11 @@ pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::FailRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::FailRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Fail { error: req.error, retryable: req.retryable };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// `POST /v1/tasks/{id}/spawn`: create children; the task is blocked until they join.
@@ -322,7 +328,7 @@ pub async fn fail(
     operation_id = "spawn",
     tag = "holder",
     summary = "Create child tasks and block until they join",
-    params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
     request_body = api::SpawnRequest,
     responses(
         (status = 200, description = "The task after the call, and any leases from `claim_next`.", body = api::ActResponse),
@@ -333,7 +339,7 @@ pub async fn spawn(
     State(state): State<AppState>,
     principal: Principal,
     IdPath(id): IdPath,
-    ApiJson(req): ApiJson<api::SpawnRequest>,
+    KeyedJson { body: req, key }: KeyedJson<api::SpawnRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let mode = match (req.join.mode, req.join.n) {
         (api::JoinMode::All, None) => JoinMode::All,
@@ -356,7 +362,7 @@ pub async fn spawn(
         .collect();
     let action = Action::Spawn { children, join: JoinSpec { mode, within_ms } };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
-    act(&state, &principal, id, call, action).await
+    act(&state, &principal, id, call, action, key).await
 }
 
 /// The parts every holder call shares.
@@ -373,8 +379,10 @@ async fn act(
     id: uuid::Uuid,
     call: HolderCall,
     action: Action,
+    key: Option<IdempotencyKey>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let agent = principal.agent_for(call.agent.as_deref())?;
+    let key = key.map(|k| k.scoped(principal, Some(&agent)));
     let claim_next = match call.claim_next {
         None => None,
         Some(next) => {
@@ -390,7 +398,8 @@ async fn act(
         }
     };
     let request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
-    let outcome = state.store().act(request).await?;
+    let outcome = state.store().execute(Op::Act(request), key).await?;
+    let outcome = outcome.into_acted().ok_or_else(|| unexpected_outcome("act"))?;
     // Waiting claims are woken by the store's listener after its commit;
     // handoff-outcome waits are woken here.
     state.tasks().notify(&outcome.task.id);
