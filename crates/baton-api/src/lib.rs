@@ -8,12 +8,16 @@
 //! the serde attributes it must agree with. Dependencies: serde, serde_json,
 //! uuid and utoipa (no HTTP stack), so clients stay light.
 
+pub mod auth;
 pub mod error;
 pub mod payload;
 pub mod request;
 pub mod response;
 pub mod time;
 
+pub use auth::{
+    PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use payload::Payload;
 pub use request::{

@@ -116,8 +116,10 @@ fn claim(
     Ok(change)
 }
 
-/// Checks the caller's fence token: the epoch must be current and the lease theirs.
-fn fence<'t>(task: &'t Task, agent: &AgentId, epoch: u64) -> Result<&'t Lease, Rejection> {
+/// Checks the caller's fence token: the epoch must be current and the lease
+/// theirs. Public so the server can refuse from a task it read with the
+/// same answer the engine gives.
+pub fn fence<'t>(task: &'t Task, agent: &AgentId, epoch: u64) -> Result<&'t Lease, Rejection> {
     let lost = || Rejection::LeaseLost { task: task.id, current_epoch: task.epoch, state: task.state_name() };
     if epoch != task.epoch {
         return Err(lost());
