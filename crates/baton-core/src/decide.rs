@@ -5,7 +5,7 @@
 
 use crate::command::{Action, Command, NewTask, Report};
 use crate::engine::Rules;
-use crate::event::{Actor, Event, EventKind, Hash, Position, canonical_json};
+use crate::event::{Actor, Event, EventKind, Hash, Position};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::rejection::Rejection;
 use crate::store::{Alert, Handoff, HandoffOutcome};
@@ -29,7 +29,7 @@ pub struct Change {
 pub fn submit(id: TaskId, new: &NewTask, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
     validate_new(new, rules)?;
     let policy = rules.policies.get(&new.stage);
-    let digest = Hash::of(canonical_json(&serde_json::to_value(new).expect("serializes")).as_bytes());
+    let digest = crate::event::digest_json(new);
     let task = Task {
         id,
         namespace: new.namespace.clone(),

@@ -169,22 +169,31 @@ pub struct Event {
 }
 
 impl Event {
-    /// The canonical text the hash covers: every field but `hash`.
-    pub fn canonical_body(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("events serialize");
-        if let serde_json::Value::Object(map) = &mut value {
-            map.remove("hash");
-        }
-        canonical_json(&value)
-    }
-
-    /// The hash this event should carry, given its `prev_hash` and other fields.
+    /// The hash this event should carry: SHA-256 over `prev_hash` and the
+    /// compact JSON of every field but `hash`, in declared order (nested maps
+    /// are sorted: serde_json's map is ordered by key). Serialized straight
+    /// into the hasher: no intermediate value or string (this runs once per
+    /// committed change, on the writer's hot path).
     pub fn compute_hash(&self) -> Hash {
-        let body = self.canonical_body();
-        let mut hasher = Sha256::new();
-        hasher.update(self.prev_hash.0);
-        hasher.update(body.as_bytes());
-        Hash(hasher.finalize().into())
+        let body = Hashed {
+            task: &self.task,
+            version: self.version,
+            at: self.at,
+            actor: &self.actor,
+            kind: self.kind,
+            from: &self.from,
+            to: &self.to,
+            note: &self.note,
+            findings: &self.findings,
+            confidence: self.confidence,
+            handoff: &self.handoff,
+            after: &self.after,
+            prev_hash: &self.prev_hash,
+        };
+        let mut hasher = HashWriter(Sha256::new());
+        hasher.0.update(self.prev_hash.0);
+        serde_json::to_writer(&mut hasher, &body).expect("events serialize");
+        Hash(hasher.0.finalize().into())
     }
 
     /// Sets `prev_hash` and `hash`, chaining this event after `prev`.
@@ -193,6 +202,44 @@ impl Event {
         self.hash = self.compute_hash();
         self
     }
+}
+
+/// The fields an event's hash covers, borrowed, in `Event`'s order.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    task: &'a TaskId,
+    version: u64,
+    at: Millis,
+    actor: &'a Actor,
+    kind: EventKind,
+    from: &'a Option<Position>,
+    to: &'a Position,
+    note: &'a Option<String>,
+    findings: &'a Option<serde_json::Value>,
+    confidence: Option<f64>,
+    handoff: &'a Option<HandoffId>,
+    after: &'a Task,
+    prev_hash: &'a Hash,
+}
+
+/// Feeds serialized bytes into a hasher.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SHA-256 of a value's compact JSON, serialized straight into the hasher.
+pub fn digest_json<T: Serialize + ?Sized>(value: &T) -> Hash {
+    let mut hasher = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut hasher, value).expect("values serialize");
+    Hash(hasher.0.finalize().into())
 }
 
 /// Serializes JSON canonically: object keys sorted, no whitespace. Numbers and
