@@ -4,17 +4,21 @@
 //! (`tower::ServiceExt::oneshot`); `serve(config, listener, shutdown)` runs it
 //! on a bound listener with the sweeper until `shutdown` resolves. The server
 //! converts core types to `baton-api` types and never serializes core types.
-//! Authentication is a seam for later: see `http::principal`. The API is
+//! With `AuthMode::Tokens` every API call carries a bearer token (`auth`)
+//! and each principal may do only what its role and grants allow
+//! (`http::principal`). The API is
 //! described by an OpenAPI document generated from the handlers
 //! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
 
 pub mod accept;
+pub mod auth;
 pub mod convert;
 pub mod http;
 pub mod state;
 pub mod sweeper;
 pub mod wake;
 
+pub use auth::Auth;
 pub use http::error::ApiError;
 pub use http::openapi::{document as openapi, openapi_json};
 pub use state::{AppState, AuthMode, Config, Options, SweeperOptions};

@@ -70,11 +70,27 @@ impl Default for Options {
     }
 }
 
-/// Authentication. Only `Off` exists yet; see `http::principal`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Authentication (`crate::auth`); what each principal may do is decided in
+/// `http::principal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMode {
-    /// Every caller is trusted and names its agent in the body (`baton dev`).
+    /// Every caller is trusted and names its agent in the body (`baton dev`,
+    /// loopback only).
     Off,
+    /// Every call but the service routes (`/v1`, `/healthz`, `/readyz`, the
+    /// API document) carries `Authorization: Bearer <token>`, which names its
+    /// principal (`baton serve`).
+    Tokens(crate::auth::Auth),
+}
+
+impl AuthMode {
+    /// The authentication in force, if any.
+    pub fn tokens(&self) -> Option<&crate::auth::Auth> {
+        match self {
+            Self::Off => None,
+            Self::Tokens(auth) => Some(auth),
+        }
+    }
 }
 
 /// The timer loop over `due_at`.

@@ -8,6 +8,7 @@ use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, IdPath};
 use crate::http::openapi::HandoffOutcomeRefusals;
+use crate::http::principal::Principal;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -33,6 +34,7 @@ use tokio::time::{Instant, sleep_until};
 )]
 pub async fn show(
     State(state): State<AppState>,
+    principal: Principal,
     IdPath(id): IdPath,
     ApiQuery(query): ApiQuery<api::HandoffQuery>,
 ) -> Result<Json<api::Handoff>, ApiError> {
@@ -45,6 +47,7 @@ pub async fn show(
     let read =
         || async { state.store().handoff(id).await?.ok_or_else(|| ApiError::not_found("handoff", id)) };
     let mut handoff = read().await?;
+    principal.check_handoff_read(&handoff)?;
     if wait_ms > 0 && handoff.outcome == HandoffOutcome::Pending {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let poll = Duration::from_millis(state.options().handoff_poll_ms.max(1));

@@ -21,6 +21,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
     operation_id = "index",
     tag = "service",
     summary = "The API's routes",
+    security(()),
     responses((status = 200, description = "`METHOD /path` for every API route.", body = baton_api::Index)),
 )]
 pub async fn index() -> Json<baton_api::Index> {
@@ -38,6 +39,7 @@ pub async fn index() -> Json<baton_api::Index> {
     operation_id = "healthz",
     tag = "service",
     summary = "Liveness",
+    security(()),
     responses((status = 200, description = "The process is up.", body = Health)),
 )]
 pub async fn healthz() -> Json<Health> {
@@ -51,6 +53,7 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     tag = "service",
     summary = "Readiness",
+    security(()),
     responses(
         (status = 200, description = "Ready to serve.", body = Health),
         ReadyRefusals,

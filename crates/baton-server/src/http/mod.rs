@@ -5,6 +5,7 @@
 //! the refusal log (method, route, status and code; with auth, the principal
 //! too, never a token). Handlers live in one module per resource.
 
+pub mod admin;
 pub mod claims;
 pub mod error;
 pub mod extract;
@@ -44,6 +45,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/cancel"),
     ("POST", "/v1/claims"),
     ("GET", "/v1/handoffs/{id}"),
+    ("POST", "/v1/principals"),
+    ("GET", "/v1/principals"),
+    ("DELETE", "/v1/principals/{name}"),
+    ("POST", "/v1/tokens"),
+    ("GET", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/{id}"),
 ];
 
 /// Routes that wait by design: their time limit is `request_timeout_ms`
@@ -67,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     .method_not_allowed_fallback(wrong_method)
     .layer(DefaultBodyLimit::max(options.body_bytes_max))
     .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
     .layer(middleware::from_fn(log_refusals))
     .with_state(state)
 }
@@ -90,6 +98,10 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::cancel))
         .routes(routes!(claims::claim))
         .routes(routes!(handoffs::show))
+        .routes(routes!(admin::add_principal, admin::list_principals))
+        .routes(routes!(admin::revoke_principal))
+        .routes(routes!(admin::create_token, admin::list_tokens))
+        .routes(routes!(admin::revoke_token))
 }
 
 async fn no_route(request: Request) -> ApiError {
@@ -120,8 +132,12 @@ async fn time_limit(State(state): State<AppState>, request: Request, next: Next)
     }
 }
 
-/// Logs every refused call: refusals are not task events, but operators see them.
-async fn log_refusals(request: Request, next: Next) -> Response {
+/// Logs every refused call: refusals are not task events, but operators see
+/// them. With auth on the line names the principal once its token is
+/// verified ("-" before); never the token or any header.
+async fn log_refusals(mut request: Request, next: Next) -> Response {
+    let caller = principal::CallerName::default();
+    request.extensions_mut().insert(caller.clone());
     let method = request.method().clone();
     let route = match request.extensions().get::<MatchedPath>() {
         Some(path) => path.as_str().to_owned(),
@@ -130,10 +146,11 @@ async fn log_refusals(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if let Some(Refused(code)) = response.extensions().get::<Refused>() {
         let status = response.status().as_u16();
+        let principal = caller.get().unwrap_or("-");
         if response.status().is_server_error() {
-            tracing::warn!(%method, %route, status, code = code.as_str(), "refused");
+            tracing::warn!(%method, %route, status, code = code.as_str(), principal, "refused");
         } else {
-            tracing::info!(%method, %route, status, code = code.as_str(), "refused");
+            tracing::info!(%method, %route, status, code = code.as_str(), principal, "refused");
         }
     }
     response

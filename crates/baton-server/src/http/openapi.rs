@@ -39,8 +39,11 @@ pub const DOCS_PATH: &str = "/docs";
         (name = "claims", description = "Take waiting tasks under a lease; long-polled up to `wait_ms`."),
         (name = "handoffs", description = "A handoff's outcome; long-polled up to `wait_ms`."),
         (name = "service", description = "Liveness, readiness and the route index."),
+        (name = "admin", description = "Principals and tokens; admins only. A token's text is shown \
+            once, when it is created."),
     ),
-    modifiers(&Conventions),
+    security(("bearer" = [])),
+    modifiers(&Conventions, &BearerAuth),
 )]
 pub struct ApiDoc;
 
@@ -85,7 +88,10 @@ impl Modify for Conventions {
              Conventions: JSON bodies (`Content-Type: application/json`); request bodies refuse \
              unknown fields; times are RFC 3339 UTC strings with milliseconds; durations are \
              integer milliseconds in fields named `*_ms`. With auth off (`baton dev`) claims and \
-             holder calls name the calling agent in `agent`.\n\n\
+             holder calls name the calling agent in `agent`. With auth on (`baton serve`) every \
+             call but the service routes sends `Authorization: Bearer baton_<id>_<secret>`, which \
+             names the principal (an `agent` field, if sent, must be that principal); roles and \
+             grants decide what it may do, and a task outside an agent's stages is `not_found`.\n\n\
              Every refusal has the body `ErrorBody` = `{code, message, details}`. Match on \
              `code`, never on `message`; `details` is always an object (for `limit_exceeded` it \
              names the `limit` and its `max`). The codes and their statuses:\n\n\
@@ -108,6 +114,25 @@ impl Modify for Conventions {
             let example = ExampleBuilder::new().summary(format!("{code} ({})", status_of(*code).as_u16()));
             examples.insert(code.as_str().to_owned(), example.value(Some(value)).build().into());
         }
+    }
+}
+
+/// The bearer token scheme every API route requires with auth on.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("baton_<id>_<secret>")
+            .description(Some(
+                "A token from `POST /v1/tokens` (or the one `baton serve` prints on an empty \
+                 database). Not needed with auth off (`baton dev`).",
+            ))
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }
 
@@ -179,30 +204,39 @@ macro_rules! refusal_sets {
 // What each route can refuse. Every route that reaches the store can answer
 // `unavailable`, `request_timeout` and `internal`; every route with a JSON
 // body can answer `invalid_request`, `body_too_large` and `limit_exceeded`
-// (`json_depth_max`). Authentication (401, 403 `forbidden`) joins these sets
-// when it exists.
+// (`json_depth_max`). With auth on, every route but the service routes can
+// answer 401 `unauthenticated` and 403 `forbidden` (a role or grant says no).
 refusal_sets! {
     /// `POST /v1/tasks`.
-    SubmitRefusals: [InvalidRequest, NotFound, BodyTooLarge, IdempotencyConflict, LimitExceeded,
+    SubmitRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, BodyTooLarge, IdempotencyConflict, LimitExceeded,
         Internal, Unavailable, RequestTimeout];
     /// `GET /v1/tasks`.
-    ListRefusals: [InvalidRequest, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    ListRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable, RequestTimeout];
     /// `GET /v1/tasks/{id}` and its history.
-    ReadRefusals: [InvalidRequest, NotFound, Internal, Unavailable, RequestTimeout];
+    ReadRefusals: [InvalidRequest, Unauthenticated, NotFound, Internal, Unavailable, RequestTimeout];
     /// Heartbeat, complete, release, fail and spawn.
-    HolderRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
+    HolderRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
         IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
     /// Handoff: a holder call whose target must be an allowed route.
-    HandoffRefusals: [InvalidRequest, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
+    HandoffRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
         IdempotencyConflict, RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
     /// `POST /v1/tasks/{id}/cancel`.
-    CancelRefusals: [InvalidRequest, NotFound, InvalidTransition, BodyTooLarge, IdempotencyConflict, LimitExceeded, Internal,
+    CancelRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, BodyTooLarge, IdempotencyConflict,
+        LimitExceeded, Internal,
         Unavailable, RequestTimeout];
     /// `POST /v1/claims`.
-    ClaimRefusals: [InvalidRequest, BodyTooLarge, IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable,
+    ClaimRefusals: [InvalidRequest, Unauthenticated, Forbidden, BodyTooLarge, IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable,
         RequestTimeout];
     /// `GET /v1/handoffs/{id}`.
-    HandoffOutcomeRefusals: [InvalidRequest, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    HandoffOutcomeRefusals: [InvalidRequest, Unauthenticated, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    /// `POST /v1/principals` and `POST /v1/tokens`.
+    AdminRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, BodyTooLarge, LimitExceeded,
+        Internal, Unavailable, RequestTimeout];
+    /// `GET /v1/principals` and `GET /v1/tokens`.
+    AdminReadRefusals: [Unauthenticated, Forbidden, Internal, Unavailable, RequestTimeout];
+    /// `DELETE /v1/principals/{name}` and `DELETE /v1/tokens/{id}`.
+    AdminRevokeRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, Internal,
+        Unavailable, RequestTimeout];
     /// `GET /readyz`.
     ReadyRefusals: [Unavailable];
 }

@@ -1,36 +1,162 @@
-//! Who is calling: the `Principal` extractor, the seam where authentication
-//! goes. Auth (tokens, roles) is not built yet. Today the only mode is
-//! `AuthMode::Off` (`baton dev`, loopback only): every caller is trusted, and
-//! claims and holder calls name their agent in the body's `agent` field.
-//! With auth on, this extractor will read the bearer token, look up its
-//! principal and role, answer 401/403, and `agent_for` will require a body
-//! `agent`, if any, to match the token's agent. Handlers already go through
-//! `Principal` for every identity, so that change stays inside this file.
+//! Who is calling, and what they may do: the `Principal` extractor, the
+//! `authenticate` middleware, and one check per kind of call, built on the
+//! pure rules of `baton_core::auth`. Deny by default.
+//!
+//! With `AuthMode::Off` (`baton dev`, loopback only) every caller is trusted
+//! and claims and holder calls name their agent in the body's `agent` field.
+//! With `AuthMode::Tokens` the middleware authenticates every call to an API
+//! route (401 `unauthenticated` without a valid token) before its body is
+//! read, and the extractor hands the live principal to the handler, which
+//! asks this module before it acts:
+//!
+//! - submit needs a submitter, operator or admin; cancel an operator or an
+//!   admin; the principal and token routes an admin (403 `forbidden`);
+//! - claims (and `claim_next`) need an agent claiming from its stages, an
+//!   operator claiming from human stages (or its own), or an admin; otherwise
+//!   403 `forbidden`;
+//! - an agent sees only tasks in its stages: reading or acting on any other
+//!   task answers 404 `not_found`, exactly as for a task that does not exist;
+//! - holder calls are fenced as the engine fences them (`lease_lost`,
+//!   `not_holder`), and a handoff, or a spawn's children, must follow one of
+//!   the agent's routes (422 `route_not_allowed`);
+//! - the body's `agent`, when present, must be the token's principal (403).
+//!
+//! Checks that depend on a task read it first. The store fences the call by
+//! epoch, so a task held by the caller at that epoch is in the stage that was
+//! read. A keyed call (`Idempotency-Key`) refused here is first offered to
+//! the store as a replay (see `authorize_act`), so a retry of an accepted call
+//! still gets the first answer after the task has moved on.
 
+use crate::auth::{Auth, VerifyError};
 use crate::http::error::ApiError;
-use crate::state::{AppState, AuthMode};
-use axum::extract::FromRequestParts;
+use crate::state::AppState;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use baton_core::{Actor, AgentId};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use baton_api::ErrorCode;
+use baton_core::auth::{self, Role};
+use baton_core::decide::fence;
+use baton_core::{ActRequest, Action, Actor, AgentId, Handoff, Op, RequestKey, StageName, Task, TaskId};
+use std::sync::{Arc, OnceLock};
 
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     /// Auth is off: the caller is whoever it says it is.
     Anonymous,
+    /// Auth is on: the live principal the request's token names.
+    Authenticated(Arc<auth::Principal>),
 }
 
-/// Bytes of an agent id.
+/// Bytes of an agent id (and of a principal's name).
 pub const AGENT_BYTES_MAX: usize = 128;
 
-impl FromRequestParts<AppState> for Principal {
-    type Rejection = ApiError;
+/// The authenticated caller, put in the request's extensions by `authenticate`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<auth::Principal>);
 
-    async fn from_request_parts(_parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match state.options().auth {
-            AuthMode::Off => Ok(Principal::Anonymous),
+/// Who made a call, for the refusal log: an empty slot that the refusal log
+/// puts in the request and `authenticate` fills once the token is verified.
+#[derive(Debug, Clone, Default)]
+pub struct CallerName(Arc<OnceLock<String>>);
+
+impl CallerName {
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// Routes anyone may call, token or not: the index, liveness, readiness and
+/// the API's description. Unknown paths are answered 404 without a token.
+fn is_open(request: &Request) -> bool {
+    match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        None => true,
+        Some(path) => {
+            matches!(path, "/v1" | "/healthz" | "/readyz" | crate::http::openapi::OPENAPI_PATH)
+                || path.starts_with(crate::http::openapi::DOCS_PATH)
         }
     }
+}
+
+/// Middleware: with auth on, every call to an API route must carry a valid
+/// bearer token; the principal it names goes into the request's extensions.
+/// Runs before the body is read, so an unauthenticated caller learns nothing
+/// about its request but 401.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(auth) = state.options().auth.tokens() else { return next.run(request).await };
+    if is_open(&request) {
+        return next.run(request).await;
+    }
+    match verify_headers(auth, request.headers()).await {
+        Ok(principal) => {
+            if let Some(name) = request.extensions().get::<CallerName>() {
+                let _ = name.0.set(principal.name.clone());
+            }
+            request.extensions_mut().insert(Caller(principal));
+            next.run(request).await
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// An `ApiError` that answers 401 with `WWW-Authenticate: Bearer`.
+#[derive(Debug)]
+pub struct Unauthenticated(pub ApiError);
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let is_401 = self.0.code == ErrorCode::Unauthenticated;
+        let mut response = self.0.into_response();
+        if is_401 {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The principal named by the request's `Authorization: Bearer` header.
+async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Arc<auth::Principal>, Unauthenticated> {
+    use crate::auth::Unauthenticated as Why;
+    let refuse = |why: Why| Unauthenticated(ApiError::new(ErrorCode::Unauthenticated, why.message()));
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Err(refuse(Why::Missing)) };
+    if values.next().is_some() {
+        return Err(refuse(Why::Malformed));
+    }
+    let text = value.to_str().map_err(|_| refuse(Why::Malformed))?;
+    let Some((scheme, token)) = text.split_once(' ') else { return Err(refuse(Why::Malformed)) };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(refuse(Why::Malformed));
+    }
+    match auth.verify(token.trim()).await {
+        Ok(principal) => Ok(principal),
+        Err(VerifyError::Refused(why)) => Err(refuse(why)),
+        Err(VerifyError::Store(e)) => Err(Unauthenticated(e.into())),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(auth) = state.options().auth.tokens() else { return Ok(Principal::Anonymous) };
+        if let Some(Caller(principal)) = parts.extensions.get::<Caller>() {
+            return Ok(Principal::Authenticated(principal.clone()));
+        }
+        // A route the middleware let through unauthenticated: deny by
+        // default, and authenticate here.
+        verify_headers(auth, &parts.headers)
+            .await
+            .map(Principal::Authenticated)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+/// 403 `forbidden`.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Forbidden, message)
 }
 
 impl Principal {
@@ -47,6 +173,13 @@ impl Principal {
                 check_agent(agent)?;
                 Ok(AgentId::new(agent))
             }
+            Principal::Authenticated(p) => match claimed {
+                Some(agent) if agent != p.name => Err(forbidden(format!(
+                    "\"agent\" must be the token's principal ({}) or left out",
+                    p.name
+                ))),
+                _ => Ok(AgentId::new(&p.name)),
+            },
         }
     }
 
@@ -54,17 +187,206 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
             Principal::Anonymous => Actor::Principal("anonymous".to_owned()),
+            Principal::Authenticated(p) => Actor::Principal(p.name.clone()),
         }
+    }
+
+    /// The principal's name, with auth on.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Authenticated(p) => Some(&p.name),
+        }
+    }
+
+    fn role_refusal(p: &auth::Principal, what: &str) -> ApiError {
+        forbidden(format!("principal {} has role {}, which may not {what}", p.name, p.role))
+    }
+
+    /// Submitting tasks: submitters, operators and admins.
+    pub fn check_submit(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Authenticated(p) if !p.may_submit() => Err(Self::role_refusal(p, "submit tasks")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Cancelling tasks: operators and admins.
+    pub fn check_cancel(&self) -> Result<(), ApiError> {
+        match self {
+            Principal::Authenticated(p) if !p.may_cancel() => Err(Self::role_refusal(p, "cancel tasks")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Principals and tokens: admins only. With auth off these routes do not
+    /// serve at all: there is no directory to administer.
+    pub fn check_admin(&self) -> Result<&auth::Principal, ApiError> {
+        match self {
+            Principal::Anonymous => Err(forbidden(
+                "principals and tokens are managed with authentication on (baton serve), by an admin",
+            )),
+            Principal::Authenticated(p) if !p.may_administer() => {
+                Err(Self::role_refusal(p, "manage principals and tokens"))
+            }
+            Principal::Authenticated(p) => Ok(p),
+        }
+    }
+
+    /// Claiming from `stages` (a claim, or a holder call's `claim_next`).
+    pub fn check_claim<S: AsRef<str>>(&self, state: &AppState, stages: &[S]) -> Result<(), ApiError> {
+        let (Principal::Authenticated(p), Some(auth)) = (self, state.options().auth.tokens()) else {
+            return Ok(());
+        };
+        if p.role == Role::Submitter {
+            return Err(Self::role_refusal(p, "claim tasks"));
+        }
+        for stage in stages {
+            let stage = StageName::new(stage.as_ref());
+            if !p.may_claim(&stage, auth.is_human(&stage)) {
+                return Err(forbidden(format!("principal {} may not claim from stage {stage}", p.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reading `task`: an agent sees only tasks in its stages; any other is
+    /// answered exactly as a task that does not exist.
+    pub fn check_read(&self, task: &Task) -> Result<(), ApiError> {
+        match self {
+            Principal::Authenticated(p) if !p.may_read(task) => Err(ApiError::not_found("task", task.id)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reading a task known by id only: reads it for agents, whose view
+    /// depends on its stage. A missing task is 404 as an invisible one.
+    pub async fn check_read_id(&self, state: &AppState, id: TaskId) -> Result<(), ApiError> {
+        let Principal::Authenticated(p) = self else { return Ok(()) };
+        if p.role != Role::Agent {
+            return Ok(());
+        }
+        match state.store().get(id).await? {
+            Some(view) => self.check_read(&view.task),
+            None => Err(ApiError::not_found("task", id)),
+        }
+    }
+
+    /// Listing tasks: an agent lists one of its stages at a time (any stage
+    /// with `*`), so a page never shows a task it could not read.
+    pub fn check_list(&self, stage: Option<&str>) -> Result<(), ApiError> {
+        let Principal::Authenticated(p) = self else { return Ok(()) };
+        if p.role != Role::Agent || p.stages.iter().any(|s| s.as_str() == "*") {
+            return Ok(());
+        }
+        match stage {
+            Some(stage) if p.stages.iter().any(|s| s.as_str() == stage) => Ok(()),
+            Some(stage) => Err(forbidden(format!("principal {} may not list stage {stage}", p.name))),
+            None => Err(forbidden(format!(
+                "principal {} lists one of its stages at a time: pass stage (one of {})",
+                p.name,
+                p.stages.iter().map(StageName::as_str).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Reading a handoff: an agent sees handoffs from or to its stages.
+    pub fn check_handoff_read(&self, handoff: &Handoff) -> Result<(), ApiError> {
+        let Principal::Authenticated(p) = self else { return Ok(()) };
+        let sees = |stage: &StageName| p.stages.iter().any(|s| s.as_str() == "*" || s == stage);
+        if p.role == Role::Agent && !sees(&handoff.from_stage) && !sees(&handoff.to_stage) {
+            return Err(ApiError::not_found("handoff", handoff.id));
+        }
+        Ok(())
+    }
+
+    /// Authorizes a holder call before it reaches the store: the role, the
+    /// `claim_next` stages, the task's visibility, the fence, and for a
+    /// handoff or a spawn the routes. A refused call with an idempotency key
+    /// is offered to the store as a replay first: if the key's first call was
+    /// accepted, `request` is defused (an epoch no lease ever has, so it can
+    /// only be answered from the key's record) and the caller gets the first
+    /// answer; otherwise it gets the refusal.
+    pub async fn authorize_act(
+        &self,
+        state: &AppState,
+        request: &mut ActRequest,
+        key: Option<&RequestKey>,
+    ) -> Result<(), ApiError> {
+        let Err(refusal) = self.check_act(state, request).await else { return Ok(()) };
+        let Some(key) = key else { return Err(refusal) };
+        let defused = ActRequest {
+            task: request.task,
+            agent: request.agent.clone(),
+            epoch: u64::MAX,
+            action: Action::Release { note: None },
+            claim_next: None,
+        };
+        match state.store().execute(Op::Act(defused.clone()), Some(key.clone())).await {
+            Ok(_) => {
+                *request = defused;
+                Ok(())
+            }
+            Err(_) => Err(refusal),
+        }
+    }
+
+    async fn check_act(&self, state: &AppState, request: &ActRequest) -> Result<(), ApiError> {
+        let (Principal::Authenticated(p), Some(auth)) = (self, state.options().auth.tokens()) else {
+            return Ok(());
+        };
+        if p.role == Role::Submitter {
+            return Err(Self::role_refusal(p, "work tasks"));
+        }
+        if let Some(next) = &request.claim_next {
+            let stages: Vec<&str> = next.stages.iter().map(StageName::as_str).collect();
+            self.check_claim(state, &stages)?;
+        }
+        let Some(view) = state.store().get(request.task).await? else {
+            return Err(ApiError::not_found("task", request.task));
+        };
+        let task = &view.task;
+        self.check_read(task)?;
+        if p.role == Role::Operator && !p.may_claim(&task.stage, auth.is_human(&task.stage)) {
+            return Err(forbidden(format!(
+                "principal {} may not work tasks in stage {}",
+                p.name, task.stage
+            )));
+        }
+        // Refuse from the task as read, as the engine would: a linearizable
+        // answer, and it pins the stage the route check below relies on.
+        fence(task, &request.agent, request.epoch)?;
+        let targets: Vec<&StageName> = match &request.action {
+            Action::Handoff { to_stage, .. } => vec![to_stage],
+            Action::Spawn { children, .. } => children.iter().map(|c| &c.stage).collect(),
+            _ => Vec::new(),
+        };
+        for to in targets {
+            if !p.may_route(&task.stage, to) {
+                return Err(baton_core::Rejection::RouteNotAllowed {
+                    from: task.stage.clone(),
+                    to: to.clone(),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 }
 
 /// Agent ids: 1 to `AGENT_BYTES_MAX` bytes of letters, digits and `-_.:@/`.
-fn check_agent(agent: &str) -> Result<(), ApiError> {
-    if agent.is_empty() || agent.len() > AGENT_BYTES_MAX {
-        return Err(ApiError::invalid("agent", format!("must be 1 to {AGENT_BYTES_MAX} bytes")));
+/// Principal names follow the same rule: an agent's name is its agent id.
+pub fn check_agent(agent: &str) -> Result<(), ApiError> {
+    check_name("agent", agent)
+}
+
+/// A name (agent id or principal name) in `field`.
+pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > AGENT_BYTES_MAX {
+        return Err(ApiError::invalid(field, format!("must be 1 to {AGENT_BYTES_MAX} bytes")));
     }
-    if !agent.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/')) {
-        return Err(ApiError::invalid("agent", "use letters, digits, '-', '_', '.', ':', '@' and '/' only"));
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/')) {
+        return Err(ApiError::invalid(field, "use letters, digits, '-', '_', '.', ':', '@' and '/' only"));
     }
     Ok(())
 }

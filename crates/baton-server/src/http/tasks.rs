@@ -45,6 +45,7 @@ pub async fn submit(
     principal: Principal,
     KeyedJson { body: req, key }: KeyedJson<api::SubmitRequest>,
 ) -> Result<(StatusCode, Json<api::Task>), ApiError> {
+    principal.check_submit()?;
     let stage = match (req.stage, req.workflow) {
         (Some(stage), None) => stage,
         (None, Some(workflow)) => {
@@ -87,8 +88,13 @@ pub async fn submit(
         ReadRefusals,
     ),
 )]
-pub async fn show(State(state): State<AppState>, IdPath(id): IdPath) -> Result<Json<api::Task>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+) -> Result<Json<api::Task>, ApiError> {
     let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    principal.check_read(&view.task)?;
     Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
 }
 
@@ -107,8 +113,10 @@ pub async fn show(State(state): State<AppState>, IdPath(id): IdPath) -> Result<J
 )]
 pub async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     ApiQuery(query): ApiQuery<api::ListQuery>,
 ) -> Result<Json<api::TaskPage>, ApiError> {
+    principal.check_list(query.stage.as_deref())?;
     let limit = query.limit.unwrap_or(baton_api::limits::PAGE_SIZE_DEFAULT);
     let page_max = state.options().limits.page_size_max;
     if limit == 0 {
@@ -154,8 +162,10 @@ pub async fn list(
 )]
 pub async fn history(
     State(state): State<AppState>,
+    principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<api::History>, ApiError> {
+    principal.check_read_id(&state, TaskId(id)).await?;
     let events = state.store().history(TaskId(id)).await?;
     if events.is_empty() {
         return Err(ApiError::not_found("task", id));
@@ -183,6 +193,7 @@ pub async fn cancel(
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::CancelRequest>,
 ) -> Result<Json<api::Task>, ApiError> {
+    principal.check_cancel()?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason", "say why the task is cancelled"));
     }
@@ -397,7 +408,8 @@ async fn act(
             })
         }
     };
-    let request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
+    let mut request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
+    principal.authorize_act(state, &mut request, key.as_ref()).await?;
     let outcome = state.store().execute(Op::Act(request), key).await?;
     let outcome = outcome.into_acted().ok_or_else(|| unexpected_outcome("act"))?;
     // Waiting claims are woken by the store's listener after its commit;
