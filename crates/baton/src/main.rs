@@ -1,11 +1,13 @@
 //! The `baton` command: `baton dev` and `baton serve` run the coordinator
 //! (embedded SQLite, the HTTP API, the timers); `baton task ...` talks to a
-//! running one through `baton-client`; `baton version`. Flags mirror
-//! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `DATABASE_URL`,
-//! `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
+//! running one through `baton-client`; `baton agent|principal|token ...`
+//! manage who may call a server with auth on; `baton version`. Flags mirror
+//! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
+//! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
 //! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
 //! failed, 2 usage error, 3 the server could not be reached or is unavailable.
 
+mod admin;
 mod duration;
 mod output;
 mod server;
@@ -29,7 +31,7 @@ struct Cli {
 enum Command {
     /// Run Baton for development: SQLite in ./.baton/, 127.0.0.1:7707, authentication off.
     Dev(server::DevArgs),
-    /// Run Baton on a database (loopback only until authentication exists).
+    /// Run Baton on a database with authentication on (bearer tokens).
     Serve(server::ServeArgs),
     /// Submit, claim, inspect and finish tasks on a running server.
     Task {
@@ -37,6 +39,27 @@ enum Command {
         client: task::ClientArgs,
         #[command(subcommand)]
         command: task::TaskCommand,
+    },
+    /// Create, list and revoke agents (admins, with auth on).
+    Agent {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: admin::AgentCommand,
+    },
+    /// Create, list and revoke principals of any role (admins, with auth on).
+    Principal {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: admin::PrincipalCommand,
+    },
+    /// Create, list and revoke API tokens (admins, with auth on).
+    Token {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: admin::TokenCommand,
     },
     /// Print the version.
     Version,
@@ -70,6 +93,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args).await,
         Command::Task { client, command } => task::run(&client, command).await,
+        Command::Agent { client, command } => admin::agent(&client, command).await,
+        Command::Principal { client, command } => admin::principal(&client, command).await,
+        Command::Token { client, command } => admin::token(&client, command).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -103,6 +129,9 @@ fn report(error: &anyhow::Error) -> ExitCode {
             }
             if let E::LeaseLost { .. } = client_error {
                 eprintln!("hint: another agent may hold the task now; stop working on it");
+            }
+            if client_error.code() == Some(baton_client::ErrorCode::Unauthenticated) {
+                eprintln!("hint: this server has auth on: pass --token or set BATON_TOKEN");
             }
             ExitCode::from(1)
         }

@@ -1,12 +1,16 @@
 //! `baton dev` and `baton serve`: open the SQLite store, bind the listener,
 //! print where the API is, and run `baton_server::serve` until Ctrl-C or
-//! SIGTERM, then close the store (the writer drains and exits). Authentication
-//! is not built yet, so both commands run with auth off and refuse any
-//! address that is not loopback (SPEC section 7: no auth, no network).
+//! SIGTERM, then close the store (the writer drains and exits).
+//!
+//! `baton dev` runs with auth off and refuses any address that is not
+//! loopback (SPEC section 7: no auth, no network). `baton serve` runs with
+//! auth on (bearer tokens, principals in the same database) and may listen
+//! on any address; on a database with no principal it creates the admin
+//! principal `admin` and prints its token once on stdout.
 
 use anyhow::{Context, bail};
-use baton_core::{Rules, SystemClock};
-use baton_server::{Config, Options, ReadyHub};
+use baton_core::{Clock, Rules, SystemClock};
+use baton_server::{AuthMode, Config, Options, ReadyHub};
 use baton_sqlite::{SqliteOptions, SqliteStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,25 +34,36 @@ pub struct ServeArgs {
     /// Where the data lives: `sqlite://PATH` (PostgreSQL comes later).
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Address to listen on. Loopback only until authentication exists.
+    /// Address to listen on. Authentication is on, so any address will do;
+    /// put a TLS-terminating proxy in front of a non-loopback one.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7707")]
     listen: SocketAddr,
+}
+
+/// Whether a run authenticates its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Off,
+    Tokens,
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     refuse_non_loopback(args.listen, "baton dev")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
-    run(&args.data_dir.join("baton.db"), args.listen, "dev").await
+    run(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off).await
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    refuse_non_loopback(args.listen, "baton serve")?;
     let path = sqlite_path(&args.database_url)?;
-    run(&path, args.listen, "serve").await
+    run(&path, args.listen, "serve", Auth::Tokens).await
 }
 
-async fn run(db: &Path, listen: SocketAddr, mode: &str) -> anyhow::Result<()> {
+async fn run(db: &Path, listen: SocketAddr, mode: &str, auth: Auth) -> anyhow::Result<()> {
+    // Checked again here, so no path can start without auth off loopback.
+    if auth == Auth::Off {
+        refuse_non_loopback(listen, &format!("baton {mode}"))?;
+    }
     let rules = Rules::default();
     let hub = Arc::new(ReadyHub::new());
     let store = SqliteStore::open(db, SqliteOptions::default().rules(rules.clone()).listener(hub.clone()))
@@ -56,15 +71,36 @@ async fn run(db: &Path, listen: SocketAddr, mode: &str) -> anyhow::Result<()> {
     let store = Arc::new(store);
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("the listener has no address")?;
-    let options = Options { limits: rules.limits.clone(), ..Options::default() };
+    let first_token = match auth {
+        Auth::Off => None,
+        Auth::Tokens => baton_server::auth::bootstrap_admin(&*store, SystemClock.now())
+            .await
+            .context("cannot create the first admin")?,
+    };
+    let auth_mode = match auth {
+        Auth::Off => AuthMode::Off,
+        Auth::Tokens => AuthMode::Tokens(baton_server::Auth::new(store.clone(), rules.policies.clone())),
+    };
+    let options = Options { auth: auth_mode, limits: rules.limits.clone(), ..Options::default() };
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
     // Only URLs that exist: the API, its health checks.
-    println!("Baton {mode} is running (authentication off, loopback only)");
+    match auth {
+        Auth::Off => println!("Baton {mode} is running (authentication off, loopback only)"),
+        Auth::Tokens => println!("Baton {mode} is running (authentication on: bearer tokens)"),
+    }
     println!("  API:       http://{bound}/v1");
     println!("  health:    http://{bound}/healthz");
     println!("  readiness: http://{bound}/readyz");
     println!("  database:  {}", db.display());
+    if let Some(token) = &first_token {
+        println!(
+            "Created the admin principal {:?}. Its token, shown this once (it will not be shown again):",
+            baton_server::auth::FIRST_ADMIN
+        );
+        println!("  {token}");
+        println!("  Use it as BATON_TOKEN for `baton agent add`, `baton token create` and the API.");
+    }
     println!("Press Ctrl-C to stop.");
     tracing::info!(address = %bound, database = %db.display(), "listening");
 
@@ -106,8 +142,9 @@ async fn shutdown_signal() {
 fn refuse_non_loopback(address: SocketAddr, command: &str) -> anyhow::Result<()> {
     if !address.ip().is_loopback() {
         bail!(
-            "{command} refuses to listen on {address}: authentication is not built yet, so Baton \
-             listens on loopback addresses only (for example 127.0.0.1:7707)"
+            "{command} refuses to listen on {address}: authentication is off, so it listens on \
+             loopback addresses only (for example 127.0.0.1:7707); use `baton serve`, which \
+             authenticates every call, to listen on a network"
         );
     }
     Ok(())

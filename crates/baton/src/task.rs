@@ -20,6 +20,21 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// The API token (`baton_<id>_<secret>`) a server with auth on (`baton
+    /// serve`) names the caller by; not needed for `baton dev`.
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    /// A client for `--address`, sending `--token` if given.
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        let client = Client::new(&self.address)?;
+        Ok(match &self.token {
+            Some(token) => client.with_token(token.trim()),
+            None => client,
+        })
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,9 +92,10 @@ pub struct SubmitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ClaimArgs {
-    /// The claiming agent (with auth off, agents name themselves).
+    /// The claiming agent: required with auth off (agents name themselves);
+    /// with a token it is the token's principal and may be left out.
     #[arg(long, env = "BATON_AGENT")]
-    agent: String,
+    agent: Option<String>,
     /// A stage to claim from; repeat for more.
     #[arg(long = "stage", required = true)]
     stages: Vec<String>,
@@ -114,9 +130,9 @@ pub struct ListArgs {
 /// What a holder reports; shared by complete and handoff.
 #[derive(Debug, clap::Args)]
 pub struct HolderArgs {
-    /// The agent holding the lease.
+    /// The agent holding the lease (left out with a token: its principal).
     #[arg(long, env = "BATON_AGENT")]
-    agent: String,
+    agent: Option<String>,
     /// The lease's epoch, from the claim.
     #[arg(long)]
     epoch: u64,
@@ -152,7 +168,7 @@ pub struct HandoffArgs {
 }
 
 pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()> {
-    let api = Client::new(&client.address)?;
+    let api = client.connect()?;
     let out = Printer::new(client.output);
     match command {
         TaskCommand::Submit(args) => {
@@ -180,7 +196,7 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
                 max: args.max,
                 wait_ms: args.wait,
                 lease_ms: args.lease,
-                agent: Some(args.agent),
+                agent: args.agent,
             };
             let leases = api.claim(&request).await?;
             if leases.is_empty() {
@@ -205,7 +221,7 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
             let h = args.holder;
             let request = api::CompleteRequest {
                 epoch: h.epoch,
-                agent: Some(h.agent),
+                agent: h.agent,
                 result: args.result,
                 note: h.note,
                 findings: h.findings,
@@ -218,7 +234,7 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
             let h = args.holder;
             let request = api::HandoffRequest {
                 epoch: h.epoch,
-                agent: Some(h.agent),
+                agent: h.agent,
                 to_stage: args.to_stage,
                 note: h.note,
                 findings: h.findings,

@@ -8,10 +8,13 @@
 //! one `check` helper that asserts the exit code and returns the output.
 //!
 //! This is the crate's one integration binary; its modules test the server
-//! end to end through `baton_client`: `pipeline` (workers through repeated
+//! end to end through `baton_client`: `auth` (`baton serve` with tokens and
+//! the commands that manage them), `pipeline` (workers through repeated
 //! kill -9, T1) and `stale` (a paused holder fenced off, T3), with the
 //! restartable server of `support`.
 
+#[path = "cli/auth.rs"]
+mod auth;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/stale.rs"]
@@ -89,8 +92,15 @@ impl Drop for Dev {
 fn baton(dir: &Path) -> Command {
     let mut command = Command::new(BATON);
     command.current_dir(dir);
-    for var in ["BATON_ADDRESS", "BATON_AGENT", "BATON_LISTEN", "BATON_DATA_DIR", "DATABASE_URL", "RUST_LOG"]
-    {
+    for var in [
+        "BATON_ADDRESS",
+        "BATON_AGENT",
+        "BATON_TOKEN",
+        "BATON_LISTEN",
+        "BATON_DATA_DIR",
+        "DATABASE_URL",
+        "RUST_LOG",
+    ] {
         command.env_remove(var);
     }
     command
@@ -215,8 +225,6 @@ fn commands_that_must_not_start_say_why() {
     assert_eq!(out.trim(), format!("baton {}", env!("CARGO_PKG_VERSION")));
     let (_, err) = check(dir, &["dev", "--listen", "0.0.0.0:0"], 1);
     assert!(err.contains("loopback"), "{err}");
-    let (_, err) = check(dir, &["serve", "--database-url", "sqlite://x.db", "--listen", "0.0.0.0:7707"], 1);
-    assert!(err.contains("authentication is not built yet"), "{err}");
     let (_, err) = check(dir, &["serve", "--database-url", "postgres://localhost/baton"], 1);
     assert!(err.contains("PostgreSQL is not supported yet"), "{err}");
     let (_, err) = check(dir, &["serve", "--database-url", "sqlite://"], 1);
