@@ -11,6 +11,13 @@
 //! 127.0.0.1:0. The OpenAPI document is checked against the router: every
 //! route documented, every refusal in the error shape.
 
+// The auth (T13) and Idempotency-Key suites live beside this file and
+// compile into this one test binary.
+#[path = "http/auth.rs"]
+mod auth;
+#[path = "http/idempotency.rs"]
+mod idempotency;
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, header};
