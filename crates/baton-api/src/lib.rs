@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod lineage;
 pub mod payload;
 pub mod request;
 pub mod response;
@@ -19,6 +20,7 @@ pub use auth::{
     PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest,
 };
 pub use error::{ErrorBody, ErrorCode};
+pub use lineage::{Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit};
 pub use payload::Payload;
 pub use request::{
     CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest, HandoffQuery,

@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use baton_api as api;
 use baton_client::Client;
-use baton_core::{Rules, StagePolicy};
+use baton_core::{Rules, StageName, StagePolicy};
 use baton_server::{AppState, Config, Options, ReadyHub, sweeper};
 use baton_sqlite::{SqliteOptions, SqliteStore};
 use baton_testkit::ManualClock;
@@ -43,7 +43,16 @@ fn rules() -> Rules {
     rules.limits.leases_per_agent_max = LEASES_MAX;
     rules.policies = rules
         .policies
-        .with_stage("flaky", StagePolicy { max_attempts: 2, lease_ms: 5_000, ..StagePolicy::default() });
+        .with_stage("flaky", StagePolicy { max_attempts: 2, lease_ms: 5_000, ..StagePolicy::default() })
+        .with_stage(
+            "sorting",
+            StagePolicy {
+                accept_within_ms: 10_000,
+                reoffers: 0,
+                reroute_to: Some(StageName::new("manual")),
+                ..StagePolicy::default()
+            },
+        );
     rules
 }
 
@@ -757,6 +766,100 @@ async fn the_sweeper_expires_leases_and_the_stale_holder_is_fenced() {
     assert_eq!(stale["details"], json!({"task": task, "current_epoch": 2, "state": "waiting"}));
     let lease = api.claim("fast", "work").await;
     assert_eq!(lease["epoch"], 3);
+}
+
+// ---------------------------------------------------------------------------
+// Lineage: steps and durations from the history, and the tree.
+
+#[tokio::test]
+async fn lineage_shows_each_step_with_its_durations_through_a_handoff_and_a_reroute() {
+    let api = Api::new();
+    let task = id(&api.submit("intake", json!({})).await);
+    let path = |verb: &str| format!("/v1/tasks/{task}/{verb}");
+    api.clock.advance(1_000);
+    api.claim("a1", "intake").await;
+    api.clock.advance(2_000);
+    let handoff = api.post(&path("handoff"), json!({"agent": "a1", "epoch": 1, "to_stage": "sorting"})).await;
+    let handoff_id = handoff.expect(200)["handoff_id"].clone();
+    api.clock.advance(10_000);
+    sweeper::step(&api.state).await;
+    api.clock.advance(500);
+    let lease = api.claim("a2", "manual").await;
+
+    // While held, the open step's held time runs to now.
+    api.clock.advance(1_000);
+    let open = api.get(&path("lineage")).await.expect(200);
+    assert_eq!(open["state"], "held");
+    let last = &open["steps"][2];
+    assert_eq!((last["stage"].clone(), last["held_ms"].clone()), (json!("manual"), json!(1_000)));
+    assert!(last.get("exit").is_none() && last.get("left_at").is_none(), "open: {last}");
+
+    api.clock.advance(2_000);
+    api.post(&path("complete"), json!({"agent": "a2", "epoch": lease["epoch"]})).await.expect(200);
+    api.clock.advance(60_000);
+    let lineage = api.get(&path("lineage")).await.expect(200);
+    assert_eq!(lineage["task"], task.as_str());
+    assert_eq!(lineage["state"], "done");
+    assert_eq!(
+        lineage["steps"],
+        json!([
+            {"stage": "intake", "entered_at": "2023-11-14T22:13:20.000Z", "claimed_at": "2023-11-14T22:13:21.000Z",
+             "claimed_by": "a1", "epoch": 1, "left_at": "2023-11-14T22:13:23.000Z", "exit": "handed_off",
+             "to_stage": "sorting", "handoff": handoff_id, "waited_ms": 1_000, "held_ms": 2_000},
+            {"stage": "sorting", "entered_at": "2023-11-14T22:13:23.000Z", "left_at": "2023-11-14T22:13:33.000Z",
+             "exit": "rerouted", "to_stage": "manual", "waited_ms": 10_000, "held_ms": 0},
+            {"stage": "manual", "entered_at": "2023-11-14T22:13:33.000Z", "claimed_at": "2023-11-14T22:13:33.500Z",
+             "claimed_by": "a2", "epoch": 2, "left_at": "2023-11-14T22:13:36.500Z", "exit": "completed",
+             "waited_ms": 500, "held_ms": 3_000},
+        ])
+    );
+    assert_eq!(
+        lineage["totals"],
+        json!({"total_ms": 16_500, "waited_ms": 11_500, "held_ms": 5_000, "blocked_ms": 0}),
+        "a finished task's total ends when it finished, not at the read"
+    );
+    assert_eq!(lineage["tree"], json!({"children": [], "children_truncated": false}));
+
+    let missing = api.get("/v1/tasks/0190a0c4-5e2b-7c3d-9f00-2a6b8c1d4e5f/lineage").await.expect(404);
+    assert_eq!(missing["code"], "not_found");
+}
+
+#[tokio::test]
+async fn lineage_of_a_spawned_parent_shows_its_children_and_theirs() {
+    let api = Api::new();
+    let parent = id(&api.submit("order", json!({})).await);
+    api.claim("planner", "order").await;
+    let spawn = |task: &str, epoch: u64, stages: &[&str]| {
+        let children: Vec<Value> = stages.iter().map(|s| json!({"stage": s, "payload": {}})).collect();
+        (
+            format!("/v1/tasks/{task}/spawn"),
+            json!({"agent": "planner", "epoch": epoch, "children": children,
+                   "join": {"mode": "all", "within_ms": 60_000}}),
+        )
+    };
+    let (path, body) = spawn(&parent, 1, &["bill", "notify"]);
+    let spawned = api.post(&path, body).await.expect(200);
+    let children: Vec<String> =
+        spawned["children"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    let lease = api.claim("planner", "bill").await;
+    let (path, body) = spawn(&children[0], lease["epoch"].as_u64().unwrap(), &["ledger"]);
+    let grandchild = api.post(&path, body).await.expect(200)["children"][0].clone();
+    api.clock.advance(4_000);
+
+    let lineage = api.get(&format!("/v1/tasks/{parent}/lineage")).await.expect(200);
+    assert_eq!(lineage["steps"][0]["exit"], "spawned");
+    assert_eq!(lineage["totals"]["blocked_ms"], 4_000, "blocked since the spawn, up to now");
+    assert_eq!(
+        lineage["tree"],
+        json!({"children": [
+            {"id": children[0], "stage": "bill", "state": "blocked", "children_truncated": false,
+             "children": [{"id": grandchild, "stage": "ledger", "state": "waiting", "children": [],
+                           "children_truncated": false}]},
+            {"id": children[1], "stage": "notify", "state": "waiting", "children": [], "children_truncated": false},
+        ], "children_truncated": false})
+    );
+    let child = api.get(&format!("/v1/tasks/{}/lineage", children[0])).await.expect(200);
+    assert_eq!(child["tree"]["parent"], parent.as_str());
 }
 
 // ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod handoffs;
 pub mod health;
 pub mod idempotency;
+pub mod lineage;
 pub mod openapi;
 pub mod principal;
 pub mod tasks;
@@ -36,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tasks"),
     ("GET", "/v1/tasks/{id}"),
     ("GET", "/v1/tasks/{id}/history"),
+    ("GET", "/v1/tasks/{id}/lineage"),
     ("POST", "/v1/tasks/{id}/heartbeat"),
     ("POST", "/v1/tasks/{id}/handoff"),
     ("POST", "/v1/tasks/{id}/complete"),
@@ -89,6 +91,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::submit, tasks::list))
         .routes(routes!(tasks::show))
         .routes(routes!(tasks::history))
+        .routes(routes!(lineage::lineage))
         .routes(routes!(tasks::heartbeat))
         .routes(routes!(tasks::handoff))
         .routes(routes!(tasks::complete))
