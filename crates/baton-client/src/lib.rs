@@ -33,7 +33,7 @@ use baton_api::auth::{
 };
 use baton_api::{
     ActResponse, CancelRequest, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FailRequest,
-    Handoff, HandoffId, HandoffQuery, HandoffRequest, Health, HeartbeatRequest, History, ListQuery,
+    Handoff, HandoffId, HandoffQuery, HandoffRequest, Health, HeartbeatRequest, History, Lineage, ListQuery,
     ReleaseRequest, SpawnRequest, SubmitRequest, Task, TaskPage,
 };
 use reqwest::{Method, StatusCode};
@@ -43,6 +43,11 @@ use std::time::Duration;
 
 /// The default address of `baton dev`.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:7707";
+
+/// The request header that makes a mutating call idempotent: for 24 h a
+/// repeat with the same key from the same principal (and the same body) gets
+/// the first answer, status and body, without acting again.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 
 /// Extra time allowed past a long poll's `wait_ms` before the client gives up.
 const LONG_POLL_GRACE: Duration = Duration::from_secs(10);
@@ -255,45 +260,116 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, task: TaskId, request: &HeartbeatRequest) -> Result<ActResponse, Error> {
+        self.heartbeat_keyed(task, request, None).await
+    }
+
+    /// `heartbeat` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn heartbeat_keyed(
+        &self,
+        task: TaskId,
+        request: &HeartbeatRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "heartbeat", &request).await
+        self.act_keyed(task, "heartbeat", &request, key).await
     }
 
     /// Hands the task to `to_stage`; the answer's `handoff_id` names the handoff.
     pub async fn handoff(&self, task: TaskId, request: &HandoffRequest) -> Result<ActResponse, Error> {
+        self.handoff_keyed(task, request, None).await
+    }
+
+    /// `handoff` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn handoff_keyed(
+        &self,
+        task: TaskId,
+        request: &HandoffRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "handoff", &request).await
+        self.act_keyed(task, "handoff", &request, key).await
     }
 
     pub async fn complete(&self, task: TaskId, request: &CompleteRequest) -> Result<ActResponse, Error> {
+        self.complete_keyed(task, request, None).await
+    }
+
+    /// `complete` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn complete_keyed(
+        &self,
+        task: TaskId,
+        request: &CompleteRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "complete", &request).await
+        self.act_keyed(task, "complete", &request, key).await
     }
 
     pub async fn release(&self, task: TaskId, request: &ReleaseRequest) -> Result<ActResponse, Error> {
+        self.release_keyed(task, request, None).await
+    }
+
+    /// `release` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn release_keyed(
+        &self,
+        task: TaskId,
+        request: &ReleaseRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "release", &request).await
+        self.act_keyed(task, "release", &request, key).await
     }
 
     pub async fn fail(&self, task: TaskId, request: &FailRequest) -> Result<ActResponse, Error> {
+        self.fail_keyed(task, request, None).await
+    }
+
+    /// `fail` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn fail_keyed(
+        &self,
+        task: TaskId,
+        request: &FailRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "fail", &request).await
+        self.act_keyed(task, "fail", &request, key).await
     }
 
     pub async fn spawn(&self, task: TaskId, request: &SpawnRequest) -> Result<ActResponse, Error> {
+        self.spawn_keyed(task, request, None).await
+    }
+
+    /// `spawn` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn spawn_keyed(
+        &self,
+        task: TaskId,
+        request: &SpawnRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
         let mut request = request.clone();
         self.fill_agent(&mut request.agent);
-        self.act(task, "spawn", &request).await
+        self.act_keyed(task, "spawn", &request, key).await
     }
 
     pub async fn cancel(&self, task: TaskId, reason: &str) -> Result<Task, Error> {
+        self.cancel_keyed(task, reason, None).await
+    }
+
+    /// `cancel` with an optional `Idempotency-Key`.
+    pub async fn cancel_keyed(&self, task: TaskId, reason: &str, key: Option<&str>) -> Result<Task, Error> {
         let request = CancelRequest { reason: reason.to_owned() };
-        self.send(Method::POST, &format!("/v1/tasks/{task}/cancel"), Some(&request), None).await
+        self.post_keyed(&format!("/v1/tasks/{task}/cancel"), &request, key).await
     }
 
     /// `GET /v1/tasks/{id}`: the task with its payload.
@@ -303,6 +379,12 @@ impl Client {
 
     pub async fn history(&self, task: TaskId) -> Result<History, Error> {
         self.send::<(), _>(Method::GET, &format!("/v1/tasks/{task}/history"), None, None).await
+    }
+
+    /// `GET /v1/tasks/{id}/lineage`: the task's steps through stages and
+    /// agents with their durations, and its tree of parent and children.
+    pub async fn lineage(&self, task: TaskId) -> Result<Lineage, Error> {
+        self.send::<(), _>(Method::GET, &format!("/v1/tasks/{task}/lineage"), None, None).await
     }
 
     /// One page of tasks; pass the page's `next_cursor` as `query.cursor` for the next.
@@ -368,8 +450,29 @@ impl Client {
         }
     }
 
-    async fn act<B: Serialize>(&self, task: TaskId, verb: &str, body: &B) -> Result<ActResponse, Error> {
-        self.send(Method::POST, &format!("/v1/tasks/{task}/{verb}"), Some(body), None).await
+    async fn act_keyed<B: Serialize>(
+        &self,
+        task: TaskId,
+        verb: &str,
+        body: &B,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
+        self.post_keyed(&format!("/v1/tasks/{task}/{verb}"), body, key).await
+    }
+
+    /// A POST with a JSON body and, when given, an `Idempotency-Key`.
+    async fn post_keyed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: Option<&str>,
+    ) -> Result<T, Error> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.post(&url).timeout(self.timeout).json(body);
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+        }
+        self.execute(request, &url).await.map(|(_, value)| value)
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(

@@ -35,8 +35,16 @@
 //! timeouts and 503 (`Error::is_retryable`) with jittered exponential backoff,
 //! for at most `RetryPolicy::give_up_after` per call. A failed call may still
 //! have committed (the answer was lost), so a retried holder call is repeated
-//! *unchanged*, with the same epoch: Baton's fence makes that safe. If the
-//! first attempt did not land, the retry is the first to land. If it did land,
+//! *unchanged*, with the same epoch and the same `Idempotency-Key`
+//! (`holder_key`: `{task}:{epoch}:{verb}`, from the fence token and the
+//! verb). A server that keeps keyed answers replays the first answer to the
+//! retry, status and body, `claim_next` leases included, so a decision whose
+//! answer was lost is reported from that answer (`Confirmed::Response`) and
+//! its next leases are worked, not left to expire.
+//!
+//! Servers that ignore the header (older ones), or whose record of the key is
+//! gone, fall back on the fence: if the first attempt did not land, the retry
+//! is the first to land. If it did land,
 //! the lease is over (the task moved on or finished, epochs only grow), so the
 //! retry changes nothing and is refused with `lease_lost`. The worker then
 //! reads the task's history and looks for the decision's own event: an event
@@ -51,8 +59,8 @@
 //! `lease_lost` is taken as lost at once. So a repeated complete never counts
 //! twice, and a complete that landed is never reported as lost.
 //!
-//! Leases granted by the `claim_next` part of an answer that was lost are not
-//! known to the worker; they expire after `lease_ms` and Baton offers the
+//! On that fallback path, leases granted by the `claim_next` part of an
+//! answer that was lost are not known to the worker; they expire after `lease_ms` and Baton offers the
 //! tasks again. The same holds for a long-poll claim abandoned at shutdown.
 //!
 //! # Bounds
@@ -735,6 +743,8 @@ impl Worker {
         claim_next: Option<ClaimNext>,
     ) -> Result<ActResponse, Error> {
         let (task, epoch) = (lease.task, lease.epoch);
+        let key = holder_key(lease, decision.verb());
+        let key = Some(key.as_str());
         match decision {
             Decision::Handoff { to_stage, report } => {
                 let request = HandoffRequest {
@@ -746,7 +756,7 @@ impl Worker {
                     confidence: report.confidence,
                     claim_next,
                 };
-                self.client.handoff(task, &request).await
+                self.client.handoff_keyed(task, &request, key).await
             }
             Decision::Complete { result, report } => {
                 let request = CompleteRequest {
@@ -758,11 +768,11 @@ impl Worker {
                     confidence: report.confidence,
                     claim_next,
                 };
-                self.client.complete(task, &request).await
+                self.client.complete_keyed(task, &request, key).await
             }
             Decision::Release { note } => {
                 let request = ReleaseRequest { epoch, agent: None, note: note.clone(), claim_next };
-                self.client.release(task, &request).await
+                self.client.release_keyed(task, &request, key).await
             }
             Decision::Fail { error, retryable } => {
                 let request = FailRequest {
@@ -772,7 +782,7 @@ impl Worker {
                     retryable: *retryable,
                     claim_next,
                 };
-                self.client.fail(task, &request).await
+                self.client.fail_keyed(task, &request, key).await
             }
         }
     }
@@ -838,6 +848,14 @@ enum Delivered {
     Lost(Lost),
     Refused(Error),
     Unknown(String),
+}
+
+/// The `Idempotency-Key` of a holder call: `{task}:{epoch}:{verb}`. The
+/// fence token names the lease and only its holder may act under it, so the
+/// key is unique to one decision (and to the `fail` that reports a refused
+/// one), and a retry of that decision carries the same key.
+pub fn holder_key(lease: &Lease, verb: &str) -> String {
+    format!("{}:{}:{verb}", lease.task, lease.epoch)
 }
 
 /// Whether `events` hold the event a decision by `actor` on the lease

@@ -26,6 +26,8 @@ struct Seen {
     method: String,
     path: String,
     body: Value,
+    /// The `Idempotency-Key` header, if sent.
+    key: Option<String>,
 }
 
 enum Reply {
@@ -129,7 +131,11 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Seen> {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
-    Some(Seen { method, path: path.split('?').next().unwrap().to_owned(), body })
+    let key = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("idempotency-key").then(|| value.trim().to_owned())
+    });
+    Some(Seen { method, path: path.split('?').next().unwrap().to_owned(), body, key })
 }
 
 fn lease_json(task: Uuid, stage: &str, epoch: u64) -> Value {
@@ -219,12 +225,43 @@ fn first_claim_gets(task: Uuid, epoch: u64) -> impl Fn(usize) -> Reply {
 }
 
 #[tokio::test]
-async fn a_complete_whose_answer_was_lost_is_confirmed_by_the_history() {
+async fn a_keyed_retry_after_a_lost_answer_gets_the_first_answer_with_its_next_lease() {
+    let (task, next) = (Uuid::now_v7(), Uuid::now_v7());
+    let claim = first_claim_gets(task, 3);
+    let fake = Fake::start(move |seen, earlier| match seen.path.rsplit('/').next().unwrap() {
+        "claims" => claim(earlier),
+        // The first complete lands but its answer is lost; the server replays
+        // that answer, next lease included, to the retry with the same key.
+        "complete" if seen.body["epoch"] == 3 && earlier == 0 => Reply::Drop,
+        "complete" if seen.body["epoch"] == 3 => {
+            assert_eq!(seen.key.as_deref(), Some(format!("{task}:3:complete").as_str()));
+            Reply::Json(200, act_json(task, "s", "done", 3, vec![lease_json(next, "s", 1)]))
+        }
+        "complete" => Reply::Json(200, act_json(next, "s", "done", 1, vec![])),
+        other => panic!("unexpected call {other}"),
+    })
+    .await;
+    let (finished, stats) = run_until(&fake, fast_options(), 2, |_job| async { Decision::complete() }).await;
+    assert_eq!(finished[0].outcome, Outcome::Completed { confirmed: Confirmed::Response });
+    assert_eq!(finished[1].fence.task, next, "the replayed answer's next lease is worked");
+    assert_eq!((stats.completed, stats.confirmed_by_history, stats.retries), (2, 0, 1));
+    assert!(fake.seen("history").is_empty(), "no history read: the replay answered");
+    assert_eq!(fake.seen("claims").len(), 1);
+    let keys: Vec<_> = fake.seen("complete").into_iter().map(|c| c.key.unwrap()).collect();
+    assert_eq!(
+        keys,
+        [format!("{task}:3:complete"), format!("{task}:3:complete"), format!("{next}:1:complete")]
+    );
+}
+
+#[tokio::test]
+async fn an_old_server_that_ignores_the_key_falls_back_on_the_history() {
     let task = Uuid::now_v7();
     let claim = first_claim_gets(task, 3);
     let fake = Fake::start(move |seen, earlier| match seen.path.rsplit('/').next().unwrap() {
         "claims" => claim(earlier),
-        // The first complete lands but its answer is lost; the retry finds the lease over.
+        // The first complete lands but its answer is lost; a server that does
+        // not keep keyed answers finds the lease over on the retry.
         "complete" if earlier == 0 => Reply::Drop,
         "complete" => Reply::Json(409, refusal("lease_lost", json!({"current_epoch": 3, "state": "done"}))),
         "history" => Reply::Json(
@@ -248,6 +285,8 @@ async fn a_complete_whose_answer_was_lost_is_confirmed_by_the_history() {
     let completes = fake.seen("complete");
     assert_eq!(completes.len(), 2, "one retry");
     assert_eq!(completes[0].body, completes[1].body, "the retry repeats the call unchanged");
+    assert_eq!(completes[0].key, Some(format!("{task}:3:complete")), "keyed by the fence and the verb");
+    assert_eq!(completes[0].key, completes[1].key, "with the same key");
     assert_eq!(completes[0].body["epoch"], 3);
     assert_eq!(completes[0].body["agent"], "w");
     assert_eq!(completes[0].body["claim_next"], json!({"stages": ["s"], "max": 1, "lease_ms": 3000}));

@@ -909,13 +909,19 @@ async fn over_a_socket_with_the_client_then_a_graceful_shutdown() {
         }
         other => panic!("expected lease_lost, got {other:?}"),
     }
-    let done =
-        client.complete(fence.task, &api::CompleteRequest { epoch: 1, ..Default::default() }).await.unwrap();
+    let complete = api::CompleteRequest { epoch: 1, ..Default::default() };
+    let key = Some("socket:1:complete");
+    let done = client.complete_keyed(fence.task, &complete, key).await.unwrap();
     assert_eq!(done.task.state, api::TaskStateName::Done);
+    let replayed = client.complete_keyed(fence.task, &complete, key).await.unwrap();
+    assert_eq!(replayed, done, "a keyed repeat gets the first answer");
     let shown = client.get(fence.task).await.unwrap();
     assert_eq!(shown.payload, Some(payload));
     let history = client.history(fence.task).await.unwrap();
     assert_eq!(history.events.len(), 3);
+    let lineage = client.lineage(fence.task).await.unwrap();
+    assert_eq!(lineage.steps.len(), 1);
+    assert_eq!(lineage.steps[0].exit, Some(api::StepExit::Completed));
     let page =
         client.list(&api::ListQuery { state: Some(api::TaskStateName::Done), ..Default::default() }).await;
     assert_eq!(page.unwrap().tasks.len(), 1);
