@@ -9,6 +9,7 @@
 
 mod admin;
 mod duration;
+mod handoff;
 mod output;
 mod server;
 mod task;
@@ -39,6 +40,13 @@ enum Command {
         client: task::ClientArgs,
         #[command(subcommand)]
         command: task::TaskCommand,
+    },
+    /// Show handoffs and their outcomes on a running server.
+    Handoff {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: handoff::HandoffCommand,
     },
     /// Create, list and revoke agents (admins, with auth on).
     Agent {
@@ -93,6 +101,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args).await,
         Command::Task { client, command } => task::run(&client, command).await,
+        Command::Handoff { client, command } => handoff::run(&client, command).await,
         Command::Agent { client, command } => admin::agent(&client, command).await,
         Command::Principal { client, command } => admin::principal(&client, command).await,
         Command::Token { client, command } => admin::token(&client, command).await,

@@ -76,6 +76,75 @@ impl Printer {
         })
     }
 
+    /// A task's lineage: one line per step, the totals, then the tree.
+    pub fn lineage(&self, lineage: &api::Lineage) -> anyhow::Result<()> {
+        self.print(lineage, || {
+            let mut s = format!("task {}: now {} in {}\n", lineage.task, lineage.state, lineage.stage);
+            for (n, step) in lineage.steps.iter().enumerate() {
+                let by = match (&step.claimed_by, step.epoch) {
+                    (Some(agent), Some(epoch)) => format!("{agent} (epoch {epoch})"),
+                    (Some(agent), None) => agent.clone(),
+                    _ => "unclaimed".to_owned(),
+                };
+                let exit = match (step.exit, &step.to_stage) {
+                    (Some(exit), Some(to)) => format!("{exit} -> {to}"),
+                    (Some(exit), None) => exit.to_string(),
+                    (None, _) => "(now)".to_owned(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{:>3}  {:<20} {}  {:<24} waited {:>9}  held {:>9}  {exit}",
+                    n + 1,
+                    step.stage,
+                    step.entered_at,
+                    by,
+                    ms_text(step.waited_ms),
+                    ms_text(step.held_ms),
+                );
+            }
+            let t = &lineage.totals;
+            let _ = writeln!(
+                s,
+                "total {}: waited {}, held {}, blocked {}",
+                ms_text(t.total_ms),
+                ms_text(t.waited_ms),
+                ms_text(t.held_ms),
+                ms_text(t.blocked_ms)
+            );
+            if let Some(parent) = lineage.tree.parent {
+                let _ = writeln!(s, "parent {parent}");
+            }
+            tree_text(&mut s, &lineage.tree.children, lineage.tree.children_truncated, 0);
+            s
+        })
+    }
+
+    /// A handoff and its outcome.
+    pub fn handoff(&self, handoff: &api::Handoff) -> anyhow::Result<()> {
+        self.print(handoff, || {
+            let mut s = format!(
+                "handoff {} of task {}: {} -> {} by {} at {}\n",
+                handoff.id,
+                handoff.task,
+                handoff.from_stage,
+                handoff.to_stage,
+                handoff.from_agent,
+                handoff.at
+            );
+            let outcome = match &handoff.outcome {
+                api::HandoffOutcome::Pending => "pending".to_owned(),
+                api::HandoffOutcome::Accepted { by, at, epoch } => {
+                    format!("accepted by {by} at {at} (epoch {epoch})")
+                }
+                api::HandoffOutcome::Rerouted { to, at } => format!("rerouted to {to} at {at}"),
+                api::HandoffOutcome::Escalated { to, at } => format!("escalated to {to} at {at}"),
+                api::HandoffOutcome::Cancelled { at } => format!("cancelled at {at}"),
+            };
+            let _ = writeln!(s, "outcome {outcome}");
+            s
+        })
+    }
+
     /// A holder call's answer.
     pub fn act(&self, verb: &str, answer: &api::ActResponse) -> anyhow::Result<()> {
         self.print(answer, || {
@@ -98,6 +167,27 @@ impl Printer {
             Format::Text => print!("{}", text()),
         }
         Ok(())
+    }
+}
+
+/// Milliseconds for people: `850ms`, `12.5s`, `3m20s`.
+fn ms_text(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{}s", ms as f64 / 1_000.0),
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1_000),
+    }
+}
+
+/// The children of a lineage tree, indented by generation.
+fn tree_text(s: &mut String, children: &[api::LineageChild], truncated: bool, depth: usize) {
+    let indent = "  ".repeat(depth + 1);
+    for child in children {
+        let _ = writeln!(s, "{indent}child {}  {:<9} {}", child.id, child.state, child.stage);
+        tree_text(s, &child.children, child.children_truncated, depth + 1);
+    }
+    if truncated {
+        let _ = writeln!(s, "{indent}... more children (baton task list --parent ID)");
     }
 }
 

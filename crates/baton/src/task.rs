@@ -50,6 +50,9 @@ pub enum TaskCommand {
     },
     /// Show a task's events, oldest first.
     History { id: api::TaskId },
+    /// Show a task's path through stages and agents, with the time spent at
+    /// each step, and its parent and children.
+    Lineage { id: api::TaskId },
     /// List tasks, oldest first, one page at a time.
     List(ListArgs),
     /// Cancel a task.
@@ -63,6 +66,77 @@ pub enum TaskCommand {
     Complete(CompleteArgs),
     /// Hand a task you hold to another stage.
     Handoff(HandoffArgs),
+    /// Extend the lease on a task you hold.
+    Heartbeat(HeartbeatArgs),
+    /// Give back a task you hold: it waits in its stage again.
+    Release(ReleaseArgs),
+    /// Report that a task you hold failed.
+    Fail(FailArgs),
+    /// Split a task you hold into child tasks; it waits (blocked) for them.
+    Spawn(SpawnArgs),
+}
+
+/// Who holds the lease, and its epoch: shared by the holder calls.
+#[derive(Debug, clap::Args)]
+pub struct LeaseArgs {
+    /// The agent holding the lease (left out with a token: its principal).
+    #[arg(long, env = "BATON_AGENT")]
+    agent: Option<String>,
+    /// The lease's epoch, from the claim.
+    #[arg(long)]
+    epoch: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HeartbeatArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    lease: LeaseArgs,
+    /// The new lease length from now, e.g. 5m; the stage's default when left out.
+    #[arg(long = "lease", value_parser = parse_ms)]
+    lease_ms: Option<u64>,
+    /// A note for the history.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    lease: LeaseArgs,
+    /// A note for the history.
+    #[arg(long)]
+    note: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FailArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    lease: LeaseArgs,
+    /// What went wrong; recorded in the history.
+    #[arg(long)]
+    error: String,
+    /// Offer the task again after a backoff (otherwise the ladder climbs).
+    #[arg(long)]
+    retryable: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpawnArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    lease: LeaseArgs,
+    /// A child, `STAGE` or `STAGE=JSON` (its payload; `{}` when left out); repeat for more.
+    #[arg(long = "child", required = true, value_parser = parse_child)]
+    children: Vec<(String, serde_json::Value)>,
+    /// When the join holds: `all`, `any` or `quorum:N`.
+    #[arg(long, default_value = "all", value_parser = parse_join)]
+    join: (api::JoinMode, Option<u32>),
+    /// How long the children may take before the ladder acts, e.g. 10m.
+    #[arg(long, value_parser = parse_ms)]
+    within: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,6 +280,7 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
         }
         TaskCommand::Show { id } => out.task(&api.get(id).await?),
         TaskCommand::History { id } => out.history(&api.history(id).await?),
+        TaskCommand::Lineage { id } => out.lineage(&api.lineage(id).await?),
         TaskCommand::List(args) => {
             let query = api::ListQuery {
                 stage: args.stage,
@@ -243,6 +318,46 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
             };
             out.act("handed off", &api.handoff(args.id, &request).await?)
         }
+        TaskCommand::Heartbeat(args) => {
+            let LeaseArgs { agent, epoch } = args.lease;
+            let request = api::HeartbeatRequest {
+                epoch,
+                agent,
+                lease_ms: args.lease_ms,
+                note: args.note,
+                claim_next: None,
+            };
+            out.act("heartbeat on", &api.heartbeat(args.id, &request).await?)
+        }
+        TaskCommand::Release(args) => {
+            let LeaseArgs { agent, epoch } = args.lease;
+            let request = api::ReleaseRequest { epoch, agent, note: args.note, claim_next: None };
+            out.act("released", &api.release(args.id, &request).await?)
+        }
+        TaskCommand::Fail(args) => {
+            let LeaseArgs { agent, epoch } = args.lease;
+            let request = api::FailRequest {
+                epoch,
+                agent,
+                error: args.error,
+                retryable: args.retryable,
+                claim_next: None,
+            };
+            out.act("failed", &api.fail(args.id, &request).await?)
+        }
+        TaskCommand::Spawn(args) => {
+            let LeaseArgs { agent, epoch } = args.lease;
+            let mut children = Vec::new();
+            for (stage, payload) in args.children {
+                let payload = api::Payload::from_json(payload.to_string())
+                    .map_err(|e| anyhow::anyhow!("the payload of a {stage} child: {e}"))?;
+                children.push(api::ChildSpec { stage, payload, priority: 0, labels: BTreeMap::new() });
+            }
+            let (mode, n) = args.join;
+            let join = api::JoinRequest { mode, n, within_ms: args.within };
+            let request = api::SpawnRequest { epoch, agent, children, join, claim_next: None };
+            out.act("spawned from", &api.spawn(args.id, &request).await?)
+        }
     }
 }
 
@@ -271,6 +386,30 @@ fn read_payload(flag: &str) -> anyhow::Result<api::Payload> {
 
 fn parse_json(text: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// A `--child`: `STAGE` or `STAGE=JSON`.
+fn parse_child(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (stage, payload) = match text.split_once('=') {
+        Some((stage, json)) => (stage, parse_json(json)?),
+        None => (text, serde_json::json!({})),
+    };
+    if stage.is_empty() {
+        return Err(format!("{text:?} names no stage; write STAGE or STAGE=JSON"));
+    }
+    Ok((stage.to_owned(), payload))
+}
+
+/// A `--join`: `all`, `any` or `quorum:N`.
+fn parse_join(text: &str) -> Result<(api::JoinMode, Option<u32>), String> {
+    match text {
+        "all" => Ok((api::JoinMode::All, None)),
+        "any" => Ok((api::JoinMode::Any, None)),
+        _ => match text.strip_prefix("quorum:").map(str::parse::<u32>) {
+            Some(Ok(n)) if n > 0 => Ok((api::JoinMode::Quorum, Some(n))),
+            _ => Err(format!("{text:?} is not a join; write all, any or quorum:N")),
+        },
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

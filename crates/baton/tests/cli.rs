@@ -238,3 +238,64 @@ fn commands_that_must_not_start_say_why() {
     let (_, err) = check(dir, &["task", "submit", "--stage", "s", "--payload", "{nope"], 1);
     assert!(err.contains("not valid JSON"), "{err}");
 }
+
+#[test]
+fn holder_commands_lineage_and_handoff_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let dev = Dev::start(dir);
+    let address = dev.address.clone();
+    let run = |args: &[&str], code: i32| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--address", address.as_str()]);
+        check(dir, &all, code)
+    };
+    let claim = |agent: &str, stage: &str| {
+        let (out, _) =
+            run(&["task", "claim", "--agent", agent, "--stage", stage, "--wait", "10s", "-o", "json"], 0);
+        json(&out)["leases"][0]["epoch"].as_u64().expect("a lease").to_string()
+    };
+    let (out, _) = run(&["task", "submit", "--stage", "a", "-o", "json"], 0);
+    let id = json(&out)["id"].as_str().unwrap().to_owned();
+    let holder = |verb: &str, agent: &str, epoch: &str, extra: &[&str]| {
+        let mut args = vec!["task", verb, id.as_str(), "--agent", agent, "--epoch", epoch, "-o", "json"];
+        args.extend_from_slice(extra);
+        json(&run(&args, 0).0)
+    };
+
+    let epoch = claim("w", "a");
+    let beat = holder("heartbeat", "w", &epoch, &["--lease", "1m", "--note", "busy"]);
+    assert_eq!(beat["task"]["state"], "held");
+    assert_eq!(holder("release", "w", &epoch, &["--note", "later"])["task"]["state"], "waiting");
+    let epoch = claim("w", "a");
+    let failed = holder("fail", "w", &epoch, &["--error", "boom", "--retryable"]);
+    assert_eq!(failed["task"]["waiting"]["kind"], "backoff");
+    let epoch = claim("w", "a");
+    let handed = holder("handoff", "w", &epoch, &["--to", "b"]);
+    let handoff = handed["handoff_id"].as_str().unwrap().to_owned();
+    let (out, _) = run(&["handoff", "show", &handoff, "-o", "json"], 0);
+    assert_eq!(json(&out)["outcome"]["status"], "pending");
+    let epoch = claim("w2", "b");
+    let (out, _) = run(&["handoff", "show", &handoff, "--wait", "1s"], 0);
+    assert!(out.contains("outcome accepted by w2"), "{out}");
+    let spawned =
+        holder("spawn", "w2", &epoch, &["--child", "c", "--child", r#"d={"x":1}"#, "--within", "10m"]);
+    assert_eq!(spawned["task"]["state"], "blocked");
+    assert_eq!(spawned["children"].as_array().unwrap().len(), 2);
+
+    let (out, _) = run(&["task", "lineage", &id, "-o", "json"], 0);
+    let lineage = json(&out);
+    let exits: Vec<&str> =
+        lineage["steps"].as_array().unwrap().iter().map(|s| s["exit"].as_str().unwrap()).collect();
+    assert_eq!(exits, ["released", "failed", "handed_off", "spawned"]);
+    assert_eq!(lineage["tree"]["children"].as_array().unwrap().len(), 2);
+    let (out, _) = run(&["task", "lineage", &id], 0);
+    assert!(out.contains("handed_off -> b") && out.contains("child "), "{out}");
+
+    let (_, err) = run(
+        &["task", "spawn", &id, "--epoch", "4", "--child", "c", "--within", "1m", "--join", "quorum:0"],
+        2,
+    );
+    assert!(err.contains("all, any or quorum:N"), "{err}");
+    dev.stop();
+}
