@@ -84,12 +84,13 @@ async fn run(db: &Path, listen: SocketAddr, mode: &str, auth: Auth) -> anyhow::R
     let options = Options { auth: auth_mode, limits: rules.limits.clone(), ..Options::default() };
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
-    // Only URLs that exist: the API, its health checks.
+    // Only URLs that exist: the API, its docs, its health checks.
     match auth {
         Auth::Off => println!("Baton {mode} is running (authentication off, loopback only)"),
         Auth::Tokens => println!("Baton {mode} is running (authentication on: bearer tokens)"),
     }
     println!("  API:       http://{bound}/v1");
+    println!("  API docs:  http://{bound}/docs  (OpenAPI: http://{bound}/openapi.json)");
     println!("  health:    http://{bound}/healthz");
     println!("  readiness: http://{bound}/readyz");
     println!("  database:  {}", db.display());
