@@ -3,6 +3,7 @@
 //! (`AppState`). Nothing here opens a database or reads the wall clock; the
 //! binary (or a test) constructs the world and passes it in.
 
+use crate::http::rate_limit::RateLimiter;
 use crate::wake::{ReadyHub, TaskSignals};
 use baton_core::{Clock, Limits, Store};
 use std::sync::Arc;
@@ -43,6 +44,16 @@ pub struct Options {
     /// The limits the store enforces; the server checks the ones it can
     /// without the store (page size) against the same values.
     pub limits: Limits,
+    /// Requests per second one principal's token bucket refills at; past it,
+    /// 429 `rate_limited` with `Retry-After`. 0 turns the rate limit off; with
+    /// auth off it does not apply (no principal). See `http::rate_limit`.
+    pub requests_per_second_max: u64,
+    /// Requests one principal's full bucket holds: the largest burst above
+    /// `requests_per_second_max`. 0 turns the rate limit off.
+    pub request_burst_max: u64,
+    /// Principals whose buckets are kept at once; past it, full (idle)
+    /// buckets are dropped first (no answer changes), then the nearest to full.
+    pub rate_limit_buckets_max: usize,
     /// The longest a claim or a handoff-outcome call may wait.
     pub wait_ms_max: u64,
     /// Stages one claim may name.
@@ -62,6 +73,9 @@ impl Default for Options {
             header_read_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
             limits: Limits::default(),
+            requests_per_second_max: 1_000,
+            request_burst_max: 2_000,
+            rate_limit_buckets_max: 10_000,
             wait_ms_max: baton_api::limits::WAIT_MS_MAX,
             claim_stages_max: 64,
             handoff_poll_ms: 1_000,
@@ -121,6 +135,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     hub: Arc<ReadyHub>,
     tasks: TaskSignals,
+    rate_limiter: RateLimiter,
     options: Options,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -134,6 +149,7 @@ impl AppState {
                 clock: config.clock,
                 hub: config.hub,
                 tasks: TaskSignals::default(),
+                rate_limiter: RateLimiter::default(),
                 options: config.options,
                 shutdown_tx,
             }),
@@ -155,6 +171,11 @@ impl AppState {
     /// Per-task wake-ups for handoff-outcome waits.
     pub fn tasks(&self) -> &TaskSignals {
         &self.inner.tasks
+    }
+
+    /// The per-principal request buckets (`http::rate_limit`).
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.inner.rate_limiter
     }
 
     pub fn options(&self) -> &Options {

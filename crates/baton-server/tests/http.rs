@@ -1141,6 +1141,22 @@ async fn json_nested_deeper_than_json_depth_max_is_refused_and_changes_nothing()
     api.post(&path, json!({"agent": "a1", "epoch": 1, "findings": {"f": nested(6)}})).await.expect(200);
 }
 
+/// The rate limit is per principal (see the auth suite); with auth off there
+/// is none to key by, and a burst far past the settings is accepted.
+#[tokio::test]
+async fn with_auth_off_the_rate_limit_does_not_apply() {
+    let api = Api::with_options(|o| {
+        o.requests_per_second_max = 1;
+        o.request_burst_max = 1;
+    });
+    let task = api.submit("s", json!({ "n": 1 })).await;
+    for _ in 0..10 {
+        api.get(&format!("/v1/tasks/{}", id(&task))).await.expect(200);
+    }
+    api.submit("s", json!({ "n": 2 })).await;
+    assert!(api.state.rate_limiter().is_empty(), "no bucket is kept with auth off");
+}
+
 #[tokio::test]
 async fn long_polls_may_outlast_the_request_time_limit() {
     let api = Api::with_options(|o| o.request_timeout_ms = 50);

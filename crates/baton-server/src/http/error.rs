@@ -98,6 +98,23 @@ impl ApiError {
         .with_details(json!({ "limit": "request_timeout_ms", "max": limit_ms }))
     }
 
+    /// 429 `rate_limited`: the caller is over `requests_per_second_max`
+    /// (bursts up to `burst`); one more request is accepted after `retry_after_ms`.
+    pub fn rate_limited(per_second: u64, burst: u64, retry_after_ms: u64) -> Self {
+        Self::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many requests: limit requests_per_second_max is {per_second} (bursts up to {burst});                  retry after {retry_after_ms} ms"
+            ),
+        )
+        .with_details(json!({
+            "limit": "requests_per_second_max",
+            "max": per_second,
+            "burst": burst,
+            "retry_after_ms": retry_after_ms,
+        }))
+    }
+
     /// 500 for a bug; the caller logs what happened.
     pub fn internal() -> Self {
         Self::new(ErrorCode::Internal, "internal error; the server logged it")

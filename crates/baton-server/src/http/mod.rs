@@ -1,7 +1,8 @@
 //! The HTTP layer: the route table (every API route documented: see
 //! `openapi`), the fallbacks that keep every refusal in the
 //! `{code, message, details}` shape, the request limits (body size, the
-//! per-request time limit; JSON depth is checked by `extract::ApiJson`), and
+//! per-request time limit, the rate limit per principal in `rate_limit`;
+//! JSON depth is checked by `extract::ApiJson`), and
 //! the refusal log (method, route, status and code; with auth, the principal
 //! too, never a token). Handlers live in one module per resource.
 
@@ -15,6 +16,7 @@ pub mod idempotency;
 pub mod lineage;
 pub mod openapi;
 pub mod principal;
+pub mod rate_limit;
 pub mod tasks;
 
 use crate::state::AppState;
@@ -76,6 +78,7 @@ pub fn router(state: AppState) -> Router {
     .method_not_allowed_fallback(wrong_method)
     .layer(DefaultBodyLimit::max(options.body_bytes_max))
     .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+    .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
     .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
     .layer(middleware::from_fn(log_refusals))
     .with_state(state)

@@ -159,11 +159,27 @@ pub fn refusals(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<utoipa::openapi::
                 .schema(Some(Ref::from_schema_name("ErrorBody")))
                 .examples_from_iter(examples)
                 .build();
-            let response =
+            let mut response =
                 ResponseBuilder::new().description(description).content("application/json", content);
+            if codes.contains(&ErrorCode::RateLimited) {
+                response = response.header("Retry-After", retry_after_header());
+            }
             (status.to_string(), RefOr::T(response.build()))
         })
         .collect()
+}
+
+/// The `Retry-After` header of a 429 `rate_limited`.
+fn retry_after_header() -> utoipa::openapi::header::Header {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let schema = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+    utoipa::openapi::header::HeaderBuilder::new()
+        .schema(Some(schema))
+        .description(Some(
+            "With `rate_limited`: whole seconds (rounded up) until the caller's next request is \
+             accepted; `details.retry_after_ms` has it in milliseconds.",
+        ))
+        .build()
 }
 
 /// Typical `details` of each code, for the examples.
@@ -181,6 +197,9 @@ fn example_details(code: ErrorCode) -> Value {
         ErrorCode::LimitExceeded => json!({ "limit": "payload_bytes_max", "max": 262_144 }),
         ErrorCode::TooManyLeases => json!({ "limit": "leases_per_agent_max", "max": 1000 }),
         ErrorCode::RequestTimeout => json!({ "limit": "request_timeout_ms", "max": 30_000 }),
+        ErrorCode::RateLimited => {
+            json!({ "limit": "requests_per_second_max", "max": 1000, "burst": 2000, "retry_after_ms": 1 })
+        }
         _ => json!({}),
     }
 }
@@ -206,37 +225,39 @@ macro_rules! refusal_sets {
 // body can answer `invalid_request`, `body_too_large` and `limit_exceeded`
 // (`json_depth_max`). With auth on, every route but the service routes can
 // answer 401 `unauthenticated` and 403 `forbidden` (a role or grant says no).
+// With auth on, every route but the service routes can answer 429 `rate_limited` (with
+// `Retry-After`).
 refusal_sets! {
     /// `POST /v1/tasks`.
     SubmitRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, BodyTooLarge, IdempotencyConflict, LimitExceeded,
-        Internal, Unavailable, RequestTimeout];
+        Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /v1/tasks`.
-    ListRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    ListRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /v1/tasks/{id}` and its history.
-    ReadRefusals: [InvalidRequest, Unauthenticated, NotFound, Internal, Unavailable, RequestTimeout];
+    ReadRefusals: [InvalidRequest, Unauthenticated, NotFound, Internal, Unavailable, RequestTimeout, RateLimited];
     /// Heartbeat, complete, release, fail and spawn.
     HolderRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
-        IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+        IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout, RateLimited];
     /// Handoff: a holder call whose target must be an allowed route.
     HandoffRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
-        IdempotencyConflict, RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout];
+        IdempotencyConflict, RouteNotAllowed, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `POST /v1/tasks/{id}/cancel`.
     CancelRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, BodyTooLarge, IdempotencyConflict,
         LimitExceeded, Internal,
-        Unavailable, RequestTimeout];
+        Unavailable, RequestTimeout, RateLimited];
     /// `POST /v1/claims`.
     ClaimRefusals: [InvalidRequest, Unauthenticated, Forbidden, BodyTooLarge, IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable,
-        RequestTimeout];
+        RequestTimeout, RateLimited];
     /// `GET /v1/handoffs/{id}`.
-    HandoffOutcomeRefusals: [InvalidRequest, Unauthenticated, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout];
+    HandoffOutcomeRefusals: [InvalidRequest, Unauthenticated, NotFound, LimitExceeded, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `POST /v1/principals` and `POST /v1/tokens`.
     AdminRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, BodyTooLarge, LimitExceeded,
-        Internal, Unavailable, RequestTimeout];
+        Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /v1/principals` and `GET /v1/tokens`.
-    AdminReadRefusals: [Unauthenticated, Forbidden, Internal, Unavailable, RequestTimeout];
+    AdminReadRefusals: [Unauthenticated, Forbidden, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `DELETE /v1/principals/{name}` and `DELETE /v1/tokens/{id}`.
     AdminRevokeRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, Internal,
-        Unavailable, RequestTimeout];
+        Unavailable, RequestTimeout, RateLimited];
     /// `GET /readyz`.
     ReadyRefusals: [Unavailable];
 }

@@ -70,7 +70,7 @@ impl CallerName {
 
 /// Routes anyone may call, token or not: the index, liveness, readiness and
 /// the API's description. Unknown paths are answered 404 without a token.
-fn is_open(request: &Request) -> bool {
+pub(crate) fn is_open(request: &Request) -> bool {
     match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         None => true,
         Some(path) => {

@@ -107,6 +107,7 @@ struct Reply {
     status: u16,
     body: Value,
     www_authenticate: Option<String>,
+    retry_after: Option<String>,
 }
 
 impl Reply {
@@ -127,6 +128,11 @@ impl World {
     /// - `sub` (submitter), `ops` (operator: human stages such as `inbox`);
     /// - `gone`: a submitter, revoked (its token too).
     async fn new() -> Self {
+        Self::with_options(|_| {}).await
+    }
+
+    /// `new` with server options that `adjust` changes from the defaults.
+    async fn with_options(adjust: impl FnOnce(&mut Options)) -> Self {
         logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::default());
@@ -145,8 +151,9 @@ impl World {
             .expect("an empty directory gets its first admin");
         assert_eq!(baton_server::auth::bootstrap_admin(&*store, clock.now_ms()).await.expect("again"), None);
         let auth = Auth::new(store.clone(), rules.policies.clone());
-        let options =
+        let mut options =
             Options { auth: AuthMode::Tokens(auth), limits: rules.limits.clone(), ..Options::default() };
+        adjust(&mut options);
         let state = AppState::new(Config { store: store.clone(), clock: clock.clone(), hub, options });
         let app = baton_server::app(state.clone());
         let mut world = Self { dir, clock, store, state, app, tokens: BTreeMap::new() };
@@ -210,10 +217,11 @@ impl World {
         let status = response.status().as_u16();
         let www_authenticate =
             response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
+        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
         let body =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("a JSON body") };
-        Reply { status, body, www_authenticate }
+        Reply { status, body, www_authenticate, retry_after }
     }
 
     async fn call_as(&self, principal: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
@@ -1084,6 +1092,82 @@ async fn t13_every_cross_principal_attempt_is_refused_logged_and_changes_nothing
         !logged.to_ascii_lowercase().contains("authorization"),
         "the Authorization header is never logged"
     );
+}
+
+/// The rate limit is per principal: one over its bucket is refused 429
+/// `rate_limited` with `Retry-After`, logged under its name, and changes
+/// nothing; another principal is unaffected; time refills the bucket.
+#[tokio::test]
+async fn the_rate_limit_is_per_principal_refused_calls_are_logged_and_change_nothing() {
+    // The set-up's admin calls fit in one burst.
+    let world = World::with_options(|o| {
+        o.requests_per_second_max = 1;
+        o.request_burst_max = 20;
+    })
+    .await;
+    world.clock.advance(60_000);
+    let id = world.submit("s1").await;
+    for _ in 1..20 {
+        world.call_as("sub", "GET", &format!("/v1/tasks/{id}"), None).await.expect(200);
+    }
+    let over = world.call_as("sub", "GET", "/v1/tasks", None).await;
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert_eq!(over.retry_after.as_deref(), Some("1"));
+    assert_eq!(over.body["details"]["limit"], "requests_per_second_max");
+    assert_eq!(over.body["details"]["max"], 1);
+    assert_eq!(over.body["details"]["retry_after_ms"], 1_000);
+    let submit = json!({ "stage": "s1", "payload": { "n": 2 } });
+    check(
+        &world,
+        &Case {
+            name: "sub over its rate".into(),
+            cred: world.bearer("sub"),
+            method: "POST",
+            route: "/v1/tasks",
+            path: "/v1/tasks".into(),
+            body: Some(submit.clone()),
+            status: 429,
+            code: "rate_limited",
+            principal: "sub",
+        },
+    )
+    .await;
+    // Every API route of sub's is refused the same way, before its body is read.
+    let refused = [
+        ("POST", format!("/v1/tasks/{id}/cancel"), Some(json!({ "reason": "r" }))),
+        ("GET", format!("/v1/tasks/{id}/history"), None),
+        ("POST", "/v1/claims".to_owned(), Some(json!({ "stages": ["s1"] }))),
+        ("POST", "/v1/tasks".to_owned(), Some(json!({ "unknown": "field" }))),
+    ];
+    for (method, path, body) in refused {
+        let reply = world.call_as("sub", method, &path, body).await;
+        assert_eq!((reply.status, &reply.body["code"]), (429, &json!("rate_limited")), "{method} {path}");
+        assert_eq!(reply.retry_after.as_deref(), Some("1"), "{method} {path}");
+    }
+    // Part of a second later: still refused, and told how much longer.
+    world.clock.advance(600);
+    let reply = world.call_as("sub", "GET", "/v1/tasks", None).await;
+    assert_eq!(reply.body["details"]["retry_after_ms"], 400, "{}", reply.body);
+    assert_eq!(reply.retry_after.as_deref(), Some("1"));
+    // Service routes are exempt; a bad token is still 401, not 429.
+    for path in ["/healthz", "/readyz", "/openapi.json", "/v1"] {
+        world.send(&world.bearer("sub"), "GET", path, None).await.expect(200);
+    }
+    let bad = Cred::Header("Bearer baton_nope".into());
+    world.send(&bad, "GET", "/v1/tasks", None).await.expect(401);
+    // Another principal has its own bucket.
+    let (task, _) = world.claim("agent-a", "s1").await;
+    assert_eq!(task, id);
+    world.call_as("admin", "GET", "/v1/principals", None).await.expect(200);
+    // One second after the burst sub may make one more call.
+    world.clock.advance(399);
+    world.call_as("sub", "POST", "/v1/tasks", Some(submit.clone())).await.expect(429);
+    world.clock.advance(1);
+    world.call_as("sub", "POST", "/v1/tasks", Some(submit.clone())).await.expect(201);
+    world.call_as("sub", "POST", "/v1/tasks", Some(submit)).await.expect(429);
+    for secret in world.secrets() {
+        assert!(!log_text().contains(&secret), "a token secret is in the log");
+    }
 }
 
 // ---------------------------------------------------------------------------
