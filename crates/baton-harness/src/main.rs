@@ -54,6 +54,34 @@ enum Command {
         #[arg(long)]
         no_warmup: bool,
     },
+    /// HB3 over HTTP against a spawned `baton dev`, with the raw single-commit
+    /// and ideal batching-writer baselines at the same K, interleaved.
+    BenchHttp {
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        agents: Vec<usize>,
+        /// Tasks per run (3 handoffs each).
+        #[arg(long, default_value_t = 3_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 1024)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Tasks of the low-load end-to-end measurement per round (0: skip it).
+        #[arg(long, default_value_t = 200)]
+        e2e_tasks: usize,
+        /// The `baton` binary to run as `baton dev`; default: next to this binary.
+        #[arg(long)]
+        baton: Option<PathBuf>,
+        /// Directory for the runs (each gets a fresh subdirectory, removed after).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        markdown: bool,
+        #[arg(long, default_value_t = 60)]
+        quiet_wait_s: u64,
+    },
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
     CrashChild {
@@ -113,6 +141,41 @@ fn main() -> Result<()> {
             }
             if markdown {
                 print!("{}", bench::report::markdown(&report));
+            }
+            Ok(())
+        }
+        Command::BenchHttp {
+            agents,
+            tasks,
+            payload_bytes,
+            runs,
+            e2e_tasks,
+            baton,
+            dir,
+            json,
+            markdown,
+            quiet_wait_s,
+        } => {
+            if agents.is_empty() || agents.contains(&0) || runs == 0 || tasks == 0 {
+                bail!("--agents, --runs and --tasks must be positive");
+            }
+            let config = bench::http::HttpConfig {
+                agents,
+                tasks,
+                payload_bytes,
+                runs,
+                e2e_tasks,
+                baton: baton.unwrap_or_else(bench::http::default_baton),
+                dir,
+                quiet_wait_s,
+            };
+            let report = bench::http::run(config)?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            if markdown {
+                print!("{}", bench::http::markdown(&report));
             }
             Ok(())
         }

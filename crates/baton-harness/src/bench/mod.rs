@@ -14,6 +14,7 @@
 
 pub mod baselines;
 pub mod baton;
+pub mod http;
 pub mod pipeline;
 pub mod report;
 
