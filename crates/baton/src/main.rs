@@ -8,6 +8,7 @@
 //! failed, 2 usage error, 3 the server could not be reached or is unavailable.
 
 mod admin;
+mod config;
 mod duration;
 mod handoff;
 mod output;

@@ -9,7 +9,7 @@
 //! principal `admin` and prints its token once on stdout.
 
 use anyhow::{Context, bail};
-use baton_core::{Clock, Rules, SystemClock};
+use baton_core::{Clock, SystemClock};
 use baton_server::{AuthMode, Config, Options, ReadyHub};
 use baton_sqlite::{SqliteOptions, SqliteStore};
 use std::net::SocketAddr;
@@ -26,6 +26,10 @@ pub struct DevArgs {
     /// Directory for the database (`baton.db`); created if missing.
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
+    /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
+    /// (docs/reference/limits.md names every key).
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// `baton serve`: the server on a given database.
@@ -38,6 +42,10 @@ pub struct ServeArgs {
     /// put a TLS-terminating proxy in front of a non-loopback one.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7707")]
     listen: SocketAddr,
+    /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
+    /// (docs/reference/limits.md names every key).
+    #[arg(long, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Whether a run authenticates its callers.
@@ -51,20 +59,28 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     refuse_non_loopback(args.listen, "baton dev")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
-    run(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off).await
+    let file = crate::config::File::load(args.config.as_deref())?;
+    run(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off, file).await
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let path = sqlite_path(&args.database_url)?;
-    run(&path, args.listen, "serve", Auth::Tokens).await
+    let file = crate::config::File::load(args.config.as_deref())?;
+    run(&path, args.listen, "serve", Auth::Tokens, file).await
 }
 
-async fn run(db: &Path, listen: SocketAddr, mode: &str, auth: Auth) -> anyhow::Result<()> {
+async fn run(
+    db: &Path,
+    listen: SocketAddr,
+    mode: &str,
+    auth: Auth,
+    file: crate::config::File,
+) -> anyhow::Result<()> {
     // Checked again here, so no path can start without auth off loopback.
     if auth == Auth::Off {
         refuse_non_loopback(listen, &format!("baton {mode}"))?;
     }
-    let rules = Rules::default();
+    let rules = file.rules();
     let hub = Arc::new(ReadyHub::new());
     let store = SqliteStore::open(db, SqliteOptions::default().rules(rules.clone()).listener(hub.clone()))
         .with_context(|| format!("cannot open the database {}", db.display()))?;
@@ -81,7 +97,7 @@ async fn run(db: &Path, listen: SocketAddr, mode: &str, auth: Auth) -> anyhow::R
         Auth::Off => AuthMode::Off,
         Auth::Tokens => AuthMode::Tokens(baton_server::Auth::new(store.clone(), rules.policies.clone())),
     };
-    let options = Options { auth: auth_mode, limits: rules.limits.clone(), ..Options::default() };
+    let options = Options { auth: auth_mode, ..file.options(Options::default()) };
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
     // Only URLs that exist: the API, its docs, its health checks.

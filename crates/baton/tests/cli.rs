@@ -40,8 +40,14 @@ struct Dev {
 
 impl Dev {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts `baton dev` with extra arguments (e.g. `--config FILE`).
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let mut child = baton(dir)
             .args(["dev", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -237,6 +243,50 @@ fn commands_that_must_not_start_say_why() {
     }
     let (_, err) = check(dir, &["task", "submit", "--stage", "s", "--payload", "{nope"], 1);
     assert!(err.contains("not valid JSON"), "{err}");
+    // A configuration file with a mistake stops the start and says where.
+    for (text, needle) in [
+        ("[limits]\npayload_bytes = 1\n", "unknown field `payload_bytes`"),
+        ("[server]\njson_depth_max = \"deep\"\n", "line 2"),
+        ("[nonsense]\n", "unknown field `nonsense`"),
+        ("[policies.default]\nlease_ms = 10\n", "lease 10 ms is outside the lease limits"),
+    ] {
+        std::fs::write(dir.join("bad.toml"), text).unwrap();
+        let (_, err) = check(dir, &["dev", "--listen", "127.0.0.1:0", "--config", "bad.toml"], 1);
+        assert!(err.contains(needle) && err.contains("bad.toml"), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn a_configuration_file_sets_limits_and_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::write(
+        dir.join("baton.toml"),
+        "[limits]\npayload_bytes_max = 64\n\n[server]\njson_depth_max = 3\n\n\
+         [policies.stages.triage]\naccept_within_ms = 60000\n",
+    )
+    .unwrap();
+    let dev = Dev::start_with(dir, &["--config", "baton.toml"]);
+    let address = dev.address.clone();
+    let submit = |stage: &str, payload: &str, code: i32| {
+        check(dir, &["task", "submit", "--stage", stage, "--payload", payload, "--address", &address], code)
+    };
+    let (_, err) = submit("a", &format!("\"{}\"", "x".repeat(100)), 1);
+    assert!(err.contains("payload_bytes_max"), "the file's payload limit: {err}");
+    let (_, err) = submit("a", "[[[1]]]", 1);
+    assert!(err.contains("json_depth_max"), "the file's depth limit: {err}");
+    let (out, _) =
+        check(dir, &["task", "submit", "--stage", "triage", "-o", "json", "--address", &address], 0);
+    let task = json(&out);
+    let (created, due) = (task["created_at"].as_str().unwrap(), task["due_at"].as_str().unwrap());
+    assert_ne!(created, due);
+    let ms = |t: &str| -> i64 {
+        let (hms, frac) = t.trim_end_matches('Z').split_once('T').unwrap().1.split_once('.').unwrap();
+        let p: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+        ((p[0] * 60 + p[1]) * 60 + p[2]) * 1000 + frac.parse::<i64>().unwrap()
+    };
+    assert_eq!((ms(due) - ms(created)).rem_euclid(86_400_000), 60_000, "triage accepts within a minute");
+    dev.stop();
 }
 
 #[test]
