@@ -15,6 +15,10 @@
 //! integrity_check` says ok. The seed is printed; set BATON_CRASH_SEED to
 //! repeat a run's choices (kill times and thread interleavings still vary).
 
+// The bench-http smoke test compiles into this one test binary.
+#[path = "faults/bench_http.rs"]
+mod bench_http;
+
 use baton_core::{Event, EventKind, Store, TaskId};
 use baton_harness::crash::{Ack, SplitMix, new_task};
 use baton_harness::exec::block_on;
