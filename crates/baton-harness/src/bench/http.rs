@@ -118,33 +118,8 @@ pub struct E2eRun {
     pub complete_rtt_p50_us: f64,
 }
 
-/// Median and range over rounds.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Stat {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Stat {
-    fn of(mut v: Vec<f64>) -> Option<Self> {
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-        Some(Self { median, min: v[0], max: v[n - 1] })
-    }
-
-    fn show(self, digits: usize) -> String {
-        if self.min == self.max {
-            format!("{:.digits$}", self.median)
-        } else {
-            format!("{:.digits$} [{:.digits$}–{:.digits$}]", self.median, self.min, self.max)
-        }
-    }
-}
+/// Median and range over rounds: the same figure type as bench-store's.
+pub use super::report::Stat;
 
 /// Per agent count: each figure's median over rounds, per system, and ratios.
 #[derive(Debug, Clone, Serialize)]

@@ -18,7 +18,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(mut values: Vec<f64>) -> Option<Self> {
+    pub(crate) fn of(mut values: Vec<f64>) -> Option<Self> {
         if values.is_empty() {
             return None;
         }
@@ -26,6 +26,16 @@ impl Stat {
         let n = values.len();
         let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
         Some(Self { median, min: values[0], max: values[n - 1] })
+    }
+
+    /// `median [min–max]` with `digits` decimals, or just the median when
+    /// every round gave the same figure.
+    pub(crate) fn show(self, digits: usize) -> String {
+        if self.min == self.max {
+            format!("{:.digits$}", self.median)
+        } else {
+            format!("{:.digits$} [{:.digits$}–{:.digits$}]", self.median, self.min, self.max)
+        }
     }
 }
 
