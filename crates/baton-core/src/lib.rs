@@ -17,6 +17,7 @@ pub mod policy;
 pub mod rejection;
 pub mod store;
 pub mod task;
+pub mod workflow;
 
 pub use clock::{Clock, SystemClock};
 pub use command::{Action, Command, JoinSpec, NewChild, NewTask, Report};
@@ -33,3 +34,4 @@ pub use store::{
     TaskFilter, TaskView,
 };
 pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
+pub use workflow::{GraphError, Workflow, WorkflowRef, WorkflowStage};
