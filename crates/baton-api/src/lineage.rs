@@ -87,12 +87,15 @@ pub enum StepExit {
     Spawned,
     /// It was cancelled.
     Cancelled,
+    /// Its workflow was aborted: it waits for compensation, then ends cancelled.
+    Aborted,
 }
 
 impl StepExit {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::HandedOff => "handed_off",
+            Self::Aborted => "aborted",
             Self::Completed => "completed",
             Self::Rerouted => "rerouted",
             Self::Escalated => "escalated",

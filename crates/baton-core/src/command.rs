@@ -28,6 +28,13 @@ pub struct NewTask {
     #[serde(default)]
     pub trace: Option<String>,
     pub submitter: Actor,
+    /// Submit through this workflow (its latest version): `stage` must then be
+    /// empty or the workflow's entry stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// Set by the engine on a saga's compensation tasks, never by clients.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compensation: bool,
 }
 
 impl NewTask {
@@ -44,7 +51,14 @@ impl NewTask {
             parent: None,
             trace: None,
             submitter: Actor::System,
+            workflow: None,
+            compensation: false,
         }
+    }
+
+    /// A submit through a workflow's entry stage.
+    pub fn workflow(name: impl Into<String>, payload: impl Into<String>) -> Self {
+        Self { workflow: Some(name.into()), ..Self::new("", payload) }
     }
 
     pub fn key(mut self, key: impl Into<String>) -> Self {
@@ -91,12 +105,34 @@ pub struct JoinSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
-    Heartbeat { lease_ms: Option<Millis>, note: Option<String> },
-    Handoff { to_stage: StageName, report: Report },
-    Complete { result: Option<serde_json::Value>, report: Report },
-    Release { note: Option<String> },
-    Fail { error: String, retryable: bool },
-    Spawn { children: Vec<NewChild>, join: JoinSpec },
+    Heartbeat {
+        lease_ms: Option<Millis>,
+        note: Option<String>,
+    },
+    Handoff {
+        to_stage: StageName,
+        report: Report,
+    },
+    Complete {
+        result: Option<serde_json::Value>,
+        report: Report,
+    },
+    Release {
+        note: Option<String>,
+    },
+    Fail {
+        error: String,
+        retryable: bool,
+    },
+    Spawn {
+        children: Vec<NewChild>,
+        join: JoinSpec,
+    },
+    /// Abort the task's workflow: compensate the stages already done, latest
+    /// first, then cancel the task.
+    Abort {
+        reason: String,
+    },
 }
 
 impl Action {
@@ -108,6 +144,7 @@ impl Action {
             Self::Release { .. } => "release",
             Self::Fail { .. } => "fail",
             Self::Spawn { .. } => "spawn",
+            Self::Abort { .. } => "abort",
         }
     }
 }
@@ -126,8 +163,10 @@ pub enum Command {
     /// The task's `due_at` has passed: lease expiry, re-offer, reroute,
     /// escalation, join deadline or retry after backoff.
     Fire,
-    /// One of the task's children reached a terminal state.
-    ChildSettled { child: TaskId, ok: bool },
+    /// One of the task's children reached a terminal state (or, for a
+    /// compensation task, was escalated). `next_id` names the next
+    /// compensation task a saga may create.
+    ChildSettled { child: TaskId, ok: bool, next_id: TaskId },
 }
 
 impl Command {

@@ -7,9 +7,11 @@ use crate::command::{Action, Command, NewTask, Report};
 use crate::engine::Rules;
 use crate::event::{Actor, Event, EventKind, Hash, Position};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
+use crate::policy::{DEADLINE_BOOST, StagePolicy};
 use crate::rejection::Rejection;
 use crate::store::{Alert, Handoff, HandoffOutcome};
-use crate::task::{Custodian, Join, JoinMode, Lease, Task, TaskState, Wait};
+use crate::task::{Custodian, Join, JoinMode, Lease, Saga, Task, TaskState, Wait};
+use crate::workflow::{Workflow, WorkflowStage};
 
 /// The result of an accepted command: the task after it, its event, and what
 /// else the same transaction must write.
@@ -23,12 +25,49 @@ pub struct Change {
     pub alert: Option<Alert>,
     /// The task reached a terminal state and has a parent: tell it (ok = done).
     pub settle_parent: Option<(TaskId, bool)>,
+    /// Tasks to create in the same transaction (spawned children, a saga's
+    /// next compensation task), with the ids the engine named.
+    pub spawn: Vec<(TaskId, NewTask)>,
+}
+
+/// What `decide` judges against: the rules, and the task's workflow (the
+/// version it was submitted under) when it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    pub rules: &'a Rules,
+    pub workflow: Option<&'a Workflow>,
+}
+
+impl<'a> Env<'a> {
+    /// Rules alone: ad hoc stages.
+    pub fn plain(rules: &'a Rules) -> Self {
+        Self { rules, workflow: None }
+    }
+
+    /// The policy of `stage` for this task.
+    pub fn policy(&self, stage: &StageName) -> &'a StagePolicy {
+        match self.workflow {
+            Some(wf) => wf.policy(stage, &self.rules.policies),
+            None => self.rules.policies.get(stage),
+        }
+    }
+
+    fn stage(&self, stage: &StageName) -> Option<&'a WorkflowStage> {
+        self.workflow.and_then(|wf| wf.stage(stage))
+    }
 }
 
 /// Builds a new task from a submit request. The caller supplies the id.
 pub fn submit(id: TaskId, new: &NewTask, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    submit_in(id, new, Env::plain(rules), now)
+}
+
+/// `submit` for a task of `env.workflow` (the engine resolved it; the stage
+/// is the workflow's entry stage) or ad hoc.
+pub fn submit_in(id: TaskId, new: &NewTask, env: Env<'_>, now: Millis) -> Result<Change, Rejection> {
+    let rules = env.rules;
     validate_new(new, rules)?;
-    let policy = rules.policies.get(&new.stage);
+    let policy = env.policy(&new.stage);
     let digest = crate::event::digest_json(new);
     let task = Task {
         id,
@@ -49,6 +88,11 @@ pub fn submit(id: TaskId, new: &NewTask, rules: &Rules, now: Millis) -> Result<C
         attempts: 0,
         reoffers: 0,
         reroutes: 0,
+        workflow: env.workflow.map(Workflow::reference),
+        trail: Vec::new(),
+        boost_at: new.deadline.map(|d| d.saturating_sub(policy.deadline_near_ms)),
+        deadline_passed: false,
+        compensation: new.compensation,
         state: TaskState::Waiting {
             custodian: Custodian::Submitter(new.submitter.clone()),
             since: now,
@@ -72,23 +116,30 @@ pub fn submit(id: TaskId, new: &NewTask, rules: &Rules, now: Millis) -> Result<C
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };
-    Ok(Change { task, event, handoff: None, alert: None, settle_parent: None })
+    Ok(Change { task, event, handoff: None, alert: None, settle_parent: None, spawn: Vec::new() })
 }
 
-/// Judges `command` against `task` at time `now`.
+/// Judges `command` against `task` at time `now`, for a task without a workflow.
 pub fn decide(task: &Task, command: &Command, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+    decide_in(task, command, Env::plain(rules), now)
+}
+
+/// Judges `command` against `task` at time `now`; `env.workflow` must be the
+/// task's own workflow version.
+pub fn decide_in(task: &Task, command: &Command, env: Env<'_>, now: Millis) -> Result<Change, Rejection> {
+    let rules = env.rules;
     if task.is_terminal() && !matches!(command, Command::Act { .. }) {
         return Err(invalid(task, command));
     }
     match command {
-        Command::Claim { agent, lease_ms } => claim(task, agent, *lease_ms, rules, now),
+        Command::Claim { agent, lease_ms } => claim(task, agent, *lease_ms, env, now),
         Command::Act { agent, epoch, action, handoff_id, children } => {
             let lease = fence(task, agent, *epoch)?;
-            act(task, lease, action, Ids { handoff: *handoff_id, children }, rules, now)
+            act(task, lease, action, Ids { handoff: *handoff_id, children }, env, now)
         }
         Command::Cancel { actor, reason } => cancel(task, actor, reason, rules, now),
-        Command::Fire => fire(task, rules, now),
-        Command::ChildSettled { child, ok } => settle(task, *child, *ok, rules, now),
+        Command::Fire => fire(task, env, now),
+        Command::ChildSettled { child, ok, next_id } => settle(task, *child, *ok, *next_id, env, now),
     }
 }
 
@@ -96,13 +147,19 @@ fn claim(
     task: &Task,
     agent: &AgentId,
     lease_ms: Millis,
-    rules: &Rules,
+    env: Env<'_>,
     now: Millis,
 ) -> Result<Change, Rejection> {
     let TaskState::Waiting { wait: Wait::Offered { .. }, handoff, .. } = &task.state else {
         return Err(invalid(task, &Command::Claim { agent: agent.clone(), lease_ms }));
     };
-    check_lease_ms(lease_ms, rules)?;
+    check_lease_ms(lease_ms, env.rules)?;
+    if let Some(def) = env.stage(&task.stage)
+        && !def.agents.is_empty()
+        && !def.agents.iter().any(|a| a == agent.as_str())
+    {
+        return Err(Rejection::AgentNotAllowed { stage: task.stage.clone(), agent: agent.clone() });
+    }
     let epoch = task.epoch + 1;
     let accepted = handoff
         .clone()
@@ -142,11 +199,12 @@ fn act(
     lease: &Lease,
     action: &Action,
     ids: Ids<'_>,
-    rules: &Rules,
+    env: Env<'_>,
     now: Millis,
 ) -> Result<Change, Rejection> {
+    let rules = env.rules;
     let actor = Actor::Agent(lease.agent.clone());
-    let policy = rules.policies.get(&task.stage);
+    let policy = env.policy(&task.stage);
     match action {
         Action::Heartbeat { lease_ms, note } => {
             let ttl = lease_ms.unwrap_or(policy.lease_ms);
@@ -161,38 +219,29 @@ fn act(
         Action::Handoff { to_stage, report } => {
             check_stage("to_stage", to_stage, rules)?;
             check_report(report, rules)?;
+            if let Some(wf) = env.workflow
+                && !wf.allows(&task.stage, to_stage, &rules.policies)
+            {
+                return Err(Rejection::RouteNotAllowed { from: task.stage.clone(), to: to_stage.clone() });
+            }
             let id = ids.handoff.expect("the engine names every handoff");
-            let handoff = Handoff {
-                id,
-                task: task.id,
-                from_stage: task.stage.clone(),
-                to_stage: to_stage.clone(),
-                from_agent: lease.agent.clone(),
-                at: now,
-                outcome: HandoffOutcome::Pending,
-            };
-            let accept_within = rules.policies.get(to_stage).accept_within_ms;
-            let next = Task {
-                stage: to_stage.clone(),
-                attempts: 0,
-                reoffers: 0,
-                state: TaskState::Waiting {
-                    custodian: Custodian::Agent(lease.agent.clone()),
-                    since: now,
-                    wait: Wait::Offered { due_at: now.saturating_add(accept_within) },
-                    handoff: Some(handoff.clone()),
-                },
-                ..task.clone()
-            };
-            let mut change = change(task, next, EventKind::HandedOff, actor, now);
+            let mut change = hand_off(task, lease, to_stage, id, env, now);
             with_report(&mut change.event, report);
-            change.event.handoff = Some(id);
-            change.handoff = Some(handoff);
             Ok(change)
         }
         Action::Complete { result, report } => {
             check_report(report, rules)?;
             check_json("result", result.as_ref(), rules)?;
+            if let Some(to) = env.stage(&task.stage).and_then(|s| s.next.as_ref()) {
+                // The workflow's default route: a handoff like any other.
+                let id = ids.handoff.expect("the engine names the handoff of a routed complete");
+                let mut change = hand_off(task, lease, to, id, env, now);
+                with_report(&mut change.event, report);
+                if change.event.note.is_none() {
+                    change.event.note = Some(format!("completed {}; routed to {to}", task.stage));
+                }
+                return Ok(change);
+            }
             let next = Task { state: TaskState::Done { at: now, result: result.clone() }, ..task.clone() };
             let mut change = change(task, next, EventKind::Completed, actor, now);
             with_report(&mut change.event, report);
@@ -204,11 +253,11 @@ fn act(
             let attempts = task.attempts + 1;
             let mut change = if attempts >= policy.max_attempts {
                 let why = format!("released {attempts} times at {}", task.stage);
-                climb(task, Task { attempts, ..task.clone() }, true, &why, rules, now, actor)
+                climb(task, Task { attempts, ..task.clone() }, true, &why, env, now, actor)
             } else {
                 let next = Task {
                     attempts,
-                    state: offered(task, Custodian::Stage(task.stage.clone()), rules, now),
+                    state: offered(task, Custodian::Stage(task.stage.clone()), env, now),
                     ..task.clone()
                 };
                 change(task, next, EventKind::Released, actor, now)
@@ -242,7 +291,7 @@ fn act(
                 } else {
                     format!("failed, not retryable: {error}")
                 };
-                Ok(climb(task, Task { attempts, ..task.clone() }, *retryable, &why, rules, now, actor))
+                Ok(climb(task, Task { attempts, ..task.clone() }, *retryable, &why, env, now, actor))
             }
         }
         Action::Spawn { children, join } => {
@@ -276,13 +325,160 @@ fn act(
                         done: 0,
                         failed: 0,
                         due_at: now.saturating_add(join.within_ms),
+                        saga: None,
                     },
                 },
                 ..task.clone()
             };
-            Ok(change(task, next, EventKind::Spawned, actor, now))
+            let mut change = change(task, next, EventKind::Spawned, actor, now);
+            for (spec, id) in children.iter().zip(ids.children) {
+                change.spawn.push((
+                    *id,
+                    NewTask {
+                        namespace: task.namespace.clone(),
+                        stage: spec.stage.clone(),
+                        payload: spec.payload.clone(),
+                        priority: spec.priority,
+                        deadline: task.deadline,
+                        idempotency_key: None,
+                        labels: spec.labels.clone(),
+                        parent: Some(task.id),
+                        trace: task.trace.clone(),
+                        submitter: Actor::Agent(lease.agent.clone()),
+                        workflow: None,
+                        compensation: false,
+                    },
+                ));
+            }
+            Ok(change)
+        }
+        Action::Abort { reason } => {
+            check_text("reason", Some(reason), rules)?;
+            let Some(wf) = env.workflow else {
+                return Err(Rejection::invalid(
+                    "action",
+                    "abort applies to workflow tasks; use fail or cancel for an ad hoc task",
+                ));
+            };
+            let remaining: Vec<StageName> = task
+                .trail
+                .iter()
+                .rev()
+                .filter_map(|s| wf.stage(s).and_then(|d| d.compensate.clone()))
+                .collect();
+            let saga = Saga { reason: reason.clone(), remaining, current: None, ran: Vec::new() };
+            let first = ids.children.first().copied().expect("the engine names the first compensation task");
+            let mut change = compensate(task, lease.agent.clone(), saga, first, env, now, actor);
+            if change.event.kind == EventKind::Spawned {
+                change.event.kind = EventKind::Aborted;
+            }
+            Ok(change)
         }
     }
+}
+
+/// A handoff from the holder to `to`: the sender stays custodian until the
+/// first claim there.
+fn hand_off(task: &Task, lease: &Lease, to: &StageName, id: HandoffId, env: Env<'_>, now: Millis) -> Change {
+    let handoff = Handoff {
+        id,
+        task: task.id,
+        from_stage: task.stage.clone(),
+        to_stage: to.clone(),
+        from_agent: lease.agent.clone(),
+        at: now,
+        outcome: HandoffOutcome::Pending,
+    };
+    let mut trail = task.trail.clone();
+    if env.stage(&task.stage).is_some_and(|s| !s.policy.human) {
+        trail.push(task.stage.clone());
+    }
+    let next = Task {
+        stage: to.clone(),
+        attempts: 0,
+        reoffers: 0,
+        trail,
+        state: TaskState::Waiting {
+            custodian: Custodian::Agent(lease.agent.clone()),
+            since: now,
+            wait: Wait::Offered { due_at: now.saturating_add(env.policy(to).accept_within_ms) },
+            handoff: Some(handoff.clone()),
+        },
+        ..task.clone()
+    };
+    let mut change = change(task, next, EventKind::HandedOff, Actor::Agent(lease.agent.clone()), now);
+    change.event.handoff = Some(id);
+    change.handoff = Some(handoff);
+    change
+}
+
+/// The next step of a saga: spawn the next compensation task as `next_id`,
+/// or, with none left, cancel the aborted task.
+fn compensate(
+    task: &Task,
+    custodian: AgentId,
+    mut saga: Saga,
+    next_id: TaskId,
+    env: Env<'_>,
+    now: Millis,
+    actor: Actor,
+) -> Change {
+    if saga.remaining.is_empty() {
+        let ran: Vec<String> = saga
+            .ran
+            .iter()
+            .map(|(s, ok)| format!("{s} {}", if *ok { "done" } else { "escalated" }))
+            .collect();
+        let reason = if ran.is_empty() {
+            format!("aborted: {}", saga.reason)
+        } else {
+            format!("aborted: {}; compensated: {}", saga.reason, ran.join(", "))
+        };
+        let next = Task { state: TaskState::Cancelled { at: now, reason: reason.clone() }, ..task.clone() };
+        let mut change = change(task, next, EventKind::Aborted, actor, now);
+        change.event.note = Some(reason);
+        change.settle_parent = task.parent.map(|p| (p, false));
+        return change;
+    }
+    let stage = saga.remaining.remove(0);
+    saga.current = Some(stage.clone());
+    let within = env.rules.limits.saga_step_within_ms;
+    let next = Task {
+        state: TaskState::Blocked {
+            custodian,
+            join: Join {
+                mode: JoinMode::All,
+                children: 1,
+                open: vec![next_id],
+                done: 0,
+                failed: 0,
+                due_at: now.saturating_add(within),
+                saga: Some(saga.clone()),
+            },
+        },
+        ..task.clone()
+    };
+    let mut change = change(task, next, EventKind::Spawned, actor, now);
+    change.event.note = Some(format!("compensating at {stage} ({})", saga.reason));
+    let payload = serde_json::json!({ "compensate": task.id, "reason": saga.reason }).to_string();
+    change.spawn.push((
+        next_id,
+        NewTask {
+            namespace: task.namespace.clone(),
+            stage,
+            payload,
+            priority: task.priority,
+            deadline: None,
+            idempotency_key: None,
+            labels: task.labels.clone(),
+            parent: Some(task.id),
+            trace: task.trace.clone(),
+            submitter: Actor::System,
+            workflow: None,
+            compensation: true,
+        },
+    ));
+    change
 }
 
 fn cancel(task: &Task, actor: &Actor, reason: &str, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
@@ -298,13 +494,32 @@ fn cancel(task: &Task, actor: &Actor, reason: &str, rules: &Rules, now: Millis) 
     Ok(change)
 }
 
-/// The timer: the task's `due_at` has passed.
-fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+/// The timer: the task's `due_at` has passed. A passed deadline comes
+/// first, then a nearing one, then the state's own timer.
+fn fire(task: &Task, env: Env<'_>, now: Millis) -> Result<Change, Rejection> {
     match task.due_at() {
         Some(due) if due <= now => {}
         _ => return Err(Rejection::NotDue { task: task.id }),
     }
-    let policy = rules.policies.get(&task.stage);
+    if let Some(deadline) = task.deadline
+        && deadline <= now
+        && !task.deadline_passed
+    {
+        return Ok(deadline_passed(task, deadline, env, now));
+    }
+    if let Some(boost_at) = task.boost_at
+        && boost_at <= now
+    {
+        let next =
+            Task { priority: task.priority.saturating_add(DEADLINE_BOOST), boost_at: None, ..task.clone() };
+        let mut change = change(task, next, EventKind::DeadlineNear, Actor::System, now);
+        change.event.note = Some(format!(
+            "deadline in {} ms; priority raised by {DEADLINE_BOOST}",
+            task.deadline.unwrap_or(now).saturating_sub(now)
+        ));
+        return Ok(change);
+    }
+    let policy = env.policy(&task.stage);
     match &task.state {
         TaskState::Waiting { wait: Wait::Offered { .. }, custodian, since, handoff } => {
             if policy.human || task.reoffers < policy.reoffers {
@@ -324,7 +539,7 @@ fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
                 Ok(change)
             } else {
                 let why = format!("not claimed at {} after {} offers", task.stage, task.reoffers + 1);
-                Ok(climb(task, task.clone(), true, &why, rules, now, Actor::System))
+                Ok(climb(task, task.clone(), true, &why, env, now, Actor::System))
             }
         }
         TaskState::Waiting { wait: Wait::Backoff { .. }, custodian, handoff, .. } => {
@@ -344,33 +559,78 @@ fn fire(task: &Task, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
             let expired = Task { epoch: task.epoch + 1, attempts, ..task.clone() };
             if attempts >= policy.max_attempts {
                 let why = format!("lease of {} expired; {attempts} attempts at {}", lease.agent, task.stage);
-                Ok(climb(task, expired, true, &why, rules, now, Actor::System))
+                Ok(climb(task, expired, true, &why, env, now, Actor::System))
             } else {
-                let next = Task {
-                    state: offered(task, Custodian::Stage(task.stage.clone()), rules, now),
-                    ..expired
-                };
+                let next =
+                    Task { state: offered(task, Custodian::Stage(task.stage.clone()), env, now), ..expired };
                 let mut change = change(task, next, EventKind::LeaseExpired, Actor::System, now);
                 change.event.note = Some(format!("lease of {} expired", lease.agent));
                 Ok(change)
             }
         }
         TaskState::Blocked { join, .. } => {
-            let why = format!("join deadline passed with {} of {} children done", join.done, join.needed());
-            Ok(climb(task, task.clone(), false, &why, rules, now, Actor::System))
+            let why = match &join.saga {
+                Some(saga) => format!("compensation for abort ({}) not done in time", saga.reason),
+                None => format!("join deadline passed with {} of {} children done", join.done, join.needed()),
+            };
+            Ok(climb(task, task.clone(), false, &why, env, now, Actor::System))
         }
         TaskState::Done { .. } | TaskState::Cancelled { .. } => unreachable!("terminal tasks have no due_at"),
     }
 }
 
-fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> Result<Change, Rejection> {
+/// The task's own deadline passed: a waiting task in a worker stage climbs
+/// straight to its human stage; a held, blocked or already escalated task
+/// stays where it is and an alert tells its custodian and the operators.
+fn deadline_passed(task: &Task, deadline: Millis, env: Env<'_>, now: Millis) -> Change {
+    let why = format!("deadline passed {} ms ago at {}", now.saturating_sub(deadline), task.stage);
+    let base = Task {
+        deadline_passed: true,
+        boost_at: None,
+        priority: if task.boost_at.is_some() {
+            task.priority.saturating_add(DEADLINE_BOOST)
+        } else {
+            task.priority
+        },
+        ..task.clone()
+    };
+    let waiting = matches!(task.state, TaskState::Waiting { .. });
+    if waiting && !env.policy(&task.stage).human {
+        let mut change = climb(task, base, false, &why, env, now, Actor::System);
+        change.event.kind = EventKind::Escalated;
+        return change;
+    }
+    let mut change = change(task, base, EventKind::DeadlinePassed, Actor::System, now);
+    change.event.note = Some(why.clone());
+    change.alert = Some(Alert { task: task.id, stage: task.stage.clone(), at: now, message: why });
+    change
+}
+
+fn settle(
+    task: &Task,
+    child: TaskId,
+    ok: bool,
+    next_id: TaskId,
+    env: Env<'_>,
+    now: Millis,
+) -> Result<Change, Rejection> {
+    let command = Command::ChildSettled { child, ok, next_id };
     let TaskState::Blocked { custodian, join } = &task.state else {
-        return Err(invalid(task, &Command::ChildSettled { child, ok }));
+        return Err(invalid(task, &command));
     };
     if !join.open.contains(&child) {
         // Not a child of the current spawn (an earlier spawn's, or a task
         // submitted with this parent): it does not count toward the join.
-        return Err(invalid(task, &Command::ChildSettled { child, ok }));
+        return Err(invalid(task, &command));
+    }
+    if let Some(saga) = &join.saga {
+        // A compensation step ended (done, or escalated to the operators): on
+        // to the next one, latest first, until none is left.
+        let mut saga = saga.clone();
+        if let Some(stage) = saga.current.take() {
+            saga.ran.push((stage, ok));
+        }
+        return Ok(compensate(task, custodian.clone(), saga, next_id, env, now, Actor::System));
     }
     let mut join = join.clone();
     join.open.retain(|c| *c != child);
@@ -382,11 +642,11 @@ fn settle(task: &Task, child: TaskId, ok: bool, rules: &Rules, now: Millis) -> R
     let note = Some(format!("child {child} {}", if ok { "done" } else { "cancelled" }));
     let mut change = if join.satisfied() {
         let next =
-            Task { state: offered(task, Custodian::Agent(custodian.clone()), rules, now), ..task.clone() };
+            Task { state: offered(task, Custodian::Agent(custodian.clone()), env, now), ..task.clone() };
         change(task, next, EventKind::Joined, Actor::System, now)
     } else if join.hopeless() {
         let why = format!("join cannot hold: {} of {} children failed", join.failed, join.children);
-        climb(task, task.clone(), false, &why, rules, now, Actor::System)
+        climb(task, task.clone(), false, &why, env, now, Actor::System)
     } else {
         let next = Task { state: TaskState::Blocked { custodian: custodian.clone(), join }, ..task.clone() };
         change(task, next, EventKind::ChildSettled, Actor::System, now)
@@ -405,20 +665,20 @@ fn climb(
     base: Task,
     allow_reroute: bool,
     why: &str,
-    rules: &Rules,
+    env: Env<'_>,
     now: Millis,
     actor: Actor,
 ) -> Change {
-    let policy = rules.policies.get(&task.stage);
+    let policy = env.policy(&task.stage);
     let reroute = policy
         .reroute_to
         .as_ref()
-        .filter(|to| allow_reroute && **to != task.stage && task.reroutes < rules.limits.reroutes_max);
+        .filter(|to| allow_reroute && **to != task.stage && task.reroutes < env.rules.limits.reroutes_max);
     let (to, kind, reroutes) = match reroute {
         Some(to) => (to.clone(), EventKind::Rerouted, base.reroutes + 1),
         None => (policy.escalation_target(), EventKind::Escalated, base.reroutes),
     };
-    let accept_within = rules.policies.get(&to).accept_within_ms;
+    let accept_within = env.policy(&to).accept_within_ms;
     let next = Task {
         stage: to.clone(),
         attempts: 0,
@@ -444,13 +704,17 @@ fn climb(
     }
     if kind == EventKind::Escalated {
         change.alert = Some(Alert { task: task.id, stage: to, at: now, message: why.to_owned() });
+        // A saga waits for its compensation tasks to be done or escalated.
+        if task.compensation {
+            change.settle_parent = task.parent.map(|p| (p, false));
+        }
     }
     change
 }
 
 /// A waiting state offered in the task's current stage.
-fn offered(task: &Task, custodian: Custodian, rules: &Rules, now: Millis) -> TaskState {
-    let accept_within = rules.policies.get(&task.stage).accept_within_ms;
+fn offered(task: &Task, custodian: Custodian, env: Env<'_>, now: Millis) -> TaskState {
+    let accept_within = env.policy(&task.stage).accept_within_ms;
     TaskState::Waiting {
         custodian,
         since: now,
@@ -486,7 +750,7 @@ fn change(task: &Task, mut next: Task, kind: EventKind, actor: Actor, now: Milli
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };
-    Change { task: next, event, handoff: None, alert: None, settle_parent: None }
+    Change { task: next, event, handoff: None, alert: None, settle_parent: None, spawn: Vec::new() }
 }
 
 fn with_report(event: &mut Event, report: &Report) {

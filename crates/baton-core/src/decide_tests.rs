@@ -155,8 +155,9 @@ fn every_state_and_command() {
     let later = T0 + 10;
     let cancel =
         || Command::Cancel { actor: Actor::Principal("ops".into()), reason: "no longer needed".into() };
-    let settle = |ok| Command::ChildSettled { child: child(0), ok };
-    let stranger = Command::ChildSettled { child: TaskId(uuid::Uuid::from_u128(99)), ok: true };
+    let settle = |ok| Command::ChildSettled { child: child(0), ok, next_id: child(50) };
+    let stranger =
+        Command::ChildSettled { child: TaskId(uuid::Uuid::from_u128(99)), ok: true, next_id: child(50) };
     let cases: Vec<(&str, Command, Millis, Expect)> = vec![
         // waiting (offered)
         ("waiting", claim_by("x"), later, Yes(K::Claimed, S::Held, "a")),
@@ -352,7 +353,9 @@ fn events_chain_and_detect_tampering() {
 fn a_join_counts_only_its_own_children_once() {
     let r = rules();
     let t = state("blocked");
-    let settle = |t: &Task, c, ok| decide(t, &Command::ChildSettled { child: child(c), ok }, &r, T0 + 9);
+    let settle = |t: &Task, c, ok| {
+        decide(t, &Command::ChildSettled { child: child(c), ok, next_id: child(50) }, &r, T0 + 9)
+    };
     let t = settle(&t, 0, true).unwrap().task;
     assert_eq!(settle(&t, 0, true).unwrap_err().code(), "invalid_transition", "a child counts once");
     let joined = settle(&t, 1, true).unwrap();

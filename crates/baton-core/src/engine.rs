@@ -10,17 +10,20 @@
 //! can separate an effect from the answer a repeat will get.
 
 use crate::command::{Action, Command, NewTask};
-use crate::decide::{Change, decide, submit as decide_submit};
-use crate::event::{Actor, Event, Hash};
+use crate::decide::{Change, Env, decide_in, submit_in as decide_submit};
+use crate::event::{Event, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::limits::Limits;
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
-    ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Grant, Handoff, Op, OpOutcome, RequestKey,
-    RequestRecord, Submitted,
+    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Delivery, Grant, Handoff,
+    HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Submitted,
 };
 use crate::task::{Task, TaskState};
+use crate::workflow::Workflow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The rules an engine applies: stage policies and limits.
@@ -85,6 +88,18 @@ pub trait Tx {
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, Self::Error>;
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), Self::Error>;
     fn put_alert(&mut self, alert: &Alert) -> Result<(), Self::Error>;
+    /// Appends a notice to the outbox webhooks deliver from; the store gives
+    /// it the next sequence number.
+    fn put_notice(&mut self, notice: &Notice) -> Result<(), Self::Error>;
+    /// Records one webhook delivery attempt.
+    fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), Self::Error>;
+    /// A workflow at `version`, or (`None`) its latest version. Versions never
+    /// change once stored, so stores may cache them.
+    fn workflow(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<Workflow>>, Self::Error>;
+    /// Stores a new workflow version (the engine numbered it).
+    fn put_workflow(&mut self, workflow: &Workflow) -> Result<(), Self::Error>;
+    /// How many tasks are held at `stage` now (for stage capacity).
+    fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, Self::Error>;
     /// The record of a keyed request by (principal, key), expired or not: the
     /// engine judges its age against `request_key_ttl_ms`.
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, Self::Error>;
@@ -191,7 +206,63 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
         Op::Claim(req) => OpOutcome::Claim(claim(tx, req, cx)?),
         Op::Act(req) => OpOutcome::Act(act(tx, req, cx)?),
         Op::Cancel(req) => OpOutcome::Cancel(cancel(tx, req, cx)?),
+        Op::ApplyWorkflow(wf) => OpOutcome::ApplyWorkflow(apply_workflow(tx, wf, cx)?),
+        Op::RecordDelivery(d) => {
+            st(tx.put_delivery(d))?;
+            OpOutcome::RecordDelivery
+        }
     })
+}
+
+/// Stores `wf` as the next version of its name, unless the latest version
+/// already has the same definition. Checks the graph and the policies first.
+pub fn apply_workflow<T: Tx>(tx: &mut T, wf: &Workflow, cx: &mut Ctx<'_>) -> Res<Applied, T::Error> {
+    if let Some(first) = wf.check(&cx.rules.policies).into_iter().next() {
+        let field = match &first.stage {
+            Some(stage) => format!("stages.{stage}.{}", first.field),
+            None => first.field.to_owned(),
+        };
+        return Err(Rejection::invalid(&field, first.message).into());
+    }
+    if wf.stages.len() > cx.rules.limits.workflows_max {
+        return Err(
+            Rejection::limit("workflows_max", cx.rules.limits.workflows_max, "declare fewer stages").into()
+        );
+    }
+    let mut probe = Rules { policies: cx.rules.policies.clone(), limits: cx.rules.limits.clone() };
+    probe.policies.stages = wf.stages.iter().map(|(n, s)| (n.clone(), s.policy.clone())).collect();
+    probe.validate().map_err(|problem| Rejection::invalid("stages", problem))?;
+    let latest = st(tx.workflow(&wf.name, None))?;
+    if let Some(latest) = &latest
+        && latest.same_definition(wf)
+    {
+        return Ok(Applied { workflow: Workflow::clone(latest), created: false });
+    }
+    let version = latest.map_or(1, |l| l.version + 1);
+    if usize::try_from(version).unwrap_or(usize::MAX) > cx.rules.limits.workflows_max {
+        return Err(Rejection::limit(
+            "workflows_max",
+            cx.rules.limits.workflows_max,
+            "this workflow has too many versions; apply it under a new name",
+        )
+        .into());
+    }
+    let stored = Workflow { version, ..wf.clone() };
+    st(tx.put_workflow(&stored))?;
+    Ok(Applied { workflow: stored, created: true })
+}
+
+/// The workflow version a task runs under, if any.
+fn workflow_of<T: Tx>(tx: &mut T, task: &Task) -> Res<Option<Arc<Workflow>>, T::Error> {
+    let Some(r) = &task.workflow else { return Ok(None) };
+    match st(tx.workflow(&r.name, Some(r.version)))? {
+        Some(wf) => Ok(Some(wf)),
+        None => Err(Rejection::WorkflowNotFound { name: format!("{} v{}", r.name, r.version) }.into()),
+    }
+}
+
+fn env<'a>(rules: &'a Rules, wf: Option<&'a Arc<Workflow>>) -> Env<'a> {
+    Env { rules, workflow: wf.map(|w| &**w) }
 }
 
 /// Deletes up to `limit` (at most `sweep_batch_max`) expired request records.
@@ -204,26 +275,49 @@ pub fn purge_requests<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<
 
 /// Submit: create the task, or return the existing one for a repeated key.
 pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitted, T::Error> {
+    let mut wf = None;
+    let mut resolved;
+    let mut new = new;
+    if let Some(name) = &new.workflow {
+        let found = st(tx.workflow(name, None))?.ok_or(Rejection::WorkflowNotFound { name: name.clone() })?;
+        if !new.stage.as_str().is_empty() && new.stage != found.entry {
+            return Err(Rejection::invalid(
+                "stage",
+                format!("workflow {name} starts at {}; omit the stage or name that one", found.entry),
+            )
+            .into());
+        }
+        resolved = new.clone();
+        resolved.stage = found.entry.clone();
+        new = &resolved;
+        wf = Some(found);
+    }
     if let Some(key) = &new.idempotency_key
         && let Some((existing, _)) = st(tx.load_by_key(&new.namespace, key))?
     {
         // Recompute the digest the way `decide::submit` does, to compare.
-        let probe = decide_submit(existing.id, new, cx.rules, cx.now)?;
+        let probe = decide_submit(existing.id, new, env(cx.rules, wf.as_ref()), cx.now)?;
         if probe.task.submit_digest == existing.submit_digest {
             return Ok(Submitted { task: existing, created: false });
         }
         return Err(Rejection::IdempotencyConflict { key: key.clone() }.into());
     }
     let id = TaskId(tx.new_id());
-    insert_new(tx, id, new, cx).map(|task| Submitted { task, created: true })
+    insert_new(tx, id, new, wf.as_ref(), cx).map(|task| Submitted { task, created: true })
 }
 
-/// Creates a task with an id the engine chose.
-fn insert_new<T: Tx>(tx: &mut T, id: TaskId, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+/// Creates a task with an id the engine chose, under `wf` when given.
+fn insert_new<T: Tx>(
+    tx: &mut T,
+    id: TaskId,
+    new: &NewTask,
+    wf: Option<&Arc<Workflow>>,
+    cx: &mut Ctx<'_>,
+) -> Res<Task, T::Error> {
     if let Some(parent) = new.parent {
         check_lineage(tx, parent, cx.rules)?;
     }
-    let change = decide_submit(id, new, cx.rules, cx.now)?;
+    let change = decide_submit(id, new, env(cx.rules, wf), cx.now)?;
     let event = change.event.seal(Hash::ZERO);
     st(tx.insert(&change.task, &new.payload, &event))?;
     cx.effects.note_ready(&change.task);
@@ -276,18 +370,44 @@ fn claim_except<T: Tx>(
     });
     candidates.dedup_by_key(|c| c.id);
     candidates.retain(|c| Some(c.id) != except);
+    if let Some(only) = req.only {
+        candidates.retain(|c| c.id == only);
+    }
     // Decide every lease before writing any, so a refusal leaves nothing
     // half-claimed (claim-next commits its action even when its claim fails).
     let mut changes = Vec::with_capacity(max);
-    for key in candidates.into_iter().take(max) {
+    // Held counts of capped stages, including leases this claim grants.
+    let mut held: BTreeMap<StageName, u64> = BTreeMap::new();
+    for key in candidates {
+        if changes.len() == max {
+            break;
+        }
         let Some((task, head)) = st(tx.load(key.id))? else { continue };
-        let lease_ms = req.lease_ms.unwrap_or_else(|| cx.rules.policies.get(&task.stage).lease_ms);
-        let change = decide(&task, &Command::Claim { agent: req.agent.clone(), lease_ms }, cx.rules, cx.now)?;
-        changes.push((change, head));
+        let wf = workflow_of(tx, &task)?;
+        let e = env(cx.rules, wf.as_ref());
+        if let Some(cap) = wf.as_ref().and_then(|w| w.stage(&task.stage)).and_then(|s| s.capacity) {
+            let count = match held.get(&task.stage) {
+                Some(n) => *n,
+                None => st(tx.held_in_stage(&task.stage))?,
+            };
+            if count >= u64::from(cap) {
+                held.insert(task.stage.clone(), count);
+                continue;
+            }
+            held.insert(task.stage.clone(), count + 1);
+        }
+        let lease_ms = req.lease_ms.unwrap_or_else(|| e.policy(&task.stage).lease_ms);
+        let command = Command::Claim { agent: req.agent.clone(), lease_ms };
+        match decide_in(&task, &command, e, cx.now) {
+            Ok(change) => changes.push((change, head, wf)),
+            // The workflow keeps this stage's tasks for other agents.
+            Err(Rejection::AgentNotAllowed { .. }) => {}
+            Err(other) => return Err(other.into()),
+        }
     }
     let mut grants = Vec::with_capacity(changes.len());
-    for (change, head) in changes {
-        let task = apply(tx, change, head, cx)?;
+    for (change, head, wf) in changes {
+        let task = apply(tx, change, head, wf.as_ref(), cx)?;
         let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
         grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
     }
@@ -297,11 +417,14 @@ fn claim_except<T: Tx>(
 /// A holder's action, then optionally claim-next in the same transaction.
 pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
-    let handoff_id = matches!(req.action, Action::Handoff { .. }).then(|| HandoffId(tx.new_id()));
+    let wf = workflow_of(tx, &task)?;
+    let handoff_id = matches!(req.action, Action::Handoff { .. } | Action::Complete { .. })
+        .then(|| HandoffId(tx.new_id()));
     let children: Vec<TaskId> = match &req.action {
         Action::Spawn { children, .. } if children.len() <= cx.rules.limits.children_max => {
             children.iter().map(|_| TaskId(tx.new_id())).collect()
         }
+        Action::Abort { .. } => vec![TaskId(tx.new_id())],
         _ => Vec::new(),
     };
     let command = Command::Act {
@@ -311,25 +434,10 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
         handoff_id,
         children: children.clone(),
     };
-    let change = decide(&task, &command, cx.rules, cx.now)?;
-    let task = apply(tx, change, head, cx)?;
-    if let Action::Spawn { children: specs, .. } = &req.action {
-        for (spec, id) in specs.iter().zip(&children) {
-            let new = NewTask {
-                namespace: task.namespace.clone(),
-                stage: spec.stage.clone(),
-                payload: spec.payload.clone(),
-                priority: spec.priority,
-                deadline: task.deadline,
-                idempotency_key: None,
-                labels: spec.labels.clone(),
-                parent: Some(task.id),
-                trace: task.trace.clone(),
-                submitter: Actor::Agent(req.agent.clone()),
-            };
-            insert_new(tx, *id, &new, cx)?;
-        }
-    }
+    let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
+    let handoff_id = change.handoff.as_ref().map(|h| h.id);
+    let children: Vec<TaskId> = change.spawn.iter().map(|(id, _)| *id).collect();
+    let task = apply(tx, change, head, wf.as_ref(), cx)?;
     let mut next = Vec::new();
     if let Some(claim_next) = &req.claim_next {
         let request = ClaimRequest {
@@ -337,6 +445,7 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
             stages: claim_next.stages.clone(),
             max: claim_next.max,
             lease_ms: claim_next.lease_ms,
+            only: None,
         };
         // The main action commits whatever happens to the claim part.
         match claim_except(tx, &request, Some(req.task), cx) {
@@ -350,13 +459,10 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
 
 pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
-    let change = decide(
-        &task,
-        &Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() },
-        cx.rules,
-        cx.now,
-    )?;
-    apply(tx, change, head, cx)
+    let wf = workflow_of(tx, &task)?;
+    let command = Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() };
+    let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
+    apply(tx, change, head, wf.as_ref(), cx)
 }
 
 /// The timers: act on up to `limit` tasks whose `due_at` has passed.
@@ -365,9 +471,10 @@ pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize,
     let mut fired = 0;
     for id in st(tx.due(cx.now, limit))? {
         let Some((task, head)) = st(tx.load(id))? else { continue };
-        match decide(&task, &Command::Fire, cx.rules, cx.now) {
+        let wf = workflow_of(tx, &task)?;
+        match decide_in(&task, &Command::Fire, env(cx.rules, wf.as_ref()), cx.now) {
             Ok(change) => {
-                apply(tx, change, head, cx)?;
+                apply(tx, change, head, wf.as_ref(), cx)?;
                 fired += 1;
             }
             Err(Rejection::NotDue { .. }) => {}
@@ -377,27 +484,45 @@ pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize,
     Ok(fired)
 }
 
-/// Saves a change with its sealed event and its consequences.
-fn apply<T: Tx>(tx: &mut T, change: Change, head: Hash, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+/// Saves a change with its sealed event and its consequences: the handoff
+/// and alert records, the outbox notices, the tasks it spawns and the join of
+/// the parent it settles. `wf` is the changed task's workflow.
+fn apply<T: Tx>(
+    tx: &mut T,
+    change: Change,
+    head: Hash,
+    wf: Option<&Arc<Workflow>>,
+    cx: &mut Ctx<'_>,
+) -> Res<Task, T::Error> {
     let event = change.event.seal(head);
     if !st(tx.update(&change.task, &event))? {
         return Err(Fail::Conflict);
     }
     if let Some(h) = &change.handoff {
         st(tx.put_handoff(h))?;
+        if h.outcome != HandoffOutcome::Pending {
+            st(tx.put_notice(&Notice::Handoff { handoff: h.clone() }))?;
+        }
     }
     if let Some(a) = &change.alert {
         st(tx.put_alert(a))?;
+        st(tx.put_notice(&Notice::Alert { alert: a.clone() }))?;
     }
     cx.effects.note_ready(&change.task);
+    for (id, new) in &change.spawn {
+        // A child in one of the workflow's stages runs under the same version.
+        let child_wf = wf.filter(|w| w.stage(&new.stage).is_some());
+        insert_new(tx, *id, new, child_wf, cx)?;
+    }
     if let Some((parent, ok)) = change.settle_parent
         && let Some((p, p_head)) = st(tx.load(parent))?
     {
-        let command = Command::ChildSettled { child: change.task.id, ok };
+        let p_wf = workflow_of(tx, &p)?;
+        let command = Command::ChildSettled { child: change.task.id, ok, next_id: TaskId(tx.new_id()) };
         // A parent that is no longer blocked (escalated at its join deadline,
         // cancelled) has nothing to settle: the child's end changes nothing.
-        if let Ok(parent_change) = decide(&p, &command, cx.rules, cx.now) {
-            apply(tx, parent_change, p_head, cx)?;
+        if let Ok(parent_change) = decide_in(&p, &command, env(cx.rules, p_wf.as_ref()), cx.now) {
+            apply(tx, parent_change, p_head, p_wf.as_ref(), cx)?;
         }
     }
     Ok(change.task)

@@ -52,6 +52,9 @@ pub enum EventKind {
     Reoffered,
     Rerouted,
     Escalated,
+    DeadlineNear,
+    DeadlinePassed,
+    Aborted,
 }
 
 impl EventKind {
@@ -73,6 +76,9 @@ impl EventKind {
             Self::Reoffered => "reoffered",
             Self::Rerouted => "rerouted",
             Self::Escalated => "escalated",
+            Self::DeadlineNear => "deadline_near",
+            Self::DeadlinePassed => "deadline_passed",
+            Self::Aborted => "aborted",
         }
     }
 }

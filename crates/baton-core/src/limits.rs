@@ -46,6 +46,11 @@ pub struct Limits {
     /// same key from the same principal returns the first outcome; after it,
     /// the key is free again and its record may be purged (SPEC section 6: 24 h).
     pub request_key_ttl_ms: i64,
+    /// How long one compensation step of an aborted workflow may take before
+    /// the aborted task climbs the ladder (its compensation task has its own).
+    pub saga_step_within_ms: i64,
+    /// Versions kept of one workflow, and workflows one store keeps.
+    pub workflows_max: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +74,8 @@ impl Default for Limits {
             sweep_batch_max: 512,
             page_size_max: 500,
             request_key_ttl_ms: 24 * 3_600_000,
+            saga_step_within_ms: 24 * 3_600_000,
+            workflows_max: 1_000,
         }
     }
 }

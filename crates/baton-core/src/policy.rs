@@ -54,7 +54,13 @@ pub struct StagePolicy {
     /// Whether operators (humans) work this stage. A human stage's ladder only
     /// re-offers: there is nowhere further to escalate.
     pub human: bool,
+    /// How long before a task's deadline its priority is raised (by
+    /// `DEADLINE_BOOST`), taken from the stage the task is submitted to.
+    pub deadline_near_ms: Millis,
 }
+
+/// What a nearing deadline adds to a task's priority.
+pub const DEADLINE_BOOST: i32 = 1_000;
 
 impl Default for StagePolicy {
     fn default() -> Self {
@@ -67,6 +73,7 @@ impl Default for StagePolicy {
             reroute_to: None,
             escalate_to: None,
             human: false,
+            deadline_near_ms: 5 * 60_000,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the server maps codes to HTTP statuses in one place. A refusal always means
 //! nothing changed.
 
-use crate::ids::{HandoffId, StageName, TaskId};
+use crate::ids::{AgentId, HandoffId, StageName, TaskId};
 use crate::task::StateName;
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,12 @@ pub enum Rejection {
     /// A request field is malformed.
     #[error("{field}: {problem}")]
     InvalidRequest { field: String, problem: String },
+    /// No workflow of that name (or version) has been applied.
+    #[error("workflow {name:?} not found; apply it first with `baton workflow apply`")]
+    WorkflowNotFound { name: String },
+    /// The task's workflow does not let this agent claim at this stage.
+    #[error("agent {agent} may not claim at stage {stage}: the workflow lists who may")]
+    AgentNotAllowed { stage: StageName, agent: AgentId },
     /// The timer fired before the task was due (a benign race; nothing to do).
     #[error("task {task} is not due yet")]
     NotDue { task: TaskId },
@@ -58,7 +64,10 @@ impl Rejection {
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::TooManyLeases { .. } => "too_many_leases",
-            Self::TaskNotFound { .. } | Self::HandoffNotFound { .. } => "not_found",
+            Self::TaskNotFound { .. } | Self::HandoffNotFound { .. } | Self::WorkflowNotFound { .. } => {
+                "not_found"
+            }
+            Self::AgentNotAllowed { .. } => "forbidden",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotDue { .. } => "not_due",

@@ -8,6 +8,7 @@ use crate::event::{Actor, Event, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::rejection::Rejection;
 use crate::task::{StateName, Task};
+use crate::workflow::Workflow;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +54,86 @@ pub trait Store: Send + Sync + 'static {
     /// (at most `sweep_batch_max`), oldest first; returns how many. The
     /// sweeper calls it; expired records are already ignored before then.
     fn purge_requests(&self, limit: usize) -> StoreFuture<'_, usize>;
+    /// A workflow by name, at `version` or (`None`) its latest version.
+    fn workflow(&self, name: String, version: Option<u32>) -> StoreFuture<'_, Option<Workflow>>;
+    /// The latest version of every workflow, by name.
+    fn workflows(&self) -> StoreFuture<'_, Vec<Workflow>>;
+    /// Up to `limit` live tasks whose `due_at` is at or before `before`,
+    /// earliest first: timers the sweeper has not acted on yet.
+    fn overdue(&self, before: Millis, limit: usize) -> StoreFuture<'_, Vec<Task>>;
+    /// Up to `limit` notices with sequence numbers after `after`, in order.
+    fn notices(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>>;
+    /// Up to `limit` delivery records with ids after `after`, in order.
+    fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>>;
+    /// The highest notice sequence number with a final delivery (delivered or
+    /// given up) to `webhook`: where its deliveries resume after a restart.
+    fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>>;
+}
+
+/// Something a custodian or an operator must hear about, written in the same
+/// transaction as the change it reports (an outbox): webhooks deliver these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notice {
+    /// A handoff reached its outcome (accepted, rerouted, escalated, cancelled).
+    Handoff { handoff: Handoff },
+    /// An escalation (or a passed deadline) raised an alert.
+    Alert { alert: Alert },
+}
+
+impl Notice {
+    pub fn task(&self) -> TaskId {
+        match self {
+            Self::Handoff { handoff } => handoff.task,
+            Self::Alert { alert } => alert.task,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Handoff { .. } => "handoff",
+            Self::Alert { .. } => "alert",
+        }
+    }
+}
+
+/// One attempt to deliver a notice to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// The notice's sequence number.
+    pub notice: u64,
+    /// The webhook's configured name.
+    pub webhook: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub at: Millis,
+    pub status: DeliveryStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeliveryStatus {
+    /// The receiver answered 2xx.
+    Delivered { http_status: u16 },
+    /// This attempt failed; another follows at `retry_at`.
+    Failed { error: String, retry_at: Millis },
+    /// The last attempt failed; no more follow.
+    GaveUp { error: String },
+}
+
+impl DeliveryStatus {
+    /// Whether no further attempt follows.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Failed { .. })
+    }
+}
+
+/// The outcome of applying a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub workflow: Workflow,
+    /// False when the latest version already had this definition.
+    pub created: bool,
 }
 
 /// One mutating operation, as `Store::execute` takes it.
@@ -63,6 +144,10 @@ pub enum Op {
     Claim(ClaimRequest),
     Act(ActRequest),
     Cancel(CancelRequest),
+    /// Store a new version of a workflow (its `version` is ignored).
+    ApplyWorkflow(Workflow),
+    /// Record a webhook delivery attempt.
+    RecordDelivery(Delivery),
 }
 
 /// What an `Op` produced, one variant per operation. Stored as the record
@@ -74,6 +159,8 @@ pub enum OpOutcome {
     Claim(Vec<Grant>),
     Act(ActOutcome),
     Cancel(Task),
+    ApplyWorkflow(Applied),
+    RecordDelivery,
 }
 
 impl OpOutcome {
@@ -91,6 +178,10 @@ impl OpOutcome {
 
     pub fn into_cancelled(self) -> Option<Task> {
         if let Self::Cancel(t) = self { Some(t) } else { None }
+    }
+
+    pub fn into_applied(self) -> Option<Applied> {
+        if let Self::ApplyWorkflow(a) = self { Some(a) } else { None }
     }
 }
 
@@ -141,6 +232,10 @@ pub struct ClaimRequest {
     pub max: usize,
     /// Lease length; the stage's `lease_ms` when unset.
     pub lease_ms: Option<Millis>,
+    /// Claim only this task (an operator taking one inbox item), if it is
+    /// ready in one of `stages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<TaskId>,
 }
 
 /// A lease granted by a claim: the task as it is now held.

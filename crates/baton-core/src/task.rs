@@ -7,6 +7,7 @@
 use crate::event::Actor;
 use crate::ids::{AgentId, Millis, StageName, TaskId};
 use crate::store::Handoff;
+use crate::workflow::WorkflowRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,7 +44,27 @@ pub struct Task {
     pub reoffers: u32,
     /// Reroutes over the task's life.
     pub reroutes: u32,
+    /// The workflow and version the task runs under; `None`: ad hoc stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowRef>,
+    /// Workflow stages the task has finished, in order: what an abort compensates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trail: Vec<StageName>,
+    /// When the nearing deadline raises the priority; `None` once raised or
+    /// without a deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boost_at: Option<Millis>,
+    /// The deadline has passed and the ladder has acted on it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deadline_passed: bool,
+    /// A saga's compensation task: its escalation also counts as settled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compensation: bool,
     pub state: TaskState,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The five states. Terminal states are `Done` and `Cancelled`.
@@ -122,6 +143,22 @@ pub struct Join {
     pub done: u32,
     pub failed: u32,
     pub due_at: Millis,
+    /// Set when the join waits for a saga's compensation tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<Saga>,
+}
+
+/// An aborted workflow's compensation, one stage at a time, latest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saga {
+    pub reason: String,
+    /// Compensation stages still to run, the next one first.
+    pub remaining: Vec<StageName>,
+    /// The compensation stage whose task runs now.
+    pub current: Option<StageName>,
+    /// Compensation stages run so far, with whether each was done (not escalated).
+    pub ran: Vec<(StageName, bool)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,8 +241,17 @@ impl Task {
         matches!(self.state, TaskState::Done { .. } | TaskState::Cancelled { .. })
     }
 
-    /// When Baton acts on the task if nothing else happens; `None` only when terminal.
+    /// When Baton acts on the task if nothing else happens; `None` only when
+    /// terminal. The deadline's two moments (raise the priority, escalate)
+    /// count as well as the state's own timer.
     pub fn due_at(&self) -> Option<Millis> {
+        let state = self.state_due_at()?;
+        let deadline = self.deadline.filter(|_| !self.deadline_passed);
+        Some([Some(state), self.boost_at, deadline].into_iter().flatten().min().unwrap_or(state))
+    }
+
+    /// The state's own timer: acceptance, backoff, lease or join deadline.
+    pub fn state_due_at(&self) -> Option<Millis> {
         match &self.state {
             TaskState::Waiting { wait: Wait::Offered { due_at }, .. } => Some(*due_at),
             TaskState::Waiting { wait: Wait::Backoff { retry_at }, .. } => Some(*retry_at),

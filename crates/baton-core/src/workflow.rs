@@ -200,13 +200,15 @@ impl Workflow {
                 }
             }
             if let Some(to) = &s.policy.escalate_to {
-                let human = self.stages.get(to).map_or_else(
-                    || global.stages.get(to).is_some_and(|p| p.human),
-                    |t| t.policy.human,
-                );
+                let human = self
+                    .stages
+                    .get(to)
+                    .map_or_else(|| global.stages.get(to).is_some_and(|p| p.human), |t| t.policy.human);
                 if !human {
                     let what = if known(to) || global.stages.contains_key(to) {
-                        format!("`escalate_to` = `{to}` is not a human stage: set `human = true` on [stages.{to}]")
+                        format!(
+                            "`escalate_to` = `{to}` is not a human stage: set `human = true` on [stages.{to}]"
+                        )
                     } else {
                         format!(
                             "`escalate_to` names unknown stage `{to}`: declare [stages.{to}] with `human = true`"

@@ -197,6 +197,7 @@ fn worker(store: &dyn Store, config: &ChildConfig, thread: usize, deadline: Inst
                     stages: stages.clone(),
                     max: 1,
                     lease_ms: Some(CRASH_LEASE_MS),
+                    only: None,
                 };
                 match block_on(store.claim(request))?.pop() {
                     Some(g) => {

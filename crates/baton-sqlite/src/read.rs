@@ -11,8 +11,12 @@ use crate::error::StoreError;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
-use baton_core::{Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
+use baton_core::store::{Delivery, Notice};
+use baton_core::{
+    Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView, Workflow,
+};
 use rusqlite::types::Value;
+use serde::Deserialize;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,4 +164,78 @@ pub(crate) fn alerts(conn: &Connection, after: i64, limit: usize) -> Result<Vec<
         out.push((row.get(0)?, serde_json::from_str(body)?));
     }
     Ok(out)
+}
+
+/// A workflow at `version`, or its latest version.
+pub(crate) fn workflow(conn: &Connection, name: &str, version: Option<u32>) -> Result<Option<Workflow>, StoreError> {
+    let body: Option<String> = match version {
+        Some(v) => conn
+            .prepare_cached("SELECT body FROM workflows WHERE name = ?1 AND version = ?2")?
+            .query_row(rusqlite::params![name, v], |r| r.get(0))
+            .optional()?,
+        None => conn
+            .prepare_cached("SELECT body FROM workflows WHERE name = ?1 ORDER BY version DESC LIMIT 1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?,
+    };
+    body.map(|b| serde_json::from_str(&b)).transpose().map_err(Into::into)
+}
+
+/// The latest version of every workflow, by name, at most `limit`.
+pub(crate) fn workflows(conn: &Connection, limit: usize) -> Result<Vec<Workflow>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT w.body FROM workflows w WHERE w.version = \
+         (SELECT max(version) FROM workflows v WHERE v.name = w.name) ORDER BY w.name LIMIT ?1",
+    )?;
+    let mut rows = st.query([int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        out.push(serde_json::from_str(&body)?);
+    }
+    Ok(out)
+}
+
+/// Live tasks due at or before `before`, earliest first.
+pub(crate) fn overdue(conn: &Connection, before: Millis, limit: usize) -> Result<Vec<Task>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT body FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+    )?;
+    let mut rows = st.query(rusqlite::params![before, int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        out.push(serde_json::from_str(&body)?);
+    }
+    Ok(out)
+}
+
+/// Rows `(id, body)` after `after`, in id order, with their JSON bodies parsed.
+fn sequence<T>(conn: &Connection, sql: &str, after: u64, limit: usize) -> Result<Vec<(u64, T)>, StoreError>
+where
+    for<'a> T: Deserialize<'a>,
+{
+    let mut st = conn.prepare_cached(sql)?;
+    let mut rows = st.query(rusqlite::params![int(after)?, int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let body: String = row.get(1)?;
+        out.push((u64::try_from(id).unwrap_or(0), serde_json::from_str(&body)?));
+    }
+    Ok(out)
+}
+
+pub(crate) fn notices(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, Notice)>, StoreError> {
+    sequence(conn, "SELECT id, body FROM notices WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
+}
+
+pub(crate) fn deliveries(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, Delivery)>, StoreError> {
+    sequence(conn, "SELECT id, body FROM deliveries WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
+}
+
+pub(crate) fn delivery_cursor(conn: &Connection, webhook: &str) -> Result<Option<u64>, StoreError> {
+    let mut st = conn.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = ?1 AND final = 1")?;
+    let n: Option<i64> = st.query_row([webhook], |r| r.get(0))?;
+    Ok(n.and_then(|n| u64::try_from(n).ok()))
 }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_auth.sql"),
     include_str!("../migrations/0003_requests.sql"),
+    include_str!("../migrations/0004_workflows.sql"),
 ];
 
 /// The schema version this binary writes and understands.

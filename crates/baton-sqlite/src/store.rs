@@ -10,13 +10,15 @@ use crate::oneshot;
 use crate::options::SqliteOptions;
 use crate::read::{self, ReadPool};
 use crate::schema::open_writer;
+use crate::tx::WorkflowCache;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
     Millis, NewTask, OpOutcome, Page, RequestKey, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId,
-    TaskView,
+    TaskView, Workflow,
 };
+use baton_core::store::{Delivery, Notice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -33,6 +35,7 @@ pub struct SqliteStore {
     reads: ReadPool,
     counters: Arc<Counters>,
     page_size_max: usize,
+    workflows_max: usize,
 }
 
 /// What the writer has done since `open`: group commit at work.
@@ -76,6 +79,7 @@ impl SqliteStore {
             listener: options.listener,
             on_fatal: options.on_fatal,
             counters: Arc::clone(&counters),
+            workflows: WorkflowCache::default(),
         };
         let handle = std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
@@ -90,6 +94,7 @@ impl SqliteStore {
             reads,
             counters,
             page_size_max: options.rules.limits.page_size_max,
+            workflows_max: options.rules.limits.workflows_max,
         })
     }
 
@@ -231,6 +236,34 @@ impl Store for SqliteStore {
 
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
         Box::pin(async move { self.reads.with(|c| read::handoff(c, id)) })
+    }
+
+    fn workflow(&self, name: String, version: Option<u32>) -> StoreFuture<'_, Option<Workflow>> {
+        Box::pin(async move { self.reads.with(|c| read::workflow(c, &name, version)) })
+    }
+
+    fn workflows(&self) -> StoreFuture<'_, Vec<Workflow>> {
+        let limit = self.workflows_max;
+        Box::pin(async move { self.reads.with(|c| read::workflows(c, limit)) })
+    }
+
+    fn overdue(&self, before: Millis, limit: usize) -> StoreFuture<'_, Vec<Task>> {
+        let limit = limit.clamp(1, self.page_size_max.max(1));
+        Box::pin(async move { self.reads.with(|c| read::overdue(c, before, limit)) })
+    }
+
+    fn notices(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
+        let limit = limit.clamp(1, self.page_size_max.max(1));
+        Box::pin(async move { self.reads.with(|c| read::notices(c, after, limit)) })
+    }
+
+    fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>> {
+        let limit = limit.clamp(1, self.page_size_max.max(1));
+        Box::pin(async move { self.reads.with(|c| read::deliveries(c, after, limit)) })
+    }
+
+    fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move { self.reads.with(|c| read::delivery_cursor(c, &webhook)) })
     }
 
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {

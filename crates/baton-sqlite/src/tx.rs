@@ -6,10 +6,13 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, Indexed, UPDATE_COLUMNS, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
+use baton_core::store::{Delivery, Notice};
 use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
-    TaskId,
+    TaskId, Workflow,
 };
+use std::cell::RefCell;
+use std::sync::Arc;
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -22,6 +25,7 @@ const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready =
                      ORDER BY priority DESC, deadline_rank, id LIMIT ?2";
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2";
 const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = ?1";
+const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = ?1";
 const LOAD_REQUEST: &str = "SELECT fingerprint, at, outcome FROM requests WHERE principal = ?1 AND key = ?2";
 const PURGE_REQUESTS: &str =
     "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at <= ?1 ORDER BY at LIMIT ?2)";
@@ -34,6 +38,7 @@ pub(crate) const LOOKUPS: &[(&str, &str)] = &[
     ("ready", READY),
     ("due", DUE),
     ("leases_held", LEASES_HELD),
+    ("held_in_stage", HELD_IN_STAGE),
     ("load_request", LOAD_REQUEST),
 ];
 
@@ -48,11 +53,18 @@ pub(crate) struct WriteTx<'c> {
     /// every indexed column named in SET, changed or not, and a heartbeat
     /// then costs one index (due) instead of five.
     pub loaded: HashMap<TaskId, Indexed>,
+    /// Workflow versions read so far (they never change once stored).
+    pub workflows: &'c WorkflowCache,
 }
 
+/// The writer's cache of workflow versions, by (name, version). Only versions
+/// read back from the file enter it, never ones written by a transaction that
+/// might still roll back.
+pub(crate) type WorkflowCache = RefCell<HashMap<(String, u32), Arc<Workflow>>>;
+
 impl<'c> WriteTx<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> Self {
-        Self { conn, writes: 0, loaded: HashMap::new() }
+    pub(crate) fn new(conn: &'c Connection, workflows: &'c WorkflowCache) -> Self {
+        Self { conn, writes: 0, loaded: HashMap::new(), workflows }
     }
 }
 
@@ -194,6 +206,58 @@ impl Tx for WriteTx<'_> {
             .prepare_cached("INSERT INTO alerts (task, at, body) VALUES (?1, ?2, ?3)")?
             .execute(params![alert.task.0.as_bytes(), alert.at, body])?;
         Ok(())
+    }
+
+    fn put_notice(&mut self, notice: &Notice) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(notice)?;
+        self.conn
+            .prepare_cached("INSERT INTO notices (task, body) VALUES (?1, ?2)")?
+            .execute(params![notice.task().0.as_bytes(), body])?;
+        Ok(())
+    }
+
+    fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(delivery)?;
+        self.conn
+            .prepare_cached("INSERT INTO deliveries (notice, webhook, final, body) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![
+                int(delivery.notice)?,
+                delivery.webhook,
+                i64::from(delivery.status.is_final()),
+                body
+            ])?;
+        Ok(())
+    }
+
+    fn workflow(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<Workflow>>, StoreError> {
+        if let Some(v) = version
+            && let Some(wf) = self.workflows.borrow().get(&(name.to_owned(), v))
+        {
+            return Ok(Some(wf.clone()));
+        }
+        let Some(wf) = crate::read::workflow(self.conn, name, version)? else { return Ok(None) };
+        let wf = Arc::new(wf);
+        if version.is_some() {
+            self.workflows.borrow_mut().insert((name.to_owned(), wf.version), wf.clone());
+        }
+        Ok(Some(wf))
+    }
+
+    fn put_workflow(&mut self, workflow: &Workflow) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(workflow)?;
+        self.conn
+            .prepare_cached("INSERT INTO workflows (name, version, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![workflow.name, workflow.version, body])?;
+        Ok(())
+    }
+
+    fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {
+        let mut st = self.conn.prepare_cached(HELD_IN_STAGE)?;
+        let n: i64 = st.query_row([stage.as_str()], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, StoreError> {

@@ -27,7 +27,7 @@ use crate::directory::DirectoryWrite;
 use crate::error::{FatalError, StoreError, is_fatal};
 use crate::oneshot;
 use crate::options::FatalHook;
-use crate::tx::WriteTx;
+use crate::tx::{WorkflowCache, WriteTx};
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::store::ReadyListener;
 use baton_core::{
@@ -84,6 +84,7 @@ pub(crate) struct Writer {
     pub listener: Arc<dyn ReadyListener>,
     pub on_fatal: FatalHook,
     pub counters: Arc<Counters>,
+    pub workflows: WorkflowCache,
 }
 
 enum Flow {
@@ -135,7 +136,15 @@ impl Writer {
                 return Flow::Continue;
             }
             let mut batch =
-                Batch { conn: &self.conn, rules: &self.rules, now, careful, ready: Vec::new(), end: None };
+                Batch {
+                conn: &self.conn,
+                rules: &self.rules,
+                workflows: &self.workflows,
+                now,
+                careful,
+                ready: Vec::new(),
+                end: None,
+            };
             let mut outcomes = Vec::with_capacity(count);
             for op in ops.iter() {
                 outcomes.push(op.run(&mut batch));
@@ -352,6 +361,7 @@ enum Failure {
 struct Batch<'w> {
     conn: &'w Connection,
     rules: &'w Rules,
+    workflows: &'w WorkflowCache,
     now: Millis,
     /// Each operation in its own savepoint.
     careful: bool,
@@ -374,7 +384,7 @@ impl Batch<'_> {
         let mut conflicts = 0;
         let failure = loop {
             let mut effects = Effects::default();
-            let mut tx = WriteTx::new(self.conn);
+            let mut tx = WriteTx::new(self.conn, self.workflows);
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
                 // A panic is a bug in one operation: undo that operation and

@@ -103,8 +103,13 @@ fn submit(store: &SqliteStore, stage: &str, payload: &str) -> TaskId {
 }
 
 fn claim(store: &SqliteStore, who: &str, stage: &str, max: usize) -> Vec<Grant> {
-    let request =
-        ClaimRequest { agent: agent(who), stages: vec![StageName::new(stage)], max, lease_ms: None };
+    let request = ClaimRequest {
+        agent: agent(who),
+        stages: vec![StageName::new(stage)],
+        max,
+        lease_ms: None,
+        only: None,
+    };
     block_on(store.claim(request)).expect("claim")
 }
 

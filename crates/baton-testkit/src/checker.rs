@@ -456,6 +456,8 @@ mod tests {
         lie: Lie,
     }
 
+    use baton_core::store::{Delivery, Notice};
+
     #[derive(Clone, Copy)]
     enum Lie {
         RowDiffersFromLog,
@@ -490,6 +492,28 @@ mod tests {
         }
         fn purge_requests(&self, limit: usize) -> baton_core::StoreFuture<'_, usize> {
             self.inner.purge_requests(limit)
+        }
+        fn workflow(
+            &self,
+            name: String,
+            version: Option<u32>,
+        ) -> baton_core::StoreFuture<'_, Option<baton_core::Workflow>> {
+            self.inner.workflow(name, version)
+        }
+        fn workflows(&self) -> baton_core::StoreFuture<'_, Vec<baton_core::Workflow>> {
+            self.inner.workflows()
+        }
+        fn overdue(&self, before: Millis, limit: usize) -> baton_core::StoreFuture<'_, Vec<Task>> {
+            self.inner.overdue(before, limit)
+        }
+        fn notices(&self, after: u64, limit: usize) -> baton_core::StoreFuture<'_, Vec<(u64, Notice)>> {
+            self.inner.notices(after, limit)
+        }
+        fn deliveries(&self, after: u64, limit: usize) -> baton_core::StoreFuture<'_, Vec<(u64, Delivery)>> {
+            self.inner.deliveries(after, limit)
+        }
+        fn delivery_cursor(&self, webhook: String) -> baton_core::StoreFuture<'_, Option<u64>> {
+            self.inner.delivery_cursor(webhook)
         }
         fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
             let mut view = block_on(self.inner.get(task)).expect("memory get");
@@ -551,6 +575,7 @@ mod tests {
                 stages: vec![baton_core::StageName::new("a")],
                 max: 1,
                 lease_ms: None,
+                only: None,
             };
             let grant = block_on(store.claim(request)).expect("claim").remove(0);
             let handoff = baton_core::ActRequest {

@@ -9,9 +9,10 @@
 //! for tests, the reference that the conformance suite holds the others to.
 
 use baton_core::Rejection;
+use baton_core::Workflow;
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
-use baton_core::store::{NoListener, ReadyListener};
+use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
     HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules, StageName,
@@ -47,6 +48,12 @@ struct State {
     alerts: Vec<Alert>,
     /// (principal, key) -> the record of a keyed request.
     requests: HashMap<(String, String), RequestRecord>,
+    /// Workflows by name, every version, oldest first.
+    workflows: BTreeMap<String, Vec<Arc<Workflow>>>,
+    /// The outbox: notices in sequence (number = index + 1).
+    notices: Vec<Notice>,
+    /// Webhook delivery attempts in order (id = index + 1).
+    deliveries: Vec<Delivery>,
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
@@ -232,6 +239,60 @@ impl Store for MemoryStore {
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
         answer(Ok(self.read(|s| s.tasks.values().filter_map(|row| row.task.due_at()).min())))
     }
+
+    fn workflow(&self, name: String, version: Option<u32>) -> StoreFuture<'_, Option<Workflow>> {
+        answer(Ok(self.read(|s| find_workflow(s, &name, version).map(|w| Workflow::clone(&w)))))
+    }
+
+    fn workflows(&self) -> StoreFuture<'_, Vec<Workflow>> {
+        answer(Ok(self
+            .read(|s| s.workflows.values().filter_map(|v| v.last()).map(|w| Workflow::clone(w)).collect())))
+    }
+
+    fn overdue(&self, before: Millis, limit: usize) -> StoreFuture<'_, Vec<Task>> {
+        answer(Ok(self.read(|s| {
+            let mut due: Vec<&Task> = s
+                .tasks
+                .values()
+                .map(|r| &r.task)
+                .filter(|t| t.due_at().is_some_and(|d| d <= before))
+                .collect();
+            due.sort_by_key(|t| (t.due_at(), t.id));
+            due.into_iter().take(limit).cloned().collect()
+        })))
+    }
+
+    fn notices(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
+        answer(Ok(self.read(|s| numbered(&s.notices, after, limit))))
+    }
+
+    fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>> {
+        answer(Ok(self.read(|s| numbered(&s.deliveries, after, limit))))
+    }
+
+    fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
+        answer(Ok(self.read(|s| {
+            s.deliveries
+                .iter()
+                .filter(|d| d.webhook == webhook && d.status.is_final())
+                .map(|d| d.notice)
+                .max()
+        })))
+    }
+}
+
+/// Items after sequence number `after` (numbers start at 1), at most `limit`.
+fn numbered<T: Clone>(items: &[T], after: u64, limit: usize) -> Vec<(u64, T)> {
+    let skip = usize::try_from(after).unwrap_or(usize::MAX);
+    items.iter().enumerate().skip(skip).take(limit).map(|(i, x)| (i as u64 + 1, x.clone())).collect()
+}
+
+fn find_workflow(s: &State, name: &str, version: Option<u32>) -> Option<Arc<Workflow>> {
+    let versions = s.workflows.get(name)?;
+    match version {
+        None => versions.last().cloned(),
+        Some(v) => versions.iter().find(|w| w.version == v).cloned(),
+    }
 }
 
 /// A store error of the memory store: only the failpoint and broken
@@ -267,6 +328,10 @@ enum Undo {
     Alert,
     /// A request record was saved or purged: restore what was there before.
     Request((String, String), Option<Box<RequestRecord>>),
+    /// A workflow version was stored: drop it.
+    Workflow(String),
+    Notice,
+    Delivery,
 }
 
 impl<'s> MemTx<'s> {
@@ -303,6 +368,19 @@ impl<'s> MemTx<'s> {
                 },
                 Undo::Alert => {
                     self.state.alerts.pop();
+                }
+                Undo::Workflow(name) => {
+                    let versions = self.state.workflows.get_mut(&name).expect("a stored workflow is present");
+                    versions.pop();
+                    if versions.is_empty() {
+                        self.state.workflows.remove(&name);
+                    }
+                }
+                Undo::Notice => {
+                    self.state.notices.pop();
+                }
+                Undo::Delivery => {
+                    self.state.deliveries.pop();
                 }
                 Undo::Request(key, before) => match before {
                     Some(record) => {
@@ -437,6 +515,37 @@ impl Tx for MemTx<'_> {
         self.state.alerts.push(alert.clone());
         self.undo.push(Undo::Alert);
         Ok(())
+    }
+
+    fn put_notice(&mut self, notice: &Notice) -> Result<(), MemError> {
+        self.write_allowed()?;
+        self.state.notices.push(notice.clone());
+        self.undo.push(Undo::Notice);
+        Ok(())
+    }
+
+    fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), MemError> {
+        self.write_allowed()?;
+        self.state.deliveries.push(delivery.clone());
+        self.undo.push(Undo::Delivery);
+        Ok(())
+    }
+
+    fn workflow(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<Workflow>>, MemError> {
+        Ok(find_workflow(self.state, name, version))
+    }
+
+    fn put_workflow(&mut self, workflow: &Workflow) -> Result<(), MemError> {
+        self.write_allowed()?;
+        self.state.workflows.entry(workflow.name.clone()).or_default().push(Arc::new(workflow.clone()));
+        self.undo.push(Undo::Workflow(workflow.name.clone()));
+        Ok(())
+    }
+
+    fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, MemError> {
+        let n =
+            self.state.tasks.values().filter(|r| r.task.holder().is_some() && &r.task.stage == stage).count();
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, MemError> {

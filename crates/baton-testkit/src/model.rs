@@ -339,6 +339,7 @@ impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
                     stages: stages.iter().map(|&s| StageName::new(STAGES[s])).collect(),
                     max: *max,
                     lease_ms: None,
+                    only: None,
                 };
                 match block_on(store.claim(request)) {
                     Ok(grants) => Expect::Claimed(

@@ -175,6 +175,8 @@ pub const T0: Millis = 1_700_000_000_000;
 pub const ACCEPT_MS: Millis = 60_000;
 /// `lease_ms` of ordinary stages.
 pub const LEASE_MS: Millis = 10_000;
+/// `deadline_near_ms` of ordinary stages.
+pub const DEADLINE_NEAR_MS: Millis = 30_000;
 /// The human stage ordinary stages escalate to.
 pub const HUMANS: &str = "humans";
 
@@ -196,6 +198,7 @@ pub fn suite_rules() -> Rules {
         reroute_to: None,
         escalate_to: Some(StageName::new(HUMANS)),
         human: false,
+        deadline_near_ms: DEADLINE_NEAR_MS,
     };
     let limits = Limits::default();
     let policies = Policies { default: base.clone(), stages: BTreeMap::new() }
@@ -323,6 +326,7 @@ impl<H: SuiteStore> Case<H> {
             stages: stages.iter().map(|s| StageName::new(*s)).collect(),
             max,
             lease_ms,
+            only: None,
         }))
     }
 
@@ -578,6 +582,7 @@ pub fn claim_op(agent_id: &str, stages: &[&str], max: usize) -> Op {
         stages: stages.iter().map(|s| stage(s)).collect(),
         max,
         lease_ms: None,
+        only: None,
     })
 }
 
@@ -1692,6 +1697,7 @@ pub fn concurrent_claims_lease_each_task_once<H: SuiteStore>() {
                             stages: vec![stage("a")],
                             max: 4,
                             lease_ms: None,
+                            only: None,
                         };
                         let got = ok(block_on(store.claim(request)));
                         if got.is_empty() {

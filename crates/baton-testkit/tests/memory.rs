@@ -65,9 +65,9 @@ fn child_completion_and_parent_escalation_roll_back_at_every_write() {
     let writes = check_rollback_at_every_write(&cx, |cx| cx.try_act(&child, complete()).map(drop));
     assert_eq!(writes, 2);
     // A cancel that makes the join impossible: the child (1), the parent's
-    // escalation (2) and its alert (3).
+    // escalation (2), its alert (3) and the alert's outbox notice (4).
     let writes = check_rollback_at_every_write(&cx, |cx| cx.try_cancel(out.children[1], "gone").map(drop));
-    assert_eq!(writes, 3);
+    assert_eq!(writes, 4);
     assert_eq!(cx.store().alerts().len(), 1);
     cx.finish();
 }

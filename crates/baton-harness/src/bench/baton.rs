@@ -128,7 +128,8 @@ fn agent_steps(store: &dyn Store, agent: usize, stages: &[usize], board: &Board)
     while !board.is_over() {
         let Some(grant) = held.take() else {
             let seen = board.generation(stages);
-            let request = ClaimRequest { agent: id.clone(), stages: names.clone(), max: 1, lease_ms: None };
+            let request =
+                ClaimRequest { agent: id.clone(), stages: names.clone(), max: 1, lease_ms: None, only: None };
             match block_on(store.claim(request))?.pop() {
                 Some(g) => held = Some(g),
                 None => board.wait(stages, seen),

@@ -59,6 +59,7 @@ pub async fn claim(
         stages: req.stages.into_iter().map(StageName::new).collect(),
         max: req.max as usize,
         lease_ms: check_lease_ms(&state, millis("lease_ms", req.lease_ms)?)?,
+        only: None,
     };
     let grants = if req.wait_ms == 0 {
         claim_once(&state, request, key).await?

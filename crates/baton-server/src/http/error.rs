@@ -172,6 +172,10 @@ impl From<Rejection> for ApiError {
                 (ErrorCode::RouteNotAllowed, json!({ "from": from, "to": to }))
             }
             Rejection::InvalidRequest { field, .. } => (ErrorCode::InvalidRequest, json!({ "field": field })),
+            Rejection::WorkflowNotFound { name } => (ErrorCode::NotFound, json!({ "workflow": name })),
+            Rejection::AgentNotAllowed { stage, agent } => {
+                (ErrorCode::Forbidden, json!({ "stage": stage, "agent": agent }))
+            }
             Rejection::NotDue { .. } => {
                 // The engine keeps `not_due` inside the timer sweep; one here is a bug.
                 tracing::error!(%rejection, "a timer refusal reached the API");

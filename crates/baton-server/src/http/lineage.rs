@@ -91,9 +91,15 @@ pub fn steps(events: &[Event], as_of: Millis) -> (Vec<api::LineageStep>, api::Li
                 step.epoch = Some(event.after.epoch);
                 continue;
             }
-            EventKind::Heartbeat | EventKind::Reoffered | EventKind::RetryReady | EventKind::ChildSettled => {
+            EventKind::Heartbeat
+            | EventKind::Reoffered
+            | EventKind::RetryReady
+            | EventKind::ChildSettled
+            | EventKind::DeadlineNear
+            | EventKind::DeadlinePassed => {
                 continue;
             }
+            EventKind::Aborted => Some(api::StepExit::Aborted),
             EventKind::HandedOff => Some(api::StepExit::HandedOff),
             EventKind::Completed => Some(api::StepExit::Completed),
             EventKind::Released => Some(api::StepExit::Released),
@@ -247,6 +253,11 @@ mod tests {
             attempts: 0,
             reoffers: 0,
             reroutes: 0,
+            workflow: None,
+            trail: Vec::new(),
+            boost_at: None,
+            deadline_passed: false,
+            compensation: false,
             state: TaskState::Cancelled { at, reason: String::new() },
         };
         Event {

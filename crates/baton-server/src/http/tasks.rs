@@ -46,14 +46,14 @@ pub async fn submit(
     KeyedJson { body: req, key }: KeyedJson<api::SubmitRequest>,
 ) -> Result<(StatusCode, Json<api::Task>), ApiError> {
     principal.check_submit()?;
-    let stage = match (req.stage, req.workflow) {
-        (Some(stage), None) => stage,
-        (None, Some(workflow)) => {
-            // Workflows are not built yet, so no workflow exists by any name.
-            return Err(ApiError::not_found("workflow", &workflow));
+    // With a workflow the stage may be omitted (the entry stage) or named
+    // (it must be the entry stage: the engine checks).
+    let (stage, workflow) = match (req.stage, req.workflow) {
+        (Some(stage), workflow) => (stage, workflow),
+        (None, Some(workflow)) => (String::new(), Some(workflow)),
+        (None, None) => {
+            return Err(ApiError::invalid("stage", "required: name the stage (or the workflow) to submit into"));
         }
-        (Some(_), Some(_)) => return Err(ApiError::invalid("stage", "name a stage or a workflow, not both")),
-        (None, None) => return Err(ApiError::invalid("stage", "required: name the stage to submit into")),
     };
     let new = NewTask {
         namespace: "default".to_owned(),
@@ -66,6 +66,8 @@ pub async fn submit(
         parent: req.parent.map(TaskId),
         trace: req.trace,
         submitter: principal.actor(),
+        workflow,
+        compensation: false,
     };
     let key = key.map(|k| k.scoped(&principal, None));
     let outcome = state.store().execute(Op::Submit(new), key).await?;
