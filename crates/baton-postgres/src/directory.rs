@@ -1,0 +1,149 @@
+//! Principals and tokens (`baton_core::auth::Directory`) in the `principals`
+//! and `tokens` tables of migration 0002. Writes are operations of the writer
+//! like any other (`DirectoryWrite`, queued as `Op::Directory`), so they are
+//! committed before the caller hears back; reads run on the read pool. Only
+//! the SHA-256 of a token's secret is stored. Which calls a principal may
+//! make is decided above the store; this module only keeps the records and
+//! refuses what would break them: a taken name, a token for a principal that
+//! does not exist or is revoked. The rows a write checks are locked
+//! (`FOR UPDATE`), so two replicas cannot both pass the same check.
+
+use crate::error::StoreError;
+use crate::rows::hash;
+use crate::tx::PgTx;
+use baton_core::auth::{Principal, Role, Route, TokenRecord};
+use baton_core::engine::Fail;
+use baton_core::{Millis, Rejection, StageName};
+use tokio_postgres::Row;
+
+/// A directory write, run by the writer inside its batch transaction.
+/// Answers `true`, except revocations: whether the record exists.
+#[derive(Debug, Clone)]
+pub(crate) enum DirectoryWrite {
+    AddPrincipal(Principal),
+    AddToken(TokenRecord),
+    RevokePrincipal { name: String, at: Millis },
+    RevokeToken { id: String, at: Millis },
+}
+
+type WriteResult = Result<bool, Fail<StoreError>>;
+
+pub(crate) const PRINCIPAL: &str =
+    "SELECT name, role, stages, routes, created_at, revoked_at FROM principals WHERE name = $1";
+const PRINCIPAL_LOCKED: &str =
+    "SELECT name, role, stages, routes, created_at, revoked_at FROM principals WHERE name = $1 FOR UPDATE";
+pub(crate) const PRINCIPALS: &str =
+    "SELECT name, role, stages, routes, created_at, revoked_at FROM principals ORDER BY name";
+pub(crate) const TOKEN: &str =
+    "SELECT id, principal, secret_hash, created_at, revoked_at FROM tokens WHERE id = $1";
+pub(crate) const TOKENS: &str =
+    "SELECT id, principal, secret_hash, created_at, revoked_at FROM tokens ORDER BY created_at, id";
+
+impl DirectoryWrite {
+    pub(crate) fn run(&self, tx: &mut PgTx<'_>) -> WriteResult {
+        match self {
+            Self::AddPrincipal(p) => add_principal(tx, p),
+            Self::AddToken(t) => add_token(tx, t),
+            Self::RevokePrincipal { name, at } => revoke_principal(tx, name, *at),
+            Self::RevokeToken { id, at } => revoke_token(tx, id, *at),
+        }
+    }
+}
+
+fn locked_principal(tx: &mut PgTx<'_>, name: &str) -> Result<Option<Principal>, Fail<StoreError>> {
+    let row = tx.query_opt(PRINCIPAL_LOCKED, &[&name]).map_err(Fail::Store)?;
+    row.map(|r| principal_row(&r)).transpose().map_err(Fail::Store)
+}
+
+fn add_principal(tx: &mut PgTx<'_>, p: &Principal) -> WriteResult {
+    if locked_principal(tx, &p.name)?.is_some() {
+        return Err(
+            Rejection::invalid("name", format!("a principal named {:?} exists already", p.name)).into()
+        );
+    }
+    let stages = serde_json::to_string(&p.stages).map_err(|e| Fail::Store(e.into()))?;
+    let routes = serde_json::to_string(&p.routes).map_err(|e| Fail::Store(e.into()))?;
+    // A concurrent insert of the same name fails this one with a unique
+    // violation, which the writer answers by running the operation again:
+    // the rerun then finds the name taken.
+    tx.execute(
+        "INSERT INTO principals (name, role, stages, routes, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&p.name, &p.role.as_str(), &stages, &routes, &p.created_at, &p.revoked_at],
+    )
+    .map_err(Fail::Store)?;
+    Ok(true)
+}
+
+fn add_token(tx: &mut PgTx<'_>, t: &TokenRecord) -> WriteResult {
+    match locked_principal(tx, &t.principal)? {
+        None => {
+            return Err(
+                Rejection::invalid("principal", format!("no principal is named {:?}", t.principal)).into()
+            );
+        }
+        Some(p) if !p.is_live() => {
+            return Err(
+                Rejection::invalid("principal", format!("principal {:?} is revoked", t.principal)).into()
+            );
+        }
+        Some(_) => {}
+    }
+    if tx.query_opt(TOKEN, &[&t.id]).map_err(Fail::Store)?.is_some() {
+        return Err(Rejection::invalid("id", "a token with this id exists already").into());
+    }
+    tx.execute(
+        "INSERT INTO tokens (id, principal, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
+        &[&t.id, &t.principal, &&t.secret_hash.0[..], &t.created_at, &t.revoked_at],
+    )
+    .map_err(Fail::Store)?;
+    Ok(true)
+}
+
+/// Revokes the principal (keeping an earlier revocation time) and every token
+/// of it not yet revoked.
+fn revoke_principal(tx: &mut PgTx<'_>, name: &str, at: Millis) -> WriteResult {
+    if locked_principal(tx, name)?.is_none() {
+        return Ok(false);
+    }
+    tx.execute("UPDATE principals SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", &[&name, &at])
+        .map_err(Fail::Store)?;
+    tx.execute(
+        "UPDATE tokens SET revoked_at = $2 WHERE principal = $1 AND revoked_at IS NULL",
+        &[&name, &at],
+    )
+    .map_err(Fail::Store)?;
+    Ok(true)
+}
+
+fn revoke_token(tx: &mut PgTx<'_>, id: &str, at: Millis) -> WriteResult {
+    let found = tx
+        .execute("UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1", &[&id, &at])
+        .map_err(Fail::Store)?;
+    Ok(found > 0)
+}
+
+pub(crate) fn principal_row(row: &Row) -> Result<Principal, StoreError> {
+    let role: &str = row.try_get(1)?;
+    let role = Role::parse(role).ok_or_else(|| StoreError::Row(format!("unknown role {role:?}")))?;
+    let stages: Vec<StageName> = serde_json::from_str(row.try_get(2)?)?;
+    let routes: Vec<Route> = serde_json::from_str(row.try_get(3)?)?;
+    Ok(Principal {
+        name: row.try_get(0)?,
+        role,
+        stages,
+        routes,
+        created_at: row.try_get(4)?,
+        revoked_at: row.try_get(5)?,
+    })
+}
+
+pub(crate) fn token_row(row: &Row) -> Result<TokenRecord, StoreError> {
+    let secret: &[u8] = row.try_get(2)?;
+    Ok(TokenRecord {
+        id: row.try_get(0)?,
+        principal: row.try_get(1)?,
+        secret_hash: hash(secret, "a token's secret hash")?,
+        created_at: row.try_get(3)?,
+        revoked_at: row.try_get(4)?,
+    })
+}

@@ -1,0 +1,126 @@
+//! Cross-replica wake-ups. After a commit that made tasks ready, the writer
+//! sends `pg_notify(channel, {from, stages})` inside the same transaction
+//! (PostgreSQL delivers it at COMMIT, and never for a rolled-back batch);
+//! this module's task LISTENs on its own connection and hands other
+//! replicas' stages to the store's `ReadyListener`, exactly as the writer
+//! does for its own commits. Its own notifications are skipped (the writer
+//! already told the listener). The connection is re-made with a pause when it
+//! drops; wake-ups missed meanwhile cost latency only, since long polls
+//! re-check the store when their wait ends.
+
+use crate::options::PostgresOptions;
+use baton_core::StageName;
+use baton_core::store::ReadyListener;
+use serde::{Deserialize, Serialize};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// Bytes of one NOTIFY payload, at most (PostgreSQL refuses 8000 and more).
+pub(crate) const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_000;
+
+/// Pause before listening again after the connection dropped.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+
+/// Bytes of a channel name (PostgreSQL identifiers are at most 63).
+const CHANNEL_BYTES_MAX: usize = 63;
+
+/// What one notification carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    /// The replica that committed (`PostgresOptions::replica`).
+    pub from: String,
+    pub stages: Vec<StageName>,
+}
+
+/// The channel of a schema: replicas of one schema share it, other schemas
+/// (other Baton deployments, parallel tests) in the same database do not.
+pub(crate) fn channel(schema: &str) -> String {
+    let mut name = format!("baton_ready_{schema}");
+    while name.len() > CHANNEL_BYTES_MAX {
+        name.pop();
+    }
+    name
+}
+
+/// The payloads announcing `stages`, each within `NOTIFY_PAYLOAD_BYTES_MAX`.
+pub(crate) fn payloads(from: &str, stages: &[StageName]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<StageName> = Vec::new();
+    let mut bytes = from.len() + 32;
+    for stage in stages {
+        let cost = stage.as_str().len() * 6 + 3; // worst-case JSON escaping
+        if !chunk.is_empty() && bytes + cost > NOTIFY_PAYLOAD_BYTES_MAX {
+            out.extend(encode(from, std::mem::take(&mut chunk)));
+            bytes = from.len() + 32;
+        }
+        chunk.push(stage.clone());
+        bytes += cost;
+    }
+    if !chunk.is_empty() {
+        out.extend(encode(from, chunk));
+    }
+    out
+}
+
+fn encode(from: &str, stages: Vec<StageName>) -> Option<String> {
+    serde_json::to_string(&Ready { from: from.to_owned(), stages }).ok()
+}
+
+/// Listens until the runtime shuts down.
+pub(crate) async fn run(options: PostgresOptions, channel: String, listener: Arc<dyn ReadyListener>) {
+    let Ok(config) = options.connection_config() else { return };
+    loop {
+        match listen_once(&config, &options, &channel, &listener).await {
+            Ok(()) => tracing::warn!("the LISTEN connection closed; listening again"),
+            Err(error) => tracing::warn!(%error, "LISTEN for other replicas' wake-ups failed; retrying"),
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    options: &PostgresOptions,
+    channel: &str,
+    listener: &Arc<dyn ReadyListener>,
+) -> Result<(), tokio_postgres::Error> {
+    let connecting = tokio::time::timeout(options.io_timeout, config.connect(NoTls)).await;
+    let Ok(connected) = connecting else { return Ok(()) };
+    let (client, mut connection) = connected?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "the LISTEN connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    let quoted = channel.replace('"', "\"\"");
+    client.batch_execute(&format!("LISTEN \"{quoted}\"")).await?;
+    while let Some(payload) = rx.recv().await {
+        match serde_json::from_str::<Ready>(&payload) {
+            Ok(ready) if ready.from != options.replica => {
+                let call = std::panic::AssertUnwindSafe(|| listener.ready(&ready.stages));
+                if std::panic::catch_unwind(call).is_err() {
+                    tracing::error!("the ready listener panicked on a notification");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "an unreadable ready notification; ignored"),
+        }
+    }
+    driver.abort();
+    drop(client);
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Reads: the queries behind `get`, `list`, `history`, `handoff`, `next_due`,
+//! the directory's lookups and the diagnostics, each on a connection of the
+//! deadpool read pool. Each query is one statement, so it reads one
+//! snapshot; a failure (a lost connection, a timeout) is answered
+//! `Unavailable` by the store, never with an older answer.
+
+use crate::directory::{self, PRINCIPAL, PRINCIPALS, TOKEN, TOKENS};
+use crate::error::StoreError;
+use crate::leader::{self, Duty};
+use crate::rows::{json, limit, task_and_head};
+use baton_core::auth::{Principal, TokenRecord};
+use baton_core::store::{Delivery, Notice};
+use baton_core::workflow::Workflow;
+use baton_core::{Alert, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
+use deadpool_postgres::{Object, Pool};
+use tokio_postgres::types::ToSql;
+
+async fn conn(pool: &Pool) -> Result<Object, StoreError> {
+    pool.get().await.map_err(|e| StoreError::Disconnected(e.to_string()))
+}
+
+pub(crate) async fn get(pool: Pool, id: TaskId) -> Result<Option<TaskView>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT t.body, t.head, p.body FROM tasks t JOIN payloads p ON p.task = t.id WHERE t.id = $1",
+        )
+        .await?;
+    let Some(row) = c.query_opt(&st, &[&id.0]).await? else { return Ok(None) };
+    let (task, head) = task_and_head(&row, 0)?;
+    Ok(Some(TaskView { task, head, payload: row.try_get(2)? }))
+}
+
+/// A page of tasks in id order (oldest first), after the cursor.
+pub(crate) async fn list(pool: Pool, filter: TaskFilter, page_size_max: usize) -> Result<Page, StoreError> {
+    let size = match filter.limit {
+        0 => page_size_max,
+        n => n.min(page_size_max),
+    };
+    // Only the filters given appear in the SQL, so the planner can pick the
+    // index for each combination; at most 16 texts, each prepared once.
+    let stage = filter.stage.as_ref().map(|s| s.as_str().to_owned());
+    let state = filter.state.map(|s| s.as_str().to_owned());
+    let parent = filter.parent.map(|p| p.0);
+    let after = filter.after.map(|a| a.0);
+    let mut sql = String::from("SELECT body FROM tasks WHERE true");
+    let mut args: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(5);
+    if let Some(stage) = &stage {
+        args.push(stage);
+        sql.push_str(&format!(" AND stage = ${}", args.len()));
+    }
+    if let Some(state) = &state {
+        args.push(state);
+        sql.push_str(&format!(" AND state = ${}", args.len()));
+    }
+    if let Some(parent) = &parent {
+        args.push(parent);
+        sql.push_str(&format!(" AND parent = ${}", args.len()));
+    }
+    if let Some(after) = &after {
+        args.push(after);
+        sql.push_str(&format!(" AND id > ${}", args.len()));
+    }
+    // One row more than the page tells whether another page exists.
+    let fetch = limit(size).saturating_add(1);
+    args.push(&fetch);
+    sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(&sql).await?;
+    let rows = c.query(&st, &args).await?;
+    let more = rows.len() > size;
+    let tasks = rows.iter().take(size).map(|row| json::<Task>(row, 0)).collect::<Result<Vec<_>, _>>()?;
+    let next = if more { tasks.last().map(|t| t.id) } else { None };
+    Ok(Page { tasks, next })
+}
+
+pub(crate) async fn history(pool: Pool, id: TaskId) -> Result<Vec<Event>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached("SELECT body FROM events WHERE task = $1 ORDER BY version").await?;
+    let rows = c.query(&st, &[&id.0]).await?;
+    rows.iter().map(|row| json(row, 0)).collect()
+}
+
+pub(crate) async fn handoff(pool: Pool, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached("SELECT body FROM handoffs WHERE id = $1").await?;
+    c.query_opt(&st, &[&id.0]).await?.map(|row| json(&row, 0)).transpose()
+}
+
+pub(crate) async fn next_due(pool: Pool) -> Result<Option<Millis>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached("SELECT min(due_at) FROM tasks WHERE due_at IS NOT NULL").await?;
+    Ok(c.query_one(&st, &[]).await?.try_get(0)?)
+}
+
+/// Alerts in the order they were raised, after the `after` cursor (an alert
+/// sequence number), at most `max`.
+pub(crate) async fn alerts(pool: Pool, after: i64, max: usize) -> Result<Vec<(i64, Alert)>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached("SELECT id, body FROM alerts WHERE id > $1 ORDER BY id LIMIT $2").await?;
+    let rows = c.query(&st, &[&after, &limit(max)]).await?;
+    rows.iter().map(|row| Ok((row.try_get(0)?, json(row, 1)?))).collect()
+}
+
+pub(crate) async fn duties(pool: Pool) -> Result<Vec<Duty>, StoreError> {
+    let c = conn(&pool).await?;
+    let rows = c.query(leader::LIST, &[]).await?;
+    rows.iter().map(leader::duty).collect()
+}
+
+/// Takes or renews every duty (the store's renewal loop).
+pub(crate) async fn hold_duties(
+    pool: Pool,
+    replica: String,
+    now: Option<Millis>,
+    lease_ms: Millis,
+) -> Result<(), StoreError> {
+    let c = conn(&pool).await?;
+    for duty in leader::DUTIES {
+        leader::hold(&c, duty, &replica, now, lease_ms).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn principal(pool: Pool, name: String) -> Result<Option<Principal>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(PRINCIPAL).await?;
+    c.query_opt(&st, &[&name]).await?.map(|row| directory::principal_row(&row)).transpose()
+}
+
+pub(crate) async fn principals(pool: Pool) -> Result<Vec<Principal>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(PRINCIPALS).await?;
+    c.query(&st, &[]).await?.iter().map(directory::principal_row).collect()
+}
+
+pub(crate) async fn token(pool: Pool, id: String) -> Result<Option<TokenRecord>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(TOKEN).await?;
+    c.query_opt(&st, &[&id]).await?.map(|row| directory::token_row(&row)).transpose()
+}
+
+pub(crate) async fn tokens(pool: Pool) -> Result<Vec<TokenRecord>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(TOKENS).await?;
+    c.query(&st, &[]).await?.iter().map(directory::token_row).collect()
+}
+
+pub(crate) async fn workflow(
+    pool: Pool,
+    name: String,
+    version: Option<u32>,
+) -> Result<Option<Workflow>, StoreError> {
+    let c = conn(&pool).await?;
+    let row = match version {
+        Some(v) => {
+            let st = c.prepare_cached(crate::tx::WORKFLOW_VERSION).await?;
+            c.query_opt(&st, &[&name, &i64::from(v)]).await?
+        }
+        None => {
+            let st = c.prepare_cached(crate::tx::WORKFLOW_LATEST).await?;
+            c.query_opt(&st, &[&name]).await?
+        }
+    };
+    row.map(|r| json(&r, 0)).transpose()
+}
+
+/// The latest version of every workflow, by name, at most `max`.
+pub(crate) async fn workflows(pool: Pool, max: usize) -> Result<Vec<Workflow>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached("SELECT DISTINCT ON (name) body FROM workflows ORDER BY name, version DESC LIMIT $1")
+        .await?;
+    c.query(&st, &[&limit(max)]).await?.iter().map(|row| json(row, 0)).collect()
+}
+
+/// Live tasks due at or before `before`, earliest first.
+pub(crate) async fn overdue(pool: Pool, before: Millis, max: usize) -> Result<Vec<Task>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT body FROM tasks WHERE due_at IS NOT NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
+        )
+        .await?;
+    c.query(&st, &[&before, &limit(max)]).await?.iter().map(|row| json(row, 0)).collect()
+}
+
+/// Rows `(id, body)` after `after`, in id order, with their JSON bodies parsed.
+async fn sequence<T: serde::de::DeserializeOwned>(
+    pool: Pool,
+    sql: &'static str,
+    after: u64,
+    max: usize,
+) -> Result<Vec<(u64, T)>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached(sql).await?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows = c.query(&st, &[&after, &limit(max)]).await?;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.try_get(0)?;
+            Ok((id.max(0).unsigned_abs(), json(row, 1)?))
+        })
+        .collect()
+}
+
+pub(crate) async fn notices(pool: Pool, after: u64, max: usize) -> Result<Vec<(u64, Notice)>, StoreError> {
+    sequence(pool, "SELECT id, body FROM notices WHERE id > $1 ORDER BY id LIMIT $2", after, max).await
+}
+
+pub(crate) async fn deliveries(
+    pool: Pool,
+    after: u64,
+    max: usize,
+) -> Result<Vec<(u64, Delivery)>, StoreError> {
+    sequence(pool, "SELECT id, body FROM deliveries WHERE id > $1 ORDER BY id LIMIT $2", after, max).await
+}
+
+pub(crate) async fn delivery_cursor(pool: Pool, webhook: String) -> Result<Option<u64>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = $1 AND final").await?;
+    let n: Option<i64> = c.query_one(&st, &[&webhook]).await?.try_get(0)?;
+    Ok(n.and_then(|n| u64::try_from(n).ok()))
+}

@@ -1,0 +1,533 @@
+//! The writer thread and group commit. One thread per process owns the write
+//! connection (driven by its own current-thread runtime) and drains a
+//! channel of operations: it blocks for the first, takes whatever else is
+//! queued (up to `limits.commit_batch_max`), runs them in one transaction,
+//! commits once, and only then answers every caller.
+//!
+//! `now` is read once per batch: the database clock (`clock_timestamp()`,
+//! pipelined with BEGIN) unless a clock is injected.
+//!
+//! A refused operation changes nothing while its neighbours commit. A batch
+//! first runs without savepoints; if an operation is refused or fails after it
+//! wrote (or any statement fails, which aborts a PostgreSQL transaction), the
+//! writer rolls the batch back and runs it again with each operation in its
+//! own savepoint. Nothing is answered before COMMIT, so callers cannot tell.
+//!
+//! Other replicas write the same rows. A guarded save that finds the row
+//! changed (`Fail::Conflict`), or a unique key taken by a concurrent
+//! transaction, reruns the operation (its reads then see the other commit);
+//! a deadlock or serialization failure between replicas reruns the batch.
+//! Both are bounded. A lost connection, a timeout or a failed COMMIT
+//! acknowledges nothing (`Unavailable`): the connection is dropped and the
+//! next batch connects afresh, so the store recovers by itself.
+
+use crate::directory::DirectoryWrite;
+use crate::error::{Class, StoreError};
+use crate::leader;
+use crate::listen;
+use crate::options::PostgresOptions;
+use crate::tx::{PgTx, Session, block, pipelined};
+use baton_core::engine::{self, Ctx, Effects, Fail};
+use baton_core::store::ReadyListener;
+use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tokio_postgres::NoTls;
+
+/// How often one operation is rerun when a guarded save loses to another
+/// replica. Each rerun reads the other's commit, so more than a few means a
+/// task written in a tight loop elsewhere; then the caller hears `Unavailable`.
+const CONFLICT_RETRIES_MAX: usize = 8;
+
+/// How often a batch is rerun after a deadlock or serialization failure.
+const BATCH_RERUNS_MAX: usize = 5;
+
+/// Where a caller waits for its answer.
+pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
+
+/// One write operation queued for the writer, with where to answer it.
+pub(crate) enum Op {
+    /// `Store::execute` and the per-verb methods (boxed: it is large).
+    Execute(Box<(baton_core::Op, Option<RequestKey>)>, Reply<OpOutcome>),
+    FireDue(usize, Reply<usize>),
+    PurgeRequests(usize, Reply<usize>),
+    /// A principal or token write (`crate::directory`).
+    Directory(DirectoryWrite, Reply<bool>),
+}
+
+/// Counts kept by the writer, read by `PostgresStore::stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub ops: AtomicU64,
+    pub refused: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub batch_max: AtomicU64,
+    pub reruns: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub batch_retries: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+/// Everything the writer thread owns.
+pub(crate) struct Writer {
+    pub rt: Runtime,
+    pub session: Option<Session>,
+    pub options: PostgresOptions,
+    pub rx: Receiver<Op>,
+    pub clock: Option<Arc<dyn Clock>>,
+    pub rules: Rules,
+    pub listener: Arc<dyn ReadyListener>,
+    pub counters: Arc<Counters>,
+    /// The NOTIFY channel of this schema.
+    pub channel: String,
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    Committed(Vec<Outcome>, Vec<StageName>),
+    /// Rerun with a savepoint per operation (already rolled back).
+    Tainted,
+    /// Rerun after a deadlock or serialization failure (already rolled back).
+    Rerun,
+    /// The connection failed at BEGIN, before anything ran: a stale
+    /// connection (the database restarted). Reconnect and try once more.
+    Stale(String),
+    /// Nothing committed, nothing acknowledged; the connection is dropped.
+    Lost(String),
+}
+
+impl Writer {
+    /// The thread's body. Returns when every sender is gone and the queue is
+    /// drained (the store closed).
+    pub(crate) fn run(mut self) {
+        let max = self.rules.limits.commit_batch_max.max(1);
+        let mut ops = Vec::with_capacity(max);
+        while let Ok(first) = self.rx.recv() {
+            ops.push(first);
+            while ops.len() < max {
+                match self.rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut ops);
+        }
+        // Closed cleanly: hand the duties over at once instead of letting
+        // their leases run out.
+        if let Some(session) = &self.session {
+            let released = block(
+                &self.rt,
+                self.options.io_timeout,
+                session.client.execute(leader::RELEASE, &[&self.options.replica]),
+            );
+            if let Err(error) = released {
+                tracing::warn!(%error, "could not release this replica's duties; they expire by themselves");
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), String> {
+        let config = self.options.connection_config().map_err(|e| e.to_string())?;
+        let timeout = self.options.io_timeout;
+        let connected =
+            self.rt.block_on(async { tokio::time::timeout(timeout, config.connect(NoTls)).await });
+        let (client, connection) = match connected {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(format!("cannot connect to PostgreSQL: {e}")),
+            Err(_) => return Err(format!("connecting to PostgreSQL took more than {timeout:?}")),
+        };
+        self.rt.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "the writer's PostgreSQL connection ended");
+            }
+        });
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        self.session = Some(Session::new(client));
+        Ok(())
+    }
+
+    /// Runs, commits and answers one batch; `ops` is empty afterwards.
+    fn commit_batch(&mut self, ops: &mut Vec<Op>) {
+        let count = ops.len();
+        let mut careful = false;
+        let mut reruns = 0;
+        let mut reconnected = false;
+        loop {
+            if self.session.is_none() {
+                if let Err(why) = self.connect() {
+                    tracing::warn!(reason = %why, ops = count, "the write batch found no database");
+                    return self.lost(ops, &why);
+                }
+                reconnected = true;
+            }
+            match self.attempt(ops, careful) {
+                Attempt::Committed(outcomes, ready) => return self.answer(ops, outcomes, &ready),
+                Attempt::Tainted => {
+                    careful = true;
+                    self.counters.reruns.fetch_add(1, Ordering::Relaxed);
+                }
+                Attempt::Rerun => {
+                    reruns += 1;
+                    self.counters.batch_retries.fetch_add(1, Ordering::Relaxed);
+                    if reruns > BATCH_RERUNS_MAX {
+                        return self.lost(ops, "the write batch kept deadlocking with other replicas; retry");
+                    }
+                    careful = true;
+                }
+                Attempt::Stale(why) => {
+                    self.session = None;
+                    if reconnected {
+                        return self.lost(ops, &format!("the PostgreSQL store lost its connection: {why}"));
+                    }
+                    tracing::info!(reason = %why, "the write connection was stale; reconnecting");
+                }
+                Attempt::Lost(why) => {
+                    self.session = None;
+                    tracing::error!(reason = %why, ops = count, "write batch not committed");
+                    return self.lost(ops, &format!("the PostgreSQL store could not commit: {why}"));
+                }
+            }
+        }
+    }
+
+    /// One try at the batch, in one transaction.
+    fn attempt(&mut self, ops: &[Op], careful: bool) -> Attempt {
+        let Some(session) = self.session.as_mut() else { return Attempt::Stale("no connection".into()) };
+        let rt = &self.rt;
+        let timeout = self.options.io_timeout;
+        let began = match &self.clock {
+            Some(clock) => block(rt, timeout, session.client.batch_execute("BEGIN")).map(|()| clock.now()),
+            None => {
+                let client = &session.client;
+                block(rt, timeout, async {
+                    let (begin, now) =
+                        pipelined(client.batch_execute("BEGIN"), client.query_one(leader::DB_NOW, &[])).await;
+                    begin?;
+                    now?.try_get::<_, Millis>(0)
+                })
+            }
+        };
+        let now = match began {
+            Ok(now) => now,
+            Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
+            Err(e) => {
+                let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
+                return Attempt::Lost(format!("BEGIN failed: {e}"));
+            }
+        };
+        let mut batch = Batch {
+            rt,
+            session,
+            timeout,
+            rules: &self.rules,
+            now,
+            careful,
+            ready: Vec::new(),
+            end: None,
+            replica: &self.options.replica,
+            lease_ms: i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX),
+            counters: &self.counters,
+        };
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(op.run(&mut batch));
+            if batch.end.is_some() {
+                break;
+            }
+        }
+        let ready = std::mem::take(&mut batch.ready);
+        match batch.end {
+            None => {}
+            Some(End::Lost(why)) => return Attempt::Lost(why),
+            Some(end @ (End::Tainted | End::Rerun)) => {
+                if let Err(e) = block(rt, timeout, session.client.batch_execute("ROLLBACK")) {
+                    return Attempt::Lost(format!("ROLLBACK failed: {e}"));
+                }
+                return if matches!(end, End::Tainted) { Attempt::Tainted } else { Attempt::Rerun };
+            }
+        }
+        // Other replicas' waiting claims hear of the new work at COMMIT.
+        for payload in listen::payloads(&self.options.replica, &ready) {
+            let notified = block(
+                rt,
+                timeout,
+                session.client.execute("SELECT pg_notify($1, $2)", &[&self.channel, &payload]),
+            );
+            if let Err(e) = notified {
+                let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
+                return Attempt::Lost(format!("NOTIFY failed: {e}"));
+            }
+        }
+        if let Err(e) = block(rt, timeout, session.client.batch_execute("COMMIT")) {
+            // Whether it committed is unknown: acknowledge nothing. Keyed
+            // retries (Idempotency-Key) find out which it was.
+            return Attempt::Lost(format!("COMMIT failed: {e}"));
+        }
+        Attempt::Committed(outcomes, ready)
+    }
+
+    fn answer(&self, ops: &mut Vec<Op>, outcomes: Vec<Outcome>, ready: &[StageName]) {
+        let count = ops.len() as u64;
+        let c = &self.counters;
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        c.ops.fetch_add(count, Ordering::Relaxed);
+        c.batch_max.fetch_max(count, Ordering::Relaxed);
+        for outcome in &outcomes {
+            match outcome.error() {
+                None => {}
+                Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
+                Some(Error::Unavailable(_)) => drop(c.unavailable.fetch_add(1, Ordering::Relaxed)),
+            }
+        }
+        // Wake-ups before answers: a caller that sees its answer may rely on
+        // the listener having heard about the work it created.
+        if !ready.is_empty() {
+            let listener = &self.listener;
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(ready))).is_err() {
+                tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
+            }
+        }
+        for (op, outcome) in ops.drain(..).zip(outcomes) {
+            op.answer(outcome);
+        }
+    }
+
+    /// Answers a batch that did not commit `Unavailable`.
+    fn lost(&self, ops: &mut Vec<Op>, why: &str) {
+        self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for op in ops.drain(..) {
+            op.abandon(why);
+        }
+    }
+}
+
+/// What one operation produced, held until the batch commits.
+enum Outcome {
+    /// Boxed: an `OpOutcome` is large, and a batch holds one per operation.
+    Execute(Box<Result<OpOutcome, Error>>),
+    Count(Result<usize, Error>),
+    Directory(Result<bool, Error>),
+}
+
+impl Outcome {
+    fn error(&self) -> Option<&Error> {
+        match self {
+            Self::Execute(r) => r.as_ref().as_ref().err(),
+            Self::Count(r) => r.as_ref().err(),
+            Self::Directory(r) => r.as_ref().err(),
+        }
+    }
+}
+
+impl Op {
+    /// Runs the operation in the batch's transaction. Takes `&self`: a batch
+    /// may run more than once, and the reply slot is used only after COMMIT.
+    fn run(&self, b: &mut Batch<'_>) -> Outcome {
+        match self {
+            Op::Execute(call, _) => {
+                let (op, key) = call.as_ref();
+                Outcome::Execute(Box::new(b.execute(|tx, cx| engine::keyed(tx, key.as_ref(), op, cx))))
+            }
+            Op::FireDue(limit, _) => Outcome::Count(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
+            Op::PurgeRequests(limit, _) => {
+                let (replica, lease_ms) = (b.replica, b.lease_ms);
+                Outcome::Count(b.execute(|tx, cx| {
+                    // A singleton duty: only the replica holding it purges.
+                    let held = tx
+                        .query(leader::HOLD, &[&leader::DUTY_PURGE, &replica, &cx.now, &lease_ms])
+                        .map_err(Fail::Store)?;
+                    tx.writes += 1;
+                    if held.is_empty() {
+                        return Ok(0);
+                    }
+                    engine::purge_requests(tx, *limit, cx)
+                }))
+            }
+            Op::Directory(write, _) => Outcome::Directory(b.execute(|tx, _| write.run(tx))),
+        }
+    }
+
+    /// Tells the caller its outcome (the batch committed).
+    fn answer(self, outcome: Outcome) {
+        let mismatch = || Err(Error::Unavailable("internal error: an answer went astray".into()));
+        match (self, outcome) {
+            (Op::Execute(_, r), Outcome::Execute(v)) => drop(r.send(*v)),
+            (Op::FireDue(_, r) | Op::PurgeRequests(_, r), Outcome::Count(v)) => drop(r.send(v)),
+            (Op::Directory(_, r), Outcome::Directory(v)) => drop(r.send(v)),
+            (op, _) => {
+                tracing::error!("an outcome did not match its operation");
+                op.abandon_with(mismatch());
+            }
+        }
+    }
+
+    /// Tells the caller nothing happened for sure (the batch did not commit,
+    /// or the operation never reached the writer).
+    pub(crate) fn abandon(self, why: &str) {
+        self.abandon_with(Err(Error::Unavailable(why.to_owned())));
+    }
+
+    fn abandon_with(self, e: Result<std::convert::Infallible, Error>) {
+        let Err(e) = e;
+        match self {
+            Op::Execute(_, r) => drop(r.send(Err(e))),
+            Op::FireDue(_, r) | Op::PurgeRequests(_, r) => drop(r.send(Err(e))),
+            Op::Directory(_, r) => drop(r.send(Err(e))),
+        }
+    }
+}
+
+/// Why a batch stopped running operations before its end.
+enum End {
+    /// The connection failed or timed out: nothing of the batch commits.
+    Lost(String),
+    /// Without savepoints, an operation failed after writing (or a statement
+    /// failed, aborting the transaction): rerun the batch with savepoints.
+    Tainted,
+    /// Deadlock or serialization failure: rerun the batch.
+    Rerun,
+}
+
+/// How one operation ended, short of success.
+enum Failure {
+    Refused(Rejection),
+    /// A guarded save lost (no statement failed).
+    Conflict,
+    /// A unique key taken concurrently (the statement failed).
+    KeyTaken,
+    Store(StoreError),
+    Panic(String),
+}
+
+/// One open write transaction and what its operations produced so far.
+struct Batch<'w> {
+    rt: &'w Runtime,
+    session: &'w mut Session,
+    timeout: Duration,
+    rules: &'w Rules,
+    now: Millis,
+    /// Each operation in its own savepoint.
+    careful: bool,
+    /// Stages with new ready work, from operations that were kept.
+    ready: Vec<StageName>,
+    end: Option<End>,
+    replica: &'w str,
+    lease_ms: Millis,
+    counters: &'w Counters,
+}
+
+type EngineResult<T> = Result<T, Fail<StoreError>>;
+
+impl Batch<'_> {
+    /// Runs one operation; on refusal or failure, undoes what it wrote.
+    fn execute<T>(
+        &mut self,
+        mut op: impl FnMut(&mut PgTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
+    ) -> Result<T, Error> {
+        if self.careful {
+            self.exec("SAVEPOINT op")?;
+        }
+        let mut conflicts = 0;
+        let failure = loop {
+            let mut effects = Effects::default();
+            let mut tx = PgTx { rt: self.rt, session: &mut *self.session, timeout: self.timeout, writes: 0 };
+            let outcome = {
+                let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
+                // A panic is a bug in one operation: undo that operation and
+                // keep serving the others, rather than lose the writer thread.
+                panic::catch_unwind(AssertUnwindSafe(|| op(&mut tx, &mut cx)))
+            };
+            let writes = tx.writes;
+            let failure = match outcome {
+                Ok(Ok(value)) => {
+                    if self.careful {
+                        self.exec("RELEASE SAVEPOINT op")?;
+                    }
+                    for stage in effects.ready {
+                        if !self.ready.contains(&stage) {
+                            self.ready.push(stage);
+                        }
+                    }
+                    return Ok(value);
+                }
+                Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),
+                Ok(Err(Fail::Conflict)) => Failure::Conflict,
+                Ok(Err(Fail::Store(e))) => match e.class() {
+                    Class::Lost => {
+                        self.end = Some(End::Lost(e.to_string()));
+                        return Err(not_committed());
+                    }
+                    Class::RerunBatch => {
+                        self.end = Some(End::Rerun);
+                        return Err(not_committed());
+                    }
+                    Class::Conflict => Failure::KeyTaken,
+                    Class::Other => Failure::Store(e),
+                },
+                Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
+            };
+            // A failed statement aborts the transaction, written or not.
+            let aborted = matches!(failure, Failure::KeyTaken | Failure::Store(_) | Failure::Panic(_));
+            if writes > 0 || aborted {
+                if !self.careful {
+                    self.end = Some(End::Tainted);
+                    return Err(not_committed());
+                }
+                // ROLLBACK TO keeps the savepoint open, for a retry.
+                self.exec("ROLLBACK TO SAVEPOINT op")?;
+            }
+            match failure {
+                Failure::Conflict | Failure::KeyTaken if conflicts < CONFLICT_RETRIES_MAX => {
+                    conflicts += 1;
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("another replica changed a row under the operation; running it again");
+                }
+                other => break other,
+            }
+        };
+        if self.careful {
+            self.exec("RELEASE SAVEPOINT op")?;
+        }
+        Err(match failure {
+            Failure::Refused(r) => Error::Rejected(r),
+            Failure::Conflict | Failure::KeyTaken => {
+                Error::Unavailable("the task kept changing under the operation; retry".into())
+            }
+            Failure::Store(e) => {
+                tracing::error!(error = %e, "a write operation failed; it changed nothing");
+                Error::Unavailable(format!("storage error: {e}"))
+            }
+            Failure::Panic(what) => {
+                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
+                Error::Unavailable("internal error; the operation changed nothing".into())
+            }
+        })
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<(), Error> {
+        block(self.rt, self.timeout, self.session.client.batch_execute(sql)).map_err(|e| {
+            self.end = Some(match e.class() {
+                Class::RerunBatch => End::Rerun,
+                _ => End::Lost(format!("{sql} failed: {e}")),
+            });
+            not_committed()
+        })
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+fn not_committed() -> Error {
+    Error::Unavailable("the write batch could not commit; nothing changed".into())
+}

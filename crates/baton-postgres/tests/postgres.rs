@@ -1,0 +1,313 @@
+//! The PostgreSQL store's tests, in one binary. Goal: the store keeps the
+//! engine's promises on a real database, alone and with other stores
+//! (replicas) on the same schema: the same protocol as every store (the
+//! conformance suite and the model test), migrations that run once however
+//! many replicas start, claims that never lease one task twice across
+//! replicas, wake-ups that cross replicas, a singleton duty that moves, and
+//! a lost connection answered `Unavailable` and then recovered from.
+//!
+//! Method: each test works in a schema of its own (`support::Schema`) in the
+//! database named by `BATON_TEST_DATABASE_URL`, which must be set: an
+//! unreachable database fails the run, it does not skip it.
+
+#[path = "postgres/support.rs"]
+mod support;
+
+use baton_core::event::verify_chain;
+use baton_core::store::ReadyListener;
+use baton_core::{Alert, Error, StageName, Store, TaskId};
+use baton_postgres::{DUTY_PURGE, PostgresOptions, PostgresStore, SCHEMA_VERSION};
+use baton_testkit::suite::{claim_op, new_task};
+use baton_testkit::{Setup, SuiteStore, block_on};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{Schema, admin, scalar};
+
+// ---------------------------------------------------------------------------
+// The conformance suite every store passes
+
+/// A fresh schema per case; the store on a manual clock.
+struct Harness {
+    store: Option<PostgresStore>,
+    options: PostgresOptions,
+    /// Dropped after the store (fields drop in order): the schema goes last.
+    _schema: Schema,
+}
+
+impl SuiteStore for Harness {
+    type Store = PostgresStore;
+
+    fn open(setup: Setup) -> Self {
+        let schema = Schema::new();
+        let options = schema.options().clock(setup.clock).rules(setup.rules).listener(setup.listener);
+        let store = PostgresStore::open(options.clone()).expect("open");
+        Self { store: Some(store), options, _schema: schema }
+    }
+
+    fn store(&self) -> &PostgresStore {
+        self.store.as_ref().expect("the store is open")
+    }
+
+    fn alerts(&self) -> Option<Vec<Alert>> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = block_on(self.store().alerts(after, 100)).expect("alerts");
+            let Some((last, _)) = page.last() else { return Some(all) };
+            after = *last;
+            all.extend(page.into_iter().map(|(_, alert)| alert));
+        }
+    }
+
+    fn reopen(mut self) -> Self {
+        if let Some(store) = self.store.take() {
+            store.close();
+        }
+        self.store = Some(PostgresStore::open(self.options.clone()).expect("reopen"));
+        self
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            store.close();
+        }
+    }
+}
+
+baton_testkit::store_suite!(Harness);
+
+mod model {
+    //! The model test over the PostgreSQL store: the same reference model as
+    //! the memory and SQLite stores' (see `baton_testkit::model`).
+    use super::Harness;
+    use baton_testkit::model::ModelTest;
+    use proptest_state_machine::prop_state_machine;
+
+    prop_state_machine! {
+        #![proptest_config(proptest::test_runner::Config { cases: 32, failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn postgres_store_follows_the_model(sequential 1..60 => ModelTest<Harness>);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Migrations
+
+#[test]
+fn migrating_twice_changes_nothing() {
+    let schema = Schema::new();
+    let options = schema.options();
+    let rt = support::runtime();
+    let first = rt.block_on(baton_postgres::migrate(&options)).expect("migrate");
+    assert_eq!((first.found, first.supported), (SCHEMA_VERSION, SCHEMA_VERSION));
+    let second = rt.block_on(baton_postgres::migrate(&options)).expect("migrate again");
+    assert!(second.is_current());
+    assert_eq!(scalar(&schema.name, "SELECT count(*) FROM schema_migrations"), i64::from(SCHEMA_VERSION));
+    let checked = rt.block_on(baton_postgres::check(&options)).expect("check");
+    assert_eq!(checked, second);
+    // A store opened on it migrates nothing either.
+    drop(PostgresStore::open(options).expect("open"));
+    assert_eq!(scalar(&schema.name, "SELECT count(*) FROM schema_migrations"), i64::from(SCHEMA_VERSION));
+}
+
+#[test]
+fn replicas_starting_together_migrate_once() {
+    let schema = Schema::new();
+    let options = schema.options();
+    let statuses: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                let options = options.clone();
+                s.spawn(move || support::runtime().block_on(baton_postgres::migrate(&options)))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("migrating thread")).collect()
+    });
+    for status in statuses {
+        assert!(status.expect("every replica's migrate succeeds").is_current());
+    }
+    assert_eq!(scalar(&schema.name, "SELECT count(*) FROM schema_migrations"), i64::from(SCHEMA_VERSION));
+}
+
+#[test]
+fn check_reports_an_empty_and_a_newer_schema() {
+    let schema = Schema::new();
+    let options = schema.options();
+    let rt = support::runtime();
+    admin(&format!("CREATE SCHEMA {}", schema.name));
+    let empty = rt.block_on(baton_postgres::check(&options)).expect("check");
+    assert_eq!(empty.found, 0);
+    assert!(!empty.is_current());
+    rt.block_on(baton_postgres::migrate(&options)).expect("migrate");
+    admin(&format!("INSERT INTO {}.schema_migrations (version, name) VALUES (999, 'future')", schema.name));
+    let ahead = rt.block_on(baton_postgres::check(&options)).expect("check");
+    assert_eq!(ahead.found, 999);
+    let refused = PostgresStore::open(options).err().expect("a newer schema is refused");
+    assert!(refused.to_string().contains("newer than this binary"), "{refused}");
+}
+
+// ---------------------------------------------------------------------------
+// Replicas on one schema
+
+#[test]
+fn replicas_claiming_concurrently_never_lease_one_task_twice() {
+    const TASKS: usize = 120;
+    let schema = Schema::new();
+    let a = PostgresStore::open(schema.options().replica("a")).expect("open a");
+    let b = PostgresStore::open(schema.options().replica("b")).expect("open b");
+    let ids: HashSet<TaskId> = (0..TASKS)
+        .map(|i| block_on(a.submit(new_task("s", &i.to_string()))).expect("submit").task.id)
+        .collect();
+    let grants: Vec<(TaskId, u64)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..6)
+            .map(|w| {
+                let store = if w % 2 == 0 { &a } else { &b };
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    loop {
+                        let op = claim_op(&format!("w{w}"), &["s"], 3);
+                        let got =
+                            block_on(store.execute(op, None)).expect("claim").into_grants().expect("grants");
+                        if got.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(got.iter().map(|g| (g.task.id, g.epoch)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let leased: HashSet<TaskId> = grants.iter().map(|(id, _)| *id).collect();
+    assert_eq!(grants.len(), TASKS, "each task leased exactly once across both replicas");
+    assert_eq!(leased, ids);
+    assert!(grants.iter().all(|(_, epoch)| *epoch == 1));
+    for id in ids {
+        let events = block_on(b.history(id)).expect("history");
+        verify_chain(&events).unwrap_or_else(|(i, why)| panic!("task {id}: event {i}: {why}"));
+        assert_eq!(events.len(), 2, "submitted and claimed once");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.batch_max >= 1 && sb.batch_max >= 1, "{sa:?} {sb:?}");
+}
+
+#[test]
+fn the_database_clock_sets_the_times() {
+    let schema = Schema::new();
+    let store = PostgresStore::open(schema.options()).expect("open");
+    let task = block_on(store.submit(new_task("s", "{}"))).expect("submit").task;
+    let db_now = scalar(&schema.name, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+    assert!((db_now - task.created_at).abs() < 10_000, "created at {} vs database {db_now}", task.created_at);
+}
+
+/// Records the stages a listener heard.
+#[derive(Default)]
+struct Heard(Mutex<BTreeSet<String>>);
+
+impl ReadyListener for Heard {
+    fn ready(&self, stages: &[StageName]) {
+        self.0.lock().expect("not poisoned").extend(stages.iter().map(|s| s.as_str().to_owned()));
+    }
+}
+
+#[test]
+fn ready_work_wakes_listeners_on_other_replicas() {
+    let schema = Schema::new();
+    let heard_a = Arc::new(Heard::default());
+    let heard_b = Arc::new(Heard::default());
+    let a = PostgresStore::open(schema.options().replica("a").listen(true).listener(heard_a.clone()))
+        .expect("open a");
+    let b = PostgresStore::open(schema.options().replica("b").listen(true).listener(heard_b.clone()))
+        .expect("open b");
+    // Listening starts in the background: submit until B hears one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        block_on(a.submit(new_task("from-a", "{}"))).expect("submit");
+        std::thread::sleep(Duration::from_millis(100));
+        if heard_b.0.lock().expect("not poisoned").contains("from-a") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica b never heard replica a's work");
+    }
+    assert!(
+        heard_a.0.lock().expect("not poisoned").contains("from-a"),
+        "a's own listener heard it at commit"
+    );
+    block_on(b.submit(new_task("from-b", "{}"))).expect("submit");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !heard_a.0.lock().expect("not poisoned").contains("from-b") {
+        assert!(Instant::now() < deadline, "replica a never heard replica b's work");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_singleton_duty_moves_when_its_holder_goes() {
+    let schema = Schema::new();
+    let lease = Duration::from_millis(900);
+    let holder = |store: &PostgresStore| -> Option<String> {
+        let duties = block_on(store.duties()).expect("duties");
+        duties.into_iter().find(|d| d.name == DUTY_PURGE).map(|d| d.holder)
+    };
+    let a = PostgresStore::open(schema.options().replica("a").duty_lease(lease)).expect("open a");
+    assert_eq!(block_on(a.purge_requests(10)).expect("purge"), 0);
+    assert_eq!(holder(&a).as_deref(), Some("a"), "the first replica takes the duty");
+    let b = PostgresStore::open(schema.options().replica("b").duty_lease(lease)).expect("open b");
+    std::thread::sleep(lease * 2);
+    assert_eq!(holder(&b).as_deref(), Some("a"), "a renews it; b does not take it over");
+    // A clean close releases the duty at once; b takes it at its next
+    // renewal. (A replica killed with SIGKILL lets its lease run out: the
+    // binary's replica test covers that.)
+    a.close();
+    let deadline = Instant::now() + lease * 4;
+    while holder(&b).as_deref() != Some("b") {
+        assert!(Instant::now() < deadline, "b never took the duty over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_lost_connection_is_unavailable_then_recovered() {
+    let schema = Schema::new();
+    let store = PostgresStore::open(schema.options().io_timeout(Duration::from_secs(5))).expect("open");
+    let id = block_on(store.submit(new_task("s", "{}"))).expect("submit").task.id;
+    let stats = store.stats();
+    // Cut every connection of this store (the test's schema is its
+    // application name) from the server side, as a restart would.
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}'",
+        schema.name
+    ));
+    // Calls may fail while the store notices; none may panic or answer stale.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = block_on(store.get(id));
+        let write = block_on(store.submit(new_task("s", "{}")));
+        match (&read, &write) {
+            (Ok(Some(_)), Ok(_)) => break,
+            (Ok(None), _) => panic!("a read after reconnecting lost the task"),
+            _ => {
+                for e in [read.err(), write.err()].into_iter().flatten() {
+                    assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "the store did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(store.stats().connects > stats.connects, "the writer reconnected: {:?}", store.stats());
+}
+
+#[test]
+fn an_unreachable_database_is_unavailable_not_a_panic() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let options = PostgresOptions::new(&format!("postgres://postgres@127.0.0.1:{port}/test"))
+        .expect("url")
+        .io_timeout(Duration::from_secs(2));
+    let refused = PostgresStore::open(options).err().expect("no database, no store");
+    assert!(refused.to_string().contains("cannot connect"), "{refused}");
+}
