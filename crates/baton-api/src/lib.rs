@@ -6,7 +6,8 @@
 //! Each type also describes itself for the OpenAPI document (`utoipa`
 //! `ToSchema`; query strings `IntoParams`), so the schema is written next to
 //! the serde attributes it must agree with. Dependencies: serde, serde_json,
-//! uuid and utoipa (no HTTP stack), so clients stay light.
+//! uuid and utoipa (no HTTP stack), so clients stay light; `workflow` also
+//! parses workflow files (toml) into `baton-core`'s checked model.
 
 pub mod auth;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod payload;
 pub mod request;
 pub mod response;
 pub mod time;
+pub mod workflow;
 
 pub use auth::{
     PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest,
@@ -32,6 +34,7 @@ pub use response::{
     Waiting,
 };
 pub use time::Timestamp;
+pub use workflow::{WorkflowFileError, parse_workflow, render_workflow};
 
 /// A task's id (UUIDv7).
 pub type TaskId = uuid::Uuid;
