@@ -2,11 +2,22 @@
 //! (format check, clippy with warnings denied, the whole test suite under
 //! nextest, tidy); `tidy` runs only the repository checks; `openapi` writes
 //! the API's OpenAPI document to docs/api/openapi.json. The same tidy checks
-//! also run as a test, so `cargo nextest run` alone enforces them.
+//! also run as a test, so `cargo nextest run` alone enforces them. `ci`
+//! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`)
+//! answers: its tests must run, so an unreachable database fails the run at
+//! once with what to do, instead of 60 failing tests later.
 
 mod tidy;
 
-use std::process::{Command, ExitCode};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// The variable naming the PostgreSQL database the tests use.
+const DATABASE_VAR: &str = "BATON_TEST_DATABASE_URL";
+
+/// How long the database check waits for a connection.
+const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +59,8 @@ fn openapi() -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let root = tidy::root();
+    eprintln!("xtask ci: PostgreSQL test database");
+    database_reachable()?;
     let steps: [(&str, &[&str]); 3] = [
         ("format check", &["fmt", "--all", "--", "--check"]),
         ("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
@@ -68,4 +81,51 @@ fn ci() -> Result<(), String> {
     tidy::run(&root).map_err(|problems| problems.join("\n"))?;
     eprintln!("xtask ci: all green");
     Ok(())
+}
+
+/// Checks that `BATON_TEST_DATABASE_URL` is set and its server accepts a
+/// connection (and a query, when `psql` is installed).
+fn database_reachable() -> Result<(), String> {
+    let hint = format!(
+        "the baton-postgres tests need PostgreSQL: start it (e.g. `pg_ctlcluster --skip-systemctl-redirect \
+         $(ls /etc/postgresql) main start`) and set {DATABASE_VAR}=postgres://postgres@127.0.0.1:5432/test \
+         (.ci/run does both)"
+    );
+    let url = std::env::var(DATABASE_VAR).map_err(|_| format!("{DATABASE_VAR} is not set; {hint}"))?;
+    let (host, port) =
+        host_port(&url).ok_or_else(|| format!("{DATABASE_VAR}={url:?} names no host; {hint}"))?;
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}:{port} from {DATABASE_VAR} ({e}); {hint}"))?
+        .collect();
+    if !addrs.iter().any(|a| TcpStream::connect_timeout(a, DATABASE_CONNECT_TIMEOUT).is_ok()) {
+        return Err(format!("nothing answers at {host}:{port} ({DATABASE_VAR}); {hint}"));
+    }
+    let psql = Command::new("psql")
+        .args([url.as_str(), "-Atqc", "SELECT 1"])
+        .stdin(Stdio::null())
+        .env("PGCONNECT_TIMEOUT", DATABASE_CONNECT_TIMEOUT.as_secs().to_string())
+        .output();
+    match psql {
+        // No psql here: the port answered, the tests will say the rest.
+        Err(_) => Ok(()),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "PostgreSQL at {host}:{port} refused {DATABASE_VAR}: {}; {hint}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Host and port of a `postgres://[user[:password]@]host[:port][/db][?...]` URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (hostport, 5432),
+    };
+    let host = if host.is_empty() { "localhost" } else { host };
+    Some((host.to_owned(), port))
 }
