@@ -362,17 +362,30 @@ fn claim_except<T: Tx>(
     }
     let max = req.max.min(usize::try_from(room).unwrap_or(usize::MAX));
     let mut candidates = Vec::new();
-    for stage in &req.stages {
-        candidates.extend(st(tx.ready(stage, max + usize::from(except.is_some())))?);
+    if let Some(only) = req.only {
+        // One named task: look it up itself. A stage's ready list is cut at
+        // `max`, so filtering it would miss a task that is not the stage's best.
+        if let Some((task, _)) = st(tx.load(only))?
+            && task.is_ready()
+            && req.stages.contains(&task.stage)
+            && Some(only) != except
+        {
+            candidates.push(ReadyKey {
+                id: task.id,
+                priority: task.priority,
+                deadline_rank: task.deadline_rank(),
+            });
+        }
+    } else {
+        for stage in &req.stages {
+            candidates.extend(st(tx.ready(stage, max + usize::from(except.is_some())))?);
+        }
     }
     candidates.sort_by(|a, b| {
         b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
     });
     candidates.dedup_by_key(|c| c.id);
     candidates.retain(|c| Some(c.id) != except);
-    if let Some(only) = req.only {
-        candidates.retain(|c| c.id == only);
-    }
     // Decide every lease before writing any, so a refusal leaves nothing
     // half-claimed (claim-next commits its action even when its claim fails).
     let mut changes = Vec::with_capacity(max);
