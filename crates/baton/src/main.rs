@@ -1,11 +1,13 @@
 //! The `baton` command: `baton dev` and `baton serve` run the coordinator
 //! (embedded SQLite, the HTTP API, the timers); `baton task ...` talks to a
 //! running one through `baton-client`; `baton agent|principal|token ...`
-//! manage who may call a server with auth on; `baton version`. Flags mirror
+//! manage who may call a server with auth on; `baton workflow validate`
+//! checks a workflow file offline; `baton version`. Flags mirror
 //! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
 //! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
 //! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
-//! failed, 2 usage error, 3 the server could not be reached or is unavailable.
+//! failed, 2 usage error or an invalid workflow file, 3 the server could not
+//! be reached or is unavailable.
 
 mod admin;
 mod config;
@@ -14,6 +16,7 @@ mod handoff;
 mod output;
 mod server;
 mod task;
+mod workflow;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -70,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: admin::TokenCommand,
     },
+    /// Check workflow files (offline; applying them to a server comes later).
+    Workflow {
+        #[command(subcommand)]
+        command: workflow::WorkflowCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -106,6 +114,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Agent { client, command } => admin::agent(&client, command).await,
         Command::Principal { client, command } => admin::principal(&client, command).await,
         Command::Token { client, command } => admin::token(&client, command).await,
+        Command::Workflow { command } => workflow::run(command).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -115,6 +124,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 /// Prints an error for people and picks the exit code.
 fn report(error: &anyhow::Error) -> ExitCode {
+    if let Some(invalid) = error.downcast_ref::<workflow::Invalid>() {
+        // Its errors are on stderr already, one per line.
+        eprintln!("error: {invalid}");
+        return ExitCode::from(2);
+    }
     let Some(client_error) = error.downcast_ref::<baton_client::Error>() else {
         eprintln!("error: {error:#}");
         return ExitCode::from(1);

@@ -11,7 +11,8 @@
 //! end to end through `baton_client`: `auth` (`baton serve` with tokens and
 //! the commands that manage them), `pipeline` (workers through repeated
 //! kill -9, T1) and `stale` (a paused holder fenced off, T3), with the
-//! restartable server of `support`.
+//! restartable server of `support`; `workflow` runs `baton workflow validate`
+//! on good and bad files (offline, no server).
 
 #[path = "cli/auth.rs"]
 mod auth;
@@ -21,6 +22,8 @@ mod pipeline;
 mod stale;
 #[path = "cli/support.rs"]
 mod support;
+#[path = "cli/workflow.rs"]
+mod workflow;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -105,6 +108,7 @@ fn baton(dir: &Path) -> Command {
         "BATON_LISTEN",
         "BATON_DATA_DIR",
         "DATABASE_URL",
+        "BATON_CONFIG",
         "RUST_LOG",
     ] {
         command.env_remove(var);
