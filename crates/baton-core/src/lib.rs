@@ -26,7 +26,7 @@ pub use engine::{Rules, Tx};
 pub use event::{Actor, Event, EventKind, Hash, Position};
 pub use ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 pub use limits::Limits;
-pub use policy::{Backoff, Policies, StagePolicy};
+pub use policy::{Backoff, DEADLINE_BOOST, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Error, Grant, Handoff,

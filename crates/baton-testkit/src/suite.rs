@@ -18,6 +18,9 @@
 //! This module owns the cases and their shared rules (`suite_rules`); it leaves
 //! opening stores to the harness and the invariants themselves to `checker`.
 
+mod workflows;
+pub use workflows::*;
+
 use crate::checker::{Acknowledged, HistoryReport, assert_store_ok, check_acknowledged, list_all};
 use crate::clock::ManualClock;
 use crate::exec::block_on;
@@ -152,6 +155,15 @@ macro_rules! store_suite {
             keyed_request_expires_after_request_key_ttl_ms,
             keyed_outcomes_survive_reopen,
             concurrent_repeats_of_a_key_run_once,
+            workflow_versions_are_numbered_and_kept,
+            workflow_tasks_keep_their_version_and_follow_routes,
+            workflow_stage_agents_and_capacity,
+            workflow_policies_drive_the_ladder,
+            escalated_workflow_task_goes_back_into_its_workflow,
+            deadline_raises_priority_then_escalates,
+            abort_compensates_in_reverse_order,
+            abort_without_compensation,
+            workflow_children_share_the_version_and_any_joins,
         );
     };
 }

@@ -1,0 +1,336 @@
+//! Conformance cases for workflows, deadlines and sagas: versions pinned at
+//! submit, routes and the default route, who may claim and how many at once,
+//! per-version policies driving the ladder, a deadline's priority boost and
+//! escalation, and an abort's compensation in reverse order. Like every case
+//! in `suite`, each runs on a manual clock against the public `Store` API and
+//! ends with the history checker.
+
+use super::*;
+use baton_core::{DEADLINE_BOOST, Workflow, WorkflowRef, WorkflowStage};
+
+/// A stage of a test workflow: routes, default route and compensation stage.
+struct S<'a> {
+    name: &'a str,
+    routes: &'a [&'a str],
+    next: Option<&'a str>,
+    compensate: Option<&'a str>,
+}
+
+fn s<'a>(name: &'a str, routes: &'a [&'a str], next: Option<&'a str>) -> S<'a> {
+    S { name, routes, next, compensate: None }
+}
+
+/// A workflow over the suite's default policy (escalating to `HUMANS`).
+fn workflow(name: &str, entry: &str, stages: &[S<'_>]) -> Workflow {
+    let base = suite_rules().policies.default;
+    Workflow {
+        name: name.to_owned(),
+        version: 0,
+        entry: stage(entry),
+        stages: stages
+            .iter()
+            .map(|st| {
+                let def = WorkflowStage {
+                    policy: base.clone(),
+                    routes: st.routes.iter().map(|r| stage(r)).collect(),
+                    next: st.next.map(stage),
+                    compensate: st.compensate.map(stage),
+                    ..WorkflowStage::default()
+                };
+                (stage(st.name), def)
+            })
+            .collect(),
+    }
+}
+
+impl<H: SuiteStore> Case<H> {
+    /// Applies a workflow, which must be accepted.
+    pub fn apply(&self, wf: Workflow) -> baton_core::store::Applied {
+        self.try_execute(Op::ApplyWorkflow(wf), None)
+            .expect("apply")
+            .into_applied()
+            .expect("an apply outcome")
+    }
+
+    /// Submits through a workflow's entry stage.
+    pub fn submit_via(&self, workflow: &str) -> Task {
+        let new = NewTask { workflow: Some(workflow.to_owned()), ..new_task("", "{}") };
+        self.submit(new).task
+    }
+}
+
+fn pipeline() -> Workflow {
+    workflow("pipeline", "a", &[s("a", &["b"], Some("b")), s("b", &[], None)])
+}
+
+/// Applying numbers versions; an unchanged definition makes none; reads see
+/// every version; a graph error is refused and writes nothing.
+pub fn workflow_versions_are_numbered_and_kept<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let v1 = cx.apply(pipeline());
+    assert!(v1.created);
+    assert_eq!(v1.workflow.version, 1);
+    let again = cx.apply(pipeline());
+    assert!(!again.created, "an unchanged definition makes no new version");
+    assert_eq!(again.workflow.version, 1);
+    let changed =
+        workflow("pipeline", "a", &[s("a", &["b", "c"], Some("b")), s("b", &[], None), s("c", &[], None)]);
+    let v2 = cx.apply(changed.clone());
+    assert!(v2.created);
+    assert_eq!(v2.workflow.version, 2);
+    let store = cx.store();
+    assert_eq!(block_on(store.workflow("pipeline".into(), None)).expect("read").map(|w| w.version), Some(2));
+    let first = block_on(store.workflow("pipeline".into(), Some(1))).expect("read").expect("v1 kept");
+    assert!(first.same_definition(&pipeline()));
+    assert_eq!(block_on(store.workflow("nope".into(), None)).expect("read"), None);
+    let all = block_on(store.workflows()).expect("list");
+    assert_eq!(all.iter().map(|w| (w.name.as_str(), w.version)).collect::<Vec<_>>(), [("pipeline", 2)]);
+    let broken = workflow("broken", "a", &[s("a", &["ghost"], None)]);
+    let r = cx.refuses("invalid_request", |cx| cx.try_execute(Op::ApplyWorkflow(broken), None));
+    assert_field(&r, "stages.a.routes");
+    cx.refuses("not_found", |cx| {
+        cx.try_submit(NewTask { workflow: Some("ghost".into()), ..new_task("", "{}") })
+    });
+    cx.refuses("invalid_request", |cx| {
+        cx.try_submit(NewTask { workflow: Some("pipeline".into()), ..new_task("b", "{}") })
+    });
+    cx.finish();
+}
+
+/// A task keeps the version it was submitted under: a new version changes
+/// what new tasks do, never a running one. `complete` follows `next`; a
+/// handoff off the routes is refused; the last stage's complete finishes.
+pub fn workflow_tasks_keep_their_version_and_follow_routes<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    cx.apply(pipeline());
+    let old = cx.submit_via("pipeline");
+    assert_eq!(old.stage, stage("a"));
+    assert_eq!(old.workflow, Some(WorkflowRef { name: "pipeline".into(), version: 1 }));
+    cx.apply(workflow("pipeline", "a", &[s("a", &["c"], Some("c")), s("b", &[], None), s("c", &[], None)]));
+    let new = cx.submit_via("pipeline");
+    assert_eq!(new.workflow.as_ref().map(|w| w.version), Some(2));
+
+    let grant = cx.claim_one("alice", "a");
+    assert_eq!(grant.task.id, old.id, "oldest first");
+    let r = cx.refuses("route_not_allowed", |cx| cx.try_act(&grant, handoff_to("c")));
+    assert!(matches!(r, Rejection::RouteNotAllowed { .. }), "{r:?}");
+    let out = cx.act(&grant, complete());
+    assert_eq!(out.task.stage, stage("b"), "v1's next");
+    assert_eq!(out.task.trail, vec![stage("a")]);
+    let (custodian, _, _) = waiting(&out.task);
+    assert_eq!(custodian, &Custodian::Agent(agent("alice")), "the sender stays custodian");
+    let handoff = cx.handoff(out.handoff.expect("a routed complete is a handoff"));
+    assert_eq!(handoff.outcome, HandoffOutcome::Pending);
+
+    let grant = cx.claim_one("alice", "a");
+    assert_eq!(grant.task.id, new.id);
+    let out = cx.act(&grant, complete());
+    assert_eq!(out.task.stage, stage("c"), "v2's next");
+
+    let grant = cx.claim_one("bob", "b");
+    assert_eq!(
+        cx.handoff(handoff.id).outcome.clone(),
+        HandoffOutcome::Accepted { by: agent("bob"), at: cx.now(), epoch: grant.epoch }
+    );
+    let out = cx.act(&grant, complete());
+    assert!(matches!(out.task.state, TaskState::Done { .. }), "b has no next: done");
+    cx.finish();
+}
+
+/// A workflow stage's `agents` keep its tasks from other agents, and its
+/// `capacity` caps how many are held there at once.
+pub fn workflow_stage_agents_and_capacity<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let mut wf = workflow("gated", "a", &[s("a", &[], None)]);
+    let a = wf.stages.get_mut(&stage("a")).expect("a");
+    a.agents = vec!["alice".into()];
+    a.capacity = Some(2);
+    cx.apply(wf);
+    for _ in 0..3 {
+        cx.submit_via("gated");
+    }
+    assert!(cx.claim("bob", &["a"], 3).is_empty(), "bob is not listed");
+    let grants = cx.claim("alice", &["a"], 3);
+    assert_eq!(grants.len(), 2, "capacity 2");
+    assert!(cx.claim("alice", &["a"], 1).is_empty(), "full");
+    cx.act(&grants[0], complete());
+    assert_eq!(cx.claim("alice", &["a"], 3).len(), 1, "room for one again");
+    cx.finish();
+}
+
+/// The ladder uses the policies of the task's workflow version: here stage
+/// `a` reroutes to `a2` after one offer, which the global policy would not.
+pub fn workflow_policies_drive_the_ladder<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let mut wf = workflow("quick", "a", &[s("a", &[], None), s("a2", &[], None)]);
+    let a = wf.stages.get_mut(&stage("a")).expect("a");
+    a.policy.accept_within_ms = 1_000;
+    a.policy.reoffers = 0;
+    a.policy.reroute_to = Some(stage("a2"));
+    wf.stages.get_mut(&stage("a2")).expect("a2").policy.accept_within_ms = 2_000;
+    cx.apply(wf);
+    let task = cx.submit_via("quick");
+    let plain = cx.submit_to("a");
+    assert_eq!(cx.next_due(), Some(T0 + 1_000));
+    cx.advance(1_000);
+    assert_eq!(cx.fire(10), 1, "only the workflow task is due");
+    let moved = cx.task(task.id);
+    assert_eq!(moved.stage, stage("a2"));
+    assert_eq!(cx.last_event(task.id).kind, EventKind::Rerouted);
+    assert_eq!(moved.due_at(), Some(T0 + 3_000), "a2's accept_within from the workflow");
+    assert_eq!(cx.task(plain.id).due_at(), Some(T0 + ACCEPT_MS), "the ad hoc task keeps the global policy");
+    cx.advance(2_000);
+    assert_eq!(cx.fire(10), 1);
+    assert_eq!(cx.task(task.id).stage, stage("a2"), "re-offered once at a2 (global reoffers 1)");
+    cx.advance(2_000);
+    assert_eq!(cx.fire(10), 1);
+    assert_eq!(cx.task(task.id).stage, stage(HUMANS), "then escalated");
+    cx.assert_alert(task.id, HUMANS);
+    cx.finish();
+}
+
+/// From a human stage an operator may hand a workflow task back to any stage
+/// of its workflow, and nowhere else.
+pub fn escalated_workflow_task_goes_back_into_its_workflow<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    cx.apply(pipeline());
+    let task = cx.submit_via("pipeline");
+    let grant = cx.claim_one("alice", "a");
+    cx.act(&grant, fail(false));
+    assert_eq!(cx.task(task.id).stage, stage(HUMANS));
+    let op = cx.claim_one("operator", HUMANS);
+    cx.refuses("route_not_allowed", |cx| cx.try_act(&op, handoff_to("elsewhere")));
+    let out = cx.act(&op, handoff_to("b"));
+    assert_eq!(out.task.stage, stage("b"));
+    assert!(out.task.trail.is_empty(), "a human stage is not work done");
+    cx.finish();
+}
+
+/// A deadline raises the priority `deadline_near_ms` before it, then, once
+/// passed, escalates a waiting task and alerts about a held one.
+pub fn deadline_raises_priority_then_escalates<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let deadline = T0 + 40_000;
+    let waiting_task = cx.submit(NewTask { deadline: Some(deadline), ..new_task("a", "{}") }).task;
+    let held_task = cx.submit(NewTask { deadline: Some(deadline), ..new_task("b", "{}") }).task;
+    let other = cx.submit_to("a");
+    assert_eq!(waiting_task.boost_at, Some(deadline - DEADLINE_NEAR_MS));
+    assert_eq!(cx.next_due(), Some(deadline - DEADLINE_NEAR_MS));
+    let grant = cx.claim_one_for("bob", "b", Some(LEASE_MS * 5));
+    assert_eq!(grant.task.id, held_task.id);
+
+    cx.advance(deadline - DEADLINE_NEAR_MS - T0);
+    assert_eq!(cx.fire(10), 2, "both deadline tasks near their deadline");
+    let boosted = cx.task(waiting_task.id);
+    assert_eq!(boosted.priority, DEADLINE_BOOST);
+    assert_eq!(boosted.boost_at, None);
+    assert_eq!(cx.last_event(waiting_task.id).kind, EventKind::DeadlineNear);
+    let carol = cx.claim("carol", &["a"], 1).remove(0);
+    assert_eq!(carol.task.id, waiting_task.id, "boosted ahead of the older task {}", other.id);
+    // Give it back so it waits again when the deadline passes.
+    cx.act(&carol, release());
+
+    cx.advance(DEADLINE_NEAR_MS);
+    assert_eq!(cx.fire(10), 2);
+    let escalated = cx.task(waiting_task.id);
+    assert_eq!(escalated.stage, stage(HUMANS));
+    assert!(escalated.deadline_passed);
+    assert_eq!(cx.last_event(waiting_task.id).kind, EventKind::Escalated);
+    cx.assert_alert(waiting_task.id, HUMANS);
+    let held = cx.task(held_task.id);
+    assert_eq!(held.holder(), Some(&agent("bob")), "a held task stays with its holder");
+    assert_eq!(cx.last_event(held_task.id).kind, EventKind::DeadlinePassed);
+    cx.assert_alert(held_task.id, "b");
+    assert_eq!(held.due_at(), held.state_due_at(), "the deadline acts once");
+    cx.finish();
+}
+
+fn saga() -> Workflow {
+    let mut reserve = s("reserve", &["charge"], Some("charge"));
+    reserve.compensate = Some("unreserve");
+    let mut charge = s("charge", &["ship"], Some("ship"));
+    charge.compensate = Some("refund");
+    workflow(
+        "order",
+        "reserve",
+        &[reserve, charge, s("ship", &[], None), s("unreserve", &[], None), s("refund", &[], None)],
+    )
+}
+
+/// Aborting compensates the stages already done, latest first, one at a time,
+/// then cancels the task; a compensation task that is escalated instead of
+/// done counts as settled, so the abort still completes.
+pub fn abort_compensates_in_reverse_order<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    cx.apply(saga());
+    let order = cx.submit_via("order");
+    for (who, at) in [("r", "reserve"), ("c", "charge")] {
+        let g = cx.claim_one(who, at);
+        cx.act(&g, complete());
+    }
+    let g = cx.claim_one("s", "ship");
+    let out = cx.act(&g, Action::Abort { reason: "out of stock".into() });
+    assert_eq!(out.children.len(), 1);
+    assert!(matches!(out.task.state, TaskState::Blocked { .. }));
+    assert_eq!(cx.last_event(order.id).kind, EventKind::Aborted);
+    assert!(cx.claim("x", &["unreserve"], 1).is_empty(), "one compensation at a time, latest first");
+    let refund = cx.claim_one("payments", "refund");
+    assert_eq!(refund.task.parent, Some(order.id));
+    assert!(refund.task.compensation);
+    assert_eq!(refund.task.workflow.as_ref().map(|w| w.version), Some(1));
+    cx.act(&refund, complete());
+    // The unreserve task is never claimed: its ladder escalates it.
+    assert!(matches!(cx.task(order.id).state, TaskState::Blocked { .. }));
+    cx.advance(ACCEPT_MS);
+    cx.fire(10);
+    cx.advance(ACCEPT_MS);
+    cx.fire(10);
+    let done = cx.task(order.id);
+    let TaskState::Cancelled { reason, .. } = &done.state else {
+        panic!("cancelled after compensation: {done:?}")
+    };
+    assert!(reason.contains("out of stock") && reason.contains("refund done"), "{reason}");
+    assert!(reason.contains("unreserve escalated"), "{reason}");
+    assert!(reason.find("refund").expect("refund") < reason.find("unreserve").expect("unreserve"));
+    cx.finish();
+}
+
+/// Abort needs a workflow; with nothing done, it cancels at once.
+pub fn abort_without_compensation<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    cx.submit_to("a");
+    let g = cx.claim_one("alice", "a");
+    let r = cx.refuses("invalid_request", |cx| cx.try_act(&g, Action::Abort { reason: "no".into() }));
+    assert_field(&r, "action");
+    cx.apply(saga());
+    let order = cx.submit_via("order");
+    let g = cx.claim_one("r", "reserve");
+    let out = cx.act(&g, Action::Abort { reason: "changed my mind".into() });
+    assert!(out.children.is_empty());
+    assert!(matches!(out.task.state, TaskState::Cancelled { .. }));
+    assert_eq!(cx.kinds(order.id).last(), Some(&EventKind::Aborted));
+    cx.finish();
+}
+
+/// Children spawned into a workflow's stages run under the parent's version;
+/// an `any` join holds after the first is done (redundant pathways).
+pub fn workflow_children_share_the_version_and_any_joins<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let mut wf = workflow("notify", "a", &[s("a", &[], None), s("email", &[], None), s("sms", &[], None)]);
+    wf.stages.get_mut(&stage("email")).expect("email").policy.accept_within_ms = 1_000;
+    cx.apply(wf);
+    let parent = cx.submit_via("notify");
+    let g = cx.claim_one("alice", "a");
+    let out = cx.act(&g, spawn(&["email", "sms", "elsewhere"], JoinMode::Any, 10_000));
+    let kids: Vec<Task> = out.children.iter().map(|c| cx.task(*c)).collect();
+    assert_eq!(kids[0].workflow, parent.workflow);
+    assert_eq!(kids[1].workflow, parent.workflow);
+    assert_eq!(kids[2].workflow, None, "a stage outside the workflow is ad hoc");
+    assert_eq!(kids[0].due_at(), Some(cx.now() + 1_000), "the workflow's policy");
+    let sms = cx.claim_one("sms-bot", "sms");
+    cx.act(&sms, complete());
+    let p = cx.task(parent.id);
+    assert!(p.is_ready(), "any: one child done is enough");
+    assert_eq!(cx.last_event(parent.id).kind, EventKind::Joined);
+    cx.finish();
+}
