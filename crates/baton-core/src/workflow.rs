@@ -36,7 +36,7 @@ pub struct Workflow {
 }
 
 /// A stage as a workflow declares it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkflowStage {
     pub policy: StagePolicy,
@@ -50,19 +50,6 @@ pub struct WorkflowStage {
     pub agents: Vec<String>,
     /// Tasks held at this stage at once; `None`: no cap.
     pub capacity: Option<u32>,
-}
-
-impl Default for WorkflowStage {
-    fn default() -> Self {
-        Self {
-            policy: StagePolicy::default(),
-            routes: Vec::new(),
-            next: None,
-            compensate: None,
-            agents: Vec::new(),
-            capacity: None,
-        }
-    }
 }
 
 /// A graph error: which stage (if any) and what to fix.
