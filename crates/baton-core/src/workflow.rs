@@ -117,8 +117,9 @@ impl Workflow {
 
     /// The graph checks: every stage named exists (in the workflow, or as a
     /// global human stage for escalations), `next` is a route, escalation
-    /// targets are human stages, and every stage reachable from the entry can
-    /// reach a stage where `complete` finishes the task (no cycle without exit).
+    /// targets are human stages, and every stage reachable from the entry
+    /// (along routes, reroutes and compensations) can reach a stage where
+    /// `complete` finishes the task (no cycle without exit).
     pub fn check(&self, global: &Policies) -> Vec<GraphError> {
         let mut errors = Vec::new();
         let known = |s: &StageName| self.stages.contains_key(s);
@@ -236,8 +237,9 @@ impl Workflow {
         errors
     }
 
-    /// Stages reachable from the entry from which no finishing stage (one
-    /// without `next`, reached by routes) can be reached.
+    /// Stages reachable from the entry (by routes, reroutes and compensation)
+    /// from which no finishing stage (one without `next`, reached by routes)
+    /// can be reached.
     fn cycles_without_exit(&self) -> Vec<GraphError> {
         let mut reachable = BTreeSet::new();
         let mut stack = vec![self.entry.clone()];
@@ -247,6 +249,10 @@ impl Workflow {
             }
             if let Some(def) = self.stages.get(&s) {
                 stack.extend(def.routes.iter().cloned());
+                // Tasks also land where the ladder reroutes and where an abort
+                // compensates: a trap there strands them just the same.
+                stack.extend(def.policy.reroute_to.iter().cloned());
+                stack.extend(def.compensate.iter().cloned());
             }
         }
         // Stages that can finish: fixed point over "has no next, or routes to one that can".
