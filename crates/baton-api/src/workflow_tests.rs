@@ -60,6 +60,7 @@ const BAD: &[(&str, u32, u32, &str, &str)] = &[
     ("missing-name.toml", 1, 1, "name", "missing `name`: give the workflow a name"),
     ("entry-undeclared.toml", 3, 9, "entry", "entry stage `intake` is not declared: add [stages.intake]"),
     ("cycle.toml", 7, 8, "stages.draft.next", "stages draft, review, revise form a cycle with no way out"),
+    ("reroute-cycle.toml", 10, 8, "stages.b.next", "stages b, c form a cycle with no way out"),
     (
         "escalate-unknown.toml",
         6,
