@@ -27,6 +27,8 @@ pub const WORKFLOW_STAGES_MAX: usize = 64;
 pub const WORKFLOW_FILE_BYTES_MAX: usize = 256 * 1024;
 /// Errors reported for one file; past this the rest are left out (fix these first).
 pub const WORKFLOW_ERRORS_MAX: usize = 100;
+/// Bytes of an agent id: the server's limit (baton-server `http::principal::AGENT_BYTES_MAX`).
+const AGENT_BYTES_MAX: usize = 128;
 
 /// One mistake in a workflow file, where it is and what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -549,12 +551,8 @@ impl Builder<'_> {
         let mut agents: Vec<String> = Vec::new();
         for agent in &doc.agents {
             let id = agent.get_ref();
-            if id.is_empty() {
-                self.error(
-                    agent.span().start,
-                    &field("agents"),
-                    "an agent id cannot be empty: name the agent or remove the entry".to_owned(),
-                );
+            if let Err(problem) = check_agent(id) {
+                self.error(agent.span().start, &field("agents"), problem);
             } else if agents.contains(id) {
                 self.error(
                     agent.span().start,
@@ -709,6 +707,25 @@ impl Builder<'_> {
     fn error(&mut self, at: usize, field: &str, message: String) {
         self.errors.push(self.lines.error(at, field, message));
     }
+}
+
+/// Agent ids as the server accepts them (baton-server `http::principal::check_agent`:
+/// 1 to `AGENT_BYTES_MAX` bytes of letters, digits and `-_.:@/`), so a
+/// stage never names an agent that could not exist.
+fn check_agent(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("an agent id cannot be empty: name the agent or remove the entry".to_owned());
+    }
+    if id.len() > AGENT_BYTES_MAX {
+        return Err(format!("agent id `{id}` is {} bytes; at most {AGENT_BYTES_MAX}: shorten it", id.len()));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '/')) {
+        return Err(format!(
+            "agent id `{id}` has characters the server refuses: use letters, digits, \
+             '-', '_', '.', ':', '@' and '/' only"
+        ));
+    }
+    Ok(())
 }
 
 /// A TOML or serde error from `toml::from_str`, with its key path found by

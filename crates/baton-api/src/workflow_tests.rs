@@ -110,6 +110,13 @@ const BAD: &[(&str, u32, u32, &str, &str)] = &[
         "stage name `front desk` has characters the server refuses",
     ),
     ("workflow-name.toml", 2, 8, "name", "workflow name `clinic/intake` contains '/'"),
+    (
+        "agent-name.toml",
+        6,
+        25,
+        "stages.intake.agents",
+        "agent id `intake bot` has characters the server refuses",
+    ),
     ("too-many-stages.toml", 261, 9, "stages.s64", "65 stages declared; a workflow holds at most 64"),
     (
         "wrong-type.toml",
