@@ -56,7 +56,8 @@ impl std::error::Error for WorkflowFileError {}
 /// every stage starts from and the global human stages escalations may name
 /// (such as `inbox`); `limits` bounds leases and stage names. The workflow
 /// comes back with version 0: the store numbers versions when it is applied.
-/// Errors are sorted by position, at most `WORKFLOW_ERRORS_MAX` of them.
+/// Errors are sorted by position; past `WORKFLOW_ERRORS_MAX` one last error
+/// says how many more were left out.
 pub fn parse_workflow(
     source: &str,
     global: &Policies,
@@ -101,7 +102,16 @@ pub fn parse_workflow(
             let mut seen = HashSet::new();
             errors.retain(|e| seen.insert(e.clone()));
             errors.sort_by_key(|e| (e.line, e.column));
-            errors.truncate(WORKFLOW_ERRORS_MAX);
+            if let Some(first_left_out) = errors.get(WORKFLOW_ERRORS_MAX).cloned() {
+                let more = errors.len() - WORKFLOW_ERRORS_MAX;
+                errors.truncate(WORKFLOW_ERRORS_MAX);
+                errors.push(WorkflowFileError {
+                    message: format!(
+                        "{more} more errors left out (WORKFLOW_ERRORS_MAX = {WORKFLOW_ERRORS_MAX}): fix these first"
+                    ),
+                    ..first_left_out
+                });
+            }
             Err(errors)
         }
     }
@@ -225,11 +235,11 @@ struct FileDoc {
 #[serde(deny_unknown_fields)]
 struct DefaultsDoc {
     #[serde(default)]
-    accept_within: Option<Spanned<Duration>>,
+    accept_within: Option<Spanned<DurationMs>>,
     #[serde(default)]
-    lease: Option<Spanned<Duration>>,
+    lease: Option<Spanned<DurationMs>>,
     #[serde(default)]
-    deadline_near: Option<Spanned<Duration>>,
+    deadline_near: Option<Spanned<DurationMs>>,
     #[serde(default)]
     max_attempts: Option<Spanned<Count>>,
     #[serde(default)]
@@ -245,11 +255,11 @@ struct DefaultsDoc {
 #[serde(deny_unknown_fields)]
 struct StageDoc {
     #[serde(default)]
-    accept_within: Option<Spanned<Duration>>,
+    accept_within: Option<Spanned<DurationMs>>,
     #[serde(default)]
-    lease: Option<Spanned<Duration>>,
+    lease: Option<Spanned<DurationMs>>,
     #[serde(default)]
-    deadline_near: Option<Spanned<Duration>>,
+    deadline_near: Option<Spanned<DurationMs>>,
     #[serde(default)]
     max_attempts: Option<Spanned<Count>>,
     #[serde(default)]
@@ -279,38 +289,38 @@ struct StageDoc {
 #[serde(deny_unknown_fields)]
 struct RetryDoc {
     #[serde(default)]
-    initial: Option<Spanned<Duration>>,
+    initial: Option<Spanned<DurationMs>>,
     #[serde(default)]
-    max: Option<Spanned<Duration>>,
+    max: Option<Spanned<DurationMs>>,
     #[serde(default)]
     multiplier: Option<Spanned<Count>>,
 }
 
 /// A duration string, in milliseconds.
 #[derive(Debug, Clone, Copy)]
-struct Duration(Millis);
+struct DurationMs(Millis);
 
-impl<'de> Deserialize<'de> for Duration {
+impl<'de> Deserialize<'de> for DurationMs {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = Duration;
+            type Value = DurationMs;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a duration in quotes such as \"500ms\", \"30s\", \"5m\", \"2h\" or \"1d\"")
             }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
-                parse_duration(text).map(Duration).map_err(E::custom)
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<DurationMs, E> {
+                parse_duration(text).map(DurationMs).map_err(E::custom)
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<DurationMs, E> {
                 Err(E::custom(format!(
                     "a bare number ({n}) is not a duration: write it in quotes with a unit, \
                      like \"500ms\", \"30s\", \"5m\", \"2h\" or \"1d\""
                 )))
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<DurationMs, E> {
                 self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
             }
-            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<DurationMs, E> {
                 Err(E::custom(format!(
                     "a bare number ({n}) is not a duration: write it in quotes with a unit, \
                      like \"500ms\", \"30s\", \"5m\", \"2h\" or \"1d\""
@@ -582,8 +592,8 @@ impl Builder<'_> {
     fn check_policy_values(
         &mut self,
         prefix: &str,
-        accept_within: Option<&Spanned<Duration>>,
-        lease: Option<&Spanned<Duration>>,
+        accept_within: Option<&Spanned<DurationMs>>,
+        lease: Option<&Spanned<DurationMs>>,
         max_attempts: Option<&Spanned<Count>>,
         retry: Option<&Spanned<RetryDoc>>,
     ) {

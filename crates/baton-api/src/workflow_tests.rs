@@ -202,6 +202,23 @@ escalate_to = \"a\"
 }
 
 #[test]
+fn past_the_error_limit_one_line_says_how_many_more() {
+    let mut source = String::from("name = \"many\"\nentry = \"s0\"\n");
+    for i in 0..60 {
+        source.push_str(&format!("[stages.s{i}]\nlease = \"1ms\"\nmax_attempts = 0\n"));
+    }
+    let errors = parse(&source).unwrap_err();
+    assert_eq!(errors.len(), WORKFLOW_ERRORS_MAX + 1);
+    let last = &errors[WORKFLOW_ERRORS_MAX];
+    // Stage s50 starts on line 3 + 50 * 3; its lease is the 101st error.
+    check(
+        "left out",
+        last,
+        (154, 9, "stages.s50.lease", "20 more errors left out (WORKFLOW_ERRORS_MAX = 100)"),
+    );
+}
+
+#[test]
 fn the_minimal_file_takes_the_global_default_policy() {
     let global = Policies {
         default: StagePolicy { lease_ms: 45_000, max_attempts: 7, ..StagePolicy::default() },
