@@ -7,7 +7,8 @@
 //! `ToSchema`; query strings `IntoParams`), so the schema is written next to
 //! the serde attributes it must agree with. Dependencies: serde, serde_json,
 //! uuid and utoipa (no HTTP stack), so clients stay light; `workflow` also
-//! parses workflow files (toml) into `baton-core`'s checked model.
+//! parses workflow files (toml) into `baton-core`'s checked model, and
+//! `webhook` signs and verifies webhook notices (hmac, sha2).
 
 pub mod auth;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod payload;
 pub mod request;
 pub mod response;
 pub mod time;
+pub mod webhook;
 pub mod workflow;
 
 pub use auth::{
@@ -34,6 +36,7 @@ pub use response::{
     Waiting,
 };
 pub use time::Timestamp;
+pub use webhook::{Alert, Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, NoticeKind, WebhookNotice};
 pub use workflow::{WorkflowFileError, parse_workflow, render_workflow};
 
 /// A task's id (UUIDv7).
