@@ -28,6 +28,8 @@ pub struct Change {
     /// Tasks to create in the same transaction (spawned children, a saga's
     /// next compensation task), with the ids the engine named.
     pub spawn: Vec<(TaskId, NewTask)>,
+    /// Time spent in the state the change left (waiting or held), for metrics.
+    pub elapsed_ms: Option<Millis>,
 }
 
 /// What `decide` judges against: the rules, and the task's workflow (the
@@ -116,7 +118,15 @@ pub fn submit_in(id: TaskId, new: &NewTask, env: Env<'_>, now: Millis) -> Result
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };
-    Ok(Change { task, event, handoff: None, alert: None, settle_parent: None, spawn: Vec::new() })
+    Ok(Change {
+        task,
+        event,
+        handoff: None,
+        alert: None,
+        settle_parent: None,
+        spawn: Vec::new(),
+        elapsed_ms: None,
+    })
 }
 
 /// Judges `command` against `task` at time `now`, for a task without a workflow.
@@ -750,7 +760,20 @@ fn change(task: &Task, mut next: Task, kind: EventKind, actor: Actor, now: Milli
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };
-    Change { task: next, event, handoff: None, alert: None, settle_parent: None, spawn: Vec::new() }
+    let elapsed_ms = match &task.state {
+        TaskState::Waiting { since, .. } => Some(now.saturating_sub(*since)),
+        TaskState::Held { lease } => Some(now.saturating_sub(lease.claimed_at)),
+        _ => None,
+    };
+    Change {
+        task: next,
+        event,
+        handoff: None,
+        alert: None,
+        settle_parent: None,
+        spawn: Vec::new(),
+        elapsed_ms,
+    }
 }
 
 fn with_report(event: &mut Event, report: &Report) {

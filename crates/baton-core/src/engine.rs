@@ -11,9 +11,10 @@
 
 use crate::command::{Action, Command, NewTask};
 use crate::decide::{Change, Env, decide_in, submit_in as decide_submit};
-use crate::event::{Event, Hash};
+use crate::event::{Event, EventKind, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::limits::Limits;
+use crate::metrics::{Counts, Observation, Rollup, RollupKey};
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
@@ -100,6 +101,12 @@ pub trait Tx {
     fn put_workflow(&mut self, workflow: &Workflow) -> Result<(), Self::Error>;
     /// How many tasks are held at `stage` now (for stage capacity).
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, Self::Error>;
+    /// The stored counters of one rollup key in one bucket.
+    fn rollup(&mut self, bucket: Millis, key: &RollupKey) -> Result<Option<Counts>, Self::Error>;
+    /// Saves (inserts or replaces) one rollup.
+    fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), Self::Error>;
+    /// Deletes up to `limit` rollups of buckets before `before`; returns how many.
+    fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, Self::Error>;
     /// The record of a keyed request by (principal, key), expired or not: the
     /// engine judges its age against `request_key_ttl_ms`.
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, Self::Error>;
@@ -126,10 +133,13 @@ impl<E> From<Rejection> for Fail<E> {
     }
 }
 
-/// What the transaction did besides its answer: stages with new ready work.
+/// What the transaction did besides its answer: stages with new ready work,
+/// and what each change tells the metrics. Stores pass both to their
+/// listener after the commit, and only for operations they kept.
 #[derive(Debug, Default)]
 pub struct Effects {
     pub ready: Vec<StageName>,
+    pub observed: Vec<Observation>,
 }
 
 impl Effects {
@@ -211,6 +221,13 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
             st(tx.put_delivery(d))?;
             OpOutcome::RecordDelivery
         }
+        Op::MergeRollups(rollups) => {
+            merge_rollups(tx, rollups, cx)?;
+            OpOutcome::MergeRollups
+        }
+        Op::PurgeRollups { before } => {
+            OpOutcome::PurgeRollups(st(tx.purge_rollups(*before, cx.rules.limits.sweep_batch_max))?)
+        }
     })
 }
 
@@ -250,6 +267,25 @@ pub fn apply_workflow<T: Tx>(tx: &mut T, wf: &Workflow, cx: &mut Ctx<'_>) -> Res
     let stored = Workflow { version, ..wf.clone() };
     st(tx.put_workflow(&stored))?;
     Ok(Applied { workflow: stored, created: true })
+}
+
+/// Adds each rollup's counters to the stored ones of its key and bucket (at
+/// most `rollups_merge_max` per call).
+pub fn merge_rollups<T: Tx>(tx: &mut T, rollups: &[Rollup], cx: &mut Ctx<'_>) -> Res<(), T::Error> {
+    if rollups.len() > cx.rules.limits.rollups_merge_max {
+        return Err(Rejection::limit(
+            "rollups_merge_max",
+            cx.rules.limits.rollups_merge_max,
+            "merge fewer rollups per call",
+        )
+        .into());
+    }
+    for r in rollups {
+        let mut counts = st(tx.rollup(r.bucket, &r.key))?.unwrap_or_default();
+        counts.merge(&r.counts);
+        st(tx.put_rollup(&Rollup { bucket: r.bucket, key: r.key.clone(), counts }))?;
+    }
+    Ok(())
 }
 
 /// The workflow version a task runs under, if any.
@@ -320,6 +356,16 @@ fn insert_new<T: Tx>(
     let change = decide_submit(id, new, env(cx.rules, wf), cx.now)?;
     let event = change.event.seal(Hash::ZERO);
     st(tx.insert(&change.task, &new.payload, &event))?;
+    cx.effects.observed.push(Observation {
+        at: event.at,
+        task: event.task,
+        kind: event.kind,
+        from: change.task.stage.clone(),
+        stage: change.task.stage.clone(),
+        actor: event.actor.clone(),
+        elapsed_ms: None,
+        handoff: None,
+    });
     cx.effects.note_ready(&change.task);
     Ok(change.task)
 }
@@ -511,6 +557,20 @@ fn apply<T: Tx>(
     if !st(tx.update(&change.task, &event))? {
         return Err(Fail::Conflict);
     }
+    let handoff = change.handoff.clone().or_else(|| match (&event.kind, &change.task.state) {
+        (EventKind::Reoffered, TaskState::Waiting { handoff, .. }) => handoff.clone(),
+        _ => None,
+    });
+    cx.effects.observed.push(Observation {
+        at: event.at,
+        task: event.task,
+        kind: event.kind,
+        from: event.from.as_ref().map_or_else(|| change.task.stage.clone(), |p| p.stage.clone()),
+        stage: change.task.stage.clone(),
+        actor: event.actor.clone(),
+        elapsed_ms: change.elapsed_ms,
+        handoff,
+    });
     if let Some(h) = &change.handoff {
         st(tx.put_handoff(h))?;
         if h.outcome != HandoffOutcome::Pending {

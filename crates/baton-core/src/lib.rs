@@ -14,6 +14,7 @@ pub mod engine;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod rejection;
 pub mod store;

@@ -51,6 +51,8 @@ pub struct Limits {
     pub saga_step_within_ms: i64,
     /// Versions kept of one workflow, and workflows one store keeps.
     pub workflows_max: usize,
+    /// Rollups one merge call may add.
+    pub rollups_merge_max: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +78,7 @@ impl Default for Limits {
             request_key_ttl_ms: 24 * 3_600_000,
             saga_step_within_ms: 24 * 3_600_000,
             workflows_max: 1_000,
+            rollups_merge_max: 4_096,
         }
     }
 }

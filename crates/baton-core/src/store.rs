@@ -6,6 +6,7 @@
 use crate::command::{Action, NewTask};
 use crate::event::{Actor, Event, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
+use crate::metrics::{Observation, Rollup};
 use crate::rejection::Rejection;
 use crate::task::{StateName, Task};
 use crate::workflow::Workflow;
@@ -68,6 +69,9 @@ pub trait Store: Send + Sync + 'static {
     /// The highest notice sequence number with a final delivery (delivered or
     /// given up) to `webhook`: where its deliveries resume after a restart.
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>>;
+    /// The stored rollups of buckets in `from..to`, by bucket then key, at
+    /// most `limit`.
+    fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>>;
 }
 
 /// Something a custodian or an operator must hear about, written in the same
@@ -148,6 +152,12 @@ pub enum Op {
     ApplyWorkflow(Workflow),
     /// Record a webhook delivery attempt.
     RecordDelivery(Delivery),
+    /// Add metric rollups to the stored ones (replicas each add their own).
+    MergeRollups(Vec<Rollup>),
+    /// Delete rollups of buckets before `before` (bounded, like every purge).
+    PurgeRollups {
+        before: Millis,
+    },
 }
 
 /// What an `Op` produced, one variant per operation. Stored as the record
@@ -161,6 +171,8 @@ pub enum OpOutcome {
     Cancel(Task),
     ApplyWorkflow(Applied),
     RecordDelivery,
+    MergeRollups,
+    PurgeRollups(usize),
 }
 
 impl OpOutcome {
@@ -207,9 +219,13 @@ pub struct RequestRecord {
     pub at: Millis,
 }
 
-/// Called by a store after a commit that made tasks claimable in these stages.
+/// Called by a store after each commit: the stages with new claimable work,
+/// and what the committed changes tell the metrics.
 pub trait ReadyListener: Send + Sync + 'static {
     fn ready(&self, stages: &[StageName]);
+    /// The committed changes, in commit order. Called after `ready`; the
+    /// default ignores them.
+    fn observed(&self, _changes: &[Observation]) {}
 }
 
 /// A listener that ignores wake-ups.

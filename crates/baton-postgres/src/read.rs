@@ -9,6 +9,7 @@ use crate::error::StoreError;
 use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
+use baton_core::metrics::Rollup;
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{Alert, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
@@ -221,4 +222,31 @@ pub(crate) async fn delivery_cursor(pool: Pool, webhook: String) -> Result<Optio
     let st = c.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = $1 AND final").await?;
     let n: Option<i64> = c.query_one(&st, &[&webhook]).await?.try_get(0)?;
     Ok(n.and_then(|n| u64::try_from(n).ok()))
+}
+
+/// Rollups of buckets in `from..to`, by bucket then key, at most `limit`.
+pub(crate) async fn rollups(
+    pool: Pool,
+    from: Millis,
+    to: Millis,
+    limit: usize,
+) -> Result<Vec<Rollup>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT bucket, key, body FROM rollups WHERE bucket >= $1 AND bucket < $2 ORDER BY bucket, key LIMIT $3",
+        )
+        .await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for row in c.query(&st, &[&from, &to, &limit]).await? {
+        let key: String = row.try_get(1)?;
+        let body: String = row.try_get(2)?;
+        out.push(Rollup {
+            bucket: row.try_get(0)?,
+            key: serde_json::from_str(&key)?,
+            counts: serde_json::from_str(&body)?,
+        });
+    }
+    Ok(out)
 }

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_auth", include_str!("../migrations/0002_auth.sql")),
     ("0003_requests", include_str!("../migrations/0003_requests.sql")),
     ("0004_workflows", include_str!("../migrations/0004_workflows.sql")),
+    ("0005_rollups", include_str!("../migrations/0005_rollups.sql")),
 ];
 
 /// The schema version this binary writes and understands.

@@ -14,6 +14,7 @@ use crate::options::PostgresOptions;
 use crate::read;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
+use baton_core::metrics::Rollup;
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
@@ -394,6 +395,10 @@ impl Store for PostgresStore {
 
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
         self.read(read::delivery_cursor(self.pool.clone(), webhook))
+    }
+
+    fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
+        self.read(read::rollups(self.pool.clone(), from, to, limit))
     }
 }
 

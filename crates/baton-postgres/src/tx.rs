@@ -18,6 +18,7 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, int, json, limit, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
+use baton_core::metrics::{Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
@@ -47,6 +48,14 @@ const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = $1";
 const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = $1";
 const PUT_NOTICE: &str = "INSERT INTO notices (task, body) VALUES ($1, $2)";
 const PUT_DELIVERY: &str = "INSERT INTO deliveries (notice, webhook, final, body) VALUES ($1, $2, $3, $4)";
+// Replicas merge into the same rows: make the row exist, then lock it for
+// the read-merge-write, so no merge is lost to a concurrent one.
+const ROLLUP_ENSURE: &str =
+    "INSERT INTO rollups (bucket, key, body) VALUES ($1, $2, '{}') ON CONFLICT (bucket, key) DO NOTHING";
+const ROLLUP_LOCK: &str = "SELECT body FROM rollups WHERE bucket = $1 AND key = $2 FOR UPDATE";
+const PUT_ROLLUP: &str = "UPDATE rollups SET body = $3 WHERE bucket = $1 AND key = $2";
+const PURGE_ROLLUPS: &str = "DELETE FROM rollups WHERE (bucket, key) IN \
+                             (SELECT bucket, key FROM rollups WHERE bucket < $1 ORDER BY bucket LIMIT $2)";
 const PUT_WORKFLOW: &str = "INSERT INTO workflows (name, version, body) VALUES ($1, $2, $3)";
 pub(crate) const WORKFLOW_VERSION: &str = "SELECT body FROM workflows WHERE name = $1 AND version = $2";
 pub(crate) const WORKFLOW_LATEST: &str =
@@ -341,6 +350,27 @@ impl Tx for PgTx<'_> {
         let body = serde_json::to_string(workflow)?;
         self.execute(PUT_WORKFLOW, &[&workflow.name, &i64::from(workflow.version), &body])?;
         Ok(())
+    }
+
+    fn rollup(&mut self, bucket: Millis, key: &RollupKey) -> Result<Option<Counts>, StoreError> {
+        let key = serde_json::to_string(key)?;
+        self.execute(ROLLUP_ENSURE, &[&bucket, &key])?;
+        let Some(row) = self.query_opt(ROLLUP_LOCK, &[&bucket, &key])? else { return Ok(None) };
+        Ok(Some(json(&row, 0)?))
+    }
+
+    fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), StoreError> {
+        let key = serde_json::to_string(&rollup.key)?;
+        let body = serde_json::to_string(&rollup.counts)?;
+        self.execute(ROLLUP_ENSURE, &[&rollup.bucket, &key])?;
+        self.execute(PUT_ROLLUP, &[&rollup.bucket, &key, &body])?;
+        Ok(())
+    }
+
+    fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n = self.execute(PURGE_ROLLUPS, &[&before, &limit])?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

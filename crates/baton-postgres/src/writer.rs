@@ -28,6 +28,7 @@ use crate::listen;
 use crate::options::PostgresOptions;
 use crate::tx::{PgTx, Session, block, pipelined};
 use baton_core::engine::{self, Ctx, Effects, Fail};
+use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName};
 use std::panic::{self, AssertUnwindSafe};
@@ -89,7 +90,7 @@ pub(crate) struct Writer {
 
 /// How one attempt at a batch ended.
 enum Attempt {
-    Committed(Vec<Outcome>, Vec<StageName>),
+    Committed(Vec<Outcome>, Vec<StageName>, Vec<Observation>),
     /// Rerun with a savepoint per operation (already rolled back).
     Tainted,
     /// Rerun after a deadlock or serialization failure (already rolled back).
@@ -166,7 +167,9 @@ impl Writer {
                 reconnected = true;
             }
             match self.attempt(ops, careful) {
-                Attempt::Committed(outcomes, ready) => return self.answer(ops, outcomes, &ready),
+                Attempt::Committed(outcomes, ready, observed) => {
+                    return self.answer(ops, outcomes, &ready, &observed);
+                }
                 Attempt::Tainted => {
                     careful = true;
                     self.counters.reruns.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +231,7 @@ impl Writer {
             now,
             careful,
             ready: Vec::new(),
+            observed: Vec::new(),
             end: None,
             replica: &self.options.replica,
             lease_ms: i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX),
@@ -241,6 +245,7 @@ impl Writer {
             }
         }
         let ready = std::mem::take(&mut batch.ready);
+        let observed = std::mem::take(&mut batch.observed);
         match batch.end {
             None => {}
             Some(End::Lost(why)) => return Attempt::Lost(why),
@@ -268,10 +273,16 @@ impl Writer {
             // retries (Idempotency-Key) find out which it was.
             return Attempt::Lost(format!("COMMIT failed: {e}"));
         }
-        Attempt::Committed(outcomes, ready)
+        Attempt::Committed(outcomes, ready, observed)
     }
 
-    fn answer(&self, ops: &mut Vec<Op>, outcomes: Vec<Outcome>, ready: &[StageName]) {
+    fn answer(
+        &self,
+        ops: &mut Vec<Op>,
+        outcomes: Vec<Outcome>,
+        ready: &[StageName],
+        observed: &[Observation],
+    ) {
         let count = ops.len() as u64;
         let c = &self.counters;
         c.commits.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +301,12 @@ impl Writer {
             let listener = &self.listener;
             if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(ready))).is_err() {
                 tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
+            }
+        }
+        if !observed.is_empty() {
+            let listener = &self.listener;
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.observed(observed))).is_err() {
+                tracing::error!("the ready listener panicked; metrics for this batch are lost");
             }
         }
         for (op, outcome) in ops.drain(..).zip(outcomes) {
@@ -415,6 +432,8 @@ struct Batch<'w> {
     careful: bool,
     /// Stages with new ready work, from operations that were kept.
     ready: Vec<StageName>,
+    /// What the kept operations' changes tell the metrics.
+    observed: Vec<Observation>,
     end: Option<End>,
     replica: &'w str,
     lease_ms: Millis,
@@ -453,6 +472,7 @@ impl Batch<'_> {
                             self.ready.push(stage);
                         }
                     }
+                    self.observed.extend(effects.observed);
                     return Ok(value);
                 }
                 Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),

@@ -11,13 +11,14 @@ use crate::error::StoreError;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
+use baton_core::metrics::Rollup;
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
     Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView, Workflow,
 };
 use rusqlite::types::Value;
-use serde::Deserialize;
 use rusqlite::{Connection, OptionalExtension};
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -167,7 +168,11 @@ pub(crate) fn alerts(conn: &Connection, after: i64, limit: usize) -> Result<Vec<
 }
 
 /// A workflow at `version`, or its latest version.
-pub(crate) fn workflow(conn: &Connection, name: &str, version: Option<u32>) -> Result<Option<Workflow>, StoreError> {
+pub(crate) fn workflow(
+    conn: &Connection,
+    name: &str,
+    version: Option<u32>,
+) -> Result<Option<Workflow>, StoreError> {
     let body: Option<String> = match version {
         Some(v) => conn
             .prepare_cached("SELECT body FROM workflows WHERE name = ?1 AND version = ?2")?
@@ -230,12 +235,41 @@ pub(crate) fn notices(conn: &Connection, after: u64, limit: usize) -> Result<Vec
     sequence(conn, "SELECT id, body FROM notices WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
 }
 
-pub(crate) fn deliveries(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, Delivery)>, StoreError> {
+pub(crate) fn deliveries(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Delivery)>, StoreError> {
     sequence(conn, "SELECT id, body FROM deliveries WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
 }
 
 pub(crate) fn delivery_cursor(conn: &Connection, webhook: &str) -> Result<Option<u64>, StoreError> {
-    let mut st = conn.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = ?1 AND final = 1")?;
+    let mut st =
+        conn.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = ?1 AND final = 1")?;
     let n: Option<i64> = st.query_row([webhook], |r| r.get(0))?;
     Ok(n.and_then(|n| u64::try_from(n).ok()))
+}
+
+/// Rollups of buckets in `from..to`, by bucket then key, at most `limit`.
+pub(crate) fn rollups(
+    conn: &Connection,
+    from: Millis,
+    to: Millis,
+    limit: usize,
+) -> Result<Vec<Rollup>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT bucket, key, body FROM rollups WHERE bucket >= ?1 AND bucket < ?2 ORDER BY bucket, key LIMIT ?3",
+    )?;
+    let mut rows = st.query(rusqlite::params![from, to, int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let key: String = row.get(1)?;
+        let body: String = row.get(2)?;
+        out.push(Rollup {
+            bucket: row.get(0)?,
+            key: serde_json::from_str(&key)?,
+            counts: serde_json::from_str(&body)?,
+        });
+    }
+    Ok(out)
 }

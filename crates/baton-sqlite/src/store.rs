@@ -13,12 +13,13 @@ use crate::schema::open_writer;
 use crate::tx::WorkflowCache;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
+use baton_core::metrics::Rollup;
+use baton_core::store::{Delivery, Notice};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
     Millis, NewTask, OpOutcome, Page, RequestKey, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId,
     TaskView, Workflow,
 };
-use baton_core::store::{Delivery, Notice};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -260,6 +261,10 @@ impl Store for SqliteStore {
     fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
         Box::pin(async move { self.reads.with(|c| read::deliveries(c, after, limit)) })
+    }
+
+    fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
+        Box::pin(async move { self.reads.with(|c| read::rollups(c, from, to, limit)) })
     }
 
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {

@@ -6,15 +6,16 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, Indexed, UPDATE_COLUMNS, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
+use baton_core::metrics::{Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
     TaskId, Workflow,
 };
+use rusqlite::{Connection, OptionalExtension, params};
 use std::cell::RefCell;
-use std::sync::Arc;
-use rusqlite::{Connection, params};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use uuid::Uuid;
 
@@ -252,6 +253,35 @@ impl Tx for WriteTx<'_> {
             .prepare_cached("INSERT INTO workflows (name, version, body) VALUES (?1, ?2, ?3)")?
             .execute(params![workflow.name, workflow.version, body])?;
         Ok(())
+    }
+
+    fn rollup(&mut self, bucket: Millis, key: &RollupKey) -> Result<Option<Counts>, StoreError> {
+        let key = serde_json::to_string(key)?;
+        let mut st = self.conn.prepare_cached("SELECT body FROM rollups WHERE bucket = ?1 AND key = ?2")?;
+        let body: Option<String> = st.query_row(params![bucket, key], |r| r.get(0)).optional()?;
+        body.map(|b| serde_json::from_str(&b)).transpose().map_err(Into::into)
+    }
+
+    fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), StoreError> {
+        self.writes += 1;
+        let key = serde_json::to_string(&rollup.key)?;
+        let body = serde_json::to_string(&rollup.counts)?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO rollups (bucket, key, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![rollup.bucket, key, body])?;
+        Ok(())
+    }
+
+    fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, StoreError> {
+        self.writes += 1;
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM rollups WHERE rowid IN \
+                 (SELECT rowid FROM rollups WHERE bucket < ?1 ORDER BY bucket LIMIT ?2)",
+            )?
+            .execute(params![before, int(limit as u64)?])?;
+        Ok(n)
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

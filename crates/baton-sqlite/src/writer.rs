@@ -29,6 +29,7 @@ use crate::oneshot;
 use crate::options::FatalHook;
 use crate::tx::{WorkflowCache, WriteTx};
 use baton_core::engine::{self, Ctx, Effects, Fail};
+use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{
     ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, OpOutcome,
@@ -124,7 +125,7 @@ impl Writer {
         // One `now` per batch: every operation in it happens at the same instant.
         let now = self.clock.now();
         let mut careful = false;
-        let (outcomes, ready) = loop {
+        let (outcomes, ready, observed) = loop {
             if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
                 if is_fatal(&e) {
                     return self.die(fatal("begin", &e), ops);
@@ -135,14 +136,14 @@ impl Writer {
                 self.lost(ops, &format!("the SQLite store could not begin a transaction: {e}"));
                 return Flow::Continue;
             }
-            let mut batch =
-                Batch {
+            let mut batch = Batch {
                 conn: &self.conn,
                 rules: &self.rules,
                 workflows: &self.workflows,
                 now,
                 careful,
                 ready: Vec::new(),
+                observed: Vec::new(),
                 end: None,
             };
             let mut outcomes = Vec::with_capacity(count);
@@ -153,7 +154,7 @@ impl Writer {
                 }
             }
             match batch.end {
-                None => break (outcomes, batch.ready),
+                None => break (outcomes, batch.ready, batch.observed),
                 Some(End::Fatal(error)) => return self.die(error, ops),
                 Some(End::Tainted) => {
                     // An operation wrote, then was refused or failed: take the
@@ -202,6 +203,12 @@ impl Writer {
             let listener = &self.listener;
             if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(&ready))).is_err() {
                 tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
+            }
+        }
+        if !observed.is_empty() {
+            let listener = &self.listener;
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.observed(&observed))).is_err() {
+                tracing::error!("the ready listener panicked; metrics for this batch are lost");
             }
         }
         for (op, outcome) in ops.drain(..).zip(outcomes) {
@@ -367,6 +374,8 @@ struct Batch<'w> {
     careful: bool,
     /// Stages with new ready work, from operations that were kept.
     ready: Vec<StageName>,
+    /// What the kept operations' changes tell the metrics.
+    observed: Vec<Observation>,
     end: Option<End>,
 }
 
@@ -401,6 +410,7 @@ impl Batch<'_> {
                             self.ready.push(stage);
                         }
                     }
+                    self.observed.extend(effects.observed);
                     return Ok(value);
                 }
                 Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),

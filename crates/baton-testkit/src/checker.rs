@@ -515,6 +515,14 @@ mod tests {
         fn delivery_cursor(&self, webhook: String) -> baton_core::StoreFuture<'_, Option<u64>> {
             self.inner.delivery_cursor(webhook)
         }
+        fn rollups(
+            &self,
+            from: Millis,
+            to: Millis,
+            limit: usize,
+        ) -> baton_core::StoreFuture<'_, Vec<baton_core::metrics::Rollup>> {
+            self.inner.rollups(from, to, limit)
+        }
         fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
             let mut view = block_on(self.inner.get(task)).expect("memory get");
             if let Some(v) = &mut view {

@@ -12,6 +12,7 @@ use baton_core::Rejection;
 use baton_core::Workflow;
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
+use baton_core::metrics::{Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
@@ -54,6 +55,8 @@ struct State {
     notices: Vec<Notice>,
     /// Webhook delivery attempts in order (id = index + 1).
     deliveries: Vec<Delivery>,
+    /// Metric rollups by (bucket, key).
+    rollups: BTreeMap<(Millis, RollupKey), Counts>,
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
@@ -140,6 +143,9 @@ impl MemoryStore {
                 Ok(value) => {
                     if !effects.ready.is_empty() {
                         self.listener.ready(&effects.ready);
+                    }
+                    if !effects.observed.is_empty() {
+                        self.listener.observed(&effects.observed);
                     }
                     return Ok(value);
                 }
@@ -270,6 +276,22 @@ impl Store for MemoryStore {
         answer(Ok(self.read(|s| numbered(&s.deliveries, after, limit))))
     }
 
+    fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
+        answer(Ok(self.read(|s| {
+            s.rollups
+                // The smallest key: `Edge` is the first variant, "" the least name.
+                .range((from, RollupKey::Edge { from: StageName::new(""), to: StageName::new("") })..)
+                .take_while(|((b, _), _)| *b < to)
+                .take(limit)
+                .map(|((bucket, key), counts)| Rollup {
+                    bucket: *bucket,
+                    key: key.clone(),
+                    counts: counts.clone(),
+                })
+                .collect()
+        })))
+    }
+
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
         answer(Ok(self.read(|s| {
             s.deliveries
@@ -332,6 +354,8 @@ enum Undo {
     Workflow(String),
     Notice,
     Delivery,
+    /// A rollup was put or purged: restore what was there before.
+    Rollup((Millis, RollupKey), Option<Counts>),
 }
 
 impl<'s> MemTx<'s> {
@@ -382,6 +406,14 @@ impl<'s> MemTx<'s> {
                 Undo::Delivery => {
                     self.state.deliveries.pop();
                 }
+                Undo::Rollup(key, before) => match before {
+                    Some(counts) => {
+                        self.state.rollups.insert(key, counts);
+                    }
+                    None => {
+                        self.state.rollups.remove(&key);
+                    }
+                },
                 Undo::Request(key, before) => match before {
                     Some(record) => {
                         self.state.requests.insert(key, *record);
@@ -540,6 +572,29 @@ impl Tx for MemTx<'_> {
         self.state.workflows.entry(workflow.name.clone()).or_default().push(Arc::new(workflow.clone()));
         self.undo.push(Undo::Workflow(workflow.name.clone()));
         Ok(())
+    }
+
+    fn rollup(&mut self, bucket: Millis, key: &RollupKey) -> Result<Option<Counts>, MemError> {
+        Ok(self.state.rollups.get(&(bucket, key.clone())).cloned())
+    }
+
+    fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let key = (rollup.bucket, rollup.key.clone());
+        let before = self.state.rollups.insert(key.clone(), rollup.counts.clone());
+        self.undo.push(Undo::Rollup(key, before));
+        Ok(())
+    }
+
+    fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, MemError> {
+        let old: Vec<(Millis, RollupKey)> =
+            self.state.rollups.keys().filter(|(b, _)| *b < before).take(limit).cloned().collect();
+        for key in &old {
+            self.write_allowed()?;
+            let counts = self.state.rollups.remove(key);
+            self.undo.push(Undo::Rollup(key.clone(), counts));
+        }
+        Ok(old.len())
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, MemError> {

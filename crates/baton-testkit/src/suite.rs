@@ -164,6 +164,8 @@ macro_rules! store_suite {
             abort_compensates_in_reverse_order,
             abort_without_compensation,
             workflow_children_share_the_version_and_any_joins,
+            observations_follow_each_commit_and_roll_up,
+            rollups_merge_and_read_by_window,
         );
     };
 }
@@ -233,10 +235,12 @@ pub fn suite_rules() -> Rules {
     Rules { policies, limits }
 }
 
-/// A listener that records every stage it is told about.
+/// A listener that records every stage it is told about, and every
+/// observation.
 #[derive(Debug, Default)]
 pub struct ReadyLog {
     stages: Mutex<Vec<StageName>>,
+    observed: Mutex<Vec<baton_core::metrics::Observation>>,
 }
 
 impl ReadyLog {
@@ -245,11 +249,20 @@ impl ReadyLog {
         let mut stages = self.stages.lock().expect("ready log poisoned");
         stages.drain(..).map(|s| s.0).collect()
     }
+
+    /// The observations heard since the last call, in order.
+    pub fn take_observed(&self) -> Vec<baton_core::metrics::Observation> {
+        std::mem::take(&mut *self.observed.lock().expect("ready log poisoned"))
+    }
 }
 
 impl ReadyListener for ReadyLog {
     fn ready(&self, stages: &[StageName]) {
         self.stages.lock().expect("ready log poisoned").extend_from_slice(stages);
+    }
+
+    fn observed(&self, changes: &[baton_core::metrics::Observation]) {
+        self.observed.lock().expect("ready log poisoned").extend_from_slice(changes);
     }
 }
 

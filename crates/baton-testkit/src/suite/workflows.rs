@@ -334,3 +334,72 @@ pub fn workflow_children_share_the_version_and_any_joins<H: SuiteStore>() {
     assert_eq!(cx.last_event(parent.id).kind, EventKind::Joined);
     cx.finish();
 }
+
+/// After each commit the listener hears one observation per change, in
+/// order, with the time spent in the state left; refused calls are not
+/// observed. Rolled up, a handoff and its acceptance count on the edge with
+/// the exact accept latency.
+pub fn observations_follow_each_commit_and_roll_up<H: SuiteStore>() {
+    use baton_core::metrics::{RollupKey, bucket_of, rollup_deltas};
+    let cx = Case::<H>::open(suite_rules());
+    let task = cx.submit_to("a");
+    cx.advance(1_000);
+    let g = cx.claim_one("alice", "a");
+    cx.advance(2_000);
+    cx.act(&g, handoff_to("b"));
+    cx.advance(500);
+    cx.refuses("lease_lost", |cx| cx.try_act(&g, complete()));
+    let g = cx.claim_one("bob", "b");
+    let observed = cx.ready.take_observed();
+    let kinds: Vec<EventKind> = observed.iter().map(|o| o.kind).collect();
+    assert_eq!(kinds, [EventKind::Submitted, EventKind::Claimed, EventKind::HandedOff, EventKind::Claimed]);
+    assert!(observed.iter().all(|o| o.task == task.id));
+    assert_eq!(observed[1].elapsed_ms, Some(1_000), "waited 1 s for the claim");
+    assert_eq!(observed[2].elapsed_ms, Some(2_000), "held 2 s");
+    assert_eq!((observed[2].from.as_str(), observed[2].stage.as_str()), ("a", "b"));
+    let mut deltas = BTreeMap::new();
+    for o in &observed {
+        rollup_deltas(o, &mut deltas);
+    }
+    let edge = &deltas[&(bucket_of(T0), RollupKey::Edge { from: stage("a"), to: stage("b") })];
+    assert_eq!((edge.handoffs, edge.accepted), (1, 1));
+    assert_eq!(edge.accept_latency.max_ms, 500);
+    let agents = &deltas[&(bucket_of(T0), RollupKey::AgentEdge { from: agent("alice"), to: agent("bob") })];
+    assert_eq!(agents.accepted, 1);
+    let a = &deltas[&(bucket_of(T0), RollupKey::Stage { stage: stage("a") })];
+    assert_eq!((a.submitted, a.claims, a.completed), (1, 1, 1));
+    assert_eq!((a.wait.max_ms, a.work.max_ms), (1_000, 2_000));
+    cx.act(&g, complete());
+    cx.finish();
+}
+
+/// Rollups add up per key and bucket, read back by window, and purge by age.
+pub fn rollups_merge_and_read_by_window<H: SuiteStore>() {
+    use baton_core::metrics::{BUCKET_MS, Counts, Rollup, RollupKey};
+    let cx = Case::<H>::open(suite_rules());
+    let key = RollupKey::Stage { stage: stage("a") };
+    let edge = RollupKey::Edge { from: stage("a"), to: stage("b") };
+    let one = |bucket, key: &RollupKey, claims| {
+        let mut counts = Counts { claims, ..Counts::default() };
+        counts.wait.record(claims as Millis * 10);
+        Rollup { bucket, key: key.clone(), counts }
+    };
+    let merge = |rollups: Vec<Rollup>| cx.try_execute(Op::MergeRollups(rollups), None).expect("merge");
+    merge(vec![one(T0, &key, 2), one(T0, &edge, 1), one(T0 + BUCKET_MS, &key, 3)]);
+    merge(vec![one(T0, &key, 5)]);
+    let read = |from, to| block_on(cx.store().rollups(from, to, 100)).expect("rollups");
+    let all = read(T0, T0 + 2 * BUCKET_MS);
+    assert_eq!(all.len(), 3);
+    let first = all.iter().find(|r| r.bucket == T0 && r.key == key).expect("merged");
+    assert_eq!(first.counts.claims, 7);
+    assert_eq!(first.counts.wait.count, 2);
+    assert_eq!((first.counts.wait.min_ms, first.counts.wait.max_ms), (20, 50));
+    assert_eq!(read(T0 + BUCKET_MS, T0 + 2 * BUCKET_MS).len(), 1, "the window excludes earlier buckets");
+    assert_eq!(read(T0, T0 + 2 * BUCKET_MS).iter().filter(|r| r.key == edge).count(), 1);
+    let purged = cx.try_execute(Op::PurgeRollups { before: T0 + BUCKET_MS }, None).expect("purge");
+    assert_eq!(purged, OpOutcome::PurgeRollups(2));
+    assert_eq!(read(T0, T0 + 2 * BUCKET_MS).len(), 1);
+    let too_many = (0..=suite_rules().limits.rollups_merge_max).map(|i| one(T0, &key, i as u64)).collect();
+    cx.refuses("limit_exceeded", |cx| cx.try_execute(Op::MergeRollups(too_many), None));
+    cx.finish();
+}
