@@ -100,6 +100,7 @@ codes! {
     BodyTooLarge => "body_too_large", "The request body is over the size limit.";
     IdempotencyConflict => "idempotency_conflict", "An idempotency key was reused with a different request.";
     RouteNotAllowed => "route_not_allowed", "The handoff's target is not an allowed route.";
+    InvalidWorkflow => "invalid_workflow", "A workflow file has mistakes: `details.errors` lists each with its `line`, `column`, `field` and what to fix.";
     LimitExceeded => "limit_exceeded", "A named limit refused the request; `details.limit` names it.";
     RateLimited => "rate_limited", "Too many requests; retry later.";
     TooManyLeases => "too_many_leases", "The agent holds as many leases as it may.";

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod inbox;
 pub mod lineage;
 pub mod payload;
 pub mod request;
@@ -19,16 +20,22 @@ pub mod response;
 pub mod time;
 pub mod webhook;
 pub mod workflow;
+pub mod workflows;
 
 pub use auth::{
     PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest,
 };
 pub use error::{ErrorBody, ErrorCode};
+pub use inbox::{
+    InboxClaimRequest, InboxItem, InboxPage, InboxQuery, Resolution, ResolveRequest, StuckKind, StuckList,
+    StuckQuery, StuckTask,
+};
 pub use lineage::{Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit};
 pub use payload::Payload;
 pub use request::{
-    CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest, HandoffQuery,
-    HandoffRequest, HeartbeatRequest, JoinRequest, ListQuery, ReleaseRequest, SpawnRequest, SubmitRequest,
+    AbortRequest, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest,
+    HandoffQuery, HandoffRequest, HeartbeatRequest, JoinRequest, ListQuery, ReleaseRequest, SpawnRequest,
+    SubmitRequest,
 };
 pub use response::{
     ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,
@@ -38,6 +45,10 @@ pub use response::{
 pub use time::Timestamp;
 pub use webhook::{Alert, Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, NoticeKind, WebhookNotice};
 pub use workflow::{WorkflowFileError, parse_workflow, render_workflow};
+pub use workflows::{
+    AppliedWorkflow, ApplyWorkflowRequest, BackoffView, StagePolicyView, WorkflowList, WorkflowQuery,
+    WorkflowRef, WorkflowStageView, WorkflowView,
+};
 
 /// A task's id (UUIDv7).
 pub type TaskId = uuid::Uuid;

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
-/// `POST /v1/tasks`: name exactly one of `stage` and `workflow`.
+/// `POST /v1/tasks`: name the `stage`, or the `workflow` (then `stage`, if
+/// given, must be the workflow's entry stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
@@ -216,6 +217,21 @@ pub struct JoinRequest {
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     pub reason: String,
+}
+
+/// `POST /v1/tasks/{id}/abort`: abort the task's workflow. The stages already
+/// done are compensated, latest first (each a task in its compensation
+/// stage); then the task ends cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AbortRequest {
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Why; recorded in the history and carried by the compensation tasks.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_next: Option<ClaimNext>,
 }
 
 /// `GET /v1/tasks` query string.

@@ -108,6 +108,18 @@ pub struct Task {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// The workflow and version the task runs under; absent for ad hoc stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflows::WorkflowRef>,
+    /// The workflow stages the task has finished, in order (what an abort compensates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trail: Vec<String>,
+    /// The task's deadline has passed and the ladder acted on it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deadline_passed: bool,
+    /// A compensation task of an aborted workflow.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compensation: bool,
     /// The payload; sent by `GET /v1/tasks/{id}` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Payload>,
@@ -359,4 +371,8 @@ pub struct Index {
     pub version: String,
     /// `METHOD /path` for every API route.
     pub routes: Vec<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

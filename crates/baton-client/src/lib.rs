@@ -32,9 +32,11 @@ use baton_api::auth::{
     Principal, PrincipalList, PrincipalRequest, TokenCreated, TokenInfo, TokenList, TokenRequest,
 };
 use baton_api::{
-    ActResponse, CancelRequest, ClaimRequest, ClaimResponse, CompleteRequest, ErrorBody, FailRequest,
-    Handoff, HandoffId, HandoffQuery, HandoffRequest, Health, HeartbeatRequest, History, Lineage, ListQuery,
-    ReleaseRequest, SpawnRequest, SubmitRequest, Task, TaskPage,
+    AbortRequest, ActResponse, AppliedWorkflow, ApplyWorkflowRequest, CancelRequest, ClaimRequest,
+    ClaimResponse, CompleteRequest, ErrorBody, FailRequest, Handoff, HandoffId, HandoffQuery, HandoffRequest,
+    Health, HeartbeatRequest, History, InboxClaimRequest, InboxPage, InboxQuery, Lineage, ListQuery,
+    ReleaseRequest, ResolveRequest, SpawnRequest, StuckList, StuckQuery, SubmitRequest, Task, TaskPage,
+    WorkflowList, WorkflowQuery, WorkflowView,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -372,6 +374,81 @@ impl Client {
         self.post_keyed(&format!("/v1/tasks/{task}/cancel"), &request, key).await
     }
 
+    /// `POST /v1/tasks/{id}/abort`: abort the task's workflow. The stages
+    /// already done are compensated, latest first; then the task ends cancelled.
+    pub async fn abort(&self, task: TaskId, epoch: u64, reason: &str) -> Result<ActResponse, Error> {
+        self.abort_keyed(task, epoch, reason, None).await
+    }
+
+    /// `abort` with an optional `Idempotency-Key`: a repeat with the same key
+    /// gets the first answer.
+    pub async fn abort_keyed(
+        &self,
+        task: TaskId,
+        epoch: u64,
+        reason: &str,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
+        let mut request = AbortRequest { epoch, agent: None, reason: reason.to_owned(), claim_next: None };
+        self.fill_agent(&mut request.agent);
+        self.act_keyed(task, "abort", &request, key).await
+    }
+
+    /// `POST /v1/workflows` (operators and admins): applies a workflow file's
+    /// text. `created` is false when the latest version already had this
+    /// definition; a bad file is refused `invalid_workflow` with every
+    /// mistake in the error's `details.errors`.
+    pub async fn apply_workflow(&self, source: &str) -> Result<AppliedWorkflow, Error> {
+        let request = ApplyWorkflowRequest { source: source.to_owned() };
+        self.send(Method::POST, "/v1/workflows", Some(&request), None).await
+    }
+
+    /// `GET /v1/workflows`: the latest version of every workflow, by name.
+    pub async fn workflows(&self) -> Result<Vec<WorkflowView>, Error> {
+        let list: WorkflowList = self.send::<(), _>(Method::GET, "/v1/workflows", None, None).await?;
+        Ok(list.workflows)
+    }
+
+    /// `GET /v1/workflows/{name}`: a version of a workflow, the latest when `version` is `None`.
+    pub async fn workflow(&self, name: &str, version: Option<u32>) -> Result<WorkflowView, Error> {
+        let url = format!("{}/v1/workflows/{}", self.base, path_segment(name));
+        let query = WorkflowQuery { version };
+        let request = self.http.get(&url).timeout(self.timeout).query(&query);
+        self.execute(request, &url).await.map(|(_, view)| view)
+    }
+
+    /// `GET /v1/inbox` (operators and admins): tasks waiting or held in human
+    /// stages, oldest first, each with why and since when.
+    pub async fn inbox(&self, query: &InboxQuery) -> Result<InboxPage, Error> {
+        let url = format!("{}/v1/inbox", self.base);
+        let request = self.http.get(&url).timeout(self.timeout).query(query);
+        self.execute(request, &url).await.map(|(_, page)| page)
+    }
+
+    /// `POST /v1/inbox/{id}/claim` (operators and admins): takes one inbox
+    /// task under a lease (`lease_ms`, or the stage's default).
+    pub async fn inbox_claim(&self, task: TaskId, lease_ms: Option<u64>) -> Result<Lease, Error> {
+        let mut request = InboxClaimRequest { lease_ms, agent: None };
+        self.fill_agent(&mut request.agent);
+        self.send(Method::POST, &format!("/v1/inbox/{task}/claim"), Some(&request), None).await
+    }
+
+    /// `POST /v1/inbox/{id}/resolve`: resolves an inbox task this operator
+    /// holds: hand it back, complete, cancel or abort.
+    pub async fn inbox_resolve(&self, task: TaskId, request: &ResolveRequest) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
+        self.fill_agent(&mut request.agent);
+        self.send(Method::POST, &format!("/v1/inbox/{task}/resolve"), Some(&request), None).await
+    }
+
+    /// `GET /v1/stuck?grace_ms=` (operators and admins): every live task past
+    /// a threshold, with why; `None` takes the server's grace (30 s).
+    pub async fn stuck(&self, grace_ms: Option<u64>) -> Result<StuckList, Error> {
+        let url = format!("{}/v1/stuck", self.base);
+        let request = self.http.get(&url).timeout(self.timeout).query(&StuckQuery { grace_ms });
+        self.execute(request, &url).await.map(|(_, list)| list)
+    }
+
     /// `GET /v1/tasks/{id}`: the task with its payload.
     pub async fn get(&self, task: TaskId) -> Result<Task, Error> {
         self.send::<(), _>(Method::GET, &format!("/v1/tasks/{task}"), None, None).await
@@ -401,6 +478,16 @@ impl Client {
         let request =
             self.http.get(&url).query(&query).timeout(Duration::from_millis(wait_ms) + LONG_POLL_GRACE);
         self.execute(request, &url).await.map(|(_, handoff)| handoff)
+    }
+
+    /// `GET /v1/deliveries?after=&limit=` (operators and admins): webhook
+    /// delivery attempts with record ids after `after`, oldest first; pass
+    /// the page's `next_after` as `after` for the next page.
+    pub async fn deliveries(&self, after: u64, limit: u32) -> Result<baton_api::DeliveryPage, Error> {
+        let url = format!("{}/v1/deliveries", self.base);
+        let query = baton_api::DeliveryQuery { after: Some(after), limit: Some(limit) };
+        let request = self.http.get(&url).timeout(self.timeout).query(&query);
+        self.execute(request, &url).await.map(|(_, page)| page)
     }
 
     /// `GET /healthz`.

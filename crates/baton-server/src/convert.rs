@@ -5,7 +5,8 @@
 use baton_api as api;
 use baton_api::{Payload, Timestamp};
 use baton_core::{
-    Actor, Custodian, Event, Grant, Handoff, HandoffOutcome, JoinMode, StateName, Task, TaskState, Wait,
+    Actor, Custodian, Event, Grant, Handoff, HandoffOutcome, JoinMode, StagePolicy, StateName, Task,
+    TaskState, Wait, Workflow,
 };
 
 pub fn task(task: &Task, payload: Option<Payload>) -> api::Task {
@@ -35,6 +36,13 @@ pub fn task(task: &Task, payload: Option<Payload>) -> api::Task {
         finished_at: None,
         result: None,
         cancel_reason: None,
+        workflow: task
+            .workflow
+            .as_ref()
+            .map(|w| api::WorkflowRef { name: w.name.clone(), version: w.version }),
+        trail: task.trail.iter().map(ToString::to_string).collect(),
+        deadline_passed: task.deadline_passed,
+        compensation: task.compensation,
         payload,
     };
     match &task.state {
@@ -146,6 +154,50 @@ pub fn handoff(handoff: &Handoff) -> api::Handoff {
     }
 }
 
+/// A stored workflow version, with its text rendered back as a workflow file.
+pub fn workflow(wf: &Workflow) -> api::WorkflowView {
+    let stages = wf
+        .stages
+        .iter()
+        .map(|(name, s)| {
+            let stage = api::WorkflowStageView {
+                policy: policy(&s.policy),
+                routes: s.routes.iter().map(ToString::to_string).collect(),
+                next: s.next.as_ref().map(ToString::to_string),
+                compensate: s.compensate.as_ref().map(ToString::to_string),
+                agents: s.agents.clone(),
+                capacity: s.capacity,
+                human: s.policy.human,
+            };
+            (name.to_string(), stage)
+        })
+        .collect();
+    api::WorkflowView {
+        name: wf.name.clone(),
+        version: wf.version,
+        entry: wf.entry.to_string(),
+        stages,
+        source: baton_api::render_workflow(wf),
+    }
+}
+
+fn policy(p: &StagePolicy) -> api::StagePolicyView {
+    api::StagePolicyView {
+        accept_within_ms: p.accept_within_ms,
+        lease_ms: p.lease_ms,
+        max_attempts: p.max_attempts,
+        retry: api::BackoffView {
+            initial_ms: p.retry.initial_ms,
+            max_ms: p.retry.max_ms,
+            multiplier: p.retry.multiplier,
+        },
+        reoffers: p.reoffers,
+        reroute_to: p.reroute_to.as_ref().map(ToString::to_string),
+        escalate_to: p.escalate_to.as_ref().map(ToString::to_string),
+        deadline_near_ms: p.deadline_near_ms,
+    }
+}
+
 pub fn state_name(state: StateName) -> api::TaskStateName {
     match state {
         StateName::Waiting => api::TaskStateName::Waiting,
@@ -171,7 +223,7 @@ pub fn actor(actor: &Actor) -> String {
     actor.to_string()
 }
 
-fn custodian(custodian: &Custodian) -> api::Custodian {
+pub fn custodian(custodian: &Custodian) -> api::Custodian {
     let (kind, id) = match custodian {
         Custodian::Submitter(a) => (api::CustodianKind::Submitter, actor(a)),
         Custodian::Agent(a) => (api::CustodianKind::Agent, a.to_string()),

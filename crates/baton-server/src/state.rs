@@ -5,7 +5,7 @@
 
 use crate::http::rate_limit::RateLimiter;
 use crate::wake::{ReadyHub, TaskSignals};
-use baton_core::{Clock, Limits, Store};
+use baton_core::{Clock, Limits, Policies, Store};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -24,7 +24,7 @@ pub struct Config {
 /// How the server behaves. The limits here are the server's own (the store's
 /// are in `limits`); each has a name that refusals carry and a row in
 /// docs/reference/limits.md.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub auth: AuthMode,
     /// Bytes of one request body; past it, 413 `body_too_large`.
@@ -44,6 +44,10 @@ pub struct Options {
     /// The limits the store enforces; the server checks the ones it can
     /// without the store (page size) against the same values.
     pub limits: Limits,
+    /// The global stage policies the store runs with (give both the same):
+    /// workflow files are checked against them (escalation targets such as
+    /// `inbox`), and the stages they mark `human` are inbox stages.
+    pub policies: Policies,
     /// Requests per second one principal's token bucket refills at; past it,
     /// 429 `rate_limited` with `Retry-After`. 0 turns the rate limit off; with
     /// auth off it does not apply (no principal). See `http::rate_limit`.
@@ -73,6 +77,7 @@ impl Default for Options {
             header_read_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
             limits: Limits::default(),
+            policies: Policies::default(),
             requests_per_second_max: 1_000,
             request_burst_max: 2_000,
             rate_limit_buckets_max: 10_000,

@@ -11,12 +11,15 @@
 //! 127.0.0.1:0. The OpenAPI document is checked against the router: every
 //! route documented, every refusal in the error shape.
 
-// The auth (T13) and Idempotency-Key suites live beside this file and
-// compile into this one test binary.
+// The auth (T13), Idempotency-Key and workflow (workflows, aborts, the
+// inbox, stuck work) suites live beside this file and compile into this one
+// test binary.
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/idempotency.rs"]
 mod idempotency;
+#[path = "http/workflows.rs"]
+mod workflows;
 
 use axum::Router;
 use axum::body::Body;
@@ -83,7 +86,8 @@ impl Api {
             SqliteOptions::default().clock(clock.clone()).rules(rules()).listener(hub.clone()),
         )
         .expect("open the store");
-        let mut options = Options { limits: rules().limits, ..Options::default() };
+        let mut options =
+            Options { limits: rules().limits, policies: rules().policies, ..Options::default() };
         adjust(&mut options);
         let state = AppState::new(Config { store: Arc::new(store), clock: clock.clone(), hub, options });
         let app = baton_server::app(state.clone());
@@ -296,7 +300,8 @@ async fn refusals_have_their_documented_status_and_code_and_change_nothing() {
         refuse("no stage", "POST", "/v1/tasks", Some(json!({"payload": {}})), 400, "invalid_request")
             .detail("field", json!("stage")),
         refuse("no payload", "POST", "/v1/tasks", Some(json!({"stage": "s"})), 400, "invalid_request"),
-        refuse("stage and workflow", "POST", "/v1/tasks", Some(json!({"stage": "s", "workflow": "w", "payload": 1})), 400, "invalid_request"),
+        refuse("stage and an unknown workflow", "POST", "/v1/tasks", Some(json!({"stage": "s", "workflow": "w", "payload": 1})), 404, "not_found")
+            .detail("workflow", json!("w")),
         refuse("unknown workflow", "POST", "/v1/tasks", Some(json!({"workflow": "w", "payload": 1})), 404, "not_found")
             .detail("workflow", json!("w")),
         refuse("bad stage name", "POST", "/v1/tasks", Some(json!({"stage": "a b", "payload": 1})), 400, "invalid_request")

@@ -31,9 +31,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::CONFLICT
         }
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::IdempotencyConflict | ErrorCode::RouteNotAllowed | ErrorCode::LimitExceeded => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        ErrorCode::IdempotencyConflict
+        | ErrorCode::RouteNotAllowed
+        | ErrorCode::LimitExceeded
+        | ErrorCode::InvalidWorkflow => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::RateLimited | ErrorCode::TooManyLeases => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable | ErrorCode::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +66,19 @@ impl ApiError {
     pub fn limit(limit: &str, max: u64, what: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::LimitExceeded, format!("limit {limit} is {max}; {what}"))
             .with_details(json!({ "limit": limit, "max": max }))
+    }
+
+    /// 422 `invalid_workflow`: every mistake of a workflow file, each with
+    /// its line, column, field and what to fix, in `details.errors`.
+    pub fn invalid_workflow(errors: &[baton_api::WorkflowFileError]) -> Self {
+        let message = match errors {
+            [] => "the workflow file is not valid".to_owned(),
+            [one] => format!("the workflow file has a mistake: {one}"),
+            [first, rest @ ..] => {
+                format!("the workflow file has {} mistakes; the first: {first}", rest.len() + 1)
+            }
+        };
+        Self::new(ErrorCode::InvalidWorkflow, message).with_details(json!({ "errors": errors }))
     }
 
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {

@@ -13,11 +13,14 @@ pub mod extract;
 pub mod handoffs;
 pub mod health;
 pub mod idempotency;
+pub mod inbox;
 pub mod lineage;
 pub mod openapi;
 pub mod principal;
 pub mod rate_limit;
+pub mod stuck;
 pub mod tasks;
+pub mod workflows;
 
 use crate::state::AppState;
 use axum::Router;
@@ -46,9 +49,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/release"),
     ("POST", "/v1/tasks/{id}/fail"),
     ("POST", "/v1/tasks/{id}/spawn"),
+    ("POST", "/v1/tasks/{id}/abort"),
     ("POST", "/v1/tasks/{id}/cancel"),
     ("POST", "/v1/claims"),
     ("GET", "/v1/handoffs/{id}"),
+    ("POST", "/v1/workflows"),
+    ("GET", "/v1/workflows"),
+    ("GET", "/v1/workflows/{name}"),
+    ("GET", "/v1/inbox"),
+    ("POST", "/v1/inbox/{id}/claim"),
+    ("POST", "/v1/inbox/{id}/resolve"),
+    ("GET", "/v1/stuck"),
     ("POST", "/v1/principals"),
     ("GET", "/v1/principals"),
     ("DELETE", "/v1/principals/{name}"),
@@ -101,9 +112,16 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::release))
         .routes(routes!(tasks::fail))
         .routes(routes!(tasks::spawn))
+        .routes(routes!(tasks::abort))
         .routes(routes!(tasks::cancel))
         .routes(routes!(claims::claim))
         .routes(routes!(handoffs::show))
+        .routes(routes!(workflows::apply, workflows::list))
+        .routes(routes!(workflows::show))
+        .routes(routes!(inbox::list))
+        .routes(routes!(inbox::claim))
+        .routes(routes!(inbox::resolve))
+        .routes(routes!(stuck::stuck))
         .routes(routes!(admin::add_principal, admin::list_principals))
         .routes(routes!(admin::revoke_principal))
         .routes(routes!(admin::create_token, admin::list_tokens))

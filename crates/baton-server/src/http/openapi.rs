@@ -38,6 +38,10 @@ pub const DOCS_PATH: &str = "/docs";
             transaction (`claim_next`)."),
         (name = "claims", description = "Take waiting tasks under a lease; long-polled up to `wait_ms`."),
         (name = "handoffs", description = "A handoff's outcome; long-polled up to `wait_ms`."),
+        (name = "workflows", description = "Workflow files: apply (operators and admins), list, show. \
+            Tasks keep the version they were submitted under."),
+        (name = "inbox", description = "The human inbox and stuck work (operators and admins): tasks in \
+            human stages, claimed and resolved by people; tasks past a threshold, with why."),
         (name = "service", description = "Liveness, readiness and the route index."),
         (name = "admin", description = "Principals and tokens; admins only. A token's text is shown \
             once, when it is created."),
@@ -194,6 +198,10 @@ fn example_details(code: ErrorCode) -> Value {
         ErrorCode::BodyTooLarge => json!({ "limit": "body_bytes_max", "max": 1_048_576 }),
         ErrorCode::IdempotencyConflict => json!({ "key": "order-1042" }),
         ErrorCode::RouteNotAllowed => json!({ "from": "triage", "to": "billing" }),
+        ErrorCode::InvalidWorkflow => json!({ "errors": [{
+            "line": 12, "column": 10, "field": "stages.triage.routes",
+            "message": "route to unknown stage `specialist`: declare [stages.specialist] or remove the route",
+        }] }),
         ErrorCode::LimitExceeded => json!({ "limit": "payload_bytes_max", "max": 262_144 }),
         ErrorCode::TooManyLeases => json!({ "limit": "leases_per_agent_max", "max": 1000 }),
         ErrorCode::RequestTimeout => json!({ "limit": "request_timeout_ms", "max": 30_000 }),
@@ -258,6 +266,27 @@ refusal_sets! {
     /// `DELETE /v1/principals/{name}` and `DELETE /v1/tokens/{id}`.
     AdminRevokeRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, Internal,
         Unavailable, RequestTimeout, RateLimited];
+    /// `POST /v1/workflows`.
+    ApplyWorkflowRefusals: [InvalidRequest, Unauthenticated, Forbidden, BodyTooLarge, IdempotencyConflict,
+        InvalidWorkflow, LimitExceeded, Internal, Unavailable, RequestTimeout, RateLimited];
+    /// `GET /v1/workflows`.
+    ListWorkflowRefusals: [Unauthenticated, Internal, Unavailable, RequestTimeout, RateLimited];
+    /// `GET /v1/workflows/{name}`.
+    ShowWorkflowRefusals: [InvalidRequest, Unauthenticated, NotFound, Internal, Unavailable, RequestTimeout,
+        RateLimited];
+    /// `GET /v1/inbox`.
+    InboxListRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable,
+        RequestTimeout, RateLimited];
+    /// `POST /v1/inbox/{id}/claim`.
+    InboxClaimRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, InvalidTransition, BodyTooLarge,
+        IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout, RateLimited];
+    /// `POST /v1/inbox/{id}/resolve`.
+    InboxResolveRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost,
+        InvalidTransition, BodyTooLarge, IdempotencyConflict, RouteNotAllowed, LimitExceeded, Internal,
+        Unavailable, RequestTimeout, RateLimited];
+    /// `GET /v1/stuck`.
+    StuckRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable,
+        RequestTimeout, RateLimited];
     /// `GET /readyz`.
     ReadyRefusals: [Unavailable];
 }

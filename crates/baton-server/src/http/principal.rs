@@ -9,8 +9,9 @@
 //! read, and the extractor hands the live principal to the handler, which
 //! asks this module before it acts:
 //!
-//! - submit needs a submitter, operator or admin; cancel an operator or an
-//!   admin; the principal and token routes an admin (403 `forbidden`);
+//! - submit needs a submitter, operator or admin; cancel, the inbox, stuck
+//!   work and applying workflows an operator or an admin; the principal and
+//!   token routes an admin (403 `forbidden`);
 //! - claims (and `claim_next`) need an agent claiming from its stages, an
 //!   operator claiming from human stages (or its own), or an admin; otherwise
 //!   403 `forbidden`;
@@ -219,6 +220,17 @@ impl Principal {
         }
     }
 
+    /// The operators' calls (the inbox, stuck work, applying workflows):
+    /// operators and admins. With auth off everyone is trusted.
+    pub fn check_operator(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Authenticated(p) if !matches!(p.role, Role::Operator | Role::Admin) => {
+                Err(Self::role_refusal(p, what))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Principals and tokens: admins only. With auth off these routes do not
     /// serve at all: there is no directory to administer.
     pub fn check_admin(&self) -> Result<&auth::Principal, ApiError> {
@@ -347,11 +359,15 @@ impl Principal {
         };
         let task = &view.task;
         self.check_read(task)?;
-        if p.role == Role::Operator && !p.may_claim(&task.stage, auth.is_human(&task.stage)) {
-            return Err(forbidden(format!(
-                "principal {} may not work tasks in stage {}",
-                p.name, task.stage
-            )));
+        if p.role == Role::Operator {
+            // Human stages are the global ones and those the task's workflow declares.
+            let human = auth.is_human(&task.stage) || crate::http::inbox::is_human(state, task).await?;
+            if !p.may_claim(&task.stage, human) {
+                return Err(forbidden(format!(
+                    "principal {} may not work tasks in stage {}",
+                    p.name, task.stage
+                )));
+            }
         }
         // Refuse from the task as read, as the engine would: a linearizable
         // answer, and it pins the stage the route check below relies on.

@@ -1,5 +1,5 @@
 //! Task routes: submit, show, list, history, cancel, and the holder calls
-//! (heartbeat, handoff, complete, release, fail, spawn). Each handler turns a
+//! (heartbeat, handoff, complete, release, fail, spawn, abort). Each handler turns a
 //! wire request into one store call and the answer into wire types; the
 //! store's engine decides. Holder calls are fenced by `epoch` and may claim
 //! the agent's next tasks in the same transaction (`claim_next`).
@@ -52,7 +52,10 @@ pub async fn submit(
         (Some(stage), workflow) => (stage, workflow),
         (None, Some(workflow)) => (String::new(), Some(workflow)),
         (None, None) => {
-            return Err(ApiError::invalid("stage", "required: name the stage (or the workflow) to submit into"));
+            return Err(ApiError::invalid(
+                "stage",
+                "required: name the stage (or the workflow) to submit into",
+            ));
         }
     };
     let new = NewTask {
@@ -374,6 +377,35 @@ pub async fn spawn(
         })
         .collect();
     let action = Action::Spawn { children, join: JoinSpec { mode, within_ms } };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    act(&state, &principal, id, call, action, key).await
+}
+
+/// `POST /v1/tasks/{id}/abort`: abort the task's workflow (a saga).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/abort",
+    operation_id = "abort",
+    tag = "holder",
+    summary = "Abort the task's workflow: compensate the stages done, latest first, then cancel",
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
+    request_body = api::AbortRequest,
+    responses(
+        (status = 200, description = "The task after the call: blocked on its first compensation task, \
+            or cancelled when no stage done has one.", body = api::ActResponse),
+        HolderRefusals,
+    ),
+)]
+pub async fn abort(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    KeyedJson { body: req, key }: KeyedJson<api::AbortRequest>,
+) -> Result<Json<api::ActResponse>, ApiError> {
+    if req.reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason", "say why the workflow is aborted"));
+    }
+    let action = Action::Abort { reason: req.reason };
     let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
     act(&state, &principal, id, call, action, key).await
 }
