@@ -76,6 +76,7 @@ impl File {
             wait_ms_max: s.wait_ms_max.unwrap_or(base.wait_ms_max),
             claim_stages_max: s.claim_stages_max.unwrap_or(base.claim_stages_max),
             limits: self.limits.clone(),
+            policies: self.rules().policies,
             ..base
         }
     }

@@ -13,6 +13,7 @@ mod admin;
 mod config;
 mod duration;
 mod handoff;
+mod inbox;
 mod output;
 mod server;
 mod task;
@@ -73,11 +74,20 @@ enum Command {
         #[command(subcommand)]
         command: admin::TokenCommand,
     },
-    /// Check workflow files (offline; applying them to a server comes later).
+    /// Check workflow files offline, apply them to a server, show and list them.
     Workflow {
         #[command(subcommand)]
         command: workflow::WorkflowCommand,
     },
+    /// The human inbox: list, claim and resolve escalated tasks (operators).
+    Inbox {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: inbox::InboxCommand,
+    },
+    /// List stuck work: overdue timers, escalated tasks, passed deadlines (operators).
+    Stuck(inbox::StuckArgs),
     /// Print the version.
     Version,
 }
@@ -115,6 +125,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Principal { client, command } => admin::principal(&client, command).await,
         Command::Token { client, command } => admin::token(&client, command).await,
         Command::Workflow { command } => workflow::run(command).await,
+        Command::Inbox { client, command } => inbox::inbox(&client, command).await,
+        Command::Stuck(args) => inbox::stuck(args).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -245,6 +245,18 @@ fn task_text(t: &api::Task) -> String {
             format!("{mode}: {} of {} done, {} failed, until {}", j.done, j.children, j.failed, j.due_at),
         );
     }
+    if let Some(wf) = &t.workflow {
+        line("workflow", format!("{} v{}", wf.name, wf.version));
+    }
+    if !t.trail.is_empty() {
+        line("trail", t.trail.join(" -> "));
+    }
+    if t.deadline_passed {
+        line("overdue", "the deadline has passed".to_owned());
+    }
+    if t.compensation {
+        line("saga", "compensation task".to_owned());
+    }
     line("priority", t.priority.to_string());
     line("epoch", format!("{} (revision {}, attempts {})", t.epoch, t.revision, t.attempts));
     if let Some(d) = t.deadline {

@@ -74,6 +74,19 @@ pub enum TaskCommand {
     Fail(FailArgs),
     /// Split a task you hold into child tasks; it waits (blocked) for them.
     Spawn(SpawnArgs),
+    /// Abort the workflow of a task you hold: the stages done are compensated,
+    /// latest first, then the task is cancelled.
+    Abort(AbortArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AbortArgs {
+    id: api::TaskId,
+    #[command(flatten)]
+    lease: LeaseArgs,
+    /// Why; recorded in the history and given to the compensation tasks.
+    #[arg(long)]
+    reason: String,
 }
 
 /// Who holds the lease, and its epoch: shared by the holder calls.
@@ -141,9 +154,12 @@ pub struct SpawnArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
-    /// The stage to submit into.
+    /// The stage to submit into (with --workflow: its entry stage, or leave it out).
+    #[arg(long, required_unless_present = "workflow")]
+    stage: Option<String>,
+    /// Submit through this workflow (its latest version): the task starts in its entry stage.
     #[arg(long)]
-    stage: String,
+    workflow: Option<String>,
     /// The payload as JSON text; `@FILE` reads a file, `@-` standard input.
     #[arg(long, default_value = "{}")]
     payload: String,
@@ -248,8 +264,8 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
         TaskCommand::Submit(args) => {
             let payload = read_payload(&args.payload)?;
             let request = api::SubmitRequest {
-                stage: Some(args.stage),
-                workflow: None,
+                stage: args.stage,
+                workflow: args.workflow,
                 payload,
                 priority: args.priority,
                 deadline: args.deadline,
@@ -317,6 +333,14 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
                 claim_next: None,
             };
             out.act("handed off", &api.handoff(args.id, &request).await?)
+        }
+        TaskCommand::Abort(args) => {
+            let LeaseArgs { agent, epoch } = args.lease;
+            let api = match agent {
+                Some(agent) => api.with_agent(agent),
+                None => api,
+            };
+            out.act("aborted", &api.abort(args.id, epoch, &args.reason).await?)
         }
         TaskCommand::Heartbeat(args) => {
             let LeaseArgs { agent, epoch } = args.lease;

@@ -2,11 +2,19 @@
 //! file offline with `baton_api::parse_workflow`, against the global policies
 //! and limits of `--config FILE` (or the defaults a server starts with), and
 //! prints `ok: NAME (N stages, entry STAGE)`, or every error as
-//! `FILE:LINE:COLUMN: message` on stderr and exits 2. Commands that talk to a
-//! server (`apply`, `show`) are further `WorkflowCommand` variants taking the
-//! client flags; the file format and its checks live in baton-api.
+//! `FILE:LINE:COLUMN: message` on stderr and exits 2. `apply FILE` checks
+//! the file the same way first, then sends it (the server checks it again,
+//! against its own policies, and its errors are printed alike) and prints
+//! `applied NAME vN` or `unchanged NAME vN`; `show NAME [--version N]` prints
+//! a stored version as a workflow file (`--json`: the API's view), and `list`
+//! the latest version of each. The file format and its checks live in
+//! baton-api.
 
+use crate::output::Format;
+use crate::task::ClientArgs;
 use anyhow::Context;
+use baton_api as api;
+use baton_client::ErrorCode;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +22,32 @@ use std::path::{Path, PathBuf};
 pub enum WorkflowCommand {
     /// Check a workflow file offline: syntax, keys, durations, limits and the stage graph.
     Validate(ValidateArgs),
+    /// Apply a workflow file to a server: a new version unless the latest has this definition.
+    Apply {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The workflow file (TOML).
+        file: PathBuf,
+        /// Check against this server configuration's [limits] and [policies] before sending.
+        #[arg(long, env = "BATON_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print a workflow version as a workflow file (the latest unless --version).
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Print the API's JSON view (stages with policies in milliseconds) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workflows: the latest version of each.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +79,69 @@ impl std::error::Error for Invalid {}
 pub async fn run(command: WorkflowCommand) -> anyhow::Result<()> {
     match command {
         WorkflowCommand::Validate(args) => validate(&args),
+        WorkflowCommand::Apply { client, file, config } => apply(&client, &file, config.as_deref()).await,
+        WorkflowCommand::Show { client, name, version, json } => {
+            let view = client.connect()?.workflow(&name, version).await?;
+            if json || client.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", view.source);
+            }
+            Ok(())
+        }
+        WorkflowCommand::List { client } => {
+            let all = client.connect()?.workflows().await?;
+            if client.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&api::WorkflowList { workflows: all })?);
+                return Ok(());
+            }
+            if all.is_empty() {
+                println!("no workflows");
+            }
+            for wf in &all {
+                let plural = if wf.stages.len() == 1 { "" } else { "s" };
+                println!(
+                    "{} v{}  entry {}  {} stage{plural}",
+                    wf.name,
+                    wf.version,
+                    wf.entry,
+                    wf.stages.len()
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// Checks the file locally, then applies it; the server's own refusal of the
+/// file is printed like a local one.
+async fn apply(client: &ClientArgs, file: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let rules = crate::config::File::load(config)?.rules();
+    load(file, &rules)?;
+    let source = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the workflow file {}", file.display()))?;
+    let applied = match client.connect()?.apply_workflow(&source).await {
+        Ok(applied) => applied,
+        Err(baton_client::Error::Refused { body, .. })
+            if body.error_code() == Some(ErrorCode::InvalidWorkflow) =>
+        {
+            let errors: Vec<api::WorkflowFileError> =
+                serde_json::from_value(body.details["errors"].clone()).unwrap_or_default();
+            for error in &errors {
+                eprintln!("{}:{error}", file.display());
+            }
+            eprintln!("the server refused the file: {}", body.message);
+            return Err(Invalid { file: file.to_owned(), errors: errors.len().max(1) }.into());
+        }
+        Err(other) => return Err(other.into()),
+    };
+    if client.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&applied)?);
+    } else {
+        let verb = if applied.created { "applied" } else { "unchanged" };
+        println!("{verb} {} v{}", applied.workflow.name, applied.workflow.version);
+    }
+    Ok(())
 }
 
 fn validate(args: &ValidateArgs) -> anyhow::Result<()> {

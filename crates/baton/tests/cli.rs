@@ -16,6 +16,8 @@
 
 #[path = "cli/auth.rs"]
 mod auth;
+#[path = "cli/operator.rs"]
+mod operator;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/stale.rs"]
