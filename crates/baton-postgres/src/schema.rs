@@ -97,9 +97,18 @@ async fn migrate_locked(client: &Client, options: &PostgresOptions) -> Result<Sc
     if found > SCHEMA_VERSION {
         return Err(OpenError::TooNew { found, supported: SCHEMA_VERSION });
     }
+    // Created when missing (checked first: IF NOT EXISTS alone logs a notice).
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass('schema_migrations')::text", &[])
+        .await
+        .map_err(sql("reading"))?
+        .get(0);
+    if table.is_some() {
+        return apply(client, options, found).await;
+    }
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "CREATE TABLE schema_migrations (
                  version    integer     NOT NULL PRIMARY KEY,
                  name       text        NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
@@ -107,6 +116,11 @@ async fn migrate_locked(client: &Client, options: &PostgresOptions) -> Result<Sc
         )
         .await
         .map_err(sql("creating schema_migrations"))?;
+    apply(client, options, found).await
+}
+
+/// Applies the migrations after `found`, each in its own transaction.
+async fn apply(client: &Client, options: &PostgresOptions, found: u32) -> Result<SchemaStatus, OpenError> {
     for number in found + 1..=SCHEMA_VERSION {
         let (name, text) = MIGRATIONS[number as usize - 1];
         let apply = async {

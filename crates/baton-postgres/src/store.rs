@@ -87,7 +87,10 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|source| OpenError::Thread { what: "runtime", source })?;
-        let handle = runtime.handle().clone();
+        // On an early return the runtime is shut down in the background:
+        // dropping it plainly panics when `open` is called from async code.
+        let runtime = RuntimeGuard(Some(runtime));
+        let handle = runtime.handle();
         let setup = {
             let options = options.clone();
             async move {
@@ -148,7 +151,7 @@ impl PostgresStore {
             options,
             queue: RwLock::new(Some(queue)),
             writer: Mutex::new(Some(writer)),
-            runtime: Mutex::new(Some(runtime)),
+            runtime: Mutex::new(runtime.take()),
             handle,
             pool,
             counters,
@@ -280,6 +283,30 @@ impl PostgresStore {
             pick(done.await?)
                 .ok_or_else(|| Error::Unavailable("internal error: an answer went astray".into()))
         })
+    }
+}
+
+/// Owns the store's runtime until `open` succeeds.
+struct RuntimeGuard(Option<Runtime>);
+
+impl RuntimeGuard {
+    fn handle(&self) -> Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => unreachable!("the guard holds the runtime until open returns"),
+        }
+    }
+
+    fn take(mut self) -> Option<Runtime> {
+        self.0.take()
+    }
+}
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod admin;
 mod config;
+mod db;
 mod duration;
 mod handoff;
 mod inbox;
@@ -39,6 +40,11 @@ enum Command {
     Dev(server::DevArgs),
     /// Run Baton on a database with authentication on (bearer tokens).
     Serve(server::ServeArgs),
+    /// Migrate or check a database's schema (`baton db migrate|check --database-url ...`).
+    Db {
+        #[command(subcommand)]
+        command: db::DbCommand,
+    },
     /// Submit, claim, inspect and finish tasks on a running server.
     Task {
         #[command(flatten)]
@@ -119,6 +125,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args).await,
+        Command::Db { command } => db::run(command).await,
         Command::Task { client, command } => task::run(&client, command).await,
         Command::Handoff { client, command } => handoff::run(&client, command).await,
         Command::Agent { client, command } => admin::agent(&client, command).await,

@@ -1,6 +1,10 @@
-//! `baton dev` and `baton serve`: open the SQLite store, bind the listener,
-//! print where the API is, and run `baton_server::serve` until Ctrl-C or
-//! SIGTERM, then close the store (the writer drains and exits).
+//! `baton dev` and `baton serve`: open the store, bind the listener, print
+//! where the API is, and run `baton_server::serve` until Ctrl-C or SIGTERM,
+//! then close the store (the writer drains and exits). `baton dev` always
+//! runs on SQLite; `baton serve` picks the store from its database URL:
+//! `sqlite://PATH` (or `--data-dir DIR`) for the embedded store,
+//! `postgres://...` for PostgreSQL, where any number of `baton serve`
+//! replicas may share one database (and schema).
 //!
 //! `baton dev` runs with auth off and refuses any address that is not
 //! loopback (SPEC section 7: no auth, no network). `baton serve` runs with
@@ -9,7 +13,10 @@
 //! principal `admin` and prints its token once on stdout.
 
 use anyhow::{Context, bail};
+use baton_core::Store;
+use baton_core::auth::Directory;
 use baton_core::{Clock, SystemClock};
+use baton_postgres::{PostgresOptions, PostgresStore};
 use baton_server::{AuthMode, Config, Options, ReadyHub};
 use baton_sqlite::{SqliteOptions, SqliteStore};
 use std::net::SocketAddr;
@@ -35,9 +42,17 @@ pub struct DevArgs {
 /// `baton serve`: the server on a given database.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Where the data lives: `sqlite://PATH` (PostgreSQL comes later).
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    /// Where the data lives: `postgres://USER@HOST:PORT/DB` (replicas may
+    /// share it) or `sqlite://PATH`. `DATABASE_URL` is read when neither this
+    /// flag nor `BATON_DATABASE_URL` is set.
+    #[arg(long, env = "BATON_DATABASE_URL")]
+    database_url: Option<String>,
+    /// SQLite in this directory (`DIR/baton.db`), as `baton dev` keeps it;
+    /// instead of `--database-url`.
+    #[arg(long, env = "BATON_DATA_DIR", conflicts_with = "database_url")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    postgres: PostgresArgs,
     /// Address to listen on. Authentication is on, so any address will do;
     /// put a TLS-terminating proxy in front of a non-loopback one.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7707")]
@@ -46,6 +61,67 @@ pub struct ServeArgs {
     /// (docs/reference/limits.md names every key).
     #[arg(long, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
+}
+
+/// PostgreSQL settings of `baton serve` and `baton db`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostgresArgs {
+    /// The PostgreSQL schema Baton's tables live in (created if missing);
+    /// replicas of one deployment name the same one. Default: the URL's
+    /// `search_path`, else `public`.
+    #[arg(long, env = "BATON_DATABASE_SCHEMA")]
+    pub schema: Option<String>,
+    /// How long a replica's singleton duties (the purge of expired request
+    /// records) last without renewal: a dead replica's duty moves after this.
+    #[arg(long, env = "BATON_DUTY_LEASE", default_value = "30s", value_parser = crate::duration::parse_ms)]
+    pub duty_lease: u64,
+}
+
+impl PostgresArgs {
+    /// Store options for `url`.
+    pub fn options(&self, url: &str) -> anyhow::Result<PostgresOptions> {
+        let mut options =
+            PostgresOptions::new(url).with_context(|| format!("--database-url {}", redact(url)))?;
+        if let Some(schema) = &self.schema {
+            options = options.schema(schema.clone());
+        }
+        Ok(options.duty_lease(std::time::Duration::from_millis(self.duty_lease.max(1))))
+    }
+}
+
+/// Where a server keeps its data.
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Database {
+    /// The database of `--database-url` (or `BATON_DATABASE_URL`, then
+    /// `DATABASE_URL`) or `--data-dir`.
+    pub fn from_args(url: Option<&str>, data_dir: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(dir) = data_dir {
+            return Ok(Self::Sqlite(dir.join("baton.db")));
+        }
+        let from_env = std::env::var("DATABASE_URL").ok();
+        let Some(url) = url.or(from_env.as_deref()) else {
+            bail!(
+                "name the database: --database-url postgres://USER@HOST:PORT/DB or sqlite://PATH \
+                 (or BATON_DATABASE_URL), or --data-dir DIR"
+            );
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        sqlite_path(url).map(Self::Sqlite)
+    }
+}
+
+/// A URL for logs and messages, without its password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}@{host}")
 }
 
 /// Whether a run authenticates its callers.
@@ -60,38 +136,74 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let file = crate::config::File::load(args.config.as_deref())?;
-    run(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off, file).await
+    run_sqlite(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off, file).await
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let path = sqlite_path(&args.database_url)?;
+    let database = Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())?;
     let file = crate::config::File::load(args.config.as_deref())?;
-    run(&path, args.listen, "serve", Auth::Tokens, file).await
+    match database {
+        Database::Sqlite(path) => run_sqlite(&path, args.listen, "serve", Auth::Tokens, file).await,
+        Database::Postgres(url) => {
+            let rules = file.rules();
+            let hub = Arc::new(ReadyHub::new());
+            let options = args.postgres.options(&url)?.rules(rules).listener(hub.clone());
+            let store = PostgresStore::open(options)
+                .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
+            let store = Arc::new(store);
+            let described =
+                format!("{} (schema {}, replica {})", redact(&url), store.schema(), store.replica());
+            let closing = store.clone();
+            run(store, hub, &described, args.listen, "serve", Auth::Tokens, file, move || closing.close())
+                .await
+        }
+    }
 }
 
-async fn run(
+async fn run_sqlite(
     db: &Path,
     listen: SocketAddr,
     mode: &str,
     auth: Auth,
     file: crate::config::File,
 ) -> anyhow::Result<()> {
+    let hub = Arc::new(ReadyHub::new());
+    let options = SqliteOptions::default().rules(file.rules()).listener(hub.clone());
+    let store = SqliteStore::open(db, options)
+        .with_context(|| format!("cannot open the database {}", db.display()))?;
+    let store = Arc::new(store);
+    let closing = store.clone();
+    run(store, hub, &db.display().to_string(), listen, mode, auth, file, move || closing.close()).await
+}
+
+/// Serves `store` until a shutdown signal, then calls `close`.
+#[allow(clippy::too_many_arguments)] // one call per store kind; a struct would only rename them
+async fn run<S: Store + Directory>(
+    store: Arc<S>,
+    hub: Arc<ReadyHub>,
+    db: &str,
+    listen: SocketAddr,
+    mode: &str,
+    auth: Auth,
+    file: crate::config::File,
+    close: impl FnOnce(),
+) -> anyhow::Result<()> {
     // Checked again here, so no path can start without auth off loopback.
     if auth == Auth::Off {
         refuse_non_loopback(listen, &format!("baton {mode}"))?;
     }
     let rules = file.rules();
-    let hub = Arc::new(ReadyHub::new());
-    let store = SqliteStore::open(db, SqliteOptions::default().rules(rules.clone()).listener(hub.clone()))
-        .with_context(|| format!("cannot open the database {}", db.display()))?;
-    let store = Arc::new(store);
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr().context("the listener has no address")?;
     let first_token = match auth {
         Auth::Off => None,
-        Auth::Tokens => baton_server::auth::bootstrap_admin(&*store, SystemClock.now())
-            .await
-            .context("cannot create the first admin")?,
+        Auth::Tokens => match baton_server::auth::bootstrap_admin(&*store, SystemClock.now()).await {
+            Ok(token) => token,
+            // Replicas starting together on an empty database: another one
+            // created the admin between our look and our write.
+            Err(baton_server::auth::BootstrapError::Store(baton_core::Error::Rejected(_))) => None,
+            Err(error) => return Err(error).context("cannot create the first admin"),
+        },
     };
     let auth_mode = match auth {
         Auth::Off => AuthMode::Off,
@@ -109,7 +221,7 @@ async fn run(
     println!("  API docs:  http://{bound}/docs  (OpenAPI: http://{bound}/openapi.json)");
     println!("  health:    http://{bound}/healthz");
     println!("  readiness: http://{bound}/readyz");
-    println!("  database:  {}", db.display());
+    println!("  database:  {db}");
     if let Some(token) = &first_token {
         println!(
             "Created the admin principal {:?}. Its token, shown this once (it will not be shown again):",
@@ -119,10 +231,10 @@ async fn run(
         println!("  Use it as BATON_TOKEN for `baton agent add`, `baton token create` and the API.");
     }
     println!("Press Ctrl-C to stop.");
-    tracing::info!(address = %bound, database = %db.display(), "listening");
+    tracing::info!(address = %bound, database = %db, "listening");
 
     baton_server::serve(config, listener, shutdown_signal()).await.context("the server failed")?;
-    store.close();
+    close();
     tracing::info!("stopped");
     Ok(())
 }
@@ -175,8 +287,9 @@ fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
         }
         return Ok(PathBuf::from(path));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("PostgreSQL is not supported yet; use --database-url sqlite://PATH");
-    }
-    bail!("--database-url {url:?} is not understood; write sqlite://PATH, e.g. sqlite://./baton.db")
+    bail!(
+        "--database-url {:?} is not understood; write postgres://USER@HOST:PORT/DB or sqlite://PATH, \
+         e.g. sqlite://./baton.db",
+        redact(url)
+    )
 }

@@ -20,6 +20,8 @@ mod auth;
 mod operator;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
+#[path = "cli/postgres.rs"]
+mod postgres;
 #[path = "cli/stale.rs"]
 mod stale;
 #[path = "cli/support.rs"]
@@ -237,8 +239,8 @@ fn commands_that_must_not_start_say_why() {
     assert_eq!(out.trim(), format!("baton {}", env!("CARGO_PKG_VERSION")));
     let (_, err) = check(dir, &["dev", "--listen", "0.0.0.0:0"], 1);
     assert!(err.contains("loopback"), "{err}");
-    let (_, err) = check(dir, &["serve", "--database-url", "postgres://localhost/baton"], 1);
-    assert!(err.contains("PostgreSQL is not supported yet"), "{err}");
+    let (_, err) = check(dir, &["serve", "--database-url", "postgres://127.0.0.1:1/baton"], 1);
+    assert!(err.contains("cannot open the PostgreSQL store"), "{err}");
     let (_, err) = check(dir, &["serve", "--database-url", "sqlite://"], 1);
     assert!(err.contains("names no file"), "{err}");
     let (_, err) = check(dir, &["serve", "--database-url", "mysql://x"], 1);

@@ -1,0 +1,88 @@
+//! `baton db migrate|check`: the schema of a database, without serving it.
+//! `migrate` brings a PostgreSQL schema to this binary's version (under the
+//! migration lock, so it is safe while replicas start); `check` reports the
+//! version found against this binary's and exits non-zero when the database
+//! is behind (run `migrate`) or ahead (run a newer baton). A SQLite file is
+//! checked and migrated whenever baton opens it, so `migrate` opens and
+//! closes it, and `check` is for PostgreSQL.
+
+use crate::server::{Database, PostgresArgs, redact};
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DbCommand {
+    /// Apply the migrations this binary has and the database lacks.
+    Migrate(DbArgs),
+    /// Report the schema version; exit 1 unless it matches this binary's.
+    Check(DbArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DbArgs {
+    /// `postgres://USER@HOST:PORT/DB` or `sqlite://PATH` (as `baton serve`).
+    #[arg(long, env = "BATON_DATABASE_URL")]
+    database_url: Option<String>,
+    /// SQLite in this directory (`DIR/baton.db`).
+    #[arg(long, env = "BATON_DATA_DIR", conflicts_with = "database_url")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    postgres: PostgresArgs,
+}
+
+pub async fn run(command: DbCommand) -> anyhow::Result<()> {
+    let (args, migrate) = match &command {
+        DbCommand::Migrate(args) => (args, true),
+        DbCommand::Check(args) => (args, false),
+    };
+    match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
+        Database::Postgres(url) => {
+            let options = args.postgres.options(&url)?;
+            let where_ =
+                format!("{} (schema {})", redact(&url), options.schema.as_deref().unwrap_or("default"));
+            let status = if migrate {
+                baton_postgres::migrate(&options).await
+            } else {
+                baton_postgres::check(&options).await
+            }
+            .with_context(|| format!("on {where_}"))?;
+            let verdict = report(status.found, status.supported);
+            println!(
+                "{where_}: schema version {} (this binary: {}): {verdict}",
+                status.found, status.supported
+            );
+            match status.found.cmp(&status.supported) {
+                std::cmp::Ordering::Equal => Ok(()),
+                std::cmp::Ordering::Less => {
+                    bail!("the database is behind this binary: run `baton db migrate`")
+                }
+                std::cmp::Ordering::Greater => {
+                    bail!("the database is ahead of this binary: run a newer baton")
+                }
+            }
+        }
+        Database::Sqlite(path) => {
+            if !migrate {
+                bail!(
+                    "`baton db check` reads PostgreSQL schemas; a SQLite file is checked and migrated \\
+                     whenever baton opens it (`baton db migrate --database-url sqlite://{}`)",
+                    path.display()
+                );
+            }
+            let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
+                .with_context(|| format!("cannot open the database {}", path.display()))?;
+            store.close();
+            let version = baton_sqlite::SCHEMA_VERSION;
+            println!("{}: schema version {version} (this binary: {version}): current", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn report(found: u32, supported: u32) -> &'static str {
+    match found.cmp(&supported) {
+        std::cmp::Ordering::Equal => "current",
+        std::cmp::Ordering::Less => "behind",
+        std::cmp::Ordering::Greater => "ahead",
+    }
+}
