@@ -14,7 +14,7 @@ use crate::decide::{Change, Env, decide_in, submit_in as decide_submit};
 use crate::event::{Event, EventKind, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::limits::Limits;
-use crate::metrics::{Counts, Observation, Rollup, RollupKey};
+use crate::metrics::{Anomaly, Counts, Observation, Rollup, RollupKey};
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
@@ -107,6 +107,12 @@ pub trait Tx {
     fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), Self::Error>;
     /// Deletes up to `limit` rollups of buckets before `before`; returns how many.
     fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, Self::Error>;
+    /// Stores a new anomaly; the store numbers it.
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), Self::Error>;
+    /// Anomaly `id`, if it exists.
+    fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, Self::Error>;
+    /// Replaces anomaly `id` (to record its acknowledgement).
+    fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), Self::Error>;
     /// The record of a keyed request by (principal, key), expired or not: the
     /// engine judges its age against `request_key_ttl_ms`.
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, Self::Error>;
@@ -224,6 +230,21 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
         Op::MergeRollups(rollups) => {
             merge_rollups(tx, rollups, cx)?;
             OpOutcome::MergeRollups
+        }
+        Op::RaiseAnomaly(anomaly) => {
+            st(tx.put_anomaly(anomaly))?;
+            st(tx.put_notice(&Notice::Anomaly { anomaly: anomaly.clone() }))?;
+            OpOutcome::RaiseAnomaly
+        }
+        Op::AckAnomaly { id, by } => {
+            let mut anomaly = st(tx.anomaly(*id))?.ok_or_else(|| {
+                Rejection::invalid("id", format!("no anomaly {id}: list them with `baton alerts`"))
+            })?;
+            if anomaly.acked.is_none() {
+                anomaly.acked = Some((by.clone(), cx.now));
+                st(tx.update_anomaly(*id, &anomaly))?;
+            }
+            OpOutcome::AckAnomaly(anomaly)
         }
         Op::PurgeRollups { before } => {
             OpOutcome::PurgeRollups(st(tx.purge_rollups(*before, cx.rules.limits.sweep_batch_max))?)

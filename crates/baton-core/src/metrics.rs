@@ -192,6 +192,24 @@ pub struct Rollup {
     pub counts: Counts,
 }
 
+/// A window of a rollup key that departed from its learnt baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anomaly {
+    pub key: RollupKey,
+    /// What departed: `accept_latency`, `wait`, `backlog_growth`, `success_rate`...
+    pub metric: String,
+    pub window_start: Millis,
+    pub window_end: Millis,
+    pub baseline: f64,
+    pub observed: f64,
+    pub message: String,
+    pub raised_at: Millis,
+    /// Who acknowledged it and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<(String, Millis)>,
+}
+
 /// The start of the bucket `at` falls in.
 pub fn bucket_of(at: Millis) -> Millis {
     at.div_euclid(BUCKET_MS) * BUCKET_MS

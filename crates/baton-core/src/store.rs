@@ -6,7 +6,7 @@
 use crate::command::{Action, NewTask};
 use crate::event::{Actor, Event, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
-use crate::metrics::{Observation, Rollup};
+use crate::metrics::{Anomaly, Observation, Rollup};
 use crate::rejection::Rejection;
 use crate::task::{StateName, Task};
 use crate::workflow::Workflow;
@@ -72,30 +72,38 @@ pub trait Store: Send + Sync + 'static {
     /// The stored rollups of buckets in `from..to`, by bucket then key, at
     /// most `limit`.
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>>;
+    /// Up to `limit` anomalies with ids after `after`, in order; only those
+    /// not acknowledged when `open_only`.
+    fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>>;
 }
 
 /// Something a custodian or an operator must hear about, written in the same
 /// transaction as the change it reports (an outbox): webhooks deliver these.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Notice {
     /// A handoff reached its outcome (accepted, rerouted, escalated, cancelled).
     Handoff { handoff: Handoff },
     /// An escalation (or a passed deadline) raised an alert.
     Alert { alert: Alert },
+    /// Anomaly detection flagged a window.
+    Anomaly { anomaly: Anomaly },
 }
 
 impl Notice {
-    pub fn task(&self) -> TaskId {
+    /// The task the notice is about; `None` for an anomaly.
+    pub fn task(&self) -> Option<TaskId> {
         match self {
-            Self::Handoff { handoff } => handoff.task,
-            Self::Alert { alert } => alert.task,
+            Self::Handoff { handoff } => Some(handoff.task),
+            Self::Alert { alert } => Some(alert.task),
+            Self::Anomaly { .. } => None,
         }
     }
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Handoff { .. } => "handoff",
             Self::Alert { .. } => "alert",
+            Self::Anomaly { .. } => "anomaly",
         }
     }
 }
@@ -158,6 +166,13 @@ pub enum Op {
     PurgeRollups {
         before: Millis,
     },
+    /// Store an anomaly (and its outbox notice).
+    RaiseAnomaly(Anomaly),
+    /// Acknowledge anomaly `id`.
+    AckAnomaly {
+        id: u64,
+        by: String,
+    },
 }
 
 /// What an `Op` produced, one variant per operation. Stored as the record
@@ -173,6 +188,9 @@ pub enum OpOutcome {
     RecordDelivery,
     MergeRollups,
     PurgeRollups(usize),
+    RaiseAnomaly,
+    /// The anomaly as acknowledged.
+    AckAnomaly(Anomaly),
 }
 
 impl OpOutcome {

@@ -16,7 +16,7 @@ CREATE TABLE workflows (
 -- deliveries read it in order.
 CREATE TABLE notices (
     id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    task uuid   NOT NULL REFERENCES tasks (id),
+    task uuid            REFERENCES tasks (id),  -- NULL: not about one task (an anomaly)
     body text   NOT NULL
 );
 

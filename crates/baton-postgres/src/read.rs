@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
-use baton_core::metrics::Rollup;
+use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{Alert, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
@@ -247,6 +247,30 @@ pub(crate) async fn rollups(
             key: serde_json::from_str(&key)?,
             counts: serde_json::from_str(&body)?,
         });
+    }
+    Ok(out)
+}
+
+/// Anomalies after `after`, in order, only open ones when `open_only`.
+pub(crate) async fn anomalies(
+    pool: Pool,
+    after: u64,
+    limit: usize,
+    open_only: bool,
+) -> Result<Vec<(u64, Anomaly)>, StoreError> {
+    let c = conn(&pool).await?;
+    let sql = if open_only {
+        "SELECT id, body FROM anomalies WHERE open AND id > $1 ORDER BY id LIMIT $2"
+    } else {
+        "SELECT id, body FROM anomalies WHERE id > $1 ORDER BY id LIMIT $2"
+    };
+    let st = c.prepare_cached(sql).await?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for row in c.query(&st, &[&after, &limit]).await? {
+        let id: i64 = row.try_get(0)?;
+        out.push((id.unsigned_abs(), json(&row, 1)?));
     }
     Ok(out)
 }

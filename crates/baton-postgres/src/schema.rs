@@ -16,6 +16,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0003_requests", include_str!("../migrations/0003_requests.sql")),
     ("0004_workflows", include_str!("../migrations/0004_workflows.sql")),
     ("0005_rollups", include_str!("../migrations/0005_rollups.sql")),
+    ("0006_anomalies", include_str!("../migrations/0006_anomalies.sql")),
 ];
 
 /// The schema version this binary writes and understands.

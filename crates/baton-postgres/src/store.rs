@@ -14,7 +14,7 @@ use crate::options::PostgresOptions;
 use crate::read;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
-use baton_core::metrics::Rollup;
+use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
@@ -426,6 +426,10 @@ impl Store for PostgresStore {
 
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
         self.read(read::rollups(self.pool.clone(), from, to, limit))
+    }
+
+    fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
+        self.read(read::anomalies(self.pool.clone(), after, limit, open_only))
     }
 }
 

@@ -18,7 +18,7 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, int, json, limit, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
-use baton_core::metrics::{Counts, Rollup, RollupKey};
+use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
@@ -56,6 +56,9 @@ const ROLLUP_LOCK: &str = "SELECT body FROM rollups WHERE bucket = $1 AND key = 
 const PUT_ROLLUP: &str = "UPDATE rollups SET body = $3 WHERE bucket = $1 AND key = $2";
 const PURGE_ROLLUPS: &str = "DELETE FROM rollups WHERE (bucket, key) IN \
                              (SELECT bucket, key FROM rollups WHERE bucket < $1 ORDER BY bucket LIMIT $2)";
+const PUT_ANOMALY: &str = "INSERT INTO anomalies (open, body) VALUES ($1, $2)";
+const ANOMALY: &str = "SELECT body FROM anomalies WHERE id = $1 FOR UPDATE";
+const UPDATE_ANOMALY: &str = "UPDATE anomalies SET open = $2, body = $3 WHERE id = $1";
 const PUT_WORKFLOW: &str = "INSERT INTO workflows (name, version, body) VALUES ($1, $2, $3)";
 pub(crate) const WORKFLOW_VERSION: &str = "SELECT body FROM workflows WHERE name = $1 AND version = $2";
 pub(crate) const WORKFLOW_LATEST: &str =
@@ -317,7 +320,7 @@ impl Tx for PgTx<'_> {
 
     fn put_notice(&mut self, notice: &Notice) -> Result<(), StoreError> {
         let body = serde_json::to_string(notice)?;
-        self.execute(PUT_NOTICE, &[&notice.task().0, &body])?;
+        self.execute(PUT_NOTICE, &[&notice.task().map(|t| t.0), &body])?;
         Ok(())
     }
 
@@ -371,6 +374,24 @@ impl Tx for PgTx<'_> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let n = self.execute(PURGE_ROLLUPS, &[&before, &limit])?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), StoreError> {
+        let body = serde_json::to_string(anomaly)?;
+        self.execute(PUT_ANOMALY, &[&anomaly.acked.is_none(), &body])?;
+        Ok(())
+    }
+
+    fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, StoreError> {
+        let id = int(id)?;
+        let Some(row) = self.query_opt(ANOMALY, &[&id])? else { return Ok(None) };
+        Ok(Some(json(&row, 0)?))
+    }
+
+    fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), StoreError> {
+        let body = serde_json::to_string(anomaly)?;
+        self.execute(UPDATE_ANOMALY, &[&int(id)?, &anomaly.acked.is_none(), &body])?;
+        Ok(())
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

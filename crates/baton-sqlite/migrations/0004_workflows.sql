@@ -14,7 +14,7 @@ CREATE TABLE workflows (
 -- deliveries read it in order.
 CREATE TABLE notices (
     id   INTEGER PRIMARY KEY,
-    task BLOB    NOT NULL REFERENCES tasks (id),
+    task BLOB             REFERENCES tasks (id),  -- NULL: not about one task (an anomaly)
     body TEXT    NOT NULL
 );
 

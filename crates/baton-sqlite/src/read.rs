@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
-use baton_core::metrics::Rollup;
+use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
     Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView, Workflow,
@@ -272,4 +272,19 @@ pub(crate) fn rollups(
         });
     }
     Ok(out)
+}
+
+/// Anomalies after `after`, in order, only open ones when `open_only`.
+pub(crate) fn anomalies(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+    open_only: bool,
+) -> Result<Vec<(u64, Anomaly)>, StoreError> {
+    let sql = if open_only {
+        "SELECT id, body FROM anomalies WHERE open = 1 AND id > ?1 ORDER BY id LIMIT ?2"
+    } else {
+        "SELECT id, body FROM anomalies WHERE id > ?1 ORDER BY id LIMIT ?2"
+    };
+    sequence(conn, sql, after, limit)
 }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_requests.sql"),
     include_str!("../migrations/0004_workflows.sql"),
     include_str!("../migrations/0005_rollups.sql"),
+    include_str!("../migrations/0006_anomalies.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -13,7 +13,7 @@ use crate::schema::open_writer;
 use crate::tx::WorkflowCache;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
-use baton_core::metrics::Rollup;
+use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
@@ -265,6 +265,11 @@ impl Store for SqliteStore {
 
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
         Box::pin(async move { self.reads.with(|c| read::rollups(c, from, to, limit)) })
+    }
+
+    fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
+        let limit = limit.clamp(1, self.page_size_max.max(1));
+        Box::pin(async move { self.reads.with(|c| read::anomalies(c, after, limit, open_only)) })
     }
 
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {

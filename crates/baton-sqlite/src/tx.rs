@@ -6,7 +6,7 @@
 use crate::error::StoreError;
 use crate::rows::{Columns, Indexed, UPDATE_COLUMNS, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
-use baton_core::metrics::{Counts, Rollup, RollupKey};
+use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
@@ -214,7 +214,7 @@ impl Tx for WriteTx<'_> {
         let body = serde_json::to_string(notice)?;
         self.conn
             .prepare_cached("INSERT INTO notices (task, body) VALUES (?1, ?2)")?
-            .execute(params![notice.task().0.as_bytes(), body])?;
+            .execute(params![notice.task().map(|t| t.0.as_bytes().to_vec()), body])?;
         Ok(())
     }
 
@@ -282,6 +282,30 @@ impl Tx for WriteTx<'_> {
             )?
             .execute(params![before, int(limit as u64)?])?;
         Ok(n)
+    }
+
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(anomaly)?;
+        self.conn
+            .prepare_cached("INSERT INTO anomalies (open, body) VALUES (?1, ?2)")?
+            .execute(params![i64::from(anomaly.acked.is_none()), body])?;
+        Ok(())
+    }
+
+    fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT body FROM anomalies WHERE id = ?1")?;
+        let body: Option<String> = st.query_row([int(id)?], |r| r.get(0)).optional()?;
+        body.map(|b| serde_json::from_str(&b)).transpose().map_err(Into::into)
+    }
+
+    fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(anomaly)?;
+        self.conn
+            .prepare_cached("UPDATE anomalies SET open = ?2, body = ?3 WHERE id = ?1")?
+            .execute(params![int(id)?, i64::from(anomaly.acked.is_none()), body])?;
+        Ok(())
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

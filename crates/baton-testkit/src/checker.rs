@@ -523,6 +523,14 @@ mod tests {
         ) -> baton_core::StoreFuture<'_, Vec<baton_core::metrics::Rollup>> {
             self.inner.rollups(from, to, limit)
         }
+        fn anomalies(
+            &self,
+            after: u64,
+            limit: usize,
+            open_only: bool,
+        ) -> baton_core::StoreFuture<'_, Vec<(u64, baton_core::metrics::Anomaly)>> {
+            self.inner.anomalies(after, limit, open_only)
+        }
         fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
             let mut view = block_on(self.inner.get(task)).expect("memory get");
             if let Some(v) = &mut view {

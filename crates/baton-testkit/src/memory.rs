@@ -12,7 +12,7 @@ use baton_core::Rejection;
 use baton_core::Workflow;
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
-use baton_core::metrics::{Counts, Rollup, RollupKey};
+use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
@@ -57,6 +57,8 @@ struct State {
     deliveries: Vec<Delivery>,
     /// Metric rollups by (bucket, key).
     rollups: BTreeMap<(Millis, RollupKey), Counts>,
+    /// Anomalies in order (id = index + 1).
+    anomalies: Vec<Anomaly>,
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
@@ -292,6 +294,16 @@ impl Store for MemoryStore {
         })))
     }
 
+    fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
+        answer(Ok(self.read(|s| {
+            numbered(&s.anomalies, after, usize::MAX)
+                .into_iter()
+                .filter(|(_, a)| !open_only || a.acked.is_none())
+                .take(limit)
+                .collect()
+        })))
+    }
+
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
         answer(Ok(self.read(|s| {
             s.deliveries
@@ -356,6 +368,10 @@ enum Undo {
     Delivery,
     /// A rollup was put or purged: restore what was there before.
     Rollup((Millis, RollupKey), Option<Counts>),
+    /// An anomaly was stored: pop it.
+    AnomalyAdded,
+    /// An anomaly was replaced: put the old one back.
+    AnomalyUpdated(usize, Box<Anomaly>),
 }
 
 impl<'s> MemTx<'s> {
@@ -406,6 +422,10 @@ impl<'s> MemTx<'s> {
                 Undo::Delivery => {
                     self.state.deliveries.pop();
                 }
+                Undo::AnomalyAdded => {
+                    self.state.anomalies.pop();
+                }
+                Undo::AnomalyUpdated(i, old) => self.state.anomalies[i] = *old,
                 Undo::Rollup(key, before) => match before {
                     Some(counts) => {
                         self.state.rollups.insert(key, counts);
@@ -595,6 +615,30 @@ impl Tx for MemTx<'_> {
             self.undo.push(Undo::Rollup(key.clone(), counts));
         }
         Ok(old.len())
+    }
+
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), MemError> {
+        self.write_allowed()?;
+        self.state.anomalies.push(anomaly.clone());
+        self.undo.push(Undo::AnomalyAdded);
+        Ok(())
+    }
+
+    fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, MemError> {
+        let i = usize::try_from(id).unwrap_or(usize::MAX);
+        Ok(i.checked_sub(1).and_then(|i| self.state.anomalies.get(i)).cloned())
+    }
+
+    fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let i = usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .filter(|i| *i < self.state.anomalies.len());
+        let i = i.ok_or_else(|| MemError(format!("no anomaly {id}")))?;
+        let old = std::mem::replace(&mut self.state.anomalies[i], anomaly.clone());
+        self.undo.push(Undo::AnomalyUpdated(i, Box::new(old)));
+        Ok(())
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, MemError> {

@@ -166,6 +166,7 @@ macro_rules! store_suite {
             workflow_children_share_the_version_and_any_joins,
             observations_follow_each_commit_and_roll_up,
             rollups_merge_and_read_by_window,
+            anomalies_are_stored_listed_and_acknowledged,
         );
     };
 }

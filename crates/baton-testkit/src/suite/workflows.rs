@@ -403,3 +403,43 @@ pub fn rollups_merge_and_read_by_window<H: SuiteStore>() {
     cx.refuses("limit_exceeded", |cx| cx.try_execute(Op::MergeRollups(too_many), None));
     cx.finish();
 }
+
+/// Anomalies are stored in order with an outbox notice each, listed all or
+/// open only, and acknowledged once (a second ack keeps the first).
+pub fn anomalies_are_stored_listed_and_acknowledged<H: SuiteStore>() {
+    use baton_core::metrics::{Anomaly, RollupKey};
+    let cx = Case::<H>::open(suite_rules());
+    let anomaly = |metric: &str| Anomaly {
+        key: RollupKey::Edge { from: stage("a"), to: stage("b") },
+        metric: metric.to_owned(),
+        window_start: T0,
+        window_end: T0 + 60_000,
+        baseline: 30_000.0,
+        observed: 61_000.0,
+        message: format!("{metric} doubled"),
+        raised_at: T0,
+        acked: None,
+    };
+    for metric in ["accept_latency", "backlog_growth"] {
+        cx.try_execute(Op::RaiseAnomaly(anomaly(metric)), None).expect("raise");
+    }
+    let list = |open_only| block_on(cx.store().anomalies(0, 10, open_only)).expect("anomalies");
+    let all = list(false);
+    assert_eq!(
+        all.iter().map(|(id, a)| (*id, a.metric.as_str())).collect::<Vec<_>>(),
+        [(1, "accept_latency"), (2, "backlog_growth")]
+    );
+    cx.advance(5_000);
+    let acked = cx.try_execute(Op::AckAnomaly { id: 1, by: "op".into() }, None).expect("ack");
+    let OpOutcome::AckAnomaly(a) = acked else { panic!("an ack outcome: {acked:?}") };
+    assert_eq!(a.acked, Some(("op".to_owned(), T0 + 5_000)));
+    cx.advance(1_000);
+    let again = cx.try_execute(Op::AckAnomaly { id: 1, by: "other".into() }, None).expect("ack again");
+    assert_eq!(again, OpOutcome::AckAnomaly(a), "the first acknowledgement stands");
+    assert_eq!(list(true).iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2]);
+    assert_eq!(list(false).len(), 2);
+    cx.refuses("invalid_request", |cx| cx.try_execute(Op::AckAnomaly { id: 9, by: "op".into() }, None));
+    let notices = block_on(cx.store().notices(0, 10)).expect("notices");
+    assert_eq!(notices.iter().filter(|(_, n)| n.kind() == "anomaly").count(), 2);
+    cx.finish();
+}
