@@ -2,7 +2,8 @@
 //! (embedded SQLite, the HTTP API, the timers); `baton task ...` talks to a
 //! running one through `baton-client`; `baton agent|principal|token ...`
 //! manage who may call a server with auth on; `baton workflow validate`
-//! checks a workflow file offline; `baton version`. Flags mirror
+//! checks a workflow file offline; `baton audit verify` checks every
+//! task's history on a database; `baton version`. Flags mirror
 //! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
 //! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
 //! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
@@ -10,6 +11,7 @@
 //! be reached or is unavailable.
 
 mod admin;
+mod audit;
 mod config;
 mod db;
 mod duration;
@@ -44,6 +46,11 @@ enum Command {
     Db {
         #[command(subcommand)]
         command: db::DbCommand,
+    },
+    /// Verify every task's hash-chained history on a database (`baton audit verify`).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Submit, claim, inspect and finish tasks on a running server.
     Task {
@@ -126,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev(args) => server::dev(args).await,
         Command::Serve(args) => server::serve(args).await,
         Command::Db { command } => db::run(command).await,
+        Command::Audit { command } => audit::run(command).await,
         Command::Task { client, command } => task::run(&client, command).await,
         Command::Handoff { client, command } => handoff::run(&client, command).await,
         Command::Agent { client, command } => admin::agent(&client, command).await,

@@ -14,6 +14,8 @@
 //! restartable server of `support`; `workflow` runs `baton workflow validate`
 //! on good and bad files (offline, no server).
 
+#[path = "cli/audit.rs"]
+mod audit;
 #[path = "cli/auth.rs"]
 mod auth;
 #[path = "cli/operator.rs"]
