@@ -389,7 +389,18 @@ impl Client {
         reason: &str,
         key: Option<&str>,
     ) -> Result<ActResponse, Error> {
-        let mut request = AbortRequest { epoch, agent: None, reason: reason.to_owned(), claim_next: None };
+        let request = AbortRequest { epoch, agent: None, reason: reason.to_owned(), claim_next: None };
+        self.abort_request_keyed(task, &request, key).await
+    }
+
+    /// `abort` with the whole request (`claim_next` included) and an optional `Idempotency-Key`.
+    pub async fn abort_request_keyed(
+        &self,
+        task: TaskId,
+        request: &AbortRequest,
+        key: Option<&str>,
+    ) -> Result<ActResponse, Error> {
+        let mut request = request.clone();
         self.fill_agent(&mut request.agent);
         self.act_keyed(task, "abort", &request, key).await
     }

@@ -4,7 +4,7 @@
 //! the worker long-polls a claim (one task at a time), spawns the handler with
 //! a `Job` (the lease: payload and fence token `(task, stage, epoch)`),
 //! heartbeats every `lease_ms / 3` while the handler runs, and applies the
-//! handler's `Decision` (hand off, complete, release, fail). The decision
+//! handler's `Decision` (hand off, complete, release, fail, abort). The decision
 //! carries `claim_next` (except a release, whose own task could come right
 //! back), so a busy worker gets its next task in the same round trip and
 //! commit. Run several workers for several tasks at once; clones of a
@@ -51,7 +51,7 @@
 //! by this agent that left `held` at the lease's stage with the lease's epoch
 //! (`handed_off` for a handoff; `completed` or `handed_off` for a complete;
 //! `released`/`failed` or the ladder's `rerouted`/`escalated` for a release or
-//! fail). Only this holder could have written it, because the epoch names the
+//! fail; `aborted` for an abort). Only this holder could have written it, because the epoch names the
 //! lease and a lease expiry or another agent's claim would have raised the
 //! epoch first. Found: the decision landed and is reported as applied
 //! (`Confirmed::History`). Not found: the lease was lost before the decision
@@ -74,8 +74,8 @@
 
 use crate::{Client, Error, ErrorCode, FenceToken, Lease};
 use baton_api::{
-    ActResponse, ClaimNext, ClaimRequest, CompleteRequest, Event, FailRequest, HandoffId, HandoffRequest,
-    HeartbeatRequest, Payload, ReleaseRequest, TaskStateName,
+    AbortRequest, ActResponse, ClaimNext, ClaimRequest, CompleteRequest, Event, FailRequest, HandoffId,
+    HandoffRequest, HeartbeatRequest, Payload, ReleaseRequest, TaskStateName,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -162,6 +162,9 @@ pub enum Decision {
     Release { note: Option<String> },
     /// Report a failure; retryable ones come back after the stage's backoff.
     Fail { error: String, retryable: bool },
+    /// Abort the task's workflow: the stages it finished are compensated,
+    /// latest first, then it ends cancelled.
+    Abort { reason: String },
 }
 
 /// What a handoff or complete reports along.
@@ -190,12 +193,17 @@ impl Decision {
         Self::Fail { error: error.into(), retryable }
     }
 
+    /// Abort the task's workflow, saying why (workflow tasks only).
+    pub fn abort(reason: impl Into<String>) -> Self {
+        Self::Abort { reason: reason.into() }
+    }
+
     /// A note for the history (handoff, complete, release; a fail's note is its error).
     pub fn note(mut self, text: impl Into<String>) -> Self {
         match &mut self {
             Self::Handoff { report, .. } | Self::Complete { report, .. } => report.note = Some(text.into()),
             Self::Release { note } => *note = Some(text.into()),
-            Self::Fail { .. } => {}
+            Self::Fail { .. } | Self::Abort { .. } => {}
         }
         self
     }
@@ -231,6 +239,7 @@ impl Decision {
             Self::Complete { .. } => "complete",
             Self::Release { .. } => "release",
             Self::Fail { .. } => "fail",
+            Self::Abort { .. } => "abort",
         }
     }
 
@@ -241,6 +250,7 @@ impl Decision {
             Self::Complete { .. } => &["completed", "handed_off"],
             Self::Release { .. } => &["released", "rerouted", "escalated"],
             Self::Fail { .. } => &["failed", "rerouted", "escalated"],
+            Self::Abort { .. } => &["aborted"],
         }
     }
 }
@@ -322,6 +332,10 @@ pub enum Outcome {
         retryable: bool,
         confirmed: Confirmed,
     },
+    /// The workflow was aborted: compensation runs, then the task is cancelled.
+    Aborted {
+        confirmed: Confirmed,
+    },
     /// The lease ended before the decision could land (expired, cancelled):
     /// Baton offers the task again or has finished it; nothing was applied.
     Lost(Lost),
@@ -375,6 +389,7 @@ pub struct WorkerStats {
     pub completed: u64,
     pub released: u64,
     pub failed: u64,
+    pub aborted: u64,
     pub lost: u64,
     pub refused: u64,
     pub unknown: u64,
@@ -398,6 +413,7 @@ impl WorkerStats {
             completed,
             released,
             failed,
+            aborted,
             lost,
             refused,
             unknown,
@@ -414,6 +430,7 @@ impl WorkerStats {
         self.completed += completed;
         self.released += released;
         self.failed += failed;
+        self.aborted += aborted;
         self.lost += lost;
         self.refused += refused;
         self.unknown += unknown;
@@ -670,6 +687,7 @@ impl Worker {
             Decision::Complete { .. } => Outcome::Completed { confirmed },
             Decision::Release { .. } => Outcome::Released { confirmed },
             Decision::Fail { retryable, .. } => Outcome::Failed { retryable: *retryable, confirmed },
+            Decision::Abort { .. } => Outcome::Aborted { confirmed },
         };
         match delivered {
             Delivered::Applied(response) => {
@@ -784,6 +802,10 @@ impl Worker {
                 };
                 self.client.fail_keyed(task, &request, key).await
             }
+            Decision::Abort { reason } => {
+                let request = AbortRequest { epoch, agent: None, reason: reason.clone(), claim_next };
+                self.client.abort_request_keyed(task, &request, key).await
+            }
         }
     }
 
@@ -831,6 +853,7 @@ impl Worker {
             Outcome::Completed { .. } => stats.completed += 1,
             Outcome::Released { .. } => stats.released += 1,
             Outcome::Failed { .. } => stats.failed += 1,
+            Outcome::Aborted { .. } => stats.aborted += 1,
             Outcome::Lost(_) => stats.lost += 1,
             Outcome::Refused { .. } => stats.refused += 1,
             Outcome::Unknown { .. } => stats.unknown += 1,

@@ -396,6 +396,26 @@ async fn a_release_asks_for_no_next_task() {
 }
 
 #[tokio::test]
+async fn an_abort_is_sent_keyed_with_its_reason_and_counted() {
+    let task = Uuid::now_v7();
+    let claim = first_claim_gets(task, 1);
+    let fake = Fake::start(move |seen, earlier| match seen.path.rsplit('/').next().unwrap() {
+        "claims" => claim(earlier),
+        "abort" => Reply::Json(200, act_json(task, "s", "blocked", 1, vec![])),
+        other => panic!("unexpected call {other}"),
+    })
+    .await;
+    let (finished, stats) =
+        run_until(&fake, fast_options(), 1, |_job| async { Decision::abort("out of stock") }).await;
+    assert_eq!(finished[0].outcome, Outcome::Aborted { confirmed: Confirmed::Response });
+    assert_eq!(stats.aborted, 1);
+    let sent = &fake.seen("abort")[0];
+    assert_eq!(sent.body["reason"], "out of stock");
+    assert_eq!(sent.body["epoch"], 1);
+    assert_eq!(sent.key.as_deref(), Some(format!("{task}:1:abort").as_str()));
+}
+
+#[tokio::test]
 async fn heartbeats_keep_a_slow_handler_alive() {
     let task = Uuid::now_v7();
     let claim = first_claim_gets(task, 4);
