@@ -496,3 +496,167 @@ fn three_replicas_share_a_pipeline_without_duplicated_work() {
 fn a_replica_killed_mid_run_loses_nothing_and_its_duty_moves() {
     pipeline("kill", Some(0.4));
 }
+
+// ---------------------------------------------------------------------------
+// Losing the database
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and heal: cut,
+/// it closes every connection through it and refuses new ones at once (as a
+/// partition or a stopped database would look to the replica).
+struct Proxy {
+    address: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Self {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let address = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let pipes =
+                    [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())];
+                {
+                    let mut open = open2.lock().unwrap();
+                    open.extend(client.try_clone());
+                    open.extend(server.try_clone());
+                }
+                for (from, to) in pipes {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else { continue };
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { address, up, open }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `host:port` of the test database's URL.
+fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    assert!(host.contains(':'), "{URL_VAR} must name host:port for this test: {url}");
+    host.to_owned()
+}
+
+/// A replica whose database goes away answers 503 on `/readyz` and on API
+/// calls (reads and writes: never a stale answer), and serves again by
+/// itself once the database is back.
+#[test]
+fn a_replica_that_loses_its_database_answers_503_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let schema = Schema::new("outage");
+    let upstream = host_port(&url());
+    let proxy = Proxy::start(upstream.clone());
+    let proxied = url().replace(&upstream, &proxy.address.to_string());
+    let serve = {
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+        let mut child = baton(dir)
+            .args(["serve", "--database-url", &proxied, "--schema", &schema.0, "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start baton serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut address, mut token) = (None, None);
+        while token.is_none() || address.is_none() {
+            let line = lines.next().expect("a banner line").expect("utf-8");
+            let line = line.trim().to_owned();
+            if let Some(url) = line.strip_prefix("API:") {
+                address = Some(url.trim().trim_end_matches("/v1").to_owned());
+            }
+            if line.starts_with("baton_") {
+                token = Some(line);
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Replica { child, address: address.unwrap(), name: String::new(), admin_token: token }
+    };
+    let token = serve.admin_token.clone().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let url = format!("{}{path}", serve.address);
+        let mut request = match method {
+            "GET" => http.get(&url),
+            _ => http.post(&url),
+        }
+        .bearer_auth(&token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        rt.block_on(async {
+            let response = request.send().await.expect("the replica answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let submit = || call("POST", "/v1/tasks", Some(json!({"stage": "s", "payload": {}})));
+    let (status, task) = submit();
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(call("GET", "/readyz", None).0, 200);
+
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call("GET", "/readyz", None).0 != 503 {
+        assert!(Instant::now() < deadline, "/readyz kept answering 200 without a database");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the token cache (500 ms), every call needs the database.
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..3 {
+        let (status, body) = submit();
+        assert_eq!(status, 503, "a write without a database: {body}");
+        assert_eq!(body["code"], "unavailable", "{body}");
+        let (status, body) = call("GET", &format!("/v1/tasks/{id}"), None);
+        assert_eq!(status, 503, "a read without a database is never answered stale: {body}");
+    }
+
+    proxy.heal();
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(30);
+    loop {
+        let ready = call("GET", "/readyz", None).0 == 200;
+        if ready && submit().0 == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica did not recover after the database came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("recovered {:?} after the database came back", healed.elapsed());
+    let (status, body) = call("GET", &format!("/v1/tasks/{id}"), None);
+    assert_eq!((status, body["id"].as_str()), (200, Some(id.as_str())), "{body}");
+    serve.stop();
+}
