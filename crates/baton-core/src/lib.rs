@@ -32,8 +32,8 @@ pub use policy::{Backoff, DEADLINE_BOOST, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Error, Grant, Handoff,
-    HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord, Store, StoreFuture, Submitted,
-    TaskFilter, TaskView,
+    HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord, SingletonDuty, StageGauge, Store,
+    StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
 pub use workflow::{GraphError, Workflow, WorkflowRef, WorkflowStage};

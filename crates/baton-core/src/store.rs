@@ -75,6 +75,51 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` anomalies with ids after `after`, in order; only those
     /// not acknowledged when `open_only`.
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>>;
+    /// Live tasks counted per stage (ready, held, blocked, and since when the
+    /// oldest ready task waits), for at most `limit` stages by name: one
+    /// query whose answer is O(stages) rows, never the tasks themselves.
+    fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>>;
+    /// Takes or renews `duty` for this process and says whether it holds it.
+    /// A store one process owns (memory, SQLite) always holds every duty; on
+    /// PostgreSQL one replica at a time does (a lease row).
+    fn holds_duty(&self, duty: SingletonDuty) -> StoreFuture<'_, bool>;
+}
+
+/// Live tasks of one stage, as `Store::stage_gauges` counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageGauge {
+    pub stage: StageName,
+    /// Waiting and claimable now (the backlog); backing-off tasks excluded.
+    pub ready: u64,
+    /// Leased to an agent (in flight).
+    pub held: u64,
+    /// Waiting for children.
+    pub blocked: u64,
+    /// The earliest `since` of the ready tasks: the oldest waits since then.
+    pub oldest_ready_since: Option<Millis>,
+}
+
+impl StageGauge {
+    /// A stage with nothing live.
+    pub fn empty(stage: StageName) -> Self {
+        Self { stage, ready: 0, held: 0, blocked: 0, oldest_ready_since: None }
+    }
+}
+
+/// Work that one process at a time does when several share a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SingletonDuty {
+    /// Anomaly detection over the rollups, and the purge of old rollups.
+    Metrics,
+}
+
+impl SingletonDuty {
+    /// The duty's name in the store (PostgreSQL's `leader` table).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+        }
+    }
 }
 
 /// Something a custodian or an operator must hear about, written in the same

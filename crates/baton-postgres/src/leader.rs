@@ -1,5 +1,6 @@
 //! Singleton duties: work that one replica should do at a time (the purge of
-//! expired request records now; aggregation and anomaly detection later). A
+//! expired request records; anomaly detection and the rollup purge, which the
+//! server runs after asking `Store::holds_duty`). A
 //! duty is a row in `leader` (duty, holder, expires_at): a replica holds it
 //! while `expires_at` is ahead of the clock the store runs on (the database
 //! clock unless one is injected). Taking and renewing are one upsert that
@@ -17,8 +18,9 @@ use baton_core::Millis;
 /// The duty of purging expired request records (`Store::purge_requests`).
 pub const DUTY_PURGE: &str = "purge";
 
-/// Every duty this store takes and renews.
-pub(crate) const DUTIES: &[&str] = &[DUTY_PURGE];
+/// Every duty this store takes and renews: the purge, and those the server
+/// asks about (`Store::holds_duty`).
+pub(crate) const DUTIES: &[&str] = &[DUTY_PURGE, baton_core::SingletonDuty::Metrics.name()];
 
 /// One duty's lease, as read from `leader`.
 #[derive(Debug, Clone, PartialEq, Eq)]

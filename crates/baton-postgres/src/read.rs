@@ -10,7 +10,7 @@ use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, StageGauge};
 use baton_core::workflow::Workflow;
 use baton_core::{Alert, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
 use deadpool_postgres::{Object, Pool};
@@ -107,6 +107,48 @@ pub(crate) async fn duties(pool: Pool) -> Result<Vec<Duty>, StoreError> {
     let c = conn(&pool).await?;
     let rows = c.query(leader::LIST, &[]).await?;
     rows.iter().map(leader::duty).collect()
+}
+
+/// Takes or renews one duty; true if this replica holds it.
+pub(crate) async fn hold_duty(
+    pool: Pool,
+    duty: &'static str,
+    replica: String,
+    now: Option<Millis>,
+    lease_ms: Millis,
+) -> Result<bool, StoreError> {
+    let c = conn(&pool).await?;
+    leader::hold(&c, duty, &replica, now, lease_ms).await
+}
+
+/// Live tasks counted per stage, by name, at most `max` stages: one row per
+/// stage over the live tasks (`tasks_due`), whatever the backlog. The oldest
+/// ready task's `since` is read from the row's body (no column holds it).
+pub(crate) async fn stage_gauges(pool: Pool, max: usize) -> Result<Vec<StageGauge>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT stage, count(*) FILTER (WHERE ready), count(*) FILTER (WHERE state = 'held'), \
+             count(*) FILTER (WHERE state = 'blocked'), \
+             min(((body::jsonb) -> 'state' ->> 'since')::bigint) FILTER (WHERE ready) \
+             FROM tasks WHERE due_at IS NOT NULL GROUP BY stage ORDER BY stage LIMIT $1",
+        )
+        .await?;
+    let rows = c.query(&st, &[&limit(max)]).await?;
+    let count = |row: &tokio_postgres::Row, i| -> Result<u64, StoreError> {
+        Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(StageGauge {
+                stage: baton_core::StageName::new(row.try_get::<_, String>(0)?),
+                ready: count(row, 1)?,
+                held: count(row, 2)?,
+                blocked: count(row, 3)?,
+                oldest_ready_since: row.try_get(4)?,
+            })
+        })
+        .collect()
 }
 
 /// Takes or renews every duty (the store's renewal loop).

@@ -15,7 +15,7 @@ use crate::read;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, SingletonDuty, StageGauge};
 use baton_core::workflow::Workflow;
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
@@ -430,6 +430,25 @@ impl Store for PostgresStore {
 
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
         self.read(read::anomalies(self.pool.clone(), after, limit, open_only))
+    }
+
+    fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        self.read(read::stage_gauges(self.pool.clone(), limit))
+    }
+
+    /// Takes or renews the duty's lease row (as the renewal loop does, so a
+    /// duty the server asks about moves within `duty_lease` of its holder's
+    /// death); only one replica at a time gets `true`.
+    fn holds_duty(&self, duty: SingletonDuty) -> StoreFuture<'_, bool> {
+        let lease_ms = i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX);
+        let now = self.options.clock.as_ref().map(|c| c.now());
+        self.read(read::hold_duty(
+            self.pool.clone(),
+            duty.name(),
+            self.options.replica.clone(),
+            now,
+            lease_ms,
+        ))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, StageGauge};
 use baton_core::{
     Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView, Workflow,
 };
@@ -287,4 +287,29 @@ pub(crate) fn anomalies(
         "SELECT id, body FROM anomalies WHERE id > ?1 ORDER BY id LIMIT ?2"
     };
     sequence(conn, sql, after, limit)
+}
+
+/// Live tasks counted per stage, by name, at most `limit` stages. The
+/// `tasks_due` index holds exactly the live tasks; the answer is one row per
+/// stage, whatever the backlog. The oldest ready task's `since` is read from
+/// the row's body (no column holds it).
+pub(crate) fn stage_gauges(conn: &Connection, limit: usize) -> Result<Vec<StageGauge>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT stage, sum(ready), sum(state = 'held'), sum(state = 'blocked'), \
+         min(CASE WHEN ready = 1 THEN json_extract(body, '$.state.since') END) \
+         FROM tasks WHERE due_at IS NOT NULL GROUP BY stage ORDER BY stage LIMIT ?1",
+    )?;
+    let mut rows = st.query([int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let count = |i| -> Result<u64, StoreError> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
+        out.push(StageGauge {
+            stage: baton_core::StageName::new(row.get::<_, String>(0)?),
+            ready: count(1)?,
+            held: count(2)?,
+            blocked: count(3)?,
+            oldest_ready_since: row.get(4)?,
+        });
+    }
+    Ok(out)
 }

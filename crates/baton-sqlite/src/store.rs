@@ -14,7 +14,7 @@ use crate::tx::WorkflowCache;
 use crate::writer::{Counters, Op, Reply, Writer};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, SingletonDuty, StageGauge};
 use baton_core::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimRequest, Error, Event, Grant, Handoff, HandoffId,
     Millis, NewTask, OpOutcome, Page, RequestKey, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId,
@@ -270,6 +270,15 @@ impl Store for SqliteStore {
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
         Box::pin(async move { self.reads.with(|c| read::anomalies(c, after, limit, open_only)) })
+    }
+
+    fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        Box::pin(async move { self.reads.with(|c| read::stage_gauges(c, limit)) })
+    }
+
+    /// One process owns an SQLite store: it always holds every duty.
+    fn holds_duty(&self, _duty: SingletonDuty) -> StoreFuture<'_, bool> {
+        Box::pin(std::future::ready(Ok(true)))
     }
 
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {

@@ -531,6 +531,12 @@ mod tests {
         ) -> baton_core::StoreFuture<'_, Vec<(u64, baton_core::metrics::Anomaly)>> {
             self.inner.anomalies(after, limit, open_only)
         }
+        fn stage_gauges(&self, limit: usize) -> baton_core::StoreFuture<'_, Vec<baton_core::StageGauge>> {
+            self.inner.stage_gauges(limit)
+        }
+        fn holds_duty(&self, duty: baton_core::SingletonDuty) -> baton_core::StoreFuture<'_, bool> {
+            self.inner.holds_duty(duty)
+        }
         fn get(&self, task: TaskId) -> baton_core::StoreFuture<'_, Option<baton_core::TaskView>> {
             let mut view = block_on(self.inner.get(task)).expect("memory get");
             if let Some(v) = &mut view {

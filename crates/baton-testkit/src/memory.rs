@@ -16,8 +16,8 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
-    HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules, StageName,
-    Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskView,
+    HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules, SingletonDuty,
+    StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState, TaskView,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -292,6 +292,30 @@ impl Store for MemoryStore {
                 })
                 .collect()
         })))
+    }
+
+    fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        answer(Ok(self.read(|s| {
+            let mut by_stage: BTreeMap<&StageName, StageGauge> = BTreeMap::new();
+            for task in s.tasks.values().map(|r| &r.task).filter(|t| !t.is_terminal()) {
+                let g = by_stage.entry(&task.stage).or_insert_with(|| StageGauge::empty(task.stage.clone()));
+                match &task.state {
+                    TaskState::Waiting { since, .. } if task.is_ready() => {
+                        g.ready += 1;
+                        g.oldest_ready_since = Some(g.oldest_ready_since.map_or(*since, |o| o.min(*since)));
+                    }
+                    TaskState::Held { .. } => g.held += 1,
+                    TaskState::Blocked { .. } => g.blocked += 1,
+                    _ => {}
+                }
+            }
+            by_stage.into_values().take(limit).collect()
+        })))
+    }
+
+    /// One process owns the memory store: it always holds every duty.
+    fn holds_duty(&self, _duty: SingletonDuty) -> StoreFuture<'_, bool> {
+        answer(Ok(true))
     }
 
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {

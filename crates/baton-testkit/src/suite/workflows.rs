@@ -443,3 +443,32 @@ pub fn anomalies_are_stored_listed_and_acknowledged<H: SuiteStore>() {
     assert_eq!(notices.iter().filter(|(_, n)| n.kind() == "anomaly").count(), 2);
     cx.finish();
 }
+
+/// Stage gauges count the live tasks of each stage by state (finished tasks
+/// leave no trace), give the oldest ready task's `since`, are cut at the
+/// limit by stage name; and a lone store holds every singleton duty.
+pub fn stage_gauges_count_live_tasks_and_duties_are_held<H: SuiteStore>() {
+    use baton_core::{SingletonDuty, StageGauge};
+    let cx = Case::<H>::open(suite_rules());
+    let first = cx.submit_to("a");
+    cx.advance(1_000);
+    cx.submit_to("a");
+    cx.submit_to("b");
+    let held = cx.claim_one("x", "a");
+    assert_eq!(held.task.id, first.id, "the oldest is claimed first");
+    cx.submit_to("c");
+    let done = cx.claim_one("x", "c");
+    cx.act(&done, complete());
+    let gauges = |limit| block_on(cx.store().stage_gauges(limit)).expect("stage gauges");
+    let since = Some(T0 + 1_000);
+    let gauge = |name: &str, ready, held, since| StageGauge {
+        ready,
+        held,
+        oldest_ready_since: since,
+        ..StageGauge::empty(stage(name))
+    };
+    assert_eq!(gauges(10), [gauge("a", 1, 1, since), gauge("b", 1, 0, since)]);
+    assert_eq!(gauges(1), [gauge("a", 1, 1, since)]);
+    assert!(block_on(cx.store().holds_duty(SingletonDuty::Metrics)).expect("holds_duty"));
+    cx.finish();
+}
