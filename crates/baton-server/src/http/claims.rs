@@ -47,7 +47,7 @@ pub async fn claim(
     KeyedJson { body: req, key }: KeyedJson<api::ClaimRequest>,
 ) -> Result<Json<api::ClaimResponse>, ApiError> {
     let agent = principal.agent_for(req.agent.as_deref())?;
-    principal.check_claim(&state, &req.stages)?;
+    principal.check_claim(&state, &req.stages).await?;
     let key = key.map(|k| k.scoped(&principal, Some(&agent)));
     let wait_ms_max = state.options().wait_ms_max;
     if req.wait_ms > wait_ms_max {

@@ -245,17 +245,27 @@ impl Principal {
         }
     }
 
-    /// Claiming from `stages` (a claim, or a holder call's `claim_next`).
-    pub fn check_claim<S: AsRef<str>>(&self, state: &AppState, stages: &[S]) -> Result<(), ApiError> {
+    /// Claiming from `stages` (a claim, or a holder call's `claim_next`). An
+    /// operator may claim from human stages: the server's, and (read only
+    /// when a stage is not one of those) the ones applied workflows declare.
+    pub async fn check_claim<S: AsRef<str>>(&self, state: &AppState, stages: &[S]) -> Result<(), ApiError> {
         let (Principal::Authenticated(p), Some(auth)) = (self, state.options().auth.tokens()) else {
             return Ok(());
         };
         if p.role == Role::Submitter {
             return Err(Self::role_refusal(p, "claim tasks"));
         }
+        let mut workflow_humans = None;
         for stage in stages {
             let stage = StageName::new(stage.as_ref());
-            if !p.may_claim(&stage, auth.is_human(&stage)) {
+            let mut human = auth.is_human(&stage);
+            if !human && p.role == Role::Operator && !p.may_claim(&stage, false) {
+                if workflow_humans.is_none() {
+                    workflow_humans = Some(crate::http::inbox::human_stages(state).await?);
+                }
+                human = workflow_humans.as_ref().is_some_and(|h| h.contains(&stage));
+            }
+            if !p.may_claim(&stage, human) {
                 return Err(forbidden(format!("principal {} may not claim from stage {stage}", p.name)));
             }
         }
@@ -352,7 +362,7 @@ impl Principal {
         }
         if let Some(next) = &request.claim_next {
             let stages: Vec<&str> = next.stages.iter().map(StageName::as_str).collect();
-            self.check_claim(state, &stages)?;
+            self.check_claim(state, &stages).await?;
         }
         let Some(view) = state.store().get(request.task).await? else {
             return Err(ApiError::not_found("task", request.task));

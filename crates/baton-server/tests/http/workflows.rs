@@ -523,4 +523,12 @@ async fn only_operators_and_admins_use_the_inbox_stuck_work_and_apply_workflows(
     assert_eq!(world.call(&agent, "POST", &path, Some(resolve.clone())).await.0, 403);
     let (status, back) = world.call(&operator, "POST", &path, Some(resolve)).await;
     assert_eq!((status, back["task"]["stage"].clone()), (200, json!("ship")), "{back}");
+
+    // Plain claims: the workflow's human stage is an operator's, a worker stage is not.
+    let (status, claimed) =
+        world.call(&operator, "POST", "/v1/claims", Some(json!({"stages": ["desk"]}))).await;
+    assert_eq!((status, claimed["leases"].clone()), (200, json!([])), "{claimed}");
+    let (status, refused) =
+        world.call(&operator, "POST", "/v1/claims", Some(json!({"stages": ["ship"]}))).await;
+    assert_eq!((status, refused["code"].clone()), (403, json!("forbidden")), "{refused}");
 }
