@@ -2,7 +2,8 @@
 //! `Clock`, the long-poll wake-ups, the sweeper (timers over `due_at`), and
 //! graceful shutdown. `app(state)` builds the router for tests
 //! (`tower::ServiceExt::oneshot`); `serve(config, listener, shutdown)` runs it
-//! on a bound listener with the sweeper until `shutdown` resolves. The server
+//! on a bound listener with the sweeper (and the webhook dispatcher, when
+//! webhooks are configured: `webhooks`) until `shutdown` resolves. The server
 //! converts core types to `baton-api` types and never serializes core types.
 //! With `AuthMode::Tokens` every API call carries a bearer token (`auth`)
 //! and each principal may do only what its role and grants allow
@@ -17,12 +18,14 @@ pub mod http;
 pub mod state;
 pub mod sweeper;
 pub mod wake;
+pub mod webhooks;
 
 pub use auth::Auth;
 pub use http::error::ApiError;
 pub use http::openapi::{document as openapi, openapi_json};
 pub use state::{AppState, AuthMode, Config, Options, SweeperOptions};
 pub use wake::ReadyHub;
+pub use webhooks::{Webhook, WebhookOptions};
 
 use axum::Router;
 use std::future::Future;
@@ -41,8 +44,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Webhook settings the binary did not check still refuse to start.
+    config
+        .options
+        .webhooks
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = AppState::new(config);
     let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
+    let webhooks =
+        (!state.options().webhooks.hooks.is_empty()).then(|| tokio::spawn(webhooks::run(state.clone())));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -53,6 +64,11 @@ pub async fn serve(
         && let Err(error) = sweeper.await
     {
         tracing::error!(%error, "the sweeper task failed");
+    }
+    if let Some(webhooks) = webhooks
+        && let Err(error) = webhooks.await
+    {
+        tracing::error!(%error, "the webhook dispatcher failed");
     }
     Ok(())
 }

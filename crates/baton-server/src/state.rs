@@ -5,6 +5,7 @@
 
 use crate::http::rate_limit::RateLimiter;
 use crate::wake::{ReadyHub, TaskSignals};
+use crate::webhooks::WebhookOptions;
 use baton_core::{Clock, Limits, Policies, Store};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -66,6 +67,8 @@ pub struct Options {
     /// changes no wake-up announces.
     pub handoff_poll_ms: u64,
     pub sweeper: SweeperOptions,
+    /// The webhooks and their delivery limits (`crate::webhooks`).
+    pub webhooks: WebhookOptions,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             claim_stages_max: 64,
             handoff_poll_ms: 1_000,
             sweeper: SweeperOptions::default(),
+            webhooks: WebhookOptions::default(),
         }
     }
 }

@@ -18,6 +18,8 @@
 mod auth;
 #[path = "http/idempotency.rs"]
 mod idempotency;
+#[path = "http/webhooks.rs"]
+mod webhooks;
 #[path = "http/workflows.rs"]
 mod workflows;
 

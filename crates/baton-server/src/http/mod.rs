@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod claims;
+pub mod deliveries;
 pub mod error;
 pub mod extract;
 pub mod handoffs;
@@ -53,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/cancel"),
     ("POST", "/v1/claims"),
     ("GET", "/v1/handoffs/{id}"),
+    ("GET", "/v1/deliveries"),
     ("POST", "/v1/workflows"),
     ("GET", "/v1/workflows"),
     ("GET", "/v1/workflows/{name}"),
@@ -116,6 +118,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::cancel))
         .routes(routes!(claims::claim))
         .routes(routes!(handoffs::show))
+        .routes(routes!(deliveries::list))
         .routes(routes!(workflows::apply, workflows::list))
         .routes(routes!(workflows::show))
         .routes(routes!(inbox::list))

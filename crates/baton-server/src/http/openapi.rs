@@ -38,6 +38,8 @@ pub const DOCS_PATH: &str = "/docs";
             transaction (`claim_next`)."),
         (name = "claims", description = "Take waiting tasks under a lease; long-polled up to `wait_ms`."),
         (name = "handoffs", description = "A handoff's outcome; long-polled up to `wait_ms`."),
+        (name = "webhooks", description = "Webhook delivery records (operators and admins): every \
+            attempt to POST a notice to a configured webhook, in order."),
         (name = "workflows", description = "Workflow files: apply (operators and admins), list, show. \
             Tasks keep the version they were submitted under."),
         (name = "inbox", description = "The human inbox and stuck work (operators and admins): tasks in \
