@@ -14,6 +14,7 @@ pub mod auth;
 pub mod error;
 pub mod inbox;
 pub mod lineage;
+pub mod metrics;
 pub mod payload;
 pub mod request;
 pub mod response;
@@ -31,6 +32,7 @@ pub use inbox::{
     StuckQuery, StuckTask,
 };
 pub use lineage::{Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit};
+pub use metrics::{AlertQuery, Anomaly, AnomalyList, EdgeStats, Latency, StageStats, Stats, StatsQuery};
 pub use payload::Payload;
 pub use request::{
     AbortRequest, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest,

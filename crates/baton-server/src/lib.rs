@@ -3,7 +3,8 @@
 //! graceful shutdown. `app(state)` builds the router for tests
 //! (`tower::ServiceExt::oneshot`); `serve(config, listener, shutdown)` runs it
 //! on a bound listener with the sweeper (and the webhook dispatcher, when
-//! webhooks are configured: `webhooks`) until `shutdown` resolves. The server
+//! webhooks are configured: `webhooks`; the metrics flush and anomaly
+//! detection: `metrics`, `anomaly`) until `shutdown` resolves. The server
 //! converts core types to `baton-api` types and never serializes core types.
 //! With `AuthMode::Tokens` every API call carries a bearer token (`auth`)
 //! and each principal may do only what its role and grants allow
@@ -12,9 +13,11 @@
 //! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
 
 pub mod accept;
+pub mod anomaly;
 pub mod auth;
 pub mod convert;
 pub mod http;
+pub mod metrics;
 pub mod state;
 pub mod sweeper;
 pub mod wake;
@@ -54,6 +57,7 @@ pub async fn serve(
     let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
     let webhooks =
         (!state.options().webhooks.hooks.is_empty()).then(|| tokio::spawn(webhooks::run(state.clone())));
+    let metrics = state.options().metrics.enabled.then(|| tokio::spawn(metrics::run(state.clone())));
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -69,6 +73,11 @@ pub async fn serve(
         && let Err(error) = webhooks.await
     {
         tracing::error!(%error, "the webhook dispatcher failed");
+    }
+    if let Some(metrics) = metrics
+        && let Err(error) = metrics.await
+    {
+        tracing::error!(%error, "the metrics task failed");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! binary (or a test) constructs the world and passes it in.
 
 use crate::http::rate_limit::RateLimiter;
+use crate::metrics::MetricsOptions;
 use crate::wake::{ReadyHub, TaskSignals};
 use crate::webhooks::WebhookOptions;
 use baton_core::{Clock, Limits, Policies, Store};
@@ -69,6 +70,8 @@ pub struct Options {
     pub sweeper: SweeperOptions,
     /// The webhooks and their delivery limits (`crate::webhooks`).
     pub webhooks: WebhookOptions,
+    /// Rollup flushes, retention and anomaly detection (`crate::metrics`).
+    pub metrics: MetricsOptions,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             handoff_poll_ms: 1_000,
             sweeper: SweeperOptions::default(),
             webhooks: WebhookOptions::default(),
+            metrics: MetricsOptions::default(),
         }
     }
 }

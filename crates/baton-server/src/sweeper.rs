@@ -8,7 +8,9 @@
 //! reroutes and escalations settle handoffs the server cannot name.
 //! Once every `REQUEST_PURGE_INTERVAL_MS` it also deletes expired records of
 //! keyed requests (`Idempotency-Key`), in bounded batches; the store already
-//! ignores them, so the purge only keeps the table small.
+//! ignores them, so the purge only keeps the table small. Once every
+//! `ROLLUP_PURGE_INTERVAL_MS`, the process holding the metrics duty deletes
+//! rollups older than `metrics.retention_ms`, in bounded batches too.
 
 use crate::state::AppState;
 use std::pin::pin;
@@ -24,11 +26,23 @@ pub const REQUEST_PURGE_INTERVAL_MS: i64 = 60_000;
 /// Batches one purge round deletes at most; the rest wait for the next round.
 pub const REQUEST_PURGE_BATCHES_MAX: usize = 16;
 
+/// How often the sweeper purges rollups past their retention.
+pub const ROLLUP_PURGE_INTERVAL_MS: i64 = 60_000;
+
+/// Batches one rollup purge round deletes at most.
+pub const ROLLUP_PURGE_BATCHES_MAX: usize = 16;
+
 /// Runs until shutdown begins.
 pub async fn run(state: AppState) {
     let mut shutdown = pin!(state.shutting_down());
     let mut purge_at = state.clock().now();
+    let mut rollup_purge_at = state.clock().now();
     loop {
+        if state.clock().now() >= rollup_purge_at {
+            let more = purge_rollups(&state).await;
+            let wait = if more { 0 } else { ROLLUP_PURGE_INTERVAL_MS };
+            rollup_purge_at = state.clock().now().saturating_add(wait);
+        }
         if state.clock().now() >= purge_at {
             let purged = purge_requests(&state).await;
             // A round that hit its bound leaves more behind: go on next loop.
@@ -105,6 +119,43 @@ pub async fn purge_requests(state: &AppState) -> usize {
         tracing::debug!(purged, "sweeper purged expired request records");
     }
     purged
+}
+
+/// Deletes rollups of buckets older than the retention, if this process
+/// holds the metrics duty, batch by batch (the store cuts each at
+/// `sweep_batch_max`); returns true when a round hit its bound and more may
+/// be left.
+pub async fn purge_rollups(state: &AppState) -> bool {
+    match state.store().holds_duty(baton_core::SingletonDuty::Metrics).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(error) => {
+            tracing::warn!(%error, "sweeper: could not ask for the metrics duty");
+            return false;
+        }
+    }
+    let before = state.clock().now().saturating_sub(state.options().metrics.retention_ms);
+    let batch = state.options().limits.sweep_batch_max.max(1);
+    let mut purged = 0;
+    for _ in 0..ROLLUP_PURGE_BATCHES_MAX {
+        match state.store().execute(baton_core::Op::PurgeRollups { before }, None).await {
+            Ok(baton_core::OpOutcome::PurgeRollups(n)) => {
+                purged += n;
+                if n < batch {
+                    if purged > 0 {
+                        tracing::debug!(purged, "sweeper purged old rollups");
+                    }
+                    return false;
+                }
+            }
+            Ok(_) => return false,
+            Err(error) => {
+                tracing::warn!(%error, "sweeper: purging old rollups failed");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Records one purge batch deletes: the sweeper's batch, within the store's

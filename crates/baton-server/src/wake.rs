@@ -10,11 +10,16 @@
 //! weakly, so a key lives only while someone waits on it; memory is
 //! O(waiters), not O(stages ever seen).
 //!
+//! The hub is also where the store's observations arrive (`observed`): it
+//! hands them to the metrics `Aggregator` it owns (`crate::metrics`).
+//!
 //! Waiters must `enable()` their `Notified` before they look at the store, so
 //! a wake-up between the look and the wait is not lost; a `Notified` dropped
 //! after a `notify_one` reached it hands that wake-up to the next waiter
 //! (tokio guarantees this), so abandoned waits lose nothing.
 
+use crate::metrics::Aggregator;
+use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{StageName, TaskId};
 use std::collections::HashMap;
@@ -30,6 +35,7 @@ use tokio::sync::futures::Notified;
 #[derive(Debug, Default)]
 pub struct ReadyHub {
     stages: Signals<StageName>,
+    metrics: Aggregator,
 }
 
 impl ReadyHub {
@@ -41,6 +47,11 @@ impl ReadyHub {
     pub fn subscribe(&self, stage: &StageName) -> Arc<Notify> {
         self.stages.subscribe(stage)
     }
+
+    /// The metrics folded from the store's observations.
+    pub fn metrics(&self) -> &Aggregator {
+        &self.metrics
+    }
 }
 
 impl ReadyListener for ReadyHub {
@@ -48,6 +59,10 @@ impl ReadyListener for ReadyHub {
         for stage in stages {
             self.stages.notify_one(stage);
         }
+    }
+
+    fn observed(&self, changes: &[Observation]) {
+        self.metrics.observe(changes);
     }
 }
 

@@ -18,7 +18,9 @@ pub mod inbox;
 pub mod lineage;
 pub mod openapi;
 pub mod principal;
+pub mod prometheus;
 pub mod rate_limit;
+pub mod stats;
 pub mod stuck;
 pub mod tasks;
 pub mod workflows;
@@ -62,6 +64,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/inbox/{id}/claim"),
     ("POST", "/v1/inbox/{id}/resolve"),
     ("GET", "/v1/stuck"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/alerts"),
+    ("POST", "/v1/alerts/{id}/ack"),
     ("POST", "/v1/principals"),
     ("GET", "/v1/principals"),
     ("DELETE", "/v1/principals/{name}"),
@@ -125,6 +130,10 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::claim))
         .routes(routes!(inbox::resolve))
         .routes(routes!(stuck::stuck))
+        .routes(routes!(stats::stats))
+        .routes(routes!(stats::alerts))
+        .routes(routes!(stats::ack))
+        .routes(routes!(prometheus::metrics))
         .routes(routes!(admin::add_principal, admin::list_principals))
         .routes(routes!(admin::revoke_principal))
         .routes(routes!(admin::create_token, admin::list_tokens))

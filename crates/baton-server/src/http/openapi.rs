@@ -44,6 +44,8 @@ pub const DOCS_PATH: &str = "/docs";
             Tasks keep the version they were submitted under."),
         (name = "inbox", description = "The human inbox and stuck work (operators and admins): tasks in \
             human stages, claimed and resolved by people; tasks past a threshold, with why."),
+        (name = "metrics", description = "Handoff edge and stage metrics over a window, anomalies \
+            (listed and acknowledged) and `/metrics` for Prometheus (operators and admins)."),
         (name = "service", description = "Liveness, readiness and the route index."),
         (name = "admin", description = "Principals and tokens; admins only. A token's text is shown \
             once, when it is created."),
@@ -289,6 +291,14 @@ refusal_sets! {
     /// `GET /v1/stuck`.
     StuckRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable,
         RequestTimeout, RateLimited];
+    /// `GET /v1/stats` and `GET /v1/alerts`.
+    StatsRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable,
+        RequestTimeout, RateLimited];
+    /// `POST /v1/alerts/{id}/ack`.
+    AckAlertRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, Internal, Unavailable,
+        RequestTimeout, RateLimited];
+    /// `GET /metrics`.
+    MetricsRefusals: [Unauthenticated, Forbidden, Internal, RequestTimeout, RateLimited];
     /// `GET /readyz`.
     ReadyRefusals: [Unavailable];
 }
