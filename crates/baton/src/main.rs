@@ -2,8 +2,10 @@
 //! (embedded SQLite, the HTTP API, the timers); `baton task ...` talks to a
 //! running one through `baton-client`; `baton agent|principal|token ...`
 //! manage who may call a server with auth on; `baton workflow validate`
-//! checks a workflow file offline; `baton audit verify` checks every
-//! task's history on a database; `baton version`. Flags mirror
+//! checks a workflow file offline and `workflow apply|show|list` manage them
+//! on a server; `baton inbox list|claim|resolve` and `baton stuck` are the
+//! operators' (`inbox.rs`); `baton audit verify` checks every task's history
+//! on a database; `baton version`. Flags mirror
 //! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
 //! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
 //! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
