@@ -12,12 +12,16 @@
 //! the commands that manage them), `pipeline` (workers through repeated
 //! kill -9, T1) and `stale` (a paused holder fenced off, T3), with the
 //! restartable server of `support`; `workflow` runs `baton workflow validate`
-//! on good and bad files (offline, no server).
+//! on good and bad files (offline, no server); `operator` applies workflows
+//! and works the inbox and `stuck` against `baton dev`; `example` runs the
+//! patient-intake example (examples/patient-intake) against `baton dev`.
 
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/auth.rs"]
 mod auth;
+#[path = "cli/example.rs"]
+mod example;
 #[path = "cli/operator.rs"]
 mod operator;
 #[path = "cli/pipeline.rs"]

@@ -37,9 +37,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
 /// Tasks one raw claim may lease.
 const CLAIM_MAX: u32 = 10;
@@ -320,8 +320,7 @@ async fn fan_out_or_finish(client: Client, lease: Lease, tally: Arc<Tally>) -> R
 /// compensates what was done), anything else completes it.
 async fn finish_or_abort(client: Client, lease: Lease, tally: Arc<Tally>) -> Result<(), Error> {
     if patients::is_lapsed(&lease.payload.to_value()) {
-        crate::pending::abort(&client, lease.task, lease.epoch, "insurance lapsed: the visit is not covered")
-            .await?;
+        client.abort(lease.task, lease.epoch, "insurance lapsed: the visit is not covered").await?;
         tally.aborts.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -416,28 +415,26 @@ async fn crash_mailer(address: String, agent: String, workers: usize, stop: Stop
 fn crashing_process(address: &str, agent: &str, workers: usize, stop: Stop) -> anyhow::Result<usize> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let taken = Arc::new(AtomicUsize::new(0));
-    let (first_tx, first_rx) = watch::channel(false);
-    let first_tx = Arc::new(first_tx);
+    // Each handler says "I have a task" here; nothing on this thread may block.
+    let (took_tx, mut took_rx) = mpsc::unbounded_channel::<()>();
     runtime.block_on(async {
         let client = Client::new(address)?;
         for _ in 0..workers {
             let worker = Worker::new(client.clone(), agent, [stage::EMAIL], worker_options())?;
-            let (taken, first_tx) = (taken.clone(), first_tx.clone());
+            let (taken, took_tx) = (taken.clone(), took_tx.clone());
             let handler = move |_job: Job| {
                 taken.fetch_add(1, Ordering::Relaxed);
-                first_tx.send_replace(true);
+                let _ = took_tx.send(());
                 // Composing the email... the process dies before it is sent.
                 std::future::pending::<Decision>()
             };
             let stop = stop.clone();
             tokio::spawn(async move { worker.run(handler, stop.wait()).await });
         }
-        let mut first = first_rx;
         tokio::select! {
-            _ = first.wait_for(|seen| *seen) => {
-                let crash_at = Instant::now() + CRASH_AFTER;
+            _ = took_rx.recv() => {
                 tokio::select! {
-                    () = tokio::time::sleep_until(crash_at) => {}
+                    () = sleep(CRASH_AFTER) => {}
                     () = stop.clone().wait() => {}
                 }
             }

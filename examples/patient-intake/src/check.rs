@@ -12,6 +12,7 @@
 //!   compensated by a child that is done), along the expected path through
 //!   the stages (its lineage), with the specialist never claiming (rerouted
 //!   to the backup) and the notify fan-out joined;
+//! - a task in a human stage is listed by the human inbox (`GET /v1/inbox`);
 //! - the notify children are one email and one SMS, each done or in the
 //!   inbox; and across the run the faults really happened: an email lease
 //!   expired after the mailer crashed, an SMS was claimed only after a
@@ -19,7 +20,7 @@
 
 use crate::patients::{Case, Patient};
 use crate::setup::{Cast, stage};
-use baton_client::api::{Event, ListQuery, StepExit, Task, TaskStateName};
+use baton_client::api::{Event, InboxQuery, ListQuery, StepExit, Task, TaskStateName};
 use baton_client::{Client, Error, TaskId};
 use baton_core::{StageName, Workflow};
 use std::collections::BTreeSet;
@@ -33,6 +34,10 @@ const SETTLE_POLL: Duration = Duration::from_millis(250);
 const CHILD_PAGES_MAX: usize = 10;
 /// Children per page.
 const CHILD_PAGE_LIMIT: u32 = 100;
+/// Pages of the human inbox read at most.
+const INBOX_PAGES_MAX: usize = 50;
+/// Inbox items per page.
+const INBOX_PAGE_LIMIT: u32 = 100;
 /// The hash before the first event.
 const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -127,6 +132,21 @@ pub async fn children(client: &Client, parent: TaskId) -> Result<Vec<Task>, Erro
     Ok(all)
 }
 
+/// Every task the human inbox lists (`GET /v1/inbox`, bounded by `INBOX_PAGES_MAX` pages).
+pub async fn inbox(client: &Client) -> Result<BTreeSet<TaskId>, Error> {
+    let mut ids = BTreeSet::new();
+    let mut query = InboxQuery { limit: Some(INBOX_PAGE_LIMIT), ..Default::default() };
+    for _ in 0..INBOX_PAGES_MAX {
+        let page = client.inbox(&query).await?;
+        ids.extend(page.items.iter().map(|item| item.task.id));
+        match page.next_cursor {
+            Some(cursor) => query.after = Some(cursor),
+            None => break,
+        }
+    }
+    Ok(ids)
+}
+
 /// The checks over a settled run (see the module documentation).
 pub struct Checker<'a> {
     pub client: &'a Client,
@@ -134,17 +154,28 @@ pub struct Checker<'a> {
     pub workflow: &'a Workflow,
     /// Leases the crashing mailer held when it died.
     pub crashed_leases: usize,
+    /// What the human inbox lists: every task found in a human stage must be there.
+    inbox: BTreeSet<TaskId>,
     pub counts: Counts,
     pub violations: Vec<String>,
 }
 
 impl<'a> Checker<'a> {
     pub fn new(client: &'a Client, cast: &'a Cast, workflow: &'a Workflow, crashed_leases: usize) -> Self {
-        Self { client, cast, workflow, crashed_leases, counts: Counts::default(), violations: Vec::new() }
+        Self {
+            client,
+            cast,
+            workflow,
+            crashed_leases,
+            inbox: BTreeSet::new(),
+            counts: Counts::default(),
+            violations: Vec::new(),
+        }
     }
 
     /// Checks every tracked patient, its children, and the run's faults.
     pub async fn run(mut self, roots: &[Tracked]) -> Result<(Counts, Vec<String>), Error> {
+        self.inbox = inbox(self.client).await?;
         for root in roots {
             self.counts.patients += 1;
             self.patient(root).await?;
@@ -363,6 +394,12 @@ impl<'a> Checker<'a> {
         };
         let events = self.client.history(id).await?.events;
         self.counts.events += events.len();
+        if self.in_inbox(&task) && !self.inbox.contains(&id) {
+            self.violation(
+                who,
+                format_args!("waits at human stage {} but the inbox does not list it", task.stage),
+            );
+        }
         for problem in chain_problems(&task, &events) {
             self.violation(who, format_args!("history: {problem}"));
         }
@@ -411,11 +448,11 @@ pub fn chain_problems(task: &Task, events: &[Event]) -> Vec<String> {
 pub fn table(c: &Counts) -> String {
     let mut out = String::new();
     let mut row = |label: &str, value: usize| {
-        let _ = writeln!(out, "  {label:<34} {value:>5}");
+        let _ = writeln!(out, "  {label:<40} {value:>5}");
     };
     row("patients submitted", c.patients);
     row("  done", c.done);
-    row("  aborted, compensated", c.aborted);
+    row("  aborted, compensation settled", c.aborted);
     row("  in the human inbox", c.in_inbox);
     row("children (notify, compensation)", c.children);
     row("  done", c.children_done);

@@ -15,7 +15,6 @@
 pub mod agents;
 pub mod check;
 pub mod patients;
-mod pending;
 pub mod setup;
 
 use anyhow::Context;
@@ -36,6 +35,8 @@ pub const PATIENTS_MAX: usize = 500;
 pub const CRASHES_MAX: usize = 20;
 /// How long the run waits for the server to answer before it starts.
 const READY_WITHIN: Duration = Duration::from_secs(10);
+/// How long one call may take before it fails (the agents' own calls too).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed submits in a row (server busy or unreachable) before the run gives up.
 const SUBMIT_RETRIES_MAX: u32 = 20;
 
@@ -134,9 +135,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     };
     let prepared = setup::prepare(&options.workflow_source, options.timings)?;
     let cast = setup::Cast::of(&prepared.workflow)?;
-    let client = Client::new(&options.url)?;
+    let client = Client::new(&options.url)?.with_request_timeout(REQUEST_TIMEOUT);
     wait_ready(&client).await?;
-    let version = pending::apply_workflow(&client, &prepared.source).await.context("apply the workflow")?;
+    let applied = client.apply_workflow(&prepared.source).await.context("apply the workflow")?;
+    let version = applied.workflow.version;
     say(&format!("applied {WORKFLOW} v{version}; specialist {} never answers", cast.specialist));
 
     let (stop_tx, stop) = agents::Stop::channel();
