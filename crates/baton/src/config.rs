@@ -2,7 +2,10 @@
 //! with three optional sections. `[limits]` sets the engine's named limits
 //! (`baton_core::Limits`), `[policies]` the default stage policy and named
 //! stages (`baton_core::Policies`; durations in milliseconds), `[server]` the
-//! HTTP limits (`baton_server::Options`). Unknown keys are refused with the
+//! HTTP limits (`baton_server::Options`, the webhook delivery limits among
+//! them), and `[[webhooks]]` tables the webhooks (`WebhookTable`; checked
+//! when the file is read: a bad URL or a short secret stops the start).
+//! Unknown keys are refused with the
 //! line and column, so a typo never silently keeps a default. Precedence:
 //! flag > environment > file > default (the file holds no flag's setting).
 
@@ -10,6 +13,7 @@ use anyhow::Context;
 use baton_core::policy::DEFAULT_HUMAN_STAGE;
 use baton_core::{Limits, Policies, Rules, StagePolicy};
 use baton_server::Options;
+use baton_server::webhooks::{Secret, Webhook, WebhookOptions};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -20,6 +24,38 @@ pub struct File {
     pub limits: Limits,
     pub policies: Policies,
     pub server: ServerSection,
+    /// `[[webhooks]]`: where notices are POSTed (docs/reference/webhooks.md).
+    pub webhooks: Vec<WebhookTable>,
+    /// The webhooks checked, secrets resolved: filled by `parse`.
+    #[serde(skip)]
+    checked_webhooks: Vec<Webhook>,
+}
+
+/// One `[[webhooks]]` table; `Webhook::new` checks it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTable {
+    pub name: String,
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// The secret, or `env:VAR` to read it from the environment.
+    pub secret: ConfigSecret,
+    /// `"handoff"` and/or `"alert"`.
+    pub kinds: Vec<baton_api::NoticeKind>,
+    /// Only notices about these stages; every stage when absent.
+    #[serde(default)]
+    pub stages: Option<Vec<String>>,
+}
+
+/// A secret as written in the file; its `Debug` shows none of it.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct ConfigSecret(String);
+
+impl std::fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigSecret(..)")
+    }
 }
 
 /// The server's own limits; each key is an `Options` field of the same name.
@@ -35,6 +71,13 @@ pub struct ServerSection {
     pub rate_limit_buckets_max: Option<usize>,
     pub wait_ms_max: Option<u64>,
     pub claim_stages_max: Option<usize>,
+    pub webhook_attempts_max: Option<u32>,
+    pub webhook_backoff_initial_ms: Option<u64>,
+    pub webhook_backoff_max_ms: Option<u64>,
+    pub webhook_connect_timeout_ms: Option<u64>,
+    pub webhook_response_timeout_ms: Option<u64>,
+    pub webhook_batch_max: Option<usize>,
+    pub webhook_poll_ms: Option<u64>,
 }
 
 impl File {
@@ -47,11 +90,44 @@ impl File {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let file: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut file: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        file.checked_webhooks = file.check_webhooks(|var| std::env::var(var).ok())?;
         file.rules()
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}; fix the [policies] or [limits] section"))?;
         Ok(file)
+    }
+
+    /// Each `[[webhooks]]` table as a checked `Webhook` (secrets looked up
+    /// through `env`), and the delivery limits with them.
+    fn check_webhooks(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Vec<Webhook>> {
+        let mut hooks = Vec::with_capacity(self.webhooks.len());
+        for (i, table) in self.webhooks.iter().enumerate() {
+            let at = || format!("in [[webhooks]] number {} (name {:?})", i + 1, table.name);
+            let secret = Secret::resolve(&table.secret.0, &env).with_context(at)?;
+            let hook = Webhook::new(&table.name, &table.url, secret, &table.kinds, table.stages.clone())
+                .with_context(at)?;
+            hooks.push(hook);
+        }
+        let options = WebhookOptions { hooks, ..self.webhook_options(WebhookOptions::default()) };
+        options.validate().context("fix the [[webhooks]] tables or the webhook_* keys of [server]")?;
+        Ok(options.hooks)
+    }
+
+    /// The webhook delivery settings of `[server]` over `base`, with the
+    /// checked webhooks.
+    fn webhook_options(&self, base: WebhookOptions) -> WebhookOptions {
+        let s = &self.server;
+        WebhookOptions {
+            hooks: self.checked_webhooks.clone(),
+            attempts_max: s.webhook_attempts_max.unwrap_or(base.attempts_max),
+            backoff_initial_ms: s.webhook_backoff_initial_ms.unwrap_or(base.backoff_initial_ms),
+            backoff_max_ms: s.webhook_backoff_max_ms.unwrap_or(base.backoff_max_ms),
+            connect_timeout_ms: s.webhook_connect_timeout_ms.unwrap_or(base.connect_timeout_ms),
+            response_timeout_ms: s.webhook_response_timeout_ms.unwrap_or(base.response_timeout_ms),
+            batch_max: s.webhook_batch_max.unwrap_or(base.batch_max),
+            poll_ms: s.webhook_poll_ms.unwrap_or(base.poll_ms),
+        }
     }
 
     /// The rules; the built-in human stage `inbox` stays human unless the
@@ -76,6 +152,7 @@ impl File {
             wait_ms_max: s.wait_ms_max.unwrap_or(base.wait_ms_max),
             claim_stages_max: s.claim_stages_max.unwrap_or(base.claim_stages_max),
             limits: self.limits.clone(),
+            webhooks: self.webhook_options(base.webhooks.clone()),
             policies: self.rules().policies,
             ..base
         }

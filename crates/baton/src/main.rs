@@ -22,6 +22,7 @@ mod inbox;
 mod output;
 mod server;
 mod task;
+mod webhook;
 mod workflow;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -103,6 +104,14 @@ enum Command {
     },
     /// List stuck work: overdue timers, escalated tasks, passed deadlines (operators).
     Stuck(inbox::StuckArgs),
+    /// List webhook delivery attempts (operators and admins; webhooks are
+    /// configured in the server's --config file).
+    Webhook {
+        #[command(flatten)]
+        client: task::ClientArgs,
+        #[command(subcommand)]
+        command: webhook::WebhookCommand,
+    },
     /// Print the version.
     Version,
 }
@@ -144,6 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Workflow { command } => workflow::run(command).await,
         Command::Inbox { client, command } => inbox::inbox(&client, command).await,
         Command::Stuck(args) => inbox::stuck(args).await,
+        Command::Webhook { client, command } => webhook::run(&client, command).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -32,6 +32,8 @@ mod postgres;
 mod stale;
 #[path = "cli/support.rs"]
 mod support;
+#[path = "cli/webhook.rs"]
+mod webhook;
 #[path = "cli/workflow.rs"]
 mod workflow;
 
