@@ -431,6 +431,7 @@ fn routes(s: &Scene) -> Vec<(&'static str, &'static str, String, Option<Value>)>
         ),
         ("POST", "/v1/claims", "/v1/claims".to_owned(), Some(json!({ "stages": ["s1"] }))),
         ("GET", "/v1/handoffs/{id}", format!("/v1/handoffs/{}", s.hb), None),
+        ("GET", "/v1/deliveries", "/v1/deliveries".to_owned(), None),
         (
             "POST",
             "/v1/principals",
@@ -558,6 +559,20 @@ fn cases(world: &World, s: &Scene) -> Vec<Case> {
         for (method, route, path, body) in admin_routes(s) {
             cases.push(case(who, "an admin route", method, route, path, body, 403, "forbidden"));
         }
+    }
+    // Webhook delivery records: operators' and admins' only.
+    for who in ["agent-a", "sub"] {
+        let path = "/v1/deliveries".to_owned();
+        cases.push(case(
+            who,
+            "list webhook deliveries",
+            "GET",
+            "/v1/deliveries",
+            path,
+            None,
+            403,
+            "forbidden",
+        ));
     }
 
     let claim = |stages: Value| json!({ "stages": stages });
@@ -1231,6 +1246,8 @@ async fn each_role_makes_its_own_calls() {
     let cancel = json!({ "reason": "not needed" });
     world.call_as("ops", "POST", &format!("/v1/tasks/{id}/cancel"), Some(cancel)).await.expect(200);
     world.call_as("ops", "GET", &format!("/v1/tasks/{id}/history"), None).await.expect(200);
+    let deliveries = world.call_as("ops", "GET", "/v1/deliveries", None).await.expect(200);
+    assert_eq!(deliveries["deliveries"], json!([]), "no webhook is configured here");
 
     // Admin: everything, including principals and tokens.
     let id = world.submit("s9").await;
@@ -1241,6 +1258,7 @@ async fn each_role_makes_its_own_calls() {
         .call_as("admin", "POST", &format!("/v1/tasks/{id}/cancel"), Some(json!({ "reason": "r" })))
         .await
         .expect(200);
+    world.call_as("admin", "GET", "/v1/deliveries?limit=5", None).await.expect(200);
     let principals = world.call_as("admin", "GET", "/v1/principals", None).await.expect(200);
     let names: Vec<&str> =
         principals["principals"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
