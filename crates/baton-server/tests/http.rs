@@ -14,6 +14,8 @@
 // The auth (T13), Idempotency-Key and workflow (workflows, aborts, the
 // inbox, stuck work) suites live beside this file and compile into this one
 // test binary.
+#[path = "http/anomaly.rs"]
+mod anomaly;
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/idempotency.rs"]
