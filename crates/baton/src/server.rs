@@ -34,7 +34,8 @@ pub struct DevArgs {
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
     /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
-    /// (docs/reference/limits.md names every key).
+    /// (docs/reference/limits.md names every key) and `[[webhooks]]`
+    /// (docs/reference/webhooks.md).
     #[arg(long, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -58,7 +59,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7707")]
     listen: SocketAddr,
     /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
-    /// (docs/reference/limits.md names every key).
+    /// (docs/reference/limits.md names every key) and `[[webhooks]]`
+    /// (docs/reference/webhooks.md).
     #[arg(long, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
 }
