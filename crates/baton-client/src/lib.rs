@@ -501,6 +501,26 @@ impl Client {
         self.execute(request, &url).await.map(|(_, page)| page)
     }
 
+    /// `GET /v1/stats` (operators and admins): edge and stage metrics over
+    /// a window (`window` such as `1h`; `edge` as `FROM:TO`).
+    pub async fn stats(&self, query: &baton_api::StatsQuery) -> Result<baton_api::Stats, Error> {
+        let url = format!("{}/v1/stats", self.base);
+        let request = self.http.get(&url).timeout(self.timeout).query(query);
+        self.execute(request, &url).await.map(|(_, stats)| stats)
+    }
+
+    /// `GET /v1/alerts` (operators and admins): anomalies, open only unless `all`.
+    pub async fn alerts(&self, query: &baton_api::AlertQuery) -> Result<baton_api::AnomalyList, Error> {
+        let url = format!("{}/v1/alerts", self.base);
+        let request = self.http.get(&url).timeout(self.timeout).query(query);
+        self.execute(request, &url).await.map(|(_, list)| list)
+    }
+
+    /// `POST /v1/alerts/{id}/ack` (operators and admins): acknowledges an anomaly.
+    pub async fn ack_alert(&self, id: u64) -> Result<baton_api::Anomaly, Error> {
+        self.send::<(), _>(Method::POST, &format!("/v1/alerts/{id}/ack"), None, None).await
+    }
+
     /// `GET /healthz`.
     pub async fn health(&self) -> Result<Health, Error> {
         self.send::<(), _>(Method::GET, "/healthz", None, None).await

@@ -4,7 +4,9 @@
 //! manage who may call a server with auth on; `baton workflow validate`
 //! checks a workflow file offline and `workflow apply|show|list` manage them
 //! on a server; `baton inbox list|claim|resolve` and `baton stuck` are the
-//! operators' (`inbox.rs`); `baton audit verify` checks every task's history
+//! operators' (`inbox.rs`); `baton stats`, `alerts` and `gate` read the
+//! handoff metrics (`metrics.rs`; the gate exits 0 at or above its target, 1
+//! below, 2 with too few samples); `baton audit verify` checks every task's history
 //! on a database; `baton version`. Flags mirror
 //! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
 //! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
@@ -19,6 +21,7 @@ mod db;
 mod duration;
 mod handoff;
 mod inbox;
+mod metrics;
 mod output;
 mod server;
 mod task;
@@ -104,6 +107,13 @@ enum Command {
     },
     /// List stuck work: overdue timers, escalated tasks, passed deadlines (operators).
     Stuck(inbox::StuckArgs),
+    /// Handoff edge and stage metrics over a window (operators).
+    Stats(metrics::StatsArgs),
+    /// List anomalies (`--all` for acknowledged ones too); `alerts ack ID` acknowledges one.
+    Alerts(metrics::AlertsArgs),
+    /// Check an edge's success rate against a target: exit 0 at or above,
+    /// 1 below, 2 with too few samples.
+    Gate(metrics::GateArgs),
     /// List webhook delivery attempts (operators and admins; webhooks are
     /// configured in the server's --config file).
     Webhook {
@@ -154,6 +164,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Inbox { client, command } => inbox::inbox(&client, command).await,
         Command::Stuck(args) => inbox::stuck(args).await,
         Command::Webhook { client, command } => webhook::run(&client, command).await,
+        Command::Stats(args) => metrics::stats(args).await,
+        Command::Alerts(args) => metrics::alerts(args).await,
+        Command::Gate(args) => metrics::gate(args).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -167,6 +180,11 @@ fn report(error: &anyhow::Error) -> ExitCode {
         // Its errors are on stderr already, one per line.
         eprintln!("error: {invalid}");
         return ExitCode::from(2);
+    }
+    if let Some(gate) = error.downcast_ref::<metrics::GateExit>() {
+        // The figures are on stdout already.
+        eprintln!("{gate}");
+        return ExitCode::from(gate.code);
     }
     let Some(client_error) = error.downcast_ref::<baton_client::Error>() else {
         eprintln!("error: {error:#}");

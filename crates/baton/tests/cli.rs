@@ -14,7 +14,8 @@
 //! restartable server of `support`; `workflow` runs `baton workflow validate`
 //! on good and bad files (offline, no server); `operator` applies workflows
 //! and works the inbox and `stuck` against `baton dev`; `example` runs the
-//! patient-intake example (examples/patient-intake) against `baton dev`.
+//! patient-intake example (examples/patient-intake) against `baton dev`;
+//! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`.
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -22,6 +23,8 @@ mod audit;
 mod auth;
 #[path = "cli/example.rs"]
 mod example;
+#[path = "cli/gate.rs"]
+mod gate;
 #[path = "cli/operator.rs"]
 mod operator;
 #[path = "cli/pipeline.rs"]
