@@ -38,9 +38,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::sleep;
 
+/// `Worker`s run per stage (and for the restarted mailer): their commits batch.
+const WORKERS_PER_STAGE: usize = 2;
 /// Tasks one raw claim may lease.
 const CLAIM_MAX: u32 = 10;
 /// How long one raw claim waits for work (long poll).
@@ -144,7 +146,7 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// A `Worker` for `agent` on `stage` with the run's short timings.
+    /// `WORKERS_PER_STAGE` `Worker`s for `agent` on `stage` with the run's short timings.
     fn worker<H, Fut>(
         &mut self,
         client: &Client,
@@ -154,16 +156,18 @@ impl Fleet {
         handler: H,
     ) -> anyhow::Result<()>
     where
-        H: Fn(Job) -> Fut + Send + Sync + 'static,
+        H: Fn(Job) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Decision> + Send + 'static,
     {
-        let worker = Worker::new(client.clone(), agent, [stage], worker_options())
-            .with_context(|| format!("worker {agent} on {stage}"))?;
-        let stop = stop.clone();
-        let handle = tokio::spawn(async move {
-            worker.run(handler, stop.wait()).await.map(|_| ()).map_err(anyhow::Error::from)
-        });
-        self.handles.push((format!("{agent} ({stage})"), handle));
+        for n in 1..=WORKERS_PER_STAGE {
+            let worker = Worker::new(client.clone(), agent, [stage], worker_options())
+                .with_context(|| format!("worker {agent} on {stage}"))?;
+            let (stop, handler) = (stop.clone(), handler.clone());
+            let handle = tokio::spawn(async move {
+                worker.run(handler, stop.wait()).await.map(|_| ()).map_err(anyhow::Error::from)
+            });
+            self.handles.push((format!("{agent} #{n} ({stage})"), handle));
+        }
         Ok(())
     }
 
@@ -186,8 +190,13 @@ impl Fleet {
         crashes: usize,
         stop: &Stop,
     ) -> anyhow::Result<()> {
-        let worker = Worker::new(client.clone(), agent, [stage::EMAIL], worker_options())
-            .with_context(|| format!("worker {agent} on {}", stage::EMAIL))?;
+        let mut workers = Vec::with_capacity(WORKERS_PER_STAGE);
+        for _ in 0..WORKERS_PER_STAGE {
+            workers.push(
+                Worker::new(client.clone(), agent, [stage::EMAIL], worker_options())
+                    .with_context(|| format!("worker {agent} on {}", stage::EMAIL))?,
+            );
+        }
         let (address, agent_name, stop) = (client.address().to_owned(), agent.to_owned(), stop.clone());
         let tally = self.tally.clone();
         let handle = tokio::spawn(async move {
@@ -195,11 +204,21 @@ impl Fleet {
                 let taken = crash_mailer(address, agent_name, crashes, stop.clone()).await?;
                 tally.crashed_leases.fetch_add(taken, Ordering::Relaxed);
             }
-            let handler = |job: Job| async move {
-                let patient = job.payload().to_value()["patient"].clone();
-                Decision::complete().note("email sent").result(json!({ "to": patient, "channel": "email" }))
-            };
-            worker.run(handler, stop.wait()).await.map(|_| ()).map_err(anyhow::Error::from)
+            // Restarted: the healthy mailer's workers.
+            let mut running = JoinSet::new();
+            for worker in workers {
+                let handler = |job: Job| async move {
+                    let patient = job.payload().to_value()["patient"].clone();
+                    Decision::complete()
+                        .note("email sent")
+                        .result(json!({ "to": patient, "channel": "email" }))
+                };
+                running.spawn(worker.run(handler, stop.clone().wait()));
+            }
+            while let Some(ended) = running.join_next().await {
+                ended.context("a mailer worker panicked")??;
+            }
+            Ok(())
         });
         self.handles.push((format!("{agent} ({})", stage::EMAIL), handle));
         Ok(())

@@ -2,7 +2,7 @@
 //! `workflow.toml` is parsed with baton-api's own parser (the one `baton
 //! workflow validate` and the server use); unless the run keeps the file's
 //! timings, every worker stage is put on a demo clock (`Timings::Demo`: a
-//! second and a half to accept, two-second leases) and the workflow is
+//! two seconds to accept, two-second leases) and the workflow is
 //! rendered back for `apply`, so a run takes seconds instead of hours. The
 //! graph, the agents and the human stages are the file's, untouched.
 //!
@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 pub const WORKFLOW_SOURCE: &str = include_str!("../workflow.toml");
 
 /// How long a worker stage gives a task to be claimed, on the demo clock.
-pub const DEMO_ACCEPT_WITHIN_MS: i64 = 1_500;
+pub const DEMO_ACCEPT_WITHIN_MS: i64 = 2_000;
 /// A worker stage's lease on the demo clock (also what the agents ask for).
 pub const DEMO_LEASE_MS: i64 = 2_000;
 /// The first retry's backoff on the demo clock, and its cap.
@@ -184,7 +184,7 @@ mod tests {
         let prepared = prepare(WORKFLOW_SOURCE, Timings::Demo).unwrap();
         let wf = &prepared.workflow;
         let triage = wf.stage(&StageName::new(stage::TRIAGE)).unwrap();
-        assert_eq!((triage.policy.accept_within_ms, triage.policy.lease_ms), (1_500, 2_000));
+        assert_eq!((triage.policy.accept_within_ms, triage.policy.lease_ms), (2_000, 2_000));
         let desk = wf.stage(&StageName::new(stage::FRONT_DESK)).unwrap();
         assert!(
             desk.policy.human && desk.policy.accept_within_ms > 60_000,
