@@ -655,6 +655,41 @@ mod tests {
     }
 
     #[test]
+    fn kinds_and_stages_choose_the_notices() {
+        use baton_core::store::{Alert, Handoff};
+        use baton_core::{AgentId, HandoffId, StageName, TaskId};
+        let task = TaskId(uuid::Uuid::nil());
+        let handoff = |from: &str, to: &str| Notice::Handoff {
+            handoff: Handoff {
+                id: HandoffId(uuid::Uuid::nil()),
+                task,
+                from_stage: StageName::new(from),
+                to_stage: StageName::new(to),
+                from_agent: AgentId::new("a1"),
+                at: 0,
+                outcome: HandoffOutcome::Cancelled { at: 1 },
+            },
+        };
+        let alert = |stage: &str| Notice::Alert {
+            alert: Alert { task, stage: StageName::new(stage), at: 0, message: "escalated".into() },
+        };
+        let hook = |kinds: &[NoticeKind], stages: Option<&[&str]>| {
+            let stages = stages.map(|s| s.iter().map(|x| x.to_string()).collect());
+            Webhook::new("ops", "http://h/", secret(), kinds, stages).unwrap()
+        };
+        let both = [NoticeKind::Handoff, NoticeKind::Alert];
+        let all = hook(&both, None);
+        assert!(all.wants(&handoff("a", "b")) && all.wants(&alert("inbox")));
+        let alerts = hook(&[NoticeKind::Alert], None);
+        assert!(!alerts.wants(&handoff("a", "b")) && alerts.wants(&alert("inbox")));
+        let triage = hook(&both, Some(&["triage"]));
+        assert!(triage.wants(&handoff("triage", "b")), "the source stage");
+        assert!(triage.wants(&handoff("a", "triage")), "the target stage");
+        assert!(!triage.wants(&handoff("a", "b")));
+        assert!(!triage.wants(&alert("inbox")) && triage.wants(&alert("triage")));
+    }
+
+    #[test]
     fn long_errors_are_cut_on_a_character_boundary() {
         assert_eq!(truncate("ééé".into(), 3), "é");
         assert_eq!(truncate("abc".into(), 5), "abc");
