@@ -1,6 +1,7 @@
-//! The `baton-harness` binary: `bench-store` (the store-level HB3 benchmark
-//! with its same-run baselines) and `crash-child` (the process the kill -9
-//! test starts and kills). Figures and acknowledgements go to stdout or the
+//! The `baton-harness` binary: `bench` (what `baton bench` runs: HB3 across
+//! Baton, its same-run baselines and its peers), `bench-store` and
+//! `bench-http` (the earlier store-level and HTTP benches), and `crash-child`
+//! (the process the kill -9 test starts and kills). Figures and acknowledgements go to stdout or the
 //! named files; progress goes to stderr.
 
 use anyhow::{Context as _, Result, bail};
@@ -18,6 +19,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// HB3 across Baton (SQLite in process, over HTTP, PostgreSQL), its
+    /// same-run baselines (fsync, raw SQLite, ideal writer, raw PostgreSQL)
+    /// and peers (NATS JetStream, RabbitMQ), interleaved; then the open loop
+    /// and the backlog series. What `baton bench` runs.
+    Bench(BenchArgs),
     /// Store-level HB3 burn-down: Baton's SQLite store against the raw
     /// single-commit and ideal batching-writer baselines, interleaved.
     BenchStore {
@@ -99,8 +105,111 @@ enum Command {
     },
 }
 
+/// `bench`'s options; `--smoke` shrinks every size for a run of seconds.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Tiny sizes for CI: K=4, N=150, one round, backlogs 500 and 2,000, no quiet wait.
+    #[arg(long)]
+    smoke: bool,
+    /// Agent counts (HB3: 4, 16, 64).
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    agents: Vec<usize>,
+    /// Tasks per run (3 handoffs each).
+    #[arg(long, default_value_t = 5_000)]
+    tasks: usize,
+    /// Payload bytes (HB3: 200, 1024, 16384).
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Systems, in round order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fsync,raw,ideal,baton,baton-http,raw-pg,baton-pg,nats,rabbitmq"
+    )]
+    systems: Vec<String>,
+    /// Open loop at this fraction of each system's burn-down rate (0: skip it).
+    #[arg(long, default_value_t = 0.5)]
+    open_loop_fraction: f64,
+    /// Backlog series sizes (none: skip it).
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    backlogs: Vec<usize>,
+    /// Tasks burned down at each backlog size.
+    #[arg(long, default_value_t = 5_000)]
+    backlog_sample: usize,
+    /// Directory for the runs (each gets a fresh subdirectory, removed after).
+    #[arg(long, default_value = "target/bench-runs")]
+    dir: PathBuf,
+    /// PostgreSQL for raw-pg and baton-pg (a schema per run, dropped after).
+    #[arg(long, env = "BATON_BENCH_DATABASE_URL", default_value = bench::pg::DEFAULT_DATABASE_URL)]
+    database_url: String,
+    /// The `baton` binary for baton-http; default: next to this binary.
+    #[arg(long)]
+    baton: Option<PathBuf>,
+    /// Write the whole report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the Markdown report here ("-": stdout).
+    #[arg(long, default_value = "-")]
+    markdown: PathBuf,
+    /// Before each run, wait up to this many seconds for other processes to quiet down.
+    #[arg(long, default_value_t = 30)]
+    quiet_wait_s: u64,
+}
+
+fn bench_suite(a: BenchArgs) -> Result<()> {
+    let systems = a
+        .systems
+        .iter()
+        .map(|s| bench::suite::Sys::parse(s).with_context(|| format!("unknown system {s:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = bench::suite::SuiteConfig {
+        agents: a.agents,
+        tasks: a.tasks,
+        payload_bytes: a.payload_bytes,
+        runs: a.runs,
+        systems,
+        open_loop_fraction: a.open_loop_fraction,
+        backlogs: a.backlogs.into_iter().filter(|&b| b > 0).collect(),
+        backlog_sample: a.backlog_sample,
+        fsyncs: 2_000,
+        dir: a.dir,
+        database_url: a.database_url,
+        // `baton dev` runs in each run's directory: the path must not be relative.
+        baton: a.baton.map_or_else(bench::http::default_baton, |b| std::fs::canonicalize(&b).unwrap_or(b)),
+        harness: std::env::current_exe().ok(),
+        quiet_wait_s: a.quiet_wait_s,
+    };
+    if a.smoke {
+        config.agents = vec![4];
+        config.tasks = 150;
+        config.runs = 1;
+        config.backlogs = vec![500, 2_000];
+        config.backlog_sample = 150;
+        config.fsyncs = 100;
+        config.quiet_wait_s = 0;
+    }
+    if config.agents.is_empty() || config.agents.contains(&0) || config.runs == 0 || config.tasks == 0 {
+        bail!("--agents, --runs and --tasks must be positive");
+    }
+    let report = bench::suite::run(config)?;
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    let md = bench::suite::markdown(&report);
+    if a.markdown.as_os_str() == "-" {
+        print!("{md}");
+    } else {
+        std::fs::write(&a.markdown, md).with_context(|| format!("write {}", a.markdown.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Bench(args) => bench_suite(args),
         Command::BenchStore {
             agents,
             tasks,

@@ -142,6 +142,77 @@ pub fn wait_for_quiet(foreign_cores_max: f64, wait_max: Duration) -> Result<(Dur
     }
 }
 
+/// User plus system CPU seconds used so far by process `pid` (all its
+/// threads), or `None` when it is gone or unreadable.
+pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).ok()
+}
+
+/// Processes whose command name (`/proc/PID/comm`) is exactly `name`, such as
+/// `postgres` (every backend of a cluster) or `beam.smp` (RabbitMQ).
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name))
+        .collect()
+}
+
+/// Resident set size of a process in KiB (`VmRSS` of `/proc/PID/status`;
+/// `None` for this process), or `None` when unreadable.
+pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(|| "/proc/self/status".to_owned(), |p| format!("/proc/{p}/status"));
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Bytes allocated on disk to the files under `dir` (blocks, so sparse and
+/// preallocated files count as the disk sees them). Bounded by `DISK_FILES_MAX`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    const DISK_FILES_MAX: usize = 100_000;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > DISK_FILES_MAX {
+                return total;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// Other processes' CPU the benchmark owns (servers it started or drives):
+/// their CPU is the system under test's, not noise.
+pub struct Watch {
+    pids: Vec<u32>,
+    before: f64,
+}
+
+impl Watch {
+    pub fn start(pids: Vec<u32>) -> Self {
+        let before = pids.iter().filter_map(|&p| pid_cpu_seconds(p)).sum();
+        Self { pids, before }
+    }
+
+    /// CPU seconds the watched processes used since `start` (a process that
+    /// exited meanwhile loses its share), and their summed RSS in KiB now.
+    pub fn stop(&self) -> (f64, Option<u64>) {
+        let now: f64 = self.pids.iter().filter_map(|&p| pid_cpu_seconds(p)).sum();
+        let rss: u64 = self.pids.iter().filter_map(|&p| rss_kib(Some(p))).sum();
+        ((now - self.before).max(0.0), (rss > 0).then_some(rss))
+    }
+}
+
 /// What a measured interval cost.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Usage {

@@ -15,9 +15,11 @@
 //! integrity_check` says ok. The seed is printed; set BATON_CRASH_SEED to
 //! repeat a run's choices (kill times and thread interleavings still vary).
 
-// The bench-http smoke test compiles into this one test binary.
+// The bench-http and bench smoke tests compile into this one test binary.
 #[path = "faults/bench_http.rs"]
 mod bench_http;
+#[path = "faults/bench_suite.rs"]
+mod bench_suite;
 
 use baton_core::{Event, EventKind, Store, TaskId};
 use baton_harness::crash::{Ack, SplitMix, new_task};

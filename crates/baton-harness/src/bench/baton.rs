@@ -13,7 +13,7 @@ use crate::exec::block_on;
 use crate::sys::{Probe, Usage};
 use anyhow::{Context as _, Result, bail};
 use baton_core::{
-    ActRequest, Action, AgentId, ClaimNext, ClaimRequest, Grant, NewTask, Report, StageName, Store,
+    ActRequest, Action, AgentId, ClaimNext, ClaimRequest, Grant, NewTask, Report, StageName, Store, TaskId,
 };
 use hdrhistogram::Histogram;
 use std::sync::Arc;
@@ -22,7 +22,10 @@ use std::time::Instant;
 
 /// The SQLite store's writer thread, as the kernel names it ("baton-sqlite-writer"
 /// cut to 15 bytes). Its CPU share shows whether group commit is CPU-bound.
-const BATON_WRITER_THREAD: &str = "baton-sqlite-wr";
+pub const BATON_WRITER_THREAD: &str = "baton-sqlite-wr";
+
+/// Called with every task that leaves the last stage (the open loop's clock).
+pub type OnDone = Arc<dyn Fn(TaskId) + Send + Sync>;
 
 /// Threads that preload tasks: enough concurrent submits for group commit to
 /// make the (untimed) preload quick.
@@ -36,7 +39,7 @@ pub fn run_baton(p: &RunParams, probe: &Probe) -> Result<Measured> {
     preload(&store, p.tasks, &p.payload)?;
     let preload_seconds = started.elapsed().as_secs_f64();
     let before = sqlite.stats().commits;
-    let (usage, step) = burn_down(store, p.agents, p.tasks, probe)?;
+    let (usage, step) = burn_down(store, p.agents, p.tasks, probe, BATON_WRITER_THREAD, None)?;
     // Idle agents' empty claims commit too (an empty transaction), so this
     // counts every transaction the burn-down cost, not only handoffs.
     let transactions = sqlite.stats().commits - before;
@@ -73,24 +76,40 @@ pub fn preload(store: &Arc<dyn Store>, tasks: usize, payload: &str) -> Result<()
 
 /// Runs `agents` agent threads until all `tasks` preloaded tasks are done.
 /// Returns the usage from the agents' start to the last completion and the
-/// merged histogram of `act` round trips.
+/// merged histogram of `act` round trips. `writer` names the store's writer
+/// thread (its CPU is reported apart); `on_done` hears of every finished task.
 pub fn burn_down(
     store: Arc<dyn Store>,
     agents: usize,
     tasks: usize,
     probe: &Probe,
+    writer: &'static str,
+    on_done: Option<OnDone>,
 ) -> Result<(Usage, Histogram<u64>)> {
-    let board = Arc::new(Board::new(tasks));
-    let mark = probe.start(Some(BATON_WRITER_THREAD))?;
+    burn_down_on(store, agents, Arc::new(Board::new(tasks)), probe, writer, on_done)
+}
+
+/// `burn_down` on a board the caller also holds (the open loop's submitters
+/// wake agents through it).
+pub fn burn_down_on(
+    store: Arc<dyn Store>,
+    agents: usize,
+    board: Arc<Board>,
+    probe: &Probe,
+    writer: &'static str,
+    on_done: Option<OnDone>,
+) -> Result<(Usage, Histogram<u64>)> {
+    let mark = probe.start(Some(writer))?;
     let threads: Vec<_> = assign(agents)
         .into_iter()
         .enumerate()
         .map(|(agent, stages)| {
             let store = Arc::clone(&store);
             let board = Arc::clone(&board);
+            let on_done = on_done.clone();
             thread::Builder::new()
                 .name(format!("baton-agent-{agent}"))
-                .spawn(move || agent_loop(store.as_ref(), agent, &stages, &board))
+                .spawn(move || agent_loop(store.as_ref(), agent, &stages, &board, on_done.as_ref()))
         })
         .collect::<Result<_, _>>()?;
     let mut step = histogram();
@@ -108,8 +127,14 @@ pub fn burn_down(
     Ok((probe.stop(&mark, end)?, step))
 }
 
-fn agent_loop(store: &dyn Store, agent: usize, stages: &[usize], board: &Board) -> Result<Histogram<u64>> {
-    let result = agent_steps(store, agent, stages, board);
+fn agent_loop(
+    store: &dyn Store,
+    agent: usize,
+    stages: &[usize],
+    board: &Board,
+    on_done: Option<&OnDone>,
+) -> Result<Histogram<u64>> {
+    let result = agent_steps(store, agent, stages, board, on_done);
     if result.is_err() {
         // Release the other agents: the run cannot finish.
         while !board.is_over() {
@@ -119,7 +144,13 @@ fn agent_loop(store: &dyn Store, agent: usize, stages: &[usize], board: &Board) 
     result
 }
 
-fn agent_steps(store: &dyn Store, agent: usize, stages: &[usize], board: &Board) -> Result<Histogram<u64>> {
+fn agent_steps(
+    store: &dyn Store,
+    agent: usize,
+    stages: &[usize],
+    board: &Board,
+    on_done: Option<&OnDone>,
+) -> Result<Histogram<u64>> {
     let id = AgentId::new(format!("agent-{agent}"));
     let names: Vec<StageName> = stages.iter().map(|&s| StageName::new(STAGES[s])).collect();
     let claim_next = ClaimNext { stages: names.clone(), max: 1, lease_ms: None };
@@ -157,6 +188,9 @@ fn agent_steps(store: &dyn Store, agent: usize, stages: &[usize], board: &Board)
         let outcome = block_on(store.act(request))?;
         record(&mut step, t0.elapsed());
         if last {
+            if let Some(f) = on_done {
+                f(grant.task.id);
+            }
             board.finished_one();
         } else {
             board.handed_into(stage + 1);

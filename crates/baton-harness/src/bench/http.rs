@@ -449,7 +449,47 @@ fn spawn_agents(
         .collect()
 }
 
+/// What one Baton-over-HTTP burn-down measured, for `bench`.
+pub(crate) struct HttpSample {
+    pub handoffs: u64,
+    pub usage: sys::Usage,
+    /// Handoff or complete round trips.
+    pub rtt: Histogram<u64>,
+    /// Send of a handoff to the next stage's lease.
+    pub handoff: Histogram<u64>,
+    pub server_cpu_s: f64,
+    pub server_rss_kib: Option<u64>,
+}
+
 async fn run_http(baton: &Path, p: &RunParams, round: usize, probe: &Probe) -> Result<HttpRun> {
+    let s = run_http_sample(baton, p, probe).await?;
+    let handoffs = s.handoffs as f64;
+    let (usage, h, rtt, server_cpu) = (s.usage, s.handoff, s.rtt, s.server_cpu_s);
+    Ok(HttpRun {
+        system: HttpSystem::BatonHttp,
+        agents: p.agents,
+        tasks: p.tasks,
+        round,
+        handoffs: handoffs as u64,
+        seconds: usage.seconds,
+        handoffs_per_s: handoffs / usage.seconds,
+        step_p50_us: None,
+        step_p99_us: None,
+        handoff_p50_us: Some(us(&h, 0.5)),
+        handoff_p99_us: Some(us(&h, 0.99)),
+        complete_rtt_p50_us: Some(us(&rtt, 0.5)),
+        complete_rtt_p99_us: Some(us(&rtt, 0.99)),
+        flushes_per_handoff: usage.flushes.map(|f| f as f64 / handoffs),
+        client_cpu_s_per_1k: usage.cpu_seconds / handoffs * 1_000.0,
+        server_cpu_s_per_1k: Some(server_cpu / handoffs * 1_000.0),
+        // The server is not foreign here.
+        foreign_cpu_seconds: (usage.foreign_cpu_seconds - server_cpu).max(0.0),
+        disturbed: (usage.foreign_cpu_seconds - server_cpu) > FOREIGN_CORES_MAX * usage.seconds,
+    })
+}
+
+/// One burn-down against a fresh `baton dev` in `p.dir`.
+pub(crate) async fn run_http_sample(baton: &Path, p: &RunParams, probe: &Probe) -> Result<HttpSample> {
     let server = Server::start(baton, &p.dir)?;
     let client = Client::new(&server.address)?;
     let payload = Payload::from_json(p.payload.clone())?;
@@ -480,31 +520,12 @@ async fn run_http(baton: &Path, p: &RunParams, round: usize, probe: &Probe) -> R
     let end = shared.end.lock().expect("end").context("the run ended without finishing its tasks")?;
     let usage = probe.stop(&mark, end)?;
     let server_cpu = server.cpu_seconds()? - server_cpu;
-    let handoffs = (p.tasks * STAGES.len()) as f64;
-    let h = shared.handoff.lock().expect("hist");
-    let rtt = shared.rtt.lock().expect("hist");
-    ensure!(rtt.len() == handoffs as u64, "{} handoff calls for {handoffs} handoffs", rtt.len());
-    Ok(HttpRun {
-        system: HttpSystem::BatonHttp,
-        agents: p.agents,
-        tasks: p.tasks,
-        round,
-        handoffs: handoffs as u64,
-        seconds: usage.seconds,
-        handoffs_per_s: handoffs / usage.seconds,
-        step_p50_us: None,
-        step_p99_us: None,
-        handoff_p50_us: Some(us(&h, 0.5)),
-        handoff_p99_us: Some(us(&h, 0.99)),
-        complete_rtt_p50_us: Some(us(&rtt, 0.5)),
-        complete_rtt_p99_us: Some(us(&rtt, 0.99)),
-        flushes_per_handoff: usage.flushes.map(|f| f as f64 / handoffs),
-        client_cpu_s_per_1k: usage.cpu_seconds / handoffs * 1_000.0,
-        server_cpu_s_per_1k: Some(server_cpu / handoffs * 1_000.0),
-        // The server is not foreign here.
-        foreign_cpu_seconds: (usage.foreign_cpu_seconds - server_cpu).max(0.0),
-        disturbed: (usage.foreign_cpu_seconds - server_cpu) > FOREIGN_CORES_MAX * usage.seconds,
-    })
+    let handoffs = (p.tasks * STAGES.len()) as u64;
+    let h = shared.handoff.lock().expect("hist").clone();
+    let rtt = shared.rtt.lock().expect("hist").clone();
+    ensure!(rtt.len() == handoffs, "{} handoff calls for {handoffs} handoffs", rtt.len());
+    let server_rss_kib = sys::rss_kib(Some(server.child.id()));
+    Ok(HttpSample { handoffs, usage, rtt, handoff: h, server_cpu_s: server_cpu, server_rss_kib })
 }
 
 /// Low load: one agent per stage, tasks submitted one at a time; each

@@ -11,12 +11,20 @@
 //! and handoffs/s is 3N divided by the time from the agents' start to the
 //! last task's completion. Every handoff is durable (fsync'd) before the agent
 //! hears about it, in Baton and in both baselines.
+//!
+//! `suite` is `bench`, the single entry point (`baton bench`) that runs
+//! these systems together with Baton on PostgreSQL (`pg`), the peers
+//! (`peers`), an open loop and the backlog series (`backlog`).
 
+pub mod backlog;
 pub mod baselines;
 pub mod baton;
 pub mod http;
+pub mod peers;
+pub mod pg;
 pub mod pipeline;
 pub mod report;
+pub mod suite;
 
 use crate::sys::{Machine, Probe, Usage};
 use anyhow::{Context as _, Result};

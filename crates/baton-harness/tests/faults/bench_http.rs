@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn baton_binary() -> PathBuf {
+pub fn baton_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("BATON_BIN") {
         return PathBuf::from(path);
     }
