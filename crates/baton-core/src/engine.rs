@@ -108,7 +108,8 @@ pub trait Tx {
     /// Deletes up to `limit` rollups of buckets before `before`; returns how many.
     fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, Self::Error>;
     /// Stores a new anomaly; the store numbers it.
-    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), Self::Error>;
+    /// Stores a new anomaly; returns its id (1, 2, ... in the order raised).
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<u64, Self::Error>;
     /// Anomaly `id`, if it exists.
     fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, Self::Error>;
     /// Replaces anomaly `id` (to record its acknowledgement).
@@ -232,8 +233,8 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
             OpOutcome::MergeRollups
         }
         Op::RaiseAnomaly(anomaly) => {
-            st(tx.put_anomaly(anomaly))?;
-            st(tx.put_notice(&Notice::Anomaly { anomaly: anomaly.clone() }))?;
+            let id = st(tx.put_anomaly(anomaly))?;
+            st(tx.put_notice(&Notice::Anomaly { id, anomaly: anomaly.clone() }))?;
             OpOutcome::RaiseAnomaly
         }
         Op::AckAnomaly { id, by } => {

@@ -131,8 +131,13 @@ pub enum Notice {
     Handoff { handoff: Handoff },
     /// An escalation (or a passed deadline) raised an alert.
     Alert { alert: Alert },
-    /// Anomaly detection flagged a window.
-    Anomaly { anomaly: Anomaly },
+    /// Anomaly detection flagged a window: anomaly `id` (0 in notices
+    /// written before the id was recorded).
+    Anomaly {
+        #[serde(default)]
+        id: u64,
+        anomaly: Anomaly,
+    },
 }
 
 impl Notice {

@@ -56,7 +56,7 @@ const ROLLUP_LOCK: &str = "SELECT body FROM rollups WHERE bucket = $1 AND key = 
 const PUT_ROLLUP: &str = "UPDATE rollups SET body = $3 WHERE bucket = $1 AND key = $2";
 const PURGE_ROLLUPS: &str = "DELETE FROM rollups WHERE (bucket, key) IN \
                              (SELECT bucket, key FROM rollups WHERE bucket < $1 ORDER BY bucket LIMIT $2)";
-const PUT_ANOMALY: &str = "INSERT INTO anomalies (open, body) VALUES ($1, $2)";
+const PUT_ANOMALY: &str = "INSERT INTO anomalies (open, body) VALUES ($1, $2) RETURNING id";
 const ANOMALY: &str = "SELECT body FROM anomalies WHERE id = $1 FOR UPDATE";
 const UPDATE_ANOMALY: &str = "UPDATE anomalies SET open = $2, body = $3 WHERE id = $1";
 const PUT_WORKFLOW: &str = "INSERT INTO workflows (name, version, body) VALUES ($1, $2, $3)";
@@ -376,10 +376,12 @@ impl Tx for PgTx<'_> {
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), StoreError> {
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<u64, StoreError> {
         let body = serde_json::to_string(anomaly)?;
-        self.execute(PUT_ANOMALY, &[&anomaly.acked.is_none(), &body])?;
-        Ok(())
+        self.writes += 1;
+        let rows = self.query(PUT_ANOMALY, &[&anomaly.acked.is_none(), &body])?;
+        let id: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
+        Ok(u64::try_from(id).unwrap_or(0))
     }
 
     fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, StoreError> {

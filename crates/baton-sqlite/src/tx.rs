@@ -284,13 +284,13 @@ impl Tx for WriteTx<'_> {
         Ok(n)
     }
 
-    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), StoreError> {
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<u64, StoreError> {
         self.writes += 1;
         let body = serde_json::to_string(anomaly)?;
         self.conn
             .prepare_cached("INSERT INTO anomalies (open, body) VALUES (?1, ?2)")?
             .execute(params![i64::from(anomaly.acked.is_none()), body])?;
-        Ok(())
+        Ok(u64::try_from(self.conn.last_insert_rowid()).unwrap_or(0))
     }
 
     fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, StoreError> {

@@ -641,11 +641,11 @@ impl Tx for MemTx<'_> {
         Ok(old.len())
     }
 
-    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<(), MemError> {
+    fn put_anomaly(&mut self, anomaly: &Anomaly) -> Result<u64, MemError> {
         self.write_allowed()?;
         self.state.anomalies.push(anomaly.clone());
         self.undo.push(Undo::AnomalyAdded);
-        Ok(())
+        Ok(self.state.anomalies.len() as u64)
     }
 
     fn anomaly(&mut self, id: u64) -> Result<Option<Anomaly>, MemError> {

@@ -404,7 +404,8 @@ pub fn rollups_merge_and_read_by_window<H: SuiteStore>() {
     cx.finish();
 }
 
-/// Anomalies are stored in order with an outbox notice each, listed all or
+/// Anomalies are stored in order with an outbox notice each (naming the
+/// anomaly's id), listed all or
 /// open only, and acknowledged once (a second ack keeps the first).
 pub fn anomalies_are_stored_listed_and_acknowledged<H: SuiteStore>() {
     use baton_core::metrics::{Anomaly, RollupKey};
@@ -440,7 +441,14 @@ pub fn anomalies_are_stored_listed_and_acknowledged<H: SuiteStore>() {
     assert_eq!(list(false).len(), 2);
     cx.refuses("invalid_request", |cx| cx.try_execute(Op::AckAnomaly { id: 9, by: "op".into() }, None));
     let notices = block_on(cx.store().notices(0, 10)).expect("notices");
-    assert_eq!(notices.iter().filter(|(_, n)| n.kind() == "anomaly").count(), 2);
+    let ids: Vec<u64> = notices
+        .iter()
+        .filter_map(|(_, n)| match n {
+            baton_core::store::Notice::Anomaly { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, [1, 2], "each anomaly notice names its anomaly");
     cx.finish();
 }
 
