@@ -108,7 +108,7 @@ enum Command {
 /// `bench`'s options; `--smoke` shrinks every size for a run of seconds.
 #[derive(clap::Args)]
 struct BenchArgs {
-    /// Tiny sizes for CI: K=4, N=150, one round, backlogs 500 and 2,000, no quiet wait.
+    /// Tiny sizes for CI: K=4, N=90, one round, backlogs 300 and 1,000, no quiet wait.
     #[arg(long)]
     smoke: bool,
     /// Agent counts (HB3: 4, 16, 64).
@@ -183,10 +183,10 @@ fn bench_suite(a: BenchArgs) -> Result<()> {
     };
     if a.smoke {
         config.agents = vec![4];
-        config.tasks = 150;
+        config.tasks = 90;
         config.runs = 1;
-        config.backlogs = vec![500, 2_000];
-        config.backlog_sample = 150;
+        config.backlogs = vec![300, 1_000];
+        config.backlog_sample = 90;
         config.fsyncs = 100;
         config.quiet_wait_s = 0;
     }

@@ -122,6 +122,14 @@ enum Command {
         #[command(subcommand)]
         command: webhook::WebhookCommand,
     },
+    /// Benchmarks: HB3 against same-run baselines and peers (docs/benchmarks.md).
+    /// Runs `baton-harness bench` from beside this binary (or $BATON_HARNESS)
+    /// with these arguments; `baton bench --help` lists them.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -167,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Stats(args) => metrics::stats(args).await,
         Command::Alerts(args) => metrics::alerts(args).await,
         Command::Gate(args) => metrics::gate(args).await,
+        Command::Bench { args } => bench(&args),
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -175,6 +184,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Prints an error for people and picks the exit code.
+/// `baton bench`: the harness is a binary of its own, so its peer clients
+/// (NATS, RabbitMQ) stay out of this one's build; this runs it.
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    let harness = std::env::var_os("BATON_HARNESS").map_or_else(
+        || {
+            let exe = std::env::current_exe().unwrap_or_default();
+            exe.with_file_name("baton-harness")
+        },
+        std::path::PathBuf::from,
+    );
+    let status = std::process::Command::new(&harness).arg("bench").args(args).status().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run {} ({e}); build it: cargo build --release -p baton-harness",
+            harness.display()
+        )
+    })?;
+    anyhow::ensure!(status.success(), "baton-harness bench failed ({status})");
+    Ok(())
+}
+
 fn report(error: &anyhow::Error) -> ExitCode {
     if let Some(invalid) = error.downcast_ref::<workflow::Invalid>() {
         // Its errors are on stderr already, one per line.
