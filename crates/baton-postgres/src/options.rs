@@ -36,6 +36,9 @@ pub struct PostgresOptions {
     /// Operations waiting for the writer, at most; past it a write is
     /// answered `Unavailable` at once instead of queueing without bound.
     pub queue_max: usize,
+    /// Writer threads, each with its own connection, taking batches from
+    /// one queue (see `writer`).
+    pub writers: usize,
     /// Connections in the read pool, at most.
     pub readers: usize,
     /// How long one statement (or a connection attempt) may take before the
@@ -62,6 +65,7 @@ impl PostgresOptions {
             rules: Rules::default(),
             listener: Arc::new(NoListener),
             queue_max: 16 * 1024,
+            writers: 4,
             readers: 4,
             io_timeout: Duration::from_secs(10),
             replica: default_replica(),
@@ -93,6 +97,11 @@ impl PostgresOptions {
 
     pub fn queue_max(mut self, queue_max: usize) -> Self {
         self.queue_max = queue_max;
+        self
+    }
+
+    pub fn writers(mut self, writers: usize) -> Self {
+        self.writers = writers;
         self
     }
 
@@ -174,6 +183,7 @@ impl fmt::Debug for PostgresOptions {
             .field("injected_clock", &self.clock.is_some())
             .field("rules", &self.rules)
             .field("queue_max", &self.queue_max)
+            .field("writers", &self.writers)
             .field("readers", &self.readers)
             .field("io_timeout", &self.io_timeout)
             .field("replica", &self.replica)

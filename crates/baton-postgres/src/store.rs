@@ -1,5 +1,5 @@
 //! `PostgresStore`: the public face. `open` migrates the schema (under the
-//! migration lock), builds the read pool, starts the writer thread and, on
+//! migration lock), builds the read pool, starts the writer threads and, on
 //! the store's own small runtime, the LISTEN task and the duty renewal loop.
 //! Writes go to the writer; reads run on the pool, on the store's runtime, so
 //! the store's futures work under any executor (the server's tokio, or the
@@ -41,7 +41,7 @@ pub struct PostgresStore {
     options: PostgresOptions,
     /// The writer's queue, bounded by `queue_max`; `None` once closed.
     queue: RwLock<Option<SyncSender<Op>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writers: Mutex<Vec<JoinHandle<()>>>,
     runtime: Mutex<Option<Runtime>>,
     handle: Handle,
     pool: Pool,
@@ -122,25 +122,30 @@ impl PostgresStore {
         let counters = Arc::new(Counters::default());
         let (queue, rx) = mpsc::sync_channel(options.queue_max.max(1));
         let channel = crate::listen::channel(&schema);
-        let writer_rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| OpenError::Thread { what: "writer runtime", source })?;
-        let writer = Writer {
-            rt: writer_rt,
-            session: None,
-            options: options.clone(),
-            rx,
-            clock: options.clock.clone(),
-            rules: options.rules.clone(),
-            listener: options.listener.clone(),
-            counters: Arc::clone(&counters),
-            channel: channel.clone(),
-        };
-        let writer = std::thread::Builder::new()
-            .name("baton-postgres-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|source| OpenError::Thread { what: "writer thread", source })?;
+        let rx = Arc::new(Mutex::new(rx));
+        let mut writers = Vec::with_capacity(options.writers.max(1));
+        for n in 0..options.writers.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| OpenError::Thread { what: "writer runtime", source })?;
+            let writer = Writer {
+                rt,
+                session: None,
+                options: options.clone(),
+                rx: Arc::clone(&rx),
+                clock: options.clock.clone(),
+                rules: options.rules.clone(),
+                listener: options.listener.clone(),
+                counters: Arc::clone(&counters),
+                channel: channel.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("baton-pg-writer-{n}"))
+                .spawn(move || writer.run())
+                .map_err(|source| OpenError::Thread { what: "writer thread", source })?;
+            writers.push(spawned);
+        }
 
         if options.listen {
             handle.spawn(crate::listen::run(options.clone(), channel, options.listener.clone()));
@@ -150,7 +155,7 @@ impl PostgresStore {
         Ok(Self {
             options,
             queue: RwLock::new(Some(queue)),
-            writer: Mutex::new(Some(writer)),
+            writers: Mutex::new(writers),
             runtime: Mutex::new(runtime.take()),
             handle,
             pool,
@@ -204,11 +209,11 @@ impl PostgresStore {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         drop(self.queue.write().unwrap_or_else(PoisonError::into_inner).take());
-        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(writer) = writer
-            && writer.join().is_err()
-        {
-            tracing::error!("the PostgreSQL writer thread panicked");
+        let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
+        for writer in writers {
+            if writer.join().is_err() {
+                tracing::error!("a PostgreSQL writer thread panicked");
+            }
         }
         self.pool.close();
         if let Some(runtime) = self.runtime.lock().unwrap_or_else(PoisonError::into_inner).take() {

@@ -39,7 +39,7 @@ use uuid::Uuid;
 const LOAD: &str = "SELECT body, head FROM tasks WHERE id = $1";
 const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = $1 AND idempotency_key = $2";
 // `ready` literally, so the partial index tasks_ready answers it.
-const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready AND stage = $1 \
+const READY: &str = "SELECT id, priority, deadline_rank, body, head FROM tasks WHERE ready AND stage = $1 \
                                 ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED";
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= $1 \
                               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED";
@@ -150,6 +150,10 @@ pub(crate) struct PgTx<'w> {
     /// Write statements sent, counted before they run: the writer needs to
     /// know whether a refused operation left anything to undo.
     pub writes: u32,
+    /// Rows `ready` returned and locked (`FOR UPDATE`), so the engine's
+    /// `load` of a candidate needs no round trip: nobody else can change a
+    /// locked row, and this operation's own saves drop their entry.
+    pub prefetched: HashMap<TaskId, (Task, Hash)>,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -213,6 +217,9 @@ impl Tx for PgTx<'_> {
     }
 
     fn load(&mut self, id: TaskId) -> Result<Option<(Task, Hash)>, StoreError> {
+        if let Some(row) = self.prefetched.remove(&id) {
+            return Ok(Some(row));
+        }
         self.query_opt(LOAD, &[&id.0])?.map(|row| task_and_head(&row, 0)).transpose()
     }
 
@@ -222,15 +229,17 @@ impl Tx for PgTx<'_> {
 
     fn ready(&mut self, stage: &StageName, max: usize) -> Result<Vec<ReadyKey>, StoreError> {
         let rows = self.query(READY, &[&stage.as_str(), &limit(max)])?;
-        rows.iter()
-            .map(|row| {
-                Ok(ReadyKey {
-                    id: TaskId(row.try_get(0)?),
-                    priority: row.try_get(1)?,
-                    deadline_rank: row.try_get(2)?,
-                })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key = ReadyKey {
+                id: TaskId(row.try_get(0)?),
+                priority: row.try_get(1)?,
+                deadline_rank: row.try_get(2)?,
+            };
+            self.prefetched.insert(key.id, task_and_head(row, 3)?);
+            out.push(key);
+        }
+        Ok(out)
     }
 
     fn due(&mut self, now: Millis, max: usize) -> Result<Vec<TaskId>, StoreError> {
@@ -277,6 +286,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, StoreError> {
+        self.prefetched.remove(&task.id);
         let c = Columns::of(task)?;
         let expected = int(task.revision.saturating_sub(1))?;
         let body = serde_json::to_string(task)?;

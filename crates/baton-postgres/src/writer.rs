@@ -1,8 +1,14 @@
-//! The writer thread and group commit. One thread per process owns the write
-//! connection (driven by its own current-thread runtime) and drains a
-//! channel of operations: it blocks for the first, takes whatever else is
-//! queued (up to `limits.commit_batch_max`), runs them in one transaction,
-//! commits once, and only then answers every caller.
+//! The writer threads and group commit. Each of the store's `writers`
+//! threads owns one write connection (driven by its own current-thread
+//! runtime) and takes operations from the store's one queue: it blocks for
+//! the first, takes whatever else is queued (up to
+//! `limits.commit_batch_max`), runs them in one transaction, commits once,
+//! and only then answers every caller. While one writer waits on the
+//! database, the next collects and runs the following batch: a single writer
+//! spends most of its time waiting for round trips, so several keep the
+//! database busy. They need nothing beyond what keeps replicas apart (row
+//! locks, revision guards, advisory locks), since to the database each
+//! writer is just another replica's connection.
 //!
 //! `now` is read once per batch: the database clock (`clock_timestamp()`,
 //! pipelined with BEGIN) unless a clock is injected.
@@ -31,10 +37,12 @@ use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName};
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio_postgres::NoTls;
@@ -79,7 +87,9 @@ pub(crate) struct Writer {
     pub rt: Runtime,
     pub session: Option<Session>,
     pub options: PostgresOptions,
-    pub rx: Receiver<Op>,
+    /// The store's queue, shared by its writers: the one holding the lock
+    /// collects a batch, then lets the next collect while it commits.
+    pub rx: Arc<Mutex<Receiver<Op>>>,
     pub clock: Option<Arc<dyn Clock>>,
     pub rules: Rules,
     pub listener: Arc<dyn ReadyListener>,
@@ -108,14 +118,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let max = self.rules.limits.commit_batch_max.max(1);
         let mut ops = Vec::with_capacity(max);
-        while let Ok(first) = self.rx.recv() {
-            ops.push(first);
-            while ops.len() < max {
-                match self.rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
-            }
+        while self.collect(&mut ops, max) {
             self.commit_batch(&mut ops);
         }
         // Closed cleanly: hand the duties over at once instead of letting
@@ -130,6 +133,21 @@ impl Writer {
                 tracing::warn!(%error, "could not release this replica's duties; they expire by themselves");
             }
         }
+    }
+
+    /// Waits for the next operation and takes what else is queued, up to
+    /// `max`; false once the store closed and the queue is drained.
+    fn collect(&self, ops: &mut Vec<Op>, max: usize) -> bool {
+        let rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        let Ok(first) = rx.recv() else { return false };
+        ops.push(first);
+        while ops.len() < max {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        true
     }
 
     fn connect(&mut self) -> Result<(), String> {
@@ -256,19 +274,18 @@ impl Writer {
                 return if matches!(end, End::Tainted) { Attempt::Tainted } else { Attempt::Rerun };
             }
         }
-        // Other replicas' waiting claims hear of the new work at COMMIT.
+        // Other replicas' waiting claims hear of the new work at COMMIT. The
+        // notifications and COMMIT travel as one simple query: one round trip.
+        let mut finish = String::new();
         for payload in listen::payloads(&self.options.replica, &ready) {
-            let notified = block(
-                rt,
-                timeout,
-                session.client.execute("SELECT pg_notify($1, $2)", &[&self.channel, &payload]),
-            );
-            if let Err(e) = notified {
-                let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
-                return Attempt::Lost(format!("NOTIFY failed: {e}"));
-            }
+            finish.push_str(&format!(
+                "SELECT pg_notify({}, {}); ",
+                literal(&self.channel),
+                literal(&payload)
+            ));
         }
-        if let Err(e) = block(rt, timeout, session.client.batch_execute("COMMIT")) {
+        finish.push_str("COMMIT");
+        if let Err(e) = block(rt, timeout, session.client.batch_execute(&finish)) {
             // Whether it committed is unknown: acknowledge nothing. Keyed
             // retries (Idempotency-Key) find out which it was.
             return Attempt::Lost(format!("COMMIT failed: {e}"));
@@ -454,7 +471,13 @@ impl Batch<'_> {
         let mut conflicts = 0;
         let failure = loop {
             let mut effects = Effects::default();
-            let mut tx = PgTx { rt: self.rt, session: &mut *self.session, timeout: self.timeout, writes: 0 };
+            let mut tx = PgTx {
+                rt: self.rt,
+                session: &mut *self.session,
+                timeout: self.timeout,
+                writes: 0,
+                prefetched: HashMap::new(),
+            };
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
                 // A panic is a bug in one operation: undo that operation and
@@ -538,6 +561,12 @@ impl Batch<'_> {
             not_committed()
         })
     }
+}
+
+/// A string as an SQL literal (`standard_conforming_strings` is on, the
+/// default since PostgreSQL 9.1: only the quote needs doubling).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {

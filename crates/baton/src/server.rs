@@ -77,6 +77,10 @@ pub struct PostgresArgs {
     /// records) last without renewal: a dead replica's duty moves after this.
     #[arg(long, env = "BATON_DUTY_LEASE", default_value = "30s", value_parser = crate::duration::parse_ms)]
     pub duty_lease: u64,
+    /// Writer threads, each with its own connection (PostgreSQL): more keep
+    /// the database busier under many agents, each costs a connection.
+    #[arg(long, env = "BATON_DATABASE_WRITERS", default_value_t = 4)]
+    pub writers: usize,
 }
 
 impl PostgresArgs {
@@ -87,7 +91,9 @@ impl PostgresArgs {
         if let Some(schema) = &self.schema {
             options = options.schema(schema.clone());
         }
-        Ok(options.duty_lease(std::time::Duration::from_millis(self.duty_lease.max(1))))
+        Ok(options
+            .duty_lease(std::time::Duration::from_millis(self.duty_lease.max(1)))
+            .writers(self.writers.max(1)))
     }
 }
 

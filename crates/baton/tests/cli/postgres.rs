@@ -6,13 +6,16 @@
 //! work: every submitted task done, no task completed twice, every event
 //! chain verified and replayed to its row, also when one replica is killed
 //! with SIGKILL mid-run (its leases expire and are claimed again through the
-//! others; the singleton duty it held moves to another replica).
+//! others; the singleton duty it held moves to another replica); and a
+//! replica that loses its database answers 503 (readiness and API, never a
+//! stale read) and serves again by itself when the database is back.
 //!
 //! Method: the real binary against the database of `BATON_TEST_DATABASE_URL`
 //! (which must be set: the tests fail, never skip, without it), each test in
 //! a schema of its own dropped at the end. Agents and submitters are HTTP
 //! clients (reqwest) on a tokio runtime; the final checks read the schema
-//! through a `PostgresStore` and the test kit's history checker.
+//! through a `PostgresStore` and the test kit's history checker. The outage
+//! runs the replica through a TCP proxy the test cuts and heals.
 
 use baton_core::{EventKind, Store};
 use baton_postgres::{DUTY_PURGE, PostgresOptions, PostgresStore};
@@ -396,7 +399,8 @@ fn pipeline(tag: &str, kill: Option<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let schema = Schema::new(tag);
-    let duty = ["--duty-lease", "2s"];
+    // Few connections per replica: the database serves other tests too.
+    let duty = ["--duty-lease", "2s", "--writers", "2"];
     let first = Replica::start(dir, &schema, &duty);
     let admin = first.admin_token.clone().expect("the first replica creates the admin");
     let mut replicas = vec![first, Replica::start(dir, &schema, &duty), Replica::start(dir, &schema, &duty)];
