@@ -43,21 +43,28 @@ pub const TIMESTAMP_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 pub const SIGNATURE_HEADER_BYTES_MAX: usize = 1024;
 
 /// What Baton POSTs to a webhook: one notice from the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookNotice {
     /// The notice's sequence number: increasing, never reused, the same on
     /// every attempt (also in `Baton-Webhook-Id`).
     pub id: u64,
     pub kind: NoticeKind,
-    #[schema(value_type = uuid::Uuid)]
-    pub task: TaskId,
+    /// The task the notice is about; absent for an anomaly (about an edge or a stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    pub task: Option<TaskId>,
     /// With `kind: handoff`: the handoff with its final outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff: Option<crate::Handoff>,
     /// With `kind: alert`: the alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert: Option<Alert>,
-    /// When the notice's news happened (the outcome's or the alert's time).
+    /// With `kind: anomaly`: the anomaly (acknowledge it with
+    /// `POST /v1/alerts/{id}/ack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::Anomaly>,
+    /// When the notice's news happened (the outcome's or the alert's time;
+    /// when an anomaly was raised).
     pub at: Timestamp,
 }
 
@@ -69,6 +76,8 @@ pub enum NoticeKind {
     Handoff,
     /// An escalation or a passed deadline raised an alert.
     Alert,
+    /// Anomaly detection flagged an edge or a stage.
+    Anomaly,
 }
 
 impl NoticeKind {
@@ -76,6 +85,7 @@ impl NoticeKind {
         match self {
             Self::Handoff => "handoff",
             Self::Alert => "alert",
+            Self::Anomaly => "anomaly",
         }
     }
 }
@@ -280,8 +290,9 @@ mod tests {
         let notice = WebhookNotice {
             id: 7,
             kind: NoticeKind::Alert,
-            task: uuid::Uuid::nil(),
+            task: Some(uuid::Uuid::nil()),
             handoff: None,
+            anomaly: None,
             alert: Some(Alert {
                 task: uuid::Uuid::nil(),
                 stage: "desk".into(),

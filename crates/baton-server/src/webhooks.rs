@@ -1,6 +1,7 @@
 //! Webhooks: the dispatcher that calls custodians and operators back. The
 //! engine writes a `Notice` into the store's outbox in the same transaction
-//! as the change it reports (a handoff's final outcome, an alert); this
+//! as the change it reports (a handoff's final outcome, an alert, an anomaly
+//! raised by `crate::anomaly`); this
 //! module reads the outbox in order and POSTs each notice, as a
 //! `baton_api::WebhookNotice` signed with `baton_api::webhook::sign`, to every
 //! configured webhook that wants it. What is news, and when, is the engine's
@@ -29,6 +30,7 @@ use crate::convert;
 use crate::state::AppState;
 use baton_api::webhook::{self as wire, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use baton_api::{NoticeKind, Timestamp, WebhookNotice};
+use baton_core::metrics::RollupKey;
 use baton_core::store::{Delivery, DeliveryStatus, Notice, Op};
 use baton_core::{HandoffOutcome, Millis};
 use std::collections::{BTreeSet, HashSet};
@@ -198,8 +200,7 @@ impl Webhook {
         let kind = match notice {
             Notice::Handoff { .. } => NoticeKind::Handoff,
             Notice::Alert { .. } => NoticeKind::Alert,
-            // Anomaly notices have no wire form yet: no webhook is sent them.
-            Notice::Anomaly { .. } => return false,
+            Notice::Anomaly { .. } => NoticeKind::Anomaly,
         };
         if !self.kinds.contains(&kind) {
             return false;
@@ -210,7 +211,14 @@ impl Webhook {
                 stages.contains(handoff.from_stage.as_str()) || stages.contains(handoff.to_stage.as_str())
             }
             Notice::Alert { alert } => stages.contains(alert.stage.as_str()),
-            Notice::Anomaly { .. } => false,
+            // An edge's stages, or the stage; an agent edge names no stage.
+            Notice::Anomaly { anomaly, .. } => match &anomaly.key {
+                RollupKey::Edge { from, to } => {
+                    stages.contains(from.as_str()) || stages.contains(to.as_str())
+                }
+                RollupKey::Stage { stage } => stages.contains(stage.as_str()),
+                RollupKey::AgentEdge { .. } => false,
+            },
         }
     }
 }
@@ -521,17 +529,19 @@ pub fn wire_notice(id: u64, notice: &Notice) -> WebhookNotice {
         Notice::Handoff { handoff } => WebhookNotice {
             id,
             kind: NoticeKind::Handoff,
-            task: handoff.task.0,
+            task: Some(handoff.task.0),
             at: Timestamp(outcome_at(&handoff.outcome).unwrap_or(handoff.at)),
             handoff: Some(convert::handoff(handoff)),
             alert: None,
+            anomaly: None,
         },
         Notice::Alert { alert } => WebhookNotice {
             id,
             kind: NoticeKind::Alert,
-            task: alert.task.0,
+            task: Some(alert.task.0),
             at: Timestamp(alert.at),
             handoff: None,
+            anomaly: None,
             alert: Some(baton_api::Alert {
                 task: alert.task.0,
                 stage: alert.stage.to_string(),
@@ -539,7 +549,15 @@ pub fn wire_notice(id: u64, notice: &Notice) -> WebhookNotice {
                 message: alert.message.clone(),
             }),
         },
-        Notice::Anomaly { .. } => unreachable!("anomaly notices are never wanted (Webhook::wants)"),
+        Notice::Anomaly { id: anomaly_id, anomaly } => WebhookNotice {
+            id,
+            kind: NoticeKind::Anomaly,
+            task: None,
+            at: Timestamp(anomaly.raised_at),
+            handoff: None,
+            alert: None,
+            anomaly: Some(crate::http::stats::anomaly(*anomaly_id, anomaly.clone())),
+        },
     }
 }
 

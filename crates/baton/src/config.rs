@@ -40,7 +40,7 @@ pub struct WebhookTable {
     pub url: String,
     /// The secret, or `env:VAR` to read it from the environment.
     pub secret: ConfigSecret,
-    /// `"handoff"` and/or `"alert"`.
+    /// `"handoff"`, `"alert"` and/or `"anomaly"`.
     pub kinds: Vec<baton_api::NoticeKind>,
     /// Only notices about these stages; every stage when absent.
     #[serde(default)]

@@ -349,3 +349,84 @@ pub mod openmetrics {
         Ok((name.to_owned(), labels, value))
     }
 }
+
+/// An anomaly reaches a webhook that lists kind `anomaly`, signed, with no
+/// task and the anomaly (its id included, to acknowledge it); a webhook
+/// without the kind, or filtering on other stages, is not sent it.
+#[tokio::test]
+async fn an_anomaly_is_delivered_to_webhooks_that_want_it() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    use baton_api::webhook::{ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+    use baton_api::{NoticeKind, WebhookNotice};
+    use baton_server::webhooks::{self, Secret, Webhook, WebhookOptions, wire_notice};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const SECRET: &str = "anomaly-secret-0123456789";
+    let received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let sink = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push((headers, body)) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+    let hook = |name: &str, kinds: &[NoticeKind], stages: Option<Vec<String>>| {
+        let secret = Secret::resolve(SECRET, |_| None).expect("secret");
+        Webhook::new(name, &url, secret, kinds, stages).expect("webhook")
+    };
+    let wanted = hook("ops", &[NoticeKind::Anomaly], Some(vec!["b".into()]));
+    let other_stage = hook("billing", &[NoticeKind::Anomaly], Some(vec!["billing".into()]));
+    let no_kind = hook("handoffs", &[NoticeKind::Handoff, NoticeKind::Alert], None);
+    let api = Api::with_options(|o| {
+        o.webhooks = WebhookOptions { hooks: vec![wanted], poll_ms: 5, ..WebhookOptions::default() };
+    });
+    let anomaly = Anomaly {
+        key: RollupKey::Edge { from: "a".into(), to: "b".into() },
+        metric: "accept_latency".into(),
+        window_start: 0,
+        window_end: 300_000,
+        baseline: 30_000.0,
+        observed: 60_000.0,
+        message: "edge a -> b: mean accept latency 60.0 s over the window, baseline 30.0 s".into(),
+        raised_at: 300_000,
+        acked: None,
+    };
+    api.state.store().execute(Op::RaiseAnomaly(anomaly.clone()), None).await.expect("raise");
+    let notices = api.state.store().notices(0, 10).await.expect("notices");
+    let (seq, notice) = notices.last().expect("the anomaly's notice").clone();
+    assert!(!other_stage.wants(&notice) && !no_kind.wants(&notice), "only webhooks that list it");
+
+    let dispatcher = tokio::spawn(webhooks::run(api.state.clone()));
+    let start = Instant::now();
+    while received.lock().unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the anomaly was never delivered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    api.state.begin_shutdown();
+    dispatcher.await.expect("the dispatcher stops");
+    let (headers, body) = received.lock().unwrap()[0].clone();
+    let header = |name: &str| headers[name].to_str().unwrap().to_owned();
+    assert_eq!(header(ID_HEADER), seq.to_string());
+    let now = api.clock.now();
+    baton_api::webhook::verify(
+        SECRET.as_bytes(),
+        &header(TIMESTAMP_HEADER),
+        &body,
+        &header(SIGNATURE_HEADER),
+        now,
+        60_000,
+    )
+    .expect("signed");
+    let sent: WebhookNotice = serde_json::from_slice(&body).expect("a notice");
+    assert_eq!(sent, wire_notice(seq, &notice));
+    assert_eq!((sent.kind, sent.task), (NoticeKind::Anomaly, None));
+    let wire = sent.anomaly.expect("the anomaly");
+    assert_eq!((wire.id, wire.metric.as_str(), wire.to.as_deref()), (1, "accept_latency", Some("b")));
+}

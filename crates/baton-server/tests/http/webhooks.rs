@@ -277,7 +277,7 @@ async fn an_accepted_handoff_is_one_signed_notice_with_its_outcome() {
     let notices = receiver.notices();
     assert_eq!(notices.len(), 1, "{notices:?}");
     let notice = &notices[0];
-    assert_eq!((notice.kind, notice.task.to_string()), (NoticeKind::Handoff, task));
+    assert_eq!((notice.kind, notice.task.map(|t| t.to_string())), (NoticeKind::Handoff, Some(task)));
     let handoff = notice.handoff.as_ref().expect("the handoff");
     assert_eq!((handoff.from_stage.as_str(), handoff.to_stage.as_str()), ("intake", "triage"));
     match &handoff.outcome {
@@ -319,7 +319,7 @@ async fn an_escalation_is_an_alert_notice() {
     assert_eq!(alerts.len(), 1, "{notices:?}");
     let alert = alerts[0].alert.as_ref().expect("the alert");
     assert_eq!(alert.task.to_string(), task);
-    assert_eq!(alerts[0].task.to_string(), task);
+    assert_eq!(alerts[0].task.map(|t| t.to_string()), Some(task));
     assert_eq!(alert.stage, "inbox", "escalated into the default human stage");
     hooks.stop().await;
 }
