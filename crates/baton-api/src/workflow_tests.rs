@@ -101,6 +101,13 @@ const BAD: &[(&str, u32, u32, &str, &str)] = &[
         "stages.billing.compensate",
         "`compensate` names unknown stage `refund`",
     ),
+    (
+        "compensate-last-stage.toml",
+        11,
+        14,
+        "stages.billing.compensate",
+        "`compensate` on `billing` can never run: a task leaves `billing` only by finishing",
+    ),
     ("duplicate-stage.toml", 8, 9, "", "duplicate key: each key and each [table] may appear once"),
     (
         "stage-name.toml",
@@ -336,6 +343,7 @@ fn the_patient_intake_example_validates() {
         names,
         [
             "billing",
+            "discharge",
             "front-desk",
             "intake",
             "notify-email",
@@ -347,7 +355,8 @@ fn the_patient_intake_example_validates() {
         ]
     );
     let s = |name: &str| &wf.stages[&stage(name)];
-    let path: Vec<(&str, Option<&str>)> = ["intake", "triage", "specialist", "specialist-backup", "billing"]
+    let path: Vec<(&str, Option<&str>)> =
+        ["intake", "triage", "specialist", "specialist-backup", "billing", "discharge"]
         .into_iter()
         .map(|name| (name, s(name).next.as_ref().map(StageName::as_str)))
         .collect();
@@ -358,7 +367,8 @@ fn the_patient_intake_example_validates() {
             ("triage", Some("specialist")),
             ("specialist", Some("billing")),
             ("specialist-backup", Some("billing")),
-            ("billing", None)
+            ("billing", Some("discharge")),
+            ("discharge", None)
         ]
     );
     assert_eq!(s("triage").routes, [stage("specialist"), stage("front-desk")]);

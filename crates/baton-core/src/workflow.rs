@@ -220,6 +220,19 @@ impl Workflow {
                         Some(to),
                         "a stage cannot compensate itself: name a separate compensation stage".to_owned(),
                     ));
+                } else if s.routes.is_empty() && s.next.is_none() {
+                    // An abort compensates the stages a task has handed off
+                    // from; a task leaves this one only by finishing.
+                    errors.push(err(
+                        name,
+                        "compensate",
+                        Some(to),
+                        format!(
+                            "`compensate` on `{name}` can never run: a task leaves `{name}` only by finishing, \
+                             and an abort compensates stages already handed off from; give `{name}` a route \
+                             (or `next`) to a later stage, or remove `compensate`"
+                        ),
+                    ));
                 }
             }
             if s.capacity == Some(0) {

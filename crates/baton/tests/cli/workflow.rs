@@ -20,7 +20,7 @@ fn validate_accepts_the_example_and_points_at_each_mistake() {
     let example = repo().join("examples/patient-intake/workflow.toml");
     let example = example.to_str().unwrap();
     let (out, err) = check(dir, &["workflow", "validate", example], 0);
-    assert_eq!(out, "ok: patient-intake (9 stages, entry intake)\n");
+    assert_eq!(out, "ok: patient-intake (10 stages, entry intake)\n");
     assert_eq!(err, "");
 
     let bad = repo().join("crates/baton-api/tests/workflows/bad/route-unknown.toml");
