@@ -609,6 +609,10 @@ impl Worker {
             lost_tx,
             counters.clone(),
         ));
+        // If this future is dropped mid-task (the worker's caller gave up on
+        // it), the handler and its heartbeats stop with it: detached
+        // heartbeats would keep the lease alive with nobody working.
+        let _stop_on_drop = AbortOnDrop([run.abort_handle(), beats.abort_handle()]);
         let hard_limit = Instant::now() + self.options.handler_timeout;
         let limit = sleep_until(hard_limit);
         tokio::pin!(limit);
@@ -1031,3 +1035,14 @@ impl SplitMix {
 #[cfg(test)]
 #[path = "worker_tests.rs"]
 mod tests;
+
+/// Aborts its tasks when dropped (a no-op for tasks already finished).
+struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}

@@ -441,6 +441,52 @@ async fn heartbeats_keep_a_slow_handler_alive() {
 }
 
 #[tokio::test]
+async fn dropping_a_running_worker_stops_its_handler_and_heartbeats() {
+    let task = Uuid::now_v7();
+    let claim = first_claim_gets(task, 2);
+    let fake = Fake::start(move |seen, earlier| match seen.path.rsplit('/').next().unwrap() {
+        "claims" => claim(earlier),
+        "heartbeat" => Reply::Json(200, act_json(task, "s", "held", 2, vec![])),
+        other => panic!("unexpected call {other}"),
+    })
+    .await;
+    let options = WorkerOptions { lease_ms: 90, ..fast_options() };
+    let worker = Worker::new(fake.client(), "w", ["s"], options).unwrap();
+    let (alive_tx, alive_rx) = watch::channel(());
+    let run = worker.run(
+        move |_job| {
+            let alive = alive_tx.clone();
+            async move {
+                // Holds a sender while it runs: the receiver sees it go when
+                // the handler is dropped.
+                let _alive = alive;
+                std::future::pending::<Decision>().await
+            }
+        },
+        std::future::pending::<()>(),
+    );
+    // Run until the handler has heartbeat twice, then drop the worker.
+    let beaten = async {
+        while fake.seen("heartbeat").len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = run => panic!("the worker never ends on its own here"),
+        () = beaten => {}
+        () = tokio::time::sleep(PATIENCE) => panic!("no heartbeats"),
+    }
+    let mut alive_rx = alive_rx;
+    // `changed` fails once every sender is gone: the closure's and the
+    // running handler's.
+    let gone = async { while alive_rx.changed().await.is_ok() {} };
+    tokio::time::timeout(Duration::from_secs(2), gone).await.expect("the handler was dropped");
+    let beats = fake.seen("heartbeat").len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.seen("heartbeat").len(), beats, "no heartbeat after the worker was dropped");
+}
+
+#[tokio::test]
 async fn a_heartbeat_that_finds_the_lease_lost_tells_the_handler_and_skips_the_decision() {
     let task = Uuid::now_v7();
     let claim = first_claim_gets(task, 2);
