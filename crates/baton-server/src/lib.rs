@@ -53,6 +53,11 @@ pub async fn serve(
         .webhooks
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    config
+        .options
+        .metrics
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = AppState::new(config);
     let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
     let webhooks =

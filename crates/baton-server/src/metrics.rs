@@ -35,6 +35,8 @@ pub const WINDOW_PAGE_MAX: usize = 4_096;
 pub const WINDOW_PAGES_MAX: usize = 64;
 /// Store calls one flush makes at most; what is left waits for the next.
 pub const FLUSH_BATCHES_MAX: usize = 64;
+/// Buckets of history anomaly detection may read per run (one day).
+pub const ANOMALY_HISTORY_BUCKETS_MAX: usize = 1_440;
 
 /// How the server keeps its metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +65,30 @@ impl Default for MetricsOptions {
             stages_max: 1_000,
             anomaly: crate::anomaly::AnomalyOptions::default(),
         }
+    }
+}
+
+impl MetricsOptions {
+    /// Refuses settings the metrics task cannot run with; `serve` calls it.
+    pub fn validate(&self) -> Result<(), String> {
+        let a = &self.anomaly;
+        if self.flush_interval_ms == 0 || self.flush_batch_max == 0 || self.stages_max == 0 {
+            return Err("flush_interval_ms, flush_batch_max and stages_max must be at least 1".into());
+        }
+        if a.window_ms < BUCKET_MS || a.interval_ms < 1 {
+            return Err(format!("the anomaly window must be at least one bucket ({BUCKET_MS} ms)"));
+        }
+        if a.history_buckets < a.history_buckets_min || a.history_buckets > ANOMALY_HISTORY_BUCKETS_MAX {
+            return Err(format!(
+                "anomaly history_buckets must be from history_buckets_min ({}) to {ANOMALY_HISTORY_BUCKETS_MAX}",
+                a.history_buckets_min
+            ));
+        }
+        let history_ms = Millis::try_from(a.history_buckets).unwrap_or(Millis::MAX).saturating_mul(BUCKET_MS);
+        if self.retention_ms < a.window_ms.saturating_add(history_ms) {
+            return Err("retention_ms must cover the anomaly window and its history".into());
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +350,20 @@ mod tests {
             elapsed_ms: Some(waited),
             handoff: None,
         }
+    }
+
+    #[test]
+    fn options_are_checked() {
+        assert_eq!(MetricsOptions::default().validate(), Ok(()));
+        let bad = |adjust: fn(&mut MetricsOptions)| {
+            let mut o = MetricsOptions::default();
+            adjust(&mut o);
+            o.validate().is_err()
+        };
+        assert!(bad(|o| o.flush_interval_ms = 0));
+        assert!(bad(|o| o.retention_ms = 30 * BUCKET_MS));
+        assert!(bad(|o| o.anomaly.window_ms = 1_000));
+        assert!(bad(|o| o.anomaly.history_buckets = ANOMALY_HISTORY_BUCKETS_MAX + 1));
     }
 
     #[test]

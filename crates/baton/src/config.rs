@@ -13,6 +13,8 @@ use anyhow::Context;
 use baton_core::policy::DEFAULT_HUMAN_STAGE;
 use baton_core::{Limits, Policies, Rules, StagePolicy};
 use baton_server::Options;
+use baton_server::anomaly::AnomalyOptions;
+use baton_server::metrics::MetricsOptions;
 use baton_server::webhooks::{Secret, Webhook, WebhookOptions};
 use serde::Deserialize;
 use std::path::Path;
@@ -78,6 +80,13 @@ pub struct ServerSection {
     pub webhook_response_timeout_ms: Option<u64>,
     pub webhook_batch_max: Option<usize>,
     pub webhook_poll_ms: Option<u64>,
+    pub metrics_flush_interval_ms: Option<u64>,
+    pub metrics_flush_batch_max: Option<usize>,
+    pub rollup_retention_ms: Option<i64>,
+    pub anomaly_detection: Option<bool>,
+    pub anomaly_window_ms: Option<i64>,
+    pub anomaly_history_buckets: Option<usize>,
+    pub anomaly_samples_min: Option<u64>,
 }
 
 impl File {
@@ -92,6 +101,9 @@ impl File {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut file: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         file.checked_webhooks = file.check_webhooks(|var| std::env::var(var).ok())?;
+        file.metrics_options(MetricsOptions::default())
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}; fix the metrics_*, rollup_* or anomaly_* keys of [server]"))?;
         file.rules()
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}; fix the [policies] or [limits] section"))?;
@@ -130,6 +142,25 @@ impl File {
         }
     }
 
+    /// The metrics and anomaly settings of `[server]` over `base`.
+    fn metrics_options(&self, base: MetricsOptions) -> MetricsOptions {
+        let s = &self.server;
+        let anomaly = AnomalyOptions {
+            enabled: s.anomaly_detection.unwrap_or(base.anomaly.enabled),
+            window_ms: s.anomaly_window_ms.unwrap_or(base.anomaly.window_ms),
+            history_buckets: s.anomaly_history_buckets.unwrap_or(base.anomaly.history_buckets),
+            samples_min: s.anomaly_samples_min.unwrap_or(base.anomaly.samples_min),
+            ..base.anomaly
+        };
+        MetricsOptions {
+            flush_interval_ms: s.metrics_flush_interval_ms.unwrap_or(base.flush_interval_ms),
+            flush_batch_max: s.metrics_flush_batch_max.unwrap_or(base.flush_batch_max),
+            retention_ms: s.rollup_retention_ms.unwrap_or(base.retention_ms),
+            anomaly,
+            ..base
+        }
+    }
+
     /// The rules; the built-in human stage `inbox` stays human unless the
     /// file sets its policy itself.
     pub fn rules(&self) -> Rules {
@@ -153,6 +184,7 @@ impl File {
             claim_stages_max: s.claim_stages_max.unwrap_or(base.claim_stages_max),
             limits: self.limits.clone(),
             webhooks: self.webhook_options(base.webhooks.clone()),
+            metrics: self.metrics_options(base.metrics.clone()),
             policies: self.rules().policies,
             ..base
         }
