@@ -111,6 +111,8 @@ impl StageGauge {
 pub enum SingletonDuty {
     /// Anomaly detection over the rollups, and the purge of old rollups.
     Metrics,
+    /// Webhook deliveries: one replica sends the outbox's notices.
+    Webhooks,
 }
 
 impl SingletonDuty {
@@ -118,6 +120,7 @@ impl SingletonDuty {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Metrics => "metrics",
+            Self::Webhooks => "webhooks",
         }
     }
 }

@@ -270,6 +270,27 @@ fn the_singleton_duty_moves_when_its_holder_goes() {
 }
 
 #[test]
+fn the_server_duties_are_held_by_one_replica_at_a_time() {
+    use baton_core::SingletonDuty;
+    let schema = Schema::new();
+    let lease = Duration::from_millis(900);
+    let a = PostgresStore::open(schema.options().replica("a").duty_lease(lease)).expect("open a");
+    let b = PostgresStore::open(schema.options().replica("b").duty_lease(lease)).expect("open b");
+    for duty in [SingletonDuty::Metrics, SingletonDuty::Webhooks] {
+        assert!(block_on(a.holds_duty(duty)).expect("ask a"), "{duty:?}: a asked first and holds it");
+        assert!(!block_on(b.holds_duty(duty)).expect("ask b"), "{duty:?}: b does not, while a lives");
+    }
+    a.close();
+    let deadline = Instant::now() + lease * 4;
+    for duty in [SingletonDuty::Metrics, SingletonDuty::Webhooks] {
+        while !block_on(b.holds_duty(duty)).expect("ask b") {
+            assert!(Instant::now() < deadline, "{duty:?} never moved to b");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
 fn a_lost_connection_is_unavailable_then_recovered() {
     let schema = Schema::new();
     let store = PostgresStore::open(schema.options().io_timeout(Duration::from_secs(5))).expect("open");

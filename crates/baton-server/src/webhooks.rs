@@ -15,6 +15,9 @@
 //! Every attempt is recorded as a `Delivery` in the store; at start the
 //! cursor is the store's `delivery_cursor` (the last notice with a final
 //! record), so a restart resends at most the notice that was in flight.
+//! Only the replica holding the `webhooks` singleton duty delivers (SQLite and
+//! memory stores always hold it); another replica that takes the duty over
+//! reads the cursor again from the records.
 //! The outbox is polled every `poll_ms`, and read at once again while
 //! there is more: an idle dispatcher costs one small read per webhook per
 //! interval.
@@ -32,7 +35,7 @@ use baton_api::webhook::{self as wire, ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HE
 use baton_api::{NoticeKind, Timestamp, WebhookNotice};
 use baton_core::metrics::RollupKey;
 use baton_core::store::{Delivery, DeliveryStatus, Notice, Op};
-use baton_core::{HandoffOutcome, Millis};
+use baton_core::{HandoffOutcome, Millis, SingletonDuty};
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -347,13 +350,42 @@ enum Flow {
 
 impl Dispatcher {
     async fn run(self) {
-        let Some(mut cursor) = self.start().await else { return };
-        tracing::info!(webhook = %self.hook.name, after = cursor, "webhook deliveries started");
+        // `None` while another replica holds the webhooks duty: the cursor is
+        // read again from the delivery records when the duty comes back.
+        let mut cursor: Option<u64> = None;
         loop {
             if self.state.is_shutting_down() {
                 return;
             }
-            let batch = match self.state.store().notices(cursor, self.options.batch_max).await {
+            match self.state.store().holds_duty(SingletonDuty::Webhooks).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if cursor.take().is_some() {
+                        tracing::info!(webhook = %self.hook.name, "webhook deliveries moved to another replica");
+                    }
+                    if !self.pause(self.options.poll_ms).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(webhook = %self.hook.name, %error, "webhooks: cannot ask for the duty");
+                    if !self.pause(self.options.poll_ms).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let after = match cursor {
+                Some(after) => after,
+                None => {
+                    let Some(after) = self.start().await else { return };
+                    tracing::info!(webhook = %self.hook.name, after, "webhook deliveries started");
+                    cursor = Some(after);
+                    after
+                }
+            };
+            let batch = match self.state.store().notices(after, self.options.batch_max).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(webhook = %self.hook.name, %error, "webhooks: cannot read the outbox");
@@ -372,7 +404,7 @@ impl Dispatcher {
                 {
                     return;
                 }
-                cursor = id;
+                cursor = Some(id);
             }
         }
     }
