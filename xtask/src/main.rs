@@ -3,8 +3,8 @@
 //! nextest, tidy); `tidy` runs only the repository checks; `openapi` writes
 //! the API's OpenAPI document to docs/api/openapi.json. The same tidy checks
 //! also run as a test, so `cargo nextest run` alone enforces them. `ci`
-//! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`)
-//! answers: its tests must run, so an unreachable database fails the run at
+//! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`,
+//! by default the local `test` database) answers: its tests must run, so an unreachable database fails the run at
 //! once with what to do, instead of 60 failing tests later.
 
 mod tidy;
@@ -15,6 +15,10 @@ use std::time::Duration;
 
 /// The variable naming the PostgreSQL database the tests use.
 const DATABASE_VAR: &str = "BATON_TEST_DATABASE_URL";
+
+/// The database the tests use when `BATON_TEST_DATABASE_URL` is unset: the
+/// local PostgreSQL's `test` database, as on these machines and in CI.
+const DATABASE_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// How long the database check waits for a connection.
 const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,8 +63,9 @@ fn openapi() -> Result<(), String> {
 
 fn ci() -> Result<(), String> {
     let root = tidy::root();
-    eprintln!("xtask ci: PostgreSQL test database");
-    database_reachable()?;
+    let url = std::env::var(DATABASE_VAR).unwrap_or_else(|_| DATABASE_DEFAULT.to_owned());
+    eprintln!("xtask ci: PostgreSQL test database {DATABASE_VAR}={url}");
+    database_reachable(&url)?;
     let steps: [(&str, &[&str]); 3] = [
         ("format check", &["fmt", "--all", "--", "--check"]),
         ("clippy", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
@@ -70,6 +75,7 @@ fn ci() -> Result<(), String> {
         eprintln!("xtask ci: {name}: cargo {}", args.join(" "));
         let status = Command::new(env!("CARGO"))
             .args(args)
+            .env(DATABASE_VAR, &url)
             .current_dir(&root)
             .status()
             .map_err(|e| format!("could not run cargo: {e}"))?;
@@ -83,17 +89,16 @@ fn ci() -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that `BATON_TEST_DATABASE_URL` is set and its server accepts a
-/// connection (and a query, when `psql` is installed).
-fn database_reachable() -> Result<(), String> {
+/// Checks that the test database's server accepts a connection (and a
+/// query, when `psql` is installed).
+fn database_reachable(url: &str) -> Result<(), String> {
     let hint = format!(
         "the baton-postgres tests need PostgreSQL: start it (e.g. `pg_ctlcluster --skip-systemctl-redirect \
-         $(ls /etc/postgresql) main start`) and set {DATABASE_VAR}=postgres://postgres@127.0.0.1:5432/test \
-         (.ci/run does both)"
+         $(ls /etc/postgresql) main start`), or point {DATABASE_VAR} at another database (default \
+         {DATABASE_DEFAULT}; .ci/run starts the local one)"
     );
-    let url = std::env::var(DATABASE_VAR).map_err(|_| format!("{DATABASE_VAR} is not set; {hint}"))?;
     let (host, port) =
-        host_port(&url).ok_or_else(|| format!("{DATABASE_VAR}={url:?} names no host; {hint}"))?;
+        host_port(url).ok_or_else(|| format!("{DATABASE_VAR}={url:?} names no host; {hint}"))?;
     let addrs: Vec<_> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}:{port} from {DATABASE_VAR} ({e}); {hint}"))?
@@ -102,7 +107,7 @@ fn database_reachable() -> Result<(), String> {
         return Err(format!("nothing answers at {host}:{port} ({DATABASE_VAR}); {hint}"));
     }
     let psql = Command::new("psql")
-        .args([url.as_str(), "-Atqc", "SELECT 1"])
+        .args([url, "-Atqc", "SELECT 1"])
         .stdin(Stdio::null())
         .env("PGCONNECT_TIMEOUT", DATABASE_CONNECT_TIMEOUT.as_secs().to_string())
         .output();
