@@ -194,22 +194,41 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 /// Other processes' CPU the benchmark owns (servers it started or drives):
 /// their CPU is the system under test's, not noise.
 pub struct Watch {
-    pids: Vec<u32>,
-    before: f64,
+    /// Processes are found again by this command name at `stop`, so ones
+    /// started during the run (a new connection's backend) count too.
+    name: Option<String>,
+    before: std::collections::HashMap<u32, f64>,
 }
 
 impl Watch {
+    /// Watches these processes only.
     pub fn start(pids: Vec<u32>) -> Self {
-        let before = pids.iter().filter_map(|&p| pid_cpu_seconds(p)).sum();
-        Self { pids, before }
+        let before = pids.into_iter().filter_map(|p| Some((p, pid_cpu_seconds(p)?))).collect();
+        Self { name: None, before }
+    }
+
+    /// Watches every process named `name`, now and started before `stop`.
+    pub fn named(name: &str) -> Self {
+        Self { name: Some(name.to_owned()), ..Self::start(pids_named(name)) }
     }
 
     /// CPU seconds the watched processes used since `start` (a process that
-    /// exited meanwhile loses its share), and their summed RSS in KiB now.
+    /// exited meanwhile loses its share; one started meanwhile counts whole),
+    /// and their summed RSS in KiB now.
     pub fn stop(&self) -> (f64, Option<u64>) {
-        let now: f64 = self.pids.iter().filter_map(|&p| pid_cpu_seconds(p)).sum();
-        let rss: u64 = self.pids.iter().filter_map(|&p| rss_kib(Some(p))).sum();
-        ((now - self.before).max(0.0), (rss > 0).then_some(rss))
+        let mut pids: Vec<u32> = self.before.keys().copied().collect();
+        if let Some(name) = &self.name {
+            pids.extend(pids_named(name).into_iter().filter(|p| !self.before.contains_key(p)));
+        }
+        let mut cpu = 0.0;
+        let mut rss = 0;
+        for p in pids {
+            if let Some(now) = pid_cpu_seconds(p) {
+                cpu += (now - self.before.get(&p).copied().unwrap_or(0.0)).max(0.0);
+                rss += rss_kib(Some(p)).unwrap_or(0);
+            }
+        }
+        (cpu, (rss > 0).then_some(rss))
     }
 }
 

@@ -26,7 +26,7 @@
 use super::pipeline::{self, STAGES};
 use super::suite::Sample;
 use super::{RunParams, histogram, record};
-use crate::sys::{Probe, Watch, pids_named};
+use crate::sys::{Probe, Watch};
 use anyhow::{Context as _, Result, bail, ensure};
 use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
@@ -445,7 +445,7 @@ async fn rabbit_burn_down(
         }
     }
     let shared = Shared::new(p.tasks);
-    let watch = Watch::start(pids_named("beam.smp"));
+    let watch = Watch::named("beam.smp");
     let payload = Arc::new(p.payload.as_bytes().to_vec());
     let mut channels = Vec::new();
     for stages in pipeline::assign(p.agents) {

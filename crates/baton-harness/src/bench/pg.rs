@@ -19,7 +19,7 @@ use super::baton::{OnDone, burn_down, preload};
 use super::pipeline::STAGES;
 use super::suite::Sample;
 use super::{RunParams, histogram, record};
-use crate::sys::{Probe, Watch, pids_named};
+use crate::sys::{Probe, Watch};
 use anyhow::{Context as _, Result, ensure};
 use baton_core::Store;
 use baton_postgres::{PostgresOptions, PostgresStore};
@@ -143,7 +143,7 @@ async fn raw_pg(url: &str, s: &str, p: &RunParams, probe: &Probe) -> Result<Samp
     for _ in 0..clients {
         conns.push(connect(url).await?);
     }
-    let watch = Watch::start(pids_named("postgres"));
+    let watch = Watch::named("postgres");
     let mark = probe.start(None)?;
     let tasks = p.tasks as i64;
     let handles: Vec<_> = conns
@@ -177,16 +177,21 @@ async fn raw_pg(url: &str, s: &str, p: &RunParams, probe: &Probe) -> Result<Samp
                     }
                     id += clients as i64;
                 }
-                anyhow::Ok(step)
+                // The client goes back alive: its backend's CPU is read after the run.
+                anyhow::Ok((step, client))
             })
         })
         .collect();
     let mut step = histogram();
+    let mut clients = Vec::new();
     for h in handles {
-        step.add(&h.await??).expect("histograms share bounds");
+        let (h, client) = h.await??;
+        step.add(&h).expect("histograms share bounds");
+        clients.push(client);
     }
     let usage = probe.stop(&mark, Instant::now())?;
     let (server_cpu, _) = watch.stop();
+    drop(clients);
     let disk = schema_bytes(&admin, s).await.ok();
     Ok(Sample {
         handoffs: p.tasks as u64 * STAGES.len() as u64,
@@ -229,7 +234,7 @@ fn baton_pg(
         let mut sample = match rate {
             None => {
                 preload(&store, p.tasks, &p.payload)?;
-                watch = Watch::start(pids_named("postgres"));
+                watch = Watch::named("postgres");
                 let (usage, step) = burn_down(
                     Arc::clone(&store),
                     p.agents,
@@ -241,7 +246,7 @@ fn baton_pg(
                 Sample::new(usage, step)
             }
             Some(rate) => {
-                watch = Watch::start(pids_named("postgres"));
+                watch = Watch::named("postgres");
                 super::suite::open_loop(Arc::clone(&store), p, rate, probe, PG_WRITER_THREAD)?
             }
         };

@@ -227,6 +227,8 @@ pub struct Row {
     pub flushes_per_handoff: Option<f64>,
     pub disk_kib_per_task: Option<f64>,
     pub foreign_cpu_s: f64,
+    /// The system's writer thread, in cores (1.0: a full core, the bottleneck), where it has one.
+    pub writer_busy: Option<f64>,
     pub disturbed: bool,
 }
 
@@ -263,6 +265,7 @@ pub struct Summary {
     pub rss_mib: Option<Stat>,
     pub flushes_per_handoff: Option<Stat>,
     pub disk_kib_per_task: Option<Stat>,
+    pub writer_busy: Option<Stat>,
     pub foreign_cpu_s: Option<Stat>,
 }
 
@@ -332,10 +335,13 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
                         .collect();
                     let Some(max) = Stat::of(rates) else { continue };
                     let rate = (max.median * config.open_loop_fraction).max(1.0);
+                    // Bounded in time: a slow system gets fewer tasks, not a longer run.
+                    let tasks =
+                        config.tasks.min((rate * OPEN_LOOP_SECONDS_MAX) as usize).max(OPEN_LOOP_TASKS_MIN);
                     let params = params(
                         &config,
                         agents,
-                        config.tasks,
+                        tasks,
                         &payload,
                         &format!("open-k{agents}-r{round}-{system:?}"),
                     )?;
@@ -535,6 +541,7 @@ fn to_row(system: Sys, mode: Mode, p: &RunParams, round: usize, s: Sample, offer
             .filter(|_| system != Sys::Fsync)
             .map(|b| b as f64 / 1024.0 / p.tasks.max(1) as f64),
         foreign_cpu_s: foreign,
+        writer_busy: s.usage.writer_cpu_seconds.map(|w| w / seconds),
         disturbed: foreign > FOREIGN_CORES_MAX * seconds,
     }
 }
@@ -542,7 +549,7 @@ fn to_row(system: Sys, mode: Mode, p: &RunParams, round: usize, s: Sample, offer
 fn progress(r: &Row) -> String {
     let lat = |l: Option<Lat>| l.map_or("n/a".into(), |l| format!("{:.0}/{:.0} µs", l.p50, l.p99));
     format!(
-        "{:.0} {}/s  step p50/p99 {}  handoff {}  e2e {}  cpu s/1k agents {:.3} server {}  flushes/handoff {}  foreign cpu {:.2} s{}",
+        "{:.0} {}/s  step p50/p99 {}  handoff {}  e2e {}  cpu s/1k agents {:.3} server {}  flushes/handoff {}  writer busy {}  foreign cpu {:.2} s{}",
         r.handoffs_per_s,
         if r.system == Sys::Fsync { "fdatasync" } else { "handoffs" },
         lat(r.step_us),
@@ -551,6 +558,7 @@ fn progress(r: &Row) -> String {
         r.agent_cpu_s_per_1k,
         r.server_cpu_s_per_1k.map_or("n/a".into(), |c| format!("{c:.3}")),
         r.flushes_per_handoff.map_or("n/a".into(), |f| format!("{f:.3}")),
+        r.writer_busy.map_or("n/a".into(), |w| format!("{:.0}%", w * 100.0)),
         r.foreign_cpu_s,
         if r.disturbed { "  DISTURBED" } else { "" }
     )
@@ -576,6 +584,11 @@ fn fsync_rate(dir: &Path, count: usize, probe: &Probe) -> Result<Sample> {
     std::fs::remove_file(&path)?;
     Ok(Sample { handoffs: count.max(1) as u64, ..Sample::new(usage, step) })
 }
+
+/// An open-loop run submits for about this long at most (fewer tasks at low rates).
+const OPEN_LOOP_SECONDS_MAX: f64 = 5.0;
+/// ... but never fewer tasks than this.
+const OPEN_LOOP_TASKS_MIN: usize = 50;
 
 /// Submitter threads of the open loop; each takes every S-th scheduled slot.
 const SUBMITTERS: usize = 4;
@@ -694,6 +707,7 @@ pub fn summarise(config: &SuiteConfig, rows: &[Row]) -> Vec<Summary> {
                     rss_mib: stat(&|r| r.rss_mib),
                     flushes_per_handoff: stat(&|r| r.flushes_per_handoff),
                     disk_kib_per_task: stat(&|r| r.disk_kib_per_task),
+                    writer_busy: stat(&|r| r.writer_busy),
                     foreign_cpu_s: stat(&|r| Some(r.foreign_cpu_s)),
                 });
             }
@@ -746,9 +760,9 @@ pub fn markdown(r: &SuiteReport) -> String {
         let _ = writeln!(
             out,
             "| system | handoffs/s | ÷ baseline | step p50 / p99 / p99.9 µs | handoff p50 / p99 µs | CPU s/1k agents | \
-             CPU s/1k server | RSS MiB | flushes/handoff | disk KiB/task | foreign CPU s | kept |"
+             CPU s/1k server | writer busy | RSS MiB | flushes/handoff | disk KiB/task | foreign CPU s | kept |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for system in Sys::ALL {
             let Some(s) = find(r, system, Mode::BurnDown, k) else { continue };
             let ratio = match (s.ratio, system.baseline()) {
@@ -757,7 +771,7 @@ pub fn markdown(r: &SuiteReport) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} | {} | {}/{}{} |",
+                "| {} | {} | {} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {}/{}{} |",
                 system.label(),
                 s.handoffs_per_s.show(0),
                 ratio,
@@ -768,6 +782,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                 show(s.handoff_p99_us, 0),
                 show(s.agent_cpu_s_per_1k, 3),
                 show(s.server_cpu_s_per_1k, 3),
+                show(s.writer_busy, 2),
                 show(s.rss_mib, 0),
                 show(s.flushes_per_handoff, 3),
                 show(s.disk_kib_per_task, 1),
