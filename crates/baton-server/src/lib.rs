@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod state;
 pub mod sweeper;
+pub mod telemetry;
 pub mod wake;
 pub mod webhooks;
 

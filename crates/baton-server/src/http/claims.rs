@@ -69,6 +69,9 @@ pub async fn claim(
     for grant in &grants {
         state.tasks().notify(&grant.task.id);
     }
+    for grant in &grants {
+        crate::telemetry::task_changed(&grant.task, "claimed");
+    }
     Ok(Json(api::ClaimResponse { leases: leases(&state, &grants).await? }))
 }
 

@@ -35,6 +35,7 @@ use baton_api::ErrorCode;
 use error::{ApiError, Refused};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -179,7 +180,10 @@ async fn log_refusals(mut request: Request, next: Next) -> Response {
         Some(path) => path.as_str().to_owned(),
         None => "(no route)".to_owned(),
     };
-    let response = next.run(request).await;
+    // Handlers record the task and its trace id in this span (`telemetry`).
+    let span = crate::telemetry::request_span(method.as_str(), &route);
+    let response = next.run(request).instrument(span.clone()).await;
+    let _in_request = span.enter();
     if let Some(Refused(code)) = response.extensions().get::<Refused>() {
         let status = response.status().as_u16();
         let principal = caller.get().unwrap_or("-");

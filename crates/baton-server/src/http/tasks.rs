@@ -72,10 +72,17 @@ pub async fn submit(
         workflow,
         compensation: false,
     };
+    if let Some(trace) = new.trace.as_deref().and_then(crate::telemetry::trace_id) {
+        tracing::Span::current().record("trace_id", trace);
+    }
     let key = key.map(|k| k.scoped(&principal, None));
     let outcome = state.store().execute(Op::Submit(new), key).await?;
     let submitted = outcome.into_submitted().ok_or_else(|| unexpected_outcome("submit"))?;
     let task = &submitted.task;
+    crate::telemetry::record_task(task.id, task.trace.as_deref());
+    if submitted.created {
+        crate::telemetry::task_changed(task, "submitted");
+    }
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(convert::task(task, None))))
 }
@@ -203,9 +210,12 @@ pub async fn cancel(
         return Err(ApiError::invalid("reason", "say why the task is cancelled"));
     }
     let request = CancelRequest { task: TaskId(id), actor: principal.actor(), reason: req.reason };
+    crate::telemetry::record_task(id, None);
     let key = key.map(|k| k.scoped(&principal, None));
     let outcome = state.store().execute(Op::Cancel(request), key).await?;
     let task = outcome.into_cancelled().ok_or_else(|| unexpected_outcome("cancel"))?;
+    crate::telemetry::record_task(task.id, task.trace.as_deref());
+    crate::telemetry::task_changed(&task, "cancelled");
     state.tasks().notify(&task.id);
     Ok(Json(convert::task(&task, None)))
 }
@@ -442,10 +452,29 @@ async fn act(
             })
         }
     };
+    crate::telemetry::record_task(id, None);
+    let what = action_name(&action);
     let mut request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
-    principal.authorize_act(state, &mut request, key.as_ref()).await?;
-    let outcome = state.store().execute(Op::Act(request), key).await?;
+    let done = match principal.authorize_act(state, &mut request, key.as_ref()).await {
+        Ok(()) => state.store().execute(Op::Act(request), key).await.map_err(ApiError::from),
+        Err(refusal) => Err(refusal),
+    };
+    let outcome = match done {
+        Ok(outcome) => outcome,
+        Err(refusal) => {
+            // The refusal log names the task's trace: one read, on refusals only.
+            if let Ok(Some(view)) = state.store().get(TaskId(id)).await {
+                crate::telemetry::record_task(id, view.task.trace.as_deref());
+            }
+            return Err(refusal);
+        }
+    };
     let outcome = outcome.into_acted().ok_or_else(|| unexpected_outcome("act"))?;
+    crate::telemetry::record_task(outcome.task.id, outcome.task.trace.as_deref());
+    crate::telemetry::task_changed(&outcome.task, what);
+    for grant in &outcome.next {
+        crate::telemetry::task_changed(&grant.task, "claimed (claim_next)");
+    }
     // Waiting claims are woken by the store's listener after its commit;
     // handoff-outcome waits are woken here.
     state.tasks().notify(&outcome.task.id);
@@ -458,6 +487,19 @@ async fn act(
         children: outcome.children.iter().map(|c| c.0).collect(),
         next: leases(state, &outcome.next).await?,
     }))
+}
+
+/// What a holder call does, for the log.
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::Heartbeat { .. } => "heartbeat",
+        Action::Handoff { .. } => "handed off",
+        Action::Complete { .. } => "completed",
+        Action::Release { .. } => "released",
+        Action::Fail { .. } => "failed",
+        Action::Spawn { .. } => "spawned children",
+        Action::Abort { .. } => "aborted",
+    }
 }
 
 /// A wire duration (`u64` ms) as a core duration.

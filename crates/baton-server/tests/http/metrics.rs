@@ -430,3 +430,61 @@ async fn an_anomaly_is_delivered_to_webhooks_that_want_it() {
     let wire = sent.anomaly.expect("the anomaly");
     assert_eq!((wire.id, wire.metric.as_str(), wire.to.as_deref()), (1, "accept_latency", Some("b")));
 }
+
+/// Task-related log lines carry the task's W3C trace id: the debug line of
+/// each change (target `baton::task`) and the refusal log of a holder call,
+/// through the request span's fields. Method: a JSON subscriber set for this
+/// test's thread only, writing into a buffer.
+#[tokio::test(flavor = "current_thread")]
+async fn task_log_lines_carry_the_trace_id() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let capture = Capture(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || capture.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let api = Api::new();
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let task =
+        api.post("/v1/tasks", json!({"stage": "a", "payload": {}, "trace": traceparent})).await.expect(201);
+    let task = id(&task);
+    let lease = api.claim("w", "a").await;
+    let path = format!("/v1/tasks/{task}/handoff");
+    api.post(&path, json!({"agent": "w", "epoch": lease["epoch"], "to_stage": "b"})).await.expect(200);
+    let stale = api.post(&path, json!({"agent": "w", "epoch": 99, "to_stage": "b"})).await;
+    assert_eq!(stale.status, 409);
+
+    let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let with = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("a {message:?} line in\n{text}"))
+    };
+    for change in ["submitted", "claimed", "handed off"] {
+        assert_eq!(with(change)["fields"]["trace_id"], TRACE, "{change}");
+        assert_eq!(with(change)["fields"]["task"], task.as_str());
+    }
+    let refused = with("refused");
+    assert_eq!(refused["fields"]["code"], "lease_lost");
+    assert_eq!((&refused["span"]["task"], &refused["span"]["trace_id"]), (&json!(task), &json!(TRACE)));
+}
