@@ -8,7 +8,8 @@
 //! with SIGKILL mid-run (its leases expire and are claimed again through the
 //! others; the singleton duty it held moves to another replica); and a
 //! replica that loses its database answers 503 (readiness and API, never a
-//! stale read) and serves again by itself when the database is back.
+//! stale read) and serves again by itself when the database is back; and
+//! the same pipeline on a private cluster that is restarted mid-run.
 //!
 //! Method: the real binary against the database of `BATON_TEST_DATABASE_URL`
 //! (which must be set: the tests fail, never skip, without it), each test in
@@ -43,17 +44,22 @@ fn url() -> String {
 }
 
 /// A schema of the test's own, dropped at the end.
-struct Schema(String);
+/// Its name, and the URL of its database.
+struct Schema(String, String);
 
 impl Schema {
     fn new(tag: &str) -> Self {
+        Self::on(url(), tag)
+    }
+
+    fn on(url: String, tag: &str) -> Self {
         let random = uuid::Uuid::now_v7().simple().to_string();
-        Self(format!("baton_cli_{tag}_{}_{}", std::process::id(), &random[random.len() - 6..]))
+        Self(format!("baton_cli_{tag}_{}_{}", std::process::id(), &random[random.len() - 6..]), url)
     }
 
     fn store(&self) -> PostgresStore {
         let options =
-            PostgresOptions::new(&url()).expect("url").schema(self.0.clone()).readers(4).listen(false);
+            PostgresOptions::new(&self.1).expect("url").schema(self.0.clone()).readers(4).listen(false);
         PostgresStore::open(options).expect("open the schema")
     }
 }
@@ -61,9 +67,10 @@ impl Schema {
 impl Drop for Schema {
     fn drop(&mut self) {
         let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0);
+        let url = self.1.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let dropped = rt.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await?;
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
             client.batch_execute(&sql).await
         });
@@ -113,7 +120,7 @@ impl Replica {
     fn start(dir: &Path, schema: &Schema, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
         let mut child = baton(dir)
-            .args(["serve", "--database-url", &url(), "--schema", &schema.0, "--listen", "127.0.0.1:0"])
+            .args(["serve", "--database-url", &schema.1, "--schema", &schema.0, "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -395,10 +402,14 @@ fn duty_holder(store: &PostgresStore) -> Option<String> {
 /// Runs the pipeline on three replicas; with `kill`, SIGKILLs the replica
 /// holding the purge duty once `kill` of the tasks are completed (a share).
 fn pipeline(tag: &str, kill: Option<f64>) {
-    let total = tasks();
+    pipeline_on(Schema::new(tag), tasks(), kill, None);
+}
+
+/// The pipeline on `schema`; with `restart`, restarts that PostgreSQL
+/// (immediate stop, then start) once that share of the tasks is completed.
+fn pipeline_on(schema: Schema, total: usize, kill: Option<f64>, restart: Option<(f64, &Cluster)>) {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let schema = Schema::new(tag);
     // Few connections per replica: the database serves other tests too.
     let duty = ["--duty-lease", "2s", "--writers", "2"];
     let first = Replica::start(dir, &schema, &duty);
@@ -416,6 +427,7 @@ fn pipeline(tag: &str, kill: Option<f64>) {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut killed = None;
+    let mut restarted = false;
     rt.block_on(async {
         let tokens = agents(&run, &admin).await;
         let mut work = Vec::new();
@@ -441,6 +453,15 @@ fn pipeline(tag: &str, kill: Option<f64>) {
                 eprintln!("killed replica {victim} ({holder}) at {done} completions");
                 killed = Some((victim, holder));
             }
+            if let Some((share, cluster)) = restart
+                && !restarted
+                && done as f64 >= share * total as f64
+            {
+                let down = Instant::now();
+                cluster.restart();
+                eprintln!("restarted PostgreSQL at {done} completions in {:?}", down.elapsed());
+                restarted = true;
+            }
             if started.elapsed() > RUN_DEADLINE {
                 stop.store(true, Ordering::Relaxed);
                 panic!("the run did not finish within {RUN_DEADLINE:?}: {done} of {total} completed");
@@ -464,8 +485,10 @@ fn pipeline(tag: &str, kill: Option<f64>) {
         }
     }
     let ledger = run.ledger.lock().unwrap();
+    assert_eq!(restarted, restart.is_some(), "the restart happened");
     eprintln!(
-        "{total} tasks x 3 stages on 3 replicas in {elapsed:?} (killed: {killed:?}): stale refusals {}, \
+        "{total} tasks x 3 stages on 3 replicas in {elapsed:?} (killed: {killed:?}, database restarted: \
+         {restarted}): stale refusals {}, \
          unavailable retries {}",
         ledger.stale, ledger.unavailable
     );
@@ -663,4 +686,103 @@ fn a_replica_that_loses_its_database_answers_503_and_recovers() {
     let (status, body) = call("GET", &format!("/v1/tasks/{id}"), None);
     assert_eq!((status, body["id"].as_str()), (200, Some(id.as_str())), "{body}");
     serve.stop();
+}
+
+/// Tasks of the PostgreSQL-restart run: fewer than the others, since a
+/// private cluster shares the machine with the shared one.
+const RESTART_TASKS: usize = 1_000;
+
+/// A private PostgreSQL cluster (initdb into a temp dir, pg_ctl on a free
+/// port, run as the `postgres` user when the test runs as root, since initdb
+/// refuses root), so a test can restart it without disturbing anyone.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap();
+        if root {
+            let owned = Command::new("chown").args(["postgres"]).arg(dir.path()).status().unwrap();
+            assert!(owned.success(), "chown the cluster's directory to postgres");
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cluster = Self { dir, bin, port, as_postgres: root };
+        let data = cluster.data();
+        cluster.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let out = command.args(args).stdin(Stdio::null()).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl_start(&self) {
+        let options =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"]);
+    }
+
+    /// An immediate stop (no checkpoint: crash recovery at the next start),
+    /// then a start; returns when it accepts connections again.
+    fn restart(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let path = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if self.as_postgres {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()
+        } else {
+            Command::new(&path).args(args).output()
+        };
+    }
+}
+
+/// PostgreSQL itself restarted mid-run (immediate stop, crash recovery):
+/// clients get 503 or no answer and retry; nothing acknowledged is lost, no
+/// completion is accepted twice, every chain verifies and replays.
+#[test]
+fn a_postgresql_restart_mid_run_loses_nothing_acknowledged() {
+    let cluster = Cluster::start();
+    pipeline_on(Schema::on(cluster.url(), "restart"), RESTART_TASKS, None, Some((0.4, &cluster)));
 }
