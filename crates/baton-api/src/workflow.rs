@@ -164,6 +164,10 @@ pub fn render_workflow(wf: &Workflow) -> String {
         if let Some(to) = &stage.compensate {
             out.push_str(&format!("compensate = {}\n", quote(to.as_str())));
         }
+        if let Some(canary) = &stage.canary {
+            out.push_str(&format!("canary = {}\n", quote(canary.stage.as_str())));
+            out.push_str(&format!("canary_percent = {}\n", canary.percent));
+        }
     }
     out
 }
@@ -282,6 +286,10 @@ struct StageDoc {
     next: Option<Spanned<String>>,
     #[serde(default)]
     compensate: Option<Spanned<String>>,
+    #[serde(default)]
+    canary: Option<Spanned<String>>,
+    #[serde(default)]
+    canary_percent: Option<Spanned<Count>>,
 }
 
 /// `retry = { initial = "1s", max = "1m", multiplier = 2 }`; missing keys keep the base backoff's.
@@ -539,6 +547,32 @@ impl Builder<'_> {
         let next = doc.next.as_ref().map(|v| note(&mut spans, "next", v, field("next")));
         let compensate =
             doc.compensate.as_ref().map(|v| note(&mut spans, "compensate", v, field("compensate")));
+        let canary = match (&doc.canary, &doc.canary_percent) {
+            (Some(to), Some(percent)) => {
+                let stage = note(&mut spans, "canary", to, field("canary"));
+                spans.values.insert("canary_percent", (percent.span(), field("canary_percent")));
+                let percent = u8::try_from(percent.get_ref().0).unwrap_or(u8::MAX);
+                Some(baton_core::Canary { stage, percent })
+            }
+            (Some(to), None) => {
+                self.error(
+                    to.span().start,
+                    &field("canary"),
+                    "a canary needs `canary_percent`: the share of `complete`'s traffic (1 to 99) it gets"
+                        .to_owned(),
+                );
+                None
+            }
+            (None, Some(percent)) => {
+                self.error(
+                    percent.span().start,
+                    &field("canary_percent"),
+                    "`canary_percent` without `canary`: name the stage that gets the share".to_owned(),
+                );
+                None
+            }
+            (None, None) => None,
+        };
         let capacity = doc.capacity.as_ref().map(|v| {
             spans.values.insert("capacity", (v.span(), field("capacity")));
             v.get_ref().0
@@ -573,7 +607,7 @@ impl Builder<'_> {
                 agents.push(id.clone());
             }
         }
-        let stage = WorkflowStage { policy, routes, next, compensate, agents, capacity };
+        let stage = WorkflowStage { policy, routes, next, compensate, agents, capacity, canary };
         (stage, spans)
     }
 

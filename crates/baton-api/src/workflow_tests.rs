@@ -94,6 +94,8 @@ const BAD: &[(&str, u32, u32, &str, &str)] = &[
         "`retry.initial` 2m is longer than `retry.max` 1m",
     ),
     ("capacity-zero.toml", 6, 12, "stages.a.capacity", "capacity 0 would let nobody claim"),
+    ("canary-not-a-route.toml", 8, 10, "stages.a.canary", "`canary` = `c` is not one of this stage's routes"),
+    ("canary-percent.toml", 9, 18, "stages.a.canary_percent", "`canary_percent` is 100"),
     (
         "compensate-unknown.toml",
         6,
@@ -275,6 +277,7 @@ fn every_key_lands_in_the_model() {
                 compensate: Some(stage("undo-intake")),
                 agents: vec!["intake-bot".to_owned(), "intake-bot-2".to_owned()],
                 capacity: Some(10),
+                canary: None,
             },
         ),
         (
@@ -491,4 +494,17 @@ fn toml_files(kind: &str) -> Vec<String> {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_canary_route_parses_and_renders_back() {
+    let source = "name = \"w\"\nentry = \"a\"\n[stages.a]\nroutes = [\"b\", \"b2\"]\nnext = \"b\"\n\
+                  canary = \"b2\"\ncanary_percent = 10\n[stages.b]\n[stages.b2]\n";
+    let wf = parse(source).unwrap();
+    let canary = wf.stages[&stage("a")].canary.clone().expect("a canary");
+    assert_eq!((canary.stage.as_str(), canary.percent), ("b2", 10));
+    let again = parse(&render_workflow(&wf)).unwrap();
+    assert!(again.same_definition(&wf), "{}", render_workflow(&wf));
+    let errors = parse("name = \"w\"\nentry = \"a\"\n[stages.a]\ncanary = \"b\"\n[stages.b]\n").unwrap_err();
+    assert!(errors[0].message.contains("needs `canary_percent`"), "{errors:?}");
 }

@@ -74,9 +74,21 @@ pub struct WorkflowStageView {
     /// Tasks held here at once; absent: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u32>,
+    /// A canary route: this share of `complete`'s traffic goes to its stage
+    /// instead of `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryView>,
     /// Operators (people) work this stage: escalations land in such stages,
     /// and its tasks show in the inbox.
     pub human: bool,
+}
+
+/// A canary route of a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CanaryView {
+    pub stage: String,
+    /// 1 to 99: the percent of tasks completing at the stage sent to `stage`.
+    pub percent: u8,
 }
 
 /// A stage's policy, durations in milliseconds.

@@ -242,7 +242,7 @@ fn act(
         Action::Complete { result, report } => {
             check_report(report, rules)?;
             check_json("result", result.as_ref(), rules)?;
-            if let Some(to) = env.stage(&task.stage).and_then(|s| s.next.as_ref()) {
+            if let Some(to) = env.stage(&task.stage).and_then(|s| s.complete_to(task.id)) {
                 // The workflow's default route: a handoff like any other.
                 let id = ids.handoff.expect("the engine names the handoff of a routed complete");
                 let mut change = hand_off(task, lease, to, id, env, now);

@@ -36,4 +36,4 @@ pub use store::{
     StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
-pub use workflow::{GraphError, Workflow, WorkflowRef, WorkflowStage};
+pub use workflow::{Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};

@@ -11,7 +11,7 @@
 //! errors live in `baton-api`; this module holds the checked model and the
 //! graph checks every applied workflow passes (`Workflow::check`).
 
-use crate::ids::StageName;
+use crate::ids::{StageName, TaskId};
 use crate::policy::{Policies, StagePolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +50,38 @@ pub struct WorkflowStage {
     pub agents: Vec<String>,
     /// Tasks held at this stage at once; `None`: no cap.
     pub capacity: Option<u32>,
+    /// A share of `complete`'s traffic sent to a new stage instead of `next`,
+    /// until it is promoted (it becomes `next`) or rolled back (removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A canary route: `percent` of the tasks completing at a stage go to `stage`
+/// instead of the stage's `next`, chosen by task id, so a task's choice never
+/// changes and the share holds over any run of tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub stage: StageName,
+    /// 1 to 99.
+    pub percent: u8,
+}
+
+/// The task's bucket for canary routes, 0 to 99, from the random bits of its id.
+pub fn canary_bucket(task: TaskId) -> u8 {
+    u8::try_from(task.0.as_u128() % 100).unwrap_or(0)
+}
+
+impl WorkflowStage {
+    /// Where `complete` sends `task` from this stage: the canary's stage for
+    /// the canary's share, else `next`; `None` when complete finishes it.
+    pub fn complete_to(&self, task: TaskId) -> Option<&StageName> {
+        let next = self.next.as_ref()?;
+        match &self.canary {
+            Some(c) if canary_bucket(task) < c.percent => Some(&c.stage),
+            _ => Some(next),
+        }
+    }
 }
 
 /// A graph error: which stage (if any) and what to fix.
@@ -231,6 +263,51 @@ impl Workflow {
                             "`compensate` on `{name}` can never run: a task leaves `{name}` only by finishing, \
                              and an abort compensates stages already handed off from; give `{name}` a route \
                              (or `next`) to a later stage, or remove `compensate`"
+                        ),
+                    ));
+                }
+            }
+            if let Some(c) = &s.canary {
+                if !known(&c.stage) {
+                    errors.push(err(
+                        name,
+                        "canary",
+                        Some(&c.stage),
+                        format!("`canary` names unknown stage `{}`: declare [stages.{}]", c.stage, c.stage),
+                    ));
+                } else if !s.routes.contains(&c.stage) {
+                    errors.push(err(
+                        name,
+                        "canary",
+                        Some(&c.stage),
+                        format!(
+                            "`canary` = `{}` is not one of this stage's routes: add it to `routes`",
+                            c.stage
+                        ),
+                    ));
+                } else if s.next.is_none() {
+                    errors.push(err(
+                        name,
+                        "canary",
+                        Some(&c.stage),
+                        "a canary shares `next`'s traffic: set `next` (the current route) too".to_owned(),
+                    ));
+                } else if s.next.as_ref() == Some(&c.stage) {
+                    errors.push(err(
+                        name,
+                        "canary",
+                        Some(&c.stage),
+                        "the canary is already `next`: promote it by removing `canary`".to_owned(),
+                    ));
+                }
+                if !(1..=99).contains(&c.percent) {
+                    errors.push(err(
+                        name,
+                        "canary_percent",
+                        None,
+                        format!(
+                            "`canary_percent` is {}: send between 1 and 99 percent to the canary",
+                            c.percent
                         ),
                     ));
                 }

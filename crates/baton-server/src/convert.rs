@@ -167,6 +167,10 @@ pub fn workflow(wf: &Workflow) -> api::WorkflowView {
                 compensate: s.compensate.as_ref().map(ToString::to_string),
                 agents: s.agents.clone(),
                 capacity: s.capacity,
+                canary: s
+                    .canary
+                    .as_ref()
+                    .map(|c| api::CanaryView { stage: c.stage.to_string(), percent: c.percent }),
                 human: s.policy.human,
             };
             (name.to_string(), stage)

@@ -48,6 +48,24 @@ pub enum WorkflowCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Promote a stage's canary route: a new version whose `next` is the canary's stage.
+    Promote {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// The stage whose canary route is promoted.
+        #[arg(long)]
+        stage: String,
+    },
+    /// Roll a stage's canary route back: a new version without it (`next` unchanged).
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// The stage whose canary route is removed.
+        #[arg(long)]
+        stage: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +107,8 @@ pub async fn run(command: WorkflowCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        WorkflowCommand::Promote { client, name, stage } => canary(&client, &name, &stage, true).await,
+        WorkflowCommand::Rollback { client, name, stage } => canary(&client, &name, &stage, false).await,
         WorkflowCommand::List { client } => {
             let all = client.connect()?.workflows().await?;
             if client.output == Format::Json {
@@ -140,6 +160,43 @@ async fn apply(client: &ClientArgs, file: &Path, config: Option<&Path>) -> anyho
     } else {
         let verb = if applied.created { "applied" } else { "unchanged" };
         println!("{verb} {} v{}", applied.workflow.name, applied.workflow.version);
+    }
+    Ok(())
+}
+
+/// Promotes (its stage becomes `next`) or rolls back (removed) the canary
+/// route of `stage` in the latest version of `name`, by applying a new
+/// version: tasks already running keep the version they started on.
+async fn canary(client: &ClientArgs, name: &str, stage: &str, promote: bool) -> anyhow::Result<()> {
+    let api = client.connect()?;
+    let view = api.workflow(name, None).await?;
+    let rules = baton_core::Rules::default();
+    let mut wf =
+        baton_api::parse_workflow(&view.source, &rules.policies, &rules.limits).map_err(|errors| {
+            anyhow::anyhow!(
+                "the server's rendering of {name} v{} does not parse here: {errors:?}",
+                view.version
+            )
+        })?;
+    let def = wf
+        .stages
+        .get_mut(&baton_core::StageName::new(stage))
+        .with_context(|| format!("{name} v{} has no stage {stage}", view.version))?;
+    let Some(canary) = def.canary.take() else {
+        anyhow::bail!("stage {stage} of {name} v{} has no canary route", view.version);
+    };
+    if promote {
+        def.next = Some(canary.stage.clone());
+    }
+    let applied = api.apply_workflow(&baton_api::render_workflow(&wf)).await?;
+    if client.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&applied)?);
+    } else {
+        let what = if promote { "promoted" } else { "rolled back" };
+        println!(
+            "{what} the canary {stage} -> {}: {} v{}",
+            canary.stage, applied.workflow.name, applied.workflow.version
+        );
     }
     Ok(())
 }

@@ -21,6 +21,8 @@
 mod audit;
 #[path = "cli/auth.rs"]
 mod auth;
+#[path = "cli/canary.rs"]
+mod canary;
 #[path = "cli/example.rs"]
 mod example;
 #[path = "cli/gate.rs"]

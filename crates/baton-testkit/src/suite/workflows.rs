@@ -480,3 +480,52 @@ pub fn stage_gauges_count_live_tasks_and_duties_are_held<H: SuiteStore>() {
     assert!(block_on(cx.store().holds_duty(SingletonDuty::Metrics)).expect("holds_duty"));
     cx.finish();
 }
+
+/// A canary route sends its share of `complete`'s traffic to the new stage
+/// (by task id: within tolerance over many tasks); promoting it (a version
+/// whose `next` is the canary) sends all new tasks there, and rolling back (a
+/// version without it) none, while tasks on the earlier version keep its split.
+pub fn canary_route_shares_then_promotes_and_rolls_back<H: SuiteStore>() {
+    use baton_core::Canary;
+    const TASKS: usize = 200;
+    let cx = Case::<H>::open(suite_rules());
+    let with = |canary: Option<u8>, next: &str| {
+        let mut wf = workflow(
+            "canaried",
+            "a",
+            &[s("a", &["b", "b2"], Some(next)), s("b", &[], None), s("b2", &[], None)],
+        );
+        wf.stages.get_mut(&stage("a")).expect("a").canary =
+            canary.map(|percent| Canary { stage: stage("b2"), percent });
+        wf
+    };
+    // Where complete sends `n` new tasks of the latest version.
+    let route = |n: usize| {
+        let mut to_canary = 0;
+        for _ in 0..n {
+            cx.submit_via("canaried");
+            let g = cx.claim_one("alice", "a");
+            let out = cx.act(&g, complete());
+            assert!(["b", "b2"].contains(&out.task.stage.as_str()));
+            to_canary += usize::from(out.task.stage.as_str() == "b2");
+        }
+        to_canary
+    };
+    let broken = with(Some(0), "b");
+    cx.refuses("invalid_request", |cx| cx.try_execute(Op::ApplyWorkflow(broken), None));
+    cx.apply(with(Some(25), "b"));
+    let share = route(TASKS);
+    // 25% of 200 is 50; four standard deviations (about 6.1 each) either side.
+    assert!((26..=74).contains(&share), "{share} of {TASKS} went to the canary at 25%");
+    // An early task, still on v1, waits to be completed after the promotion.
+    cx.submit_via("canaried");
+    let early = cx.claim_one("alice", "a");
+    assert_eq!(cx.apply(with(None, "b2")).workflow.version, 2, "promoted");
+    assert_eq!(route(20), 20, "after promotion every new task goes to the canary");
+    let out = cx.act(&early, complete());
+    let expected = if baton_core::workflow::canary_bucket(early.task.id) < 25 { "b2" } else { "b" };
+    assert_eq!(out.task.stage.as_str(), expected, "a v1 task keeps v1's split");
+    assert_eq!(cx.apply(with(None, "b")).workflow.version, 3, "rolled back");
+    assert_eq!(route(20), 0, "after a rollback no new task goes to the canary");
+    cx.finish();
+}
