@@ -144,7 +144,17 @@ pub fn wait_for_quiet(foreign_cores_max: f64, wait_max: Duration) -> Result<(Dur
 
 /// User plus system CPU seconds used so far by process `pid` (all its
 /// threads), or `None` when it is gone or unreadable.
+///
+/// `/proc/PID/schedstat` (nanoseconds on the CPU) first: `stat` counts whole
+/// clock ticks per process, so many short-working processes (a PostgreSQL
+/// backend per client, a few ms each) would each round down to nothing.
 pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    if let Some(ns) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return Some(ns as f64 / 1e9);
+    }
     stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).ok()
 }
 

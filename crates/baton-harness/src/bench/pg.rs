@@ -36,8 +36,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test"
 /// How long connecting may take before PostgreSQL counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `baton-postgres` writer thread ("baton-postgres-writer" cut to 15 bytes).
-const PG_WRITER_THREAD: &str = "baton-postgres-";
+/// The `baton-postgres` writer threads ("baton-pg-writer-N"; their CPU is
+/// summed, so "writer busy" may exceed one core).
+const PG_WRITER_THREAD: &str = "baton-pg-writer";
 
 /// The database URL of this run.
 pub fn database_url() -> String {
