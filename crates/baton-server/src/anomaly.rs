@@ -21,14 +21,17 @@
 //!   claims by `backlog_ratio`, and the stage's backlog now holds at least
 //!   half that growth (it grows; it was not drained some other way);
 //! - `success_rate` (stage edges): the window's rate (accepted of settled)
-//!   is below the baseline by `success_drop_min` and by more than `mad_k`
-//!   spreads.
+//!   is below the baseline by `success_drop_min`, by more than `mad_k`
+//!   spreads and by more than `mad_k` standard errors of a binomial rate
+//!   over the window's samples, with at least `success_failures_min`
+//!   handoffs not accepted.
 //!
 //! Deduplication: one open anomaly per key and metric. A key that departs is
 //! raised (`Op::RaiseAnomaly`, which also writes the webhook notice) unless
-//! it is both open in the store and was departing at the previous run; so a
-//! departure that persists is raised once, again after an acknowledgement,
-//! and again after the metric returned to normal and departs anew.
+//! it is both open in the store and departed within `clear_ms`; so a
+//! departure that persists (or flickers while the baseline adapts) is raised
+//! once, again after an acknowledgement, and again after the metric stayed
+//! normal for `clear_ms` and departs anew.
 
 use crate::metrics::Window;
 use crate::state::AppState;
@@ -67,6 +70,12 @@ pub struct AnomalyOptions {
     pub backlog_ratio: f64,
     /// The success rate must fall at least this much (0.05: five points).
     pub success_drop_min: f64,
+    /// Handoffs not accepted in the window, at least: one failure in a small
+    /// window is noise, not a fall.
+    pub success_failures_min: u64,
+    /// How long a key must not depart before it counts as back to normal
+    /// (and a new departure raises a new anomaly though the old is open).
+    pub clear_ms: Millis,
 }
 
 impl Default for AnomalyOptions {
@@ -84,6 +93,8 @@ impl Default for AnomalyOptions {
             backlog_growth_min: 10,
             backlog_ratio: 1.25,
             success_drop_min: 0.05,
+            success_failures_min: 4,
+            clear_ms: 15 * BUCKET_MS,
         }
     }
 }
@@ -91,14 +102,15 @@ impl Default for AnomalyOptions {
 /// What a run found departing: (key, metric) -> the anomaly to raise.
 type Departures = BTreeMap<(RollupKey, &'static str), Anomaly>;
 
-/// The detector's memory between runs: which keys departed last time.
+/// The detector's memory between runs: when each key last departed.
 #[derive(Debug)]
 pub struct Detector {
     options: AnomalyOptions,
     next_at: Option<Millis>,
-    /// (key, metric) departing at the previous run; `None` until the first
-    /// run as the duty's holder, which starts from the store's open anomalies.
-    active: Option<BTreeSet<(RollupKey, String)>>,
+    /// (key, metric) -> the last run at which it departed, kept for
+    /// `clear_ms`; `None` until the first run as the duty's holder, which
+    /// starts from the store's open anomalies.
+    active: Option<BTreeMap<(RollupKey, String), Millis>>,
 }
 
 impl Detector {
@@ -156,13 +168,17 @@ impl Detector {
             .into_iter()
             .map(|(_, a)| (a.key, a.metric))
             .collect();
-        let previous = self.active.take().unwrap_or_else(|| open.clone());
+        let mut active =
+            self.active.take().unwrap_or_else(|| open.iter().map(|slot| (slot.clone(), now)).collect());
+        // A key is back to normal once it has not departed for `clear_ms`:
+        // a baseline that adapts to a lasting shift must not make the same
+        // anomaly flap open again.
+        active.retain(|_, last| now.saturating_sub(*last) <= o.clear_ms);
         let mut raised = 0;
-        let mut active = BTreeSet::new();
         for ((key, metric), anomaly) in found {
             let slot = (key, metric.to_owned());
-            let deduplicated = open.contains(&slot) && previous.contains(&slot);
-            active.insert(slot);
+            let deduplicated = open.contains(&slot) && active.contains_key(&slot);
+            active.insert(slot, now);
             if deduplicated || raised == RAISES_PER_RUN_MAX {
                 continue;
             }
@@ -242,11 +258,20 @@ fn departures(
         if let RollupKey::Edge { .. } = key {
             let settled = w.accepted + w.rerouted + w.escalated + w.cancelled;
             let series: Vec<f64> = past.iter().filter_map(|(_, c)| c.success_rate()).collect();
+            // The window's rate is a binomial estimate: its own standard
+            // error (with a failure rate of at least 1/n) bounds a fall too.
+            let n = settled.max(1) as f64;
+            let sampling = |centre: f64| {
+                let q = (1.0 - centre).max(1.0 / n);
+                (q * (1.0 - q) / n).sqrt()
+            };
             if settled >= o.samples_min
+                && settled - w.accepted >= o.success_failures_min
                 && let Some(base) = Baseline::learn(o, &series)
                 && let Some(observed) = w.success_rate()
                 && base.centre - observed >= o.success_drop_min
                 && base.centre - observed > o.mad_k * base.spread
+                && base.centre - observed > o.mad_k * sampling(base.centre)
             {
                 flag(
                     key,

@@ -135,6 +135,12 @@ impl Sim {
     /// at uneven times, with accept latency `latency_ms` +-30% (and 1 in 50
     /// twice as slow), then returns.
     async fn handoffs(&mut self, minutes: i64, per_minute: usize, latency_ms: f64) {
+        self.handoffs_losing(minutes, per_minute, latency_ms, 0.0).await;
+    }
+
+    /// As `handoffs`, with a `lost` share of the handoffs cancelled while
+    /// pending instead of accepted.
+    async fn handoffs_losing(&mut self, minutes: i64, per_minute: usize, latency_ms: f64, lost: f64) {
         let start = self.clock.now();
         let mut schedule = Vec::new();
         for m in 0..minutes {
@@ -144,21 +150,42 @@ impl Sim {
                 let send = start + m * BUCKET_MS + self.noisy(30_000.0, 1.0);
                 let slow = if self.uniform() < 0.02 { 2.0 } else { 1.0 };
                 let accept = send + self.noisy(latency_ms * slow, 0.3);
+                let outcome = if self.uniform() < lost { 2 } else { 1 };
                 schedule.push((send, 0));
-                schedule.push((accept, 1));
+                schedule.push((accept, outcome));
             }
         }
         schedule.sort_unstable();
         for (at, kind) in schedule {
             self.until(at).await;
-            if kind == 0 {
-                self.submit("a").await;
-                assert!(self.claim_and("sender", "a", baton_testkit::suite::handoff_to("b")).await);
-            } else {
-                assert!(self.claim_and("receiver", "b", baton_testkit::suite::complete()).await);
+            match kind {
+                0 => {
+                    self.submit("a").await;
+                    assert!(self.claim_and("sender", "a", baton_testkit::suite::handoff_to("b")).await);
+                }
+                1 => assert!(self.claim_and("receiver", "b", baton_testkit::suite::complete()).await),
+                _ => self.cancel_one("b").await,
             }
         }
         self.until(start + minutes * BUCKET_MS).await;
+    }
+
+    /// Cancels the oldest task waiting in `stage` (its handoff ends `cancelled`).
+    async fn cancel_one(&self, stage: &str) {
+        let filter = baton_core::TaskFilter {
+            stage: Some(StageName::new(stage)),
+            state: Some(baton_core::StateName::Waiting),
+            parent: None,
+            after: None,
+            limit: 1,
+        };
+        let task = self.store().list(filter).await.expect("list").tasks.remove(0);
+        let request = baton_core::CancelRequest {
+            task: task.id,
+            actor: baton_core::Actor::Principal("operator".into()),
+            reason: "lost in the simulation".into(),
+        };
+        self.store().cancel(request).await.expect("cancel");
     }
 
     fn raised(&self, metric: &str) -> Vec<&Anomaly> {
@@ -243,15 +270,32 @@ async fn a_backlog_ramp_is_flagged_before_any_task_passes_accept_within() {
     );
 }
 
+#[tokio::test]
+async fn a_falling_success_rate_is_flagged() {
+    let mut sim = Sim::new(0x5eed_0004);
+    sim.handoffs_losing(90, 6, 30_000.0, 0.01).await;
+    assert_eq!(sim.raised.len(), 0, "1% lost is the baseline: {:?}", sim.raised);
+    let change = sim.clock.now();
+    sim.handoffs_losing(20, 6, 30_000.0, 0.3).await;
+    let flagged = sim.raised("success_rate");
+    let edge =
+        flagged.first().unwrap_or_else(|| panic!("the success rate fall is flagged: {:?}", sim.raised));
+    assert!(edge.observed < edge.baseline - 0.05, "{edge:?}");
+    assert!(edge.raised_at <= change + AnomalyOptions::default().window_ms, "{} ms", edge.raised_at - change);
+    assert_eq!(flagged.len(), 1, "once: {flagged:?}");
+    println!("success rate fall flagged {} ms after it began: {}", edge.raised_at - change, edge.message);
+}
+
 /// The week runs about 3 handoffs a minute (+-50%) at uneven times, with
-/// +-30% latency noise and 1 in 50 twice as slow: 10,080 detector runs.
+/// +-30% latency noise, 1 in 50 twice as slow and 1 in 100 lost (cancelled
+/// while pending): 10,080 detector runs.
 /// Prints the false positives.
 #[tokio::test]
 async fn a_week_of_steady_noisy_traffic_raises_no_alert() {
     let mut sim = Sim::new(0x5eed_0003);
     let days = 7;
     for _ in 0..days {
-        sim.handoffs(24 * 60, 3, 30_000.0).await;
+        sim.handoffs_losing(24 * 60, 3, 30_000.0, 0.01).await;
     }
     println!("a simulated week: {} false positives: {:?}", sim.raised.len(), sim.raised);
     assert_eq!(sim.raised.len(), 0, "no alert on steady traffic");
