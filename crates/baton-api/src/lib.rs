@@ -48,8 +48,8 @@ pub use time::Timestamp;
 pub use webhook::{Alert, Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, NoticeKind, WebhookNotice};
 pub use workflow::{WorkflowFileError, parse_workflow, render_workflow};
 pub use workflows::{
-    AppliedWorkflow, ApplyWorkflowRequest, BackoffView, CanaryView, StagePolicyView, WorkflowList, WorkflowQuery,
-    WorkflowRef, WorkflowStageView, WorkflowView,
+    AppliedWorkflow, ApplyWorkflowRequest, BackoffView, CanaryView, StagePolicyView, WorkflowList,
+    WorkflowQuery, WorkflowRef, WorkflowStageView, WorkflowView,
 };
 
 /// A task's id (UUIDv7).

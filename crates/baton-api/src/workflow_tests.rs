@@ -360,9 +360,9 @@ fn the_patient_intake_example_validates() {
     let s = |name: &str| &wf.stages[&stage(name)];
     let path: Vec<(&str, Option<&str>)> =
         ["intake", "triage", "specialist", "specialist-backup", "billing", "discharge"]
-        .into_iter()
-        .map(|name| (name, s(name).next.as_ref().map(StageName::as_str)))
-        .collect();
+            .into_iter()
+            .map(|name| (name, s(name).next.as_ref().map(StageName::as_str)))
+            .collect();
     assert_eq!(
         path,
         [

@@ -387,6 +387,7 @@ fn insert_new<T: Tx>(
         actor: event.actor.clone(),
         elapsed_ms: None,
         handoff: None,
+        trace: change.task.trace.clone(),
     });
     cx.effects.note_ready(&change.task);
     Ok(change.task)
@@ -592,6 +593,7 @@ fn apply<T: Tx>(
         actor: event.actor.clone(),
         elapsed_ms: change.elapsed_ms,
         handoff,
+        trace: change.task.trace.clone(),
     });
     if let Some(h) = &change.handoff {
         st(tx.put_handoff(h))?;

@@ -41,6 +41,9 @@ pub struct Observation {
     pub elapsed_ms: Option<Millis>,
     /// The handoff the change created or finished.
     pub handoff: Option<Handoff>,
+    /// The task's W3C trace context (`traceparent`), for trace export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// What a rollup counts.

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod convert;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod state;
 pub mod sweeper;
 pub mod telemetry;
@@ -64,6 +65,13 @@ pub async fn serve(
     let webhooks =
         (!state.options().webhooks.hooks.is_empty()).then(|| tokio::spawn(webhooks::run(state.clone())));
     let metrics = state.options().metrics.enabled.then(|| tokio::spawn(metrics::run(state.clone())));
+    if let Some(otlp) = &state.options().otlp {
+        otlp.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    let traces = state.options().otlp.clone().map(|otlp| {
+        state.hub().spans().enable();
+        tokio::spawn(otlp::run(state.clone(), otlp))
+    });
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -84,6 +92,11 @@ pub async fn serve(
         && let Err(error) = metrics.await
     {
         tracing::error!(%error, "the metrics task failed");
+    }
+    if let Some(traces) = traces
+        && let Err(error) = traces.await
+    {
+        tracing::error!(%error, "the trace exporter failed");
     }
     Ok(())
 }

@@ -349,6 +349,7 @@ mod tests {
             actor: Actor::Principal("x".into()),
             elapsed_ms: Some(waited),
             handoff: None,
+            trace: None,
         }
     }
 

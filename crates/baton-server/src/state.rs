@@ -72,6 +72,8 @@ pub struct Options {
     pub webhooks: WebhookOptions,
     /// Rollup flushes, retention and anomaly detection (`crate::metrics`).
     pub metrics: MetricsOptions,
+    /// Trace export over OTLP (`crate::otlp`); `None`: off.
+    pub otlp: Option<crate::otlp::OtlpOptions>,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             sweeper: SweeperOptions::default(),
             webhooks: WebhookOptions::default(),
             metrics: MetricsOptions::default(),
+            otlp: None,
         }
     }
 }

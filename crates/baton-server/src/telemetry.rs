@@ -5,8 +5,8 @@
 //! a log pipeline joins them to the task's trace. `task_changed` writes one
 //! debug line per committed change a request made (target `baton::task`:
 //! `RUST_LOG=baton::task=debug`). The trace id is taken from the task's
-//! `trace` (a `traceparent`) only when it is well formed. Exporting traces
-//! (OTLP) is not built yet.
+//! `trace` (a `traceparent`) only when it is well formed. Spans are exported
+//! over OTLP by `crate::otlp`.
 
 use baton_core::Task;
 use tracing::Span;

@@ -11,7 +11,8 @@
 //! O(waiters), not O(stages ever seen).
 //!
 //! The hub is also where the store's observations arrive (`observed`): it
-//! hands them to the metrics `Aggregator` it owns (`crate::metrics`).
+//! hands them to the metrics `Aggregator` it owns (`crate::metrics`) and to
+//! the span queue of trace export (`crate::otlp`, when enabled).
 //!
 //! Waiters must `enable()` their `Notified` before they look at the store, so
 //! a wake-up between the look and the wait is not lost; a `Notified` dropped
@@ -19,6 +20,7 @@
 //! (tokio guarantees this), so abandoned waits lose nothing.
 
 use crate::metrics::Aggregator;
+use crate::otlp::Spans;
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{StageName, TaskId};
@@ -36,6 +38,7 @@ use tokio::sync::futures::Notified;
 pub struct ReadyHub {
     stages: Signals<StageName>,
     metrics: Aggregator,
+    spans: Spans,
 }
 
 impl ReadyHub {
@@ -52,6 +55,11 @@ impl ReadyHub {
     pub fn metrics(&self) -> &Aggregator {
         &self.metrics
     }
+
+    /// The spans made of the store's observations, for OTLP export.
+    pub fn spans(&self) -> &Spans {
+        &self.spans
+    }
 }
 
 impl ReadyListener for ReadyHub {
@@ -63,6 +71,7 @@ impl ReadyListener for ReadyHub {
 
     fn observed(&self, changes: &[Observation]) {
         self.metrics.observe(changes);
+        self.spans.observe(changes);
     }
 }
 

@@ -22,6 +22,8 @@ mod auth;
 mod idempotency;
 #[path = "http/metrics.rs"]
 mod metrics;
+#[path = "http/otlp.rs"]
+mod otlp;
 #[path = "http/webhooks.rs"]
 mod webhooks;
 #[path = "http/workflows.rs"]

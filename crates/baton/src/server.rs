@@ -217,7 +217,7 @@ async fn run<S: Store + Directory>(
         Auth::Off => AuthMode::Off,
         Auth::Tokens => AuthMode::Tokens(baton_server::Auth::new(store.clone(), rules.policies.clone())),
     };
-    let options = Options { auth: auth_mode, ..file.options(Options::default()) };
+    let options = Options { auth: auth_mode, otlp: otlp_from_env(), ..file.options(Options::default()) };
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
     // Only URLs that exist: the API, its docs, its health checks.
@@ -245,6 +245,17 @@ async fn run<S: Store + Directory>(
     close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Trace export when `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector
+/// (OTLP/HTTP, JSON); `OTEL_SERVICE_NAME` names the service (`baton`).
+fn otlp_from_env() -> Option<baton_server::otlp::OtlpOptions> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty())?;
+    let mut options = baton_server::otlp::OtlpOptions::new(endpoint.trim());
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME").ok().filter(|n| !n.is_empty()) {
+        options.service_name = name;
+    }
+    Some(options)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
