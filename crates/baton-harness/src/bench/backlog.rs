@@ -6,7 +6,8 @@
 //! the crash child (`crash-child`, the kill -9 test's workload) works the
 //! same database and is SIGKILLed mid-flight; the time from reopening the
 //! store (WAL recovery included) to the first successful claim from the
-//! backlog is the recovery figure.
+//! backlog is the recovery figure; a second kill, reopened without the
+//! open-time integrity check, shows what that check costs.
 //!
 //! RSS is this whole process (the store runs in it, plus the harness's
 //! agents, a few MiB), so it is an upper bound on the store's.
@@ -17,6 +18,7 @@ use crate::exec::block_on;
 use crate::sys::{self, Probe};
 use anyhow::{Context as _, Result, bail};
 use baton_core::{AgentId, ClaimRequest, StageName, Store};
+use baton_sqlite::{IntegrityCheck, SqliteOptions, SqliteStore};
 use serde::Serialize;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -53,6 +55,9 @@ pub struct Recovery {
     pub open_ms: f64,
     /// From the start of opening to the first granted claim.
     pub first_claim_ms: f64,
+    /// The same after a second kill, opened with `IntegrityCheck::Off`: what
+    /// the default open-time `quick_check` (it reads the whole file) costs.
+    pub first_claim_unchecked_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,14 +135,23 @@ pub fn run(
         if backlog == largest {
             match harness {
                 Some(harness) => {
-                    let r = kill_and_recover(harness, &db, backlog);
+                    let r =
+                        kill_and_recover(harness, &db, backlog, IntegrityCheck::default()).map(|mut r| {
+                            r.first_claim_unchecked_ms =
+                                kill_and_recover(harness, &db, backlog, IntegrityCheck::Off)
+                                    .ok()
+                                    .map(|u| u.first_claim_ms);
+                            r
+                        });
                     match r {
                         Ok(r) => {
                             eprintln!(
-                                "kill -9 at backlog {backlog}: reopen {:.0} ms, first claim {:.0} ms (WAL {} KiB)",
+                                "kill -9 at backlog {backlog}: reopen {:.0} ms, first claim {:.0} ms (WAL {} KiB); \
+                                 without the open-time quick_check: first claim {} ms",
                                 r.open_ms,
                                 r.first_claim_ms,
-                                r.wal_bytes / 1024
+                                r.wal_bytes / 1024,
+                                r.first_claim_unchecked_ms.map_or("?".into(), |x| format!("{x:.0}"))
                             );
                             recovery = Some(r);
                         }
@@ -153,7 +167,7 @@ pub fn run(
 }
 
 /// Runs the crash child on `db`, SIGKILLs it, and times reopen + first claim.
-fn kill_and_recover(harness: &Path, db: &Path, backlog: usize) -> Result<Recovery> {
+fn kill_and_recover(harness: &Path, db: &Path, backlog: usize, check: IntegrityCheck) -> Result<Recovery> {
     let mut child = Command::new(harness)
         .args(["crash-child", "--seed", "1", "--threads", "4", "--run-ms-max", "10000", "--db"])
         .arg(db)
@@ -172,7 +186,8 @@ fn kill_and_recover(harness: &Path, db: &Path, backlog: usize) -> Result<Recover
     }
     let wal_bytes = std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
     let t0 = Instant::now();
-    let sqlite = crate::store::open_sqlite(db)?;
+    let sqlite = SqliteStore::open(db, SqliteOptions::default().integrity_check(check))
+        .with_context(|| format!("reopen {}", db.display()))?;
     let open_ms = t0.elapsed().as_secs_f64() * 1e3;
     let request = ClaimRequest {
         agent: AgentId::new("recovery"),
@@ -192,5 +207,5 @@ fn kill_and_recover(harness: &Path, db: &Path, backlog: usize) -> Result<Recover
         std::thread::sleep(Duration::from_millis(1));
     };
     sqlite.close();
-    Ok(Recovery { backlog, wal_bytes, open_ms, first_claim_ms })
+    Ok(Recovery { backlog, wal_bytes, open_ms, first_claim_ms, first_claim_unchecked_ms: None })
 }

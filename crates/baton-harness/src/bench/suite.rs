@@ -871,11 +871,13 @@ pub fn markdown(r: &SuiteReport) -> String {
                 let _ = writeln!(
                     out,
                     "\nAfter kill -9 at a backlog of {}: reopen {:.0} ms, first successful claim {:.0} ms after the \
-                     restart began (WAL left: {} KiB).\n",
+                     restart began (WAL left: {} KiB); after a second kill, opened without the default open-time \
+                     `quick_check`: first claim {} ms.\n",
                     x.backlog,
                     x.open_ms,
                     x.first_claim_ms,
-                    x.wal_bytes / 1024
+                    x.wal_bytes / 1024,
+                    x.first_claim_unchecked_ms.map_or("?".into(), |u| format!("{u:.0}"))
                 );
             }
             (None, Some(why)) => {
@@ -968,8 +970,11 @@ fn goals(r: &SuiteReport) -> String {
         if let Some(x) = &b.recovery {
             let _ = writeln!(
                 out,
-                "| G8: first claim after kill -9 at a {} backlog | {:.0} ms | ≤ 1,000 ms at 1M |",
-                x.backlog, x.first_claim_ms
+                "| G8: first claim after kill -9 at a {} backlog | {:.0} ms ({} ms without the open-time quick_check) \
+                 | ≤ 1,000 ms at 1M |",
+                x.backlog,
+                x.first_claim_ms,
+                x.first_claim_unchecked_ms.map_or("?".into(), |u| format!("{u:.0}"))
             );
         }
     }
