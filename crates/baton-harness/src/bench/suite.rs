@@ -602,7 +602,10 @@ const OPEN_LOOP_SECONDS_MAX: f64 = 5.0;
 const OPEN_LOOP_TASKS_MIN: usize = 50;
 
 /// Submitter threads of the open loop; each takes every S-th scheduled slot.
-const SUBMITTERS: usize = 4;
+/// Enough that submit round trips (a durable commit each, milliseconds under
+/// group commit) never hold the offered rate back: the schedule, not the
+/// harness, sets the arrivals.
+const SUBMITTERS: usize = 32;
 
 /// The open loop on a `Store`: `p.tasks` tasks submitted into stage a at
 /// `rate` tasks/s on a fixed schedule while K agents work; each task's
