@@ -42,6 +42,9 @@ pub struct PostgresStore {
     /// The writer's queue, bounded by `queue_max`; `None` once closed.
     queue: RwLock<Option<SyncSender<Op>>>,
     writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The duty renewal task and how to stop it: `close` stops it before the
+    /// writers release the duties, so no renewal lands after the release.
+    renewing: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>>,
     runtime: Mutex<Option<Runtime>>,
     handle: Handle,
     pool: Pool,
@@ -150,12 +153,14 @@ impl PostgresStore {
         if options.listen {
             handle.spawn(crate::listen::run(options.clone(), channel, options.listener.clone()));
         }
-        handle.spawn(renew_duties(pool.clone(), options.clone()));
+        let stop_renewing = Arc::new(tokio::sync::Notify::new());
+        let renewing = handle.spawn(renew_duties(pool.clone(), options.clone(), stop_renewing.clone()));
         tracing::info!(schema = %schema, replica = %options.replica, "PostgreSQL store open");
         Ok(Self {
             options,
             queue: RwLock::new(Some(queue)),
             writers: Mutex::new(writers),
+            renewing: Mutex::new(Some((renewing, stop_renewing))),
             runtime: Mutex::new(runtime.take()),
             handle,
             pool,
@@ -208,6 +213,12 @@ impl PostgresStore {
     /// `Drop` calls it. Safe to call from inside an async runtime.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Stop renewing (letting a renewal in flight finish) before the
+        // writers release the duties on their way out.
+        if let Some((task, stop)) = self.renewing.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            stop.notify_one();
+            let _ = wait(&self.handle, async move { drop(task.await) });
+        }
         drop(self.queue.write().unwrap_or_else(PoisonError::into_inner).take());
         let writers = std::mem::take(&mut *self.writers.lock().unwrap_or_else(PoisonError::into_inner));
         for writer in writers {
@@ -325,8 +336,9 @@ fn wait<T: Send + 'static>(handle: &Handle, fut: impl Future<Output = T> + Send 
     rx.recv().ok()
 }
 
-/// Takes and renews this replica's duties every third of `duty_lease`.
-async fn renew_duties(pool: Pool, options: PostgresOptions) {
+/// Takes and renews this replica's duties every third of `duty_lease`,
+/// until `stop` is notified (never in the middle of a renewal).
+async fn renew_duties(pool: Pool, options: PostgresOptions, stop: Arc<tokio::sync::Notify>) {
     let lease_ms = i64::try_from(options.duty_lease.as_millis()).unwrap_or(i64::MAX);
     let period = (options.duty_lease / 3).max(Duration::from_millis(100));
     loop {
@@ -337,7 +349,10 @@ async fn renew_duties(pool: Pool, options: PostgresOptions) {
             Ok(Err(error)) => tracing::warn!(%error, "could not renew the singleton duties"),
             Err(_) => tracing::warn!("renewing the singleton duties timed out"),
         }
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = stop.notified() => return,
+        }
     }
 }
 
