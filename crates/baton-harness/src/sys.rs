@@ -142,18 +142,31 @@ pub fn wait_for_quiet(foreign_cores_max: f64, wait_max: Duration) -> Result<(Dur
     }
 }
 
-/// User plus system CPU seconds used so far by process `pid` (all its
-/// threads), or `None` when it is gone or unreadable.
+/// CPU seconds used so far by process `pid` (all its threads), or `None`
+/// when it is gone or unreadable.
 ///
-/// `/proc/PID/schedstat` (nanoseconds on the CPU) first: `stat` counts whole
-/// clock ticks per process, so many short-working processes (a PostgreSQL
-/// backend per client, a few ms each) would each round down to nothing.
+/// From `/proc/PID/task/*/schedstat` (nanoseconds on the CPU, per thread)
+/// where it can: `stat` counts whole clock ticks per process, so many
+/// short-working processes (a PostgreSQL backend per client, a few ms each)
+/// would each round down to nothing. `/proc/PID/schedstat` alone is the main
+/// thread only, which misses a multi-threaded server's work.
 pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
-    if let Some(ns) = fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
-    {
-        return Some(ns as f64 / 1e9);
+    const THREADS_MAX: usize = 10_000;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut ns: u64 = 0;
+        let mut any = false;
+        for t in tasks.flatten().take(THREADS_MAX) {
+            if let Some(v) = fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|x| x.split_whitespace().next()?.parse::<u64>().ok())
+            {
+                ns += v;
+                any = true;
+            }
+        }
+        if any {
+            return Some(ns as f64 / 1e9);
+        }
     }
     stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).ok()
 }
