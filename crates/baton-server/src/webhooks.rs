@@ -8,8 +8,9 @@
 //! business; receivers verify with `baton_api::webhook::verify`.
 //!
 //! Each webhook has its own task and cursor, so one slow or failing receiver
-//! holds up no other. Within a webhook delivery is in notice order and at
-//! least once: a notice is retried with exponential backoff (`attempts_max`,
+//! holds up no other. Within a webhook delivery is in notice order (a gap in
+//! the numbers, which several writers can open for a moment, is waited out
+//! for `NOTICE_GAP_WAIT` before it is passed) and at least once: a notice is retried with exponential backoff (`attempts_max`,
 //! `backoff_initial_ms` doubling up to `backoff_max_ms`, times on the
 //! server's `Clock`) and the next waits until it is delivered or given up.
 //! Every attempt is recorded as a `Delivery` in the store; at start the
@@ -39,7 +40,7 @@ use baton_core::{HandoffOutcome, Millis, SingletonDuty};
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Webhooks one server may be configured with.
 pub const WEBHOOKS_MAX: usize = 32;
@@ -342,6 +343,18 @@ struct Dispatcher {
     options: Arc<WebhookOptions>,
 }
 
+/// How long a gap in notice numbers may stay open before deliveries pass
+/// it. Several writers (or replicas) number notices as they insert them, so a
+/// lower number can commit after a higher one; a rolled-back insert leaves a
+/// gap that never closes. Longer than any write transaction lasts.
+pub const NOTICE_GAP_WAIT: Duration = Duration::from_secs(10);
+
+/// How many of `ids` (ascending, all after `cursor`) follow `cursor` without
+/// a gap.
+pub fn contiguous(cursor: u64, ids: &[u64]) -> usize {
+    ids.iter().zip(cursor + 1..).take_while(|(id, expected)| **id == *expected).count()
+}
+
 /// Whether the dispatcher goes on.
 enum Flow {
     Next,
@@ -353,6 +366,8 @@ impl Dispatcher {
         // `None` while another replica holds the webhooks duty: the cursor is
         // read again from the delivery records when the duty comes back.
         let mut cursor: Option<u64> = None;
+        // A gap after the cursor, and since when it has been seen.
+        let mut gap: Option<(u64, Instant)> = None;
         loop {
             if self.state.is_shutting_down() {
                 return;
@@ -398,7 +413,29 @@ impl Dispatcher {
                 }
                 continue;
             }
-            for (id, notice) in batch {
+            // Deliver in number order without skipping a notice that commits
+            // late: stop at a gap until it closes or has stayed open for
+            // `NOTICE_GAP_WAIT_MS` (a rolled-back insert leaves one for ever).
+            let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+            let mut ready = contiguous(after, &ids);
+            if ready == 0 {
+                match gap {
+                    Some((at, since)) if at == after && since.elapsed() >= NOTICE_GAP_WAIT => {
+                        tracing::info!(webhook = %self.hook.name, after, next = ids[0], "webhooks: passing a gap in notice numbers");
+                        ready = contiguous(ids[0] - 1, &ids);
+                    }
+                    Some((at, _)) if at == after => {}
+                    _ => gap = Some((after, Instant::now())),
+                }
+                if ready == 0 {
+                    if !self.pause(self.options.poll_ms).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            gap = None;
+            for (id, notice) in batch.into_iter().take(ready) {
                 if self.hook.wants(&notice)
                     && let Flow::Stop = self.deliver(id, &notice).await
                 {
@@ -702,6 +739,15 @@ mod tests {
         let hook = Webhook::new("ops", "http://h/", secret(), &[NoticeKind::Alert], None).unwrap();
         let twice = WebhookOptions { hooks: vec![hook.clone(), hook], ..Default::default() };
         assert!(twice.validate().unwrap_err().to_string().contains("two webhooks"));
+    }
+
+    #[test]
+    fn deliveries_stop_at_a_gap_in_notice_numbers() {
+        assert_eq!(contiguous(4, &[5, 6, 7]), 3);
+        assert_eq!(contiguous(4, &[5, 7, 8]), 1, "6 may still commit: stop before 7");
+        assert_eq!(contiguous(4, &[6, 7]), 0, "5 is missing: nothing yet");
+        assert_eq!(contiguous(5, &[6, 7]), 2, "once passed, the rest follows");
+        assert_eq!(contiguous(0, &[]), 0);
     }
 
     #[test]
