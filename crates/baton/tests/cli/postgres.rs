@@ -240,9 +240,11 @@ fn serve_on_postgres_runs_the_task_commands() {
         .collect();
     assert_eq!(kinds, ["submitted", "claimed", "handed_off", "claimed", "completed"]);
     serve.stop();
-    // Every replica's duties were released at the clean stop.
+    // Every replica's duties were released at the clean stop. (The store
+    // opened here to look takes duties of its own as it opens: leave those out.)
     let store = schema.store();
-    let duties = block_on(store.duties()).expect("duties");
+    let mut duties = block_on(store.duties()).expect("duties");
+    duties.retain(|d| d.holder != store.replica());
     assert!(duties.is_empty(), "{duties:?}");
     let report = check_store(&store).unwrap_or_else(|problems| panic!("{}", problems.join("\n")));
     assert_eq!(report.tasks, 1, "{report:?}");
