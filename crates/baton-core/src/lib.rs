@@ -35,5 +35,5 @@ pub use store::{
     HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord, SingletonDuty, StageGauge, Store,
     StoreFuture, Submitted, TaskFilter, TaskView,
 };
-pub use task::{Custodian, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
+pub use task::{Custodian, IndexColumns, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
 pub use workflow::{Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};

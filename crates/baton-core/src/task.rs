@@ -187,6 +187,20 @@ impl Join {
     }
 }
 
+/// The indexed columns of a task row (`Task::index_columns`): the ready set
+/// (stage, ready, priority, deadline rank), the timers (`due_at`), leases per
+/// agent (`holder`) and listings by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexColumns<'t> {
+    pub stage: &'t str,
+    pub state: &'static str,
+    pub priority: i32,
+    pub deadline_rank: Millis,
+    pub due_at: Option<Millis>,
+    pub holder: Option<&'t str>,
+    pub ready: bool,
+}
+
 /// A state's name, as stored in indexes and sent over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -282,6 +296,20 @@ impl Task {
     /// Whether a claim may take the task now.
     pub fn is_ready(&self) -> bool {
         matches!(self.state, TaskState::Waiting { wait: Wait::Offered { .. }, .. })
+    }
+
+    /// The columns a store indexes this task by, derived from it on every
+    /// save so they cannot drift from the row (every store keeps the same ones).
+    pub fn index_columns(&self) -> IndexColumns<'_> {
+        IndexColumns {
+            stage: self.stage.as_str(),
+            state: self.state_name().as_str(),
+            priority: self.priority,
+            deadline_rank: self.deadline_rank(),
+            due_at: self.due_at(),
+            holder: self.holder().map(AgentId::as_str),
+            ready: self.is_ready(),
+        }
     }
 
     /// The deadline as a sort key: no deadline sorts last.

@@ -5,33 +5,26 @@
 //! recomputed from the task on every save, so they cannot drift from it.
 
 use crate::error::StoreError;
-use baton_core::{Hash, Millis, Task};
+use baton_core::{Hash, IndexColumns, Task};
 use tokio_postgres::Row;
 
-/// The index columns of a task row, derived from the task.
+/// The index columns of a task row (`Task::index_columns`) and its
+/// revision as the database stores it.
 pub(crate) struct Columns<'t> {
-    pub stage: &'t str,
-    pub state: &'static str,
-    pub priority: i32,
-    pub deadline_rank: Millis,
-    pub due_at: Option<Millis>,
-    pub holder: Option<&'t str>,
-    pub ready: bool,
+    index: IndexColumns<'t>,
     pub revision: i64,
 }
 
 impl<'t> Columns<'t> {
     pub(crate) fn of(task: &'t Task) -> Result<Self, StoreError> {
-        Ok(Self {
-            stage: task.stage.as_str(),
-            state: task.state_name().as_str(),
-            priority: task.priority,
-            deadline_rank: task.deadline_rank(),
-            due_at: task.due_at(),
-            holder: task.holder().map(|a| a.as_str()),
-            ready: task.is_ready(),
-            revision: int(task.revision)?,
-        })
+        Ok(Self { index: task.index_columns(), revision: int(task.revision)? })
+    }
+}
+
+impl<'t> std::ops::Deref for Columns<'t> {
+    type Target = IndexColumns<'t>;
+    fn deref(&self) -> &IndexColumns<'t> {
+        &self.index
     }
 }
 

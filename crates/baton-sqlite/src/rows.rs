@@ -5,32 +5,25 @@
 //! so they cannot drift from it.
 
 use crate::error::StoreError;
-use baton_core::{Hash, Millis, Task};
+use baton_core::{Hash, IndexColumns, Millis, Task};
 
-/// The index columns of a task row, derived from the task.
+/// The index columns of a task row (`Task::index_columns`) and its
+/// revision as the database stores it.
 pub(crate) struct Columns<'t> {
-    pub stage: &'t str,
-    pub state: &'static str,
-    pub priority: i32,
-    pub deadline_rank: Millis,
-    pub due_at: Option<Millis>,
-    pub holder: Option<&'t str>,
-    pub ready: bool,
+    index: IndexColumns<'t>,
     pub revision: i64,
 }
 
 impl<'t> Columns<'t> {
     pub(crate) fn of(task: &'t Task) -> Result<Self, StoreError> {
-        Ok(Self {
-            stage: task.stage.as_str(),
-            state: task.state_name().as_str(),
-            priority: task.priority,
-            deadline_rank: task.deadline_rank(),
-            due_at: task.due_at(),
-            holder: task.holder().map(|a| a.as_str()),
-            ready: task.is_ready(),
-            revision: int(task.revision)?,
-        })
+        Ok(Self { index: task.index_columns(), revision: int(task.revision)? })
+    }
+}
+
+impl<'t> std::ops::Deref for Columns<'t> {
+    type Target = IndexColumns<'t>;
+    fn deref(&self) -> &IndexColumns<'t> {
+        &self.index
     }
 }
 
@@ -64,14 +57,15 @@ pub(crate) struct Indexed {
 
 impl Indexed {
     pub(crate) fn of(task: &Task) -> Self {
+        let c = task.index_columns();
         Self {
-            stage: task.stage.as_str().to_owned(),
-            state: task.state_name().as_str(),
-            priority: task.priority,
-            deadline_rank: task.deadline_rank(),
-            due_at: task.due_at(),
-            holder: task.holder().map(|a| a.as_str().to_owned()),
-            ready: task.is_ready(),
+            stage: c.stage.to_owned(),
+            state: c.state,
+            priority: c.priority,
+            deadline_rank: c.deadline_rank,
+            due_at: c.due_at,
+            holder: c.holder.map(str::to_owned),
+            ready: c.ready,
         }
     }
 }
