@@ -38,8 +38,8 @@ pub enum OpenError {
     Pragmas { path: PathBuf, found: String },
     #[error("migration {number} failed on {path:?}: {source}")]
     Migration { path: PathBuf, number: u32, source: rusqlite::Error },
-    #[error("cannot start the writer thread for {path:?}: {source}")]
-    Thread { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the {thread} thread for {path:?}: {source}")]
+    Thread { thread: &'static str, path: PathBuf, source: std::io::Error },
 }
 
 /// A failure inside a write transaction, as the engine sees it.

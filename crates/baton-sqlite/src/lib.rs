@@ -8,6 +8,7 @@
 //! Durability is not configurable: WAL with `synchronous=FULL`, and a failed
 //! commit stops the process (see `writer`).
 
+mod check;
 mod directory;
 mod error;
 mod oneshot;

@@ -1,6 +1,7 @@
 //! Opening the database file: the pragmas that make commits durable (set in
 //! code, never left to defaults), the integrity check that refuses a corrupt
-//! file, and the numbered migrations embedded from `migrations/`, tracked with
+//! file (by default left to `check`, which runs it beside the writer), and
+//! the numbered migrations embedded from `migrations/`, tracked with
 //! `PRAGMA user_version`. Nothing here runs after `open`.
 
 use crate::error::OpenError;
@@ -97,23 +98,34 @@ fn set_writer_pragmas(conn: &Connection, path: &Path, options: &SqliteOptions) -
     Ok(())
 }
 
+/// The open-time check; `Background` and `Off` run nothing here.
 fn check_integrity(conn: &Connection, path: &Path, check: IntegrityCheck) -> Result<(), OpenError> {
     let pragma = match check {
         IntegrityCheck::Full => "integrity_check",
         IntegrityCheck::Quick => "quick_check",
-        IntegrityCheck::Off => return Ok(()),
+        IntegrityCheck::Background | IntegrityCheck::Off => return Ok(()),
     };
+    match integrity_problems(conn, pragma) {
+        Ok(None) => Ok(()),
+        Ok(Some(problems)) => Err(OpenError::Corrupt { path: path.into(), check: pragma, problems }),
+        Err(e) => Err(sqlite(path, e)),
+    }
+}
+
+/// Runs `PRAGMA <pragma>` (`integrity_check` or `quick_check`): `None` when
+/// the file is sound, else the problems found (at most
+/// `INTEGRITY_PROBLEMS_MAX`). A file too damaged for the check to finish
+/// counts as a problem, not as an error.
+pub(crate) fn integrity_problems(conn: &Connection, pragma: &str) -> rusqlite::Result<Option<String>> {
     let sql = format!("PRAGMA {pragma}({INTEGRITY_PROBLEMS_MAX})");
     let rows: rusqlite::Result<Vec<String>> =
         conn.prepare(&sql).and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect());
-    let problems = match rows {
-        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => return Ok(()),
-        Ok(rows) => rows.join("; "),
-        // A badly damaged file can fail the check itself instead of listing problems.
-        Err(e) if is_corruption(&e) => e.to_string(),
-        Err(e) => return Err(sqlite(path, e)),
-    };
-    Err(OpenError::Corrupt { path: path.into(), check: pragma, problems })
+    match rows {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(None),
+        Ok(rows) => Ok(Some(rows.join("; "))),
+        Err(e) if is_corruption(&e) => Ok(Some(e.to_string())),
+        Err(e) => Err(e),
+    }
 }
 
 /// Brings the schema to `SCHEMA_VERSION`, one migration per transaction.

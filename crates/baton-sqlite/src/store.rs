@@ -4,10 +4,11 @@
 //! lets the writer drain what is queued and exit; later calls get
 //! `Unavailable`.
 
+use crate::check::Checker;
 use crate::directory::{self, DirectoryWrite};
 use crate::error::OpenError;
 use crate::oneshot;
-use crate::options::SqliteOptions;
+use crate::options::{IntegrityCheck, SqliteOptions};
 use crate::read::{self, ReadPool};
 use crate::schema::open_writer;
 use crate::tx::WorkflowCache;
@@ -33,6 +34,8 @@ pub struct SqliteStore {
     queue: RwLock<Option<SyncSender<Op>>>,
     queue_max: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The background integrity check, until the store closes.
+    checker: Mutex<Option<Checker>>,
     reads: ReadPool,
     counters: Arc<Counters>,
     page_size_max: usize,
@@ -70,6 +73,10 @@ impl SqliteStore {
         let reads = ReadPool::open(path.clone(), &options)
             .map_err(|source| OpenError::Sqlite { path: path.clone(), source })?;
         let counters = Arc::new(Counters::default());
+        let checker = match options.integrity_check {
+            IntegrityCheck::Background => Some(Checker::start(&path, &options, Arc::clone(&counters))?),
+            IntegrityCheck::Full | IntegrityCheck::Quick | IntegrityCheck::Off => None,
+        };
         let queue_max = options.queue_max.max(1);
         let (queue, rx) = mpsc::sync_channel(queue_max);
         let writer = Writer {
@@ -85,13 +92,14 @@ impl SqliteStore {
         let handle = std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
             .spawn(move || writer.run())
-            .map_err(|source| OpenError::Thread { path: path.clone(), source })?;
+            .map_err(|source| OpenError::Thread { thread: "writer", path: path.clone(), source })?;
         tracing::info!(path = %path.display(), "SQLite store open");
         Ok(Self {
             path,
             queue: RwLock::new(Some(queue)),
             queue_max,
             writer: Mutex::new(Some(handle)),
+            checker: Mutex::new(checker),
             reads,
             counters,
             page_size_max: options.rules.limits.page_size_max,
@@ -146,6 +154,9 @@ impl SqliteStore {
     /// Stops taking operations, lets the writer commit and answer what is
     /// already queued, and waits for it to exit. Idempotent; `Drop` calls it.
     pub fn close(&self) {
+        if let Some(checker) = self.checker.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            checker.stop();
+        }
         self.reads.close();
         drop(self.queue.write().unwrap_or_else(PoisonError::into_inner).take());
         let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -160,7 +171,11 @@ impl SqliteStore {
     fn write<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> Op) -> StoreFuture<'static, T> {
         let (reply, answer) = oneshot::channel();
         let op = op(reply);
-        if let Some(queue) = self.queue.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if self.counters.stopped.load(Ordering::Acquire) {
+            // After a fatal error (the writer's, or the background integrity
+            // check's) nothing more is taken.
+            op.abandon("the SQLite store stopped after a fatal storage error");
+        } else if let Some(queue) = self.queue.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
             match queue.try_send(op) {
                 Ok(()) => {}
                 // Refuse rather than block: the caller may be an async task,

@@ -18,9 +18,9 @@ use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fat
 use baton_testkit::{ManualClock, Setup, SuiteStore, block_on};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // The conformance suite every store passes
@@ -410,15 +410,14 @@ fn index_columns_always_match_the_row_body() {
     }
 }
 
-#[test]
-fn a_corrupt_file_is_refused_with_a_clear_error() {
-    let fx = Fixture::new();
+/// Fills a store with 200 tasks, then overwrites the middle of its file:
+/// b-tree pages, not the header or the schema page.
+fn corrupt_pages(fx: &Fixture) {
     let store = fx.open();
     for i in 0..200 {
         submit(&store, "s", &format!(r#"{{"filler":"{}"}}"#, "x".repeat(i)));
     }
     drop(store);
-    // Overwrite the middle of the file: b-tree pages, not the header.
     let mut bytes = std::fs::read(fx.path()).expect("read db");
     assert!(bytes.len() > 16 * 4096, "the database spans many pages");
     for page in [3, 5, 8] {
@@ -426,8 +425,15 @@ fn a_corrupt_file_is_refused_with_a_clear_error() {
         bytes[at..at + 64].fill(0xA5);
     }
     std::fs::write(fx.path(), &bytes).expect("write db");
+}
 
-    let err = SqliteStore::open(fx.path(), fx.options()).err().expect("a corrupt file is refused");
+#[test]
+fn a_corrupt_file_is_refused_with_a_clear_error() {
+    let fx = Fixture::new();
+    corrupt_pages(&fx);
+    let err = SqliteStore::open(fx.path(), fx.options().integrity_check(IntegrityCheck::Quick))
+        .err()
+        .expect("a corrupt file is refused");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("corrupt"), "{err}");
 
@@ -435,6 +441,54 @@ fn a_corrupt_file_is_refused_with_a_clear_error() {
     std::fs::write(fx.path(), vec![0x42; 8192]).expect("write junk");
     let err = SqliteStore::open(fx.path(), fx.options()).err().expect("junk is refused");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err:?}");
+}
+
+/// The default check runs beside the writer: `open` returns at once, and
+/// the damage it then finds is fatal (the hook runs, writes are refused).
+#[test]
+fn the_background_integrity_check_stops_the_store_on_a_corrupt_file() {
+    /// How long the check may take on this small file.
+    const CHECK_WAIT_MAX: Duration = Duration::from_secs(20);
+    let fx = Fixture::new();
+    corrupt_pages(&fx);
+    let seen: Arc<Mutex<Vec<baton_sqlite::FatalError>>> = Arc::default();
+    let hook: baton_sqlite::FatalHook = {
+        let seen = Arc::clone(&seen);
+        Arc::new(move |e: &baton_sqlite::FatalError| seen.lock().expect("hook").push(e.clone()))
+    };
+    let store = SqliteStore::open(fx.path(), fx.options().on_fatal(hook)).expect("opens before checking");
+    let started = Instant::now();
+    while seen.lock().expect("seen").is_empty() {
+        assert!(started.elapsed() < CHECK_WAIT_MAX, "the background check never reported the damage");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fatal = seen.lock().expect("seen")[0].clone();
+    assert_eq!(fatal.during, "integrity check");
+    assert!(fatal.message.contains("corrupt") && fatal.message.contains(".recover"), "{fatal}");
+    assert!(store.stats().stopped);
+    let refused = block_on(store.submit(NewTask::new("s", "{}"))).expect_err("no write after the damage");
+    assert!(matches!(refused, baton_core::Error::Unavailable(_)), "{refused:?}");
+}
+
+/// A sound file passes the background check and the store keeps serving.
+#[test]
+fn the_background_integrity_check_passes_a_healthy_file() {
+    let fx = Fixture::new();
+    let seen: Arc<Mutex<Vec<baton_sqlite::FatalError>>> = Arc::default();
+    let hook: baton_sqlite::FatalHook = {
+        let seen = Arc::clone(&seen);
+        Arc::new(move |e: &baton_sqlite::FatalError| seen.lock().expect("hook").push(e.clone()))
+    };
+    let store = SqliteStore::open(fx.path(), fx.options().on_fatal(hook.clone())).expect("open");
+    for _ in 0..50 {
+        submit(&store, "s", "{}");
+    }
+    drop(store);
+    let store = SqliteStore::open(fx.path(), fx.options().on_fatal(hook)).expect("reopen");
+    submit(&store, "s", "{}");
+    store.close();
+    assert!(seen.lock().expect("seen").is_empty(), "a healthy file is not fatal");
+    assert!(!store.stats().stopped);
 }
 
 #[test]

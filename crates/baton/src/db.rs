@@ -3,11 +3,13 @@
 //! migration lock, so it is safe while replicas start); `check` reports the
 //! version found against this binary's and exits non-zero when the database
 //! is behind (run `migrate`) or ahead (run a newer baton). A SQLite file is
-//! checked and migrated whenever baton opens it, so `migrate` opens and
-//! closes it, and `check` is for PostgreSQL.
+//! migrated whenever baton opens it, so `migrate` opens and closes it (after
+//! a `quick_check`), and `check` runs SQLite's full `integrity_check` on it
+//! (serving runs `quick_check` in the background instead).
 
 use crate::server::{Database, PostgresArgs, redact};
 use anyhow::{Context, bail};
+use baton_sqlite::{IntegrityCheck, SqliteOptions, SqliteStore};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Subcommand)]
@@ -62,18 +64,22 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
             }
         }
         Database::Sqlite(path) => {
-            if !migrate {
-                bail!(
-                    "`baton db check` reads PostgreSQL schemas; a SQLite file is checked and migrated \\
-                     whenever baton opens it (`baton db migrate --database-url sqlite://{}`)",
-                    path.display()
-                );
+            // `migrate` checks the pages before it writes (`quick_check`);
+            // `check` runs the full `integrity_check` (indexes against their
+            // tables too), which `open` refuses to pass on a damaged file.
+            let integrity = if migrate { IntegrityCheck::Quick } else { IntegrityCheck::Full };
+            if !migrate && !path.exists() {
+                bail!("no database at {}: nothing to check", path.display());
             }
-            let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
+            let store = SqliteStore::open(&path, SqliteOptions::default().integrity_check(integrity))
                 .with_context(|| format!("cannot open the database {}", path.display()))?;
             store.close();
             let version = baton_sqlite::SCHEMA_VERSION;
-            println!("{}: schema version {version} (this binary: {version}): current", path.display());
+            let checked = if migrate { "quick_check ok" } else { "integrity_check ok" };
+            println!(
+                "{}: schema version {version} (this binary: {version}): current; {checked}",
+                path.display()
+            );
             Ok(())
         }
     }

@@ -277,6 +277,31 @@ fn commands_that_must_not_start_say_why() {
     }
 }
 
+/// `baton db migrate|check` on a SQLite file: migrate creates and checks it,
+/// check runs the full `integrity_check` and refuses a damaged file.
+#[test]
+fn db_check_runs_the_full_integrity_check_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let data = ["--data-dir", "data"];
+    let (_, err) = check(dir, &[&["db", "check"][..], &data].concat(), 1);
+    assert!(err.contains("nothing to check"), "{err}");
+    let (out, _) = check(dir, &[&["db", "migrate"][..], &data].concat(), 0);
+    assert!(out.contains("current; quick_check ok"), "{out}");
+    let (out, _) = check(dir, &[&["db", "check"][..], &data].concat(), 0);
+    assert!(out.contains("current; integrity_check ok"), "{out}");
+    // Damage b-tree pages (every page past the schema page is a table's or an index's).
+    let file = dir.join("data/baton.db");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() >= 8 * 4096, "the schema spans pages: {} bytes", bytes.len());
+    for page in [3, 5, 7] {
+        bytes[page * 4096..page * 4096 + 64].fill(0xA5);
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let (_, err) = check(dir, &[&["db", "check"][..], &data].concat(), 1);
+    assert!(err.contains("corrupt") && err.contains(".recover"), "{err}");
+}
+
 #[test]
 fn a_configuration_file_sets_limits_and_policies() {
     let dir = tempfile::tempdir().unwrap();
