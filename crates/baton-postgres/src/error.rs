@@ -59,6 +59,14 @@ pub enum StoreError {
     Row(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A deferred guarded save found its row changed since it was loaded
+    /// (its checked form failed, aborting the transaction).
+    #[error("a deferred save found its task changed under it")]
+    SaveLost,
+    /// A deferred write failed, aborting the transaction; the statement that
+    /// carried it was not the cause.
+    #[error("a deferred write failed: {0}")]
+    Deferred(Box<StoreError>),
 }
 
 /// What a failure means for the batch that met it.
@@ -84,6 +92,8 @@ impl StoreError {
         match self {
             Self::Timeout(_) | Self::Disconnected(_) => Class::Lost,
             Self::Row(_) | Self::Json(_) => Class::Other,
+            Self::SaveLost => Class::Conflict,
+            Self::Deferred(e) => e.class(),
             Self::Pg(e) => classify(e),
         }
     }

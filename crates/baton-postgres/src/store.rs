@@ -75,6 +75,10 @@ pub struct Stats {
     pub batch_retries: u64,
     /// Connections the writer opened (1 plus reconnections).
     pub connects: u64,
+    /// Statements the writers sent (deferred writes included).
+    pub statements: u64,
+    /// Round trips the writers waited for: each sends one or more statements.
+    pub round_trips: u64,
 }
 
 impl PostgresStore {
@@ -193,6 +197,8 @@ impl PostgresStore {
             conflicts: get(&c.conflicts),
             batch_retries: get(&c.batch_retries),
             connects: get(&c.connects),
+            statements: get(&c.statements),
+            round_trips: get(&c.round_trips),
         }
     }
 

@@ -13,6 +13,20 @@
 //!   both count an agent below its lease limit, or both miss a key's record
 //!   and run its operation twice. Lock and read are pipelined: one round trip.
 //!
+//! Writes whose answer no operation reads (event-carrying inserts, handoff,
+//! notice, alert, request and rollup records) and, while a batch runs
+//! without savepoints, the guarded saves too, are not awaited one by one:
+//! they are queued in the session (`Deferred`) and sent, in order, in the
+//! same round trip as the next statement whose answer is needed, or with
+//! COMMIT (tokio-postgres pipelines the requests of futures polled together
+//! on one connection). The server runs them in the order sent, so every
+//! read still sees every earlier write. A deferred guarded save cannot
+//! answer whether it found its row unchanged, so it is sent in a form that
+//! fails when it did not (`UPDATE_CHECKED`): the failure aborts the
+//! transaction like any failed statement, and the writer reruns the batch
+//! with a savepoint per operation, where nothing is deferred and each
+//! operation meets its own conflicts exactly as before.
+//!
 //! Every statement is prepared once per connection and reused.
 
 use crate::error::StoreError;
@@ -25,18 +39,21 @@ use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
     TaskId,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
 const LOAD: &str = "SELECT body, head FROM tasks WHERE id = $1";
+/// The tasks a batch's operations name, read with BEGIN (`ReadAhead`).
+pub(crate) const LOAD_MANY: &str = "SELECT id, body, head FROM tasks WHERE id = ANY($1)";
 const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = $1 AND idempotency_key = $2";
 // `ready` literally, so the partial index tasks_ready answers it.
 const READY: &str = "SELECT id, priority, deadline_rank, body, head FROM tasks WHERE ready AND stage = $1 \
@@ -76,6 +93,16 @@ const UPDATE: &str = "WITH u AS (
         WHERE id = $1 AND revision = $2
         RETURNING id)
     INSERT INTO events (task, version, body) SELECT id, $13::bigint, $14::text FROM u";
+/// `UPDATE` for a deferred save: the same statement, failing with
+/// `division_by_zero` (`SAVE_LOST_STATE`) when the guard found the row changed,
+/// so that a save nobody waits for still cannot commit half an operation.
+const UPDATE_CHECKED: &str = "WITH u AS (
+        UPDATE tasks SET stage = $3, state = $4, priority = $5, deadline_rank = $6, due_at = $7,
+                         holder = $8, ready = $9, revision = $10, head = $11, body = $12
+        WHERE id = $1 AND revision = $2
+        RETURNING id),
+    e AS (INSERT INTO events (task, version, body) SELECT id, $13::bigint, $14::text FROM u RETURNING 1)
+    SELECT 1 / count(*)::integer FROM e";
 const PUT_HANDOFF: &str = "INSERT INTO handoffs (id, task, body) VALUES ($1, $2, $3)
     ON CONFLICT (id) DO UPDATE SET body = excluded.body";
 const PUT_ALERT: &str = "INSERT INTO alerts (task, at, body) VALUES ($1, $2, $3)";
@@ -86,30 +113,156 @@ const SAVE_REQUEST: &str = "INSERT INTO requests (principal, key, fingerprint, a
 const PURGE_REQUESTS: &str = "DELETE FROM requests WHERE id IN
     (SELECT id FROM requests WHERE at <= $1 ORDER BY at LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
-/// The writer's connection, its prepared statements, and the workflow
-/// versions it read (they never change once stored; only versions read back
-/// from the database enter, never ones a transaction wrote and might roll back).
+/// The writer's connection, its prepared statements, the workflow versions
+/// it read (they never change once stored; only versions read back from the
+/// database enter, never ones a transaction wrote and might roll back), and
+/// the writes of the open transaction not sent yet.
 pub(crate) struct Session {
     pub client: Client,
     statements: HashMap<&'static str, Statement>,
     workflows: HashMap<(String, u32), Arc<Workflow>>,
+    pub pending: Pending,
 }
+
+/// The writes not sent yet, and what the connection carried so far.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Writes queued in order, sent with the next statement that is awaited.
+    deferred: Vec<Deferred>,
+    /// Statements sent and round trips waited for (`PostgresStore::stats`).
+    pub traffic: Traffic,
+}
+
+/// What the writer's connection carried.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Traffic {
+    pub statements: u64,
+    pub round_trips: u64,
+}
+
+/// A write sent later (see the module doc), with its parameters owned.
+struct Deferred {
+    statement: Statement,
+    params: Vec<Param>,
+    /// A guarded save in its checked form (`UPDATE_CHECKED`).
+    guarded: bool,
+}
+
+/// An owned statement parameter.
+type Param = Box<dyn ToSql + Sync + Send>;
 
 impl Session {
     pub(crate) fn new(client: Client) -> Self {
-        Self { client, statements: HashMap::new(), workflows: HashMap::new() }
+        Self {
+            client,
+            statements: HashMap::new(),
+            workflows: HashMap::new(),
+            pending: Pending::default(),
+        }
+    }
+
+    /// The prepared statement for `sql`, preparing it on first use.
+    pub(crate) fn prepared(
+        &mut self,
+        rt: &Runtime,
+        timeout: Duration,
+        sql: &'static str,
+    ) -> Result<Statement, StoreError> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        self.pending.traffic.round_trips += 1;
+        let st = block(rt, timeout, self.client.prepare(sql))?;
+        self.statements.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    /// The connection and the pending writes, borrowed apart.
+    pub(crate) fn parts(&mut self) -> (&Client, &mut Pending) {
+        (&self.client, &mut self.pending)
     }
 }
 
+impl Pending {
+    /// Forgets the deferred writes of a transaction that is rolled back.
+    pub(crate) fn discard(&mut self) {
+        self.deferred.clear();
+    }
+
+    /// Runs `last` on `client` after every deferred write, all in one round
+    /// trip and in order; the first deferred write that failed is the answer
+    /// (it aborted the transaction, so `last` failed or, for COMMIT, rolled
+    /// back).
+    pub(crate) async fn carry<T>(
+        &mut self,
+        client: &Client,
+        last: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        self.traffic.round_trips += 1;
+        self.traffic.statements += 1 + self.deferred.len() as u64;
+        if self.deferred.is_empty() {
+            return last.await.map_err(StoreError::Pg);
+        }
+        let deferred = std::mem::take(&mut self.deferred);
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = deferred
+            .iter()
+            .map(|d| d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
+            .collect();
+        let mut writes: Vec<_> = deferred
+            .iter()
+            .zip(&params)
+            .map(|(d, p)| Box::pin(client.execute(&d.statement, p)))
+            .collect();
+        let mut done: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+            std::iter::repeat_with(|| None).take(writes.len()).collect();
+        let mut last = pin!(last);
+        let mut answer = None;
+        // Polled in order, so the requests leave in order (see `pipelined`).
+        poll_fn(|cx| {
+            for (write, slot) in writes.iter_mut().zip(done.iter_mut()) {
+                if slot.is_none()
+                    && let Poll::Ready(v) = write.as_mut().poll(cx)
+                {
+                    *slot = Some(v);
+                }
+            }
+            if answer.is_none()
+                && let Poll::Ready(v) = last.as_mut().poll(cx)
+            {
+                answer = Some(v);
+            }
+            if answer.is_some() && done.iter().all(Option::is_some) { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+        for (d, result) in deferred.iter().zip(done) {
+            if let Some(Err(e)) = result {
+                let lost_guard = d.guarded && e.code() == Some(&SAVE_LOST_STATE);
+                let cause = if lost_guard { StoreError::SaveLost } else { StoreError::Pg(e) };
+                return Err(StoreError::Deferred(Box::new(cause)));
+            }
+        }
+        match answer {
+            Some(result) => result.map_err(StoreError::Pg),
+            None => Err(StoreError::Row("a pipelined statement went unanswered".into())),
+        }
+    }
+}
+
+/// How `UPDATE_CHECKED` says its guard found the row changed.
+const SAVE_LOST_STATE: SqlState = SqlState::DIVISION_BY_ZERO;
+
 /// Runs one statement's future on the writer's runtime, within `timeout`.
-pub(crate) fn block<T>(
+pub(crate) fn block<T, E>(
     rt: &Runtime,
     timeout: Duration,
-    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, StoreError> {
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError>
+where
+    StoreError: From<E>,
+{
     // The timer is made inside the runtime (a `Sleep` needs its context).
     match rt.block_on(async { tokio::time::timeout(timeout, fut).await }) {
-        Ok(result) => result.map_err(StoreError::Pg),
+        Ok(result) => result.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout(timeout)),
     }
 }
@@ -142,18 +295,69 @@ pub(crate) async fn pipelined<A: Future, B: Future>(a: A, b: B) -> (A::Output, B
     .await
 }
 
+/// Polls every future in order on each wake-up, so their statements leave in
+/// that order and travel in one round trip (as `pipelined`, for any number).
+pub(crate) async fn in_order<'f, T>(futures: Vec<Pin<Box<dyn Future<Output = T> + 'f>>>) -> Vec<T> {
+    let mut futures = futures;
+    let mut done: Vec<Option<T>> = std::iter::repeat_with(|| None).take(futures.len()).collect();
+    poll_fn(|cx| {
+        for (f, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none()
+                && let Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *slot = Some(v);
+            }
+        }
+        if done.iter().all(Option::is_some) { Poll::Ready(()) } else { Poll::Pending }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Tasks read at the start of a batch (the tasks its operations name), for
+/// operations that run without savepoints: a row is used only if no earlier
+/// operation of the batch saved that task. Another writer may have saved it
+/// since; then the operation's checked save fails and the batch reruns with
+/// savepoints, where nothing is read ahead. A refusal decided on such a row
+/// changed nothing and was true when the row was read, after the operation
+/// was queued.
+#[derive(Default)]
+pub(crate) struct ReadAhead {
+    pub rows: HashMap<TaskId, (Task, Hash)>,
+    /// Tasks saved by the batch so far.
+    pub saved: HashSet<TaskId>,
+}
+
+/// The stages (and how many rows of each) a claim in this operation will
+/// read: read together with the agent's lease count, in one round trip.
+#[derive(Clone)]
+pub(crate) struct ClaimHint {
+    pub stages: Vec<StageName>,
+    pub limit: usize,
+}
+
 /// One operation's view of the writer's transaction.
 pub(crate) struct PgTx<'w> {
     pub rt: &'w Runtime,
     pub session: &'w mut Session,
     pub timeout: Duration,
-    /// Write statements sent, counted before they run: the writer needs to
-    /// know whether a refused operation left anything to undo.
+    /// Write statements sent or deferred, counted before they run: the
+    /// writer needs to know whether a refused operation left anything to undo.
     pub writes: u32,
     /// Rows `ready` returned and locked (`FOR UPDATE`), so the engine's
     /// `load` of a candidate needs no round trip: nobody else can change a
     /// locked row, and this operation's own saves drop their entry.
     pub prefetched: HashMap<TaskId, (Task, Hash)>,
+    /// Defer writes (see the module doc): true while the batch runs without
+    /// savepoints, false in the careful rerun, where every statement is
+    /// awaited and a guarded save answers whether it found its row. Reading
+    /// ahead (`read_ahead`, `claim_hint`) goes with it.
+    pub defer: bool,
+    pub read_ahead: &'w mut ReadAhead,
+    /// Taken by the first `leases_held` (the claim's first read).
+    pub claim_hint: Option<ClaimHint>,
+    /// Ready rows read with the lease count, by stage, for `ready`.
+    pub ready_ahead: HashMap<StageName, Vec<Row>>,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -161,17 +365,13 @@ type Params<'p> = [&'p (dyn ToSql + Sync)];
 impl PgTx<'_> {
     /// The prepared statement for `sql`, preparing it on first use.
     pub(crate) fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
-        if let Some(st) = self.session.statements.get(sql) {
-            return Ok(st.clone());
-        }
-        let st = block(self.rt, self.timeout, self.session.client.prepare(sql))?;
-        self.session.statements.insert(sql, st.clone());
-        Ok(st)
+        self.session.prepared(self.rt, self.timeout, sql)
     }
 
     pub(crate) fn query(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         let st = self.statement(sql)?;
-        block(self.rt, self.timeout, self.session.client.query(&st, params))
+        let (client, pending) = self.session.parts();
+        block(self.rt, self.timeout, pending.carry(client, client.query(&st, params)))
     }
 
     pub(crate) fn query_opt(
@@ -180,14 +380,37 @@ impl PgTx<'_> {
         params: &Params<'_>,
     ) -> Result<Option<Row>, StoreError> {
         let st = self.statement(sql)?;
-        block(self.rt, self.timeout, self.session.client.query_opt(&st, params))
+        let (client, pending) = self.session.parts();
+        block(self.rt, self.timeout, pending.carry(client, client.query_opt(&st, params)))
     }
 
     /// Runs a write statement; returns the rows it touched.
     pub(crate) fn execute(&mut self, sql: &'static str, params: &Params<'_>) -> Result<u64, StoreError> {
         self.writes += 1;
         let st = self.statement(sql)?;
-        block(self.rt, self.timeout, self.session.client.execute(&st, params))
+        let (client, pending) = self.session.parts();
+        block(self.rt, self.timeout, pending.carry(client, client.execute(&st, params)))
+    }
+
+    /// A write whose answer nobody reads: deferred when the batch allows it,
+    /// else run at once.
+    fn write(&mut self, sql: &'static str, params: Vec<Param>) -> Result<(), StoreError> {
+        self.send(sql, params, false).map(drop)
+    }
+
+    /// Runs or defers `sql`; `guarded` marks a checked save. Returns the rows
+    /// touched, or 1 when deferred (a deferred save that would touch no row
+    /// fails the transaction instead).
+    fn send(&mut self, sql: &'static str, params: Vec<Param>, guarded: bool) -> Result<u64, StoreError> {
+        if !self.defer {
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+            return self.execute(sql, &refs);
+        }
+        self.writes += 1;
+        let statement = self.statement(sql)?;
+        self.session.pending.deferred.push(Deferred { statement, params, guarded });
+        Ok(1)
     }
 
     /// Takes a transaction-scoped advisory lock on `key`, then runs `sql`:
@@ -200,12 +423,56 @@ impl PgTx<'_> {
     ) -> Result<Vec<Row>, StoreError> {
         let lock = self.statement(LOCK)?;
         let st = self.statement(sql)?;
-        let client = &self.session.client;
-        let (locked, rows) = block(self.rt, self.timeout, async {
-            Ok(pipelined(client.execute(&lock, &[&key]), client.query(&st, params)).await)
-        })?;
+        let (client, pending) = self.session.parts();
+        pending.traffic.statements += 1;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let both = pipelined(client.execute(&lock, &lock_params), client.query(&st, params));
+        let (locked, rows) = block(
+            self.rt,
+            self.timeout,
+            pending.carry(client, async { Ok::<_, tokio_postgres::Error>(both.await) }),
+        )?;
         locked?;
         Ok(rows?)
+    }
+
+    /// `locked_query` for the lease count, followed in the same round trip by
+    /// the ready rows of the claim's stages (kept in `ready_ahead`): the
+    /// statements run in the order the engine would send them.
+    fn locked_count_and_ready(
+        &mut self,
+        key: &str,
+        agent: &AgentId,
+        hint: &ClaimHint,
+    ) -> Result<Vec<Row>, StoreError> {
+        let lock = self.statement(LOCK)?;
+        let count = self.statement(LEASES_HELD)?;
+        let ready = self.statement(READY)?;
+        let (client, pending) = self.session.parts();
+        let limit = limit(hint.limit);
+        let agent = agent.as_str();
+        let mut futures: Vec<Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + '_>>> = vec![
+            Box::pin(async move { client.query(&lock, &[&key]).await }),
+            Box::pin(async move { client.query(&count, &[&agent]).await }),
+        ];
+        for stage in &hint.stages {
+            let ready = ready.clone();
+            let stage = stage.as_str();
+            futures.push(Box::pin(async move { client.query(&ready, &[&stage, &limit]).await }));
+        }
+        pending.traffic.statements += futures.len() as u64 - 1;
+        let mut results =
+            block(self.rt, self.timeout, pending.carry(client, async { Ok(in_order(futures).await) }))?
+                .into_iter();
+        let (Some(locked), Some(counted)) = (results.next(), results.next()) else {
+            return Err(StoreError::Row("a pipelined statement went unanswered".into()));
+        };
+        locked?;
+        let counted = counted?;
+        for (stage, rows) in hint.stages.iter().zip(results) {
+            self.ready_ahead.insert(stage.clone(), rows?);
+        }
+        Ok(counted)
     }
 }
 
@@ -220,6 +487,12 @@ impl Tx for PgTx<'_> {
         if let Some(row) = self.prefetched.remove(&id) {
             return Ok(Some(row));
         }
+        if self.defer
+            && !self.read_ahead.saved.contains(&id)
+            && let Some(row) = self.read_ahead.rows.remove(&id)
+        {
+            return Ok(Some(row));
+        }
         self.query_opt(LOAD, &[&id.0])?.map(|row| task_and_head(&row, 0)).transpose()
     }
 
@@ -228,7 +501,15 @@ impl Tx for PgTx<'_> {
     }
 
     fn ready(&mut self, stage: &StageName, max: usize) -> Result<Vec<ReadyKey>, StoreError> {
-        let rows = self.query(READY, &[&stage.as_str(), &limit(max)])?;
+        let rows = match self.ready_ahead.remove(stage) {
+            // Read with the lease count, up to the claim's largest ask: the
+            // first `max` are what this query would return now.
+            Some(mut rows) => {
+                rows.truncate(max);
+                rows
+            }
+            None => self.query(READY, &[&stage.as_str(), &limit(max)])?,
+        };
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let key = ReadyKey {
@@ -249,96 +530,94 @@ impl Tx for PgTx<'_> {
 
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, StoreError> {
         let key = format!("baton.agent.{}", agent.as_str());
-        let rows = self.locked_query(&key, LEASES_HELD, &[&agent.as_str()])?;
+        let hint = self.claim_hint.take().filter(|_| self.defer);
+        let rows = match hint {
+            Some(hint) => self.locked_count_and_ready(&key, agent, &hint)?,
+            None => self.locked_query(&key, LEASES_HELD, &[&agent.as_str()])?,
+        };
         let n: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
         Ok(n.max(0).unsigned_abs())
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {
         let c = Columns::of(task)?;
-        let body = serde_json::to_string(task)?;
-        let event_body = serde_json::to_string(event)?;
-        let parent = task.parent.map(|p| p.0);
-        let version = int(event.version)?;
-        self.execute(
-            INSERT,
-            &[
-                &task.id.0,
-                &task.namespace,
-                &task.idempotency_key,
-                &c.stage,
-                &c.state,
-                &c.priority,
-                &c.deadline_rank,
-                &c.due_at,
-                &c.holder,
-                &c.ready,
-                &parent,
-                &c.revision,
-                &&event.hash.0[..],
-                &body,
-                &payload,
-                &version,
-                &event_body,
-            ],
-        )?;
-        Ok(())
+        let params: Vec<Param> = vec![
+            Box::new(task.id.0),
+            Box::new(task.namespace.clone()),
+            Box::new(task.idempotency_key.clone()),
+            Box::new(c.stage.to_owned()),
+            Box::new(c.state),
+            Box::new(c.priority),
+            Box::new(c.deadline_rank),
+            Box::new(c.due_at),
+            Box::new(c.holder.map(str::to_owned)),
+            Box::new(c.ready),
+            Box::new(task.parent.map(|p| p.0)),
+            Box::new(c.revision),
+            Box::new(event.hash.0.to_vec()),
+            Box::new(serde_json::to_string(task)?),
+            Box::new(payload.to_owned()),
+            Box::new(int(event.version)?),
+            Box::new(serde_json::to_string(event)?),
+        ];
+        self.write(INSERT, params)
     }
 
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, StoreError> {
         self.prefetched.remove(&task.id);
+        self.read_ahead.saved.insert(task.id);
         let c = Columns::of(task)?;
         let expected = int(task.revision.saturating_sub(1))?;
-        let body = serde_json::to_string(task)?;
-        let event_body = serde_json::to_string(event)?;
-        let version = int(event.version)?;
+        let params: Vec<Param> = vec![
+            Box::new(task.id.0),
+            Box::new(expected),
+            Box::new(c.stage.to_owned()),
+            Box::new(c.state),
+            Box::new(c.priority),
+            Box::new(c.deadline_rank),
+            Box::new(c.due_at),
+            Box::new(c.holder.map(str::to_owned)),
+            Box::new(c.ready),
+            Box::new(c.revision),
+            Box::new(event.hash.0.to_vec()),
+            Box::new(serde_json::to_string(task)?),
+            Box::new(int(event.version)?),
+            Box::new(serde_json::to_string(event)?),
+        ];
         // The guard: the row changes (and its event is written) only if
-        // nobody saved it since it was loaded.
-        let written = self.execute(
-            UPDATE,
-            &[
-                &task.id.0,
-                &expected,
-                &c.stage,
-                &c.state,
-                &c.priority,
-                &c.deadline_rank,
-                &c.due_at,
-                &c.holder,
-                &c.ready,
-                &c.revision,
-                &&event.hash.0[..],
-                &body,
-                &version,
-                &event_body,
-            ],
-        )?;
-        Ok(written == 1)
+        // nobody saved it since it was loaded. Deferred, it is the checked
+        // form, which fails the transaction instead of answering false.
+        let sql = if self.defer { UPDATE_CHECKED } else { UPDATE };
+        Ok(self.send(sql, params, true)? == 1)
     }
 
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), StoreError> {
         let body = serde_json::to_string(handoff)?;
-        self.execute(PUT_HANDOFF, &[&handoff.id.0, &handoff.task.0, &body])?;
-        Ok(())
+        self.write(PUT_HANDOFF, vec![Box::new(handoff.id.0), Box::new(handoff.task.0), Box::new(body)])
     }
 
     fn put_alert(&mut self, alert: &Alert) -> Result<(), StoreError> {
         let body = serde_json::to_string(alert)?;
-        self.execute(PUT_ALERT, &[&alert.task.0, &alert.at, &body])?;
-        Ok(())
+        self.write(PUT_ALERT, vec![Box::new(alert.task.0), Box::new(alert.at), Box::new(body)])
     }
 
     fn put_notice(&mut self, notice: &Notice) -> Result<(), StoreError> {
         let body = serde_json::to_string(notice)?;
-        self.execute(PUT_NOTICE, &[&notice.task().map(|t| t.0), &body])?;
-        Ok(())
+        self.write(PUT_NOTICE, vec![Box::new(notice.task().map(|t| t.0)), Box::new(body)])
     }
 
     fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), StoreError> {
         let body = serde_json::to_string(delivery)?;
         let notice = int(delivery.notice)?;
-        self.execute(PUT_DELIVERY, &[&notice, &delivery.webhook, &delivery.status.is_final(), &body])?;
-        Ok(())
+        self.write(
+            PUT_DELIVERY,
+            vec![
+                Box::new(notice),
+                Box::new(delivery.webhook.clone()),
+                Box::new(delivery.status.is_final()),
+                Box::new(body),
+            ],
+        )
     }
 
     fn workflow(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<Workflow>>, StoreError> {
@@ -361,13 +640,13 @@ impl Tx for PgTx<'_> {
 
     fn put_workflow(&mut self, workflow: &Workflow) -> Result<(), StoreError> {
         let body = serde_json::to_string(workflow)?;
-        self.execute(PUT_WORKFLOW, &[&workflow.name, &i64::from(workflow.version), &body])?;
-        Ok(())
+        let version = i64::from(workflow.version);
+        self.write(PUT_WORKFLOW, vec![Box::new(workflow.name.clone()), Box::new(version), Box::new(body)])
     }
 
     fn rollup(&mut self, bucket: Millis, key: &RollupKey) -> Result<Option<Counts>, StoreError> {
         let key = serde_json::to_string(key)?;
-        self.execute(ROLLUP_ENSURE, &[&bucket, &key])?;
+        self.write(ROLLUP_ENSURE, vec![Box::new(bucket), Box::new(key.clone())])?;
         let Some(row) = self.query_opt(ROLLUP_LOCK, &[&bucket, &key])? else { return Ok(None) };
         Ok(Some(json(&row, 0)?))
     }
@@ -375,9 +654,8 @@ impl Tx for PgTx<'_> {
     fn put_rollup(&mut self, rollup: &Rollup) -> Result<(), StoreError> {
         let key = serde_json::to_string(&rollup.key)?;
         let body = serde_json::to_string(&rollup.counts)?;
-        self.execute(ROLLUP_ENSURE, &[&rollup.bucket, &key])?;
-        self.execute(PUT_ROLLUP, &[&rollup.bucket, &key, &body])?;
-        Ok(())
+        self.write(ROLLUP_ENSURE, vec![Box::new(rollup.bucket), Box::new(key.clone())])?;
+        self.write(PUT_ROLLUP, vec![Box::new(rollup.bucket), Box::new(key), Box::new(body)])
     }
 
     fn purge_rollups(&mut self, before: Millis, limit: usize) -> Result<usize, StoreError> {
@@ -402,8 +680,7 @@ impl Tx for PgTx<'_> {
 
     fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), StoreError> {
         let body = serde_json::to_string(anomaly)?;
-        self.execute(UPDATE_ANOMALY, &[&int(id)?, &anomaly.acked.is_none(), &body])?;
-        Ok(())
+        self.write(UPDATE_ANOMALY, vec![Box::new(int(id)?), Box::new(anomaly.acked.is_none()), Box::new(body)])
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {
@@ -428,8 +705,16 @@ impl Tx for PgTx<'_> {
         let body = serde_json::to_string(outcome)?;
         // An existing row is an expired record (the engine replays live ones,
         // and the advisory lock taken by load_request keeps other replicas out).
-        self.execute(SAVE_REQUEST, &[&key.principal, &key.key, &&key.fingerprint.0[..], &at, &body])?;
-        Ok(())
+        self.write(
+            SAVE_REQUEST,
+            vec![
+                Box::new(key.principal.clone()),
+                Box::new(key.key.clone()),
+                Box::new(key.fingerprint.0.to_vec()),
+                Box::new(at),
+                Box::new(body),
+            ],
+        )
     }
 
     fn purge_requests(&mut self, at_or_before: Millis, max: usize) -> Result<usize, StoreError> {

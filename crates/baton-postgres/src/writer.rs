@@ -19,6 +19,13 @@
 //! writer rolls the batch back and runs it again with each operation in its
 //! own savepoint. Nothing is answered before COMMIT, so callers cannot tell.
 //!
+//! Without savepoints, writes nobody waits for are deferred and travel with
+//! the next awaited statement or with COMMIT (see `crate::tx`); a deferred
+//! write that fails (a guarded save that lost included) aborts the
+//! transaction, and the batch reruns with savepoints, where nothing is
+//! deferred. A COMMIT that carried a failed write rolled back: nothing of
+//! the batch is acknowledged from it.
+//!
 //! Other replicas write the same rows. A guarded save that finds the row
 //! changed (`Fail::Conflict`), or a unique key taken by a concurrent
 //! transaction, reruns the operation (its reads then see the other commit);
@@ -32,12 +39,15 @@ use crate::error::{Class, StoreError};
 use crate::leader;
 use crate::listen;
 use crate::options::PostgresOptions;
-use crate::tx::{PgTx, Session, block, pipelined};
+use crate::rows::task_and_head;
+use crate::tx::{ClaimHint, LOAD_MANY, PgTx, ReadAhead, Session, block, in_order};
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
-use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName};
+use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName, TaskId};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +55,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
 
 /// How often one operation is rerun when a guarded save loses to another
 /// replica. Each rerun reads the other's commit, so more than a few means a
@@ -80,6 +91,8 @@ pub(crate) struct Counters {
     pub conflicts: AtomicU64,
     pub batch_retries: AtomicU64,
     pub connects: AtomicU64,
+    pub statements: AtomicU64,
+    pub round_trips: AtomicU64,
 }
 
 /// Everything the writer thread owns.
@@ -216,25 +229,70 @@ impl Writer {
         }
     }
 
-    /// One try at the batch, in one transaction.
+    /// One try at the batch, in one transaction, counting what it sent.
     fn attempt(&mut self, ops: &[Op], careful: bool) -> Attempt {
+        let attempt = self.try_batch(ops, careful);
+        if let Some(session) = self.session.as_mut() {
+            let traffic = std::mem::take(&mut session.pending.traffic);
+            self.counters.statements.fetch_add(traffic.statements, Ordering::Relaxed);
+            self.counters.round_trips.fetch_add(traffic.round_trips, Ordering::Relaxed);
+        }
+        attempt
+    }
+
+    fn try_batch(&mut self, ops: &[Op], careful: bool) -> Attempt {
         let Some(session) = self.session.as_mut() else { return Attempt::Stale("no connection".into()) };
+        session.pending.discard();
         let rt = &self.rt;
         let timeout = self.options.io_timeout;
-        let began = match &self.clock {
-            Some(clock) => block(rt, timeout, session.client.batch_execute("BEGIN")).map(|()| clock.now()),
-            None => {
-                let client = &session.client;
-                block(rt, timeout, async {
-                    let (begin, now) =
-                        pipelined(client.batch_execute("BEGIN"), client.query_one(leader::DB_NOW, &[])).await;
-                    begin?;
-                    now?.try_get::<_, Millis>(0)
-                })
-            }
+        // The tasks the operations name, read with BEGIN (not in the careful
+        // rerun, which reads everything afresh).
+        let named: Vec<Uuid> =
+            if careful { Vec::new() } else { ops.iter().filter_map(Op::names_task).map(|t| t.0).collect() };
+        let prepared = (|| {
+            let now = if self.clock.is_none() { Some(session.prepared(rt, timeout, leader::DB_NOW)?) } else { None };
+            let load = if named.is_empty() { None } else { Some(session.prepared(rt, timeout, LOAD_MANY)?) };
+            Ok::<_, StoreError>((now, load))
+        })();
+        let (now_st, load_st) = match prepared {
+            Ok(p) => p,
+            Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
+            Err(e) => return Attempt::Lost(format!("preparing the batch failed: {e}")),
         };
-        let now = match began {
-            Ok(now) => now,
+        let (client, pending) = session.parts();
+        let mut futures: Vec<Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + '_>>> =
+            vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) })];
+        if let Some(st) = &now_st {
+            futures.push(Box::pin(client.query(st, &[])));
+        }
+        if let Some(st) = &load_st {
+            let named = &named;
+            futures.push(Box::pin(async move { client.query(st, &[named]).await }));
+        }
+        pending.traffic.round_trips += 1;
+        pending.traffic.statements += futures.len() as u64;
+        let began = block(rt, timeout, async { Ok::<_, tokio_postgres::Error>(in_order(futures).await) })
+            .and_then(|results| {
+                let mut results = results.into_iter();
+                let _begun = results.next().transpose()?;
+                let now = match (&self.clock, results.next().filter(|_| now_st.is_some())) {
+                    (Some(clock), _) => clock.now(),
+                    (None, Some(rows)) => {
+                        rows?.first().ok_or_else(|| StoreError::Row("no time".into()))?.try_get::<_, Millis>(0)?
+                    }
+                    (None, None) => return Err(StoreError::Row("no time".into())),
+                };
+                let mut ahead = ReadAhead::default();
+                if let Some(rows) = results.next() {
+                    for row in rows? {
+                        let id = TaskId(row.try_get(0)?);
+                        ahead.rows.insert(id, task_and_head(&row, 1)?);
+                    }
+                }
+                Ok((now, ahead))
+            });
+        let (now, mut read_ahead) = match began {
+            Ok(began) => began,
             Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
             Err(e) => {
                 let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
@@ -248,6 +306,7 @@ impl Writer {
             rules: &self.rules,
             now,
             careful,
+            read_ahead: &mut read_ahead,
             ready: Vec::new(),
             observed: Vec::new(),
             end: None,
@@ -268,6 +327,7 @@ impl Writer {
             None => {}
             Some(End::Lost(why)) => return Attempt::Lost(why),
             Some(end @ (End::Tainted | End::Rerun)) => {
+                session.pending.discard();
                 if let Err(e) = block(rt, timeout, session.client.batch_execute("ROLLBACK")) {
                     return Attempt::Lost(format!("ROLLBACK failed: {e}"));
                 }
@@ -285,10 +345,21 @@ impl Writer {
             ));
         }
         finish.push_str("COMMIT");
-        if let Err(e) = block(rt, timeout, session.client.batch_execute(&finish)) {
+        let (client, pending) = session.parts();
+        match block(rt, timeout, pending.carry(client, client.batch_execute(&finish))) {
+            Ok(()) => {}
+            // A deferred write failed before COMMIT: the transaction was
+            // aborted, so COMMIT rolled it back (unless the connection died).
+            Err(StoreError::Deferred(cause)) => {
+                return match cause.class() {
+                    Class::Lost => Attempt::Lost(format!("COMMIT failed: {cause}")),
+                    Class::RerunBatch => Attempt::Rerun,
+                    Class::Conflict | Class::Other => Attempt::Tainted,
+                };
+            }
             // Whether it committed is unknown: acknowledge nothing. Keyed
             // retries (Idempotency-Key) find out which it was.
-            return Attempt::Lost(format!("COMMIT failed: {e}"));
+            Err(e) => return Attempt::Lost(format!("COMMIT failed: {e}")),
         }
         Attempt::Committed(outcomes, ready, observed)
     }
@@ -365,12 +436,13 @@ impl Op {
         match self {
             Op::Execute(call, _) => {
                 let (op, key) = call.as_ref();
-                Outcome::Execute(Box::new(b.execute(|tx, cx| engine::keyed(tx, key.as_ref(), op, cx))))
+                let hint = claim_hint(op);
+                Outcome::Execute(Box::new(b.execute(hint, |tx, cx| engine::keyed(tx, key.as_ref(), op, cx))))
             }
-            Op::FireDue(limit, _) => Outcome::Count(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
+            Op::FireDue(limit, _) => Outcome::Count(b.execute(None, |tx, cx| engine::fire_due(tx, *limit, cx))),
             Op::PurgeRequests(limit, _) => {
                 let (replica, lease_ms) = (b.replica, b.lease_ms);
-                Outcome::Count(b.execute(|tx, cx| {
+                Outcome::Count(b.execute(None, |tx, cx| {
                     // A singleton duty: only the replica holding it purges.
                     let held = tx
                         .query(leader::HOLD, &[&leader::DUTY_PURGE, &replica, &cx.now, &lease_ms])
@@ -382,7 +454,18 @@ impl Op {
                     engine::purge_requests(tx, *limit, cx)
                 }))
             }
-            Op::Directory(write, _) => Outcome::Directory(b.execute(|tx, _| write.run(tx))),
+            Op::Directory(write, _) => Outcome::Directory(b.execute(None, |tx, _| write.run(tx))),
+        }
+    }
+
+    /// The task this operation acts on by id, read ahead with BEGIN.
+    fn names_task(&self) -> Option<TaskId> {
+        let Op::Execute(call, _) = self else { return None };
+        match &call.0 {
+            baton_core::Op::Act(r) => Some(r.task),
+            baton_core::Op::Cancel(r) => Some(r.task),
+            baton_core::Op::Claim(r) => r.only,
+            _ => None,
         }
     }
 
@@ -447,6 +530,7 @@ struct Batch<'w> {
     now: Millis,
     /// Each operation in its own savepoint.
     careful: bool,
+    read_ahead: &'w mut ReadAhead,
     /// Stages with new ready work, from operations that were kept.
     ready: Vec<StageName>,
     /// What the kept operations' changes tell the metrics.
@@ -463,6 +547,7 @@ impl Batch<'_> {
     /// Runs one operation; on refusal or failure, undoes what it wrote.
     fn execute<T>(
         &mut self,
+        hint: Option<ClaimHint>,
         mut op: impl FnMut(&mut PgTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
     ) -> Result<T, Error> {
         if self.careful {
@@ -477,6 +562,10 @@ impl Batch<'_> {
                 timeout: self.timeout,
                 writes: 0,
                 prefetched: HashMap::new(),
+                defer: !self.careful,
+                read_ahead: &mut *self.read_ahead,
+                claim_hint: hint.clone(),
+                ready_ahead: HashMap::new(),
             };
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
@@ -553,13 +642,28 @@ impl Batch<'_> {
     }
 
     fn exec(&mut self, sql: &str) -> Result<(), Error> {
-        block(self.rt, self.timeout, self.session.client.batch_execute(sql)).map_err(|e| {
+        let (client, pending) = self.session.parts();
+        block(self.rt, self.timeout, pending.carry(client, client.batch_execute(sql))).map_err(|e| {
             self.end = Some(match e.class() {
                 Class::RerunBatch => End::Rerun,
                 _ => End::Lost(format!("{sql} failed: {e}")),
             });
             not_committed()
         })
+    }
+}
+
+/// What a claim in `op` will read, at most: the ready rows of its stages.
+fn claim_hint(op: &baton_core::Op) -> Option<ClaimHint> {
+    match op {
+        // Claim-next skips the acted task, so it asks for one row more.
+        baton_core::Op::Act(r) => {
+            r.claim_next.as_ref().map(|c| ClaimHint { stages: c.stages.clone(), limit: c.max.saturating_add(1) })
+        }
+        baton_core::Op::Claim(r) if r.only.is_none() => {
+            Some(ClaimHint { stages: r.stages.clone(), limit: r.max })
+        }
+        _ => None,
     }
 }
 

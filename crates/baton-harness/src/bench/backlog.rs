@@ -11,13 +11,18 @@
 //!
 //! RSS is this whole process (the store runs in it, plus the harness's
 //! agents, a few MiB), so it is an upper bound on the store's.
+//!
+//! `run_pg` is the same series on Baton's PostgreSQL store (when the run has
+//! a database), each size with and without a snapshot held open by another
+//! client (the xmin horizon that keeps a queue's dead rows from being pruned).
 
 use super::baton::{BATON_WRITER_THREAD, burn_down, preload};
+use super::pg::PG_WRITER_THREAD;
 use super::pipeline::STAGES;
 use crate::exec::block_on;
-use crate::sys::{self, Probe};
+use crate::sys::{self, Probe, Watch};
 use anyhow::{Context as _, Result, bail};
-use baton_core::{AgentId, ClaimRequest, StageName, Store};
+use baton_core::{AgentId, ClaimRequest, NewTask, StageName, Store};
 use baton_sqlite::{IntegrityCheck, SqliteOptions, SqliteStore};
 use serde::Serialize;
 use std::path::Path;
@@ -208,4 +213,230 @@ fn kill_and_recover(harness: &Path, db: &Path, backlog: usize, check: IntegrityC
     };
     sqlite.close();
     Ok(Recovery { backlog, wal_bytes, open_ms, first_claim_ms, first_claim_unchecked_ms: None })
+}
+
+// ---------------------------------------------------------------------------
+// The PostgreSQL backlog series
+
+/// Tasks submitted at once while preloading the PostgreSQL store: enough for
+/// its writers to fill their batches (`commit_batch_max`), well below its
+/// queue bound (`queue_max`).
+const PG_PRELOAD_IN_FLIGHT_MAX: usize = 1_024;
+
+/// One PostgreSQL backlog size, with or without a snapshot held open.
+#[derive(Debug, Clone, Serialize)]
+pub struct PgBacklogPoint {
+    /// Tasks waiting in stage a when the run started, at least.
+    pub backlog: usize,
+    /// Another connection held a transaction open (an xid and a REPEATABLE
+    /// READ snapshot) for the whole run, so no dead row could be pruned.
+    pub held_snapshot: bool,
+    /// Submitting the backlog through the store (once per size).
+    pub preload_s: f64,
+    pub sample_tasks: usize,
+    pub handoffs_per_s: f64,
+    /// Dead rows in `tasks` after the run (`pg_stat_user_tables`).
+    pub dead_tuples: Option<i64>,
+    /// Round trips and statements per handoff of the store's writers.
+    pub round_trips_per_handoff: f64,
+    pub statements_per_handoff: f64,
+    pub postgres_cpu_s: f64,
+    pub foreign_cpu_s: f64,
+    pub disturbed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PgBacklogReport {
+    pub agents: usize,
+    pub points: Vec<PgBacklogPoint>,
+}
+
+/// The backlog series on Baton's PostgreSQL store (a schema per size,
+/// dropped after). For each size B: submit B + 2 x `sample` tasks through
+/// the store (its submit path, many calls in flight, so its writers commit
+/// them in batches), VACUUM ANALYZE (this cluster may run without
+/// autovacuum; a production one would have vacuumed a table that grew so
+/// much), burn `sample` tasks down through all three stages with K agents;
+/// VACUUM again, and burn down another `sample` while a second connection
+/// holds a transaction with an xid and a REPEATABLE READ snapshot open,
+/// so nothing the run leaves dead can be pruned (the xmin horizon). B tasks
+/// or more wait in stage a throughout.
+pub fn run_pg(
+    url: &str,
+    backlogs: &[usize],
+    agents: usize,
+    sample: usize,
+    payload: &str,
+    probe: &Probe,
+) -> Result<PgBacklogReport> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut points = Vec::new();
+    for &backlog in backlogs {
+        let schema = super::pg::schema_name("backlog");
+        let result = pg_size(&rt, url, &schema, backlog, agents, sample, payload, probe);
+        let dropped = rt.block_on(super::pg::drop_schema(url, &schema));
+        points.extend(result?);
+        dropped.with_context(|| format!("drop schema {schema}"))?;
+    }
+    Ok(PgBacklogReport { agents, points })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pg_size(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    schema: &str,
+    backlog: usize,
+    agents: usize,
+    sample: usize,
+    payload: &str,
+    probe: &Probe,
+) -> Result<Vec<PgBacklogPoint>> {
+    let options = baton_postgres::PostgresOptions::new(url).context("database URL")?.schema(schema);
+    let pg = Arc::new(baton_postgres::PostgresStore::open(options).context("open Baton's PostgreSQL store")?);
+    let store: Arc<dyn Store> = pg.clone();
+    let run = || -> Result<Vec<PgBacklogPoint>> {
+        let sample = sample.max(1);
+        eprint!("PostgreSQL backlog {backlog}: preload ... ");
+        let t0 = Instant::now();
+        rt.block_on(pg_preload(&store, backlog + 2 * sample, payload))?;
+        let preload_s = t0.elapsed().as_secs_f64();
+        eprintln!("{preload_s:.1} s");
+        let admin = rt.block_on(super::pg::connect(url))?;
+        let mut points = Vec::new();
+        for held_snapshot in [false, true] {
+            rt.block_on(admin.batch_execute(&format!(
+                "VACUUM ANALYZE {schema}.tasks, {schema}.events, {schema}.handoffs, {schema}.notices"
+            )))
+            .context("VACUUM")?;
+            let holder = if held_snapshot {
+                let c = rt.block_on(super::pg::connect(url))?;
+                rt.block_on(c.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT txid_current(); \
+                     SELECT count(*) FROM {schema}.leader"
+                )))
+                .context("hold a snapshot")?;
+                Some(c)
+            } else {
+                None
+            };
+            let before = pg.stats();
+            let watch = Watch::named("postgres");
+            let (usage, _) = burn_down(Arc::clone(&store), agents, sample, probe, PG_WRITER_THREAD, None)?;
+            let (postgres_cpu_s, _) = watch.stop();
+            let after = pg.stats();
+            if let Some(c) = holder {
+                rt.block_on(c.batch_execute("ROLLBACK")).context("end the held snapshot")?;
+            }
+            let dead_tuples = rt
+                .block_on(admin.query_one(
+                    "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'tasks'",
+                    &[&schema],
+                ))
+                .ok()
+                .map(|r| r.get::<_, i64>(0));
+            let handoffs = (sample * STAGES.len()) as f64;
+            let foreign = (usage.foreign_cpu_seconds - postgres_cpu_s).max(0.0);
+            let point = PgBacklogPoint {
+                backlog,
+                held_snapshot,
+                preload_s,
+                sample_tasks: sample,
+                handoffs_per_s: handoffs / usage.seconds.max(1e-9),
+                dead_tuples,
+                round_trips_per_handoff: (after.round_trips - before.round_trips) as f64 / handoffs,
+                statements_per_handoff: (after.statements - before.statements) as f64 / handoffs,
+                postgres_cpu_s,
+                foreign_cpu_s: foreign,
+                disturbed: foreign > super::FOREIGN_CORES_MAX * usage.seconds,
+            };
+            eprintln!(
+                "PostgreSQL backlog {backlog}{}: {:.0} handoffs/s over {sample} tasks; {:.1} round trips and \
+                 {:.1} statements per handoff; {} dead rows in tasks after{}",
+                if held_snapshot { ", snapshot held" } else { "" },
+                point.handoffs_per_s,
+                point.round_trips_per_handoff,
+                point.statements_per_handoff,
+                dead_tuples.map_or("?".into(), |d| d.to_string()),
+                if point.disturbed { "  DISTURBED" } else { "" }
+            );
+            points.push(point);
+        }
+        Ok(points)
+    };
+    let result = run();
+    pg.close();
+    result
+}
+
+/// Submits `tasks` tasks into stage a, up to `PG_PRELOAD_IN_FLIGHT_MAX` at a time.
+async fn pg_preload(store: &Arc<dyn Store>, tasks: usize, payload: &str) -> Result<()> {
+    let mut running = tokio::task::JoinSet::new();
+    for n in 0..tasks {
+        if n >= PG_PRELOAD_IN_FLIGHT_MAX
+            && let Some(done) = running.join_next().await
+        {
+            done??;
+        }
+        let store = Arc::clone(store);
+        let task = NewTask::new(STAGES[0], payload.to_owned());
+        running.spawn(async move { store.submit(task).await.map(drop) });
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// The PostgreSQL series as Markdown, with the G6 ratio per held or not.
+pub fn pg_markdown(b: &PgBacklogReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "**Backlog series on PostgreSQL** (Baton, PostgreSQL store in process, K = {}; a held snapshot is \
+         a transaction with an xid and a REPEATABLE READ snapshot open on another connection for the whole \
+         run):\n",
+        b.agents
+    );
+    let _ = writeln!(
+        out,
+        "| backlog | snapshot held | preload s | sample tasks | handoffs/s | round trips / statements per \
+         handoff | dead rows after | postgres CPU s | disturbed |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for p in &b.points {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {} | {:.0} | {:.2} / {:.2} | {} | {:.1} | {} |",
+            p.backlog,
+            if p.held_snapshot { "yes" } else { "no" },
+            p.preload_s,
+            p.sample_tasks,
+            p.handoffs_per_s,
+            p.round_trips_per_handoff,
+            p.statements_per_handoff,
+            p.dead_tuples.map_or("?".into(), |d| d.to_string()),
+            p.postgres_cpu_s,
+            if p.disturbed { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(out);
+    for held in [false, true] {
+        let series: Vec<_> = b.points.iter().filter(|p| p.held_snapshot == held).collect();
+        if let (Some(first), Some(last)) = (series.first(), series.last())
+            && series.len() > 1
+        {
+            let _ = writeln!(
+                out,
+                "G6 on PostgreSQL{}: handoffs/s at a {} backlog ÷ at {}: {:.2}x (goal ≥ {}x)",
+                if held { " with a held snapshot" } else { "" },
+                last.backlog,
+                first.backlog,
+                last.handoffs_per_s / first.handoffs_per_s,
+                if held { "0.8" } else { "0.9" }
+            );
+        }
+    }
+    out
 }

@@ -38,7 +38,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `baton-postgres` writer threads ("baton-pg-writer-N"; their CPU is
 /// summed, so "writer busy" may exceed one core).
-const PG_WRITER_THREAD: &str = "baton-pg-writer";
+pub(super) const PG_WRITER_THREAD: &str = "baton-pg-writer";
 
 /// The database URL of this run.
 pub fn database_url() -> String {
@@ -46,12 +46,12 @@ pub fn database_url() -> String {
 }
 
 /// A fresh schema name: unique per process and call, so runs never collide.
-fn schema_name(kind: &str) -> String {
+pub(super) fn schema_name(kind: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("baton_bench_{kind}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+pub(super) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
         .await
         .context("connecting to PostgreSQL timed out")??;
@@ -75,14 +75,14 @@ pub fn probe_database(rt: &Runtime, url: &str) -> Result<String> {
     })
 }
 
-async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+pub(super) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     let client = connect(url).await?;
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
     Ok(())
 }
 
 /// Bytes of the schema's tables with their indexes and TOAST.
-async fn schema_bytes(client: &tokio_postgres::Client, schema: &str) -> Result<u64> {
+pub(super) async fn schema_bytes(client: &tokio_postgres::Client, schema: &str) -> Result<u64> {
     let row = client
         .query_one(
             "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
@@ -231,6 +231,7 @@ fn baton_pg(
     let pg = Arc::new(PostgresStore::open(options).context("open Baton's PostgreSQL store")?);
     let store: Arc<dyn Store> = pg.clone();
     let run = || -> Result<Sample> {
+        let before = pg.stats();
         let watch;
         let mut sample = match rate {
             None => {
@@ -253,6 +254,14 @@ fn baton_pg(
         };
         sample.handoffs = p.tasks as u64 * STAGES.len() as u64;
         sample.server_cpu_s = Some(watch.stop().0);
+        let after = pg.stats();
+        let per = |a: u64, b: u64| (a - b) as f64 / sample.handoffs.max(1) as f64;
+        eprint!(
+            "[writers: {:.2} round trips, {:.2} statements per handoff; {:.1} operations per commit] ",
+            per(after.round_trips, before.round_trips),
+            per(after.statements, before.statements),
+            (after.ops - before.ops) as f64 / (after.commits - before.commits).max(1) as f64,
+        );
         sample.disk_bytes = rt
             .block_on(async {
                 let client = connect(url).await?;

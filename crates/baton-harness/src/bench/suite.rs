@@ -284,6 +284,8 @@ pub struct SuiteReport {
     pub rows: Vec<Row>,
     pub summary: Vec<Summary>,
     pub backlog: Option<backlog::BacklogReport>,
+    /// The backlog series on the PostgreSQL store (when baton-pg can run).
+    pub pg_backlog: Option<backlog::PgBacklogReport>,
 }
 
 /// Runs the whole set, with a progress line per run on stderr.
@@ -383,6 +385,13 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
             config.harness.as_deref(),
         )?)
     };
+    let pg_backlog = if config.backlogs.is_empty() || !available.iter().any(|(s, _)| *s == Sys::BatonPg) {
+        None
+    } else {
+        let agents = config.agents.iter().copied().max().unwrap_or(16);
+        let sample = config.backlog_sample;
+        Some(backlog::run_pg(&config.database_url, &config.backlogs, agents, sample, &payload, &probe)?)
+    };
     let summary = summarise(&config, &rows);
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -390,7 +399,7 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    Ok(SuiteReport { machine, config, started_unix_s, commit, notes, skipped, rows, summary, backlog })
+    Ok(SuiteReport { machine, config, started_unix_s, commit, notes, skipped, rows, summary, backlog, pg_backlog })
 }
 
 fn quiet(config: &SuiteConfig) {
@@ -888,6 +897,9 @@ pub fn markdown(r: &SuiteReport) -> String {
             }
             _ => {}
         }
+    }
+    if let Some(b) = &r.pg_backlog {
+        let _ = writeln!(out, "{}", backlog::pg_markdown(b));
     }
     let _ = writeln!(out, "**Semantic gaps** (what each row does not do that Baton does):\n");
     for system in Sys::ALL {
