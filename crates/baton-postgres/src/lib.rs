@@ -10,7 +10,7 @@
 //! conditional `UPDATE ... WHERE id = $1 AND revision = $2` with its event row
 //! in the same statement, and a save that loses to another replica reruns its
 //! operation; `now` and lease times come from the database clock; long-poll
-//! wake-ups cross replicas by LISTEN/NOTIFY (`listen`); singleton duties go to
+//! wake-ups cross replicas by LISTEN/NOTIFY after each commit (`listen`); singleton duties go to
 //! one replica by a lease row (`leader`). A lost database answers
 //! `Unavailable`, never a stale read, and the store reconnects by itself.
 

@@ -1,6 +1,8 @@
 //! Cross-replica wake-ups. After a commit that made tasks ready, the writer
-//! sends `pg_notify(channel, {from, stages})` inside the same transaction
-//! (PostgreSQL delivers it at COMMIT, and never for a rolled-back batch);
+//! sends `pg_notify(channel, {from, stages})` in a small transaction of its
+//! own (never for a rolled-back batch; not inside the write transaction,
+//! whose commit it would serialize with every other: see
+//! `Writer::notify_replicas`);
 //! this module's task LISTENs on its own connection and hands other
 //! replicas' stages to the store's `ReadyListener`, exactly as the writer
 //! does for its own commits. Its own notifications are skipped (the writer

@@ -46,8 +46,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
@@ -153,12 +153,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 impl Session {
     pub(crate) fn new(client: Client) -> Self {
-        Self {
-            client,
-            statements: HashMap::new(),
-            workflows: HashMap::new(),
-            pending: Pending::default(),
-        }
+        Self { client, statements: HashMap::new(), workflows: HashMap::new(), pending: Pending::default() }
     }
 
     /// The prepared statement for `sql`, preparing it on first use.
@@ -208,11 +203,8 @@ impl Pending {
             .iter()
             .map(|d| d.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
             .collect();
-        let mut writes: Vec<_> = deferred
-            .iter()
-            .zip(&params)
-            .map(|(d, p)| Box::pin(client.execute(&d.statement, p)))
-            .collect();
+        let mut writes: Vec<_> =
+            deferred.iter().zip(&params).map(|(d, p)| Box::pin(client.execute(&d.statement, p))).collect();
         let mut done: Vec<Option<Result<u64, tokio_postgres::Error>>> =
             std::iter::repeat_with(|| None).take(writes.len()).collect();
         let mut last = pin!(last);
@@ -294,6 +286,9 @@ pub(crate) async fn pipelined<A: Future, B: Future>(a: A, b: B) -> (A::Output, B
     })
     .await
 }
+
+/// A query's future, boxed to sit in a list with others (`in_order`).
+pub(crate) type RowsFuture<'f> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 'f>>;
 
 /// Polls every future in order on each wake-up, so their statements leave in
 /// that order and travel in one round trip (as `pipelined`, for any number).
@@ -451,7 +446,7 @@ impl PgTx<'_> {
         let (client, pending) = self.session.parts();
         let limit = limit(hint.limit);
         let agent = agent.as_str();
-        let mut futures: Vec<Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + '_>>> = vec![
+        let mut futures: Vec<RowsFuture<'_>> = vec![
             Box::pin(async move { client.query(&lock, &[&key]).await }),
             Box::pin(async move { client.query(&count, &[&agent]).await }),
         ];
@@ -680,7 +675,10 @@ impl Tx for PgTx<'_> {
 
     fn update_anomaly(&mut self, id: u64, anomaly: &Anomaly) -> Result<(), StoreError> {
         let body = serde_json::to_string(anomaly)?;
-        self.write(UPDATE_ANOMALY, vec![Box::new(int(id)?), Box::new(anomaly.acked.is_none()), Box::new(body)])
+        self.write(
+            UPDATE_ANOMALY,
+            vec![Box::new(int(id)?), Box::new(anomaly.acked.is_none()), Box::new(body)],
+        )
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

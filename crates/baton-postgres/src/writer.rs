@@ -40,14 +40,12 @@ use crate::leader;
 use crate::listen;
 use crate::options::PostgresOptions;
 use crate::rows::task_and_head;
-use crate::tx::{ClaimHint, LOAD_MANY, PgTx, ReadAhead, Session, block, in_order};
+use crate::tx::{ClaimHint, LOAD_MANY, PgTx, ReadAhead, RowsFuture, Session, block, in_order};
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName, TaskId};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,7 +53,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 /// How often one operation is rerun when a guarded save loses to another
@@ -199,7 +197,8 @@ impl Writer {
             }
             match self.attempt(ops, careful) {
                 Attempt::Committed(outcomes, ready, observed) => {
-                    return self.answer(ops, outcomes, &ready, &observed);
+                    self.answer(ops, outcomes, &ready, &observed);
+                    return self.notify_replicas(&ready);
                 }
                 Attempt::Tainted => {
                     careful = true;
@@ -250,7 +249,11 @@ impl Writer {
         let named: Vec<Uuid> =
             if careful { Vec::new() } else { ops.iter().filter_map(Op::names_task).map(|t| t.0).collect() };
         let prepared = (|| {
-            let now = if self.clock.is_none() { Some(session.prepared(rt, timeout, leader::DB_NOW)?) } else { None };
+            let now = if self.clock.is_none() {
+                Some(session.prepared(rt, timeout, leader::DB_NOW)?)
+            } else {
+                None
+            };
             let load = if named.is_empty() { None } else { Some(session.prepared(rt, timeout, LOAD_MANY)?) };
             Ok::<_, StoreError>((now, load))
         })();
@@ -260,7 +263,7 @@ impl Writer {
             Err(e) => return Attempt::Lost(format!("preparing the batch failed: {e}")),
         };
         let (client, pending) = session.parts();
-        let mut futures: Vec<Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + '_>>> =
+        let mut futures: Vec<RowsFuture<'_>> =
             vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) })];
         if let Some(st) = &now_st {
             futures.push(Box::pin(client.query(st, &[])));
@@ -277,9 +280,10 @@ impl Writer {
                 let _begun = results.next().transpose()?;
                 let now = match (&self.clock, results.next().filter(|_| now_st.is_some())) {
                     (Some(clock), _) => clock.now(),
-                    (None, Some(rows)) => {
-                        rows?.first().ok_or_else(|| StoreError::Row("no time".into()))?.try_get::<_, Millis>(0)?
-                    }
+                    (None, Some(rows)) => rows?
+                        .first()
+                        .ok_or_else(|| StoreError::Row("no time".into()))?
+                        .try_get::<_, Millis>(0)?,
                     (None, None) => return Err(StoreError::Row("no time".into())),
                 };
                 let mut ahead = ReadAhead::default();
@@ -334,19 +338,9 @@ impl Writer {
                 return if matches!(end, End::Tainted) { Attempt::Tainted } else { Attempt::Rerun };
             }
         }
-        // Other replicas' waiting claims hear of the new work at COMMIT. The
-        // notifications and COMMIT travel as one simple query: one round trip.
-        let mut finish = String::new();
-        for payload in listen::payloads(&self.options.replica, &ready) {
-            finish.push_str(&format!(
-                "SELECT pg_notify({}, {}); ",
-                literal(&self.channel),
-                literal(&payload)
-            ));
-        }
-        finish.push_str("COMMIT");
+        // Other replicas hear of the new work after COMMIT (`notify_replicas`).
         let (client, pending) = session.parts();
-        match block(rt, timeout, pending.carry(client, client.batch_execute(&finish))) {
+        match block(rt, timeout, pending.carry(client, client.batch_execute("COMMIT"))) {
             Ok(()) => {}
             // A deferred write failed before COMMIT: the transaction was
             // aborted, so COMMIT rolled it back (unless the connection died).
@@ -402,6 +396,43 @@ impl Writer {
         }
     }
 
+    /// Tells other replicas' waiting claims which stages got new work, after
+    /// the batch committed and its callers were answered. Not inside the
+    /// write transaction: NOTIFY holds a database-wide lock from its
+    /// transaction's pre-commit until the commit ends, so it would make every
+    /// writer's (and replica's) commit, fsync included, wait for the
+    /// previous one, and group commit across writers would be lost. Here it
+    /// runs in a transaction of its own that does not wait for its commit
+    /// record to reach the disk (`synchronous_commit = off`): a wake-up is a
+    /// hint, and one lost to a crash costs a waiting claim latency only (long
+    /// polls re-check the store when their wait ends).
+    fn notify_replicas(&mut self, ready: &[StageName]) {
+        let payloads = listen::payloads(&self.options.replica, ready);
+        let Some(session) = self.session.as_mut() else { return };
+        if payloads.is_empty() {
+            return;
+        }
+        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off; ");
+        for payload in payloads {
+            sql.push_str(&format!("SELECT pg_notify({}, {}); ", literal(&self.channel), literal(&payload)));
+        }
+        sql.push_str("COMMIT");
+        let timeout = self.options.io_timeout;
+        let (client, pending) = session.parts();
+        let sent = block(&self.rt, timeout, pending.carry(client, client.batch_execute(&sql)));
+        let traffic = std::mem::take(&mut session.pending.traffic);
+        self.counters.statements.fetch_add(traffic.statements, Ordering::Relaxed);
+        self.counters.round_trips.fetch_add(traffic.round_trips, Ordering::Relaxed);
+        let Err(error) = sent else { return };
+        tracing::warn!(%error, "could not notify other replicas of new work; their long polls re-check");
+        // The next batch starts clean: reconnecting, or after ending this.
+        if error.class() == Class::Lost
+            || block(&self.rt, timeout, session.client.batch_execute("ROLLBACK")).is_err()
+        {
+            self.session = None;
+        }
+    }
+
     /// Answers a batch that did not commit `Unavailable`.
     fn lost(&self, ops: &mut Vec<Op>, why: &str) {
         self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
@@ -439,7 +470,9 @@ impl Op {
                 let hint = claim_hint(op);
                 Outcome::Execute(Box::new(b.execute(hint, |tx, cx| engine::keyed(tx, key.as_ref(), op, cx))))
             }
-            Op::FireDue(limit, _) => Outcome::Count(b.execute(None, |tx, cx| engine::fire_due(tx, *limit, cx))),
+            Op::FireDue(limit, _) => {
+                Outcome::Count(b.execute(None, |tx, cx| engine::fire_due(tx, *limit, cx)))
+            }
             Op::PurgeRequests(limit, _) => {
                 let (replica, lease_ms) = (b.replica, b.lease_ms);
                 Outcome::Count(b.execute(None, |tx, cx| {
@@ -657,9 +690,10 @@ impl Batch<'_> {
 fn claim_hint(op: &baton_core::Op) -> Option<ClaimHint> {
     match op {
         // Claim-next skips the acted task, so it asks for one row more.
-        baton_core::Op::Act(r) => {
-            r.claim_next.as_ref().map(|c| ClaimHint { stages: c.stages.clone(), limit: c.max.saturating_add(1) })
-        }
+        baton_core::Op::Act(r) => r
+            .claim_next
+            .as_ref()
+            .map(|c| ClaimHint { stages: c.stages.clone(), limit: c.max.saturating_add(1) }),
         baton_core::Op::Claim(r) if r.only.is_none() => {
             Some(ClaimHint { stages: r.stages.clone(), limit: r.max })
         }

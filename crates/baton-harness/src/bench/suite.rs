@@ -399,7 +399,18 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    Ok(SuiteReport { machine, config, started_unix_s, commit, notes, skipped, rows, summary, backlog, pg_backlog })
+    Ok(SuiteReport {
+        machine,
+        config,
+        started_unix_s,
+        commit,
+        notes,
+        skipped,
+        rows,
+        summary,
+        backlog,
+        pg_backlog,
+    })
 }
 
 fn quiet(config: &SuiteConfig) {
