@@ -122,7 +122,7 @@ struct BenchArgs {
     payload_bytes: usize,
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Systems, in round order.
+    /// Systems, in round order; `restate` and `temporal` select latency anchors (see --anchors).
     #[arg(
         long,
         value_delimiter = ',',
@@ -156,14 +156,44 @@ struct BenchArgs {
     /// Before each run, wait up to this many seconds for other processes to quiet down.
     #[arg(long, default_value_t = 30)]
     quiet_wait_s: u64,
+    /// Also run the latency anchors (G4): Baton over HTTP, Restate and the Temporal dev server on a
+    /// 3-step pipeline, installed on first use under $BATON_BENCH_CACHE (default ~/.cache).
+    #[arg(long)]
+    anchors: bool,
+    /// Anchors: sequential pipelines per round.
+    #[arg(long, default_value_t = 200)]
+    anchor_samples: usize,
+    /// Anchors: closed-loop callers of the throughput phase.
+    #[arg(long, default_value_t = 16)]
+    anchor_concurrency: usize,
+    /// Anchors: pipelines of the throughput phase (fewer when --anchor-time-max-s ends it first).
+    #[arg(long, default_value_t = 3_000)]
+    anchor_pipelines: usize,
+    #[arg(long, default_value_t = 15.0)]
+    anchor_time_max_s: f64,
+    /// Anchors: Baton's agents per stage in the throughput phase.
+    #[arg(long, default_value_t = 6)]
+    anchor_agents_per_stage: usize,
 }
 
 fn bench_suite(a: BenchArgs) -> Result<()> {
-    let systems = a
-        .systems
-        .iter()
+    use bench::anchors::{Anchor, AnchorsConfig};
+    let (anchor_names, systems): (Vec<&String>, Vec<&String>) =
+        a.systems.iter().partition(|s| Anchor::parse(s).is_some());
+    let systems = systems
+        .into_iter()
         .map(|s| bench::suite::Sys::parse(s).with_context(|| format!("unknown system {s:?}")))
         .collect::<Result<Vec<_>>>()?;
+    // Baton over HTTP is every anchor's reference, so it is always in the section.
+    let mut anchors: Vec<Anchor> = if a.anchors { Anchor::ALL.to_vec() } else { Vec::new() };
+    for anchor in anchor_names.into_iter().filter_map(|s| Anchor::parse(s)) {
+        if anchors.is_empty() {
+            anchors.push(Anchor::Baton);
+        }
+        if !anchors.contains(&anchor) {
+            anchors.push(anchor);
+        }
+    }
     let mut config = bench::suite::SuiteConfig {
         agents: a.agents,
         tasks: a.tasks,
@@ -180,7 +210,23 @@ fn bench_suite(a: BenchArgs) -> Result<()> {
         baton: a.baton.map_or_else(bench::http::default_baton, |b| std::fs::canonicalize(&b).unwrap_or(b)),
         harness: std::env::current_exe().ok(),
         quiet_wait_s: a.quiet_wait_s,
+        anchors: None,
     };
+    let mut anchors = (!anchors.is_empty()).then(|| AnchorsConfig {
+        systems: anchors,
+        samples: a.anchor_samples,
+        warmup: 10,
+        concurrency: a.anchor_concurrency,
+        pipelines: a.anchor_pipelines,
+        time_max_s: a.anchor_time_max_s,
+        agents_per_stage: a.anchor_agents_per_stage,
+        runs: config.runs,
+        payload_bytes: config.payload_bytes,
+        cache: AnchorsConfig::default_cache(),
+        dir: config.dir.clone(),
+        baton: config.baton.clone(),
+        quiet_wait_s: config.quiet_wait_s,
+    });
     if a.smoke {
         config.agents = vec![4];
         config.tasks = 90;
@@ -189,7 +235,15 @@ fn bench_suite(a: BenchArgs) -> Result<()> {
         config.backlog_sample = 90;
         config.fsyncs = 100;
         config.quiet_wait_s = 0;
+        if let Some(x) = anchors.as_mut() {
+            (x.samples, x.warmup, x.pipelines, x.time_max_s, x.runs, x.quiet_wait_s) =
+                (20, 3, 100, 10.0, 1, 0);
+        }
     }
+    if anchors.as_ref().is_some_and(|x| x.samples == 0 || x.concurrency == 0 || x.pipelines == 0) {
+        bail!("--anchor-samples, --anchor-concurrency and --anchor-pipelines must be positive");
+    }
+    config.anchors = anchors;
     if config.agents.is_empty() || config.agents.contains(&0) || config.runs == 0 || config.tasks == 0 {
         bail!("--agents, --runs and --tasks must be positive");
     }

@@ -277,13 +277,13 @@ fn baseline_run(system: HttpSystem, p: &RunParams, round: usize, m: super::Measu
 }
 
 /// A spawned `baton dev`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Server {
-    fn start(baton: &Path, dir: &Path) -> Result<Self> {
+    pub(crate) fn start(baton: &Path, dir: &Path) -> Result<Self> {
         let mut child = Command::new(baton)
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir", ".baton"])
             .current_dir(dir)
@@ -312,6 +312,10 @@ impl Server {
             bail!("baton dev exited before printing its address");
         };
         Ok(Self { child, address })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn cpu_seconds(&self) -> Result<f64> {

@@ -14,8 +14,10 @@
 //!
 //! `suite` is `bench`, the single entry point (`baton bench`) that runs
 //! these systems together with Baton on PostgreSQL (`pg`), the peers
-//! (`peers`), an open loop and the backlog series (`backlog`).
+//! (`peers`), an open loop, the backlog series (`backlog`) and, on request,
+//! Restate and Temporal as latency anchors (`anchors`).
 
+pub mod anchors;
 pub mod backlog;
 pub mod baselines;
 pub mod baton;

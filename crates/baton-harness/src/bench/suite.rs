@@ -157,6 +157,8 @@ pub struct SuiteConfig {
     /// This harness binary, for the kill -9 child (`None`: no recovery run).
     pub harness: Option<PathBuf>,
     pub quiet_wait_s: u64,
+    /// Restate and Temporal as latency anchors beside Baton over HTTP (`None`: not run).
+    pub anchors: Option<super::anchors::AnchorsConfig>,
 }
 
 /// Latency quantiles in microseconds.
@@ -286,6 +288,7 @@ pub struct SuiteReport {
     pub backlog: Option<backlog::BacklogReport>,
     /// The backlog series on the PostgreSQL store (when baton-pg can run).
     pub pg_backlog: Option<backlog::PgBacklogReport>,
+    pub anchors: Option<super::anchors::AnchorsReport>,
 }
 
 /// Runs the whole set, with a progress line per run on stderr.
@@ -392,6 +395,7 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
         let sample = config.backlog_sample;
         Some(backlog::run_pg(&config.database_url, &config.backlogs, agents, sample, &payload, &probe)?)
     };
+    let anchors = config.anchors.as_ref().map(|a| super::anchors::run(a, &probe, &rt));
     let summary = summarise(&config, &rows);
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -410,6 +414,7 @@ pub fn run(config: SuiteConfig) -> Result<SuiteReport> {
         summary,
         backlog,
         pg_backlog,
+        anchors,
     })
 }
 
@@ -790,6 +795,9 @@ pub fn markdown(r: &SuiteReport) -> String {
     }
     let _ = writeln!(out);
     for &k in &c.agents {
+        if !r.rows.iter().any(|x| x.agents == k) {
+            continue;
+        }
         let _ = writeln!(out, "**Burn-down, K = {k}**\n");
         let _ = writeln!(
             out,
@@ -922,6 +930,10 @@ pub fn markdown(r: &SuiteReport) -> String {
     }
     let _ = writeln!(out);
     out.push_str(&goals(r));
+    if let Some(a) = &r.anchors {
+        out.push('\n');
+        out.push_str(&super::anchors::markdown(a));
+    }
     out
 }
 
