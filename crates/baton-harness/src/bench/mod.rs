@@ -21,6 +21,7 @@ pub mod anchors;
 pub mod backlog;
 pub mod baselines;
 pub mod baton;
+pub mod external;
 pub mod http;
 pub mod peers;
 pub mod pg;

@@ -5,7 +5,8 @@
 //! batching writer (`baselines`), Baton's SQLite store in process
 //! (`baton`), Baton over HTTP (`http`, a spawned `baton dev`), the raw
 //! PostgreSQL handoff and Baton on PostgreSQL (`pg`), NATS JetStream and
-//! RabbitMQ quorum queues (`peers`). A system that cannot run here (no
+//! RabbitMQ quorum queues (`peers`), River, apalis and pgmq (`external`,
+//! built from bench/peers at run time). A system that cannot run here (no
 //! server, too old a server, no database) is reported as skipped with the
 //! reason, never replaced by anything else.
 //!
@@ -47,10 +48,15 @@ pub enum Sys {
     BatonPg,
     Nats,
     Rabbitmq,
+    /// The library-queue peers built from bench/peers (`external`).
+    RiverSqlite,
+    RiverPg,
+    Apalis,
+    Pgmq,
 }
 
 impl Sys {
-    pub const ALL: [Sys; 9] = [
+    pub const ALL: [Sys; 13] = [
         Sys::Fsync,
         Sys::RawSqlite,
         Sys::Ideal,
@@ -60,6 +66,10 @@ impl Sys {
         Sys::BatonPg,
         Sys::Nats,
         Sys::Rabbitmq,
+        Sys::RiverSqlite,
+        Sys::Apalis,
+        Sys::RiverPg,
+        Sys::Pgmq,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -77,6 +87,10 @@ impl Sys {
             Self::BatonPg => "baton-pg",
             Self::Nats => "nats",
             Self::Rabbitmq => "rabbitmq",
+            Self::RiverSqlite => "river-sqlite",
+            Self::RiverPg => "river-pg",
+            Self::Apalis => "apalis",
+            Self::Pgmq => "pgmq",
         }
     }
 
@@ -91,6 +105,16 @@ impl Sys {
             Self::BatonPg => "Baton, PostgreSQL store in process",
             Self::Nats => "NATS JetStream (sync always, + history)",
             Self::Rabbitmq => "RabbitMQ quorum queues (+ history)",
+            Self::RiverSqlite if super::external::river_batch_completer() => {
+                "River 0.5 on SQLite FULL (batch completer, + history)"
+            }
+            Self::RiverPg if super::external::river_batch_completer() => {
+                "River 0.5 on PostgreSQL (batch completer, + history)"
+            }
+            Self::RiverSqlite => "River 0.5 on SQLite FULL (sync completion in tx, + history)",
+            Self::RiverPg => "River 0.5 on PostgreSQL (sync completion in tx, + history)",
+            Self::Apalis => "apalis 1.0 + apalis-sqlite FULL (+ history)",
+            Self::Pgmq => "pgmq (read vt lease; send + archive in tx, + history)",
         }
     }
 
@@ -101,6 +125,8 @@ impl Sys {
             Self::RawSqlite | Self::RawPg | Self::Nats | Self::Rabbitmq => Some(Self::Fsync),
             Self::Ideal | Self::BatonSqlite | Self::BatonHttp => Some(Self::RawSqlite),
             Self::BatonPg => Some(Self::RawPg),
+            Self::RiverSqlite | Self::Apalis => Some(Self::RawSqlite),
+            Self::RiverPg | Self::Pgmq => Some(Self::RawPg),
         }
     }
 
@@ -109,6 +135,9 @@ impl Sys {
         match self {
             Self::Nats => Some(super::peers::NATS_GAPS),
             Self::Rabbitmq => Some(super::peers::RABBIT_GAPS),
+            Self::RiverSqlite | Self::RiverPg => Some(super::external::river_gaps()),
+            Self::Apalis => Some(super::external::APALIS_GAPS),
+            Self::Pgmq => Some(super::external::PGMQ_GAPS),
             Self::RawSqlite | Self::RawPg => Some(
                 "a floor, not a coordinator: no claims, leases, fencing, routing or hash-chained history",
             ),
@@ -448,9 +477,10 @@ fn availability(
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
     let mut pg: Option<Result<String, String>> = None;
+    let mut peers_binary: Option<Result<PathBuf, String>> = None;
     for &system in &config.systems {
         let verdict: Result<Option<PathBuf>, String> = match system {
-            Sys::RawPg | Sys::BatonPg => {
+            Sys::RawPg | Sys::BatonPg | Sys::RiverPg | Sys::Pgmq => {
                 let r = pg.get_or_insert_with(|| {
                     super::pg::probe_database(rt, &config.database_url).map_err(|e| format!("{e:#}"))
                 });
@@ -476,6 +506,13 @@ fn availability(
                 }
             }
             _ => Ok(None),
+        };
+        // The peer project is built once, only when one of its systems is selected and can run.
+        let verdict = match verdict {
+            Ok(_) if super::external::system_name(system).is_some() => {
+                peers_binary.get_or_insert_with(super::external::build).clone().map(Some)
+            }
+            v => v,
         };
         let verdict = verdict.and_then(|v| {
             if system.is_broker() && config.agents.iter().all(|&k| k < STAGES.len()) {
@@ -548,6 +585,9 @@ fn run_one(
         Sys::BatonPg => super::pg::run_baton_pg(rt, &config.database_url, p, probe, rate)?,
         Sys::Nats => rt.block_on(super::peers::run_nats(nats.context("nats-server")?, p, probe))?,
         Sys::Rabbitmq => rt.block_on(super::peers::run_rabbit(p, probe, run))?,
+        Sys::RiverSqlite | Sys::RiverPg | Sys::Apalis | Sys::Pgmq => {
+            super::external::run(system, nats.context("baton-peers")?, &config.database_url, p, probe)?
+        }
     })
 }
 
@@ -986,6 +1026,7 @@ fn goals(r: &SuiteReport) -> String {
             );
         }
     }
+    out.push_str(&super::external::goals(&r.summary, &r.config.agents));
     if let Some(b) = &r.backlog
         && let (Some(first), Some(last)) = (b.points.first(), b.points.last())
         && b.points.len() > 1
