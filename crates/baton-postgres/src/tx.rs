@@ -61,7 +61,12 @@ const READY: &str = "SELECT id, priority, deadline_rank, body, head FROM tasks W
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= $1 \
                               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED";
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
-const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = $1";
+// Ordered by holder so the planner reads tasks_holder (this agent's entries
+// only) and never tasks_held_by_stage, whose every entry (all agents' held
+// tasks, and the dead versions of tasks held before) it would filter: a
+// generic plan on a table whose statistics saw no holder once chose it.
+const LEASES_HELD: &str =
+    "SELECT count(*) FROM (SELECT holder FROM tasks WHERE holder = $1 ORDER BY holder) h";
 const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = $1";
 const PUT_NOTICE: &str = "INSERT INTO notices (task, body) VALUES ($1, $2)";
 const PUT_DELIVERY: &str = "INSERT INTO deliveries (notice, webhook, final, body) VALUES ($1, $2, $3, $4)";
