@@ -237,6 +237,8 @@ pub struct AnchorSummary {
     pub system: Anchor,
     pub kept: usize,
     pub rounds: usize,
+    /// Every round was disturbed, so all are kept: treat the figures as noise.
+    pub all_disturbed: bool,
     pub seq_p50_us: Stat,
     pub seq_p99_us: Stat,
     pub pipelines_per_s: Stat,
@@ -469,6 +471,7 @@ fn summarise(config: &AnchorsConfig, runs: &[AnchorRun]) -> Vec<AnchorSummary> {
             system,
             kept: kept.len(),
             rounds: all.len(),
+            all_disturbed: all.iter().all(|r| r.disturbed),
             seq_p50_us,
             seq_p99_us,
             pipelines_per_s,
@@ -524,7 +527,7 @@ pub fn markdown(r: &AnchorsReport) -> String {
     for s in &r.summary {
         let _ = writeln!(
             out,
-            "| {} | {} / {} | {} | {} / {} | {} | {} | {} | {}/{} |",
+            "| {} | {} / {} | {} | {} / {} | {} | {} | {} | {}/{}{} |",
             s.system.label(),
             s.seq_p50_us.show(0),
             s.seq_p99_us.show(0),
@@ -535,7 +538,8 @@ pub fn markdown(r: &AnchorsReport) -> String {
             s.system_cpu_s_per_1k.show(2),
             s.foreign_cpu_s.show(2),
             s.kept,
-            s.rounds
+            s.rounds,
+            if s.all_disturbed { " (all disturbed)" } else { "" }
         );
     }
     let _ = writeln!(out);
