@@ -146,6 +146,7 @@ impl PostgresStore {
                 listener: options.listener.clone(),
                 counters: Arc::clone(&counters),
                 channel: channel.clone(),
+                schema: schema.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("baton-pg-writer-{n}"))

@@ -124,6 +124,11 @@ const PURGE_REQUESTS: &str = "DELETE FROM requests WHERE id IN
 /// the writes of the open transaction not sent yet.
 pub(crate) struct Session {
     pub client: Client,
+    /// The schema: advisory locks are database-wide, so their keys name it,
+    /// or deployments in other schemas of the database (other Baton
+    /// installations, parallel tests) would wait on, and deadlock with,
+    /// each other's agents and request keys.
+    lock_scope: String,
     statements: HashMap<&'static str, Statement>,
     workflows: HashMap<(String, u32), Arc<Workflow>>,
     pub pending: Pending,
@@ -157,8 +162,14 @@ struct Deferred {
 type Param = Box<dyn ToSql + Sync + Send>;
 
 impl Session {
-    pub(crate) fn new(client: Client) -> Self {
-        Self { client, statements: HashMap::new(), workflows: HashMap::new(), pending: Pending::default() }
+    pub(crate) fn new(client: Client, lock_scope: String) -> Self {
+        Self {
+            client,
+            lock_scope,
+            statements: HashMap::new(),
+            workflows: HashMap::new(),
+            pending: Pending::default(),
+        }
     }
 
     /// The prepared statement for `sql`, preparing it on first use.
@@ -529,7 +540,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, StoreError> {
-        let key = format!("baton.agent.{}", agent.as_str());
+        let key = format!("baton.agent.{}\u{1f}{}", self.session.lock_scope, agent.as_str());
         let hint = self.claim_hint.take().filter(|_| self.defer);
         let rows = match hint {
             Some(hint) => self.locked_count_and_ready(&key, agent, &hint)?,
@@ -693,7 +704,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let lock = format!("baton.request.{principal}\u{1f}{key}");
+        let lock = format!("baton.request.{}\u{1f}{principal}\u{1f}{key}", self.session.lock_scope);
         let rows = self.locked_query(&lock, LOAD_REQUEST, &[&principal, &key])?;
         let Some(row) = rows.first() else { return Ok(None) };
         let fingerprint: &[u8] = row.try_get(0)?;

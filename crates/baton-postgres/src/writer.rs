@@ -107,6 +107,8 @@ pub(crate) struct Writer {
     pub counters: Arc<Counters>,
     /// The NOTIFY channel of this schema.
     pub channel: String,
+    /// The schema the store's tables live in.
+    pub schema: String,
 }
 
 /// How one attempt at a batch ended.
@@ -177,7 +179,7 @@ impl Writer {
             }
         });
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
-        self.session = Some(Session::new(client));
+        self.session = Some(Session::new(client, self.schema.clone()));
         Ok(())
     }
 
