@@ -211,6 +211,7 @@ fn bench_suite(a: BenchArgs) -> Result<()> {
         harness: std::env::current_exe().ok(),
         quiet_wait_s: a.quiet_wait_s,
         anchors: None,
+        install_into: (!a.smoke).then(AnchorsConfig::default_cache),
     };
     let mut anchors = (!anchors.is_empty()).then(|| AnchorsConfig {
         systems: anchors,

