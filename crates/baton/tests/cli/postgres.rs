@@ -690,10 +690,6 @@ fn a_replica_that_loses_its_database_answers_503_and_recovers() {
     serve.stop();
 }
 
-/// Tasks of the PostgreSQL-restart run: fewer than the others, since a
-/// private cluster shares the machine with the shared one.
-const RESTART_TASKS: usize = 1_000;
-
 /// A private PostgreSQL cluster (initdb into a temp dir, pg_ctl on a free
 /// port, run as the `postgres` user when the test runs as root, since initdb
 /// refuses root), so a test can restart it without disturbing anyone.
@@ -786,5 +782,5 @@ impl Drop for Cluster {
 #[test]
 fn a_postgresql_restart_mid_run_loses_nothing_acknowledged() {
     let cluster = Cluster::start();
-    pipeline_on(Schema::on(cluster.url(), "restart"), RESTART_TASKS, None, Some((0.4, &cluster)));
+    pipeline_on(Schema::on(cluster.url(), "restart"), tasks(), None, Some((0.4, &cluster)));
 }
