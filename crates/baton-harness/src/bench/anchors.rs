@@ -40,7 +40,7 @@ use super::report::Stat;
 use super::{FOREIGN_CORES_MAX, histogram, record};
 use crate::sys::{self, Probe, Usage, Watch};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use baton_client::api::{ClaimNext, CompleteRequest, HandoffRequest, Payload, SubmitRequest, TaskStateName};
+use baton_client::api::{ClaimNext, Payload, SubmitRequest, TaskStateName};
 use baton_client::{Client, Lease, TaskId};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -983,22 +983,7 @@ async fn baton_agent(
                 }
             }
         };
-        let answer = if last {
-            let request =
-                CompleteRequest { epoch: lease.epoch, claim_next: Some(next.clone()), ..Default::default() };
-            client.complete(lease.task, &request).await?
-        } else {
-            let request = HandoffRequest {
-                epoch: lease.epoch,
-                agent: None,
-                to_stage: STAGES[stage + 1].to_owned(),
-                note: None,
-                findings: None,
-                confidence: None,
-                claim_next: Some(next.clone()),
-            };
-            client.handoff(lease.task, &request).await?
-        };
+        let answer = super::http::pass_on(&client, &lease, stage, &next).await?;
         if last {
             ends.done(lease.task);
         }

@@ -23,7 +23,7 @@ use super::pipeline::{self, STAGES, assign};
 use super::{FOREIGN_CORES_MAX, RunParams, baselines, histogram, record};
 use crate::sys::{self, Machine, Probe};
 use anyhow::{Context as _, Result, bail, ensure};
-use baton_client::api::{ClaimNext, CompleteRequest, HandoffRequest, Payload, SubmitRequest};
+use baton_client::api::{ActResponse, ClaimNext, CompleteRequest, HandoffRequest, Payload, SubmitRequest};
 use baton_client::{Client, Lease, TaskId};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -395,23 +395,10 @@ async fn agent(client: Client, stages: Vec<usize>, shared: Arc<Shared>) -> Resul
         };
         let stage = STAGES.iter().position(|s| *s == lease.stage).context("unknown stage")?;
         let t0 = Instant::now();
-        let answer = if stage + 1 < STAGES.len() {
+        if stage + 1 < STAGES.len() {
             shared.sent.lock().expect("sent").insert((lease.task, stage + 1), t0);
-            let request = HandoffRequest {
-                epoch: lease.epoch,
-                agent: None,
-                to_stage: STAGES[stage + 1].to_owned(),
-                note: None,
-                findings: None,
-                confidence: None,
-                claim_next: Some(next.clone()),
-            };
-            client.handoff(lease.task, &request).await?
-        } else {
-            let request =
-                CompleteRequest { epoch: lease.epoch, claim_next: Some(next.clone()), ..Default::default() };
-            client.complete(lease.task, &request).await?
-        };
+        }
+        let answer = pass_on(&client, &lease, stage, &next).await?;
         record(&mut shared.rtt.lock().expect("hist"), t0.elapsed());
         for l in &answer.next {
             shared.received(l);
@@ -420,6 +407,32 @@ async fn agent(client: Client, stages: Vec<usize>, shared: Arc<Shared>) -> Resul
             shared.finished_one(lease.task);
         }
         held = answer.next.into_iter().next();
+    }
+}
+
+/// The call that ends a held task's stage `stage` of HB3: a handoff to the
+/// next stage, or complete after the last; either carries claim-next.
+pub(super) async fn pass_on(
+    client: &Client,
+    lease: &Lease,
+    stage: usize,
+    next: &ClaimNext,
+) -> Result<ActResponse, baton_client::Error> {
+    if stage + 1 < STAGES.len() {
+        let request = HandoffRequest {
+            epoch: lease.epoch,
+            agent: None,
+            to_stage: STAGES[stage + 1].to_owned(),
+            note: None,
+            findings: None,
+            confidence: None,
+            claim_next: Some(next.clone()),
+        };
+        client.handoff(lease.task, &request).await
+    } else {
+        let request =
+            CompleteRequest { epoch: lease.epoch, claim_next: Some(next.clone()), ..Default::default() };
+        client.complete(lease.task, &request).await
     }
 }
 
