@@ -233,12 +233,18 @@ impl Writer {
     /// One try at the batch, in one transaction, counting what it sent.
     fn attempt(&mut self, ops: &[Op], careful: bool) -> Attempt {
         let attempt = self.try_batch(ops, careful);
+        self.count_traffic();
+        attempt
+    }
+
+    /// Adds the statements and round trips the session sent since the last
+    /// count to the store's counters.
+    fn count_traffic(&mut self) {
         if let Some(session) = self.session.as_mut() {
             let traffic = std::mem::take(&mut session.pending.traffic);
             self.counters.statements.fetch_add(traffic.statements, Ordering::Relaxed);
             self.counters.round_trips.fetch_add(traffic.round_trips, Ordering::Relaxed);
         }
-        attempt
     }
 
     fn try_batch(&mut self, ops: &[Op], careful: bool) -> Attempt {
@@ -422,15 +428,16 @@ impl Writer {
         let timeout = self.options.io_timeout;
         let (client, pending) = session.parts();
         let sent = block(&self.rt, timeout, pending.carry(client, client.batch_execute(&sql)));
-        let traffic = std::mem::take(&mut session.pending.traffic);
-        self.counters.statements.fetch_add(traffic.statements, Ordering::Relaxed);
-        self.counters.round_trips.fetch_add(traffic.round_trips, Ordering::Relaxed);
+        self.count_traffic();
         let Err(error) = sent else { return };
         tracing::warn!(%error, "could not notify other replicas of new work; their long polls re-check");
         // The next batch starts clean: reconnecting, or after ending this.
-        if error.class() == Class::Lost
-            || block(&self.rt, timeout, session.client.batch_execute("ROLLBACK")).is_err()
-        {
+        let ended = error.class() != Class::Lost
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| block(&self.rt, timeout, s.client.batch_execute("ROLLBACK")).is_ok());
+        if !ended {
             self.session = None;
         }
     }
