@@ -17,7 +17,7 @@ use crate::schema::{integrity_problems, open_reader};
 use crate::writer::Counters;
 use rusqlite::InterruptHandle;
 use rusqlite::ffi::ErrorCode;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -40,16 +40,11 @@ impl Checker {
             open_reader(path, options).map_err(|source| OpenError::Sqlite { path: path.into(), source })?;
         let interrupt = conn.get_interrupt_handle();
         let on_fatal = Arc::clone(&options.on_fatal);
-        let path_for_error = path.to_path_buf();
-        let path = path.to_path_buf();
+        let checked = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("baton-sqlite-check".into())
-            .spawn(move || run(&conn, &path, &counters, &on_fatal))
-            .map_err(|source| OpenError::Thread {
-                thread: "integrity check",
-                path: path_for_error,
-                source,
-            })?;
+            .spawn(move || run(&conn, &checked, &counters, &on_fatal))
+            .map_err(|source| OpenError::Thread { thread: "integrity check", path: path.into(), source })?;
         Ok(Self { thread, interrupt })
     }
 
@@ -62,7 +57,7 @@ impl Checker {
     }
 }
 
-fn run(conn: &rusqlite::Connection, path: &PathBuf, counters: &Counters, on_fatal: &FatalHook) {
+fn run(conn: &rusqlite::Connection, path: &Path, counters: &Counters, on_fatal: &FatalHook) {
     let started = Instant::now();
     let problems = match integrity_problems(conn, "quick_check") {
         Ok(None) => {
