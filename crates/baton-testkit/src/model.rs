@@ -10,8 +10,8 @@
 //!
 //! The policy keeps the model small: stages `s0..s2` accept within a time the
 //! test never reaches (so the ladder acts only through attempts), leases last
-//! 5 s, three attempts per stage, a 1 s backoff; past the attempts a task
-//! escalates to the human stage `inbox`.
+//! 5 s, three attempts per stage, a flat 1 s backoff (the inbox's too); past
+//! the attempts a task escalates to the human stage `inbox`.
 
 use crate::clock::ManualClock;
 use crate::exec::block_on;
@@ -36,15 +36,18 @@ const START: i64 = 1_700_000_000_000;
 
 /// The rules the model assumes.
 pub fn model_rules() -> Rules {
+    let retry = Backoff { initial_ms: BACKOFF_MS, max_ms: BACKOFF_MS, multiplier: 1 };
     let stage = StagePolicy {
         accept_within_ms: 1_000_000_000,
         lease_ms: LEASE_MS,
         max_attempts: MAX_ATTEMPTS,
-        retry: Backoff { initial_ms: BACKOFF_MS, max_ms: BACKOFF_MS, multiplier: 1 },
+        retry: retry.clone(),
         reoffers: u32::MAX,
         ..StagePolicy::default()
     };
-    let inbox = StagePolicy { accept_within_ms: 1_000_000_000, lease_ms: LEASE_MS, ..StagePolicy::human() };
+    // The inbox backs off as flatly as the other stages: the model knows one backoff.
+    let inbox =
+        StagePolicy { accept_within_ms: 1_000_000_000, lease_ms: LEASE_MS, retry, ..StagePolicy::human() };
     let policies = Policies::default()
         .with_stage("s0", stage.clone())
         .with_stage("s1", stage.clone())
