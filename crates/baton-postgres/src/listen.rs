@@ -9,11 +9,18 @@
 //! already told the listener). The connection is re-made with a pause when it
 //! drops; wake-ups missed meanwhile cost latency only, since long polls
 //! re-check the store when their wait ends.
+//!
+//! A notification also names, per stage, the earliest position in claim
+//! order the commit made ready, and moves this replica's ready cursors back
+//! to it (`crate::cursor`); a stage without one sends them to the head, and
+//! so does every new LISTEN connection (it may have missed some).
 
+use crate::cursor::{Cursors, Key};
 use crate::options::PostgresOptions;
 use baton_core::StageName;
 use baton_core::store::ReadyListener;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +41,13 @@ pub(crate) struct Ready {
     /// The replica that committed (`PostgresOptions::replica`).
     pub from: String,
     pub stages: Vec<StageName>,
+    /// The earliest position made ready, by stage (absent: unknown).
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub firsts: HashMap<StageName, Key>,
 }
+
+/// Bytes of one stage's position in a payload, at most (key and JSON).
+const FIRST_BYTES_MAX: usize = 120;
 
 /// The channel of a schema: replicas of one schema share it, other schemas
 /// (other Baton deployments, parallel tests) in the same database do not.
@@ -46,35 +59,43 @@ pub(crate) fn channel(schema: &str) -> String {
     name
 }
 
-/// The payloads announcing `stages`, each within `NOTIFY_PAYLOAD_BYTES_MAX`.
-pub(crate) fn payloads(from: &str, stages: &[StageName]) -> Vec<String> {
+/// The payloads announcing `stages` (with their `firsts`), each within
+/// `NOTIFY_PAYLOAD_BYTES_MAX`.
+pub(crate) fn payloads(from: &str, stages: &[StageName], firsts: &HashMap<StageName, Key>) -> Vec<String> {
     let mut out = Vec::new();
     let mut chunk: Vec<StageName> = Vec::new();
-    let mut bytes = from.len() + 32;
+    let mut bytes = from.len() + 48;
     for stage in stages {
-        let cost = stage.as_str().len() * 6 + 3; // worst-case JSON escaping
+        // Worst-case JSON escaping, twice: in `stages` and as a key of `firsts`.
+        let cost = 2 * (stage.as_str().len() * 6 + 3) + FIRST_BYTES_MAX;
         if !chunk.is_empty() && bytes + cost > NOTIFY_PAYLOAD_BYTES_MAX {
-            out.extend(encode(from, std::mem::take(&mut chunk)));
-            bytes = from.len() + 32;
+            out.extend(encode(from, std::mem::take(&mut chunk), firsts));
+            bytes = from.len() + 48;
         }
         chunk.push(stage.clone());
         bytes += cost;
     }
     if !chunk.is_empty() {
-        out.extend(encode(from, chunk));
+        out.extend(encode(from, chunk, firsts));
     }
     out
 }
 
-fn encode(from: &str, stages: Vec<StageName>) -> Option<String> {
-    serde_json::to_string(&Ready { from: from.to_owned(), stages }).ok()
+fn encode(from: &str, stages: Vec<StageName>, firsts: &HashMap<StageName, Key>) -> Option<String> {
+    let firsts = stages.iter().filter_map(|s| firsts.get(s).map(|k| (s.clone(), *k))).collect();
+    serde_json::to_string(&Ready { from: from.to_owned(), stages, firsts }).ok()
 }
 
 /// Listens until the runtime shuts down.
-pub(crate) async fn run(options: PostgresOptions, channel: String, listener: Arc<dyn ReadyListener>) {
+pub(crate) async fn run(
+    options: PostgresOptions,
+    channel: String,
+    listener: Arc<dyn ReadyListener>,
+    cursors: Option<Arc<Cursors>>,
+) {
     let Ok(config) = options.connection_config() else { return };
     loop {
-        match listen_once(&config, &options, &channel, &listener).await {
+        match listen_once(&config, &options, &channel, &listener, cursors.as_deref()).await {
             Ok(()) => tracing::warn!("the LISTEN connection closed; listening again"),
             Err(error) => tracing::warn!(%error, "LISTEN for other replicas' wake-ups failed; retrying"),
         }
@@ -87,6 +108,7 @@ async fn listen_once(
     options: &PostgresOptions,
     channel: &str,
     listener: &Arc<dyn ReadyListener>,
+    cursors: Option<&Cursors>,
 ) -> Result<(), tokio_postgres::Error> {
     let connecting = tokio::time::timeout(options.io_timeout, config.connect(NoTls)).await;
     let Ok(connected) = connecting else { return Ok(()) };
@@ -110,9 +132,17 @@ async fn listen_once(
     });
     let quoted = channel.replace('"', "\"\"");
     client.batch_execute(&format!("LISTEN \"{quoted}\"")).await?;
+    if let Some(cursors) = cursors {
+        cursors.reset();
+    }
     while let Some(payload) = rx.recv().await {
         match serde_json::from_str::<Ready>(&payload) {
             Ok(ready) if ready.from != options.replica => {
+                if let Some(cursors) = cursors {
+                    for stage in &ready.stages {
+                        cursors.lower(stage, ready.firsts.get(stage).copied());
+                    }
+                }
                 let call = std::panic::AssertUnwindSafe(|| listener.ready(&ready.stages));
                 if std::panic::catch_unwind(call).is_err() {
                     tracing::error!("the ready listener panicked on a notification");

@@ -49,6 +49,11 @@ pub struct PostgresOptions {
     pub replica: String,
     /// Listen for other replicas' ready notifications (LISTEN/NOTIFY).
     pub listen: bool,
+    /// Claims start where earlier claims left off (`crate::cursor`), so a
+    /// long-open transaction elsewhere (an old snapshot) does not make them
+    /// step over every row claimed since. Used only with `listen`: a replica
+    /// must hear the others' commits to know where their new rows wait.
+    pub ready_cursors: bool,
     /// How long a singleton-duty lease lasts; the holder renews it every
     /// third of that, so a dead holder's duty moves within this time.
     pub duty_lease: Duration,
@@ -70,6 +75,7 @@ impl PostgresOptions {
             io_timeout: Duration::from_secs(10),
             replica: default_replica(),
             listen: true,
+            ready_cursors: true,
             duty_lease: Duration::from_secs(30),
         })
     }
@@ -122,6 +128,11 @@ impl PostgresOptions {
 
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
+        self
+    }
+
+    pub fn ready_cursors(mut self, on: bool) -> Self {
+        self.ready_cursors = on;
         self
     }
 
@@ -188,6 +199,7 @@ impl fmt::Debug for PostgresOptions {
             .field("io_timeout", &self.io_timeout)
             .field("replica", &self.replica)
             .field("listen", &self.listen)
+            .field("ready_cursors", &self.ready_cursors)
             .field("duty_lease", &self.duty_lease)
             .finish_non_exhaustive()
     }

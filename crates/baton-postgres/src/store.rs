@@ -79,6 +79,10 @@ pub struct Stats {
     pub statements: u64,
     /// Round trips the writers waited for: each sends one or more statements.
     pub round_trips: u64,
+    /// Reads of a stage's ready rows, and those of them that started from a
+    /// ready cursor instead of the head (`PostgresOptions::ready_cursors`).
+    pub ready_reads: u64,
+    pub ready_reads_from_cursor: u64,
 }
 
 impl PostgresStore {
@@ -130,6 +134,8 @@ impl PostgresStore {
         let (queue, rx) = mpsc::sync_channel(options.queue_max.max(1));
         let channel = crate::listen::channel(&schema);
         let rx = Arc::new(Mutex::new(rx));
+        let cursors = (options.listen && options.ready_cursors)
+            .then(|| Arc::new(crate::cursor::Cursors::new(options.writers.max(1))));
         let mut writers = Vec::with_capacity(options.writers.max(1));
         for n in 0..options.writers.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -147,6 +153,8 @@ impl PostgresStore {
                 counters: Arc::clone(&counters),
                 channel: channel.clone(),
                 schema: schema.clone(),
+                cursors: cursors.clone(),
+                index: n,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("baton-pg-writer-{n}"))
@@ -156,7 +164,7 @@ impl PostgresStore {
         }
 
         if options.listen {
-            handle.spawn(crate::listen::run(options.clone(), channel, options.listener.clone()));
+            handle.spawn(crate::listen::run(options.clone(), channel, options.listener.clone(), cursors));
         }
         let stop_renewing = Arc::new(tokio::sync::Notify::new());
         let renewing = handle.spawn(renew_duties(pool.clone(), options.clone(), stop_renewing.clone()));
@@ -200,6 +208,8 @@ impl PostgresStore {
             connects: get(&c.connects),
             statements: get(&c.statements),
             round_trips: get(&c.round_trips),
+            ready_reads: get(&c.ready_reads),
+            ready_reads_from_cursor: get(&c.ready_reads_from_cursor),
         }
     }
 

@@ -29,6 +29,7 @@
 //!
 //! Every statement is prepared once per connection and reused.
 
+use crate::cursor::{Cursors, Key, Scans};
 use crate::error::StoreError;
 use crate::rows::{Columns, int, json, limit, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
@@ -39,7 +40,7 @@ use baton_core::{
     AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
     TaskId,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -58,6 +59,18 @@ const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = $1 AND
 // `ready` literally, so the partial index tasks_ready answers it.
 const READY: &str = "SELECT id, priority, deadline_rank, body, head FROM tasks WHERE ready AND stage = $1 \
                                 ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED";
+/// `READY` from a cursor (`crate::cursor`) at ($3, $4, $5): the rest of the
+/// cursor's priority, then the lower priorities, each an index range that
+/// starts where it should, so neither visits the entries the cursor passed.
+/// The second runs only if the first returns fewer than $2 rows (its rows are
+/// locked only as the LIMIT pulls them); the engine sorts what it gets.
+const READY_FROM: &str = "WITH here AS (SELECT id, priority, deadline_rank, body, head FROM tasks \
+        WHERE ready AND stage = $1 AND priority = $3 AND (deadline_rank, id) >= ($4, $5) \
+        ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+    later AS (SELECT id, priority, deadline_rank, body, head FROM tasks \
+        WHERE ready AND stage = $1 AND priority < $3 \
+        ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+    SELECT * FROM here UNION ALL SELECT * FROM later LIMIT $2";
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= $1 \
                               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED";
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
@@ -327,7 +340,7 @@ pub(crate) async fn in_order<'f, T>(futures: Vec<Pin<Box<dyn Future<Output = T> 
 
 /// Tasks read at the start of a batch (the tasks its operations name), for
 /// operations that run without savepoints: a row is used only if no earlier
-/// operation of the batch saved that task. Another writer may have saved it
+/// operation of the batch saved that task (`Scans::saved`). Another writer may have saved it
 /// since; then the operation's checked save fails and the batch reruns with
 /// savepoints, where nothing is read ahead. A refusal decided on such a row
 /// changed nothing and was true when the row was read, after the operation
@@ -335,8 +348,6 @@ pub(crate) async fn in_order<'f, T>(futures: Vec<Pin<Box<dyn Future<Output = T> 
 #[derive(Default)]
 pub(crate) struct ReadAhead {
     pub rows: HashMap<TaskId, (Task, Hash)>,
-    /// Tasks saved by the batch so far.
-    pub saved: HashSet<TaskId>,
 }
 
 /// The stages (and how many rows of each) a claim in this operation will
@@ -365,6 +376,11 @@ pub(crate) struct PgTx<'w> {
     /// ahead (`read_ahead`, `claim_hint`) goes with it.
     pub defer: bool,
     pub read_ahead: &'w mut ReadAhead,
+    /// What the batch read and saved so far.
+    pub scans: &'w mut Scans,
+    /// The store's ready cursors and this writer's number in them; `None`
+    /// reads every stage from its head (cursors off, or the careful rerun).
+    pub cursors: Option<(&'w Cursors, usize)>,
     /// Taken by the first `leases_held` (the claim's first read).
     pub claim_hint: Option<ClaimHint>,
     /// Ready rows read with the lease count, by stage, for `ready`.
@@ -372,6 +388,36 @@ pub(crate) struct PgTx<'w> {
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+/// The cursor's parameters of `READY_FROM` (none for `READY`).
+struct ReadyParams {
+    from: Option<(i32, i64, Uuid)>,
+}
+
+impl ReadyParams {
+    fn from(key: Option<Key>) -> Self {
+        Self { from: key.map(|k| (k.priority, k.deadline_rank, k.id)) }
+    }
+
+    /// The statement's parameters: stage and limit, then the cursor's.
+    fn with<'p>(&'p self, stage: &'p &str, limit: &'p i64) -> Vec<&'p (dyn ToSql + Sync)> {
+        match &self.from {
+            None => vec![stage, limit],
+            Some((priority, rank, id)) => vec![stage, limit, priority, rank, id],
+        }
+    }
+}
+
+/// A ready row's position (`READY`'s and `READY_FROM`'s first columns).
+fn ready_key(row: &Row) -> Result<ReadyKey, StoreError> {
+    Ok(ReadyKey { id: TaskId(row.try_get(0)?), priority: row.try_get(1)?, deadline_rank: row.try_get(2)? })
+}
+
+/// Where a saved task waits, if it is ready: its stage and position.
+fn ready_in<'t>(task: &'t Task, c: &Columns<'t>) -> Option<(&'t StageName, Key)> {
+    c.ready
+        .then(|| (&task.stage, Key { priority: c.priority, deadline_rank: c.deadline_rank, id: task.id.0 }))
+}
 
 impl PgTx<'_> {
     /// The prepared statement for `sql`, preparing it on first use.
@@ -447,6 +493,31 @@ impl PgTx<'_> {
         Ok(rows?)
     }
 
+    /// Where this batch reads `stage` from: its cursor, taken once per batch.
+    fn ready_from(&mut self, stage: &StageName) -> Option<Key> {
+        let (cursors, writer) = self.cursors?;
+        self.scans.starts.entry(stage.clone()).or_insert_with(|| cursors.start(writer, stage)).at
+    }
+
+    /// The statement reading a stage's ready rows from `from` (counted in `Scans`).
+    fn ready_statement(&mut self, from: Option<Key>) -> Result<Statement, StoreError> {
+        self.scans.reads += 1;
+        self.scans.reads_from_cursor += u64::from(from.is_some());
+        self.statement(if from.is_some() { READY_FROM } else { READY })
+    }
+
+    /// Notes ready rows read (and locked) in `stage`, for the cursors.
+    fn read_rows(&mut self, stage: &StageName, rows: &[Row]) -> Result<(), StoreError> {
+        if self.cursors.is_none() {
+            return Ok(());
+        }
+        let read = self.scans.read.entry(stage.clone()).or_default();
+        for row in rows {
+            read.push(Key::of(&ready_key(row)?));
+        }
+        Ok(())
+    }
+
     /// `locked_query` for the lease count, followed in the same round trip by
     /// the ready rows of the claim's stages (kept in `ready_ahead`): the
     /// statements run in the order the engine would send them.
@@ -458,7 +529,11 @@ impl PgTx<'_> {
     ) -> Result<Vec<Row>, StoreError> {
         let lock = self.statement(LOCK)?;
         let count = self.statement(LEASES_HELD)?;
-        let ready = self.statement(READY)?;
+        let mut reads = Vec::with_capacity(hint.stages.len());
+        for stage in &hint.stages {
+            let from = self.ready_from(stage);
+            reads.push((stage.as_str(), self.ready_statement(from)?, ReadyParams::from(from)));
+        }
         let (client, pending) = self.session.parts();
         let limit = limit(hint.limit);
         let agent = agent.as_str();
@@ -466,10 +541,8 @@ impl PgTx<'_> {
             Box::pin(async move { client.query(&lock, &[&key]).await }),
             Box::pin(async move { client.query(&count, &[&agent]).await }),
         ];
-        for stage in &hint.stages {
-            let ready = ready.clone();
-            let stage = stage.as_str();
-            futures.push(Box::pin(async move { client.query(&ready, &[&stage, &limit]).await }));
+        for (stage, ready, from) in &reads {
+            futures.push(Box::pin(async move { client.query(ready, &from.with(stage, &limit)).await }));
         }
         pending.traffic.statements += futures.len() as u64 - 1;
         let mut results =
@@ -481,7 +554,9 @@ impl PgTx<'_> {
         locked?;
         let counted = counted?;
         for (stage, rows) in hint.stages.iter().zip(results) {
-            self.ready_ahead.insert(stage.clone(), rows?);
+            let rows = rows?;
+            self.read_rows(stage, &rows)?;
+            self.ready_ahead.insert(stage.clone(), rows);
         }
         Ok(counted)
     }
@@ -499,7 +574,7 @@ impl Tx for PgTx<'_> {
             return Ok(Some(row));
         }
         if self.defer
-            && !self.read_ahead.saved.contains(&id)
+            && !self.scans.saved.contains(&id)
             && let Some(row) = self.read_ahead.rows.remove(&id)
         {
             return Ok(Some(row));
@@ -519,15 +594,21 @@ impl Tx for PgTx<'_> {
                 rows.truncate(max);
                 rows
             }
-            None => self.query(READY, &[&stage.as_str(), &limit(max)])?,
+            None => {
+                let from = self.ready_from(stage);
+                let st = self.ready_statement(from)?;
+                let (client, pending) = self.session.parts();
+                let (stage_name, limit) = (stage.as_str(), limit(max));
+                let params = ReadyParams::from(from);
+                let params = params.with(&stage_name, &limit);
+                let rows = block(self.rt, self.timeout, pending.carry(client, client.query(&st, &params)))?;
+                self.read_rows(stage, &rows)?;
+                rows
+            }
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let key = ReadyKey {
-                id: TaskId(row.try_get(0)?),
-                priority: row.try_get(1)?,
-                deadline_rank: row.try_get(2)?,
-            };
+            let key = ready_key(row)?;
             self.prefetched.insert(key.id, task_and_head(row, 3)?);
             out.push(key);
         }
@@ -552,6 +633,7 @@ impl Tx for PgTx<'_> {
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {
         let c = Columns::of(task)?;
+        self.scans.saved(task.id, ready_in(task, &c));
         let params: Vec<Param> = vec![
             Box::new(task.id.0),
             Box::new(task.namespace.clone()),
@@ -576,8 +658,8 @@ impl Tx for PgTx<'_> {
 
     fn update(&mut self, task: &Task, event: &Event) -> Result<bool, StoreError> {
         self.prefetched.remove(&task.id);
-        self.read_ahead.saved.insert(task.id);
         let c = Columns::of(task)?;
+        self.scans.saved(task.id, ready_in(task, &c));
         let expected = int(task.revision.saturating_sub(1))?;
         let params: Vec<Param> = vec![
             Box::new(task.id.0),

@@ -34,6 +34,7 @@
 //! acknowledges nothing (`Unavailable`): the connection is dropped and the
 //! next batch connects afresh, so the store recovers by itself.
 
+use crate::cursor::{Cursors, Key, Scans};
 use crate::directory::DirectoryWrite;
 use crate::error::{Class, StoreError};
 use crate::leader;
@@ -91,6 +92,8 @@ pub(crate) struct Counters {
     pub connects: AtomicU64,
     pub statements: AtomicU64,
     pub round_trips: AtomicU64,
+    pub ready_reads: AtomicU64,
+    pub ready_reads_from_cursor: AtomicU64,
 }
 
 /// Everything the writer thread owns.
@@ -109,11 +112,16 @@ pub(crate) struct Writer {
     pub channel: String,
     /// The schema the store's tables live in.
     pub schema: String,
+    /// The store's ready cursors (`None`: claims read from the head) and
+    /// this writer's number in them.
+    pub cursors: Option<Arc<Cursors>>,
+    pub index: usize,
 }
 
 /// How one attempt at a batch ended.
 enum Attempt {
-    Committed(Vec<Outcome>, Vec<StageName>, Vec<Observation>),
+    /// With the earliest position the batch made ready in each stage.
+    Committed(Vec<Outcome>, Vec<StageName>, Vec<Observation>, HashMap<StageName, Key>),
     /// Rerun with a savepoint per operation (already rolled back).
     Tainted,
     /// Rerun after a deadlock or serialization failure (already rolled back).
@@ -198,9 +206,9 @@ impl Writer {
                 reconnected = true;
             }
             match self.attempt(ops, careful) {
-                Attempt::Committed(outcomes, ready, observed) => {
+                Attempt::Committed(outcomes, ready, observed, firsts) => {
                     self.answer(ops, outcomes, &ready, &observed);
-                    return self.notify_replicas(&ready);
+                    return self.notify_replicas(&ready, &firsts);
                 }
                 Attempt::Tainted => {
                     careful = true;
@@ -311,6 +319,7 @@ impl Writer {
                 return Attempt::Lost(format!("BEGIN failed: {e}"));
             }
         };
+        let mut scans = Scans::default();
         let mut batch = Batch {
             rt,
             session,
@@ -319,6 +328,8 @@ impl Writer {
             now,
             careful,
             read_ahead: &mut read_ahead,
+            scans: &mut scans,
+            cursors: if careful { None } else { self.cursors.as_deref().map(|c| (c, self.index)) },
             ready: Vec::new(),
             observed: Vec::new(),
             end: None,
@@ -335,7 +346,10 @@ impl Writer {
         }
         let ready = std::mem::take(&mut batch.ready);
         let observed = std::mem::take(&mut batch.observed);
-        match batch.end {
+        let end = batch.end.take();
+        self.counters.ready_reads.fetch_add(scans.reads, Ordering::Relaxed);
+        self.counters.ready_reads_from_cursor.fetch_add(scans.reads_from_cursor, Ordering::Relaxed);
+        match end {
             None => {}
             Some(End::Lost(why)) => return Attempt::Lost(why),
             Some(end @ (End::Tainted | End::Rerun)) => {
@@ -363,7 +377,11 @@ impl Writer {
             // retries (Idempotency-Key) find out which it was.
             Err(e) => return Attempt::Lost(format!("COMMIT failed: {e}")),
         }
-        Attempt::Committed(outcomes, ready, observed)
+        let firsts = scans.made_ready.clone();
+        if let Some(cursors) = &self.cursors {
+            scans.committed(cursors, self.index);
+        }
+        Attempt::Committed(outcomes, ready, observed, firsts)
     }
 
     fn answer(
@@ -414,8 +432,8 @@ impl Writer {
     /// record to reach the disk (`synchronous_commit = off`): a wake-up is a
     /// hint, and one lost to a crash costs a waiting claim latency only (long
     /// polls re-check the store when their wait ends).
-    fn notify_replicas(&mut self, ready: &[StageName]) {
-        let payloads = listen::payloads(&self.options.replica, ready);
+    fn notify_replicas(&mut self, ready: &[StageName], firsts: &HashMap<StageName, Key>) {
+        let payloads = listen::payloads(&self.options.replica, ready, firsts);
         let Some(session) = self.session.as_mut() else { return };
         if payloads.is_empty() {
             return;
@@ -573,6 +591,8 @@ struct Batch<'w> {
     /// Each operation in its own savepoint.
     careful: bool,
     read_ahead: &'w mut ReadAhead,
+    scans: &'w mut Scans,
+    cursors: Option<(&'w Cursors, usize)>,
     /// Stages with new ready work, from operations that were kept.
     ready: Vec<StageName>,
     /// What the kept operations' changes tell the metrics.
@@ -606,6 +626,8 @@ impl Batch<'_> {
                 prefetched: HashMap::new(),
                 defer: !self.careful,
                 read_ahead: &mut *self.read_ahead,
+                scans: &mut *self.scans,
+                cursors: self.cursors,
                 claim_hint: hint.clone(),
                 ready_ahead: HashMap::new(),
             };

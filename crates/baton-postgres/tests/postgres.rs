@@ -17,7 +17,7 @@ use baton_core::event::verify_chain;
 use baton_core::store::ReadyListener;
 use baton_core::{Alert, Error, StageName, Store, TaskId};
 use baton_postgres::{DUTY_PURGE, PostgresOptions, PostgresStore, SCHEMA_VERSION};
-use baton_testkit::suite::{claim_op, new_task};
+use baton_testkit::suite::{act_op, claim_op, new_task, release};
 use baton_testkit::{Setup, SuiteStore, block_on};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,10 @@ impl SuiteStore for Harness {
 
     fn open(setup: Setup) -> Self {
         let schema = Schema::new();
-        let options = schema.options().clock(setup.clock).rules(setup.rules).listener(setup.listener);
+        // LISTEN on, as in production: it turns the ready cursors on, so the
+        // suite and the model test check claims that start from a cursor.
+        let options =
+            schema.options().clock(setup.clock).rules(setup.rules).listener(setup.listener).listen(true);
         let store = PostgresStore::open(options.clone()).expect("open");
         Self { store: Some(store), options, _schema: schema }
     }
@@ -156,8 +159,10 @@ fn check_reports_an_empty_and_a_newer_schema() {
 fn replicas_claiming_concurrently_never_lease_one_task_twice() {
     const TASKS: usize = 120;
     let schema = Schema::new();
-    let a = PostgresStore::open(schema.options().replica("a")).expect("open a");
-    let b = PostgresStore::open(schema.options().replica("b")).expect("open b");
+    // LISTEN on: each replica's claims start from its ready cursors, and
+    // rows the other replica locked are passed by one and taken by the other.
+    let a = PostgresStore::open(schema.options().replica("a").listen(true)).expect("open a");
+    let b = PostgresStore::open(schema.options().replica("b").listen(true)).expect("open b");
     let ids: HashSet<TaskId> = (0..TASKS)
         .map(|i| block_on(a.submit(new_task("s", &i.to_string()))).expect("submit").task.id)
         .collect();
@@ -242,6 +247,64 @@ fn ready_work_wakes_listeners_on_other_replicas() {
         assert!(Instant::now() < deadline, "replica a never heard replica b's work");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `heard` has `stage` (then forgets what it heard).
+fn wait_to_hear(heard: &Heard, stage: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !heard.0.lock().expect("not poisoned").contains(stage) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    heard.0.lock().expect("not poisoned").clear();
+}
+
+#[test]
+fn claims_start_from_a_cursor_and_find_rows_made_ready_before_it() {
+    let schema = Schema::new();
+    let heard = Arc::new(Heard::default());
+    // One writer, so every claim below meets the same cursor.
+    let a =
+        PostgresStore::open(schema.options().replica("a").writers(1).listen(true).listener(heard.clone()))
+            .expect("open a");
+    let b = PostgresStore::open(schema.options().replica("b").listen(true)).expect("open b");
+    // Listening starts in the background (and sends the cursors to the head
+    // when it does): wait until a hears b.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        block_on(b.submit(new_task("warm-up", "{}"))).expect("submit");
+        std::thread::sleep(Duration::from_millis(100));
+        if heard.0.lock().expect("not poisoned").contains("warm-up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica a never heard replica b");
+    }
+    let ids: Vec<TaskId> =
+        (0..6).map(|i| block_on(a.submit(new_task("s", &i.to_string()))).expect("submit").task.id).collect();
+    let claim = |agent: &str, max: usize| -> Vec<baton_core::Grant> {
+        block_on(a.execute(claim_op(agent, &["s"], max), None)).expect("claim").into_grants().expect("grants")
+    };
+    let taken = |grants: &[baton_core::Grant]| grants.iter().map(|g| g.task.id).collect::<Vec<_>>();
+    let first = claim("x", 2);
+    assert_eq!(taken(&first), ids[..2]);
+    let before = a.stats();
+    assert_eq!(taken(&claim("x", 2)), ids[2..4], "the next two, read from the cursor");
+    let after = a.stats();
+    assert_eq!(after.ready_reads_from_cursor - before.ready_reads_from_cursor, 1, "{after:?}");
+
+    // A released task waits before the cursor again: the next claim takes it first.
+    let released = block_on(a.execute(act_op(&first[0], release()), None)).expect("release");
+    assert!(released.into_acted().is_some());
+    assert_eq!(taken(&claim("y", 1)), ids[..1], "the released task, oldest first");
+
+    // Another replica's task, earlier in claim order (a higher priority):
+    // its NOTIFY moves this replica's cursor back to it.
+    heard.0.lock().expect("not poisoned").clear();
+    let urgent = block_on(b.submit(new_task("s", "{}").priority(5))).expect("submit").task.id;
+    wait_to_hear(&heard, "s", "replica a never heard replica b's urgent task");
+    assert_eq!(taken(&claim("y", 1)), [urgent], "the other replica's urgent task first");
+    assert_eq!(taken(&claim("y", 3)), ids[4..6], "then the rest, in order");
+    assert!(claim("y", 1).is_empty());
 }
 
 #[test]
