@@ -7,8 +7,9 @@ use crate::http::rate_limit::RateLimiter;
 use crate::metrics::MetricsOptions;
 use crate::wake::{ReadyHub, TaskSignals};
 use crate::webhooks::WebhookOptions;
-use baton_core::{Clock, Limits, Policies, Store};
-use std::sync::Arc;
+use baton_core::{Clock, Limits, Policies, StageName, Store};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// Everything `serve` needs besides the listener and the shutdown signal.
@@ -154,6 +155,35 @@ struct Inner {
     rate_limiter: RateLimiter,
     options: Options,
     shutdown_tx: watch::Sender<bool>,
+    workflow_humans: WorkflowHumans,
+}
+
+/// The human stages of every stored workflow version, by workflow: a task
+/// keeps the version it was submitted under, so a human stage that only an
+/// older version declares may still hold tasks. Versions never change once
+/// stored, so each is read once per process (`http::inbox::human_stages`).
+#[derive(Default)]
+pub struct WorkflowHumans(Mutex<HashMap<String, (u32, BTreeSet<StageName>)>>);
+
+impl WorkflowHumans {
+    /// How many versions of `workflow` have been read (1..=that).
+    pub fn versions_read(&self, workflow: &str) -> u32 {
+        self.lock().get(workflow).map_or(0, |(read, _)| *read)
+    }
+
+    /// Adds what versions up to `version` of `workflow` declare; returns
+    /// every human stage of the workflow known now.
+    pub fn add(&self, workflow: &str, version: u32, humans: BTreeSet<StageName>) -> BTreeSet<StageName> {
+        let mut all = self.lock();
+        let (read, known) = all.entry(workflow.to_owned()).or_default();
+        *read = (*read).max(version);
+        known.extend(humans);
+        known.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, BTreeSet<StageName>)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl AppState {
@@ -168,6 +198,7 @@ impl AppState {
                 rate_limiter: RateLimiter::default(),
                 options: config.options,
                 shutdown_tx,
+                workflow_humans: WorkflowHumans::default(),
             }),
         }
     }
@@ -196,6 +227,11 @@ impl AppState {
 
     pub fn options(&self) -> &Options {
         &self.inner.options
+    }
+
+    /// The human stages of the workflow versions read so far.
+    pub fn workflow_humans(&self) -> &WorkflowHumans {
+        &self.inner.workflow_humans
     }
 
     /// Tells long polls and the sweeper to finish: polls answer with what they have.

@@ -3,7 +3,8 @@
 //! operator claims one by id and resolves it: hands it back into its workflow,
 //! completes it, cancels it or aborts its workflow. Human stages are every
 //! stage whose policy says `human`: the server's global ones (`inbox`) and
-//! those the applied workflows declare. The handlers authorize, read and
+//! those any stored version of an applied workflow declares (tasks keep their
+//! version, so an older version's human stage may still hold some). The handlers authorize, read and
 //! convert; what a resolution does (which stages a handoff from a human stage
 //! may take, the saga of an abort) is the engine's decision.
 
@@ -22,6 +23,7 @@ use baton_api as api;
 use baton_api::{ErrorCode, Timestamp};
 use baton_core::decide::fence;
 use baton_core::event::EventKind;
+use baton_core::workflow::Workflow;
 use baton_core::{
     ActRequest, Action, Actor, AgentId, CancelRequest, ClaimRequest, Event, Millis, Op, OpOutcome, Rejection,
     Report, StageName, StateName, Task, TaskFilter, TaskId,
@@ -224,8 +226,8 @@ pub async fn is_human(state: &AppState, task: &Task) -> Result<bool, ApiError> {
     }
 }
 
-/// Every human stage: the global ones and those the latest version of each
-/// workflow declares.
+/// Every human stage: the global ones and those every stored version of each
+/// workflow declares (versions not read before are read once, then kept).
 pub async fn human_stages(state: &AppState) -> Result<BTreeSet<StageName>, ApiError> {
     let mut stages: BTreeSet<StageName> = state
         .options()
@@ -235,8 +237,18 @@ pub async fn human_stages(state: &AppState) -> Result<BTreeSet<StageName>, ApiEr
         .filter(|(_, p)| p.human)
         .map(|(name, _)| name.clone())
         .collect();
-    for wf in state.store().workflows().await? {
-        stages.extend(wf.stages.iter().filter(|(_, s)| s.policy.human).map(|(name, _)| name.clone()));
+    let humans = |wf: &Workflow| -> BTreeSet<StageName> {
+        wf.stages.iter().filter(|(_, s)| s.policy.human).map(|(name, _)| name.clone()).collect()
+    };
+    for latest in state.store().workflows().await? {
+        let known = state.workflow_humans();
+        let mut found = humans(&latest);
+        for version in known.versions_read(&latest.name) + 1..latest.version {
+            if let Some(older) = state.store().workflow(latest.name.clone(), Some(version)).await? {
+                found.extend(humans(&older));
+            }
+        }
+        stages.extend(known.add(&latest.name, latest.version, found));
     }
     Ok(stages)
 }

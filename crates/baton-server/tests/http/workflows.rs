@@ -7,7 +7,8 @@
 //! version it was submitted under (its routes and its default route); the
 //! stage rules of a workflow (agents, capacity) hold over the API; an abort
 //! compensates the stages done latest first; operators list, claim and
-//! resolve escalated tasks in every way; `stuck` names an escalated task, an
+//! resolve escalated tasks in every way, also in a human stage that only an
+//! older version of the workflow declares; `stuck` names an escalated task, an
 //! overdue timer and a passed deadline, each with why; and agents may not
 //! touch any of the operators' routes. Method: the parent suite's `Api`
 //! (`app(state).oneshot(..)`, a manual clock, the sweeper stepped by hand,
@@ -366,6 +367,29 @@ async fn operators_list_claim_and_resolve_the_inbox() {
         "not_found"
     );
     assert_eq!(api.get("/v1/inbox").await.expect(200)["items"], json!([]));
+}
+
+#[tokio::test]
+async fn tasks_in_a_human_stage_only_an_older_version_declares_stay_in_the_inbox() {
+    let api = Api::new();
+    let (desk, adhoc) = escalate_two(&api).await;
+    // Version 2 renames the human stage: `desk` is no longer declared, but
+    // the task escalated under version 1 still waits there for a person.
+    let renamed = ORDERS_V1
+        .replace("escalate_to = \"desk\"", "escalate_to = \"front-desk\"")
+        .replace("[stages.desk]", "[stages.front-desk]");
+    let (status, applied) = apply(&api, &renamed).await;
+    assert_eq!((status, applied["workflow"]["version"].clone()), (201, json!(2)), "{applied}");
+    let page = api.get("/v1/inbox").await.expect(200);
+    let listed: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|i| i["task"]["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [desk.as_str(), adhoc.as_str()], "{page}");
+    let only = api.get("/v1/inbox?stage=desk").await.expect(200);
+    assert_eq!(only["items"][0]["task"]["id"], desk.as_str(), "{only}");
+    let stuck = api.get("/v1/stuck").await.expect(200);
+    assert!(stuck.to_string().contains(desk.as_str()), "{stuck}");
+    let lease = api.post(&format!("/v1/inbox/{desk}/claim"), json!({})).await.expect(200);
+    assert_eq!((lease["task"].as_str().unwrap(), lease["stage"].as_str().unwrap()), (desk.as_str(), "desk"));
 }
 
 #[tokio::test]
