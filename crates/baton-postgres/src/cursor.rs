@@ -15,8 +15,9 @@
 //! - It moves forward only when the writer's batch commits, and only up to
 //!   the first row that batch read and left ready (or past the last one it
 //!   read, when it took them all). Rows it skipped because another writer
-//!   had them locked are that writer's: its own cursor stays at or before a
-//!   row it read and did not take.
+//!   had them locked are that writer's: when that writer commits without
+//!   taking one (a claim-next reads one row more than it may take), it moves
+//!   every cursor of the stage back to it, other replicas' included.
 //! - Every commit that makes a row ready moves every writer's cursor of that
 //!   stage back to the row, if it lies earlier: this store's writers after
 //!   their own commits, other replicas' through the NOTIFY that already
@@ -224,19 +225,29 @@ impl Scans {
     }
 
     /// After the batch committed: moves `writer`'s cursors past what it took,
-    /// then every cursor back to what it made ready.
-    pub(crate) fn committed(self, cursors: &Cursors, writer: usize) {
+    /// then every cursor back to the earliest row it made ready or read and
+    /// left ready. Returns those positions by stage, for other replicas'
+    /// cursors: the rows it left were locked while it ran, so other claims
+    /// skipped them and their cursors may have passed them.
+    pub(crate) fn committed(self, cursors: &Cursors, writer: usize) -> HashMap<StageName, Key> {
+        let mut firsts = self.made_ready;
         for stage in self.starts.keys() {
-            let Some(mut read) = self.read.get(stage).cloned() else { continue };
+            let Some(read) = self.read.get(stage) else { continue };
+            let mut read = read.clone();
             read.sort();
             let left = read.iter().find(|k| !self.saved.contains(&TaskId(k.id)));
             if let Some(&to) = left.or(read.last()) {
                 cursors.advance(writer, stage, to);
             }
+            if let Some(&left) = left {
+                let first = firsts.entry(stage.clone()).or_insert(left);
+                *first = (*first).min(left);
+            }
         }
-        for (stage, key) in &self.made_ready {
+        for (stage, key) in &firsts {
             cursors.lower(stage, Some(*key));
         }
+        firsts
     }
 }
 
@@ -265,16 +276,19 @@ mod tests {
         scans.read.insert(s.clone(), vec![key(0, 3), key(0, 1), key(0, 2)]);
         scans.saved(TaskId(Uuid::from_u128(1)), None);
         scans.saved(TaskId(Uuid::from_u128(3)), None);
-        scans.committed(&cursors, 0);
+        cursors.start(1, &s);
+        cursors.advance(1, &s, key(0, 5));
+        let firsts = scans.committed(&cursors, 0);
         assert_eq!(cursors.start(0, &s).at, Some(key(0, 2)), "stops at the row it read and left");
-        assert_eq!(cursors.start(1, &s).at, None, "other writers' cursors stay");
+        assert_eq!(cursors.start(1, &s).at, Some(key(0, 2)), "another writer that passed it comes back");
+        assert_eq!(firsts.get(&s), Some(&key(0, 2)), "told to other replicas");
 
         let mut scans = Scans::default();
         scans.starts.insert(s.clone(), cursors.start(0, &s));
         scans.read.insert(s.clone(), vec![key(0, 2), key(0, 4)]);
         scans.saved(TaskId(Uuid::from_u128(2)), None);
         scans.saved(TaskId(Uuid::from_u128(4)), None);
-        scans.committed(&cursors, 0);
+        assert!(scans.committed(&cursors, 0).is_empty(), "nothing left, nothing made ready");
         assert_eq!(cursors.start(0, &s).at, Some(key(0, 4)), "past the last row, all taken");
     }
 

@@ -11,9 +11,10 @@
 //! re-check the store when their wait ends.
 //!
 //! A notification also names, per stage, the earliest position in claim
-//! order the commit made ready, and moves this replica's ready cursors back
-//! to it (`crate::cursor`); a stage without one sends them to the head, and
-//! so does every new LISTEN connection (it may have missed some).
+//! order the commit made ready or left ready (rows it had locked), and moves
+//! this replica's ready cursors back to it (`crate::cursor`); a stage
+//! without one sends them to the head, and so does every new LISTEN
+//! connection (it may have missed some). Only `stages` wake claims.
 
 use crate::cursor::{Cursors, Key};
 use crate::options::PostgresOptions;
@@ -40,8 +41,10 @@ const CHANNEL_BYTES_MAX: usize = 63;
 pub(crate) struct Ready {
     /// The replica that committed (`PostgresOptions::replica`).
     pub from: String,
+    /// Stages with new ready work: their claims wake.
     pub stages: Vec<StageName>,
-    /// The earliest position made ready, by stage (absent: unknown).
+    /// The earliest position made or left ready, by stage, for the cursors
+    /// (a stage in `stages` without one: unknown).
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub firsts: HashMap<StageName, Key>,
 }
@@ -59,31 +62,39 @@ pub(crate) fn channel(schema: &str) -> String {
     name
 }
 
-/// The payloads announcing `stages` (with their `firsts`), each within
+/// The payloads announcing `stages` and `firsts`, each within
 /// `NOTIFY_PAYLOAD_BYTES_MAX`.
 pub(crate) fn payloads(from: &str, stages: &[StageName], firsts: &HashMap<StageName, Key>) -> Vec<String> {
     let mut out = Vec::new();
     let mut chunk: Vec<StageName> = Vec::new();
     let mut bytes = from.len() + 48;
-    for stage in stages {
+    let only_firsts = firsts.keys().filter(|s| !stages.contains(s));
+    for stage in stages.iter().chain(only_firsts) {
         // Worst-case JSON escaping, twice: in `stages` and as a key of `firsts`.
         let cost = 2 * (stage.as_str().len() * 6 + 3) + FIRST_BYTES_MAX;
         if !chunk.is_empty() && bytes + cost > NOTIFY_PAYLOAD_BYTES_MAX {
-            out.extend(encode(from, std::mem::take(&mut chunk), firsts));
+            out.extend(encode(from, std::mem::take(&mut chunk), stages, firsts));
             bytes = from.len() + 48;
         }
         chunk.push(stage.clone());
         bytes += cost;
     }
     if !chunk.is_empty() {
-        out.extend(encode(from, chunk, firsts));
+        out.extend(encode(from, chunk, stages, firsts));
     }
     out
 }
 
-fn encode(from: &str, stages: Vec<StageName>, firsts: &HashMap<StageName, Key>) -> Option<String> {
-    let firsts = stages.iter().filter_map(|s| firsts.get(s).map(|k| (s.clone(), *k))).collect();
-    serde_json::to_string(&Ready { from: from.to_owned(), stages, firsts }).ok()
+/// One payload for `chunk`: its stages with new work, and its positions.
+fn encode(
+    from: &str,
+    chunk: Vec<StageName>,
+    waking: &[StageName],
+    firsts: &HashMap<StageName, Key>,
+) -> Option<String> {
+    let positions = chunk.iter().filter_map(|s| firsts.get(s).map(|k| (s.clone(), *k))).collect();
+    let stages = chunk.into_iter().filter(|s| waking.contains(s)).collect();
+    serde_json::to_string(&Ready { from: from.to_owned(), stages, firsts: positions }).ok()
 }
 
 /// Listens until the runtime shuts down.
@@ -139,9 +150,15 @@ async fn listen_once(
         match serde_json::from_str::<Ready>(&payload) {
             Ok(ready) if ready.from != options.replica => {
                 if let Some(cursors) = cursors {
-                    for stage in &ready.stages {
-                        cursors.lower(stage, ready.firsts.get(stage).copied());
+                    for stage in ready.stages.iter().filter(|s| !ready.firsts.contains_key(*s)) {
+                        cursors.lower(stage, None);
                     }
+                    for (stage, first) in &ready.firsts {
+                        cursors.lower(stage, Some(*first));
+                    }
+                }
+                if ready.stages.is_empty() {
+                    continue;
                 }
                 let call = std::panic::AssertUnwindSafe(|| listener.ready(&ready.stages));
                 if std::panic::catch_unwind(call).is_err() {
@@ -155,4 +172,43 @@ async fn listen_once(
     driver.abort();
     drop(client);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn key(n: u128) -> Key {
+        Key { priority: -3, deadline_rank: i64::MIN, id: Uuid::from_u128(n) }
+    }
+
+    #[test]
+    fn payloads_wake_only_new_work_and_carry_every_position() {
+        let (a, b) = (StageName::new("a"), StageName::new("b"));
+        let firsts = HashMap::from([(a.clone(), key(1)), (b.clone(), key(2))]);
+        let sent = payloads("r1", std::slice::from_ref(&a), &firsts);
+        assert_eq!(sent.len(), 1);
+        let ready: Ready = serde_json::from_str(&sent[0]).expect("a payload");
+        assert_eq!((ready.from.as_str(), ready.stages), ("r1", vec![a]), "only new work wakes");
+        assert_eq!(ready.firsts, firsts, "left rows move cursors too");
+        assert!(payloads("r1", &[], &HashMap::new()).is_empty(), "nothing to say, no NOTIFY");
+    }
+
+    #[test]
+    fn payloads_stay_within_what_notify_takes() {
+        let stages: Vec<StageName> =
+            (0..400).map(|i| StageName::new(format!("stage-\"{i:0>40}\""))).collect();
+        let firsts: HashMap<StageName, Key> = stages.iter().map(|s| (s.clone(), key(7))).collect();
+        let sent = payloads("replica", &stages, &firsts);
+        assert!(sent.len() > 1, "split");
+        let mut heard = 0;
+        for payload in &sent {
+            assert!(payload.len() <= NOTIFY_PAYLOAD_BYTES_MAX, "{} bytes", payload.len());
+            let ready: Ready = serde_json::from_str(payload).expect("a payload");
+            assert_eq!(ready.stages.len(), ready.firsts.len());
+            heard += ready.stages.len();
+        }
+        assert_eq!(heard, stages.len());
+    }
 }

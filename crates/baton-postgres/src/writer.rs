@@ -377,10 +377,10 @@ impl Writer {
             // retries (Idempotency-Key) find out which it was.
             Err(e) => return Attempt::Lost(format!("COMMIT failed: {e}")),
         }
-        let firsts = scans.made_ready.clone();
-        if let Some(cursors) = &self.cursors {
-            scans.committed(cursors, self.index);
-        }
+        let firsts = match &self.cursors {
+            Some(cursors) => scans.committed(cursors, self.index),
+            None => scans.made_ready,
+        };
         Attempt::Committed(outcomes, ready, observed, firsts)
     }
 
@@ -422,8 +422,9 @@ impl Writer {
         }
     }
 
-    /// Tells other replicas' waiting claims which stages got new work, after
-    /// the batch committed and its callers were answered. Not inside the
+    /// Tells other replicas' waiting claims which stages got new work, and
+    /// their ready cursors where rows were made or left ready (`firsts`),
+    /// after the batch committed and its callers were answered. Not inside the
     /// write transaction: NOTIFY holds a database-wide lock from its
     /// transaction's pre-commit until the commit ends, so it would make every
     /// writer's (and replica's) commit, fsync included, wait for the
