@@ -227,16 +227,7 @@ fn ready_work_wakes_listeners_on_other_replicas() {
         .expect("open a");
     let b = PostgresStore::open(schema.options().replica("b").listen(true).listener(heard_b.clone()))
         .expect("open b");
-    // Listening starts in the background: submit until B hears one.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        block_on(a.submit(new_task("from-a", "{}"))).expect("submit");
-        std::thread::sleep(Duration::from_millis(100));
-        if heard_b.0.lock().expect("not poisoned").contains("from-a") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica b never heard replica a's work");
-    }
+    submit_until_heard(&a, &heard_b, "from-a", "replica b never heard replica a's work");
     assert!(
         heard_a.0.lock().expect("not poisoned").contains("from-a"),
         "a's own listener heard it at commit"
@@ -246,6 +237,20 @@ fn ready_work_wakes_listeners_on_other_replicas() {
     while !heard_a.0.lock().expect("not poisoned").contains("from-b") {
         assert!(Instant::now() < deadline, "replica a never heard replica b's work");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Listening starts in the background: submits into `stage` through `from`
+/// until `heard` (another replica's listener) has heard of it.
+fn submit_until_heard(from: &PostgresStore, heard: &Heard, stage: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        block_on(from.submit(new_task(stage, "{}"))).expect("submit");
+        std::thread::sleep(Duration::from_millis(100));
+        if heard.0.lock().expect("not poisoned").contains(stage) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
     }
 }
 
@@ -268,17 +273,8 @@ fn claims_start_from_a_cursor_and_find_rows_made_ready_before_it() {
         PostgresStore::open(schema.options().replica("a").writers(1).listen(true).listener(heard.clone()))
             .expect("open a");
     let b = PostgresStore::open(schema.options().replica("b").listen(true)).expect("open b");
-    // Listening starts in the background (and sends the cursors to the head
-    // when it does): wait until a hears b.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        block_on(b.submit(new_task("warm-up", "{}"))).expect("submit");
-        std::thread::sleep(Duration::from_millis(100));
-        if heard.0.lock().expect("not poisoned").contains("warm-up") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "replica a never heard replica b");
-    }
+    // Listening sends the cursors to the head when it starts: wait for it.
+    submit_until_heard(&b, &heard, "warm-up", "replica a never heard replica b");
     let ids: Vec<TaskId> =
         (0..6).map(|i| block_on(a.submit(new_task("s", &i.to_string()))).expect("submit").task.id).collect();
     let claim = |agent: &str, max: usize| -> Vec<baton_core::Grant> {
