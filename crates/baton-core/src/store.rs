@@ -69,6 +69,9 @@ pub trait Store: Send + Sync + 'static {
     /// The highest notice sequence number with a final delivery (delivered or
     /// given up) to `webhook`: where its deliveries resume after a restart.
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>>;
+    /// The latest delivery record to `webhook`: one that is not final was in
+    /// flight, and its notice's attempts go on from it after a restart.
+    fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>>;
     /// The stored rollups of buckets in `from..to`, by bucket then key, at
     /// most `limit`.
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>>;

@@ -259,6 +259,14 @@ pub(crate) async fn deliveries(
     sequence(pool, "SELECT id, body FROM deliveries WHERE id > $1 ORDER BY id LIMIT $2", after, max).await
 }
 
+pub(crate) async fn last_delivery(pool: Pool, webhook: String) -> Result<Option<Delivery>, StoreError> {
+    let c = conn(&pool).await?;
+    let st =
+        c.prepare_cached("SELECT body FROM deliveries WHERE webhook = $1 ORDER BY id DESC LIMIT 1").await?;
+    let body: Option<String> = c.query_opt(&st, &[&webhook]).await?.map(|r| r.try_get(0)).transpose()?;
+    Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
+
 pub(crate) async fn delivery_cursor(pool: Pool, webhook: String) -> Result<Option<u64>, StoreError> {
     let c = conn(&pool).await?;
     let st = c.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = $1 AND final").await?;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_workflows", include_str!("../migrations/0004_workflows.sql")),
     ("0005_rollups", include_str!("../migrations/0005_rollups.sql")),
     ("0006_anomalies", include_str!("../migrations/0006_anomalies.sql")),
+    ("0007_delivery_resume", include_str!("../migrations/0007_delivery_resume.sql")),
 ];
 
 /// The schema version this binary writes and understands.

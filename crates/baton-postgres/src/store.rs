@@ -461,6 +461,10 @@ impl Store for PostgresStore {
         self.read(read::delivery_cursor(self.pool.clone(), webhook))
     }
 
+    fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>> {
+        self.read(read::last_delivery(self.pool.clone(), webhook))
+    }
+
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
         self.read(read::rollups(self.pool.clone(), from, to, limit))
     }

@@ -15,7 +15,10 @@
 //! server's `Clock`) and the next waits until it is delivered or given up.
 //! Every attempt is recorded as a `Delivery` in the store; at start the
 //! cursor is the store's `delivery_cursor` (the last notice with a final
-//! record), so a restart resends at most the notice that was in flight.
+//! record), so a restart resends at most the notice that was in flight, and
+//! that notice's attempts go on from its latest record (`last_delivery`):
+//! the next attempt number, not before its `retry_at`, so restarts neither
+//! reset the count nor keep a failing receiver from being given up.
 //! Only the replica holding the `webhooks` singleton duty delivers (SQLite and
 //! memory stores always hold it); another replica that takes the duty over
 //! reads the cursor again from the records.
@@ -366,6 +369,9 @@ impl Dispatcher {
         // `None` while another replica holds the webhooks duty: the cursor is
         // read again from the delivery records when the duty comes back.
         let mut cursor: Option<u64> = None;
+        // The latest record of a notice that was in flight when the cursor
+        // was read, until that notice is delivered.
+        let mut in_flight: Option<Delivery> = None;
         // A gap after the cursor, and since when it has been seen.
         let mut gap: Option<(u64, Instant)> = None;
         loop {
@@ -394,9 +400,10 @@ impl Dispatcher {
             let after = match cursor {
                 Some(after) => after,
                 None => {
-                    let Some(after) = self.start().await else { return };
+                    let Some((after, last)) = self.start().await else { return };
                     tracing::info!(webhook = %self.hook.name, after, "webhook deliveries started");
                     cursor = Some(after);
+                    in_flight = last;
                     after
                 }
             };
@@ -436,8 +443,9 @@ impl Dispatcher {
             }
             gap = None;
             for (id, notice) in batch.into_iter().take(ready) {
+                let earlier = in_flight.take_if(|d| d.notice == id);
                 if self.hook.wants(&notice)
-                    && let Flow::Stop = self.deliver(id, &notice).await
+                    && let Flow::Stop = self.deliver(id, &notice, earlier).await
                 {
                     return;
                 }
@@ -446,11 +454,24 @@ impl Dispatcher {
         }
     }
 
-    /// The cursor to resume from: the last notice with a final delivery.
-    async fn start(&self) -> Option<u64> {
+    /// The cursor to resume from (the last notice with a final delivery) and
+    /// the latest record of a notice after it that was in flight.
+    async fn start(&self) -> Option<(u64, Option<Delivery>)> {
         loop {
-            match self.state.store().delivery_cursor(self.hook.name.clone()).await {
-                Ok(cursor) => return Some(cursor.unwrap_or(0)),
+            let store = self.state.store();
+            let name = &self.hook.name;
+            let read = async {
+                Ok::<_, baton_core::Error>((
+                    store.delivery_cursor(name.clone()).await?,
+                    store.last_delivery(name.clone()).await?,
+                ))
+            };
+            match read.await {
+                Ok((cursor, last)) => {
+                    let after = cursor.unwrap_or(0);
+                    let last = last.filter(|d| !d.status.is_final() && d.notice > after);
+                    return Some((after, last));
+                }
                 Err(error) => {
                     tracing::warn!(webhook = %self.hook.name, %error, "webhooks: cannot read where to resume");
                     if !self.pause(self.options.poll_ms).await {
@@ -463,8 +484,9 @@ impl Dispatcher {
 
     /// Sends one notice until it is delivered or given up, recording each
     /// attempt; `Stop` when shutdown interrupts it (the notice goes again
-    /// after a restart).
-    async fn deliver(&self, id: u64, notice: &Notice) -> Flow {
+    /// after a restart). `earlier`: the latest record of attempts made before
+    /// a restart; they count, and the next waits for its `retry_at`.
+    async fn deliver(&self, id: u64, notice: &Notice, earlier: Option<Delivery>) -> Flow {
         let body = match serde_json::to_vec(&wire_notice(id, notice)) {
             Ok(body) => body,
             Err(error) => {
@@ -474,7 +496,18 @@ impl Dispatcher {
             }
         };
         let attempts_max = self.options.attempts_max.max(1);
-        for attempt in 1..=attempts_max {
+        let mut first = 1;
+        if let Some(earlier) = earlier {
+            // At least one more attempt, even if the limit was lowered since.
+            first = earlier.attempt.saturating_add(1).min(attempts_max);
+            if let DeliveryStatus::Failed { retry_at, .. } = earlier.status
+                && !self.wait_until(retry_at).await
+            {
+                return Flow::Stop;
+            }
+            tracing::info!(webhook = %self.hook.name, notice = id, attempt = first, "webhook delivery resumed");
+        }
+        for attempt in first..=attempts_max {
             let sent = tokio::select! {
                 sent = self.post(id, &body) => sent,
                 () = self.state.shutting_down() => return Flow::Stop,

@@ -243,6 +243,13 @@ pub(crate) fn deliveries(
     sequence(conn, "SELECT id, body FROM deliveries WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
 }
 
+pub(crate) fn last_delivery(conn: &Connection, webhook: &str) -> Result<Option<Delivery>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT body FROM deliveries WHERE webhook = ?1 ORDER BY id DESC LIMIT 1")?;
+    let body: Option<String> = st.query_row([webhook], |r| r.get(0)).optional()?;
+    Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
+
 pub(crate) fn delivery_cursor(conn: &Connection, webhook: &str) -> Result<Option<u64>, StoreError> {
     let mut st =
         conn.prepare_cached("SELECT max(notice) FROM deliveries WHERE webhook = ?1 AND final = 1")?;

@@ -300,6 +300,10 @@ impl Store for SqliteStore {
         Box::pin(async move { self.reads.with(|c| read::delivery_cursor(c, &webhook)) })
     }
 
+    fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>> {
+        Box::pin(async move { self.reads.with(|c| read::last_delivery(c, &webhook)) })
+    }
+
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
         Box::pin(async move { self.reads.with(read::next_due) })
     }

@@ -515,6 +515,12 @@ mod tests {
         fn delivery_cursor(&self, webhook: String) -> baton_core::StoreFuture<'_, Option<u64>> {
             self.inner.delivery_cursor(webhook)
         }
+        fn last_delivery(
+            &self,
+            webhook: String,
+        ) -> baton_core::StoreFuture<'_, Option<baton_core::store::Delivery>> {
+            self.inner.last_delivery(webhook)
+        }
         fn rollups(
             &self,
             from: Millis,

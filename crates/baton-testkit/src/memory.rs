@@ -337,6 +337,10 @@ impl Store for MemoryStore {
                 .max()
         })))
     }
+
+    fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>> {
+        answer(Ok(self.read(|s| s.deliveries.iter().rev().find(|d| d.webhook == webhook).cloned())))
+    }
 }
 
 /// Items after sequence number `after` (numbers start at 1), at most `limit`.

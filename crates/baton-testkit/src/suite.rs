@@ -167,6 +167,7 @@ macro_rules! store_suite {
             observations_follow_each_commit_and_roll_up,
             rollups_merge_and_read_by_window,
             anomalies_are_stored_listed_and_acknowledged,
+            deliveries_resume_where_each_webhook_left_off,
             canary_route_shares_then_promotes_and_rolls_back,
             stage_gauges_count_live_tasks_and_duties_are_held,
         );

@@ -5,7 +5,8 @@
 //! webhook as one signed notice (verified with `baton_api::webhook::verify`);
 //! failed attempts are retried with growing backoff and recorded; a receiver
 //! that never answers is given up after `attempts_max` and later notices
-//! still go; a restarted dispatcher resends nothing already delivered; a
+//! still go; a restarted dispatcher resends nothing already delivered and
+//! goes on counting the attempts of the notice that was in flight; a
 //! wrong secret or a stale timestamp fails verification. Method: the API is
 //! driven through `app(state).oneshot(..)`; the dispatcher runs as
 //! `webhooks::run` on its own `AppState` over the same store (stopping it is
@@ -398,6 +399,27 @@ async fn a_restarted_dispatcher_resumes_after_the_last_final_delivery() {
     let recorded: Vec<u64> = after.iter().map(|d| d.notice).collect();
     assert_eq!(ids, recorded, "each notice received once, in order");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_dispatcher_goes_on_counting_the_attempts_of_the_notice_in_flight() {
+    let clock = Arc::new(ManualClock::default());
+    let (receiver, url) = Receiver::start(clock.clone(), SECRET, 3, 0).await;
+    let mut hooks = Hooks::new(&url, SECRET, clock, |o| o.attempts_max = 3);
+    hooks.start();
+    hooks.handoff_accepted("intake", "triage").await;
+    let first = hooks.drive("the first attempt", |r| r.len() == 1).await;
+    hooks.stop().await;
+    let DeliveryStatus::Failed { retry_at, .. } = first[0].status else { panic!("{first:?}") };
+
+    hooks.start();
+    let records = hooks.drive("given up", |r| finals(r) == 1).await;
+    hooks.stop().await;
+    let n = first[0].notice;
+    let table: Vec<_> = records.iter().map(|d| (d.notice, d.attempt, word(&d.status))).collect();
+    assert_eq!(table, [(n, 1, "failed"), (n, 2, "failed"), (n, 3, "gave_up")], "counted across the restart");
+    assert!(records[1].at >= retry_at, "the retry after the restart kept its time");
+    assert!(receiver.notices().is_empty(), "three attempts, all refused");
 }
 
 #[tokio::test]

@@ -407,6 +407,56 @@ pub fn rollups_merge_and_read_by_window<H: SuiteStore>() {
 /// Anomalies are stored in order with an outbox notice each (naming the
 /// anomaly's id), listed all or
 /// open only, and acknowledged once (a second ack keeps the first).
+/// Webhook delivery records: listed in order; a webhook's cursor is its
+/// highest notice with a final record, and its latest record (final or not)
+/// is where a restarted dispatcher picks a notice in flight back up.
+pub fn deliveries_resume_where_each_webhook_left_off<H: SuiteStore>() {
+    use baton_core::metrics::{Anomaly, RollupKey};
+    use baton_core::store::{Delivery, DeliveryStatus};
+    let cx = Case::<H>::open(suite_rules());
+    // Two notices in the outbox to deliver (an anomaly writes one).
+    for metric in ["accept_latency", "backlog_growth"] {
+        let anomaly = Anomaly {
+            key: RollupKey::Edge { from: stage("a"), to: stage("b") },
+            metric: metric.to_owned(),
+            window_start: T0,
+            window_end: T0 + 60_000,
+            baseline: 1.0,
+            observed: 2.0,
+            message: format!("{metric} doubled"),
+            raised_at: T0,
+            acked: None,
+        };
+        cx.try_execute(Op::RaiseAnomaly(anomaly), None).expect("raise");
+    }
+    let notices = block_on(cx.store().notices(0, 10)).expect("notices");
+    assert_eq!(notices.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
+    let record = |webhook: &str, notice: u64, attempt: u32, status: DeliveryStatus| {
+        let d =
+            Delivery { notice, webhook: webhook.to_owned(), attempt, at: T0 + i64::from(attempt), status };
+        cx.try_execute(Op::RecordDelivery(d.clone()), None).expect("record");
+        d
+    };
+    let failed = |retry_at| DeliveryStatus::Failed { error: "HTTP 500".into(), retry_at };
+    assert_eq!(block_on(cx.store().last_delivery("ops".into())).expect("read"), None);
+    record("ops", 1, 1, DeliveryStatus::Delivered { http_status: 200 });
+    record("audit", 1, 1, failed(T0 + 1_000));
+    record("ops", 2, 1, failed(T0 + 1_000));
+    let in_flight = record("ops", 2, 2, failed(T0 + 2_000));
+    let audit = record("audit", 1, 2, DeliveryStatus::GaveUp { error: "HTTP 500".into() });
+    let cursor = |w: &str| block_on(cx.store().delivery_cursor(w.into())).expect("cursor");
+    let last = |w: &str| block_on(cx.store().last_delivery(w.into())).expect("last");
+    assert_eq!((cursor("ops"), last("ops")), (Some(1), Some(in_flight)));
+    assert_eq!((cursor("audit"), last("audit")), (Some(1), Some(audit)));
+    assert_eq!((cursor("other"), last("other")), (None, None));
+    let all = block_on(cx.store().deliveries(0, 10)).expect("deliveries");
+    assert_eq!(
+        all.iter().map(|(id, d)| (*id, d.webhook.as_str(), d.attempt)).collect::<Vec<_>>(),
+        [(1, "ops", 1), (2, "audit", 1), (3, "ops", 1), (4, "ops", 2), (5, "audit", 2)]
+    );
+    cx.finish();
+}
+
 pub fn anomalies_are_stored_listed_and_acknowledged<H: SuiteStore>() {
     use baton_core::metrics::{Anomaly, RollupKey};
     let cx = Case::<H>::open(suite_rules());
