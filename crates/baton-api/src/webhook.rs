@@ -97,6 +97,11 @@ pub struct Alert {
     pub task: TaskId,
     /// The stage the alert is for (the human stage of an escalation).
     pub stage: String,
+    /// The stage the task was in when the alert was raised: where it
+    /// escalated from (the same stage for a deadline passed in a human
+    /// stage). Absent for alerts recorded before Baton kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_stage: Option<String>,
     pub at: Timestamp,
     pub message: String,
 }
@@ -296,6 +301,7 @@ mod tests {
             alert: Some(Alert {
                 task: uuid::Uuid::nil(),
                 stage: "desk".into(),
+                from_stage: Some("take".into()),
                 at: Timestamp(0),
                 message: "escalated".into(),
             }),
@@ -304,7 +310,7 @@ mod tests {
         let text = serde_json::to_string(&notice).unwrap();
         assert_eq!(
             text,
-            r#"{"id":7,"kind":"alert","task":"00000000-0000-0000-0000-000000000000","alert":{"task":"00000000-0000-0000-0000-000000000000","stage":"desk","at":"1970-01-01T00:00:00.000Z","message":"escalated"},"at":"1970-01-01T00:00:00.000Z"}"#
+            r#"{"id":7,"kind":"alert","task":"00000000-0000-0000-0000-000000000000","alert":{"task":"00000000-0000-0000-0000-000000000000","stage":"desk","from_stage":"take","at":"1970-01-01T00:00:00.000Z","message":"escalated"},"at":"1970-01-01T00:00:00.000Z"}"#
         );
         let delivery = Delivery {
             id: 1,

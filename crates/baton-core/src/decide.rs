@@ -612,7 +612,13 @@ fn deadline_passed(task: &Task, deadline: Millis, env: Env<'_>, now: Millis) -> 
     }
     let mut change = change(task, base, EventKind::DeadlinePassed, Actor::System, now);
     change.event.note = Some(why.clone());
-    change.alert = Some(Alert { task: task.id, stage: task.stage.clone(), at: now, message: why });
+    change.alert = Some(Alert {
+        task: task.id,
+        stage: task.stage.clone(),
+        from: Some(task.stage.clone()),
+        at: now,
+        message: why,
+    });
     change
 }
 
@@ -713,7 +719,13 @@ fn climb(
         change.handoff = Some(Handoff { outcome, ..h.clone() });
     }
     if kind == EventKind::Escalated {
-        change.alert = Some(Alert { task: task.id, stage: to, at: now, message: why.to_owned() });
+        change.alert = Some(Alert {
+            task: task.id,
+            stage: to,
+            from: Some(task.stage.clone()),
+            at: now,
+            message: why.to_owned(),
+        });
         // A saga waits for its compensation tasks to be done or escalated.
         if task.compensation {
             change.settle_parent = task.parent.map(|p| (p, false));

@@ -419,11 +419,16 @@ pub enum HandoffOutcome {
     Cancelled { at: Millis },
 }
 
-/// An alert raised by an escalation.
+/// An alert raised by an escalation (or a deadline passed in a human stage).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
     pub task: TaskId,
+    /// Where the task waits for a person: the human stage it escalated to.
     pub stage: StageName,
+    /// The stage it was in when the alert was raised (absent in alerts
+    /// recorded before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<StageName>,
     pub at: Millis,
     pub message: String,
 }

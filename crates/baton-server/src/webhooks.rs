@@ -647,6 +647,7 @@ pub fn wire_notice(id: u64, notice: &Notice) -> WebhookNotice {
             alert: Some(baton_api::Alert {
                 task: alert.task.0,
                 stage: alert.stage.to_string(),
+                from_stage: alert.from.as_ref().map(ToString::to_string),
                 at: Timestamp(alert.at),
                 message: alert.message.clone(),
             }),
@@ -800,7 +801,13 @@ mod tests {
             },
         };
         let alert = |stage: &str| Notice::Alert {
-            alert: Alert { task, stage: StageName::new(stage), at: 0, message: "escalated".into() },
+            alert: Alert {
+                task,
+                stage: StageName::new(stage),
+                from: None,
+                at: 0,
+                message: "escalated".into(),
+            },
         };
         let hook = |kinds: &[NoticeKind], stages: Option<&[&str]>| {
             let stages = stages.map(|s| s.iter().map(|x| x.to_string()).collect());

@@ -835,8 +835,14 @@ mod tests {
             outcome: baton_core::HandoffOutcome::Pending,
         };
         tx.put_handoff(&handoff).expect("put");
-        tx.put_alert(&Alert { task: task.id, stage: StageName::new("inbox"), at: 20, message: "m".into() })
-            .expect("put");
+        tx.put_alert(&Alert {
+            task: task.id,
+            stage: StageName::new("inbox"),
+            from: None,
+            at: 20,
+            message: "m".into(),
+        })
+        .expect("put");
         drop(tx); // not committed: rolled back
 
         let row = &state.tasks[&task.id];

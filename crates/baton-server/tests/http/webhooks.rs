@@ -322,6 +322,7 @@ async fn an_escalation_is_an_alert_notice() {
     assert_eq!(alert.task.to_string(), task);
     assert_eq!(alerts[0].task.map(|t| t.to_string()), Some(task));
     assert_eq!(alert.stage, "inbox", "escalated into the default human stage");
+    assert_eq!(alert.from_stage.as_deref(), Some("billing"), "from the stage that failed it");
     hooks.stop().await;
 }
 
