@@ -398,14 +398,17 @@ pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec
     claim_except(tx, req, None, cx)
 }
 
-/// Claim, never taking `except`: claim-next after a release must not hand the
-/// agent back the task it just gave up.
+/// Claim, never taking `except`, a task ready in the given stage: claim-next
+/// after a release must not hand the agent back the task it just gave up.
+/// That stage's ready list is read one row longer, in case it holds it.
 fn claim_except<T: Tx>(
     tx: &mut T,
     req: &ClaimRequest,
-    except: Option<TaskId>,
+    except: Option<(TaskId, &StageName)>,
     cx: &mut Ctx<'_>,
 ) -> Res<Vec<Grant>, T::Error> {
+    let except_stage = except.map(|(_, stage)| stage);
+    let except = except.map(|(id, _)| id);
     let limits = &cx.rules.limits;
     if req.max == 0 || req.max > limits.claim_max {
         return Err(Rejection::limit(
@@ -447,7 +450,8 @@ fn claim_except<T: Tx>(
         }
     } else {
         for stage in &req.stages {
-            candidates.extend(st(tx.ready(stage, max + usize::from(except.is_some())))?);
+            let longer = usize::from(except_stage == Some(stage));
+            candidates.extend(st(tx.ready(stage, max + longer))?);
         }
     }
     candidates.sort_by(|a, b| {
@@ -529,8 +533,11 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
             lease_ms: claim_next.lease_ms,
             only: None,
         };
+        // Only a task left ready in one of those stages could come back.
+        let except =
+            (task.is_ready() && request.stages.contains(&task.stage)).then_some((task.id, &task.stage));
         // The main action commits whatever happens to the claim part.
-        match claim_except(tx, &request, Some(req.task), cx) {
+        match claim_except(tx, &request, except, cx) {
             Ok(grants) => next = grants,
             Err(Fail::Rejected(_)) => {}
             Err(other) => return Err(other),

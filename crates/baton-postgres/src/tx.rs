@@ -383,8 +383,10 @@ pub(crate) struct PgTx<'w> {
     pub cursors: Option<(&'w Cursors, usize)>,
     /// Taken by the first `leases_held` (the claim's first read).
     pub claim_hint: Option<ClaimHint>,
-    /// Ready rows read with the lease count, by stage, for `ready`.
+    /// Ready rows read with the lease count, by stage, for `ready`, and
+    /// how many each read asked for.
     pub ready_ahead: HashMap<StageName, Vec<Row>>,
+    pub ready_ahead_limit: usize,
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -534,6 +536,7 @@ impl PgTx<'_> {
             let from = self.ready_from(stage);
             reads.push((stage.as_str(), self.ready_statement(from)?, ReadyParams::from(from)));
         }
+        self.ready_ahead_limit = hint.limit;
         let (client, pending) = self.session.parts();
         let limit = limit(hint.limit);
         let agent = agent.as_str();
@@ -587,14 +590,17 @@ impl Tx for PgTx<'_> {
     }
 
     fn ready(&mut self, stage: &StageName, max: usize) -> Result<Vec<ReadyKey>, StoreError> {
-        let rows = match self.ready_ahead.remove(stage) {
-            // Read with the lease count, up to the claim's largest ask: the
-            // first `max` are what this query would return now.
-            Some(mut rows) => {
+        let ahead = self.ready_ahead.remove(stage);
+        let rows = match ahead {
+            // Read with the lease count: the first `max` are what this query
+            // would return now, unless it asks for more than was read and the
+            // read came back full (then read again: the rows this batch
+            // locked come back too).
+            Some(mut rows) if max <= self.ready_ahead_limit || rows.len() < self.ready_ahead_limit => {
                 rows.truncate(max);
                 rows
             }
-            None => {
+            _ => {
                 let from = self.ready_from(stage);
                 let st = self.ready_statement(from)?;
                 let (client, pending) = self.session.parts();

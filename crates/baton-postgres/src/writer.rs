@@ -631,6 +631,7 @@ impl Batch<'_> {
                 cursors: self.cursors,
                 claim_hint: hint.clone(),
                 ready_ahead: HashMap::new(),
+                ready_ahead_limit: 0,
             };
             let outcome = {
                 let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
@@ -718,14 +719,23 @@ impl Batch<'_> {
     }
 }
 
-/// What a claim in `op` will read, at most: the ready rows of its stages.
+/// What a claim in `op` will read: the ready rows of its stages.
 fn claim_hint(op: &baton_core::Op) -> Option<ClaimHint> {
+    use baton_core::Action;
     match op {
-        // Claim-next skips the acted task, so it asks for one row more.
-        baton_core::Op::Act(r) => r
-            .claim_next
-            .as_ref()
-            .map(|c| ClaimHint { stages: c.stages.clone(), limit: c.max.saturating_add(1) }),
+        // Claim-next skips the acted task when it is left ready in one of
+        // its stages, and then reads one row more there: after a release or
+        // a failure (it may stay), or a handoff into one of them. (A workflow
+        // route that sends a handoff elsewhere is caught by `ready`, which
+        // reads again when it wants more than was read ahead.)
+        baton_core::Op::Act(r) => r.claim_next.as_ref().map(|c| {
+            let stays = match &r.action {
+                Action::Release { .. } | Action::Fail { .. } => true,
+                Action::Handoff { to_stage, .. } => c.stages.contains(to_stage),
+                _ => false,
+            };
+            ClaimHint { stages: c.stages.clone(), limit: c.max.saturating_add(usize::from(stays)) }
+        }),
         baton_core::Op::Claim(r) if r.only.is_none() => {
             Some(ClaimHint { stages: r.stages.clone(), limit: r.max })
         }

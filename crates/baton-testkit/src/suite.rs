@@ -1529,6 +1529,12 @@ pub fn claim_next_returns_the_next_leases_in_the_same_call<H: SuiteStore>() {
         "claim-next after a release takes other work, never the task just released"
     );
     assert!(cx.task(ids[1]).is_ready(), "the released task waits for another agent");
+    // A handoff into a stage the claim-next reads: the task handed off is
+    // that stage's oldest, and still not the one the sender gets back.
+    let in_c = cx.submit_to("c").id;
+    let out6 = cx.act_next(&out5.next[0], handoff_to("c"), &["c"], 1);
+    assert_eq!(out6.next.iter().map(|g| g.task.id).collect::<Vec<_>>(), vec![in_c]);
+    assert!(cx.task(later).is_ready(), "the handed-off task waits in c for another agent");
     cx.finish();
 }
 
