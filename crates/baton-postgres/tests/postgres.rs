@@ -17,7 +17,7 @@ use baton_core::event::verify_chain;
 use baton_core::store::ReadyListener;
 use baton_core::{Alert, Error, StageName, Store, TaskId};
 use baton_postgres::{DUTY_PURGE, PostgresOptions, PostgresStore, SCHEMA_VERSION};
-use baton_testkit::suite::{act_op, claim_op, new_task, release};
+use baton_testkit::suite::{act_op, claim_op, handoff_to, new_task, release};
 use baton_testkit::{Setup, SuiteStore, block_on};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -301,6 +301,74 @@ fn claims_start_from_a_cursor_and_find_rows_made_ready_before_it() {
     assert_eq!(taken(&claim("y", 1)), [urgent], "the other replica's urgent task first");
     assert_eq!(taken(&claim("y", 3)), ids[4..6], "then the rest, in order");
     assert!(claim("y", 1).is_empty());
+}
+
+#[test]
+fn after_concurrent_work_on_two_replicas_every_ready_task_is_claimable_from_either() {
+    const TASKS: usize = 60;
+    let schema = Schema::new();
+    // Releases count as attempts: let a task take as many as the test makes.
+    let mut rules = baton_core::Rules::default();
+    rules.policies.default.max_attempts = 10_000;
+    let (heard_a, heard_b) = (Arc::new(Heard::default()), Arc::new(Heard::default()));
+    let open = |name: &str, heard: &Arc<Heard>| {
+        let options =
+            schema.options().replica(name).rules(rules.clone()).listen(true).listener(heard.clone());
+        PostgresStore::open(options).expect("open")
+    };
+    let (a, b) = (open("a", &heard_a), open("b", &heard_b));
+    submit_until_heard(&a, &heard_b, "warm-up-a", "replica b never heard replica a");
+    submit_until_heard(&b, &heard_a, "warm-up-b", "replica a never heard replica b");
+    let stores = [&a, &b];
+    for i in 0..TASKS {
+        let task = new_task("s", &i.to_string()).priority(i32::try_from(i % 4).expect("small"));
+        block_on(stores[i % 2].submit(task)).expect("submit");
+    }
+    let other = |stage: &StageName| if stage.as_str() == "s" { "t" } else { "s" };
+    let claim_all = |store: &PostgresStore, agent: &str, max: usize| {
+        let op = claim_op(agent, &["s", "t"], max);
+        block_on(store.execute(op, None)).expect("claim").into_grants().expect("grants")
+    };
+    // Six workers on both replicas claim a few tasks at a time and release
+    // each or hand it to the other stage: every claim passes rows the
+    // others hold, and rows come back ready behind every cursor.
+    std::thread::scope(|scope| {
+        for w in 0..6u64 {
+            scope.spawn(move || {
+                let mut seed = w.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = move || {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed
+                };
+                for _ in 0..40 {
+                    let store = stores[usize::from(next() % 2 == 0)];
+                    let max = usize::try_from(next() % 3 + 1).expect("small");
+                    for grant in claim_all(store, &format!("w{w}"), max) {
+                        let action =
+                            if next() % 5 < 2 { release() } else { handoff_to(other(&grant.task.stage)) };
+                        block_on(store.execute(act_op(&grant, action), None)).expect("act");
+                    }
+                }
+            });
+        }
+    });
+    // Now every task waits, ready. Each replica, whichever writer takes the
+    // call, must find all of them at once: no cursor may have passed one.
+    for round in 0..8 {
+        for store in stores {
+            std::thread::sleep(Duration::from_millis(150)); // the other replica's NOTIFY
+            let grants = claim_all(store, "checker", TASKS);
+            assert_eq!(grants.len(), TASKS, "round {round}: a ready task was passed over");
+            for grant in &grants {
+                let action = handoff_to(other(&grant.task.stage));
+                block_on(store.execute(act_op(grant, action), None)).expect("hand off");
+            }
+        }
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.ready_reads_from_cursor > 0 && sb.ready_reads_from_cursor > 0, "{sa:?} {sb:?}");
 }
 
 #[test]
