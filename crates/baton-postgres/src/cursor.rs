@@ -16,8 +16,9 @@
 //!   the first row that batch read and left ready (or past the last one it
 //!   read, when it took them all). Rows it skipped because another writer
 //!   had them locked are that writer's: when that writer commits without
-//!   taking one (a claim-next reads one row more than it may take), it moves
-//!   every cursor of the stage back to it, other replicas' included.
+//!   taking one (a claim refused after its read, a claim-next after a
+//!   release, which reads one row more), it moves every cursor of the stage
+//!   back to it, other replicas' included.
 //! - Every commit that makes a row ready moves every writer's cursor of that
 //!   stage back to the row, if it lies earlier: this store's writers after
 //!   their own commits, other replicas' through the NOTIFY that already
@@ -26,13 +27,14 @@
 //! - A batch that read a cursor moves it no further than any position it was
 //!   moved back to while the batch ran (the batch may not have seen that row).
 //! - Whatever escapes the above (a notification lost with a dropped LISTEN
-//!   connection or a failed NOTIFY, a row another replica read, left ready
-//!   and stopped claiming from) is caught by `RESET_EVERY`: all cursors go
-//!   back to the head, and when the LISTEN connection is made again.
+//!   connection, or a NOTIFY that failed after its commit) is caught by
+//!   `RESET_EVERY`: all cursors go back to the head, and when the LISTEN
+//!   connection is made again.
 //!
 //! Cursors need every writer of the schema to be heard, so the store uses
 //! them only while it LISTENs (`PostgresOptions::ready_cursors`). The careful
-//! rerun of a batch, with savepoints, reads from the head and moves nothing.
+//! rerun of a batch, with savepoints, reads from the head and moves no cursor
+//! forward (what it made ready still moves them back).
 
 use baton_core::engine::ReadyKey;
 use baton_core::{StageName, TaskId};
