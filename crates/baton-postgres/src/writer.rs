@@ -62,6 +62,12 @@ use uuid::Uuid;
 /// task written in a tight loop elsewhere; then the caller hears `Unavailable`.
 const CONFLICT_RETRIES_MAX: usize = 8;
 
+/// The wake-ups of one commit, in one statement and a transaction of its own
+/// whose commit does not wait for the disk (`set_config(.., true)` holds
+/// until that commit): one NOTIFY per payload.
+const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, payload) \
+                      FROM unnest($2::text[]) AS payload";
+
 /// How often a batch is rerun after a deadlock or serialization failure.
 const BATCH_RERUNS_MAX: usize = 5;
 
@@ -429,8 +435,8 @@ impl Writer {
     /// transaction's pre-commit until the commit ends, so it would make every
     /// writer's (and replica's) commit, fsync included, wait for the
     /// previous one, and group commit across writers would be lost. Here it
-    /// runs in a transaction of its own that does not wait for its commit
-    /// record to reach the disk (`synchronous_commit = off`): a wake-up is a
+    /// runs in a transaction of its own (one statement, `NOTIFY`) that does
+    /// not wait for its commit record to reach the disk: a wake-up is a
     /// hint, and one lost to a crash costs a waiting claim latency only (long
     /// polls re-check the store when their wait ends).
     fn notify_replicas(&mut self, ready: &[StageName], firsts: &HashMap<StageName, Key>) {
@@ -439,14 +445,12 @@ impl Writer {
         if payloads.is_empty() {
             return;
         }
-        let mut sql = String::from("BEGIN; SET LOCAL synchronous_commit = off; ");
-        for payload in payloads {
-            sql.push_str(&format!("SELECT pg_notify({}, {}); ", literal(&self.channel), literal(&payload)));
-        }
-        sql.push_str("COMMIT");
         let timeout = self.options.io_timeout;
-        let (client, pending) = session.parts();
-        let sent = block(&self.rt, timeout, pending.carry(client, client.batch_execute(&sql)));
+        let sent = session.prepared(&self.rt, timeout, NOTIFY).and_then(|st| {
+            let (client, pending) = session.parts();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.channel, &payloads];
+            block(&self.rt, timeout, pending.carry(client, client.execute(&st, &params)))
+        });
         self.count_traffic();
         let Err(error) = sent else { return };
         tracing::warn!(%error, "could not notify other replicas of new work; their long polls re-check");
@@ -741,12 +745,6 @@ fn claim_hint(op: &baton_core::Op) -> Option<ClaimHint> {
         }
         _ => None,
     }
-}
-
-/// A string as an SQL literal (`standard_conforming_strings` is on, the
-/// default since PostgreSQL 9.1: only the quote needs doubling).
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
