@@ -415,6 +415,20 @@ fn ready_key(row: &Row) -> Result<ReadyKey, StoreError> {
     Ok(ReadyKey { id: TaskId(row.try_get(0)?), priority: row.try_get(1)?, deadline_rank: row.try_get(2)? })
 }
 
+/// The index columns, in the order `INSERT` and `UPDATE` both list them
+/// (stage through ready).
+fn index_params(c: &Columns<'_>) -> [Param; 7] {
+    [
+        Box::new(c.stage.to_owned()),
+        Box::new(c.state),
+        Box::new(c.priority),
+        Box::new(c.deadline_rank),
+        Box::new(c.due_at),
+        Box::new(c.holder.map(str::to_owned)),
+        Box::new(c.ready),
+    ]
+}
+
 /// Where a saved task waits, if it is ready: its stage and position.
 fn ready_in<'t>(task: &'t Task, c: &Columns<'t>) -> Option<(&'t StageName, Key)> {
     c.ready
@@ -640,17 +654,13 @@ impl Tx for PgTx<'_> {
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {
         let c = Columns::of(task)?;
         self.scans.saved(task.id, ready_in(task, &c));
-        let params: Vec<Param> = vec![
+        let mut params: Vec<Param> = vec![
             Box::new(task.id.0),
             Box::new(task.namespace.clone()),
             Box::new(task.idempotency_key.clone()),
-            Box::new(c.stage.to_owned()),
-            Box::new(c.state),
-            Box::new(c.priority),
-            Box::new(c.deadline_rank),
-            Box::new(c.due_at),
-            Box::new(c.holder.map(str::to_owned)),
-            Box::new(c.ready),
+        ];
+        params.extend(index_params(&c));
+        params.extend::<[Param; 7]>([
             Box::new(task.parent.map(|p| p.0)),
             Box::new(c.revision),
             Box::new(event.hash.0.to_vec()),
@@ -658,7 +668,7 @@ impl Tx for PgTx<'_> {
             Box::new(payload.to_owned()),
             Box::new(int(event.version)?),
             Box::new(serde_json::to_string(event)?),
-        ];
+        ]);
         self.write(INSERT, params)
     }
 
@@ -667,22 +677,15 @@ impl Tx for PgTx<'_> {
         let c = Columns::of(task)?;
         self.scans.saved(task.id, ready_in(task, &c));
         let expected = int(task.revision.saturating_sub(1))?;
-        let params: Vec<Param> = vec![
-            Box::new(task.id.0),
-            Box::new(expected),
-            Box::new(c.stage.to_owned()),
-            Box::new(c.state),
-            Box::new(c.priority),
-            Box::new(c.deadline_rank),
-            Box::new(c.due_at),
-            Box::new(c.holder.map(str::to_owned)),
-            Box::new(c.ready),
+        let mut params: Vec<Param> = vec![Box::new(task.id.0), Box::new(expected)];
+        params.extend(index_params(&c));
+        params.extend::<[Param; 5]>([
             Box::new(c.revision),
             Box::new(event.hash.0.to_vec()),
             Box::new(serde_json::to_string(task)?),
             Box::new(int(event.version)?),
             Box::new(serde_json::to_string(event)?),
-        ];
+        ]);
         // The guard: the row changes (and its event is written) only if
         // nobody saved it since it was loaded. Deferred, it is the checked
         // form, which fails the transaction instead of answering false.
