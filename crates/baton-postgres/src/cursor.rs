@@ -232,10 +232,9 @@ impl Scans {
     /// cursors: the rows it left were locked while it ran, so other claims
     /// skipped them and their cursors may have passed them.
     pub(crate) fn committed(self, cursors: &Cursors, writer: usize) -> HashMap<StageName, Key> {
-        let mut firsts = self.made_ready;
+        let (mut firsts, mut reads) = (self.made_ready, self.read);
         for stage in self.starts.keys() {
-            let Some(read) = self.read.get(stage) else { continue };
-            let mut read = read.clone();
+            let Some(mut read) = reads.remove(stage) else { continue };
             read.sort();
             let left = read.iter().find(|k| !self.saved.contains(&TaskId(k.id)));
             if let Some(&to) = left.or(read.last()) {
