@@ -53,8 +53,17 @@ impl RunDatabase {
             .await?)
     }
 
+    /// Drops the database once a run on it is over, whatever its `result`;
+    /// the run's own error comes first.
+    pub async fn drop_after<T>(self, result: Result<T>) -> Result<T> {
+        let dropped = self.drop_now().await;
+        let out = result?;
+        dropped.context("drop the run's database")?;
+        Ok(out)
+    }
+
     /// Drops the database, closing whatever is still connected.
-    pub async fn drop_now(&self) -> Result<()> {
+    async fn drop_now(&self) -> Result<()> {
         let mut conn = self.admin.connect().await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&mut conn)

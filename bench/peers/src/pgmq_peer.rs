@@ -55,10 +55,7 @@ pub async fn run(args: &Args) -> Result<Output> {
         Ok::<_, anyhow::Error>(out)
     }
     .await;
-    let dropped = db.drop_now().await;
-    let out = result?;
-    dropped.context("drop the run's database")?;
-    Ok(out)
+    db.drop_after(result).await
 }
 
 async fn burn_down(args: &Args, pool: &PgPool) -> Result<Output> {

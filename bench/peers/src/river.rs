@@ -281,8 +281,5 @@ pub async fn run_pg(args: &Args) -> Result<Output> {
         Ok::<_, anyhow::Error>(out)
     }
     .await;
-    let dropped = db.drop_now().await;
-    let out = result?;
-    dropped.context("drop the run's database")?;
-    Ok(out)
+    db.drop_after(result).await
 }
