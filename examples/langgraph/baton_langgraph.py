@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import baton
+from langchain_core.runnables import Runnable
 from langgraph.constants import END, START
 from langgraph.graph import StateGraph
 
@@ -118,6 +119,8 @@ class BatonGraph:
         if node not in self.builder.nodes:
             raise ValueError(f"no node {node!r}; the graph has {self.nodes}")
         runnable = self.builder.nodes[node].runnable
+        if not isinstance(runnable, Runnable):
+            raise TypeError(f"node {node!r} is not a runnable: {runnable!r}")
         worker = baton.Worker(client, agent=agent, options=options)
 
         def run_node(job: baton.Job) -> baton.Decision:

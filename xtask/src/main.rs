@@ -5,7 +5,10 @@
 //! also run as a test, so `cargo nextest run` alone enforces them. `ci`
 //! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`,
 //! by default the local `test` database) answers: its tests must run, so an unreachable database fails the run at
-//! once with what to do, instead of 60 failing tests later.
+//! once with what to do, instead of 60 failing tests later. After the Rust
+//! tests `ci` builds the `baton` binary and runs the Python SDK's checks and
+//! tests (sdks/python) against it, with the interpreter `BATON_PYTHON`
+//! names (`.ci/run` points it at a virtualenv with the SDK installed).
 
 mod tidy;
 
@@ -19,6 +22,10 @@ const DATABASE_VAR: &str = "BATON_TEST_DATABASE_URL";
 /// The database the tests use when `BATON_TEST_DATABASE_URL` is unset: the
 /// local PostgreSQL's `test` database, as on these machines and in CI.
 const DATABASE_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The variable naming the Python interpreter that has the SDK and its test
+/// extras installed; `python3` when unset.
+const PYTHON_VAR: &str = "BATON_PYTHON";
 
 /// How long the database check waits for a connection.
 const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,7 +92,47 @@ fn ci() -> Result<(), String> {
     }
     eprintln!("xtask ci: tidy");
     tidy::run(&root).map_err(|problems| problems.join("\n"))?;
+    python(&root)?;
     eprintln!("xtask ci: all green");
+    Ok(())
+}
+
+/// The Python SDK: builds the `baton` binary the tests start, then strict
+/// type checking (mypy) and the tests (pytest, which also check that the
+/// generated models and the sync client are fresh) with `BATON_BIN` set.
+fn python(root: &std::path::Path) -> Result<(), String> {
+    let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| "python3".to_owned());
+    eprintln!("xtask ci: python: cargo build -p baton");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "baton", "--locked"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building baton for the Python tests failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let binary = target.join("debug").join("baton");
+    let sdk = root.join("sdks").join("python");
+    let steps: [(&str, &[&str]); 2] = [
+        ("python type check", &["-m", "mypy"]),
+        ("python tests", &["-m", "pytest", "-q", "-p", "no:cacheprovider"]),
+    ];
+    for (name, args) in steps {
+        eprintln!("xtask ci: {name}: {python} {}", args.join(" "));
+        let status = Command::new(&python)
+            .args(args)
+            .env("BATON_BIN", &binary)
+            .env("MYPY_CACHE_DIR", target.join("mypy-cache"))
+            .current_dir(&sdk)
+            .status()
+            .map_err(|e| {
+                format!("could not run {python} ({e}); set {PYTHON_VAR} to a Python 3.11+ with sdks/python[test] installed")
+            })?;
+        if !status.success() {
+            return Err(format!("{name} failed"));
+        }
+    }
     Ok(())
 }
 
