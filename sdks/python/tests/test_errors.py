@@ -141,13 +141,13 @@ def test_codes_provoked_on_baton_dev(dev: Server, make_client: Any, tag: str) ->
     with pytest.raises(baton.InvalidWorkflow) as invalid:
         c.apply_workflow('name = "w"\nentry = "missing"\n')
     assert invalid.value.errors and "line" in invalid.value.errors[0]
-    c.apply_workflow(WORKFLOW.format(name=f"w-{tag}", a=a, b=b))
+    c.apply_workflow(WORKFLOW.format(name=f"w-{tag}", a=f"w{a}", b=f"w{b}"))
     submitted = c.submit({"n": 3}, workflow=f"w-{tag}")
-    (lease,) = c.claim([a], wait_ms=2000)
+    (lease,) = c.claim([f"w{a}"], wait_ms=2000)
     assert lease.task == submitted.task.id
     with pytest.raises(baton.RouteNotAllowed) as route:
         c.handoff(lease.task, lease.epoch, f"elsewhere-{tag}")
-    assert route.value.from_stage == a and route.value.to_stage == f"elsewhere-{tag}"
+    assert route.value.from_stage == f"w{a}" and route.value.to_stage == f"elsewhere-{tag}"
 
     # A path with the wrong method, sent raw: the body decodes the same way.
     response = httpx2.delete(f"{dev.address}/v1/claims")

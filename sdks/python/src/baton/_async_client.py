@@ -478,9 +478,9 @@ class AsyncClient:
 
     async def _send(self, plan: Plan) -> httpx2.Response:
         """One call with the retries the module documentation describes."""
-        headers = auth_headers(self._token, plan.key)
-        timeout = self.timeout + (plan.wait_ms / 1000 + LONG_POLL_GRACE if plan.wait_ms else 0)
         content = plan.content()
+        headers = auth_headers(self._token, plan.key, json_body=content is not None)
+        timeout = self.timeout + (plan.wait_ms / 1000 + LONG_POLL_GRACE if plan.wait_ms else 0)
         attempt = 0
         while True:
             attempt += 1

@@ -193,8 +193,10 @@ def decode(response: httpx2.Response, model: type[T]) -> T:
         raise ProtocolError(status, f"not a {model.__name__}: {error}") from None
 
 
-def auth_headers(token: str | None, key: str | None) -> dict[str, str]:
+def auth_headers(token: str | None, key: str | None, json_body: bool) -> dict[str, str]:
     headers = {"accept": "application/json"}
+    if json_body:
+        headers["content-type"] = "application/json"
     if token:
         headers["authorization"] = f"Bearer {token}"
     if key is not None:
