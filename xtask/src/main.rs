@@ -36,11 +36,13 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("tidy") => tidy::run(&tidy::root()).map_err(|problems| problems.join("\n")),
         Some("openapi") => openapi(),
+        Some("python") => python(&tidy::root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|openapi>\n  \
-                 ci       format check, clippy -D warnings, all tests (nextest), tidy\n  \
+                "usage: cargo xtask <ci|tidy|openapi|python>\n  \
+                 ci       format check, clippy -D warnings, all tests (nextest), tidy, python\n  \
                  tidy     repository checks only\n  \
+                 python   the Python SDK's type check and tests (BATON_PYTHON, default python3)\n  \
                  openapi  write the API's OpenAPI document to {}",
                 tidy::OPENAPI_FILE
             );
