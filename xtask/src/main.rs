@@ -104,6 +104,18 @@ fn ci() -> Result<(), String> {
 /// generated models and the sync client are fresh) with `BATON_BIN` set.
 fn python(root: &std::path::Path) -> Result<(), String> {
     let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| "python3".to_owned());
+    let hint = format!(
+        "set {PYTHON_VAR} to a Python 3.11+ with the SDK and its test extras installed \
+         (`python3.11 -m venv VENV && VENV/bin/pip install -e './sdks/python[test]'`; .ci/run does this)"
+    );
+    let ready = Command::new(&python)
+        .args(["-c", "import baton, mypy, pytest, langgraph"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run {python} ({e}); {hint}"))?;
+    if !ready.success() {
+        return Err(format!("{python} lacks the Python SDK or its test extras; {hint}"));
+    }
     eprintln!("xtask ci: python: cargo build -p baton");
     let status = Command::new(env!("CARGO"))
         .args(["build", "-p", "baton", "--locked"])
@@ -128,9 +140,7 @@ fn python(root: &std::path::Path) -> Result<(), String> {
             .env("MYPY_CACHE_DIR", target.join("mypy-cache"))
             .current_dir(&sdk)
             .status()
-            .map_err(|e| {
-                format!("could not run {python} ({e}); set {PYTHON_VAR} to a Python 3.11+ with sdks/python[test] installed")
-            })?;
+            .map_err(|e| format!("could not run {python} ({e}); {hint}"))?;
         if !status.success() {
             return Err(format!("{name} failed"));
         }
