@@ -87,6 +87,18 @@ class AsyncClient:
             self.address, agent=agent, token=self._token, timeout=self.timeout, retry=self.retry, _http=self._http
         )
 
+    def with_options(self, *, timeout: float | None = None, retry: RetryPolicy | None = None) -> AsyncClient:
+        """A client for the same server, agent and connections with another
+        per-call `timeout` (seconds) or `retry` policy."""
+        return AsyncClient(
+            self.address,
+            agent=self.agent,
+            token=self._token,
+            timeout=self.timeout if timeout is None else timeout,
+            retry=retry or self.retry,
+            _http=self._http,
+        )
+
     async def aclose(self) -> None:
         """Closes the connections (a client made by `with_agent` leaves them to its parent)."""
         if self._owns_http:

@@ -86,6 +86,18 @@ class Client:
             self.address, agent=agent, token=self._token, timeout=self.timeout, retry=self.retry, _http=self._http
         )
 
+    def with_options(self, *, timeout: float | None = None, retry: RetryPolicy | None = None) -> Client:
+        """A client for the same server, agent and connections with another
+        per-call `timeout` (seconds) or `retry` policy."""
+        return Client(
+            self.address,
+            agent=self.agent,
+            token=self._token,
+            timeout=self.timeout if timeout is None else timeout,
+            retry=retry or self.retry,
+            _http=self._http,
+        )
+
     def close(self) -> None:
         """Closes the connections (a client made by `with_agent` leaves them to its parent)."""
         if self._owns_http:

@@ -16,7 +16,8 @@ worker.run()   # until SIGTERM / SIGINT or worker.stop()
 The worker long-polls a claim from every stage it has a handler for (one
 task at a time), runs the stage's handler with a `Job` (the lease: payload
 and fence token `(task, stage, epoch)`), heartbeats every `lease_ms / 3` in a
-background thread while the handler runs, and applies what the handler
+background thread while the handler runs (each heartbeat cut off after that
+interval, a failed one tried again after a quarter of it), and applies what the handler
 returns: `Handoff`, `Complete`, `Release`, `Fail` or `Abort`, with note,
 findings and confidence. The decision carries `claim_next` (except a
 release, whose task could come straight back), so a busy worker gets its
@@ -62,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import models as m
+from ._common import RetryPolicy
 from ._sync_client import Client
 from .errors import BatonError, LeaseLost, NotFound, NotHolder, TooManyLeases
 
@@ -492,6 +494,9 @@ class Worker:
         the handler runs past `handler_timeout`. A failed heartbeat is tried
         again after a quarter of the interval."""
         every = max(self.options.lease_ms / 3, 1) / 1000
+        # Each heartbeat is cut off after the interval, so a hung call never
+        # delays the next one past the lease.
+        client = self.client.with_options(timeout=every, retry=RetryPolicy(attempts=1))
         deadline = time.monotonic() + self.options.handler_timeout
         beat = 0
         wait = every
@@ -501,7 +506,7 @@ class Worker:
                 return
             beat += 1
             try:
-                self.client.heartbeat(
+                client.heartbeat(
                     job.task,
                     job.epoch,
                     lease_ms=self.options.lease_ms,
