@@ -166,6 +166,41 @@ def test_worker_past_its_handler_timeout_loses_the_lease(dev: Server, tag: str) 
     client.close()
 
 
+def test_heartbeats_keep_a_slow_handlers_lease_and_tell_it_when_lost(dev: Server, tag: str) -> None:
+    stage, done = f"s-{tag}", f"done-{tag}"
+    client = baton.Client(dev.address)
+    slow_task = client.submit({"n": 1}, stage=stage, priority=1).task.id
+    doomed_task = client.submit({"n": 2}, stage=stage).task.id
+    worker = baton.Worker(client, agent="slow", options=baton.WorkerOptions(wait_ms=500, lease_ms=1000))
+    seen: list[baton.Finished] = []
+    worker.on_finished(seen.append)
+    noticed: list[bool] = []
+
+    @worker.handler(stage)
+    def work(job: baton.Job) -> baton.Decision:
+        if job.task == slow_task:
+            time.sleep(2.5)  # over twice the lease: only heartbeats keep it
+            return baton.Handoff(done)
+        # An operator cancels this one while it is worked: a heartbeat learns it.
+        client.cancel(job.task, "withdrawn")
+        wait_until("a heartbeat to find the lease lost", job.is_lost, limit=10)
+        noticed.append(True)
+        return baton.Handoff(done)
+
+    thread = start(worker)
+    wait_until("both leases finished", lambda: len(seen) == 2)
+    worker.stop()
+    thread.join(10)
+    assert [(f.fence.task, f.outcome) for f in seen] == [(slow_task, "handed_off"), (doomed_task, "lost")]
+    assert noticed == [True]
+    assert worker.stats.heartbeats >= 5
+    events = client.history(slow_task).events
+    assert not any(e.kind == "lease_expired" for e in events)
+    assert client.get_task(slow_task).stage == done
+    assert client.get_task(doomed_task).state == "cancelled"
+    client.close()
+
+
 def test_worker_through_a_server_sigkill_and_restart(binary: str, tmp_path: Path, tag: str) -> None:
     server = Server(binary, "dev", tmp_path)
     server.start()

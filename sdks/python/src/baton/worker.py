@@ -330,6 +330,9 @@ class Worker:
         self._stop = threading.Event()
         self._claiming = False
         self._lock = threading.Lock()
+        self._beat_cond = threading.Condition()
+        self._beat_job: Job | None = None
+        self._beats_closed = False
 
     # ---- set-up --------------------------------------------------------
 
@@ -374,6 +377,9 @@ class Worker:
         previous = self._install_signals() if install_signals else {}
         pending: deque[m.Lease] = deque()
         worked = 0
+        self._beats_closed = False
+        beats = threading.Thread(target=self._heartbeats, name=f"baton-heartbeats-{self.agent}", daemon=True)
+        beats.start()
         try:
             while True:
                 if max_leases is not None and worked >= max_leases:
@@ -391,6 +397,10 @@ class Worker:
                     worked += 1
                 self._record(finished)
         finally:
+            with self._beat_cond:
+                self._beats_closed = True
+                self._beat_cond.notify()
+            beats.join()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.stats
@@ -451,9 +461,7 @@ class Worker:
         fn = self._handlers.get(lease.stage)
         if fn is None:  # a lease from a stage without a handler: cannot happen, but never drop it
             return self._release_unworked(lease)
-        beats_done = threading.Event()
-        beats = threading.Thread(target=self._heartbeats, args=(job, beats_done), daemon=True)
-        beats.start()
+        self._beat_for(job)
         started = time.monotonic()
         handler_end = "returned"
         try:
@@ -467,8 +475,7 @@ class Worker:
             log.warning("worker %s: %s on %s", self.agent, text, job.fence.key)
             decision = Fail(text, retryable=True)
         finally:
-            beats_done.set()
-            beats.join()
+            self._beat_for(None)
         if time.monotonic() - started > self.options.handler_timeout:
             self.stats.handler_timeouts += 1
             handler_end = "timed_out"
@@ -489,44 +496,74 @@ class Worker:
 
     # ---- heartbeats ----------------------------------------------------
 
-    def _heartbeats(self, job: Job, done: threading.Event) -> None:
-        """Heartbeats every `lease_ms / 3` until `done`, the lease is lost, or
-        the handler runs past `handler_timeout`. A failed heartbeat is tried
-        again after a quarter of the interval."""
+    def _heartbeats(self) -> None:
+        """The heartbeat thread, one per worker for its whole run: beats for
+        the job in hand every `lease_ms / 3` until the job ends, its lease is
+        lost, or its handler runs past `handler_timeout`. A failed heartbeat
+        is tried again after a quarter of the interval. Beginning and ending
+        a job only swap `_beat_job` under the condition: the worker never
+        waits for this thread."""
         every = max(self.options.lease_ms / 3, 1) / 1000
         # Each heartbeat is cut off after the interval, so a hung call never
         # delays the next one past the lease.
         client = self.client.with_options(timeout=every, retry=RetryPolicy(attempts=1))
-        deadline = time.monotonic() + self.options.handler_timeout
-        beat = 0
-        wait = every
-        while not done.wait(wait):
-            if time.monotonic() >= deadline:
-                log.warning("worker %s: handler past handler_timeout on %s; the lease will expire", self.agent, job.fence.key)
-                return
-            beat += 1
-            try:
-                client.heartbeat(
-                    job.task,
-                    job.epoch,
-                    lease_ms=self.options.lease_ms,
-                    request_key=f"{job.task}:{job.epoch}:heartbeat:{beat}",
-                )
-                with self._lock:
-                    self.stats.heartbeats += 1
-                wait = every
-            except LeaseLost as error:
-                job.lost_info = error
-                job._lost.set()
-                return
-            except (NotHolder, NotFound):
-                job._lost.set()
-                return
-            except BatonError as error:
-                log.info("worker %s: heartbeat on %s failed: %s", self.agent, job.fence.key, error)
-                with self._lock:
-                    self.stats.heartbeat_failures += 1
-                wait = every / 4
+        cond = self._beat_cond
+        finished: Job | None = None
+        while True:
+            with cond:
+                while not self._beats_closed and (self._beat_job is None or self._beat_job is finished):
+                    cond.wait()
+                if self._beats_closed:
+                    return
+                job = self._beat_job
+                assert job is not None
+            finished = job
+            deadline = time.monotonic() + self.options.handler_timeout
+            next_at = time.monotonic() + every
+            beat = 0
+            while True:
+                with cond:
+                    while self._beat_job is job and not self._beats_closed:
+                        remaining = next_at - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        cond.wait(remaining)
+                    if self._beat_job is not job or self._beats_closed:
+                        break
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "worker %s: handler past handler_timeout on %s; the lease will expire", self.agent, job.fence.key
+                    )
+                    break
+                beat += 1
+                try:
+                    client.heartbeat(
+                        job.task,
+                        job.epoch,
+                        lease_ms=self.options.lease_ms,
+                        request_key=f"{job.task}:{job.epoch}:heartbeat:{beat}",
+                    )
+                    with self._lock:
+                        self.stats.heartbeats += 1
+                    next_at = time.monotonic() + every
+                except LeaseLost as error:
+                    job.lost_info = error
+                    job._lost.set()
+                    break
+                except (NotHolder, NotFound):
+                    job._lost.set()
+                    break
+                except BatonError as error:
+                    log.info("worker %s: heartbeat on %s failed: %s", self.agent, job.fence.key, error)
+                    with self._lock:
+                        self.stats.heartbeat_failures += 1
+                    next_at = time.monotonic() + every / 4
+
+    def _beat_for(self, job: Job | None) -> None:
+        """Points the heartbeat thread at `job` (None: no job in hand)."""
+        with self._beat_cond:
+            self._beat_job = job
+            self._beat_cond.notify()
 
     # ---- decisions -----------------------------------------------------
 
