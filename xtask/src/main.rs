@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's own automation. `ci` runs everything CI runs
 //! (format check, clippy with warnings denied, the whole test suite under
 //! nextest, tidy); `tidy` runs only the repository checks; `openapi` writes
-//! the API's OpenAPI document to docs/api/openapi.json. The same tidy checks
+//! the API's OpenAPI document to docs/api/openapi.json and regenerates the
+//! Python SDK's models from it. The same tidy checks
 //! also run as a test, so `cargo nextest run` alone enforces them. `ci`
 //! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`,
 //! by default the local `test` database) answers: its tests must run, so an unreachable database fails the run at
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
                  ci       format check, clippy -D warnings, all tests (nextest), tidy, python\n  \
                  tidy     repository checks only\n  \
                  python   the Python SDK's type check and tests (BATON_PYTHON, default python3)\n  \
-                 openapi  write the API's OpenAPI document to {}",
+                 openapi  write the API's OpenAPI document to {} (and the Python SDK's models)",
                 tidy::OPENAPI_FILE
             );
             return ExitCode::from(2);
@@ -67,6 +68,18 @@ fn openapi() -> Result<(), String> {
     std::fs::write(&path, baton_server::openapi_json())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("xtask openapi: wrote {}", tidy::OPENAPI_FILE);
+    // The Python SDK's models are generated from the document (stdlib-only
+    // script) and CI fails when they are stale: regenerate them with it.
+    let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| "python3".to_owned());
+    let generator = tidy::root().join("sdks/python/tools/gen_models.py");
+    let status = Command::new(&python)
+        .arg(&generator)
+        .status()
+        .map_err(|e| format!("could not run {python} {} ({e}); run it by hand", generator.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed", generator.display()));
+    }
+    eprintln!("xtask openapi: wrote sdks/python/src/baton/models.py");
     Ok(())
 }
 
