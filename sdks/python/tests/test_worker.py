@@ -9,6 +9,7 @@ fence token and checked against each task's history afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -56,29 +57,46 @@ class Runs:
             return len(self.runs)
 
 
-def pipeline(client: baton.Client, agent: str, stages: list[str], runs: Runs, options: baton.WorkerOptions,
-             pause: float = 0.0) -> baton.Worker:
-    """A worker handing each task along `stages` and completing it at the last."""
-    worker = baton.Worker(client, agent=agent, options=options)
+def pipeline(address: str, flavour: str, agent: str, stages: list[str], runs: Runs,
+             options: baton.WorkerOptions, pause: float = 0.0) -> Any:
+    """A `Worker` (sync) or an `AsyncWorker` (async) handing each task along
+    `stages` and completing it at the last; not started."""
+
+    def decide(job: baton.Job, to: str | None) -> baton.Decision:
+        runs.add(job.fence)
+        assert job.fence == baton.FenceToken(job.task, job.stage, job.epoch)
+        if to is None:
+            return baton.Complete(result={"by": agent}, note="finished", findings={"stage": job.stage})
+        return baton.Handoff(to, note=f"{job.stage} done", findings={"stage": job.stage}, confidence=0.75)
+
+    worker: Any
+    if flavour == "sync":
+        worker = baton.Worker(baton.Client(address), agent=agent, options=options)
+    else:
+        worker = baton.AsyncWorker(baton.AsyncClient(address), agent=agent, options=options)
     for i, stage in enumerate(stages):
-        last = i == len(stages) - 1
-        to = None if last else stages[i + 1]
-
-        def handle(job: baton.Job, to: str | None = to) -> baton.Decision:
-            runs.add(job.fence)
-            assert job.fence == baton.FenceToken(job.task, job.stage, job.epoch)
-            if pause:
+        to = stages[i + 1] if i + 1 < len(stages) else None
+        if flavour == "sync":
+            def handle(job: baton.Job, to: str | None = to) -> baton.Decision:
                 time.sleep(pause)
-            if to is None:
-                return baton.Complete(result={"by": agent}, note="finished", findings={"stage": job.stage})
-            return baton.Handoff(to, note=f"{job.stage} done", findings={"stage": job.stage}, confidence=0.75)
+                return decide(job, to)
 
-        worker.on(stage, handle)
+            worker.on(stage, handle)
+        else:
+            async def handle_async(job: baton.Job, to: str | None = to) -> baton.Decision:
+                await asyncio.sleep(pause)
+                return decide(job, to)
+
+            worker.on(stage, handle_async)
     return worker
 
 
-def start(worker: baton.Worker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run, daemon=True)
+def start(worker: Any) -> threading.Thread:
+    """Runs a worker in a thread (an `AsyncWorker` on its own event loop)."""
+    if isinstance(worker, baton.AsyncWorker):
+        thread = threading.Thread(target=lambda: asyncio.run(worker.run()), daemon=True)
+    else:
+        thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     return thread
 
@@ -101,13 +119,14 @@ def check_once_per_stage(client: baton.Client, tasks: list[str], stages: list[st
             assert by_stage[(task, stage)] >= 1
 
 
-def test_pipeline_with_claim_next_and_reports(dev: Server, tag: str) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_pipeline_with_claim_next_and_reports(dev: Server, tag: str, flavour: str) -> None:
     stages = [f"a-{tag}", f"b-{tag}", f"c-{tag}"]
     client = baton.Client(dev.address)
     tasks = [client.submit({"i": i}, stage=stages[0]).task.id for i in range(20)]
     runs = Runs()
     options = baton.WorkerOptions(wait_ms=500, lease_ms=10_000)
-    workers = [pipeline(client, f"bot-{tag}-{k}", stages, runs, options) for k in range(2)]
+    workers = [pipeline(dev.address, flavour, f"bot-{tag}-{k}", stages, runs, options) for k in range(2)]
     threads = [start(w) for w in workers]
     wait_until("every task done", lambda: all(client.get_task(t).state == "done" for t in tasks))
     for w in workers:
@@ -201,7 +220,8 @@ def test_heartbeats_keep_a_slow_handlers_lease_and_tell_it_when_lost(dev: Server
     client.close()
 
 
-def test_worker_through_a_server_sigkill_and_restart(binary: str, tmp_path: Path, tag: str) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_worker_through_a_server_sigkill_and_restart(binary: str, tmp_path: Path, tag: str, flavour: str) -> None:
     server = Server(binary, "dev", tmp_path)
     server.start()
     try:
@@ -210,7 +230,7 @@ def test_worker_through_a_server_sigkill_and_restart(binary: str, tmp_path: Path
         tasks = [client.submit({"i": i}, stage=stages[0], idempotency_key=f"t-{i}").task.id for i in range(30)]
         runs = Runs()
         options = baton.WorkerOptions(wait_ms=1000, lease_ms=3000, backoff_max=0.5)
-        workers = [pipeline(client, f"bot-{k}", stages, runs, options, pause=0.02) for k in range(2)]
+        workers = [pipeline(server.address, flavour, f"bot-{k}", stages, runs, options, pause=0.02) for k in range(2)]
         threads = [start(w) for w in workers]
         wait_until("a third of the handler runs", lambda: runs.count() >= 30)
         server.kill()
@@ -255,17 +275,53 @@ class DropFirstAnswer(httpx2.HTTPTransport):
         return super().handle_request(request)
 
 
+class DropFirstAnswerAsync(httpx2.AsyncHTTPTransport):
+    """`DropFirstAnswer` for the async client."""
+
+    def __init__(self, suffix: str, strip_key: bool) -> None:
+        super().__init__()
+        self.suffix = suffix
+        self.strip_key = strip_key
+        self.dropped = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self.dropped == 0 and request.url.path.endswith(self.suffix):
+            self.dropped += 1
+            if self.strip_key:
+                del request.headers["idempotency-key"]
+            response = await super().handle_async_request(request)
+            await response.aread()
+            await response.aclose()
+            raise httpx2.ReadError("connection reset before the answer arrived", request=request)
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 @pytest.mark.parametrize("strip_key", [False, True], ids=["keyed-replay", "settled-by-history"])
-def test_a_lost_answer_is_settled(dev: Server, tag: str, strip_key: bool) -> None:
+def test_a_lost_answer_is_settled(dev: Server, tag: str, strip_key: bool, flavour: str) -> None:
     stage = f"s-{tag}"
-    transport = DropFirstAnswer("/complete", strip_key)
-    client = baton.Client(dev.address, transport=transport, retry=baton.RetryPolicy(attempts=1))
+    client = baton.Client(dev.address)
     task = client.submit({"n": 1}, stage=stage).task.id
-    worker = baton.Worker(client, agent="bot", options=baton.WorkerOptions(wait_ms=300, claim_next=False))
+    options = baton.WorkerOptions(wait_ms=300, claim_next=False)
     seen: list[baton.Finished] = []
-    worker.on_finished(seen.append)
-    worker.on(stage, lambda job: baton.Complete(result={"ok": 1}))
-    worker.run(max_leases=1)
+    no_retry = baton.RetryPolicy(attempts=1)
+    transport: DropFirstAnswer | DropFirstAnswerAsync
+    if flavour == "sync":
+        transport = DropFirstAnswer("/complete", strip_key)
+        worker = baton.Worker(baton.Client(dev.address, transport=transport, retry=no_retry), "bot", options)
+        worker.on_finished(seen.append)
+        worker.on(stage, lambda job: baton.Complete(result={"ok": 1}))
+        worker.run(max_leases=1)
+    else:
+        transport = DropFirstAnswerAsync("/complete", strip_key)
+        aworker = baton.AsyncWorker(baton.AsyncClient(dev.address, transport=transport, retry=no_retry), "bot", options)
+        aworker.on_finished(seen.append)
+
+        async def complete(job: baton.Job) -> baton.Decision:
+            return baton.Complete(result={"ok": 1})
+
+        aworker.on(stage, complete)
+        asyncio.run(aworker.run(max_leases=1))
     assert transport.dropped == 1
     (finished,) = seen
     assert finished.outcome == "completed"
@@ -285,10 +341,14 @@ def read_record(path: Path) -> list[dict[str, Any]]:
 def spawn_worker(dev: Server, tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], Path]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(agent: str, stage: str, to: str, sleep: float, wait_ms: int = 20_000) -> tuple[subprocess.Popen[bytes], Path]:
+    def spawn(
+        agent: str, stage: str, to: str, sleep: float, wait_ms: int = 20_000, flavour: str = "sync"
+    ) -> tuple[subprocess.Popen[bytes], Path]:
         record = tmp_path / f"{agent}.jsonl"
         script = Path(__file__).with_name("worker_proc.py")
-        args = [sys.executable, str(script), dev.address, agent, stage, to, str(sleep), str(record), str(wait_ms)]
+        args = [
+            sys.executable, str(script), dev.address, agent, stage, to, str(sleep), str(record), str(wait_ms), flavour
+        ]
         proc = subprocess.Popen(args)
         procs.append(proc)
         wait_until("the worker to start", lambda: any(e["event"] == "ready" for e in read_record(record)))
@@ -301,11 +361,12 @@ def spawn_worker(dev: Server, tmp_path: Path) -> Iterator[Callable[..., tuple[su
             proc.wait()
 
 
-def test_sigterm_finishes_the_current_task(dev: Server, tag: str, spawn_worker: Any) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_sigterm_finishes_the_current_task(dev: Server, tag: str, spawn_worker: Any, flavour: str) -> None:
     stage, to = f"s-{tag}", f"next-{tag}"
     client = baton.Client(dev.address)
     first = client.submit({"n": 1}, stage=stage).task.id
-    proc, record = spawn_worker(f"w-{tag}", stage, to, 1.5)
+    proc, record = spawn_worker(f"w-{tag}", stage, to, 1.5, flavour=flavour)
     wait_until("the handler to start", lambda: any(e["event"] == "started" for e in read_record(record)))
     second = client.submit({"n": 2}, stage=stage).task.id
     proc.send_signal(signal.SIGTERM)
@@ -319,8 +380,9 @@ def test_sigterm_finishes_the_current_task(dev: Server, tag: str, spawn_worker: 
     client.close()
 
 
-def test_sigterm_while_waiting_for_work_stops_at_once(dev: Server, tag: str, spawn_worker: Any) -> None:
-    proc, record = spawn_worker(f"w-{tag}", f"empty-{tag}", f"next-{tag}", 0.0, 60_000)
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_sigterm_while_waiting_for_work_stops_at_once(dev: Server, tag: str, spawn_worker: Any, flavour: str) -> None:
+    proc, record = spawn_worker(f"w-{tag}", f"empty-{tag}", f"next-{tag}", 0.0, 60_000, flavour)
     time.sleep(0.5)  # into the long poll
     proc.send_signal(signal.SIGTERM)
     # Well before the 60 s wait would end on its own.

@@ -1,12 +1,14 @@
 """Baton's Python SDK: sync (`Client`) and async (`AsyncClient`) clients for
 every API route, pydantic models of every wire type (`baton.models`), typed
-exceptions per error code (`baton.errors`), and a `Worker` that claims,
-heartbeats and hands off around plain functions."""
+exceptions per error code (`baton.errors`), and a `Worker` (threads, plain
+functions) and an `AsyncWorker` (asyncio, coroutine functions) that claim,
+heartbeat and hand off around a handler per stage."""
 
 from . import models
 from ._async_client import AsyncClient
 from ._common import DEFAULT_ADDRESS, IDEMPOTENCY_KEY_HEADER, OPERATIONS, RetryPolicy, Submitted
 from ._sync_client import Client
+from .async_worker import AsyncWorker
 from .errors import (
     ApiError,
     BatonError,
@@ -59,6 +61,7 @@ __all__ = [
     "Abort",
     "ApiError",
     "AsyncClient",
+    "AsyncWorker",
     "BatonError",
     "BodyTooLarge",
     "Client",

@@ -174,10 +174,10 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
 class Job:
     """One claimed task, as a handler gets it."""
 
-    def __init__(self, lease: m.Lease, worker: Worker) -> None:
+    def __init__(self, lease: m.Lease, stopping: Callable[[], bool]) -> None:
         self.lease = lease
         self.fence = FenceToken.of(lease)
-        self._worker = worker
+        self._stopping = stopping
         self._lost = threading.Event()
         #: What Baton said when a heartbeat found the lease lost.
         self.lost_info: LeaseLost | None = None
@@ -208,7 +208,7 @@ class Job:
 
     def is_stopping(self) -> bool:
         """Whether the worker was asked to stop: finish soon; no more work follows."""
-        return self._worker.stopping
+        return self._stopping()
 
 
 @dataclass(frozen=True)
@@ -310,6 +310,38 @@ def decision_landed(events: list[m.Event], actor: str, stage: str, epoch: int, k
         and event.from_.stage == stage
         for event in events
     )
+
+
+#: The outcome a decision that landed is reported as.
+APPLIED: dict[str, str] = {
+    "handoff": "handed_off",
+    "complete": "completed",
+    "release": "released",
+    "fail": "failed",
+    "abort": "aborted",
+}
+
+
+def decision_call(
+    lease: m.Lease, decision: Decision, next_: m.ClaimNext | None
+) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The client method, arguments and keywords that deliver `decision` on
+    `lease` (with `claim_next`), keyed by `holder_key`: the same for the sync
+    and the async client."""
+    key = holder_key(lease, decision.verb)
+    common: dict[str, Any] = {"claim_next": next_, "request_key": key}
+    task, epoch = lease.task, lease.epoch
+    if isinstance(decision, Handoff):
+        report = {"note": decision.note, "findings": decision.findings, "confidence": decision.confidence}
+        return "handoff", (task, epoch, decision.to_stage), report | common
+    if isinstance(decision, Complete):
+        report = {"note": decision.note, "findings": decision.findings, "confidence": decision.confidence}
+        return "complete", (task, epoch), {"result": decision.result} | report | common
+    if isinstance(decision, Release):
+        return "release", (task, epoch), {"note": decision.note} | common
+    if isinstance(decision, Fail):
+        return "fail", (task, epoch, decision.error), {"retryable": decision.retryable} | common
+    return "abort", (task, epoch, decision.reason), common
 
 
 class Worker:
@@ -457,7 +489,7 @@ class Worker:
         return []
 
     def _work(self, lease: m.Lease, pending: deque[m.Lease]) -> Finished:
-        job = Job(lease, self)
+        job = Job(lease, lambda: self.stopping)
         fn = self._handlers.get(lease.stage)
         if fn is None:  # a lease from a stage without a handler: cannot happen, but never drop it
             return self._release_unworked(lease)
@@ -571,13 +603,7 @@ class Worker:
         self, lease: m.Lease, decision: Decision, next_: m.ClaimNext | None, handler_end: str
     ) -> tuple[Finished, list[m.Lease]]:
         fence = FenceToken.of(lease)
-        applied = {
-            "handoff": "handed_off",
-            "complete": "completed",
-            "release": "released",
-            "fail": "failed",
-            "abort": "aborted",
-        }[decision.verb]
+        applied = APPLIED[decision.verb]
         kind, value = self._deliver(lease, decision, next_)
         if kind == "applied":
             assert isinstance(value, m.ActResponse)
@@ -625,36 +651,9 @@ class Worker:
                 time.sleep(self._backoff(attempt))
 
     def _send(self, lease: m.Lease, decision: Decision, next_: m.ClaimNext | None) -> m.ActResponse:
-        task, epoch = lease.task, lease.epoch
-        key = holder_key(lease, decision.verb)
-        c = self.client
-        if isinstance(decision, Handoff):
-            return c.handoff(
-                task,
-                epoch,
-                decision.to_stage,
-                note=decision.note,
-                findings=decision.findings,
-                confidence=decision.confidence,
-                claim_next=next_,
-                request_key=key,
-            )
-        if isinstance(decision, Complete):
-            return c.complete(
-                task,
-                epoch,
-                result=decision.result,
-                note=decision.note,
-                findings=decision.findings,
-                confidence=decision.confidence,
-                claim_next=next_,
-                request_key=key,
-            )
-        if isinstance(decision, Release):
-            return c.release(task, epoch, note=decision.note, claim_next=next_, request_key=key)
-        if isinstance(decision, Fail):
-            return c.fail(task, epoch, decision.error, retryable=decision.retryable, claim_next=next_, request_key=key)
-        return c.abort(task, epoch, decision.reason, claim_next=next_, request_key=key)
+        method, args, kwargs = decision_call(lease, decision, next_)
+        answer: m.ActResponse = getattr(self.client, method)(*args, **kwargs)
+        return answer
 
     def _landed(self, lease: m.Lease, decision: Decision) -> bool:
         """Whether the task's history holds the decision's event (retried reads)."""
