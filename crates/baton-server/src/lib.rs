@@ -11,7 +11,10 @@
 //! (`http::principal`). The API is
 //! described by an OpenAPI document generated from the handlers
 //! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
+//! Workflows that opt in are also A2A agents under `/a2a` (`a2a`), a bridge
+//! that calls the `/v1` router in process.
 
+pub mod a2a;
 pub mod accept;
 pub mod anomaly;
 pub mod auth;

@@ -85,23 +85,26 @@ pub fn router(state: AppState) -> Router {
     let (api, document) = documented_routes().split_for_parts();
     let json: Arc<str> = openapi::to_json(&document).into();
     let options = state.options();
-    api.route(
-        openapi::OPENAPI_PATH,
-        get(move || {
-            let json = json.clone();
-            async move { openapi::serve_json(json) }
-        }),
-    )
-    .merge(openapi::docs_ui())
-    .fallback(no_route)
-    .method_not_allowed_fallback(wrong_method)
-    .layer(DefaultBodyLimit::max(options.body_bytes_max))
-    .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-    .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
-    .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
-    .layer(middleware::from_fn(log_refusals))
-    .with_state(state)
+    let api: Router = api
+        .route(
+            openapi::OPENAPI_PATH,
+            get(move || {
+                let json = json.clone();
+                async move { openapi::serve_json(json) }
+            }),
+        )
+        .merge(openapi::docs_ui())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(options.body_bytes_max))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
+        .layer(middleware::from_fn(log_refusals))
+        .with_state(state);
+    // The A2A bridge calls the finished `/v1` router, so it shares its checks.
+    api.clone().merge(crate::a2a::routes(api))
 }
 
 /// Every documented route: the router and the OpenAPI paths in one, so no
