@@ -94,7 +94,12 @@ pub async fn list(
         let events = state.store().history(task.id).await?;
         let (why, since) = why_and_since(&task, &events);
         let from_stage = from_stage(&task, &events);
-        items.push(api::InboxItem { task: convert::task(&task, None), why, since: Timestamp(since), from_stage });
+        items.push(api::InboxItem {
+            task: convert::task(&task, None),
+            why,
+            since: Timestamp(since),
+            from_stage,
+        });
     }
     Ok(Json(api::InboxPage { items, next_cursor }))
 }

@@ -91,22 +91,23 @@ pub fn router(state: AppState) -> Router {
     let (api, document) = documented_routes().split_for_parts();
     let json: Arc<str> = openapi::to_json(&document).into();
     let options = state.options();
-    let api = api.route(
-        openapi::OPENAPI_PATH,
-        get(move || {
-            let json = json.clone();
-            async move { openapi::serve_json(json) }
-        }),
-    )
-    .merge(openapi::docs_ui())
-    .fallback(no_route)
-    .method_not_allowed_fallback(wrong_method)
-    .layer(DefaultBodyLimit::max(options.body_bytes_max))
-    .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-    .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
-    .layer(middleware::from_fn(log_refusals))
-    .with_state(state.clone());
+    let api = api
+        .route(
+            openapi::OPENAPI_PATH,
+            get(move || {
+                let json = json.clone();
+                async move { openapi::serve_json(json) }
+            }),
+        )
+        .merge(openapi::docs_ui())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(options.body_bytes_max))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
+        .layer(middleware::from_fn(log_refusals))
+        .with_state(state.clone());
     // The dashboard calls the API router above in process, with the
     // signed-in principal's token: it has no other way in.
     api.clone().merge(crate::ui::router(api, state))

@@ -108,7 +108,9 @@ pub async fn series(
             let n = usize::try_from((detector_from - history_from) / BUCKET_MS).unwrap_or(0);
             let mut per_bucket = vec![0.0; n];
             for (bucket, c) in &past {
-                if let Some(slot) = per_bucket.get_mut(usize::try_from((bucket - history_from) / BUCKET_MS).unwrap_or(n)) {
+                if let Some(slot) =
+                    per_bucket.get_mut(usize::try_from((bucket - history_from) / BUCKET_MS).unwrap_or(n))
+                {
                     *slot = (c.submitted + c.handoffs) as f64 - c.claims as f64;
                 }
             }

@@ -78,7 +78,10 @@ pub fn render(w: &WorkflowView) -> String {
         }
         column.insert(stage.clone(), depth);
         for ((from, to), kind) in &edges {
-            if *from == stage && *kind != Kind::Compensate && !column.contains_key(to) {
+            // The work flows left to right; escalations and compensation
+            // lead to the columns after it.
+            let flows = matches!(kind, Kind::Next | Kind::Route | Kind::Reroute);
+            if *from == stage && flows && !column.contains_key(to) {
                 queue.push_back((to.clone(), depth + 1));
             }
         }
@@ -88,7 +91,7 @@ pub fn render(w: &WorkflowView) -> String {
     all.extend(edges.keys().flat_map(|(a, b)| [a.clone(), b.clone()]));
     for stage in &all {
         if !column.contains_key(stage) {
-            let col = if compensation.contains(stage.as_str()) { last + 1 } else { last };
+            let col = if compensation.contains(stage.as_str()) { last + 2 } else { last + 1 };
             column.insert(stage.clone(), col);
         }
     }
@@ -118,8 +121,8 @@ pub fn render(w: &WorkflowView) -> String {
     for kind in [Kind::Next, Kind::Route, Kind::Reroute, Kind::Escalate, Kind::Compensate] {
         let _ = write!(
             svg,
-            "<marker id=\"arrow-{0}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" \
-             orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" class=\"head-{0}\"/></marker>",
+            "<marker id=\"arrow-{0}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"9\" markerHeight=\"9\" \
+             markerUnits=\"userSpaceOnUse\" orient=\"auto-start-reverse\"><path d=\"M0,0 L10,5 L0,10 z\" class=\"head-{0}\"/></marker>",
             kind.class()
         );
     }
@@ -179,7 +182,13 @@ pub fn render(w: &WorkflowView) -> String {
             x + 10,
             y + 24,
             e(&name),
-            if human { " (human)" } else if *stage == w.entry { " (entry)" } else { "" },
+            if human {
+                " (human)"
+            } else if *stage == w.entry {
+                " (entry)"
+            } else {
+                ""
+            },
             x + 10,
             y + 44,
             e(&detail)

@@ -134,7 +134,10 @@ pub fn refusal_page(status: StatusCode, title: &str, what: &str) -> Response {
 /// An API call that failed, shown with the API's status, code and message.
 pub fn failure_page(f: &ApiFailure) -> Response {
     let body = failure_box(f);
-    (f.status, page_bare("The API refused", &format!("{body}<p><a href=\"/ui\">Back to the overview</a></p>")))
+    (
+        f.status,
+        page_bare("The API refused", &format!("{body}<p><a href=\"/ui\">Back to the overview</a></p>")),
+    )
         .into_response()
 }
 
@@ -159,10 +162,15 @@ pub fn dur(ms: i64) -> String {
     match ms {
         0..1_000 => format!("{ms} ms"),
         1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m {}s", ms / 60_000, ms % 60_000 / 1000),
-        3_600_000..86_400_000 => format!("{}h {}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
-        _ => format!("{}d {}h", ms / 86_400_000, ms % 86_400_000 / 3_600_000),
+        60_000..3_600_000 => two(ms / 60_000, "m", ms % 60_000 / 1000, "s"),
+        3_600_000..86_400_000 => two(ms / 3_600_000, "h", ms % 3_600_000 / 60_000, "m"),
+        _ => two(ms / 86_400_000, "d", ms % 86_400_000 / 3_600_000, "h"),
     }
+}
+
+/// `3m 20s`, or `3m` when the smaller part is 0.
+fn two(big: i64, big_unit: &str, small: i64, small_unit: &str) -> String {
+    if small == 0 { format!("{big}{big_unit}") } else { format!("{big}{big_unit} {small}{small_unit}") }
 }
 
 /// A time, with how long ago (or from now) it is, in a `<time>` element.

@@ -128,11 +128,7 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
         "uPlot.LICENSE" => (include_bytes!("assets/uPlot.LICENSE"), "text/plain; charset=utf-8"),
         _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
     };
-    (
-        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=3600")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=3600")], body).into_response()
 }
 
 /// A refusal or failure of an API call, as the API answered it.
@@ -164,9 +160,9 @@ impl Ui {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = match body {
-            Some(json) => request
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json.to_string())),
+            Some(json) => {
+                request.header(header::CONTENT_TYPE, "application/json").body(Body::from(json.to_string()))
+            }
             None => request.body(Body::empty()),
         }
         .map_err(|e| ApiFailure::internal(format!("bad request to {path}: {e}")))?;

@@ -3,7 +3,9 @@
 //! HTML; each action checks the form's CSRF token, makes one API call, and
 //! redirects back (post, redirect, get), or shows the API's refusal.
 
-use crate::ui::html::{Frame, csrf_input, dur, e, failure_box, ms_opt, page, pct, state_badge, task_link, url, when};
+use crate::ui::html::{
+    Frame, csrf_input, dur, e, failure_box, ms_opt, page, pct, state_badge, task_link, url, when,
+};
 use crate::ui::session::{Session, check_post};
 use crate::ui::{ApiFailure, Ui};
 use axum::extract::{Form, Path, Query, State};
@@ -117,7 +119,7 @@ async fn live_section(ui: &Ui, session: &Session) -> String {
     match stats {
         Ok(stats) => {
             out.push_str(
-                "<h2>Stages</h2><div class=\"scroll\"><table id=\"stages\"><caption class=\"visually-hidden\">Stages</caption><thead><tr>\
+                "<h2>Stages</h2><div class=\"scroll\" tabindex=\"0\"><table id=\"stages\"><caption class=\"visually-hidden\">Stages</caption><thead><tr>\
                  <th scope=\"col\">Stage</th><th scope=\"col\" class=\"num\">Backlog</th><th scope=\"col\" class=\"num\">In flight</th>\
                  <th scope=\"col\" class=\"num\">Blocked</th><th scope=\"col\">Oldest waiting</th>\
                  <th scope=\"col\" class=\"num\">Arrivals/min</th><th scope=\"col\" class=\"num\">Claims/min</th>\
@@ -129,7 +131,8 @@ async fn live_section(ui: &Ui, session: &Session) -> String {
             for s in &stats.stages {
                 let arrivals = (s.submitted + s.handoffs_in) as f64 / OVERVIEW_WINDOW_MIN;
                 let claims = s.claims as f64 / OVERVIEW_WINDOW_MIN;
-                let oldest = s.oldest_waiting_ms.map_or("–".to_owned(), |ms| dur(i64::try_from(ms).unwrap_or(0)));
+                let oldest =
+                    s.oldest_waiting_ms.map_or("–".to_owned(), |ms| dur(i64::try_from(ms).unwrap_or(0)));
                 let _ = write!(
                     out,
                     "<tr><th scope=\"row\">{name}</th><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
@@ -205,12 +208,13 @@ pub async fn edges(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
          an edge per minute against its learnt baseline.</p>{}",
         window_form("/ui/edges", window, "")
     );
-    for (title, id, scope, list) in
-        [("Stage to stage", "stage-edges", "edge", &stats.edges), ("Agent to agent", "agent-edges", "agent_edge", &stats.agent_edges)]
-    {
+    for (title, id, scope, list) in [
+        ("Stage to stage", "stage-edges", "edge", &stats.edges),
+        ("Agent to agent", "agent-edges", "agent_edge", &stats.agent_edges),
+    ] {
         let _ = write!(
             body,
-            "<h2>{title}</h2><div class=\"scroll\"><table id=\"{id}\"><thead><tr><th scope=\"col\">Edge</th>\
+            "<h2>{title}</h2><div class=\"scroll\" tabindex=\"0\"><table id=\"{id}\"><thead><tr><th scope=\"col\">Edge</th>\
              <th scope=\"col\" class=\"num\">Handoffs</th><th scope=\"col\" class=\"num\">Accepted</th>\
              <th scope=\"col\" class=\"num\">p50</th><th scope=\"col\" class=\"num\">p95</th><th scope=\"col\" class=\"num\">p99</th>\
              <th scope=\"col\" class=\"num\">Success</th><th scope=\"col\" class=\"num\">Timeouts</th>\
@@ -253,17 +257,29 @@ pub async fn edges(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
 /// `GET /ui/series?edge=A:B|agent_edge=A:B|stage=S&window=1h`: charts.
 pub async fn series(State(ui): State<Ui>, session: Session, Query(q): Q) -> Response {
     let window = window_of(&q);
-    let (param, key) = match ["edge", "agent_edge", "stage"].iter().find_map(|p| q.get(*p).map(|v| (*p, v.clone()))) {
-        Some(found) => found,
-        None => return Redirect::to("/ui/edges").into_response(),
-    };
+    let (param, key) =
+        match ["edge", "agent_edge", "stage"].iter().find_map(|p| q.get(*p).map(|v| (*p, v.clone()))) {
+            Some(found) => found,
+            None => return Redirect::to("/ui/edges").into_response(),
+        };
     let path = format!("/v1/stats/series?{param}={}&window={window}", url(&key));
     let s: api::Series = match ui.get(&session, &path).await {
         Ok(s) => s,
         Err(f) => return render_failure(&session, "Chart", "/ui/edges", &f),
     };
     let title = match &s.to {
-        Some(to) => format!("{} {} → {}", if param == "stage" { "Stage" } else if param == "edge" { "Edge" } else { "Agent edge" }, s.from, to),
+        Some(to) => format!(
+            "{} {} → {}",
+            if param == "stage" {
+                "Stage"
+            } else if param == "edge" {
+                "Edge"
+            } else {
+                "Agent edge"
+            },
+            s.from,
+            to
+        ),
         None => format!("Stage {}", s.from),
     };
     let hidden = format!("<input type=\"hidden\" name=\"{param}\" value=\"{}\">", e(&key));
@@ -271,7 +287,7 @@ pub async fn series(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
     let data = serde_json::to_string(&s).unwrap_or_default().replace('<', "\\u003c");
     let mut body = format!(
         "{}<p class=\"lede\">Per minute over the window. Dashed lines are the baselines anomaly detection learnt \
-         from the hour before its latest window ({} to {}).</p>\
+         from the history before its latest window ({} to {}).</p>\
          <script type=\"application/json\" id=\"series-data\">{data}</script>",
         window_form("/ui/series", window, &hidden),
         s.baseline.history_start,
@@ -279,7 +295,9 @@ pub async fn series(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
     );
     let b = &s.baseline;
     let baseline = |v: Option<api::BaselineValue>, f: &dyn Fn(f64) -> String| {
-        v.map_or("not learnt yet (too little history)".to_owned(), |v| format!("{} (spread {})", f(v.centre), f(v.spread)))
+        v.map_or("not learnt yet (too little history)".to_owned(), |v| {
+            format!("{} (spread {})", f(v.centre), f(v.spread))
+        })
     };
     if s.scope == "stage" {
         let _ = write!(
@@ -308,7 +326,7 @@ pub async fn series(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
         }
     }
     body.push_str(
-        "<details><summary>The figures as a table</summary><div class=\"scroll\"><table><thead><tr><th scope=\"col\">Minute</th>\
+        "<details><summary>The figures as a table</summary><div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Minute</th>\
          <th scope=\"col\" class=\"num\">Handoffs</th><th scope=\"col\" class=\"num\">Accepted</th><th scope=\"col\" class=\"num\">p50</th>\
          <th scope=\"col\" class=\"num\">p95</th><th scope=\"col\" class=\"num\">p99</th><th scope=\"col\" class=\"num\">Success</th>\
          <th scope=\"col\" class=\"num\">Arrivals</th><th scope=\"col\" class=\"num\">Claims</th></tr></thead><tbody>",
@@ -344,7 +362,7 @@ pub async fn stuck(State(ui): State<Ui>, session: Session) -> Response {
     };
     let mut body = String::from(
         "<p class=\"lede\">Live tasks past a threshold: timers the sweeper is late on, tasks escalated to people, \
-         and tasks past their own deadline.</p><div class=\"scroll\"><table id=\"stuck\"><thead><tr><th scope=\"col\">Task</th>\
+         and tasks past their own deadline.</p><div class=\"scroll\" tabindex=\"0\"><table id=\"stuck\"><thead><tr><th scope=\"col\">Task</th>\
          <th scope=\"col\">Kind</th><th scope=\"col\">Stage</th><th scope=\"col\">State</th><th scope=\"col\">Custodian</th>\
          <th scope=\"col\">Since</th><th scope=\"col\">Why</th></tr></thead><tbody>",
     );
@@ -352,7 +370,8 @@ pub async fn stuck(State(ui): State<Ui>, session: Session) -> Response {
         body.push_str("<tr><td colspan=\"7\">Nothing is stuck.</td></tr>");
     }
     for t in &list.stuck {
-        let custodian = t.custodian.as_ref().map_or("–".to_owned(), |c| format!("{} {}", wire(&c.kind), c.id));
+        let custodian =
+            t.custodian.as_ref().map_or("–".to_owned(), |c| format!("{} {}", wire(&c.kind), c.id));
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -403,9 +422,13 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
     };
     let history: Result<api::History, _> = ui.get(&session, &format!("/v1/tasks/{id}/history")).await;
     let lineage: Result<api::Lineage, _> = ui.get(&session, &format!("/v1/tasks/{id}/lineage")).await;
-    let verified: Result<api::ChainVerification, _> = ui.get(&session, &format!("/v1/tasks/{id}/verify")).await;
+    let verified: Result<api::ChainVerification, _> =
+        ui.get(&session, &format!("/v1/tasks/{id}/verify")).await;
     let state = wire(&task.state);
-    let live = matches!(task.state, api::TaskStateName::Waiting | api::TaskStateName::Held | api::TaskStateName::Blocked);
+    let live = matches!(
+        task.state,
+        api::TaskStateName::Waiting | api::TaskStateName::Held | api::TaskStateName::Blocked
+    );
     // A human stage answers an inbox listing; any other stage is refused.
     let human = live
         && ui
@@ -426,20 +449,46 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
     fact("Stage", e(&task.stage).to_string());
     fact(
         "Custodian",
-        task.custodian.as_ref().map_or("none (finished)".to_owned(), |c| format!("{} <strong>{}</strong>", e(&wire(&c.kind)), e(&c.id))),
+        task.custodian.as_ref().map_or("none (finished)".to_owned(), |c| {
+            format!("{} <strong>{}</strong>", e(&wire(&c.kind)), e(&c.id))
+        }),
     );
     fact("Due", task.due_at.map_or("–".to_owned(), |t| when(t, now)));
     if let Some(l) = &task.lease {
-        fact("Held by", format!("<strong>{}</strong> at epoch {}, lease ends {}", e(&l.agent), l.epoch, when(l.expires_at, now)));
+        fact(
+            "Held by",
+            format!(
+                "<strong>{}</strong> at epoch {}, lease ends {}",
+                e(&l.agent),
+                l.epoch,
+                when(l.expires_at, now)
+            ),
+        );
     }
     if let Some(d) = task.deadline {
-        fact("Deadline", format!("{}{}", when(d, now), if task.deadline_passed { " <span class=\"badge warn\">passed</span>" } else { "" }));
+        fact(
+            "Deadline",
+            format!(
+                "{}{}",
+                when(d, now),
+                if task.deadline_passed { " <span class=\"badge warn\">passed</span>" } else { "" }
+            ),
+        );
     }
     fact("Priority", task.priority.to_string());
     fact("Epoch", task.epoch.to_string());
     fact("Attempts", format!("{} (re-offers {}, reroutes {})", task.attempts, task.reoffers, task.reroutes));
     if let Some(w) = &task.workflow {
-        fact("Workflow", format!("<a href=\"/ui/workflows/{}?version={}\">{} v{}</a>", url(&w.name), w.version, e(&w.name), w.version));
+        fact(
+            "Workflow",
+            format!(
+                "<a href=\"/ui/workflows/{}?version={}\">{} v{}</a>",
+                url(&w.name),
+                w.version,
+                e(&w.name),
+                w.version
+            ),
+        );
     }
     fact("Submitted by", format!("{} {}", e(&task.submitter), when(task.created_at, now)));
     if let Some(p) = task.parent {
@@ -498,7 +547,7 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
 
     // Timeline.
     body.push_str(
-        "<section aria-labelledby=\"tl-h\"><h2 id=\"tl-h\">Timeline</h2><div class=\"scroll\"><table id=\"timeline\"><thead><tr>\
+        "<section aria-labelledby=\"tl-h\"><h2 id=\"tl-h\">Timeline</h2><div class=\"scroll\" tabindex=\"0\"><table id=\"timeline\"><thead><tr>\
          <th scope=\"col\" class=\"num\">#</th><th scope=\"col\">When</th><th scope=\"col\">Event</th><th scope=\"col\">By</th>\
          <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Note</th><th scope=\"col\">Findings</th>\
          <th scope=\"col\" class=\"num\">Confidence</th></tr></thead><tbody>",
@@ -517,7 +566,9 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
                     ev.from.as_ref().map_or("–".to_owned(), pos),
                     pos(&ev.to),
                     e(ev.note.as_deref().unwrap_or("")),
-                    ev.findings.as_ref().map_or(String::new(), |f| format!("<code>{}</code>", e(&f.to_string()))),
+                    ev.findings
+                        .as_ref()
+                        .map_or(String::new(), |f| format!("<code>{}</code>", e(&f.to_string()))),
                     ev.confidence.map_or(String::new(), |c| format!("{c:.2}")),
                 );
             }
@@ -533,7 +584,7 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
     match &lineage {
         Ok(l) => {
             body.push_str(
-                "<div class=\"scroll\"><table id=\"steps\"><thead><tr><th scope=\"col\">Stage</th><th scope=\"col\">Entered</th>\
+                "<div class=\"scroll\" tabindex=\"0\"><table id=\"steps\"><thead><tr><th scope=\"col\">Stage</th><th scope=\"col\">Entered</th>\
                  <th scope=\"col\">Claimed by</th><th scope=\"col\" class=\"num\">Waited</th><th scope=\"col\" class=\"num\">Held</th>\
                  <th scope=\"col\">Left as</th><th scope=\"col\">To</th></tr></thead><tbody>",
             );
@@ -562,7 +613,12 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
             if let Some(p) = l.tree.parent {
                 let _ = write!(body, "<p>Parent: {}</p>", task_link(&p));
             }
-            let _ = write!(body, "<ul class=\"tree\"><li><strong>this task</strong> ({}, {})", e(&l.stage), state_badge(&wire(&l.state)));
+            let _ = write!(
+                body,
+                "<ul class=\"tree\"><li><strong>this task</strong> ({}, {})",
+                e(&l.stage),
+                state_badge(&wire(&l.state))
+            );
             children(&mut body, &l.tree.children, l.tree.children_truncated);
             body.push_str("</li></ul></div>");
         }
@@ -589,13 +645,22 @@ fn children(out: &mut String, kids: &[api::LineageChild], truncated: bool) {
 }
 
 /// The forms the session may use on this task.
-async fn actions(ui: &Ui, session: &Session, task: &api::Task, live: bool, human: bool, mine: bool) -> String {
+async fn actions(
+    ui: &Ui,
+    session: &Session,
+    task: &api::Task,
+    live: bool,
+    human: bool,
+    mine: bool,
+) -> String {
     if !live {
         return String::new();
     }
     let id = task.id;
     let csrf = csrf_input(session);
-    let mut out = String::from("<section aria-labelledby=\"act-h\" id=\"actions\"><h2 id=\"act-h\">Act on this task</h2><div class=\"actions\">");
+    let mut out = String::from(
+        "<section aria-labelledby=\"act-h\" id=\"actions\"><h2 id=\"act-h\">Act on this task</h2><div class=\"actions\">",
+    );
     if human && task.state == api::TaskStateName::Waiting {
         let _ = write!(
             out,
@@ -605,13 +670,20 @@ async fn actions(ui: &Ui, session: &Session, task: &api::Task, live: bool, human
             e(&task.stage)
         );
     }
-    if human && mine && let Some(lease) = &task.lease {
+    if human
+        && mine
+        && let Some(lease) = &task.lease
+    {
         // The stages a handoff may go to: the workflow's (from a human stage
         // every stage of the workflow is allowed).
         let mut stages: Vec<String> = Vec::new();
         if let Some(w) = &task.workflow
-            && let Ok(view) =
-                ui.get::<api::WorkflowView>(session, &format!("/v1/workflows/{}?version={}", url(&w.name), w.version)).await
+            && let Ok(view) = ui
+                .get::<api::WorkflowView>(
+                    session,
+                    &format!("/v1/workflows/{}?version={}", url(&w.name), w.version),
+                )
+                .await
         {
             stages = view.stages.into_keys().filter(|s| *s != task.stage).collect();
         }
@@ -640,7 +712,10 @@ async fn actions(ui: &Ui, session: &Session, task: &api::Task, live: bool, human
             lease.epoch
         );
     }
-    if !human && mine && let Some(lease) = &task.lease {
+    if !human
+        && mine
+        && let Some(lease) = &task.lease
+    {
         let _ = write!(
             out,
             "<form method=\"post\" action=\"/ui/tasks/{id}/abort\" class=\"card\"><h3>Abort</h3>\
@@ -665,8 +740,13 @@ fn after(result: Result<Value, ApiFailure>, session: &Session, to: &str) -> Resp
     match result {
         Ok(_) => Redirect::to(to).into_response(),
         Err(f) => {
-            let body = format!("{}<p><a href=\"{}\">Back</a></p>", failure_box(&f), e(to.split('?').next().unwrap_or("/ui")));
-            (f.status, page(Frame { title: "The API refused", nav: "", session, charts: false }, &body)).into_response()
+            let body = format!(
+                "{}<p><a href=\"{}\">Back</a></p>",
+                failure_box(&f),
+                e(to.split('?').next().unwrap_or("/ui"))
+            );
+            (f.status, page(Frame { title: "The API refused", nav: "", session, charts: false }, &body))
+                .into_response()
         }
     }
 }
@@ -694,7 +774,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let id = match task_id(&id) {
@@ -714,7 +794,7 @@ pub async fn abort(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let id = match task_id(&id) {
@@ -740,7 +820,7 @@ pub async fn inbox(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
     let mut body = flash(&q);
     body.push_str(
         "<p class=\"lede\">Tasks escalated to people or sent to a human stage, oldest first. Claim one, read its \
-         history, then hand it back, complete, cancel or abort it.</p><div class=\"scroll\"><table id=\"inbox\"><thead><tr>\
+         history, then hand it back, complete, cancel or abort it.</p><div class=\"scroll\" tabindex=\"0\"><table id=\"inbox\"><thead><tr>\
          <th scope=\"col\">Task</th><th scope=\"col\">Stage</th><th scope=\"col\">From</th><th scope=\"col\">Why</th>\
          <th scope=\"col\">Since</th><th scope=\"col\">State</th><th scope=\"col\">Action</th></tr></thead><tbody>",
     );
@@ -756,7 +836,9 @@ pub async fn inbox(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
                  <button type=\"submit\">Claim<span class=\"visually-hidden\"> task {id}</span></button></form>"
             ),
             (_, Some(l)) if l.agent == session.name => {
-                format!("<a href=\"/ui/tasks/{id}#resolve\">Resolve<span class=\"visually-hidden\"> task {id}</span></a>")
+                format!(
+                    "<a href=\"/ui/tasks/{id}#resolve\">Resolve<span class=\"visually-hidden\"> task {id}</span></a>"
+                )
             }
             (_, Some(l)) => format!("held by {}", e(&l.agent)),
             _ => String::new(),
@@ -774,7 +856,10 @@ pub async fn inbox(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
     }
     body.push_str("</tbody></table></div>");
     if page_.next_cursor.is_some() {
-        let _ = write!(body, "<p class=\"muted\">Showing the oldest {LIST_LIMIT}; resolve these to see more.</p>");
+        let _ = write!(
+            body,
+            "<p class=\"muted\">Showing the oldest {LIST_LIMIT}; resolve these to see more.</p>"
+        );
     }
     render(&ui, &session, "Inbox", "/ui/inbox", &body)
 }
@@ -787,7 +872,7 @@ pub async fn inbox_claim(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let id = match task_id(&id) {
@@ -808,7 +893,7 @@ pub async fn inbox_resolve(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let id = match task_id(&id) {
@@ -845,7 +930,7 @@ pub async fn workflows(State(ui): State<Ui>, session: Session) -> Response {
     };
     let mut body = String::from(
         "<p class=\"lede\">Applied workflows, latest version first; each version is kept, and running tasks keep the \
-         version they started under.</p><div class=\"scroll\"><table id=\"workflows\"><thead><tr><th scope=\"col\">Workflow</th>\
+         version they started under.</p><div class=\"scroll\" tabindex=\"0\"><table id=\"workflows\"><thead><tr><th scope=\"col\">Workflow</th>\
          <th scope=\"col\" class=\"num\">Latest version</th><th scope=\"col\">Entry</th><th scope=\"col\" class=\"num\">Stages</th>\
          <th scope=\"col\">Human stages</th></tr></thead><tbody>",
     );
@@ -870,7 +955,12 @@ pub async fn workflows(State(ui): State<Ui>, session: Session) -> Response {
 }
 
 /// `GET /ui/workflows/{name}?version=N`: one version, drawn.
-pub async fn workflow(State(ui): State<Ui>, session: Session, Path(name): Path<String>, Query(q): Q) -> Response {
+pub async fn workflow(
+    State(ui): State<Ui>,
+    session: Session,
+    Path(name): Path<String>,
+    Query(q): Q,
+) -> Response {
     let latest: api::WorkflowView = match ui.get(&session, &format!("/v1/workflows/{}", url(&name))).await {
         Ok(w) => w,
         Err(f) => return render_failure(&session, "Workflow", "/ui/workflows", &f),
@@ -884,16 +974,21 @@ pub async fn workflow(State(ui): State<Ui>, session: Session, Path(name): Path<S
             Err(f) => return render_failure(&session, "Workflow", "/ui/workflows", &f),
         }
     };
-    let mut versions = String::from("<nav aria-label=\"Versions\" class=\"versions\"><span>Versions:</span><ul>");
+    let mut versions =
+        String::from("<nav aria-label=\"Versions\" class=\"versions\"><span>Versions:</span><ul>");
     for v in (1..=latest.version).rev() {
         let current = if v == w.version { " aria-current=\"page\"" } else { "" };
-        let _ = write!(versions, "<li><a href=\"/ui/workflows/{}?version={v}\"{current}>v{v}</a></li>", url(&name));
+        let _ = write!(
+            versions,
+            "<li><a href=\"/ui/workflows/{}?version={v}\"{current}>v{v}</a></li>",
+            url(&name)
+        );
     }
     versions.push_str("</ul></nav>");
     let mut body = format!(
         "{versions}<p class=\"lede\">Version {} of <strong>{}</strong>, entering at <strong>{}</strong>. Solid arrows are \
          routes (thick: the default next stage), dashed ones the escalation ladder (reroute, escalate), dotted ones \
-         compensation.</p><figure class=\"graph\">{}<figcaption>Stages and routes of {} v{}</figcaption></figure>",
+         compensation.</p><figure class=\"graph\" tabindex=\"0\">{}<figcaption>Stages and routes of {} v{}</figcaption></figure>",
         w.version,
         e(&w.name),
         e(&w.entry),
@@ -902,7 +997,7 @@ pub async fn workflow(State(ui): State<Ui>, session: Session, Path(name): Path<S
         w.version
     );
     body.push_str(
-        "<h2>Stages and their ladder</h2><div class=\"scroll\"><table id=\"ladder\"><thead><tr><th scope=\"col\">Stage</th>\
+        "<h2>Stages and their ladder</h2><div class=\"scroll\" tabindex=\"0\"><table id=\"ladder\"><thead><tr><th scope=\"col\">Stage</th>\
          <th scope=\"col\">Accept within</th><th scope=\"col\" class=\"num\">Re-offers</th><th scope=\"col\">Reroute to</th>\
          <th scope=\"col\">Escalate to</th><th scope=\"col\">Lease</th><th scope=\"col\" class=\"num\">Max attempts</th>\
          <th scope=\"col\">Next</th><th scope=\"col\">Routes</th><th scope=\"col\">Compensate</th></tr></thead><tbody>",
@@ -943,12 +1038,14 @@ pub async fn alerts(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
     let all = q.get("show").is_some_and(|s| s == "all");
     let scope = q.get("scope").map(String::as_str).unwrap_or("");
     let metric = q.get("metric").map(String::as_str).unwrap_or("");
-    let list: api::AnomalyList = match ui.get(&session, &format!("/v1/alerts?all={all}&limit={LIST_LIMIT}")).await {
-        Ok(l) => l,
-        Err(f) => return render_failure(&session, "Alerts", "/ui/alerts", &f),
-    };
+    let list: api::AnomalyList =
+        match ui.get(&session, &format!("/v1/alerts?all={all}&limit={LIST_LIMIT}")).await {
+            Ok(l) => l,
+            Err(f) => return render_failure(&session, "Alerts", "/ui/alerts", &f),
+        };
     let select = |name: &str, label: &str, current: &str, options: &[(&str, &str)]| {
-        let mut out = format!("<label for=\"f-{name}\">{label}</label><select id=\"f-{name}\" name=\"{name}\">");
+        let mut out =
+            format!("<label for=\"f-{name}\">{label}</label><select id=\"f-{name}\" name=\"{name}\">");
         for (value, text) in options {
             let selected = if *value == current { " selected" } else { "" };
             let _ = write!(out, "<option value=\"{value}\"{selected}>{text}</option>");
@@ -962,16 +1059,26 @@ pub async fn alerts(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
         "<p class=\"lede\">Anomalies: an edge or stage departing from the baseline learnt from its own history.</p>\
          <form method=\"get\" action=\"/ui/alerts\" class=\"inline-form\">{}{}{}<button type=\"submit\">Filter</button></form>",
         select("show", "Show", if all { "all" } else { "open" }, &[("open", "open only"), ("all", "all")]),
-        select("scope", "Scope", scope, &[("", "any"), ("edge", "stage edges"), ("agent_edge", "agent edges"), ("stage", "stages")]),
+        select(
+            "scope",
+            "Scope",
+            scope,
+            &[("", "any"), ("edge", "stage edges"), ("agent_edge", "agent edges"), ("stage", "stages")]
+        ),
         select(
             "metric",
             "Metric",
             metric,
-            &[("", "any"), ("accept_latency", "accept latency"), ("success_rate", "success rate"), ("backlog_growth", "backlog growth")]
+            &[
+                ("", "any"),
+                ("accept_latency", "accept latency"),
+                ("success_rate", "success rate"),
+                ("backlog_growth", "backlog growth")
+            ]
         ),
     );
     body.push_str(
-        "<div class=\"scroll\"><table id=\"alerts\"><thead><tr><th scope=\"col\" class=\"num\">Id</th><th scope=\"col\">Raised</th>\
+        "<div class=\"scroll\" tabindex=\"0\"><table id=\"alerts\"><thead><tr><th scope=\"col\" class=\"num\">Id</th><th scope=\"col\">Raised</th>\
          <th scope=\"col\">Where</th><th scope=\"col\">Metric</th><th scope=\"col\" class=\"num\">Observed</th>\
          <th scope=\"col\" class=\"num\">Baseline</th><th scope=\"col\">Message</th><th scope=\"col\">Acknowledged</th></tr></thead><tbody>",
     );
@@ -1027,7 +1134,7 @@ pub async fn ack(
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let result = ui.post(&session, &format!("/v1/alerts/{id}/ack"), json!(null)).await;
@@ -1067,17 +1174,25 @@ pub async fn webhooks(State(ui): State<Ui>, session: Session, Query(q): Q) -> Re
     for (name, list) in by_hook.iter().filter(|(n, _)| only.is_empty() || **n == only) {
         let _ = write!(
             body,
-            "<h2>{0}</h2><div class=\"scroll\"><table><thead><tr><th scope=\"col\" class=\"num\">Record</th><th scope=\"col\" class=\"num\">Notice</th>\
+            "<h2>{0}</h2><div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\" class=\"num\">Record</th><th scope=\"col\" class=\"num\">Notice</th>\
              <th scope=\"col\" class=\"num\">Attempt</th><th scope=\"col\">When</th><th scope=\"col\">Outcome</th></tr></thead><tbody>",
             e(name)
         );
         for d in list {
             let outcome = match &d.status {
-                api::DeliveryStatus::Delivered { http_status } => format!("<span class=\"ok\">delivered</span> ({http_status})"),
-                api::DeliveryStatus::Failed { error, retry_at } => {
-                    format!("<span class=\"warn-text\">failed</span>: {}; retry {}", e(error), when(*retry_at, now))
+                api::DeliveryStatus::Delivered { http_status } => {
+                    format!("<span class=\"ok\">delivered</span> ({http_status})")
                 }
-                api::DeliveryStatus::GaveUp { error } => format!("<span class=\"bad\">gave up</span>: {}", e(error)),
+                api::DeliveryStatus::Failed { error, retry_at } => {
+                    format!(
+                        "<span class=\"warn-text\">failed</span>: {}; retry {}",
+                        e(error),
+                        when(*retry_at, now)
+                    )
+                }
+                api::DeliveryStatus::GaveUp { error } => {
+                    format!("<span class=\"bad\">gave up</span>: {}", e(error))
+                }
             };
             let _ = write!(
                 body,
@@ -1093,7 +1208,12 @@ pub async fn webhooks(State(ui): State<Ui>, session: Session, Query(q): Q) -> Re
     if let Some(last) = page_.deliveries.last()
         && page_.deliveries.len() as u32 == LIST_LIMIT
     {
-        let _ = write!(body, "<p><a href=\"/ui/webhooks?after={}&amp;webhook={}\">Next page</a></p>", last.id, url(only));
+        let _ = write!(
+            body,
+            "<p><a href=\"/ui/webhooks?after={}&amp;webhook={}\">Next page</a></p>",
+            last.id,
+            url(only)
+        );
     }
     render(&ui, &session, "Webhook deliveries", "/ui/webhooks", &body)
 }
@@ -1102,7 +1222,10 @@ pub async fn webhooks(State(ui): State<Ui>, session: Session, Query(q): Q) -> Re
 mod tests {
     #[test]
     fn escaping_covers_markup_and_quotes() {
-        assert_eq!(super::e("<a href=\"x\">'&'</a>").to_string(), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            super::e("<a href=\"x\">'&'</a>").to_string(),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
         assert_eq!(super::url("a b/ü"), "a%20b/%C3%BC");
     }
 }

@@ -115,7 +115,9 @@ async fn signed_in(ui: &Ui, token: &str) -> Result<(String, String), Refusal> {
         ui.call(Some(token), Method::GET, "/v1/whoami", None).await.map_err(Refusal::Api)?;
     let name = who.principal.unwrap_or_default();
     match who.role {
-        Some(role @ (baton_api::Role::Operator | baton_api::Role::Admin)) => Ok((name, role.as_str().to_owned())),
+        Some(role @ (baton_api::Role::Operator | baton_api::Role::Admin)) => {
+            Ok((name, role.as_str().to_owned()))
+        }
         Some(role) => Err(Refusal::Role(name, role.as_str().to_owned())),
         None => Err(Refusal::Api(ApiFailure::internal("the API named no role"))),
     }
@@ -140,21 +142,31 @@ impl FromRequestParts<Ui> for Session {
         }
         let Some(token) = cookie(&parts.headers) else { return Err(to_signin(parts, None)) };
         match signed_in(ui, &token).await {
-            Ok((name, role)) => Ok(Session { csrf: csrf_token(token.as_bytes()), token: Some(token), name, role }),
-            Err(Refusal::Api(f)) if f.status == StatusCode::UNAUTHORIZED => Err(to_signin(parts, Some("ended"))),
+            Ok((name, role)) => {
+                Ok(Session { csrf: csrf_token(token.as_bytes()), token: Some(token), name, role })
+            }
+            Err(Refusal::Api(f)) if f.status == StatusCode::UNAUTHORIZED => {
+                Err(to_signin(parts, Some("ended")))
+            }
             Err(Refusal::Role(..)) => Err(to_signin(parts, Some("role"))),
             Err(Refusal::Api(f)) => Err(html::failure_page(&f)),
         }
     }
 }
 
-/// Refuses a state-changing post without this session's CSRF token, or
-/// from another origin.
-pub fn check_post(session: &Session, headers: &HeaderMap, form: &HashMap<String, String>) -> Result<(), Response> {
-    check_origin(headers)?;
+/// The refusal of a state-changing post without this session's CSRF token,
+/// or from another origin; `None` lets it through.
+pub fn check_post(
+    session: &Session,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<Response> {
+    if let Some(refused) = check_origin(headers) {
+        return Some(refused);
+    }
     match form.get(CSRF_FIELD) {
-        Some(sent) if same(sent, &session.csrf) => Ok(()),
-        _ => Err(html::refusal_page(
+        Some(sent) if same(sent, &session.csrf) => None,
+        _ => Some(html::refusal_page(
             StatusCode::FORBIDDEN,
             "Refused: the form carried no valid CSRF token",
             "Forms of this dashboard carry a token tied to your session. Reload the page and try again.",
@@ -164,9 +176,9 @@ pub fn check_post(session: &Session, headers: &HeaderMap, form: &HashMap<String,
 
 /// A post whose `Origin` (sent by browsers on every post) names another
 /// site is refused; so is one a browser marks as cross-site.
-fn check_origin(headers: &HeaderMap) -> Result<(), Response> {
+fn check_origin(headers: &HeaderMap) -> Option<Response> {
     let refuse = || {
-        Err(html::refusal_page(
+        Some(html::refusal_page(
             StatusCode::FORBIDDEN,
             "Refused: the form came from another site",
             "Only this dashboard's own pages may post its forms.",
@@ -185,7 +197,7 @@ fn check_origin(headers: &HeaderMap) -> Result<(), Response> {
     {
         return refuse();
     }
-    Ok(())
+    None
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,7 +215,9 @@ pub async fn signin_page(State(ui): State<Ui>, Query(q): Query<SigninQuery>) -> 
     }
     let notice = match q.why.as_deref() {
         Some("ended") => Some("Your session ended: the token is no longer valid. Sign in again."),
-        Some("role") => Some("That token's principal may not use the dashboard: sign in with an operator or admin token."),
+        Some("role") => {
+            Some("That token's principal may not use the dashboard: sign in with an operator or admin token.")
+        }
         _ => None,
     };
     signin_form(StatusCode::OK, q.next.as_deref().unwrap_or("/ui"), notice, None)
@@ -233,8 +247,12 @@ fn signin_form(status: StatusCode, next: &str, notice: Option<&str>, error: Opti
 }
 
 /// `POST /ui/signin`: checks the token through the API and starts a session.
-pub async fn signin(State(ui): State<Ui>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
-    if let Err(refused) = check_origin(&headers) {
+pub async fn signin(
+    State(ui): State<Ui>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) = check_origin(&headers) {
         return refused;
     }
     let next = form.get("next").map(String::as_str).unwrap_or("/ui");
@@ -243,13 +261,23 @@ pub async fn signin(State(ui): State<Ui>, headers: HeaderMap, Form(form): Form<H
         return Redirect::to(next).into_response();
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or("");
-    if token.is_empty() || token.len() > TOKEN_BYTES_MAX || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return signin_form(StatusCode::UNAUTHORIZED, next, None, Some("That is not an API token (baton_<id>_<secret>)."));
+    if token.is_empty()
+        || token.len() > TOKEN_BYTES_MAX
+        || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return signin_form(
+            StatusCode::UNAUTHORIZED,
+            next,
+            None,
+            Some("That is not an API token (baton_<id>_<secret>)."),
+        );
     }
     match signed_in(&ui, token).await {
         Ok(_) => {
             let mut response = Redirect::to(next).into_response();
-            response.headers_mut().insert(header::SET_COOKIE, set_cookie(token).parse().expect("a valid cookie"));
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, set_cookie(token).parse().expect("a valid cookie"));
             response
         }
         Err(Refusal::Role(name, role)) => signin_form(
@@ -274,7 +302,7 @@ pub async fn signout(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(refused) = check_post(&session, &headers, &form) {
+    if let Some(refused) = check_post(&session, &headers, &form) {
         return refused;
     }
     let mut response = Redirect::to(if session.is_dev() { "/ui" } else { "/ui/signin" }).into_response();
