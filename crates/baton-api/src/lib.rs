@@ -31,10 +31,12 @@ pub use inbox::{
     InboxClaimRequest, InboxItem, InboxPage, InboxQuery, Resolution, ResolveRequest, StuckKind, StuckList,
     StuckQuery, StuckTask,
 };
-pub use lineage::{ChainVerification, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit};
+pub use lineage::{
+    ChainVerification, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit,
+};
 pub use metrics::{
-    AlertQuery, Anomaly, AnomalyList, BaselineValue, EdgeStats, Latency, SeriesBaseline, SeriesPoint, SeriesQuery,
-    Series, StageStats, Stats, StatsQuery,
+    AlertQuery, Anomaly, AnomalyList, BaselineValue, EdgeStats, Latency, Series, SeriesBaseline, SeriesPoint,
+    SeriesQuery, StageStats, Stats, StatsQuery,
 };
 pub use payload::Payload;
 pub use request::{
