@@ -1,11 +1,15 @@
 //! `cargo xtask`: the project's own automation. `ci` runs everything CI runs
 //! (format check, clippy with warnings denied, the whole test suite under
-//! nextest, the dashboard's browser tests, tidy); `tidy` runs only the repository checks; `openapi` writes
-//! the API's OpenAPI document to docs/api/openapi.json. The same tidy checks
-//! also run as a test, so `cargo nextest run` alone enforces them. `ci`
+//! nextest, the dashboard's browser tests, tidy, the Python SDK); `tidy`
+//! runs only the repository checks; `openapi` writes the API's OpenAPI
+//! document to docs/api/openapi.json and regenerates the Python SDK's models
+//! from it. The same tidy checks also run as a test, so `cargo nextest run` alone enforces them. `ci`
 //! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`,
 //! by default the local `test` database) answers: its tests must run, so an unreachable database fails the run at
-//! once with what to do, instead of 60 failing tests later.
+//! once with what to do, instead of 60 failing tests later. After the Rust
+//! tests `ci` builds the `baton` binary and runs the Python SDK's checks and
+//! tests (sdks/python) against it, with the interpreter `BATON_PYTHON`
+//! names (`.ci/run` points it at a virtualenv with the SDK installed).
 
 mod tidy;
 
@@ -20,6 +24,10 @@ const DATABASE_VAR: &str = "BATON_TEST_DATABASE_URL";
 /// local PostgreSQL's `test` database, as on these machines and in CI.
 const DATABASE_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// The variable naming the Python interpreter that has the SDK and its test
+/// extras installed; `python3` when unset.
+const PYTHON_VAR: &str = "BATON_PYTHON";
+
 /// How long the database check waits for a connection.
 const DATABASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,12 +37,14 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("tidy") => tidy::run(&tidy::root()).map_err(|problems| problems.join("\n")),
         Some("openapi") => openapi(),
+        Some("python") => python(&tidy::root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|openapi>\n  \
-                 ci       format check, clippy -D warnings, all tests (nextest), browser tests, tidy\n  \
+                "usage: cargo xtask <ci|tidy|openapi|python>\n  \
+                 ci       format check, clippy -D warnings, all tests (nextest), browser tests, tidy, python\n  \
                  tidy     repository checks only\n  \
-                 openapi  write the API's OpenAPI document to {}",
+                 python   the Python SDK's type check and tests (BATON_PYTHON, default python3)\n  \
+                 openapi  write the API's OpenAPI document to {} (and the Python SDK's models)",
                 tidy::OPENAPI_FILE
             );
             return ExitCode::from(2);
@@ -58,6 +68,18 @@ fn openapi() -> Result<(), String> {
     std::fs::write(&path, baton_server::openapi_json())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("xtask openapi: wrote {}", tidy::OPENAPI_FILE);
+    // The Python SDK's models are generated from the document (stdlib-only
+    // script) and CI fails when they are stale: regenerate them with it.
+    let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| "python3".to_owned());
+    let generator = tidy::root().join("sdks/python/tools/gen_models.py");
+    let status = Command::new(&python)
+        .arg(&generator)
+        .status()
+        .map_err(|e| format!("could not run {python} {} ({e}); run it by hand", generator.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed", generator.display()));
+    }
+    eprintln!("xtask openapi: wrote sdks/python/src/baton/models.py");
     Ok(())
 }
 
@@ -86,6 +108,7 @@ fn ci() -> Result<(), String> {
     browser_tests(&root)?;
     eprintln!("xtask ci: tidy");
     tidy::run(&root).map_err(|problems| problems.join("\n"))?;
+    python(&root)?;
     eprintln!("xtask ci: all green");
     Ok(())
 }
@@ -141,6 +164,55 @@ fn browser_tests(root: &std::path::Path) -> Result<(), String> {
 
 /// The dashboard's browser test project.
 const BROWSER_TESTS_DIR: &str = "crates/baton-server/ui-tests";
+
+/// The Python SDK: builds the `baton` binary the tests start, then strict
+/// type checking (mypy) and the tests (pytest, which also check that the
+/// generated models and the sync client are fresh) with `BATON_BIN` set.
+fn python(root: &std::path::Path) -> Result<(), String> {
+    let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| "python3".to_owned());
+    let hint = format!(
+        "set {PYTHON_VAR} to a Python 3.11+ with the SDK and its test extras installed \
+         (`python3.11 -m venv VENV && VENV/bin/pip install -e './sdks/python[test]'`; .ci/run does this)"
+    );
+    let ready = Command::new(&python)
+        .args(["-c", "import baton, mypy, pytest, langgraph"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run {python} ({e}); {hint}"))?;
+    if !ready.success() {
+        return Err(format!("{python} lacks the Python SDK or its test extras; {hint}"));
+    }
+    eprintln!("xtask ci: python: cargo build -p baton");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "baton", "--locked"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building baton for the Python tests failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let binary = target.join("debug").join("baton");
+    let sdk = root.join("sdks").join("python");
+    let steps: [(&str, &[&str]); 2] = [
+        ("python type check", &["-m", "mypy"]),
+        ("python tests", &["-m", "pytest", "-q", "-p", "no:cacheprovider"]),
+    ];
+    for (name, args) in steps {
+        eprintln!("xtask ci: {name}: {python} {}", args.join(" "));
+        let status = Command::new(&python)
+            .args(args)
+            .env("BATON_BIN", &binary)
+            .env("MYPY_CACHE_DIR", target.join("mypy-cache"))
+            .current_dir(&sdk)
+            .status()
+            .map_err(|e| format!("could not run {python} ({e}); {hint}"))?;
+        if !status.success() {
+            return Err(format!("{name} failed"));
+        }
+    }
+    Ok(())
+}
 
 /// Checks that the test database's server accepts a connection (and a
 /// query, when `psql` is installed).
