@@ -82,8 +82,13 @@ fn cookie(parts_headers: &HeaderMap) -> Option<String> {
     None
 }
 
-fn set_cookie(token: &str) -> String {
-    format!("{SESSION_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}")
+/// The session cookie; `Secure` when the browser reached the server over
+/// HTTPS (a TLS-terminating proxy in front), so it is never sent in clear.
+fn set_cookie(token: &str, https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}{secure}"
+    )
 }
 
 fn clear_cookie() -> String {
@@ -272,12 +277,14 @@ pub async fn signin(
             Some("That is not an API token (baton_<id>_<secret>)."),
         );
     }
+    let https = headers.get(header::ORIGIN).is_some_and(|o| o.as_bytes().starts_with(b"https://"))
+        || headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes() == b"https");
     match signed_in(&ui, token).await {
         Ok(_) => {
             let mut response = Redirect::to(next).into_response();
             response
                 .headers_mut()
-                .insert(header::SET_COOKIE, set_cookie(token).parse().expect("a valid cookie"));
+                .insert(header::SET_COOKIE, set_cookie(token, https).parse().expect("a valid cookie"));
             response
         }
         Err(Refusal::Role(name, role)) => signin_form(

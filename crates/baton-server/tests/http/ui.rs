@@ -163,6 +163,12 @@ async fn only_operators_and_admins_sign_in_into_a_strict_httponly_cookie() {
             assert!(answer.text.contains("only operators and admins"), "{}", answer.text);
         }
     }
+    // Reached over HTTPS (through a proxy), the cookie is `Secure` too.
+    let token = s.tokens["ops"].clone();
+    let answer =
+        s.browse("POST", "/ui/signin", None, &[("token", &token)], Some("https://127.0.0.1:7707")).await;
+    assert_eq!(answer.status, 303);
+    assert!(answer.cookie().is_some_and(|c| c.contains("; Secure")), "{:?}", answer.cookie());
     let forged = format!("baton_0000000000000000_{}", "0".repeat(64));
     let answer = s.browse("POST", "/ui/signin", None, &[("token", &forged)], origin).await;
     assert_eq!(answer.status, 401);

@@ -12,17 +12,27 @@
     }
   });
 
+  var drawn = [];
+
+  // Charts follow their container's width (a phone turned, a window resized).
+  window.addEventListener('resize', function () {
+    drawn.forEach(function (d) {
+      d.plot.setSize({ width: Math.max(240, d.el.clientWidth), height: 240 });
+    });
+  });
+
   function draw(id, title, series, data, opts) {
     var el = document.getElementById(id);
     if (!el || typeof uPlot === 'undefined') return;
-    var width = Math.max(280, el.clientWidth || 600);
-    new uPlot(Object.assign({
+    var width = Math.max(240, el.clientWidth || 600);
+    var plot = new uPlot(Object.assign({
       title: title,
       width: width,
       height: 240,
       series: series,
       axes: [{}, { size: 70 }],
     }, opts || {}), data, el);
+    drawn.push({ plot: plot, el: el });
   }
 
   function charts() {
