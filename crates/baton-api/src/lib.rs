@@ -46,8 +46,8 @@ pub use request::{
 };
 pub use response::{
     ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,
-    History, Index, Join, JoinMode, Lease, LeaseInfo, Position, Task, TaskPage, TaskStateName, WaitKind,
-    Waiting,
+    History, Index, Join, JoinMode, Lease, LeaseInfo, Position, SkipReason, SkippedStage, Task, TaskPage,
+    TaskStateName, WaitKind, Waiting,
 };
 pub use time::Timestamp;
 pub use webhook::{Alert, Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, NoticeKind, WebhookNotice};

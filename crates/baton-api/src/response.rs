@@ -240,6 +240,29 @@ impl fmt::Display for FenceToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClaimResponse {
     pub leases: Vec<Lease>,
+    /// Stages whose ready tasks the claim passed over, and why: so an empty
+    /// answer with work waiting says what holds it back. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedStage>,
+}
+
+/// A stage whose ready tasks a claim could not take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SkippedStage {
+    pub stage: String,
+    pub reason: SkipReason,
+    /// Tasks leased at the stage now.
+    pub held: u64,
+    /// The most the stage's workflow lets be leased there at once.
+    pub capacity: u32,
+}
+
+/// Why a claim passed a stage over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The stage holds `capacity` leases already; its tasks wait until one ends.
+    Capacity,
 }
 
 /// The answer of every holder call.

@@ -4,14 +4,22 @@
 //! last event must carry the row as it is (`after`) and its hash must be the
 //! row's head. An edited event breaks its hash, a deleted one leaves a gap (or,
 //! if it was the last, a head that no longer matches), a reordered one breaks
-//! the chain. The first broken link of each task is reported.
+//! the chain. The payload, stored beside the row, is checked too: against
+//! the SHA-256 its `submitted` event records, or, for tasks written before
+//! events recorded it, against the task's `submit_digest` (the digest of the
+//! whole submit request, payload included, which every event's `after`
+//! carries), rebuilt from the first event and the stored payload. An edited
+//! payload is reported with its task. The first broken link of each task is
+//! reported.
 //!
 //! Works through the public `Store` reads, so it verifies any store; it reads
 //! pages of `AUDIT_PAGE_MAX` tasks and stops after `AUDIT_TASKS_MAX` tasks.
 
-use crate::event::verify_chain;
+use crate::command::NewTask;
+use crate::event::{Event, Hash, digest_json, verify_chain};
 use crate::ids::TaskId;
 use crate::store::{Store, TaskFilter};
+use crate::task::Task;
 
 /// Tasks read per page of the audit.
 pub const AUDIT_PAGE_MAX: usize = 500;
@@ -100,5 +108,64 @@ pub fn check_task(
     if last.after != view.task {
         return broken(last.version, "the row differs from the last event's state".to_owned());
     }
+    if !payload_matches(&events[0], &view.payload) {
+        return broken(1, "the stored payload differs from the one submitted: it was edited".to_owned());
+    }
     None
+}
+
+/// Whether `payload` is the payload the task was submitted with, judged by
+/// its first event (already verified as part of the chain).
+pub fn payload_matches(first: &Event, payload: &str) -> bool {
+    match first.payload_digest {
+        Some(digest) => digest == Hash::of(payload.as_bytes()),
+        None => submit_digest(&first.after, payload) == first.after.submit_digest,
+    }
+}
+
+/// The submit digest of a task as first stored, with `payload`: the digest
+/// `decide::submit` took of the submit request, rebuilt from the row.
+fn submit_digest(task: &Task, payload: &str) -> String {
+    let request = NewTask {
+        namespace: task.namespace.clone(),
+        stage: task.stage.clone(),
+        payload: payload.to_owned(),
+        priority: task.priority,
+        deadline: task.deadline,
+        idempotency_key: task.idempotency_key.clone(),
+        labels: task.labels.clone(),
+        parent: task.parent,
+        trace: task.trace.clone(),
+        submitter: task.submitter.clone(),
+        workflow: task.workflow.as_ref().map(|w| w.name.clone()),
+        compensation: task.compensation,
+    };
+    digest_json(&request).to_hex()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The payload check: new events carry the payload's digest; older ones
+    //! are judged by the submit digest rebuilt from the first event.
+
+    use super::*;
+    use crate::engine::Rules;
+    use crate::ids::TaskId;
+
+    #[test]
+    fn an_edited_payload_fails_with_and_without_a_recorded_digest() {
+        let mut new = NewTask::new("intake", r#"{"patient":"p-1"}"#);
+        new.priority = 3;
+        new.idempotency_key = Some("p-1".into());
+        new.labels.insert("ward".into(), "b".into());
+        let id = TaskId(uuid::Uuid::from_u128(7));
+        let first = crate::decide::submit(id, &new, &Rules::default(), 10).expect("a valid submit").event;
+        assert!(first.payload_digest.is_some(), "a new submit event records its payload's digest");
+        let old = Event { payload_digest: None, ..first.clone() };
+        for event in [&first, &old] {
+            assert!(payload_matches(event, &new.payload));
+            assert!(!payload_matches(event, r#"{"patient":"p-2"}"#), "an edit is caught");
+            assert!(!payload_matches(event, r#"{"patient": "p-1"}"#), "even one byte");
+        }
+    }
 }

@@ -115,6 +115,7 @@ pub fn submit_in(id: TaskId, new: &NewTask, env: Env<'_>, now: Millis) -> Result
         confidence: None,
         handoff: None,
         after: task.clone(),
+        payload_digest: Some(Hash::of(new.payload.as_bytes())),
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };
@@ -769,6 +770,7 @@ fn change(task: &Task, mut next: Task, kind: EventKind, actor: Actor, now: Milli
         confidence: None,
         handoff: None,
         after: next.clone(),
+        payload_digest: None,
         prev_hash: Hash::ZERO,
         hash: Hash::ZERO,
     };

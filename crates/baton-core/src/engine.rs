@@ -18,8 +18,8 @@ use crate::metrics::{Anomaly, Counts, Observation, Rollup, RollupKey};
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
-    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Delivery, Grant, Handoff,
-    HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Submitted,
+    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Claimed, Credential, Delivery,
+    Grant, Handoff, HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Skipped, Submitted,
 };
 use crate::task::{Task, TaskState};
 use crate::workflow::Workflow;
@@ -82,6 +82,10 @@ pub trait Tx {
     fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, Self::Error>;
     /// How many tasks this agent holds now.
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, Self::Error>;
+    /// Whether this token and its principal exist and neither is revoked,
+    /// as this transaction sees them (on PostgreSQL, holding both rows
+    /// against a concurrent revocation until the commit).
+    fn credential_live(&mut self, credential: &Credential) -> Result<bool, Self::Error>;
     /// Writes a new task, its payload and its first event.
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), Self::Error>;
     /// Saves a task if its stored revision is still `task.revision - 1`, with
@@ -209,7 +213,7 @@ pub fn keyed<T: Tx>(
         return Err(Rejection::IdempotencyConflict { key: key.key.clone() }.into());
     }
     let outcome = run(tx, op, cx)?;
-    let leased_nothing = matches!(&outcome, OpOutcome::Claim(grants) if grants.is_empty());
+    let leased_nothing = matches!(&outcome, OpOutcome::Claim(claimed) if claimed.grants.is_empty());
     if !leased_nothing {
         st(tx.save_request(key, &outcome, cx.now))?;
     }
@@ -394,7 +398,7 @@ fn insert_new<T: Tx>(
 }
 
 /// Claim: lease up to `max` ready tasks from the stages, best first.
-pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Vec<Grant>, T::Error> {
+pub fn claim<T: Tx>(tx: &mut T, req: &ClaimRequest, cx: &mut Ctx<'_>) -> Res<Claimed, T::Error> {
     claim_except(tx, req, None, cx)
 }
 
@@ -406,7 +410,7 @@ fn claim_except<T: Tx>(
     req: &ClaimRequest,
     except: Option<(TaskId, &StageName)>,
     cx: &mut Ctx<'_>,
-) -> Res<Vec<Grant>, T::Error> {
+) -> Res<Claimed, T::Error> {
     let except_stage = except.map(|(_, stage)| stage);
     let except = except.map(|(id, _)| id);
     let limits = &cx.rules.limits;
@@ -426,6 +430,13 @@ fn claim_except<T: Tx>(
     }
     if let Some(ms) = req.lease_ms {
         crate::decide::check_lease_ms(ms, cx.rules)?;
+    }
+    // Authentication came before the call, and a long poll may wait while
+    // the caller is revoked: no lease goes out without this check.
+    if let Some(credential) = &req.credential
+        && !st(tx.credential_live(credential))?
+    {
+        return Err(Rejection::Revoked.into());
     }
     let held = st(tx.leases_held(&req.agent))?;
     let room = limits.leases_per_agent_max.saturating_sub(held);
@@ -464,6 +475,7 @@ fn claim_except<T: Tx>(
     let mut changes = Vec::with_capacity(max);
     // Held counts of capped stages, including leases this claim grants.
     let mut held: BTreeMap<StageName, u64> = BTreeMap::new();
+    let mut skipped = Vec::new();
     for key in candidates {
         if changes.len() == max {
             break;
@@ -478,6 +490,9 @@ fn claim_except<T: Tx>(
             };
             if count >= u64::from(cap) {
                 held.insert(task.stage.clone(), count);
+                if !skipped.iter().any(|s: &Skipped| s.stage == task.stage) {
+                    skipped.push(Skipped { stage: task.stage.clone(), held: count, capacity: cap });
+                }
                 continue;
             }
             held.insert(task.stage.clone(), count + 1);
@@ -497,7 +512,7 @@ fn claim_except<T: Tx>(
         let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
         grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
     }
-    Ok(grants)
+    Ok(Claimed { grants, skipped })
 }
 
 /// A holder's action, then optionally claim-next in the same transaction.
@@ -532,13 +547,14 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
             max: claim_next.max,
             lease_ms: claim_next.lease_ms,
             only: None,
+            credential: claim_next.credential.clone(),
         };
         // Only a task left ready in one of those stages could come back.
         let except =
             (task.is_ready() && request.stages.contains(&task.stage)).then_some((task.id, &task.stage));
         // The main action commits whatever happens to the claim part.
         match claim_except(tx, &request, except, cx) {
-            Ok(grants) => next = grants,
+            Ok(claimed) => next = claimed.grants,
             Err(Fail::Rejected(_)) => {}
             Err(other) => return Err(other),
         }

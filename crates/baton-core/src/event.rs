@@ -170,6 +170,11 @@ pub struct Event {
     pub handoff: Option<HandoffId>,
     /// The task row as it is after this change.
     pub after: Task,
+    /// On a `submitted` event: the SHA-256 of the payload text as stored, so
+    /// the chain covers the payload too (`audit` compares it). Events written
+    /// before it existed have none, and hash exactly as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_digest: Option<Hash>,
     pub prev_hash: Hash,
     pub hash: Hash,
 }
@@ -194,6 +199,7 @@ impl Event {
             confidence: self.confidence,
             handoff: &self.handoff,
             after: &self.after,
+            payload_digest: &self.payload_digest,
             prev_hash: &self.prev_hash,
         };
         let mut hasher = HashWriter(Sha256::new());
@@ -225,6 +231,8 @@ struct Hashed<'a> {
     confidence: Option<f64>,
     handoff: &'a Option<HandoffId>,
     after: &'a Task,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_digest: &'a Option<Hash>,
     prev_hash: &'a Hash,
 }
 

@@ -52,6 +52,10 @@ pub enum Rejection {
     /// The timer fired before the task was due (a benign race; nothing to do).
     #[error("task {task} is not due yet")]
     NotDue { task: TaskId },
+    /// The caller's principal or token was revoked: checked again inside a
+    /// claim's own transaction, so no lease goes to a revoked caller.
+    #[error("the caller's token or principal is revoked; ask an admin for a new token")]
+    Revoked,
 }
 
 impl Rejection {
@@ -71,6 +75,7 @@ impl Rejection {
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotDue { .. } => "not_due",
+            Self::Revoked => "unauthenticated",
         }
     }
 

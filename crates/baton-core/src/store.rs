@@ -237,7 +237,7 @@ pub enum Op {
 #[serde(tag = "op", content = "outcome", rename_all = "snake_case")]
 pub enum OpOutcome {
     Submit(Submitted),
-    Claim(Vec<Grant>),
+    Claim(Claimed),
     Act(ActOutcome),
     Cancel(Task),
     ApplyWorkflow(Applied),
@@ -255,7 +255,11 @@ impl OpOutcome {
     }
 
     pub fn into_grants(self) -> Option<Vec<Grant>> {
-        if let Self::Claim(g) = self { Some(g) } else { None }
+        self.into_claimed().map(|c| c.grants)
+    }
+
+    pub fn into_claimed(self) -> Option<Claimed> {
+        if let Self::Claim(c) = self { Some(c) } else { None }
     }
 
     pub fn into_acted(self) -> Option<ActOutcome> {
@@ -326,6 +330,68 @@ pub struct ClaimRequest {
     /// ready in one of `stages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub only: Option<TaskId>,
+    /// The token the claim was made with (auth on): the claim's transaction
+    /// refuses `Revoked` unless it and its principal are still live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+}
+
+/// A caller's token and the principal it names, checked inside a claim's
+/// transaction: authentication happens before the call (and is cached), but
+/// a long-polled claim may wait while an admin revokes either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub principal: String,
+    /// The token's public id.
+    pub token: String,
+}
+
+/// What a claim did: the leases it granted, and the stages whose ready tasks
+/// it passed over because the stage was at its capacity (so an empty answer
+/// says why). Request records written before `skipped` existed hold a bare
+/// list of grants; both forms read back.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(from = "ClaimedRecord")]
+pub struct Claimed {
+    pub grants: Vec<Grant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+}
+
+impl From<Vec<Grant>> for Claimed {
+    fn from(grants: Vec<Grant>) -> Self {
+        Self { grants, skipped: Vec::new() }
+    }
+}
+
+/// The stored forms of `Claimed`, old and new.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClaimedRecord {
+    Grants(Vec<Grant>),
+    Claimed {
+        grants: Vec<Grant>,
+        #[serde(default)]
+        skipped: Vec<Skipped>,
+    },
+}
+
+impl From<ClaimedRecord> for Claimed {
+    fn from(record: ClaimedRecord) -> Self {
+        match record {
+            ClaimedRecord::Grants(grants) => grants.into(),
+            ClaimedRecord::Claimed { grants, skipped } => Self { grants, skipped },
+        }
+    }
+}
+
+/// A stage a claim passed over: its ready tasks wait because `held` tasks
+/// are leased there already and the workflow caps it at `capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub stage: StageName,
+    pub held: u64,
+    pub capacity: u32,
 }
 
 /// A lease granted by a claim: the task as it is now held.
@@ -341,6 +407,9 @@ pub struct ClaimNext {
     pub stages: Vec<StageName>,
     pub max: usize,
     pub lease_ms: Option<Millis>,
+    /// As `ClaimRequest::credential`: no next lease for a revoked caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

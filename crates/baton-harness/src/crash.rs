@@ -198,6 +198,7 @@ fn worker(store: &dyn Store, config: &ChildConfig, thread: usize, deadline: Inst
                     max: 1,
                     lease_ms: Some(CRASH_LEASE_MS),
                     only: None,
+                    credential: None,
                 };
                 match block_on(store.claim(request))?.pop() {
                     Some(g) => {
@@ -223,6 +224,7 @@ fn worker(store: &dyn Store, config: &ChildConfig, thread: usize, deadline: Inst
             stages: stages.clone(),
             max: 1,
             lease_ms: Some(CRASH_LEASE_MS),
+            credential: None,
         });
         let request =
             ActRequest { task: grant.task.id, agent: agent.clone(), epoch: grant.epoch, action, claim_next };

@@ -37,8 +37,8 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
-    AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
-    TaskId,
+    AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
+    StageName, Task, TaskId,
 };
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -81,6 +81,11 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const LEASES_HELD: &str =
     "SELECT count(*) FROM (SELECT holder FROM tasks WHERE holder = $1 ORDER BY holder) h";
 const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = $1";
+// FOR SHARE: a revocation (an UPDATE of either row) committed by another
+// replica waits for this transaction, so no lease commits after it.
+const CREDENTIAL_LIVE: &str = "SELECT 1 FROM tokens t JOIN principals p ON p.name = t.principal \
+                               WHERE t.id = $1 AND t.principal = $2 AND t.revoked_at IS NULL \
+                               AND p.revoked_at IS NULL FOR SHARE";
 const PUT_NOTICE: &str = "INSERT INTO notices (task, body) VALUES ($1, $2)";
 const PUT_DELIVERY: &str = "INSERT INTO deliveries (notice, webhook, final, body) VALUES ($1, $2, $3, $4)";
 // Replicas merge into the same rows: make the row exist, then lock it for
@@ -786,6 +791,12 @@ impl Tx for PgTx<'_> {
             UPDATE_ANOMALY,
             vec![Box::new(int(id)?), Box::new(anomaly.acked.is_none()), Box::new(body)],
         )
+    }
+
+    fn credential_live(&mut self, credential: &Credential) -> Result<bool, StoreError> {
+        let row =
+            self.query_opt(CREDENTIAL_LIVE, &[&credential.token.as_str(), &credential.principal.as_str()])?;
+        Ok(row.is_some())
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, StoreError> {

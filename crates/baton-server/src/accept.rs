@@ -3,10 +3,15 @@
 //! that does not send its headers in time, or a keep-alive connection idle
 //! that long, is closed), and graceful shutdown: stop accepting, let each
 //! connection finish the request it is on, then return. axum's own `serve`
-//! takes no settings, hence this small loop over hyper.
+//! takes no settings, hence this small loop over hyper. `connections_max`
+//! bounds the connections open at once: one more is answered 503
+//! `unavailable` with `Retry-After` and closed, so a flood of idle sockets
+//! cannot exhaust the process's file descriptors.
 
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use axum::Router;
+use baton_api::{ErrorBody, ErrorCode};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -15,6 +20,9 @@ use std::pin::pin;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// The smallest head buffer hyper accepts.
+pub const HEADER_BYTES_MIN: usize = 8_192;
 
 /// How long to back off after an accept error that is not about one
 /// connection (for example too many open files).
@@ -27,8 +35,11 @@ pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: impl
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(Duration::from_millis(state.options().header_read_timeout_ms));
+    // hyper's read buffer bounds the request head; it refuses less than 8 KiB.
+    builder.max_buf_size(state.options().header_bytes_max.max(HEADER_BYTES_MIN));
     // Every connection task holds a receiver; `closed()` resolves when all are gone.
     let (open_tx, open_rx) = watch::channel(());
+    let connections_max = state.options().connections_max;
     let mut stop = pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -43,6 +54,11 @@ pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: impl
             },
             () = &mut stop => break,
         };
+        // Receivers: this loop's own plus one per open connection.
+        if open_tx.receiver_count() > connections_max {
+            tokio::spawn(refuse(stream, connections_max));
+            continue;
+        }
         let connection = serve_connection(builder.clone(), stream, app.clone(), state.clone());
         let open = open_rx.clone();
         tokio::spawn(async move {
@@ -78,6 +94,43 @@ async fn serve_connection(builder: http1::Builder, stream: TcpStream, app: Route
         // their business, not an operator's.
         tracing::debug!(%error, "connection ended with an error");
     }
+}
+
+/// How long a refused connection may take to take its 503.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers a connection over `connections_max` with 503 and closes it,
+/// without reading its request.
+async fn refuse(stream: TcpStream, connections_max: usize) {
+    let error = ApiError::new(
+        ErrorCode::Unavailable,
+        format!("the server has {connections_max} connections open (limit connections_max); retry shortly"),
+    )
+    .with_details(serde_json::json!({ "limit": "connections_max", "max": connections_max }));
+    let retry_after = error.retry_after_s().unwrap_or(crate::http::error::RETRY_AFTER_DEFAULT_S);
+    let body = serde_json::to_string(&ErrorBody::new(error.code, error.message).with_details(error.details))
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        let mut rest = response.as_bytes();
+        while !rest.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    if let Err(error) = tokio::time::timeout(REFUSE_WRITE_TIMEOUT, write).await.unwrap_or(Ok(())) {
+        tracing::debug!(%error, "could not refuse a connection over connections_max");
+    }
+    // Dropping the stream closes it.
 }
 
 /// Errors about one connection only; the loop goes on at once.

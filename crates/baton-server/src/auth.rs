@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How long a verified token is trusted without reading the directory again:
 /// the longest a revocation made by another process takes to bite.
@@ -41,6 +42,9 @@ struct Inner {
     directory: Arc<dyn Directory>,
     policies: Policies,
     cache: Mutex<HashMap<String, Verified>>,
+    /// Counts revocations made through this server, so waiting claims wake
+    /// and let the store refuse them at once.
+    revocations: watch::Sender<u64>,
 }
 
 /// A token verified against the directory, and when.
@@ -92,7 +96,13 @@ pub enum VerifyError {
 
 impl Auth {
     pub fn new(directory: Arc<dyn Directory>, policies: Policies) -> Self {
-        Self { inner: Arc::new(Inner { directory, policies, cache: Mutex::new(HashMap::new()) }) }
+        let inner = Inner {
+            directory,
+            policies,
+            cache: Mutex::new(HashMap::new()),
+            revocations: watch::Sender::new(0),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     pub fn directory(&self) -> &dyn Directory {
@@ -156,9 +166,16 @@ impl Auth {
     }
 
     /// Forgets every verified token: called after each revocation, so it
-    /// takes effect on the next call.
+    /// takes effect on the next call; and wakes every waiting claim, so a
+    /// revoked caller's is refused now rather than when work arrives.
     pub fn forget(&self) {
         self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.inner.revocations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes with every revocation made through this server.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.inner.revocations.subscribe()
     }
 }
 

@@ -40,6 +40,13 @@ pub struct Options {
     /// an idle keep-alive connection stays open; then the connection is
     /// closed without an answer. Applies to `serve` (a socket), not to `app`.
     pub header_read_timeout_ms: u64,
+    /// Bytes of a request's head (request line and headers) the server
+    /// buffers; past it hyper answers 431 without a body. At least 8192.
+    /// Applies to `serve`, not to `app`.
+    pub header_bytes_max: usize,
+    /// Connections open at once; one more is answered 503 `unavailable`
+    /// (with `Retry-After`) and closed. Applies to `serve`, not to `app`.
+    pub connections_max: usize,
     /// How long one request may take from its headers to its answer; then
     /// 503 `request_timeout`. Long polls (claims, handoff outcomes) get
     /// `wait_ms_max` on top, since `wait_ms` already bounds their wait.
@@ -84,6 +91,8 @@ impl Default for Options {
             body_bytes_max: baton_api::limits::BODY_BYTES_MAX,
             json_depth_max: 32,
             header_read_timeout_ms: 30_000,
+            connections_max: 4_096,
+            header_bytes_max: 64 * 1024,
             request_timeout_ms: 30_000,
             limits: Limits::default(),
             policies: Policies::default(),

@@ -9,8 +9,8 @@ use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
-    AgentId, Alert, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord, StageName, Task,
-    TaskId, Workflow,
+    AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
+    StageName, Task, TaskId, Workflow,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::cell::RefCell;
@@ -27,6 +27,8 @@ const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready =
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2";
 const LEASES_HELD: &str = "SELECT count(*) FROM tasks WHERE holder = ?1";
 const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = ?1";
+const CREDENTIAL_LIVE: &str = "SELECT count(*) FROM tokens t JOIN principals p ON p.name = t.principal \
+                               WHERE t.id = ?1 AND t.principal = ?2 AND t.revoked_at IS NULL AND p.revoked_at IS NULL";
 const LOAD_REQUEST: &str = "SELECT fingerprint, at, outcome FROM requests WHERE principal = ?1 AND key = ?2";
 const PURGE_REQUESTS: &str =
     "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at <= ?1 ORDER BY at LIMIT ?2)";
@@ -122,6 +124,13 @@ impl Tx for WriteTx<'_> {
         let mut st = self.conn.prepare_cached(LEASES_HELD)?;
         let n: i64 = st.query_row([agent.as_str()], |r| r.get(0))?;
         Ok(n.max(0).unsigned_abs())
+    }
+
+    fn credential_live(&mut self, credential: &Credential) -> Result<bool, StoreError> {
+        let mut st = self.conn.prepare_cached(CREDENTIAL_LIVE)?;
+        let n: i64 =
+            st.query_row([credential.token.as_str(), credential.principal.as_str()], |r| r.get(0))?;
+        Ok(n > 0)
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {

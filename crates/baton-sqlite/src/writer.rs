@@ -285,7 +285,9 @@ impl Op {
     fn run(&self, b: &mut Batch<'_>) -> Outcome {
         match self {
             Op::Submit(req, _) => Outcome::Submit(b.execute(|tx, cx| engine::submit(tx, req, cx))),
-            Op::Claim(req, _) => Outcome::Claim(b.execute(|tx, cx| engine::claim(tx, req, cx))),
+            Op::Claim(req, _) => {
+                Outcome::Claim(b.execute(|tx, cx| engine::claim(tx, req, cx).map(|c| c.grants)))
+            }
             Op::Act(req, _) => Outcome::Act(b.execute(|tx, cx| engine::act(tx, req, cx))),
             Op::Cancel(req, _) => Outcome::Cancel(b.execute(|tx, cx| engine::cancel(tx, req, cx))),
             Op::FireDue(limit, _) => Outcome::FireDue(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),

@@ -109,6 +109,7 @@ fn claim(store: &SqliteStore, who: &str, stage: &str, max: usize) -> Vec<Grant> 
         max,
         lease_ms: None,
         only: None,
+        credential: None,
     };
     block_on(store.claim(request)).expect("claim")
 }

@@ -604,6 +604,7 @@ mod tests {
                 max: 1,
                 lease_ms: None,
                 only: None,
+                credential: None,
             };
             let grant = block_on(store.claim(request)).expect("claim").remove(0);
             let handoff = baton_core::ActRequest {

@@ -15,9 +15,10 @@ use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
-    ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Error, Event, Grant, Handoff,
-    HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules, SingletonDuty,
-    StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState, TaskView,
+    ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Credential, Error, Event,
+    Grant, Handoff, HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules,
+    SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState,
+    TaskView,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -133,6 +134,7 @@ impl MemoryStore {
             let result = {
                 let mut state = self.lock();
                 let mut tx = MemTx::new(&mut state);
+                tx.directory = Some(&self.directory);
                 let mut cx = Ctx { rules: &self.rules, now, effects: &mut effects };
                 let result = op(&mut tx, &mut cx);
                 if result.is_ok() {
@@ -178,7 +180,7 @@ impl Store for MemoryStore {
     }
 
     fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, Vec<Grant>> {
-        answer(self.run(|tx, cx| engine::claim(tx, &request, cx)))
+        answer(self.run(|tx, cx| engine::claim(tx, &request, cx).map(|c| c.grants)))
     }
 
     fn act(&self, request: ActRequest) -> StoreFuture<'_, ActOutcome> {
@@ -374,6 +376,9 @@ impl std::error::Error for MemError {}
 /// in an undo log, replayed backwards on rollback (or on drop without commit).
 pub struct MemTx<'s> {
     state: &'s mut State,
+    /// The store's principals and tokens, for `credential_live` (none in
+    /// the unit tests below, which never claim with a credential).
+    directory: Option<&'s Mutex<Principals>>,
     undo: Vec<Undo>,
     committed: bool,
 }
@@ -404,7 +409,7 @@ enum Undo {
 
 impl<'s> MemTx<'s> {
     fn new(state: &'s mut State) -> Self {
-        Self { state, undo: Vec::new(), committed: false }
+        Self { state, directory: None, undo: Vec::new(), committed: false }
     }
 
     fn commit(&mut self) {
@@ -548,6 +553,16 @@ impl Tx for MemTx<'_> {
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, MemError> {
         let held = self.state.tasks.values().filter(|row| row.task.holder() == Some(agent)).count();
         Ok(u64::try_from(held).expect("fits"))
+    }
+
+    fn credential_live(&mut self, credential: &Credential) -> Result<bool, MemError> {
+        let directory = self.directory.ok_or_else(|| MemError("no directory in this transaction".into()))?;
+        let d = directory.lock().expect("memory directory mutex poisoned by an earlier panic");
+        let token_live = d
+            .tokens
+            .get(&credential.token)
+            .is_some_and(|t| t.principal == credential.principal && t.revoked_at.is_none());
+        Ok(token_live && d.by_name.get(&credential.principal).is_some_and(Principal::is_live))
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), MemError> {

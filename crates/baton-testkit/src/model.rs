@@ -343,6 +343,7 @@ impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
                     max: *max,
                     lease_ms: None,
                     only: None,
+                    credential: None,
                 };
                 match block_on(store.claim(request)) {
                     Ok(grants) => Expect::Claimed(

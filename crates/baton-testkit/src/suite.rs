@@ -28,9 +28,10 @@ use baton_core::auth::{Directory, Principal, Role, Route, TokenRecord, mint_toke
 use baton_core::store::ReadyListener;
 use baton_core::{
     ActOutcome, ActRequest, Action, Actor, AgentId, Alert, Backoff, CancelRequest, ClaimNext, ClaimRequest,
-    Custodian, Error, Event, EventKind, Grant, Handoff, HandoffId, HandoffOutcome, Hash, JoinMode, JoinSpec,
-    Limits, Millis, NewChild, NewTask, Op, OpOutcome, Policies, Rejection, Report, RequestKey, Rules,
-    StageName, StagePolicy, StateName, Store, Submitted, Task, TaskFilter, TaskId, TaskState, TaskView, Wait,
+    Credential, Custodian, Error, Event, EventKind, Grant, Handoff, HandoffId, HandoffOutcome, Hash,
+    JoinMode, JoinSpec, Limits, Millis, NewChild, NewTask, Op, OpOutcome, Policies, Rejection, Report,
+    RequestKey, Rules, StageName, StagePolicy, StateName, Store, Submitted, Task, TaskFilter, TaskId,
+    TaskState, TaskView, Wait,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
@@ -148,6 +149,7 @@ macro_rules! store_suite {
             directory_refuses_what_would_break_it,
             directory_revocation_reaches_every_token,
             directory_survives_reopen,
+            revoked_credentials_get_no_lease,
             keyed_repeat_returns_the_first_outcome_and_writes_nothing,
             keyed_repeat_with_another_request_conflicts,
             keyed_requests_are_scoped_to_their_principal,
@@ -356,6 +358,7 @@ impl<H: SuiteStore> Case<H> {
             max,
             lease_ms,
             only: None,
+            credential: None,
         }))
     }
 
@@ -406,8 +409,12 @@ impl<H: SuiteStore> Case<H> {
     #[track_caller]
     pub fn act_next(&self, grant: &Grant, action: Action, stages: &[&str], max: usize) -> ActOutcome {
         let agent = grant.task.holder().expect("a grant names its holder").as_str().to_owned();
-        let claim_next =
-            ClaimNext { stages: stages.iter().map(|s| StageName::new(*s)).collect(), max, lease_ms: None };
+        let claim_next = ClaimNext {
+            stages: stages.iter().map(|s| StageName::new(*s)).collect(),
+            max,
+            lease_ms: None,
+            credential: None,
+        };
         ok(self.try_act_as(grant.task.id, &agent, grant.epoch, action, Some(claim_next)))
     }
 
@@ -612,6 +619,7 @@ pub fn claim_op(agent_id: &str, stages: &[&str], max: usize) -> Op {
         max,
         lease_ms: None,
         only: None,
+        credential: None,
     })
 }
 
@@ -1733,6 +1741,7 @@ pub fn concurrent_claims_lease_each_task_once<H: SuiteStore>() {
                             max: 4,
                             lease_ms: None,
                             only: None,
+                            credential: None,
                         };
                         let got = ok(block_on(store.claim(request)));
                         if got.is_empty() {
@@ -1847,7 +1856,7 @@ pub fn keyed_refusals_and_empty_claims_are_judged_afresh<H: SuiteStore>() {
     let cx = Case::<H>::open(rules);
     let key = request_key("w", "claim-b", "claim b");
     let claim = claim_op("w", &["b"], 1);
-    assert_eq!(cx.execute(claim.clone(), &key), OpOutcome::Claim(vec![]), "nothing ready in b");
+    assert_eq!(cx.execute(claim.clone(), &key), OpOutcome::Claim(Vec::new().into()), "nothing ready in b");
     cx.submit_to("a");
     let held = cx.claim_one("w", "a");
     let waiting = cx.submit_to("b");
@@ -2181,6 +2190,67 @@ pub fn directory_revocation_reaches_every_token<H: SuiteStore>() {
     assert!(!w.is_live());
     assert!(ok(block_on(store.revoke_principal("w", T0 + 40))));
     assert_eq!(ok(block_on(store.principal("w"))).and_then(|p| p.revoked_at), Some(T0 + 30));
+    cx.finish();
+}
+
+/// A claim made with a token checks, in its own transaction, that the token
+/// and its principal are live: a revoked token or principal gets `Revoked`
+/// (`unauthenticated`) and no lease, and claim-next grants it nothing while
+/// its main action stands. A live credential claims as usual.
+pub fn revoked_credentials_get_no_lease<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    ok(add_principal(&cx, &principal("w", Role::Agent, &["a", "b"], &[("a", "b")])));
+    let (_, live) = token_for("w", 1, T0);
+    let (_, dead) = token_for("w", 2, T0);
+    ok(add_token(&cx, &live));
+    ok(add_token(&cx, &dead));
+    assert!(ok(block_on(cx.store().revoke_token(&dead.id, T0 + 1))));
+    let credential = |t: &TokenRecord| Some(Credential { principal: "w".into(), token: t.id.clone() });
+    let claim_with = |t: &TokenRecord| {
+        Op::Claim(ClaimRequest {
+            agent: agent("w"),
+            stages: vec![stage("a")],
+            max: 1,
+            lease_ms: None,
+            only: None,
+            credential: credential(t),
+        })
+    };
+    cx.submit_to("a");
+    cx.submit_to("b");
+    let before = cx.snapshot();
+    refused(block_on(cx.store().execute(claim_with(&dead), None)), "unauthenticated");
+    let other = Credential { principal: "someone-else".into(), token: live.id.clone() };
+    let mismatched = Op::Claim(ClaimRequest {
+        agent: agent("w"),
+        stages: vec![stage("a")],
+        max: 1,
+        lease_ms: None,
+        only: None,
+        credential: Some(other),
+    });
+    refused(block_on(cx.store().execute(mismatched, None)), "unauthenticated");
+    assert_eq!(cx.snapshot(), before, "a refused claim leases nothing");
+    let grant = ok(block_on(cx.store().execute(claim_with(&live), None))).into_grants().expect("grants");
+    assert_eq!(grant.len(), 1, "a live credential claims");
+    // The principal is revoked while it holds the task: its hand-off stands
+    // (the server authenticates holder calls), its claim-next gets nothing.
+    assert!(ok(block_on(cx.store().revoke_principal("w", T0 + 2))));
+    let act = Op::Act(ActRequest {
+        task: grant[0].task.id,
+        agent: agent("w"),
+        epoch: grant[0].epoch,
+        action: handoff_to("b"),
+        claim_next: Some(ClaimNext {
+            stages: vec![stage("b")],
+            max: 2,
+            lease_ms: None,
+            credential: credential(&live),
+        }),
+    });
+    let acted = ok(block_on(cx.store().execute(act, None))).into_acted().expect("acted");
+    assert!(acted.next.is_empty(), "claim-next leased {:?} to a revoked principal", acted.next);
+    refused(block_on(cx.store().execute(claim_with(&live), None)), "unauthenticated");
     cx.finish();
 }
 

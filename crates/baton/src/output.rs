@@ -26,7 +26,7 @@ impl Printer {
     }
 
     pub fn leases(&self, leases: &[api::Lease]) -> anyhow::Result<()> {
-        let response = api::ClaimResponse { leases: leases.to_vec() };
+        let response = api::ClaimResponse { leases: leases.to_vec(), skipped: Vec::new() };
         self.print(&response, || leases.iter().map(lease_text).collect())
     }
 

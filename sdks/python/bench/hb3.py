@@ -10,8 +10,11 @@ decision at stage i to a handler starting the same task at stage i+1
 (CLOCK_MONOTONIC, which every process shares), p50 and p99.
 
 With `--harness PATH` (a release `baton-harness`), each round also runs the
-Rust client's HB3 (`baton-harness bench-http`, its own `baton dev`) at the
-same K and N, interleaved with the Python runs. Results print as a Markdown
+Rust client's HB3 (`baton-harness bench-http`, its own `baton dev`, with its
+raw-SQLite and ideal-writer baselines) at the same K and N, interleaved with
+the Python runs. The Rust step is the harness's handoff latency (send of the
+handoff to the lease at the next stage), the same span as the Python step
+but for the handler's own few microseconds. Results print as a Markdown
 table; `--json FILE` keeps them.
 
     python bench/hb3.py --baton target/release/baton [--harness target/release/baton-harness] \\
@@ -140,7 +143,16 @@ def rust_run(harness: str, binary: str, agents: int, tasks: int) -> dict[str, An
             stdout=subprocess.DEVNULL,
         )
         data = json.loads(report.read_text())
-    return {"client": "rust", "agents": agents, "tasks": tasks, "raw": data}
+    (run,) = [r for r in data["runs"] if r["system"] == "baton_http"]
+    return {
+        "client": "rust",
+        "agents": agents,
+        "tasks": tasks,
+        "handoffs": run["handoffs"],
+        "handoffs_per_s": run["handoffs_per_s"],
+        "step_p50_ms": run["handoff_p50_us"] / 1000,
+        "step_p99_ms": run["handoff_p99_us"] / 1000,
+    }
 
 
 def main() -> int:
@@ -164,14 +176,18 @@ def main() -> int:
         Path(args.json).write_text(json.dumps(results, indent=2))
     print("| client | K | handoffs/s (median, range) | step p50 ms | step p99 ms |")
     print("|---|---|---|---|---|")
+    labels = {"rust": "Rust client (`baton-harness bench-http`)", "python": "Python `Worker` (one process per agent)"}
     for k in sorted({r["agents"] for r in results}):
-        py = [r for r in results if r["client"] == "python" and r["agents"] == k]
-        rates = [r["handoffs_per_s"] for r in py]
-        print(
-            f"| Python worker | {k} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
-            f"| {statistics.median(r['step_p50_ms'] for r in py):.1f} "
-            f"| {statistics.median(r['step_p99_ms'] for r in py):.1f} |"
-        )
+        for client in ("rust", "python"):
+            rows = [r for r in results if r["client"] == client and r["agents"] == k]
+            if not rows:
+                continue
+            rates = [r["handoffs_per_s"] for r in rows]
+            print(
+                f"| {labels[client]} | {k} | {statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
+                f"| {statistics.median(r['step_p50_ms'] for r in rows):.1f} "
+                f"| {statistics.median(r['step_p99_ms'] for r in rows):.1f} |"
+            )
     return 0
 
 

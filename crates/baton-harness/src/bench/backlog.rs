@@ -203,6 +203,7 @@ fn kill_and_recover(harness: &Path, db: &Path, backlog: usize, check: IntegrityC
         max: 1,
         lease_ms: None,
         only: None,
+        credential: None,
     };
     let first_claim_ms = loop {
         if !block_on(sqlite.claim(request.clone()))?.is_empty() {

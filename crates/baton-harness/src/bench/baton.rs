@@ -153,14 +153,20 @@ fn agent_steps(
 ) -> Result<Histogram<u64>> {
     let id = AgentId::new(format!("agent-{agent}"));
     let names: Vec<StageName> = stages.iter().map(|&s| StageName::new(STAGES[s])).collect();
-    let claim_next = ClaimNext { stages: names.clone(), max: 1, lease_ms: None };
+    let claim_next = ClaimNext { stages: names.clone(), max: 1, lease_ms: None, credential: None };
     let mut step = histogram();
     let mut held: Option<Grant> = None;
     while !board.is_over() {
         let Some(grant) = held.take() else {
             let seen = board.generation(stages);
-            let request =
-                ClaimRequest { agent: id.clone(), stages: names.clone(), max: 1, lease_ms: None, only: None };
+            let request = ClaimRequest {
+                agent: id.clone(),
+                stages: names.clone(),
+                max: 1,
+                lease_ms: None,
+                only: None,
+                credential: None,
+            };
             match block_on(store.claim(request))?.pop() {
                 Some(g) => held = Some(g),
                 None => board.wait(stages, seen),

@@ -11,18 +11,18 @@ use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::idempotency::{IdempotencyKeyHeader, KeyedJson, unexpected_outcome};
 use crate::http::openapi::ClaimRefusals;
-use crate::http::principal::Principal;
+use crate::http::principal::{CallerCredential, Principal};
 use crate::http::tasks::{millis, stored_payload};
 use crate::state::AppState;
 use crate::wake::AnyNotified;
 use axum::Json;
 use axum::extract::State;
 use baton_api as api;
-use baton_core::{ClaimRequest, Grant, Millis, Op, RequestKey, StageName};
+use baton_core::{ClaimRequest, Claimed, Grant, Millis, Op, RequestKey, StageName};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
 /// `POST /v1/claims`: lease up to `max` waiting tasks from `stages`, by
@@ -44,6 +44,7 @@ use tokio::time::{Instant, sleep_until};
 pub async fn claim(
     State(state): State<AppState>,
     principal: Principal,
+    CallerCredential(credential): CallerCredential,
     KeyedJson { body: req, key }: KeyedJson<api::ClaimRequest>,
 ) -> Result<Json<api::ClaimResponse>, ApiError> {
     let agent = principal.agent_for(req.agent.as_deref())?;
@@ -60,8 +61,9 @@ pub async fn claim(
         max: req.max as usize,
         lease_ms: check_lease_ms(&state, millis("lease_ms", req.lease_ms)?)?,
         only: None,
+        credential,
     };
-    let grants = if req.wait_ms == 0 {
+    let Claimed { grants, skipped } = if req.wait_ms == 0 {
         claim_once(&state, request, key).await?
     } else {
         wait_for_work(&state, request, key, Duration::from_millis(req.wait_ms)).await?
@@ -72,7 +74,16 @@ pub async fn claim(
     for grant in &grants {
         crate::telemetry::task_changed(&grant.task, "claimed");
     }
-    Ok(Json(api::ClaimResponse { leases: leases(&state, &grants).await? }))
+    let skipped = skipped
+        .into_iter()
+        .map(|s| api::SkippedStage {
+            stage: s.stage.to_string(),
+            reason: api::SkipReason::Capacity,
+            held: s.held,
+            capacity: s.capacity,
+        })
+        .collect();
+    Ok(Json(api::ClaimResponse { leases: leases(&state, &grants).await?, skipped }))
 }
 
 /// Claims until something is granted, the wait ends or the server shuts down.
@@ -81,7 +92,7 @@ async fn wait_for_work(
     request: ClaimRequest,
     key: Option<RequestKey>,
     wait: Duration,
-) -> Result<Vec<Grant>, ApiError> {
+) -> Result<Claimed, ApiError> {
     let deadline = Instant::now() + wait;
     let mut stages = request.stages.clone();
     stages.sort();
@@ -89,23 +100,41 @@ async fn wait_for_work(
     let signals: Vec<Arc<Notify>> = stages.iter().map(|s| state.hub().subscribe(s)).collect();
     let mut shutdown = pin!(state.shutting_down());
     let mut baton = Baton { signals: &signals, armed: false };
+    // A revocation on this server wakes the claim, whose next round the
+    // store refuses (401) when the caller was the one revoked.
+    let mut revocations = state.options().auth.tokens().map(|auth| auth.revocations());
     loop {
         let woken = AnyNotified::enable(&signals);
+        if let Some(seen) = &mut revocations {
+            // Marked seen before the claim, so one made during it still wakes the wait.
+            seen.borrow_and_update();
+        }
         // On an error the baton, if held, passes on as this returns.
-        let grants = claim_once(state, request.clone(), key.clone()).await?;
-        if !grants.is_empty() {
-            return Ok(grants);
+        let claimed = claim_once(state, request.clone(), key.clone()).await?;
+        if !claimed.grants.is_empty() {
+            return Ok(claimed);
         }
         baton.armed = false;
         if Instant::now() >= deadline || state.is_shutting_down() {
-            return Ok(grants);
+            return Ok(claimed);
         }
         tokio::select! {
             () = woken => baton.armed = true,
             () = sleep_until(deadline) => {}
             () = &mut shutdown => {}
+            () = revoked(&mut revocations) => {}
         }
     }
+}
+
+/// Returns when a principal or token is revoked through this server.
+async fn revoked(revocations: &mut Option<watch::Receiver<u64>>) {
+    if let Some(seen) = revocations
+        && seen.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// One claim, never waiting. Under a key, a claim that leased nothing is not
@@ -114,9 +143,9 @@ async fn claim_once(
     state: &AppState,
     request: ClaimRequest,
     key: Option<RequestKey>,
-) -> Result<Vec<Grant>, ApiError> {
+) -> Result<Claimed, ApiError> {
     let outcome = state.store().execute(Op::Claim(request), key).await?;
-    outcome.into_grants().ok_or_else(|| unexpected_outcome("claim"))
+    outcome.into_claimed().ok_or_else(|| unexpected_outcome("claim"))
 }
 
 /// Held by a claim that a wake-up reached: when it goes (lease granted, error,

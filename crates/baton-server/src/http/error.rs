@@ -5,7 +5,7 @@
 //! text never reaches a client.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_api::{ErrorBody, ErrorCode};
 use baton_core::{Error as StoreError, Rejection};
@@ -118,7 +118,8 @@ impl ApiError {
         Self::new(
             ErrorCode::RateLimited,
             format!(
-                "too many requests: limit requests_per_second_max is {per_second} (bursts up to {burst});                  retry after {retry_after_ms} ms"
+                "too many requests: limit requests_per_second_max is {per_second} (bursts up to {burst}); \
+                 retry after {retry_after_ms} ms"
             ),
         )
         .with_details(json!({
@@ -139,11 +140,39 @@ impl ApiError {
     }
 }
 
+/// How long a client told to come back (429, 503) waits when the refusal
+/// names no better time: long enough not to hammer a struggling server,
+/// short enough that a blip costs little.
+pub const RETRY_AFTER_DEFAULT_S: u64 = 1;
+
+impl ApiError {
+    /// The `Retry-After` seconds for a refusal the client should repeat
+    /// later: every 429 and 503, rounded up from `details.retry_after_ms`
+    /// where the refusal knows it.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        let status = self.status();
+        if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
+            return None;
+        }
+        let ms = self.details.get("retry_after_ms").and_then(serde_json::Value::as_u64);
+        Some(ms.map_or(RETRY_AFTER_DEFAULT_S, |ms| ms.div_ceil(1000).max(1)))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = self.retry_after_s();
+        let code = self.code;
         let body = ErrorBody::new(self.code, self.message).with_details(self.details);
-        let mut response = (status_of(self.code), Json(body)).into_response();
-        response.extensions_mut().insert(Refused(self.code));
+        let mut response = (status_of(code), Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if code == ErrorCode::Unauthenticated {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(Refused(code));
         response
     }
 }
@@ -190,6 +219,7 @@ impl From<Rejection> for ApiError {
             Rejection::AgentNotAllowed { stage, agent } => {
                 (ErrorCode::Forbidden, json!({ "stage": stage, "agent": agent }))
             }
+            Rejection::Revoked => (ErrorCode::Unauthenticated, json!({})),
             Rejection::NotDue { .. } => {
                 // The engine keeps `not_due` inside the timer sweep; one here is a bug.
                 tracing::error!(%rejection, "a timer refusal reached the API");

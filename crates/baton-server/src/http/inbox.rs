@@ -14,7 +14,7 @@ use crate::http::error::ApiError;
 use crate::http::extract::{ApiQuery, IdPath};
 use crate::http::idempotency::{IdempotencyKeyHeader, KeyedJson, unexpected_outcome};
 use crate::http::openapi::{InboxClaimRefusals, InboxListRefusals, InboxResolveRefusals};
-use crate::http::principal::Principal;
+use crate::http::principal::{CallerCredential, Principal};
 use crate::http::tasks::millis;
 use crate::state::AppState;
 use axum::Json;
@@ -121,6 +121,7 @@ pub async fn list(
 pub async fn claim(
     State(state): State<AppState>,
     principal: Principal,
+    CallerCredential(credential): CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::InboxClaimRequest>,
 ) -> Result<Json<api::Lease>, ApiError> {
@@ -132,8 +133,14 @@ pub async fn claim(
     if !task.is_ready() {
         return Err(not_claimable(&task));
     }
-    let request =
-        ClaimRequest { agent, stages: vec![task.stage.clone()], max: 1, lease_ms, only: Some(task.id) };
+    let request = ClaimRequest {
+        agent,
+        stages: vec![task.stage.clone()],
+        max: 1,
+        lease_ms,
+        only: Some(task.id),
+        credential,
+    };
     let outcome = state.store().execute(Op::Claim(request), key).await?;
     let grants = outcome.into_grants().ok_or_else(|| unexpected_outcome("claim"))?;
     if grants.is_empty() {

@@ -273,6 +273,7 @@ mod tests {
             confidence: None,
             handoff: None,
             after,
+            payload_digest: None,
             prev_hash: Hash::default(),
             hash: Hash::default(),
         }

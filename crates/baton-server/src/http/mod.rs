@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
         .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
         .layer(middleware::from_fn(log_refusals))
         .with_state(state.clone());
     // The dashboard calls the API router above in process, with the
@@ -163,6 +164,31 @@ async fn wrong_method(request: Request) -> ApiError {
         ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", request.method(), request.uri().path()),
     )
+}
+
+/// Answers 413 `body_too_large` at once when `Content-Length` says the body
+/// is over `body_bytes_max`, before authentication and without waiting for
+/// a body it would refuse anyway. Bodies without a length (chunked) are cut
+/// off by `DefaultBodyLimit` as they are read.
+async fn refuse_oversized(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let max = state.options().body_bytes_max;
+    let length = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(length) if length > max as u64 => {
+            let mut response = ApiError::body_too_large(max).into_response();
+            // The unread body stays on the wire: end the connection rather
+            // than read it to find the next request.
+            response
+                .headers_mut()
+                .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Answers 503 `request_timeout` when a request outlasts its time limit. The

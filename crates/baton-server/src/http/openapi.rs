@@ -169,7 +169,12 @@ pub fn refusals(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<utoipa::openapi::
                 .build();
             let mut response =
                 ResponseBuilder::new().description(description).content("application/json", content);
-            if codes.contains(&ErrorCode::RateLimited) {
+            let retry = |c: &ErrorCode| {
+                let status = crate::http::error::status_of(*c);
+                status == axum::http::StatusCode::TOO_MANY_REQUESTS
+                    || status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            if codes.iter().any(retry) {
                 response = response.header("Retry-After", retry_after_header());
             }
             (status.to_string(), RefOr::T(response.build()))
@@ -177,15 +182,16 @@ pub fn refusals(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<utoipa::openapi::
         .collect()
 }
 
-/// The `Retry-After` header of a 429 `rate_limited`.
+/// The `Retry-After` header of every 429 and 503.
 fn retry_after_header() -> utoipa::openapi::header::Header {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     let schema = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
     utoipa::openapi::header::HeaderBuilder::new()
         .schema(Some(schema))
         .description(Some(
-            "With `rate_limited`: whole seconds (rounded up) until the caller's next request is \
-             accepted; `details.retry_after_ms` has it in milliseconds.",
+            "Whole seconds to wait before repeating the request. With `rate_limited`: until the \
+             caller's next request is accepted (rounded up; `details.retry_after_ms` has it in \
+             milliseconds); otherwise a short pause before retrying.",
         ))
         .build()
 }

@@ -33,13 +33,15 @@ use crate::http::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use baton_api::ErrorCode;
 use baton_core::auth::{self, Role};
 use baton_core::decide::fence;
-use baton_core::{ActRequest, Action, Actor, AgentId, Handoff, Op, RequestKey, StageName, Task, TaskId};
+use baton_core::{
+    ActRequest, Action, Actor, AgentId, Credential, Handoff, Op, RequestKey, StageName, Task, TaskId,
+};
 use std::sync::{Arc, OnceLock};
 
 /// The caller of one request.
@@ -54,9 +56,27 @@ pub enum Principal {
 /// Bytes of an agent id (and of a principal's name).
 pub const AGENT_BYTES_MAX: usize = 128;
 
-/// The authenticated caller, put in the request's extensions by `authenticate`.
+/// The authenticated caller, put in the request's extensions by
+/// `authenticate`: the live principal and the public id of its token.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<auth::Principal>);
+pub struct Caller(pub Arc<auth::Principal>, pub Arc<str>);
+
+/// The token and principal a request was authenticated with (none with auth
+/// off): claims pass it to the store, whose transaction checks both are still
+/// live before it grants a lease, however long the claim waited.
+#[derive(Debug, Clone, Default)]
+pub struct CallerCredential(pub Option<Credential>);
+
+impl FromRequestParts<AppState> for CallerCredential {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<Caller>().map(|Caller(principal, token)| Credential {
+            principal: principal.name.clone(),
+            token: token.to_string(),
+        })))
+    }
+}
 
 /// Who made a call, for the refusal log: an empty slot that the refusal log
 /// puts in the request and `authenticate` fills once the token is verified.
@@ -91,34 +111,30 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         return next.run(request).await;
     }
     match verify_headers(auth, request.headers()).await {
-        Ok(principal) => {
+        Ok(caller) => {
             if let Some(name) = request.extensions().get::<CallerName>() {
-                let _ = name.0.set(principal.name.clone());
+                let _ = name.0.set(caller.0.name.clone());
             }
-            request.extensions_mut().insert(Caller(principal));
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(refusal) => refusal.into_response(),
     }
 }
 
-/// An `ApiError` that answers 401 with `WWW-Authenticate: Bearer`.
+/// An authentication refusal (`ApiError` adds `WWW-Authenticate: Bearer` to a 401).
 #[derive(Debug)]
 pub struct Unauthenticated(pub ApiError);
 
 impl IntoResponse for Unauthenticated {
     fn into_response(self) -> Response {
-        let is_401 = self.0.code == ErrorCode::Unauthenticated;
-        let mut response = self.0.into_response();
-        if is_401 {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        self.0.into_response()
     }
 }
 
-/// The principal named by the request's `Authorization: Bearer` header.
-async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Arc<auth::Principal>, Unauthenticated> {
+/// The principal named by the request's `Authorization: Bearer` header, with
+/// its token's id.
+async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Caller, Unauthenticated> {
     use crate::auth::Unauthenticated as Why;
     let refuse = |why: Why| Unauthenticated(ApiError::new(ErrorCode::Unauthenticated, why.message()));
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -131,8 +147,12 @@ async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Arc<auth::Pr
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(refuse(Why::Malformed));
     }
-    match auth.verify(token.trim()).await {
-        Ok(principal) => Ok(principal),
+    let token = token.trim();
+    match auth.verify(token).await {
+        Ok(principal) => {
+            let (id, _) = auth::parse_token(token).ok_or_else(|| refuse(Why::Malformed))?;
+            Ok(Caller(principal, id.into()))
+        }
         Err(VerifyError::Refused(why)) => Err(refuse(why)),
         Err(VerifyError::Store(e)) => Err(Unauthenticated(e.into())),
     }
@@ -143,14 +163,14 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(auth) = state.options().auth.tokens() else { return Ok(Principal::Anonymous) };
-        if let Some(Caller(principal)) = parts.extensions.get::<Caller>() {
+        if let Some(Caller(principal, _)) = parts.extensions.get::<Caller>() {
             return Ok(Principal::Authenticated(principal.clone()));
         }
         // A route the middleware let through unauthenticated: deny by
         // default, and authenticate here.
         verify_headers(auth, &parts.headers)
             .await
-            .map(Principal::Authenticated)
+            .map(|Caller(principal, _)| Principal::Authenticated(principal))
             .map_err(IntoResponse::into_response)
     }
 }

@@ -28,7 +28,6 @@ use crate::http::error::ApiError;
 use crate::http::principal::{self, Caller};
 use crate::state::AppState;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use baton_core::Millis;
@@ -60,13 +59,6 @@ pub struct RateLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
     pub retry_after_ms: u64,
-}
-
-impl Limited {
-    /// `Retry-After` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_seconds(&self) -> u64 {
-        self.retry_after_ms.div_ceil(1_000).max(1)
-    }
 }
 
 impl RateLimiter {
@@ -138,18 +130,15 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
     }
     // Auth off: no principal to key by (see the module's text). Auth on but
     // no principal: a route the handler's extractor authenticates, and refuses.
-    let Some(Caller(principal)) = request.extensions().get::<Caller>() else {
+    let Some(Caller(principal, _)) = request.extensions().get::<Caller>() else {
         return next.run(request).await;
     };
     let key = principal.name.as_str();
     match state.rate_limiter().take(limit, key, state.clock().now()) {
         Ok(()) => next.run(request).await,
         Err(limited) => {
-            let seconds = limited.retry_after_seconds();
-            let mut response =
-                ApiError::rate_limited(limit.per_second, limit.burst, limited.retry_after_ms).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
+            // `ApiError` turns `retry_after_ms` into `Retry-After` (whole seconds, rounded up).
+            ApiError::rate_limited(limit.per_second, limit.burst, limited.retry_after_ms).into_response()
         }
     }
 }
@@ -229,9 +218,8 @@ mod tests {
 
     #[test]
     fn retry_after_is_whole_seconds_rounded_up() {
-        assert_eq!(Limited { retry_after_ms: 1 }.retry_after_seconds(), 1);
-        assert_eq!(Limited { retry_after_ms: 0 }.retry_after_seconds(), 1);
-        assert_eq!(Limited { retry_after_ms: 1_000 }.retry_after_seconds(), 1);
-        assert_eq!(Limited { retry_after_ms: 1_001 }.retry_after_seconds(), 2);
+        for (ms, seconds) in [(1, 1), (0, 1), (1_000, 1), (1_001, 2)] {
+            assert_eq!(ApiError::rate_limited(10, 5, ms).retry_after_s(), Some(seconds), "{ms} ms");
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::http::idempotency::{IdempotencyKey, IdempotencyKeyHeader, KeyedJson, 
 use crate::http::openapi::{
     CancelRefusals, HandoffRefusals, HolderRefusals, ListRefusals, ReadRefusals, SubmitRefusals,
 };
-use crate::http::principal::Principal;
+use crate::http::principal::{CallerCredential, Principal};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -237,11 +237,12 @@ pub async fn cancel(
 pub async fn heartbeat(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::HeartbeatRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Heartbeat { lease_ms: millis("lease_ms", req.lease_ms)?, note: req.note };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -262,12 +263,13 @@ pub async fn heartbeat(
 pub async fn handoff(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::HandoffRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
     let action = Action::Handoff { to_stage: StageName::new(req.to_stage), report };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -288,12 +290,13 @@ pub async fn handoff(
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::CompleteRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let report = Report { note: req.note, findings: req.findings, confidence: req.confidence };
     let action = Action::Complete { result: req.result, report };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -314,11 +317,12 @@ pub async fn complete(
 pub async fn release(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::ReleaseRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Release { note: req.note };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -339,11 +343,12 @@ pub async fn release(
 pub async fn fail(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::FailRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
     let action = Action::Fail { error: req.error, retryable: req.retryable };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -364,6 +369,7 @@ pub async fn fail(
 pub async fn spawn(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::SpawnRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
@@ -387,7 +393,7 @@ pub async fn spawn(
         })
         .collect();
     let action = Action::Spawn { children, join: JoinSpec { mode, within_ms } };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -409,6 +415,7 @@ pub async fn spawn(
 pub async fn abort(
     State(state): State<AppState>,
     principal: Principal,
+    credential: CallerCredential,
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::AbortRequest>,
 ) -> Result<Json<api::ActResponse>, ApiError> {
@@ -416,7 +423,7 @@ pub async fn abort(
         return Err(ApiError::invalid("reason", "say why the workflow is aborted"));
     }
     let action = Action::Abort { reason: req.reason };
-    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next };
+    let call = HolderCall { agent: req.agent, epoch: req.epoch, claim_next: req.claim_next, credential };
     act(&state, &principal, id, call, action, key).await
 }
 
@@ -425,6 +432,7 @@ struct HolderCall {
     agent: Option<String>,
     epoch: u64,
     claim_next: Option<api::ClaimNext>,
+    credential: CallerCredential,
 }
 
 /// Runs one holder call: the action, then claim-next, in one store transaction.
@@ -447,8 +455,9 @@ async fn act(
                 max: next.max as usize,
                 // Not checked up front: the main action commits whatever
                 // happens to the claim part, and a limit saying no leaves
-                // `next` empty (SPEC section 6).
+                // `next` empty.
                 lease_ms: millis("claim_next.lease_ms", next.lease_ms)?,
+                credential: call.credential.0,
             })
         }
     };

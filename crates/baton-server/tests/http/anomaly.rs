@@ -118,6 +118,7 @@ impl Sim {
             max: 1,
             lease_ms: None,
             only: None,
+            credential: None,
         };
         let Some(grant) = self.store().claim(request).await.expect("claim").pop() else { return false };
         let act = ActRequest {

@@ -1317,6 +1317,59 @@ async fn revocation_takes_effect_at_once_through_the_api_and_within_a_second_oth
     }
 }
 
+/// No lease ever goes to a revoked principal or token. A long-polled claim
+/// waiting while its token is revoked through this server ends at once with
+/// 401; one whose principal is revoked behind the server's back (another
+/// replica, so this server's token cache still trusts it) is refused by the
+/// claim's own transaction when work arrives, and the work stays claimable;
+/// claim-next grants nothing to a revoked caller either.
+#[tokio::test]
+async fn a_revoked_caller_never_gets_a_lease() {
+    let world = World::new().await;
+    let claim = |cred: Cred, wait_ms: u64| {
+        let world = &world;
+        async move {
+            let body = json!({ "stages": ["s1"], "wait_ms": wait_ms });
+            world.send(&cred, "POST", "/v1/claims", Some(&body)).await
+        }
+    };
+
+    // Revoked through this server while waiting: ends at once.
+    let token = world.mint("agent-a").await;
+    let (token_id, _) = baton_core::auth::parse_token(&token).unwrap();
+    let token_id = token_id.to_owned();
+    let waiting = claim(Cred::Header(format!("Bearer {token}")), 20_000);
+    let revoke = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        world.call_as("admin", "DELETE", &format!("/v1/tokens/{token_id}"), None).await.expect(200);
+        Instant::now()
+    };
+    let started = Instant::now();
+    let (reply, revoked_at) = tokio::join!(waiting, revoke);
+    assert_eq!(reply.status, 401, "the waiting claim is refused: {}", reply.body);
+    assert_eq!(reply.body["code"], "unauthenticated");
+    assert_eq!(reply.www_authenticate.as_deref(), Some("Bearer"));
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(5) && started.elapsed() < Duration::from_secs(10),
+        "the claim ended with the revocation, not at the end of its wait"
+    );
+
+    // Revoked behind the server's back while waiting: the claim wakes when
+    // work arrives and its transaction refuses it; the task stays ready.
+    let waiting = claim(world.bearer("agent-c"), 20_000);
+    let revoke_and_submit = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(world.store.revoke_principal("agent-c", world.clock.now_ms()).await.unwrap());
+        world.submit("s1").await
+    };
+    let (reply, task) = tokio::join!(waiting, revoke_and_submit);
+    assert_eq!(reply.status, 401, "no lease for a revoked principal: {}", reply.body);
+    let shown = world.call_as("admin", "GET", &format!("/v1/tasks/{task}"), None).await.expect(200);
+    assert_eq!(shown["state"], "waiting", "the task was not leased: {shown}");
+    let (claimed, _) = world.claim("agent-a", "s1").await;
+    assert_eq!(claimed, task, "the task is still claimable by a live agent");
+}
+
 /// An accepted keyed holder call, repeated after the task moved on, gets its
 /// first answer (the checks that now refuse it are replaced by the key's
 /// record); a keyed call that was never accepted is refused as usual.

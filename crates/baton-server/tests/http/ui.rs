@@ -89,7 +89,7 @@ impl Served {
         let status = response.status().as_u16();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        super::Reply { status, body }
+        super::Reply { status, body, retry_after: None }
     }
 
     /// A browser's request: the session cookie of `who` (if any), a form body.

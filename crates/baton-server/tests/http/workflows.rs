@@ -195,6 +195,11 @@ async fn stage_agents_and_capacity_hold_over_the_api() {
     let first = api.claim("p1", "pack").await;
     let none = api.post("/v1/claims", json!({"agent": "p2", "stages": ["pack"]})).await.expect(200);
     assert_eq!(none["leases"], json!([]), "capacity 1 is taken");
+    assert_eq!(
+        none["skipped"],
+        json!([{"stage": "pack", "reason": "capacity", "held": 1, "capacity": 1}]),
+        "the empty answer says why"
+    );
     let task = first["task"].as_str().unwrap().to_owned();
     complete(&api, "p1", &task, first["epoch"].as_u64().unwrap()).await;
     let second = api.claim("p2", "pack").await;
@@ -202,7 +207,7 @@ async fn stage_agents_and_capacity_hold_over_the_api() {
 
     // Only `shipper` may claim at `ship`: anyone else is just not granted.
     let none = api.post("/v1/claims", json!({"agent": "intruder", "stages": ["ship"]})).await.expect(200);
-    assert_eq!(none["leases"], json!([]));
+    assert_eq!(none, json!({"leases": []}), "nothing skipped for capacity");
     let shipped = api.claim("shipper", "ship").await;
     assert_eq!(shipped["task"], task.as_str());
 }

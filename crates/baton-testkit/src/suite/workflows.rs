@@ -6,7 +6,7 @@
 //! ends with the history checker.
 
 use super::*;
-use baton_core::{DEADLINE_BOOST, Workflow, WorkflowRef, WorkflowStage};
+use baton_core::{DEADLINE_BOOST, Skipped, Workflow, WorkflowRef, WorkflowStage};
 
 /// A stage of a test workflow: routes, default route and compensation stage.
 struct S<'a> {
@@ -152,7 +152,10 @@ pub fn workflow_stage_agents_and_capacity<H: SuiteStore>() {
     assert!(cx.claim("bob", &["a"], 3).is_empty(), "bob is not listed");
     let grants = cx.claim("alice", &["a"], 3);
     assert_eq!(grants.len(), 2, "capacity 2");
-    assert!(cx.claim("alice", &["a"], 1).is_empty(), "full");
+    let full = ok(block_on(cx.store().execute(claim_op("alice", &["a"], 1), None)));
+    let full = full.into_claimed().expect("a claim's outcome");
+    assert!(full.grants.is_empty(), "full");
+    assert_eq!(full.skipped, vec![Skipped { stage: stage("a"), held: 2, capacity: 2 }], "and says why");
     cx.act(&grants[0], complete());
     assert_eq!(cx.claim("alice", &["a"], 3).len(), 1, "room for one again");
     cx.finish();

@@ -1,7 +1,8 @@
 //! `baton audit verify` on a real SQLite file: a clean database verifies
 //! (exit 0); after editing one event, deleting another task's event and
-//! swapping two events of a third, it exits 1 and names each task with the
-//! version of its first broken link, and leaves the untouched task alone.
+//! swapping two events of a third, and editing a fourth task's payload, it
+//! exits 1 and names each task with the version of its first broken link,
+//! and leaves the untouched task alone.
 
 use super::BATON;
 use baton_core::{ClaimRequest, NewTask, Store, TaskId};
@@ -11,11 +12,11 @@ use baton_testkit::suite::{agent, complete, handoff_to, stage};
 use std::path::Path;
 use std::process::Command;
 
-/// Four tasks, each with at least three events: submitted, claimed, handed off.
+/// Five tasks, each with three events: submitted, claimed, handed off or completed.
 fn populate(dir: &Path) -> Vec<TaskId> {
     let store = SqliteStore::open(dir.join("baton.db"), SqliteOptions::default()).expect("open");
     let mut ids = Vec::new();
-    for i in 0..4 {
+    for i in 0..5 {
         let task = block_on(store.submit(NewTask::new("a", format!(r#"{{"n":{i}}}"#)))).expect("submit").task;
         let request = ClaimRequest {
             agent: agent("alice"),
@@ -23,6 +24,7 @@ fn populate(dir: &Path) -> Vec<TaskId> {
             max: 1,
             lease_ms: None,
             only: None,
+            credential: None,
         };
         let grant = block_on(store.claim(request)).expect("claim").remove(0);
         let act = |action| baton_core::ActRequest {
@@ -61,7 +63,7 @@ fn audit_verify_finds_edited_deleted_and_reordered_events() {
     let ids = populate(dir.path());
     let (ok, text) = audit(dir.path());
     assert!(ok, "a clean database verifies: {text}");
-    assert!(text.contains("4 tasks, 12 events verified; 0 broken"), "{text}");
+    assert!(text.contains("5 tasks, 15 events verified; 0 broken"), "{text}");
 
     let conn = rusqlite::Connection::open(dir.path().join("baton.db")).expect("raw open");
     let key = |id: TaskId| id.0.as_bytes().to_vec();
@@ -83,6 +85,10 @@ fn audit_verify_finds_edited_deleted_and_reordered_events() {
         h = ids[2].0.simple()
     ))
     .expect("reorder");
+    // Edited payload: the chain is intact, but the payload served is not the one submitted.
+    let edited =
+        conn.execute("UPDATE payloads SET body = '{\"n\":40}' WHERE task = ?1", [key(ids[4])]).expect("edit");
+    assert_eq!(edited, 1);
     drop(conn);
 
     let (ok, text) = audit(dir.path());
@@ -93,6 +99,13 @@ fn audit_verify_finds_edited_deleted_and_reordered_events() {
         text.contains(&format!("task {}: version 3: event 2: version out of sequence", ids[2])),
         "{text}"
     );
+    assert!(
+        text.contains(&format!(
+            "task {}: version 1: the stored payload differs from the one submitted",
+            ids[4]
+        )),
+        "{text}"
+    );
     assert!(!text.contains(&ids[3].to_string()), "the untouched task verifies: {text}");
-    assert!(text.contains("3 broken"), "{text}");
+    assert!(text.contains("4 broken"), "{text}");
 }

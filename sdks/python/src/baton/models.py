@@ -66,6 +66,11 @@ Role: TypeAlias = Literal["agent", "submitter", "operator", "admin"]
 ROLE_VALUES: tuple[str, ...] = ("agent", "submitter", "operator", "admin",)
 
 
+SkipReason: TypeAlias = Literal["capacity"]
+"""Why a claim passed a stage over."""
+SKIP_REASON_VALUES: tuple[str, ...] = ("capacity",)
+
+
 StepExit: TypeAlias = Literal["handed_off", "completed", "rerouted", "escalated", "expired", "released", "failed", "spawned", "cancelled", "aborted"]
 """How a step ended."""
 STEP_EXIT_VALUES: tuple[str, ...] = ("handed_off", "completed", "rerouted", "escalated", "expired", "released", "failed", "spawned", "cancelled", "aborted",)
@@ -239,6 +244,7 @@ class ClaimResponse(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     leases: list[Lease]
+    skipped: list[SkippedStage] = Field(default_factory=list, description="Stages whose ready tasks the claim passed over, and why: so an empty\nanswer with work waiting says what holds it back. Absent when none.")
 
 
 class CompleteRequest(BaseModel):
@@ -784,6 +790,16 @@ class SeriesPoint(BaseModel):
     claims: int
 
 
+class SkippedStage(BaseModel):
+    """A stage whose ready tasks a claim could not take."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    stage: str
+    reason: SkipReason
+    held: int = Field(description="Tasks leased at the stage now.")
+    capacity: int = Field(description="The most the stage's workflow lets be leased there at once.")
+
+
 class SpawnRequest(BaseModel):
     """`POST /v1/tasks/{id}/spawn`: create children; the parent is blocked until
     the join holds or its deadline passes.
@@ -1020,5 +1036,5 @@ class WorkflowView(BaseModel):
     source: str = Field(description="This version as a workflow file (TOML), every policy spelled out.")
 
 
-for _model in (AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
+for _model in (AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
     _model.model_rebuild()
