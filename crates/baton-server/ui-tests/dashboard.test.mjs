@@ -3,7 +3,8 @@
 //
 // Goal: a person can do in the browser what the dashboard promises (take an
 // escalated task from the inbox and resolve it by clicking; read a task's
-// timeline, lineage and chain; acknowledge an alert), only operators and
+// timeline, lineage and chain; abort a task one holds; see a webhook's
+// deliveries; acknowledge an alert), only operators and
 // admins sign in, forms without the session's CSRF token are refused, every
 // action is recorded under the person's principal, pages pass an automated
 // accessibility check, and the browser talks to nothing but the server.
@@ -26,6 +27,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -162,11 +165,27 @@ after(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
+/// A webhook receiver on loopback that accepts every notice.
+async function receiver() {
+  const notices = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => { notices.push(body); res.writeHead(204); res.end(); });
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  return { server, notices, url: `http://127.0.0.1:${server.address().port}/baton` };
+}
+
 test('baton dev: every page, the inbox flow, a task, an alert', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'baton-ui-dev-'));
   dirs.push(dir);
   execFileSync(HARNESS, ['seed-anomaly', '--data-dir', dir]);
-  const { base } = await start(['dev', '--listen', '127.0.0.1:0', '--data-dir', dir]);
+  const hook = await receiver();
+  t.after(() => hook.server.close());
+  const config = join(dir, 'baton.toml');
+  writeFileSync(config, `[[webhooks]]\nname = "desk-pager"\nurl = "${hook.url}"\nsecret = "a-test-secret-of-32-bytes-000000"\nkinds = ["handoff", "alert"]\n`);
+  const { base } = await start(['dev', '--listen', '127.0.0.1:0', '--data-dir', dir, '--config', config]);
   await api(base, 'POST', '/v1/workflows', { source: WORKFLOW });
   const context = await browser.newContext({ viewport: WIDTHS[0], bypassCSP: true });
   const page = await newPage(context);
@@ -234,6 +253,36 @@ test('baton dev: every page, the inbox flow, a task, an alert', async (t) => {
     assert.ok(await page.locator(`a[href="/ui/tasks/${parent.id}"]`).count() >= 1, 'the child links back');
   });
 
+  await t.test('an operator holding a task aborts it, and its compensation runs', async () => {
+    const task = await api(base, 'POST', '/v1/tasks', { workflow: 'orders', payload: { order: 'abort-me' } });
+    const claim = await api(base, 'POST', '/v1/claims', { agent: 'intake-bot', stages: ['intake'], max: 1, wait_ms: 0 });
+    const lease = claim.leases.find((l) => l.task === task.id);
+    await api(base, 'POST', `/v1/tasks/${task.id}/handoff`, { agent: 'intake-bot', epoch: lease.epoch, to_stage: 'ship' });
+    const held = await api(base, 'POST', '/v1/claims', { agent: 'operator', stages: ['ship'], max: 10, wait_ms: 0 });
+    assert.ok(held.leases.some((l) => l.task === task.id), 'the operator holds the task in ship');
+    await page.goto(`${base}/ui/tasks/${task.id}`);
+    await page.getByLabel('Reason', { exact: true }).first().waitFor();
+    await page.locator('#abort-reason').fill('customer withdrew the order');
+    await page.getByRole('button', { name: 'Abort' }).click();
+    await page.waitForURL(`**/ui/tasks/${task.id}?done=aborted`);
+    const after = await api(base, 'GET', `/v1/tasks/${task.id}`);
+    assert.equal(after.state, 'blocked', 'blocked on its compensation');
+    const lineage = await api(base, 'GET', `/v1/tasks/${task.id}/lineage`);
+    assert.deepEqual(lineage.tree.children.map((c) => c.stage), ['unpack']);
+    assert.equal(await page.locator('#tree ul ul a').count(), 1, 'the compensation task in the tree');
+  });
+
+  await t.test('webhook deliveries, per webhook', async () => {
+    const deadline = Date.now() + ESCALATION_MS_MAX;
+    while (Date.now() < deadline && (await api(base, 'GET', '/v1/deliveries')).deliveries.length === 0) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await visit('/ui/webhooks', 'webhooks');
+    assert.match(await page.locator('main h2').first().innerText(), /desk-pager/);
+    assert.match(await page.locator('main table').first().innerText(), /delivered \(204\)/);
+    assert.ok(hook.notices.length >= 1, 'the receiver got the notices');
+  });
+
   await t.test('an anomaly acknowledged', async () => {
     await visit('/ui/alerts', 'alerts');
     const row = page.locator('#alerts tbody tr', { hasText: 'intake -> pack' });
@@ -261,7 +310,6 @@ test('baton dev: every page, the inbox flow, a task, an alert', async (t) => {
     await visit('/ui/workflows/orders', 'workflow');
     assert.equal(await page.locator('svg.workflow .node').count(), 6);
     assert.ok(await page.locator('svg.workflow .edge.escalate').count() >= 1, 'the ladder is drawn');
-    await visit('/ui/webhooks', 'webhooks');
   });
 
   await t.test('keyboard: the skip link and the navigation are reachable by Tab', async () => {
