@@ -62,8 +62,7 @@ fn flash(q: &HashMap<String, String>) -> String {
     format!("<p class=\"flash\" role=\"status\">{text}</p>")
 }
 
-fn render(ui: &Ui, session: &Session, title: &str, nav: &str, body: &str) -> Response {
-    let _ = ui;
+fn render(session: &Session, title: &str, nav: &str, body: &str) -> Response {
     page(Frame { title, nav, session, charts: false }, body).into_response()
 }
 
@@ -86,7 +85,7 @@ pub async fn overview(State(ui): State<Ui>, session: Session) -> Response {
          <input id=\"find-id\" name=\"id\" required pattern=\"[0-9a-fA-F-]{{36}}\" placeholder=\"0193…\">\
          <button type=\"submit\">Show task</button></form>"
     );
-    render(&ui, &session, "Overview", "/ui", &body)
+    render(&session, "Overview", "/ui", &body)
 }
 
 /// `GET /ui/live`: the overview's live part, for htmx to swap in.
@@ -251,7 +250,7 @@ pub async fn edges(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
     if stats.truncated {
         body.push_str("<p class=\"muted\">The window held more rollups than one read takes: figures cover its latest part.</p>");
     }
-    render(&ui, &session, "Edges", "/ui/edges", &body)
+    render(&session, "Edges", "/ui/edges", &body)
 }
 
 /// `GET /ui/series?edge=A:B|agent_edge=A:B|stage=S&window=1h`: charts.
@@ -388,7 +387,7 @@ pub async fn stuck(State(ui): State<Ui>, session: Session) -> Response {
     if list.truncated {
         body.push_str("<p class=\"muted\">More tasks are stuck than one listing shows.</p>");
     }
-    render(&ui, &session, "Stuck work", "/ui/stuck", &body)
+    render(&session, "Stuck work", "/ui/stuck", &body)
 }
 
 // ---------------------------------------------------------------- tasks
@@ -625,7 +624,7 @@ pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>
         Err(f) => body.push_str(&failure_box(f)),
     }
     body.push_str("</section>");
-    render(&ui, &session, "Task", "", &body)
+    render(&session, "Task", "", &body)
 }
 
 fn children(out: &mut String, kids: &[api::LineageChild], truncated: bool) {
@@ -861,7 +860,7 @@ pub async fn inbox(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
             "<p class=\"muted\">Showing the oldest {LIST_LIMIT}; resolve these to see more.</p>"
         );
     }
-    render(&ui, &session, "Inbox", "/ui/inbox", &body)
+    render(&session, "Inbox", "/ui/inbox", &body)
 }
 
 /// `POST /ui/inbox/{id}/claim`.
@@ -951,7 +950,7 @@ pub async fn workflows(State(ui): State<Ui>, session: Session) -> Response {
         );
     }
     body.push_str("</tbody></table></div>");
-    render(&ui, &session, "Workflows", "/ui/workflows", &body)
+    render(&session, "Workflows", "/ui/workflows", &body)
 }
 
 /// `GET /ui/workflows/{name}?version=N`: one version, drawn.
@@ -1027,7 +1026,7 @@ pub async fn workflow(
         e(&w.source)
     );
     let title = format!("Workflow {}", w.name);
-    render(&ui, &session, &title, "/ui/workflows", &body)
+    render(&session, &title, "/ui/workflows", &body)
 }
 
 // ---------------------------------------------------------------- alerts
@@ -1123,7 +1122,7 @@ pub async fn alerts(State(ui): State<Ui>, session: Session, Query(q): Q) -> Resp
         );
     }
     body.push_str("</tbody></table></div>");
-    render(&ui, &session, "Alerts", "/ui/alerts", &body)
+    render(&session, "Alerts", "/ui/alerts", &body)
 }
 
 /// `POST /ui/alerts/{id}/ack`.
@@ -1215,7 +1214,7 @@ pub async fn webhooks(State(ui): State<Ui>, session: Session, Query(q): Q) -> Re
             url(only)
         );
     }
-    render(&ui, &session, "Webhook deliveries", "/ui/webhooks", &body)
+    render(&session, "Webhook deliveries", "/ui/webhooks", &body)
 }
 
 #[cfg(test)]
