@@ -96,8 +96,19 @@ fn clear_cookie() -> String {
 }
 
 /// A page that needs a session but has none: to the sign-in page, then back.
+/// A live region's poll (htmx) is told to load the sign-in page as a whole
+/// page (`HX-Redirect`), not to swap it into the region; the page to come
+/// back to is then the one the region is on.
 fn to_signin(parts: &Parts, why: Option<&str>) -> Response {
-    let back = if parts.method == Method::GET {
+    let polled = parts.headers.contains_key("hx-request");
+    let back = if polled {
+        parts
+            .headers
+            .get("hx-current-url")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|u| u.find("/ui").map(|at| u[at..].to_owned()))
+            .unwrap_or_else(|| "/ui".to_owned())
+    } else if parts.method == Method::GET {
         parts.uri.path_and_query().map_or("/ui", |p| p.as_str()).to_owned()
     } else {
         "/ui".to_owned()
@@ -107,7 +118,11 @@ fn to_signin(parts: &Parts, why: Option<&str>) -> Response {
         to.push_str("&why=");
         to.push_str(why);
     }
-    let mut response = Redirect::to(&to).into_response();
+    let mut response = if polled {
+        ([("hx-redirect", to.as_str())], "").into_response()
+    } else {
+        Redirect::to(&to).into_response()
+    };
     if why.is_some() {
         response.headers_mut().insert(header::SET_COOKIE, clear_cookie().parse().expect("a valid cookie"));
     }

@@ -206,6 +206,17 @@ async fn pages_need_a_live_session_and_revocation_ends_it() {
     assert_eq!(answer.status, 303);
     assert!(answer.location().contains("why=ended"), "{}", answer.location());
     assert!(answer.cookie().is_some_and(|c| c.contains("Max-Age=0")), "the cookie is cleared");
+    // The overview's poll is told to load the sign-in page as a page.
+    let req = Request::builder()
+        .uri("/ui/live")
+        .header(header::COOKIE, format!("baton_session={}", s.tokens["ops"]))
+        .header("hx-request", "true")
+        .header("hx-current-url", "http://127.0.0.1:7707/ui")
+        .body(Body::empty())
+        .unwrap();
+    let response = s.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["hx-redirect"], "/ui/signin?next=/ui&why=ended");
 }
 
 #[tokio::test]
