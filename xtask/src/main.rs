@@ -115,8 +115,9 @@ fn ci() -> Result<(), String> {
 
 /// The dashboard's browser tests (crates/baton-server/ui-tests): builds the
 /// workspace's binaries, `baton` and `baton-harness` among them (with the
-/// tests' features and profile, so after the tests this builds nothing), installs the test project's pinned npm packages when they
-/// are missing (`npm ci`; .ci/run does it up front), and runs it with node
+/// tests' features and profile, so after the tests this builds nothing),
+/// installs the test project's pinned npm packages when they are missing
+/// (`npm ci`; .ci/run does it up front), and runs it with node
 /// against those binaries in Debian's headless `chromium`. Screenshots of
 /// every page go to target/ui-screenshots.
 fn browser_tests(root: &std::path::Path) -> Result<(), String> {
