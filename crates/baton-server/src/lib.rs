@@ -10,9 +10,11 @@
 //! and each principal may do only what its role and grants allow
 //! (`http::principal`). The API is
 //! described by an OpenAPI document generated from the handlers
-//! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
-//! Workflows that opt in are also A2A agents under `/a2a` (`a2a`), a bridge
-//! that calls the `/v1` router in process.
+//! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`). The
+//! dashboard (`ui`, at `/ui`) is served by the same router and reads and
+//! changes everything through the `/v1` routes. Workflows that opt in are
+//! also A2A agents under `/a2a` (`a2a`), a bridge that calls the `/v1`
+//! router in process.
 
 pub mod a2a;
 pub mod accept;
@@ -25,6 +27,7 @@ pub mod otlp;
 pub mod state;
 pub mod sweeper;
 pub mod telemetry;
+pub mod ui;
 pub mod wake;
 pub mod webhooks;
 
