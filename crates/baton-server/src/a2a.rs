@@ -13,6 +13,10 @@
 //! task is read back with its history and shown as an A2A task by `mapping`.
 //! The mapping is described in docs/a2a.md.
 //!
+//! `SendStreamingMessage` and `SubscribeToTask` answer server-sent events
+//! (`stream`): the task snapshot, then each newer update with its event
+//! version as the SSE `id`, so `Last-Event-ID` resumes after it.
+//!
 //! Every refusal is a JSON-RPC error in a 200 answer (the A2A codes for a
 //! missing task, a task that cannot be cancelled, push and unsupported
 //! operations; JSON-RPC's own for bad JSON, requests and params), except a
@@ -285,6 +289,13 @@ async fn rpc(
     if !params.is_object() {
         return reply(id, Err(RpcError::new(code::INVALID_PARAMS, "params must be an object")));
     }
+    if method == "SendStreamingMessage" || method == "SubscribeToTask" {
+        return match bridge.open_stream(&headers, &name, method, &params).await {
+            Ok(follow) => stream::respond(bridge, headers, id, follow),
+            Err(Failure::Rpc(e)) => reply(id, Err(e)),
+            Err(Failure::Http(response)) => response,
+        };
+    }
     match bridge.dispatch(&headers, &name, method, &params).await {
         Ok(result) => reply(id, Ok(result)),
         Err(Failure::Rpc(e)) => reply(id, Err(e)),
@@ -310,13 +321,6 @@ impl Bridge {
     ) -> Result<Value, Failure> {
         match method {
             "SendMessage" | "GetTask" | "CancelTask" => {}
-            "SendStreamingMessage" | "SubscribeToTask" => {
-                return Err(RpcError::new(
-                    code::UNSUPPORTED_OPERATION,
-                    format!("{method}: this agent does not stream yet; poll with GetTask"),
-                )
-                .into());
-            }
             "CreateTaskPushNotificationConfig" => {}
             "GetTaskPushNotificationConfig"
             | "ListTaskPushNotificationConfigs"
@@ -428,6 +432,137 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// Checks a streaming call and does what comes before the stream: a
+    /// `SendStreamingMessage` submits its task; both read the task once.
+    async fn open_stream(
+        &self,
+        auth: &HeaderMap,
+        name: &str,
+        method: &str,
+        params: &Value,
+    ) -> Result<stream::Follow, Failure> {
+        let wf = self.workflow(auth, name).await?;
+        let task_id = if method == "SendStreamingMessage" {
+            let sent = self.send(auth, &wf, params).await?;
+            sent.pointer("/task/id").and_then(Value::as_str).unwrap_or_default().to_owned()
+        } else {
+            string_param(params, "id")?
+        };
+        // The task must exist and be this agent's before the stream opens.
+        self.task(auth, &wf, &task_id).await?;
+        Ok(stream::Follow { wf, task: task_id, after: last_event_id(auth), polls: 0, done: false })
+    }
+}
+
+/// `Last-Event-ID`: the version the client has seen, if it sent one.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
+/// Server-sent events for `SendStreamingMessage` and `SubscribeToTask`: the
+/// task snapshot (its history carries every update so far), then each newer
+/// update as a status-update event whose SSE `id` is its event version, read
+/// by polling the task every `POLL_MS`, until the task finishes or
+/// `POLLS_MAX` polls have passed (the client subscribes again with
+/// `Last-Event-ID` to go on). With `Last-Event-ID` the snapshot is left out
+/// and updates after that version follow.
+pub mod stream {
+    use super::{Bridge, Failure, HeaderMap, mapping};
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::{IntoResponse, Response};
+    use baton_api as api;
+    use serde_json::{Value, json};
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    /// Milliseconds between two reads of a followed task.
+    pub const POLL_MS: u64 = 250;
+    /// Reads of one stream before it ends (10 minutes at `POLL_MS`).
+    pub const POLLS_MAX: u32 = 2_400;
+
+    /// A stream's position.
+    pub(super) struct Follow {
+        pub(super) wf: api::WorkflowView,
+        pub(super) task: String,
+        /// The newest version sent; `None`: the snapshot is still to send.
+        pub(super) after: Option<u64>,
+        pub(super) polls: u32,
+        pub(super) done: bool,
+    }
+
+    pub(super) fn respond(bridge: Bridge, auth: HeaderMap, id: Value, follow: Follow) -> Response {
+        let events = futures_util::stream::unfold(
+            (bridge, auth, id, follow, Vec::<Event>::new()),
+            |(bridge, auth, id, mut follow, mut queue)| async move {
+                loop {
+                    if !queue.is_empty() {
+                        let event = queue.remove(0);
+                        return Some((Ok::<_, Infallible>(event), (bridge, auth, id, follow, queue)));
+                    }
+                    if follow.done || follow.polls >= POLLS_MAX {
+                        return None;
+                    }
+                    if follow.after.is_some() {
+                        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                    }
+                    follow.polls += 1;
+                    queue = next(&bridge, &auth, &id, &mut follow).await;
+                }
+            },
+        );
+        Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    }
+
+    fn event(id: &Value, version: u64, result: Value) -> Event {
+        let body = json!({ "jsonrpc": "2.0", "id": id, "result": result });
+        Event::default().id(version.to_string()).data(body.to_string())
+    }
+
+    fn version(message: &Value) -> Option<u64> {
+        message.pointer("/metadata/version").and_then(Value::as_u64)
+    }
+
+    /// One read of the task: the events to send now.
+    async fn next(bridge: &Bridge, auth: &HeaderMap, id: &Value, follow: &mut Follow) -> Vec<Event> {
+        let task = match bridge.task(auth, &follow.wf, &follow.task).await {
+            Ok(task) => task,
+            Err(failure) => {
+                follow.done = true;
+                let message = match failure {
+                    Failure::Rpc(e) => json!({ "code": e.code, "message": e.message }),
+                    Failure::Http(_) => {
+                        json!({ "code": super::code::INVALID_REQUEST, "message": "the token is no longer accepted" })
+                    }
+                };
+                let body = json!({ "jsonrpc": "2.0", "id": id, "error": message });
+                return vec![Event::default().data(body.to_string())];
+            }
+        };
+        let history = task["history"].as_array().cloned().unwrap_or_default();
+        let newest = history.iter().filter_map(version).max().unwrap_or(0);
+        follow.done = mapping::is_terminal(&task);
+        let Some(after) = follow.after else {
+            follow.after = Some(newest);
+            return vec![event(id, newest, json!({ "task": task }))];
+        };
+        let context = task["contextId"].clone();
+        let state = task["status"]["state"].clone();
+        let mut out = Vec::new();
+        for message in history.into_iter().filter(|m| version(m).is_some_and(|v| v > after)) {
+            let v = version(&message).unwrap_or(after);
+            let update = json!({ "statusUpdate": {
+                "taskId": follow.task,
+                "contextId": context,
+                "status": { "state": state, "message": message, "timestamp": task["status"]["timestamp"] },
+            }});
+            out.push(event(id, v, update));
+        }
+        follow.after = Some(newest.max(after));
+        out
+    }
+}
+
 fn string_param(params: &Value, name: &str) -> Result<String, RpcError> {
     params
         .get(name)
@@ -481,7 +616,7 @@ pub mod mapping {
                 "protocolBinding": "JSONRPC",
                 "protocolVersion": PROTOCOL_VERSION,
             }],
-            "capabilities": { "streaming": false, "pushNotifications": false },
+            "capabilities": { "streaming": true, "pushNotifications": false },
             "securitySchemes": {
                 "bearer": { "httpAuthSecurityScheme": { "scheme": "Bearer", "description": "A Baton API token; not needed when the server runs without auth." } }
             },

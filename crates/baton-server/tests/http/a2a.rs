@@ -85,6 +85,25 @@ async fn get_task(api: &Api, id: &str) -> Value {
     result(rpc(api, "orders", "GetTask", json!({ "id": id })).await)
 }
 
+/// Server-sent events as (id, JSON data) pairs.
+fn sse(bytes: &[u8]) -> Vec<(u64, Value)> {
+    let text = std::str::from_utf8(bytes).unwrap();
+    let mut out = Vec::new();
+    for block in text.split("\n\n").filter(|b| b.contains("data:")) {
+        let mut id = 0;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        out.push((id, serde_json::from_str(&data).unwrap()));
+    }
+    out
+}
+
 fn state(task: &Value) -> &str {
     task["status"]["state"].as_str().unwrap()
 }
@@ -177,6 +196,38 @@ async fn a2a_message_follows_the_task_to_completion_and_repeats_make_no_second_t
     // historyLength keeps the newest messages.
     let short = result(rpc(&api, "orders", "GetTask", json!({ "id": id, "historyLength": 1 })).await);
     assert_eq!(short["history"].as_array().unwrap().len(), 1);
+    // SubscribeToTask on the finished task: the snapshot (SSE id: the newest
+    // version), then the stream ends; after Last-Event-ID, only newer updates.
+    let subscribe = |last: Option<u64>| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/a2a/orders")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(last) = last {
+            request = request.header("last-event-id", last.to_string());
+        }
+        request
+            .body(Body::from(
+                json!({ "jsonrpc": "2.0", "id": 7, "method": "SubscribeToTask", "params": { "id": id } })
+                    .to_string(),
+            ))
+            .unwrap()
+    };
+    let (status, headers, bytes) = api.send_raw(subscribe(None)).await;
+    assert_eq!(status, 200);
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse(&bytes);
+    assert_eq!(events.len(), 1, "the snapshot only: {events:?}");
+    assert_eq!(events[0].0, *versions.last().unwrap());
+    assert_eq!(events[0].1["result"]["task"]["history"], done["history"]);
+    let (_, _, bytes) = api.send_raw(subscribe(Some(versions[0]))).await;
+    let resumed: Vec<u64> = sse(&bytes).iter().map(|(v, _)| *v).collect();
+    assert_eq!(resumed, versions[1..], "every update after Last-Event-ID, in order, once");
+    assert!(
+        sse(&bytes)
+            .iter()
+            .all(|(_, e)| e["result"]["statusUpdate"]["status"]["message"]["role"] == "ROLE_AGENT")
+    );
     // A finished task cannot be cancelled.
     let refused = rpc(&api, "orders", "CancelTask", json!({ "id": id })).await;
     assert_eq!(error_code(&refused), -32002);
@@ -243,7 +294,7 @@ async fn a2a_bad_input_is_a_json_rpc_error_and_changes_nothing() {
             json!({ "jsonrpc": "2.0", "id": 1, "method": "CreateTaskPushNotificationConfig", "params": { "taskId": "t", "pushNotificationConfig": { "url": "http://evil.example/" } } }).to_string(),
             -32003,
         ),
-        ("streaming", json!({ "jsonrpc": "2.0", "id": 1, "method": "SubscribeToTask", "params": { "id": "t" } }).to_string(), -32004),
+        ("subscribe to no task", json!({ "jsonrpc": "2.0", "id": 1, "method": "SubscribeToTask", "params": { "id": "t" } }).to_string(), -32001),
     ];
     for (what, body, code) in cases {
         let answer = raw(&api, "orders", &body).await;
