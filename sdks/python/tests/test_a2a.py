@@ -8,6 +8,7 @@ allow-list is refused."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -145,3 +146,67 @@ def test_escalation_is_input_required_and_cancel_is_canceled(dev: Server, tag: s
             await client.create_task_push_notification_config(config)
 
     asyncio.run(run())
+
+
+def sse_events(text: str) -> list[tuple[int, dict[str, Any]]]:
+    """Server-sent events as (id, JSON data) pairs."""
+    out = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        data = "".join(line[5:].strip() for line in lines if line.startswith("data:"))
+        ids = [int(line[3:].strip()) for line in lines if line.startswith("id:")]
+        if data:
+            out.append((ids[0] if ids else 0, json.loads(data)))
+    return out
+
+
+def subscribe(url: str, task_id: str, last: int | None) -> list[tuple[int, dict[str, Any]]]:
+    headers = {} if last is None else {"Last-Event-ID": str(last)}
+    body = {"jsonrpc": "2.0", "id": "s", "method": "SubscribeToTask", "params": {"id": task_id}}
+    answer = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert answer.headers["content-type"].startswith("text/event-stream"), answer.text
+    return sse_events(answer.text)
+
+
+def subscribe_open(url: str, task_id: str) -> list[tuple[int, dict[str, Any]]]:
+    """The first event of a subscription to a task still in flight."""
+    body = {"jsonrpc": "2.0", "id": "s", "method": "SubscribeToTask", "params": {"id": task_id}}
+    with httpx.stream("POST", url, json=body, timeout=30) as answer:
+        text = ""
+        for chunk in answer.iter_text():
+            text += chunk
+            if "\n\n" in text:
+                return sse_events(text.split("\n\n")[0] + "\n\n")
+    raise AssertionError(text)
+
+
+def test_subscribe_after_a_sigkill_and_restart_misses_and_repeats_nothing(
+    binary: str, tmp_path_factory: pytest.TempPathFactory, tag: str
+) -> None:
+    server = Server(binary, "dev", tmp_path_factory.mktemp("a2a-restart"))
+    server.start()
+    try:
+        name, stages = apply(server, tag)
+        url = f"{server.address}/a2a/{name}"
+        task = asyncio.run(send(url, message("survive")))
+        workers = baton.Client(server.address, agent=f"worker-{tag}")
+        (lease,) = workers.claim([stages[0]], wait_ms=2000)
+        workers.complete(lease.task, lease.epoch, note="first")
+        # What the client saw before the crash: the subscription's snapshot.
+        ((snapshot_id, snapshot),) = subscribe_open(url, task.id)
+        history = snapshot["result"]["task"]["history"]
+        seen = [int(m["metadata"]["version"]) for m in history if m["role"] == "ROLE_AGENT"]
+        assert seen and snapshot_id == seen[-1], snapshot
+        server.kill()
+        server.start()
+        workers = baton.Client(server.address, agent=f"worker-{tag}")
+        for stage in stages[1:]:
+            (lease,) = workers.claim([stage], wait_ms=2000)
+            workers.complete(lease.task, lease.epoch, note=f"after {stage}", result={"ok": True})
+        resumed = subscribe(url, task.id, seen[-1])
+        versions = seen + [v for v, _ in resumed]
+        full = asyncio.run(get(url, task.id))
+        every = [int(m.metadata["version"]) for m in full.history if m.role == Role.ROLE_AGENT]
+        assert versions == every, (versions, every)
+    finally:
+        server.stop()
