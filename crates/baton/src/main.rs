@@ -36,7 +36,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "baton", version, about = "Baton: a durable handoff coordinator for multi-agent systems")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
     /// Log format on stderr.
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -140,9 +140,28 @@ enum LogFormat {
     Json,
 }
 
+/// What `baton` alone prints: the commands a newcomer runs first.
+const FIRST_STEPS: &str = "\
+Baton: a durable handoff coordinator for multi-agent systems.
+
+Start here:
+  baton demo      watch naive handoffs lose work that Baton keeps (a minute, nothing to set up)
+  baton dev       run Baton on this machine: SQLite in ./.baton/, http://127.0.0.1:7707, no auth
+then, with `baton dev` running:
+  baton task submit --stage intake --payload '{\"patient\":\"p-1\"}'
+  baton task claim --stage intake --agent intake-bot
+  baton --help    every command; `baton COMMAND --help` for one
+
+The docs start at docs/README.md (quickstart, concepts, how-to, reference).
+";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Dev(_) | Command::Serve(_));
+    let Some(command) = cli.command else {
+        print!("{FIRST_STEPS}");
+        return ExitCode::SUCCESS;
+    };
+    let server = matches!(command, Command::Dev(_) | Command::Serve(_));
     init_logs(cli.log_format, if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -151,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => report(&error),
     }
