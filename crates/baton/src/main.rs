@@ -18,6 +18,7 @@ mod admin;
 mod audit;
 mod config;
 mod db;
+mod demo;
 mod duration;
 mod handoff;
 mod inbox;
@@ -130,6 +131,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Watch naive point-to-point handoffs lose work that Baton keeps: the
+    /// same arrivals and faults side by side, then a tally (under a minute).
+    Demo(demo::DemoArgs),
     /// Print the version.
     Version,
 }
@@ -195,6 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Alerts(args) => metrics::alerts(args).await,
         Command::Gate(args) => metrics::gate(args).await,
         Command::Bench { args } => bench(&args),
+        Command::Demo(args) => demo::run(args).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())
