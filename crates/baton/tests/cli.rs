@@ -15,7 +15,9 @@
 //! on good and bad files (offline, no server); `operator` applies workflows
 //! and works the inbox and `stuck` against `baton dev`; `example` runs the
 //! patient-intake example (examples/patient-intake) against `baton dev`;
-//! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`.
+//! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`;
+//! `demo` runs `baton demo` and checks its tallies against the naive ledger
+//! and Baton's store.
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -23,6 +25,8 @@ mod audit;
 mod auth;
 #[path = "cli/canary.rs"]
 mod canary;
+#[path = "cli/demo.rs"]
+mod demo;
 #[path = "cli/example.rs"]
 mod example;
 #[path = "cli/gate.rs"]
