@@ -49,7 +49,7 @@ enum Command {
     Dev(server::DevArgs),
     /// Run Baton on a database with authentication on (bearer tokens).
     Serve(server::ServeArgs),
-    /// Migrate or check a database's schema (`baton db migrate|check --database-url ...`).
+    /// Migrate or check a database's schema, or back up a SQLite database (`baton db migrate|check|backup`).
     Db {
         #[command(subcommand)]
         command: db::DbCommand,

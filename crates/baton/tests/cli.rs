@@ -17,7 +17,8 @@
 //! patient-intake example (examples/patient-intake) against `baton dev`;
 //! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`;
 //! `demo` runs `baton demo` and checks its tallies against the naive ledger
-//! and Baton's store.
+//! and Baton's store; `docs` runs every shell block in docs/ and checks the
+//! links, the CLI reference, the error table and the deployment files.
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -27,6 +28,8 @@ mod auth;
 mod canary;
 #[path = "cli/demo.rs"]
 mod demo;
+#[path = "cli/docs.rs"]
+mod docs;
 #[path = "cli/example.rs"]
 mod example;
 #[path = "cli/gate.rs"]
