@@ -24,6 +24,7 @@ pub fn run(root: &Path) -> Result<(), Vec<String>> {
     layering(root, &mut problems);
     migrations_numbered(root, &mut problems);
     architecture_codemap(root, &mut problems);
+    architecture_paths(root, &sources, &mut problems);
     one_sqlite(root, &mut problems);
     openapi_fresh(root, &mut problems);
     self_contained(root, &mut problems);
@@ -179,6 +180,33 @@ fn architecture_codemap(root: &Path, problems: &mut Vec<String>) {
         let name = entry.file_name().to_string_lossy().to_string();
         if !text.contains(&format!("`{name}`")) {
             problems.push(format!("ARCHITECTURE.md: add `{name}` to the codemap"));
+        }
+    }
+}
+
+/// Every file ARCHITECTURE.md names in backticks exists: a `name.rs` or
+/// `dir/name.rs` is the end of some source's path, a path from the root
+/// (`crates/...`, `docs/...`, `deploy/...`) is there, so the codemap cannot
+/// point at code that moved.
+fn architecture_paths(root: &Path, sources: &[PathBuf], problems: &mut Vec<String>) {
+    let Ok(text) = fs::read_to_string(root.join("ARCHITECTURE.md")) else { return };
+    let sources: Vec<String> = sources.iter().map(|p| rel(root, p)).collect();
+    for (i, token) in text.split('`').enumerate() {
+        if i % 2 == 0 || token.contains(char::is_whitespace) {
+            continue;
+        }
+        let from_root = ["crates/", "docs/", "deploy/", "sdks/", "examples/", "xtask/", "bench/"]
+            .iter()
+            .any(|top| token.starts_with(top));
+        let missing = if from_root {
+            !root.join(token.trim_end_matches('/')).exists()
+        } else if token.ends_with(".rs") {
+            !sources.iter().any(|s| s == token || s.ends_with(&format!("/{token}")))
+        } else {
+            false
+        };
+        if missing {
+            problems.push(format!("ARCHITECTURE.md names `{token}`, which is not in the repository"));
         }
     }
 }
@@ -367,7 +395,14 @@ mod tests {
         fs::write(mig.join("0002_x.sql"), "").unwrap();
         let outside = ["see ", "notes", "/performance.md and ", "iss", "ue 12"].concat();
         fs::write(dir.join("crates/baton-core/notes.md"), format!("{outside}\n")).unwrap();
-        let problems = run(&dir).unwrap_err().join("\n");
+        let mut problems = run(&dir).unwrap_err().join("\n");
+        fs::write(
+            dir.join("ARCHITECTURE.md"),
+            "See `gone.rs` and `crates/gone/`.\nArchitecture Invariant: x\n",
+        )
+        .unwrap();
+        problems.push('\n');
+        problems.push_str(&run(&dir).unwrap_err().join("\n"));
         fs::remove_dir_all(&dir).unwrap();
         let expected = [
             "`//!`",
@@ -377,6 +412,8 @@ mod tests {
             "ARCHITECTURE.md is missing",
             "run `cargo xtask openapi`",
             "notes.md:1: refers to a planning study",
+            "names `gone.rs`",
+            "names `crates/gone/`",
         ];
         for expected in expected {
             assert!(problems.contains(expected), "expected {expected:?} in:\n{problems}");

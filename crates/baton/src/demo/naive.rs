@@ -145,8 +145,10 @@ impl Side {
         let inner = self.inner.clone();
         *lock(&inner.last_move) = Instant::now();
         let _ = inner.clock.set((start, timeline.clone()));
-        for i in 0..STAGES.len() - 1 {
-            if STAGES[i] != "notify" {
+        // Queue workers for intake, triage and specialist; notify works in its
+        // handler, records in its batch loop.
+        for (i, stage) in STAGES.iter().enumerate() {
+            if !matches!(*stage, "notify" | "records") {
                 tokio::spawn(work_loop(inner.clone(), i));
             }
         }
