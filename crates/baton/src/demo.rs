@@ -262,15 +262,15 @@ fn redraw(previous: usize, start: Instant, naive: &Progress, baton: &Progress, t
         s.push_str(&format!("\x1b[{previous}A\x1b[J"));
     }
     let row = |name: &str, p: &Progress, aside: &str| {
-        let ran: Vec<String> = p.ran.iter().map(|n| format!("{:>10}", n.load(Ordering::Relaxed))).collect();
-        format!("{name:<6}{} {:>5} {aside}\n", ran.join(""), p.set_aside.load(Ordering::Relaxed))
+        let ran: Vec<String> = p.ran.iter().map(|n| format!("{:>12}", n.load(Ordering::Relaxed))).collect();
+        format!("{name:<7}{} {:>6} {aside}\n", ran.join(""), p.set_aside.load(Ordering::Relaxed))
     };
     s.push_str(&format!("t={:>4.1}s", start.elapsed().as_secs_f64()));
     for stage in STAGES {
-        s.push_str(&format!("{stage:>10}"));
+        s.push_str(&format!("{stage:>12}"));
     }
     s.push('\n');
-    s.push_str(&row("naive", naive, "given up"));
+    s.push_str(&row("naive", naive, "given up on"));
     s.push_str(&row("baton", baton, "in the inbox"));
     let events = timeline.all();
     let last: Vec<_> = events.iter().rev().take(3).rev().collect();

@@ -215,9 +215,14 @@ fn executed(inner: &Inner, patient: u32, stage: &'static str) {
     moved(inner);
 }
 
+/// A sender gave up on a patient (counted once per patient; a duplicate that
+/// went another way may still finish it, which the ledger shows).
 fn give_up(inner: &Inner, patient: u32, why: String) {
-    lock(&inner.ledger.gave_up).entry(patient).or_insert(why);
-    inner.progress.set_aside.fetch_add(1, Ordering::Relaxed);
+    let mut gave_up = lock(&inner.ledger.gave_up);
+    if !gave_up.contains_key(&patient) {
+        gave_up.insert(patient, why);
+        inner.progress.set_aside.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// `POST /work` at stage `i`.
