@@ -11,7 +11,10 @@
 //! starts that server (run in the background, on a free port: `7707` in
 //! the page's blocks is rewritten to it); ```` ```sh not-run (why) ```` blocks
 //! need something CI lacks (Docker, systemd, a server of your own) and are
-//! counted, never run. The deployment files are parsed with PyYAML (the
+//! counted, never run. ```` ```python run ```` blocks run in the same session
+//! with the interpreter `BATON_PYTHON` names (the one with the SDK installed,
+//! as for the SDK's own tests; `python3` when unset); other ```` ```python ````
+//! blocks are fragments and are not run. The deployment files are parsed with PyYAML (the
 //! system's `python3-yaml`) and their `baton` commands run with `--help`
 //! appended, so the flags are parsed and nothing starts. The CLI reference is
 //! regenerated from `--help` output; `BATON_BLESS=1` rewrites it.
@@ -107,6 +110,7 @@ fn run_page(page: &Path, blocks: &[&Block], server: Option<&Block>) -> usize {
             c.env_remove(var);
         }
         c.env("BATON_LISTEN", &address).env("BATON_ADDRESS", format!("http://{address}"));
+        c.env("BATON_DOCS_PYTHON", std::env::var("BATON_PYTHON").unwrap_or_else(|_| "python3".into()));
         c
     };
     let mut server_child = server.map(|block| {
@@ -132,7 +136,13 @@ fn run_page(page: &Path, blocks: &[&Block], server: Option<&Block>) -> usize {
     let mut script = String::from("set -euo pipefail\n");
     for block in blocks {
         let body = block.body.replace("localhost:7707", &address).replace("127.0.0.1:7707", &address);
-        script.push_str(&format!("echo '### {}:{}' >&2\n{body}\n", page.display(), block.line));
+        script.push_str(&format!("echo '### {}:{}' >&2\n", page.display(), block.line));
+        if block.info.starts_with("python") {
+            script
+                .push_str(&format!("\"$BATON_DOCS_PYTHON\" - <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"));
+        } else {
+            script.push_str(&format!("{body}\n"));
+        }
     }
     let mut child = shell(&script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + PAGE_PATIENCE;
@@ -174,6 +184,10 @@ fn every_shell_block_in_the_docs_runs() {
         let mut runnable = Vec::new();
         let mut server = None;
         for block in &all {
+            if block.info == "python run" {
+                runnable.push(block);
+                continue;
+            }
             let mut words = block.info.splitn(2, ' ');
             if words.next() != Some("sh") {
                 continue;
