@@ -218,9 +218,8 @@ fn executed(inner: &Inner, patient: u32, stage: &'static str) {
 /// A sender gave up on a patient (counted once per patient; a duplicate that
 /// went another way may still finish it, which the ledger shows).
 fn give_up(inner: &Inner, patient: u32, why: String) {
-    let mut gave_up = lock(&inner.ledger.gave_up);
-    if !gave_up.contains_key(&patient) {
-        gave_up.insert(patient, why);
+    if let std::collections::btree_map::Entry::Vacant(first) = lock(&inner.ledger.gave_up).entry(patient) {
+        first.insert(why);
         inner.progress.set_aside.fetch_add(1, Ordering::Relaxed);
     }
 }
