@@ -184,12 +184,18 @@ fn architecture_codemap(root: &Path, problems: &mut Vec<String>) {
     }
 }
 
-/// Every file ARCHITECTURE.md names in backticks exists: a `name.rs` or
-/// `dir/name.rs` is the end of some source's path, a path from the root
-/// (`crates/...`, `docs/...`, `deploy/...`) is there, so the codemap cannot
-/// point at code that moved.
+/// Every file ARCHITECTURE.md and the design chapters name in backticks
+/// exists: a `name.rs` or `dir/name.rs` is the end of some source's path, a
+/// path from the root (`crates/...`, `docs/...`, `deploy/...`) is there, so
+/// they cannot point at code that moved.
 fn architecture_paths(root: &Path, sources: &[PathBuf], problems: &mut Vec<String>) {
-    let Ok(text) = fs::read_to_string(root.join("ARCHITECTURE.md")) else { return };
+    for file in ["ARCHITECTURE.md", "docs/design.md", "docs/glossary.md"] {
+        named_paths_exist(root, file, sources, problems);
+    }
+}
+
+fn named_paths_exist(root: &Path, file: &str, sources: &[PathBuf], problems: &mut Vec<String>) {
+    let Ok(text) = fs::read_to_string(root.join(file)) else { return };
     let sources: Vec<String> = sources.iter().map(|p| rel(root, p)).collect();
     for (i, token) in text.split('`').enumerate() {
         if i % 2 == 0 || token.contains(char::is_whitespace) {
@@ -206,7 +212,7 @@ fn architecture_paths(root: &Path, sources: &[PathBuf], problems: &mut Vec<Strin
             false
         };
         if missing {
-            problems.push(format!("ARCHITECTURE.md names `{token}`, which is not in the repository"));
+            problems.push(format!("{file} names `{token}`, which is not in the repository"));
         }
     }
 }
