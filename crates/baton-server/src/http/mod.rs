@@ -20,9 +20,12 @@ pub mod openapi;
 pub mod principal;
 pub mod prometheus;
 pub mod rate_limit;
+pub mod series;
 pub mod stats;
 pub mod stuck;
 pub mod tasks;
+pub mod verify;
+pub mod whoami;
 pub mod workflows;
 
 use crate::state::AppState;
@@ -47,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tasks/{id}"),
     ("GET", "/v1/tasks/{id}/history"),
     ("GET", "/v1/tasks/{id}/lineage"),
+    ("GET", "/v1/tasks/{id}/verify"),
     ("POST", "/v1/tasks/{id}/heartbeat"),
     ("POST", "/v1/tasks/{id}/handoff"),
     ("POST", "/v1/tasks/{id}/complete"),
@@ -66,6 +70,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/inbox/{id}/resolve"),
     ("GET", "/v1/stuck"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/stats/series"),
     ("GET", "/v1/alerts"),
     ("POST", "/v1/alerts/{id}/ack"),
     ("POST", "/v1/principals"),
@@ -74,6 +79,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("GET", "/v1/tokens"),
     ("DELETE", "/v1/tokens/{id}"),
+    ("GET", "/v1/whoami"),
 ];
 
 /// Routes that wait by design: their time limit is `request_timeout_ms`
@@ -85,23 +91,27 @@ pub fn router(state: AppState) -> Router {
     let (api, document) = documented_routes().split_for_parts();
     let json: Arc<str> = openapi::to_json(&document).into();
     let options = state.options();
-    api.route(
-        openapi::OPENAPI_PATH,
-        get(move || {
-            let json = json.clone();
-            async move { openapi::serve_json(json) }
-        }),
-    )
-    .merge(openapi::docs_ui())
-    .fallback(no_route)
-    .method_not_allowed_fallback(wrong_method)
-    .layer(DefaultBodyLimit::max(options.body_bytes_max))
-    .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-    .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
-    .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
-    .layer(middleware::from_fn(log_refusals))
-    .with_state(state)
+    let api = api
+        .route(
+            openapi::OPENAPI_PATH,
+            get(move || {
+                let json = json.clone();
+                async move { openapi::serve_json(json) }
+            }),
+        )
+        .merge(openapi::docs_ui())
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(options.body_bytes_max))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
+        .layer(middleware::from_fn(log_refusals))
+        .with_state(state.clone());
+    // The dashboard calls the API router above in process, with the
+    // signed-in principal's token: it has no other way in.
+    api.clone().merge(crate::ui::router(api, state))
 }
 
 /// Every documented route: the router and the OpenAPI paths in one, so no
@@ -115,6 +125,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::show))
         .routes(routes!(tasks::history))
         .routes(routes!(lineage::lineage))
+        .routes(routes!(verify::verify))
         .routes(routes!(tasks::heartbeat))
         .routes(routes!(tasks::handoff))
         .routes(routes!(tasks::complete))
@@ -133,6 +144,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::resolve))
         .routes(routes!(stuck::stuck))
         .routes(routes!(stats::stats))
+        .routes(routes!(series::series))
         .routes(routes!(stats::alerts))
         .routes(routes!(stats::ack))
         .routes(routes!(prometheus::metrics))
@@ -140,6 +152,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_principal))
         .routes(routes!(admin::create_token, admin::list_tokens))
         .routes(routes!(admin::revoke_token))
+        .routes(routes!(whoami::whoami))
 }
 
 async fn no_route(request: Request) -> ApiError {
