@@ -53,7 +53,7 @@ pub use time::Timestamp;
 pub use webhook::{Alert, Delivery, DeliveryPage, DeliveryQuery, DeliveryStatus, NoticeKind, WebhookNotice};
 pub use workflow::{WorkflowFileError, parse_workflow, render_workflow};
 pub use workflows::{
-    AppliedWorkflow, ApplyWorkflowRequest, BackoffView, CanaryView, StagePolicyView, WorkflowList,
+    A2aView, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, CanaryView, StagePolicyView, WorkflowList,
     WorkflowQuery, WorkflowRef, WorkflowStageView, WorkflowView,
 };
 

@@ -11,7 +11,8 @@
 
 use baton_core::decide::check_stage;
 use baton_core::{
-    Backoff, GraphError, Limits, Millis, Policies, Rules, StageName, StagePolicy, Workflow, WorkflowStage,
+    A2aSettings, Backoff, GraphError, Limits, Millis, Policies, Rules, StageName, StagePolicy, Workflow,
+    WorkflowStage,
 };
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
@@ -169,6 +170,19 @@ pub fn render_workflow(wf: &Workflow) -> String {
             out.push_str(&format!("canary_percent = {}\n", canary.percent));
         }
     }
+    if let Some(a2a) = &wf.a2a {
+        out.push_str("\n[a2a]\n");
+        if !a2a.description.is_empty() {
+            out.push_str(&format!("description = {}\n", quote(&a2a.description)));
+        }
+        out.push_str(&format!("escalation_is_failure = {}\n", a2a.escalation_is_failure));
+        if !a2a.push_url_prefixes.is_empty() {
+            out.push_str(&format!(
+                "push_url_prefixes = {}\n",
+                list(a2a.push_url_prefixes.iter().map(String::as_str))
+            ));
+        }
+    }
     out
 }
 
@@ -232,6 +246,21 @@ struct FileDoc {
     defaults: Option<DefaultsDoc>,
     #[serde(default)]
     stages: BTreeMap<Spanned<String>, StageDoc>,
+    /// `[a2a]`: the workflow is also an A2A agent (docs/a2a.md).
+    #[serde(default)]
+    a2a: Option<A2aDoc>,
+}
+
+/// `[a2a]`: how the workflow answers as an A2A agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct A2aDoc {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    escalation_is_failure: bool,
+    #[serde(default)]
+    push_url_prefixes: Vec<Spanned<String>>,
 }
 
 /// `[defaults]`: the policy keys every stage starts from.
@@ -456,13 +485,41 @@ impl Builder<'_> {
             self.spans.stages.insert(name.clone(), spans);
             stages.insert(StageName::new(name), built);
         }
+        let a2a = doc.a2a.map(|a2a| self.a2a(a2a));
         let (name, entry) = (doc.name?, doc.entry?);
         Some(Workflow {
             name: name.into_inner(),
             version: 0,
             entry: StageName::new(entry.into_inner()),
             stages,
+            a2a,
         })
+    }
+
+    /// `[a2a]`: every push prefix must be an absolute `http://` or `https://` URL.
+    fn a2a(&mut self, doc: A2aDoc) -> A2aSettings {
+        let mut prefixes = Vec::new();
+        for prefix in doc.push_url_prefixes {
+            let text = prefix.get_ref();
+            let host = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+            if host.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+                let error = self.lines.error(
+                    prefix.span().start,
+                    "a2a.push_url_prefixes",
+                    format!(
+                        "push URL prefix {text:?} is not an absolute http:// or https:// URL with a host: \
+                         write one such as \"https://hooks.example.com/a2a/\""
+                    ),
+                );
+                self.errors.push(error);
+            }
+            prefixes.push(prefix.into_inner());
+        }
+        A2aSettings {
+            description: doc.description.unwrap_or_default(),
+            escalation_is_failure: doc.escalation_is_failure,
+            push_url_prefixes: prefixes,
+        }
     }
 
     /// One stage: its policy from the global default, then `[defaults]`, then its own keys.

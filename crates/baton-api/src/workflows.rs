@@ -53,6 +53,23 @@ pub struct WorkflowView {
     pub stages: BTreeMap<String, WorkflowStageView>,
     /// This version as a workflow file (TOML), every policy spelled out.
     pub source: String,
+    /// Present when the workflow is also an A2A agent (`[a2a]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<A2aView>,
+}
+
+/// A workflow's `[a2a]` section: how it answers as an A2A agent (docs/a2a.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct A2aView {
+    /// The agent card's description; empty: a sentence naming the workflow.
+    #[serde(default)]
+    pub description: String,
+    /// An escalation to a person shows as failed instead of input-required.
+    #[serde(default)]
+    pub escalation_is_failure: bool,
+    /// URLs push notification configs may name; empty: push is refused.
+    #[serde(default)]
+    pub push_url_prefixes: Vec<String>,
 }
 
 /// A stage as a workflow declares it.

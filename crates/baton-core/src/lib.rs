@@ -36,4 +36,4 @@ pub use store::{
     StageGauge, Store, StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, IndexColumns, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
-pub use workflow::{Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};
+pub use workflow::{A2aSettings, Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};

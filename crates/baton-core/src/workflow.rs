@@ -33,6 +33,21 @@ pub struct Workflow {
     pub version: u32,
     pub entry: StageName,
     pub stages: BTreeMap<StageName, WorkflowStage>,
+    /// Present when the workflow is also an A2A agent (`[a2a]` in its file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<A2aSettings>,
+}
+
+/// How a workflow answers as an A2A agent: the `[a2a]` section of its file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct A2aSettings {
+    /// The agent card's description; empty: a sentence naming the workflow.
+    pub description: String,
+    /// An escalation to a person shows as `failed` instead of `input-required`.
+    pub escalation_is_failure: bool,
+    /// URLs push notification configs may name; empty: push is refused.
+    pub push_url_prefixes: Vec<String>,
 }
 
 /// A stage as a workflow declares it.
@@ -144,7 +159,10 @@ impl Workflow {
     /// Whether two versions declare the same thing (the version aside):
     /// applying an unchanged file makes no new version.
     pub fn same_definition(&self, other: &Workflow) -> bool {
-        self.name == other.name && self.entry == other.entry && self.stages == other.stages
+        self.name == other.name
+            && self.entry == other.entry
+            && self.stages == other.stages
+            && self.a2a == other.a2a
     }
 
     /// The graph checks: every stage named exists (in the workflow, or as a

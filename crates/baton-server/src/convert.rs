@@ -182,6 +182,11 @@ pub fn workflow(wf: &Workflow) -> api::WorkflowView {
         entry: wf.entry.to_string(),
         stages,
         source: baton_api::render_workflow(wf),
+        a2a: wf.a2a.as_ref().map(|a| api::A2aView {
+            description: a.description.clone(),
+            escalation_is_failure: a.escalation_is_failure,
+            push_url_prefixes: a.push_url_prefixes.clone(),
+        }),
     }
 }
 

@@ -12,8 +12,11 @@
 //! described by an OpenAPI document generated from the handlers
 //! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`). The
 //! dashboard (`ui`, at `/ui`) is served by the same router and reads and
-//! changes everything through the `/v1` routes.
+//! changes everything through the `/v1` routes. Workflows that opt in are
+//! also A2A agents under `/a2a` (`a2a`), a bridge that calls the `/v1`
+//! router in process.
 
+pub mod a2a;
 pub mod accept;
 pub mod anomaly;
 pub mod auth;

@@ -14,6 +14,8 @@
 // The auth (T13), Idempotency-Key, dashboard and workflow (workflows, aborts, the
 // inbox, stuck work) suites live beside this file and compile into this one
 // test binary.
+#[path = "http/a2a.rs"]
+mod a2a;
 #[path = "http/anomaly.rs"]
 mod anomaly;
 #[path = "http/auth.rs"]
@@ -1109,6 +1111,13 @@ fn no_route_is_added_around_the_documented_router() {
             }
         }
     }
+    // The A2A bridge's two routes speak another protocol (JSON-RPC, the agent
+    // card), documented in docs/a2a.md rather than in the OpenAPI document.
+    let a2a = std::path::Path::new("src").join("a2a.rs");
+    let (bridge, found): (Vec<_>, Vec<_>) =
+        found.into_iter().partition(|f| f.contains(&*a2a.to_string_lossy()));
+    assert_eq!(bridge.len(), 2, "the A2A card and JSON-RPC routes only: {bridge:#?}");
+    assert!(bridge.iter().all(|f| f.contains("\"/a2a/{workflow}")), "{bridge:#?}");
     assert_eq!(found.len(), 1, "routes added outside `routes!`: {found:#?}");
     assert!(found[0].contains("openapi::OPENAPI_PATH"), "{found:#?}");
 }

@@ -109,9 +109,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
         .layer(middleware::from_fn(log_refusals))
         .with_state(state.clone());
-    // The dashboard calls the API router above in process, with the
-    // signed-in principal's token: it has no other way in.
-    api.clone().merge(crate::ui::router(api, state))
+    // The dashboard and the A2A bridge call the API router above in process,
+    // with the caller's token: they have no other way in.
+    api.clone().merge(crate::ui::router(api.clone(), state)).merge(crate::a2a::routes(api))
 }
 
 /// Every documented route: the router and the OpenAPI paths in one, so no

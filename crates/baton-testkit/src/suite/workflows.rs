@@ -26,6 +26,7 @@ fn workflow(name: &str, entry: &str, stages: &[S<'_>]) -> Workflow {
     Workflow {
         name: name.to_owned(),
         version: 0,
+        a2a: None,
         entry: stage(entry),
         stages: stages
             .iter()

@@ -94,6 +94,15 @@ WaitKind: TypeAlias = Literal["offered", "backoff"]
 WAIT_KIND_VALUES: tuple[str, ...] = ("offered", "backoff",)
 
 
+class A2aView(BaseModel):
+    """A workflow's `[a2a]` section: how it answers as an A2A agent (docs/a2a.md)."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    description: str | None = Field(default=None, description="The agent card's description; empty: a sentence naming the workflow.")
+    escalation_is_failure: bool | None = Field(default=None, description="An escalation to a person shows as failed instead of input-required.")
+    push_url_prefixes: list[str] = Field(default_factory=list, description="URLs push notification configs may name; empty: push is refused.")
+
+
 class AbortRequest(BaseModel):
     """`POST /v1/tasks/{id}/abort`: abort the task's workflow. The stages already
     done are compensated, latest first (each a task in its compensation
@@ -1034,7 +1043,8 @@ class WorkflowView(BaseModel):
     entry: str = Field(description="The stage a task submitted through the workflow starts in.")
     stages: dict[str, WorkflowStageView] = Field(description="Every stage the workflow declares, by name.")
     source: str = Field(description="This version as a workflow file (TOML), every policy spelled out.")
+    a2a: A2aView | None = Field(default=None)
 
 
-for _model in (AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
+for _model in (A2aView, AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
     _model.model_rebuild()
