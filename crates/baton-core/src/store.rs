@@ -25,6 +25,10 @@ pub enum Error {
     /// The store cannot serve now (closed, unreachable); retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store's disk (or database) is full: the write changed nothing;
+    /// reads still serve, and writes succeed again once space is freed.
+    #[error("storage full: {0}")]
+    StorageFull(String),
 }
 
 /// A store of tasks. Every write is durable before its future resolves.

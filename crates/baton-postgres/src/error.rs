@@ -4,7 +4,8 @@
 //! connection, a batch to run again (deadlock, serialization), a unique key
 //! taken by a concurrent writer (run the operation again), or anything else.
 //! Callers of the `Store` trait never see these types: they get
-//! `baton_core::Error`, where every store failure is `Unavailable`.
+//! `baton_core::Error`, where every store failure is `Unavailable`, but a
+//! full disk, which is `StorageFull`.
 
 use tokio_postgres::error::SqlState;
 
@@ -96,6 +97,18 @@ impl StoreError {
             Self::Deferred(e) => e.class(),
             Self::Pg(e) => classify(e),
         }
+    }
+}
+
+/// Whether PostgreSQL refused for lack of disk space (SQLSTATE 53100,
+/// `disk_full`): answered `StorageFull` (HTTP 507) instead of `Unavailable`.
+/// The connection is still dropped like any class-53 failure, so nothing of
+/// the batch commits.
+pub(crate) fn is_disk_full(e: &StoreError) -> bool {
+    match e {
+        StoreError::Pg(e) => e.code() == Some(&SqlState::DISK_FULL),
+        StoreError::Deferred(e) => is_disk_full(e),
+        _ => false,
     }
 }
 

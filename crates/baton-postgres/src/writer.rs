@@ -36,7 +36,7 @@
 
 use crate::cursor::{Cursors, Key, Scans};
 use crate::directory::DirectoryWrite;
-use crate::error::{Class, StoreError};
+use crate::error::{Class, StoreError, is_disk_full};
 use crate::leader;
 use crate::listen;
 use crate::options::PostgresOptions;
@@ -137,6 +137,8 @@ enum Attempt {
     Stale(String),
     /// Nothing committed, nothing acknowledged; the connection is dropped.
     Lost(String),
+    /// As `Lost`, because the database's disk is full: answered `StorageFull`.
+    Full(String),
 }
 
 impl Writer {
@@ -239,6 +241,15 @@ impl Writer {
                     self.session = None;
                     tracing::error!(reason = %why, ops = count, "write batch not committed");
                     return self.lost(ops, &format!("the PostgreSQL store could not commit: {why}"));
+                }
+                Attempt::Full(why) => {
+                    self.session = None;
+                    tracing::error!(reason = %why, ops = count, "disk full: write batch not committed");
+                    self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
+                    for op in ops.drain(..) {
+                        op.abandon_with(Err(Error::StorageFull(why.clone())));
+                    }
+                    return;
                 }
             }
         }
@@ -358,6 +369,7 @@ impl Writer {
         match end {
             None => {}
             Some(End::Lost(why)) => return Attempt::Lost(why),
+            Some(End::Full(why)) => return Attempt::Full(why),
             Some(end @ (End::Tainted | End::Rerun)) => {
                 session.pending.discard();
                 if let Err(e) = block(rt, timeout, session.client.batch_execute("ROLLBACK")) {
@@ -372,6 +384,7 @@ impl Writer {
             Ok(()) => {}
             // A deferred write failed before COMMIT: the transaction was
             // aborted, so COMMIT rolled it back (unless the connection died).
+            Err(e) if is_disk_full(&e) => return Attempt::Full(format!("COMMIT failed: {e}")),
             Err(StoreError::Deferred(cause)) => {
                 return match cause.class() {
                     Class::Lost => Attempt::Lost(format!("COMMIT failed: {cause}")),
@@ -406,7 +419,9 @@ impl Writer {
             match outcome.error() {
                 None => {}
                 Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
-                Some(Error::Unavailable(_)) => drop(c.unavailable.fetch_add(1, Ordering::Relaxed)),
+                Some(Error::Unavailable(_) | Error::StorageFull(_)) => {
+                    c.unavailable.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         // Wake-ups before answers: a caller that sees its answer may rely on
@@ -568,6 +583,8 @@ impl Op {
 enum End {
     /// The connection failed or timed out: nothing of the batch commits.
     Lost(String),
+    /// The database's disk is full: nothing of the batch commits.
+    Full(String),
     /// Without savepoints, an operation failed after writing (or a statement
     /// failed, aborting the transaction): rerun the batch with savepoints.
     Tainted,
@@ -660,6 +677,10 @@ impl Batch<'_> {
                 Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),
                 Ok(Err(Fail::Conflict)) => Failure::Conflict,
                 Ok(Err(Fail::Store(e))) => match e.class() {
+                    _ if is_disk_full(&e) => {
+                        self.end = Some(End::Full(e.to_string()));
+                        return Err(not_committed());
+                    }
                     Class::Lost => {
                         self.end = Some(End::Lost(e.to_string()));
                         return Err(not_committed());
@@ -715,6 +736,7 @@ impl Batch<'_> {
         let (client, pending) = self.session.parts();
         block(self.rt, self.timeout, pending.carry(client, client.batch_execute(sql))).map_err(|e| {
             self.end = Some(match e.class() {
+                _ if is_disk_full(&e) => End::Full(format!("{sql} failed: {e}")),
                 Class::RerunBatch => End::Rerun,
                 _ => End::Lost(format!("{sql} failed: {e}")),
             });

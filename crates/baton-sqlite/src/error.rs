@@ -65,20 +65,25 @@ impl StoreError {
 }
 
 /// True for the SQLite failures after which the process must stop instead of
-/// carrying on: I/O errors (including a failed fsync), a full disk, and
-/// corruption. After an fsync EIO, SQLite keeps accepting commits that may
-/// never reach the disk (the fsyncgate lesson), so the only safe answer is to
-/// acknowledge nothing, exit, and let recovery on restart find the truth.
+/// carrying on: I/O errors (including a failed fsync) and corruption. After
+/// an fsync EIO, SQLite keeps accepting commits that may never reach the
+/// disk (the fsyncgate lesson), so the only safe answer is to acknowledge
+/// nothing, exit, and let recovery on restart find the truth.
+///
+/// A full disk is not fatal (`is_full`): SQLite reports `SQLITE_FULL` before
+/// the commit record reaches the WAL, so the transaction is simply not
+/// committed; the writer rolls the batch back, answers `StorageFull`, and
+/// the next batch succeeds once space is freed.
 pub fn is_fatal(error: &rusqlite::Error) -> bool {
     matches!(
         error.sqlite_error_code(),
-        Some(
-            ErrorCode::SystemIoFailure
-                | ErrorCode::DiskFull
-                | ErrorCode::DatabaseCorrupt
-                | ErrorCode::NotADatabase
-        )
+        Some(ErrorCode::SystemIoFailure | ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
     )
+}
+
+/// True for `SQLITE_FULL`: the disk (or the database's size limit) is full.
+pub fn is_full(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(ErrorCode::DiskFull)
 }
 
 /// What the writer reports to the fatal hook before the process stops.

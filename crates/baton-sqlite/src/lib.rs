@@ -6,7 +6,8 @@
 //! rule in its SQL.
 //!
 //! Durability is not configurable: WAL with `synchronous=FULL`, and a failed
-//! commit stops the process (see `writer`).
+//! commit stops the process, but for a full disk, which refuses the batch
+//! with `StorageFull` and lets writes resume once space is freed (see `writer`).
 
 mod check;
 mod directory;
@@ -20,7 +21,7 @@ mod store;
 mod tx;
 mod writer;
 
-pub use error::{FatalError, OpenError, StoreError, is_fatal};
+pub use error::{FatalError, OpenError, StoreError, is_fatal, is_full};
 pub use options::{FatalHook, IntegrityCheck, SqliteOptions};
 pub use schema::SCHEMA_VERSION;
 pub use store::{SqliteStore, Stats};

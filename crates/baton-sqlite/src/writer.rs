@@ -12,10 +12,14 @@
 //! rolling back to it on refusal. Nothing is answered before the commit, so
 //! running a batch twice is invisible to callers.
 //!
-//! A failure that makes the batch untrustworthy (an I/O error, a full disk,
-//! corruption, or any failed COMMIT) acknowledges nothing and calls the fatal
-//! hook, which stops the process: SQLite keeps accepting commits after an
-//! fsync error, and we must not.
+//! A failure that makes the batch untrustworthy (an I/O error, corruption,
+//! or a COMMIT that failed for any reason but a full disk) acknowledges
+//! nothing and calls the fatal hook, which stops the process: SQLite keeps
+//! accepting commits after an fsync error, and we must not. A full disk
+//! (`SQLITE_FULL`, at a statement or at COMMIT) is not fatal: nothing of the
+//! batch reached a commit record, so the writer rolls it back, answers every
+//! caller `StorageFull` (HTTP 507), and carries on; reads keep serving and
+//! writes succeed again once space is freed, without a restart.
 //!
 //! A keyed request (`Execute` with a `RequestKey`) saves its record in its
 //! operation's transaction. Operations run one after another in queue order,
@@ -24,7 +28,7 @@
 //! while the first is half done, and `request_in_progress` cannot arise.
 
 use crate::directory::DirectoryWrite;
-use crate::error::{FatalError, StoreError, is_fatal};
+use crate::error::{FatalError, StoreError, is_fatal, is_full};
 use crate::oneshot;
 use crate::options::FatalHook;
 use crate::tx::{WorkflowCache, WriteTx};
@@ -127,6 +131,9 @@ impl Writer {
         let mut careful = false;
         let (outcomes, ready, observed) = loop {
             if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
+                if is_full(&e) {
+                    return self.full(ops, &e.to_string());
+                }
                 if is_fatal(&e) {
                     return self.die(fatal("begin", &e), ops);
                 }
@@ -156,6 +163,7 @@ impl Writer {
             match batch.end {
                 None => break (outcomes, batch.ready, batch.observed),
                 Some(End::Fatal(error)) => return self.die(error, ops),
+                Some(End::Full(why)) => return self.full(ops, &why),
                 Some(End::Tainted) => {
                     // An operation wrote, then was refused or failed: take the
                     // whole batch back and rerun it with savepoints.
@@ -182,8 +190,12 @@ impl Writer {
             }
         };
         if let Err(e) = exec(&self.conn, "COMMIT") {
-            // Whatever the code, a failed COMMIT leaves us not knowing what is
-            // on disk: fail-stop.
+            if is_full(&e) {
+                // The commit record never reached the WAL: nothing committed.
+                return self.full(ops, &e.to_string());
+            }
+            // Any other failed COMMIT leaves us not knowing what is on disk:
+            // fail-stop.
             return self.die(fatal("commit", &e), ops);
         }
         let c = &self.counters;
@@ -194,7 +206,9 @@ impl Writer {
             match outcome.error() {
                 None => {}
                 Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
-                Some(Error::Unavailable(_)) => drop(c.unavailable.fetch_add(1, Ordering::Relaxed)),
+                Some(Error::Unavailable(_) | Error::StorageFull(_)) => {
+                    c.unavailable.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         // Wake-ups before answers: a caller that sees its answer may rely on
@@ -223,6 +237,23 @@ impl Writer {
         for op in ops.drain(..) {
             op.abandon(why);
         }
+    }
+
+    /// Rolls back a batch the full disk stopped and answers every caller
+    /// `StorageFull`; the writer carries on with the next batch. A rollback
+    /// that fails is fatal: the connection's state is then unknown.
+    fn full(&mut self, ops: &mut Vec<Op>, why: &str) -> Flow {
+        tracing::error!(error = %why, ops = ops.len(), "disk full: batch rolled back, nothing acknowledged");
+        if !self.conn.is_autocommit()
+            && let Err(e) = exec(&self.conn, "ROLLBACK")
+        {
+            return self.die(fatal("rollback", &e), ops);
+        }
+        self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for op in ops.drain(..) {
+            op.answer_full(why);
+        }
+        Flow::Continue
     }
 
     /// Acknowledges nothing, reports, and stops the writer (in production the
@@ -320,7 +351,15 @@ impl Op {
     /// Tells the caller nothing happened for sure (the batch did not commit,
     /// or the operation never reached the writer).
     pub(crate) fn abandon(self, why: &str) {
-        let e = || Error::Unavailable(why.to_owned());
+        self.fail_with(|| Error::Unavailable(why.to_owned()));
+    }
+
+    /// Answers `StorageFull`: the disk filled up before this committed.
+    fn answer_full(self, why: &str) {
+        self.fail_with(|| Error::StorageFull(why.to_owned()));
+    }
+
+    fn fail_with(self, e: impl Fn() -> Error) {
         match self {
             Op::Submit(_, r) => r.send(Err(e())),
             Op::Claim(_, r) => r.send(Err(e())),
@@ -356,6 +395,9 @@ enum End {
     /// Without savepoints, an operation was refused or failed after writing:
     /// rerun the batch with them.
     Tainted,
+    /// The disk is full (`SQLITE_FULL`): roll the batch back, answer
+    /// `StorageFull`.
+    Full(String),
 }
 
 /// How one operation ended, short of success.
@@ -419,6 +461,12 @@ impl Batch<'_> {
                 Ok(Err(Fail::Conflict)) => Failure::Conflict,
                 Ok(Err(Fail::Store(e))) => {
                     if let Some(sql) = e.sqlite()
+                        && is_full(sql)
+                    {
+                        self.end = Some(End::Full(sql.to_string()));
+                        return Err(not_committed());
+                    }
+                    if let Some(sql) = e.sqlite()
                         && is_fatal(sql)
                     {
                         self.end = Some(End::Fatal(fatal("operation", sql)));
@@ -469,7 +517,9 @@ impl Batch<'_> {
 
     fn exec(&mut self, sql: &str) -> Result<(), Error> {
         exec(self.conn, sql).map_err(|e| {
-            self.end = Some(if is_fatal(&e) {
+            self.end = Some(if is_full(&e) {
+                End::Full(e.to_string())
+            } else if is_fatal(&e) {
                 End::Fatal(fatal("savepoint", &e))
             } else {
                 End::Lost(e.to_string())

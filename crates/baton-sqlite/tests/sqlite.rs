@@ -14,7 +14,7 @@ use baton_core::{
     ActRequest, Action, AgentId, Alert, ClaimRequest, Error, Grant, JoinMode, JoinSpec, NewChild, NewTask,
     Report, StageName, Store, TaskFilter, TaskId, TaskView,
 };
-use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fatal};
+use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fatal, is_full};
 use baton_testkit::{ManualClock, Setup, SuiteStore, block_on};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -560,18 +560,20 @@ fn reopening_migrates_nothing_twice() {
 fn storage_failures_are_classified_fatal_or_not() {
     use rusqlite::ffi;
     let error = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
-    for code in [
-        ffi::SQLITE_IOERR_FSYNC,
-        ffi::SQLITE_IOERR_WRITE,
-        ffi::SQLITE_FULL,
-        ffi::SQLITE_CORRUPT,
-        ffi::SQLITE_NOTADB,
-    ] {
+    for code in [ffi::SQLITE_IOERR_FSYNC, ffi::SQLITE_IOERR_WRITE, ffi::SQLITE_CORRUPT, ffi::SQLITE_NOTADB] {
         assert!(is_fatal(&error(code)), "code {code} must stop the process");
+        assert!(!is_full(&error(code)), "code {code} is not a full disk");
     }
-    for code in [ffi::SQLITE_BUSY, ffi::SQLITE_CONSTRAINT_UNIQUE, ffi::SQLITE_NOMEM, ffi::SQLITE_MISUSE] {
+    for code in [
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_CONSTRAINT_UNIQUE,
+        ffi::SQLITE_NOMEM,
+        ffi::SQLITE_MISUSE,
+    ] {
         assert!(!is_fatal(&error(code)), "code {code} is not fatal");
     }
+    assert!(is_full(&error(ffi::SQLITE_FULL)), "a full disk is refused, not fatal");
     assert!(!is_fatal(&rusqlite::Error::QueryReturnedNoRows));
 }
 
@@ -641,6 +643,109 @@ fn fatal_child(path: &Path) -> ! {
     }
     println!("the limit never bit");
     std::process::exit(1);
+}
+
+/// A tmpfs of a given size mounted on a fresh directory for one test, and
+/// unmounted when dropped. Needs root (CI runs as root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a {size} tmpfs failed: this test needs root (as in CI)");
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills the filesystem with one file until it refuses a write (ENOSPC).
+fn fill(path: &Path) -> std::io::Error {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    for _ in 0..100_000 {
+        if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+            return e;
+        }
+    }
+    panic!("the filesystem never filled up");
+}
+
+/// A full disk is not fatal. On a small tmpfs filled up under a running
+/// store, writes are refused `StorageFull` (SQLITE_FULL, at a statement or
+/// at COMMIT: the batch is rolled back) while reads keep serving and the
+/// fatal hook never runs; once space is freed, writes succeed again without
+/// a restart; every acknowledged task is there after reopening, and nothing
+/// refused is.
+#[test]
+fn a_full_disk_refuses_writes_until_space_returns_and_loses_nothing() {
+    let disk = SmallDisk::mount("24m");
+    let db = disk.path().join("baton.db");
+    let fatal = Arc::new(Mutex::new(None::<String>));
+    let seen = fatal.clone();
+    let hook: baton_sqlite::FatalHook = Arc::new(move |e: &baton_sqlite::FatalError| {
+        *seen.lock().unwrap() = Some(e.to_string());
+    });
+    let store = SqliteStore::open(&db, SqliteOptions::default().on_fatal(hook.clone())).expect("open");
+    let payload = format!(r#""{}""#, "p".repeat(64 * 1024));
+    let mut acked = Vec::new();
+    for _ in 0..8 {
+        acked
+            .push(block_on(store.submit(NewTask::new("s", payload.clone()))).expect("room to start").task.id);
+    }
+    let enospc = fill(&disk.path().join("filler"));
+    assert_eq!(enospc.raw_os_error(), Some(28), "the filler met ENOSPC: {enospc}");
+
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        match block_on(store.submit(NewTask::new("s", payload.clone()))) {
+            Ok(s) => acked.push(s.task.id),
+            Err(Error::StorageFull(why)) => {
+                refused += 1;
+                assert!(why.contains("full"), "{why}");
+                if refused == 3 {
+                    break;
+                }
+            }
+            Err(other) => panic!("a full disk must answer StorageFull, not {other:?}"),
+        }
+    }
+    assert_eq!(refused, 3, "the full disk was never reported");
+    assert_eq!(*fatal.lock().unwrap(), None, "a full disk is not fatal");
+    let read = block_on(store.get(acked[0])).expect("reads serve on a full disk");
+    assert!(read.is_some());
+
+    std::fs::remove_file(disk.path().join("filler")).expect("free the space");
+    let again = block_on(store.submit(NewTask::new("s", payload.clone())));
+    let again = again.expect("writes succeed again once space is freed, without a restart");
+    acked.push(again.task.id);
+    store.close();
+
+    let store = SqliteStore::open(&db, SqliteOptions::default().on_fatal(hook)).expect("reopen");
+    for id in &acked {
+        let view = block_on(store.get(*id)).expect("get").unwrap_or_else(|| panic!("acknowledged {id} lost"));
+        assert_eq!(view.payload, payload);
+    }
+    let all = block_on(store.list(TaskFilter { limit: 500, ..TaskFilter::default() })).expect("list");
+    assert_eq!(all.tasks.len(), acked.len(), "nothing refused was committed");
+    store.close();
+    assert_eq!(*fatal.lock().unwrap(), None, "a full disk is not fatal");
 }
 
 mod model {

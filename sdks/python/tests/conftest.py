@@ -8,7 +8,6 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,8 +100,3 @@ def make_client(request: pytest.FixtureRequest) -> Iterator[Factory]:
     if runner is not None:
         runner.close()
 
-
-def data_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    path.mkdir()
-    return path

@@ -137,9 +137,9 @@ def test_pipeline_with_claim_next_and_reports(dev: Server, tag: str, flavour: st
     assert runs.count() == 60
     total = sum(w.stats.handed_off for w in workers), sum(w.stats.completed for w in workers)
     assert total == (40, 20)
-    # Claim-next gave most leases: far fewer claim calls than leases.
+    # Claim-next gave most leases, in the answers of the decisions.
     assert sum(w.stats.leases for w in workers) >= 60
-    assert sum(w.stats.claims for w in workers) < 60
+    assert sum(w.stats.next_leases for w in workers) >= 30
     event = next(e for e in client.history(tasks[0]).events if e.kind == "handed_off")
     assert event.note == f"{stages[0]} done" and event.findings == {"stage": stages[0]} and event.confidence == 0.75
     client.close()
@@ -190,7 +190,7 @@ def test_heartbeats_keep_a_slow_handlers_lease_and_tell_it_when_lost(dev: Server
     client = baton.Client(dev.address)
     slow_task = client.submit({"n": 1}, stage=stage, priority=1).task.id
     doomed_task = client.submit({"n": 2}, stage=stage).task.id
-    worker = baton.Worker(client, agent="slow", options=baton.WorkerOptions(wait_ms=500, lease_ms=1000))
+    worker = baton.Worker(client, agent="slow", options=baton.WorkerOptions(wait_ms=500, lease_ms=2000))
     seen: list[baton.Finished] = []
     worker.on_finished(seen.append)
     noticed: list[bool] = []
@@ -198,7 +198,7 @@ def test_heartbeats_keep_a_slow_handlers_lease_and_tell_it_when_lost(dev: Server
     @worker.handler(stage)
     def work(job: baton.Job) -> baton.Decision:
         if job.task == slow_task:
-            time.sleep(2.5)  # over twice the lease: only heartbeats keep it
+            time.sleep(4.5)  # over twice the lease: only heartbeats keep it
             return baton.Handoff(done)
         # An operator cancels this one while it is worked: a heartbeat learns it.
         client.cancel(job.task, "withdrawn")

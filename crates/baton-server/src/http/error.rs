@@ -185,6 +185,14 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %text, "store unavailable");
                 Self::unavailable()
             }
+            StoreError::StorageFull(text) => {
+                tracing::error!(error = %text, "storage full: writes refused until space is freed");
+                Self::new(
+                    ErrorCode::StorageFull,
+                    "the store's disk is full: nothing was written; reads still work, and the same \
+                     request succeeds once an operator frees space",
+                )
+            }
         }
     }
 }
@@ -233,6 +241,13 @@ impl From<Rejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_storage_full() {
+        let error = ApiError::from(StoreError::StorageFull("database or disk is full".into()));
+        assert_eq!((error.status(), error.code), (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull));
+        assert!(!error.message.contains("database or disk"), "internal text stays in the log");
+    }
 
     #[test]
     fn every_code_has_a_4xx_or_5xx_status() {

@@ -225,6 +225,7 @@ class AsyncWorker:
         )
         finished, leases = await self._apply(lease, decision, next_, handler_end)
         self.stats.leases += len(leases)
+        self.stats.next_leases += len(leases)
         pending.extend(leases)
         return finished
 

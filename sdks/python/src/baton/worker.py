@@ -262,7 +262,10 @@ class WorkerStats:
     """Counts over a worker's run."""
 
     claims: int = 0
+    #: Leases received, from claims and from claim-next.
     leases: int = 0
+    #: Of those, the leases claim-next brought with a decision's answer.
+    next_leases: int = 0
     handed_off: int = 0
     completed: int = 0
     released: int = 0
@@ -519,6 +522,7 @@ class Worker:
         )
         finished, leases = self._apply(lease, decision, next_, handler_end)
         self.stats.leases += len(leases)
+        self.stats.next_leases += len(leases)
         pending.extend(leases)
         return finished
 
