@@ -6,12 +6,13 @@ neither sees nor can call operator tools; a bad argument is a JSON-RPC
 invalid-params error naming the field (never an HTTP 5xx); a refusal is a
 tool error carrying Baton's code; the MCP example session runs.
 
-Method: a real `baton dev` (auth off: `baton mcp --agent NAME` names the
+Method (each test runs its coroutine with `asyncio.run`): a real `baton dev` (auth off: `baton mcp --agent NAME` names the
 agent) and a real `baton serve` (auth on: principals and tokens made with
 the SDK's admin calls; each MCP session carries one token)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -151,7 +152,11 @@ async def drive_to_done(submitter: ClientSession, worker: ClientSession, first: 
     return task_id
 
 
-async def test_stdio_against_baton_dev(binary: str, dev: Server, tag: str) -> None:
+def test_stdio_against_baton_dev(binary: str, dev: Server, tag: str) -> None:
+    asyncio.run(_stdio_against_baton_dev(binary, dev, tag))
+
+
+async def _stdio_against_baton_dev(binary: str, dev: Server, tag: str) -> None:
     async with stdio_session(binary, dev.address, agent=f"writer-{tag}") as session:
         assert await tool_names(session) == ALL_TOOLS
         await drive_to_done(session, session, f"draft-{tag}", f"review-{tag}")
@@ -170,7 +175,11 @@ async def test_stdio_against_baton_dev(binary: str, dev: Server, tag: str) -> No
         await ok(session, "release", task=task["id"], epoch=lease["epoch"])
 
 
-async def test_stdio_names_an_unreachable_server(binary: str, tag: str) -> None:
+def test_stdio_names_an_unreachable_server(binary: str, tag: str) -> None:
+    asyncio.run(_stdio_names_an_unreachable_server(binary, tag))
+
+
+async def _stdio_names_an_unreachable_server(binary: str, tag: str) -> None:
     from .server import free_port
 
     error = await handshake_error(stdio_session(binary, f"http://127.0.0.1:{free_port()}", agent=tag))
@@ -192,7 +201,11 @@ def tokens(serve: Server, tag: str) -> dict[str, str]:
     return made
 
 
-async def test_http_with_auth_follows_the_token_role(serve: Server, tokens: dict[str, str], tag: str) -> None:
+def test_http_with_auth_follows_the_token_role(serve: Server, tokens: dict[str, str], tag: str) -> None:
+    asyncio.run(_http_with_auth_follows_the_token_role(serve, tokens, tag))
+
+
+async def _http_with_auth_follows_the_token_role(serve: Server, tokens: dict[str, str], tag: str) -> None:
     async with http_session(serve.address, tokens["agent"]) as agent, http_session(serve.address, tokens["sub"]) as sub:
         assert await tool_names(agent) == AGENT_TOOLS
         assert await tool_names(sub) == {"submit", "show", "history", "lineage"}
@@ -212,7 +225,11 @@ async def test_http_with_auth_follows_the_token_role(serve: Server, tokens: dict
         assert "stuck" in await ok(ops, "stuck")
 
 
-async def test_stdio_with_a_token_follows_its_role(binary: str, serve: Server, tokens: dict[str, str]) -> None:
+def test_stdio_with_a_token_follows_its_role(binary: str, serve: Server, tokens: dict[str, str]) -> None:
+    asyncio.run(_stdio_with_a_token_follows_its_role(binary, serve, tokens))
+
+
+async def _stdio_with_a_token_follows_its_role(binary: str, serve: Server, tokens: dict[str, str]) -> None:
     async with stdio_session(binary, serve.address, token=tokens["agent"]) as agent:
         assert await tool_names(agent) == AGENT_TOOLS
         assert await invalid_field(agent, "stats") == "name"
