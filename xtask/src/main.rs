@@ -129,9 +129,12 @@ fn python(root: &std::path::Path) -> Result<(), String> {
     if !ready.success() {
         return Err(format!("{python} lacks the Python SDK or its test extras; {hint}"));
     }
-    eprintln!("xtask ci: python: cargo build -p baton");
+    // The whole workspace's binaries, not `-p baton`: the same feature set
+    // as the tests just built, so this is a no-op after them (`-p baton`
+    // alone resolves features differently and rebuilds half the tree).
+    eprintln!("xtask ci: python: cargo build --workspace --bins");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "baton", "--locked"])
+        .args(["build", "--workspace", "--bins", "--locked"])
         .current_dir(root)
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;

@@ -130,7 +130,12 @@ impl Error {
         matches!(self, Self::Unavailable { .. } | Self::Transport { .. })
             || matches!(
                 self.code(),
-                Some(ErrorCode::RateLimited | ErrorCode::RequestInProgress | ErrorCode::RequestTimeout)
+                Some(
+                    ErrorCode::RateLimited
+                        | ErrorCode::RequestInProgress
+                        | ErrorCode::RequestTimeout
+                        | ErrorCode::StorageFull
+                )
             )
     }
 

@@ -83,8 +83,9 @@ pub trait Tx {
     /// How many tasks this agent holds now.
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, Self::Error>;
     /// Whether this token and its principal exist and neither is revoked,
-    /// as this transaction sees them (on PostgreSQL, holding both rows
-    /// against a concurrent revocation until the commit).
+    /// as this transaction sees them. Asked after `leases_held` for the same
+    /// agent, so a store that locks the agent there (PostgreSQL, whose
+    /// revocations take the same lock) orders it against revocations.
     fn credential_live(&mut self, credential: &Credential) -> Result<bool, Self::Error>;
     /// Writes a new task, its payload and its first event.
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), Self::Error>;
@@ -431,14 +432,16 @@ fn claim_except<T: Tx>(
     if let Some(ms) = req.lease_ms {
         crate::decide::check_lease_ms(ms, cx.rules)?;
     }
+    let held = st(tx.leases_held(&req.agent))?;
     // Authentication came before the call, and a long poll may wait while
-    // the caller is revoked: no lease goes out without this check.
+    // the caller is revoked: no lease goes out without this check. After
+    // `leases_held`, which on PostgreSQL holds the agent's lock that
+    // revocations take too.
     if let Some(credential) = &req.credential
         && !st(tx.credential_live(credential))?
     {
         return Err(Rejection::Revoked.into());
     }
-    let held = st(tx.leases_held(&req.agent))?;
     let room = limits.leases_per_agent_max.saturating_sub(held);
     if room == 0 {
         return Err(Rejection::TooManyLeases { max: limits.leases_per_agent_max }.into());

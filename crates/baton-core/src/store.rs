@@ -46,6 +46,9 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>>;
     fn list(&self, filter: TaskFilter) -> StoreFuture<'_, Page>;
     fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>>;
+    /// Up to `limit` of a task's events with a version below `before` (all,
+    /// when `None`), newest first: a long history read in pages from its end.
+    fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>>;
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>>;
     /// The earliest `due_at` among live tasks, so the sweeper knows when to wake.
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>>;

@@ -101,7 +101,11 @@ fn add_token(tx: &mut PgTx<'_>, t: &TokenRecord) -> WriteResult {
 
 /// Revokes the principal (keeping an earlier revocation time) and every token
 /// of it not yet revoked.
+const TOKEN_PRINCIPAL: &str = "SELECT principal FROM tokens WHERE id = $1";
+
 fn revoke_principal(tx: &mut PgTx<'_>, name: &str, at: Millis) -> WriteResult {
+    // The agent's lock orders this against its claims on every replica.
+    tx.lock_agent(name).map_err(Fail::Store)?;
     if locked_principal(tx, name)?.is_none() {
         return Ok(false);
     }
@@ -116,6 +120,12 @@ fn revoke_principal(tx: &mut PgTx<'_>, name: &str, at: Millis) -> WriteResult {
 }
 
 fn revoke_token(tx: &mut PgTx<'_>, id: &str, at: Millis) -> WriteResult {
+    // A token's principal never changes: lock it (as `revoke_principal`).
+    let owner = tx.query_opt(TOKEN_PRINCIPAL, &[&id]).map_err(Fail::Store)?;
+    if let Some(row) = owner {
+        let principal: String = row.try_get(0).map_err(|e| Fail::Store(e.into()))?;
+        tx.lock_agent(&principal).map_err(Fail::Store)?;
+    }
     let found = tx
         .execute("UPDATE tokens SET revoked_at = coalesce(revoked_at, $2) WHERE id = $1", &[&id, &at])
         .map_err(Fail::Store)?;

@@ -32,3 +32,13 @@ pub use leader::{DUTY_PURGE, Duty};
 pub use options::PostgresOptions;
 pub use schema::{SCHEMA_VERSION, SchemaStatus, check, migrate};
 pub use store::{PostgresStore, Stats, database_now};
+
+/// The longest a write transaction may run before COMMIT (and stay idle
+/// inside a transaction, on every connection). Notices take their numbers
+/// when inserted and commit with their transaction, so numbers commit out of
+/// order across writers and replicas; webhook delivery waits at a gap for a
+/// while (`baton_server::webhooks::NOTICE_GAP_WAIT`, 10 s) before passing it
+/// as a number that will never commit. A transaction older than this is
+/// rolled back instead, so a gap still open after the wait is one that
+/// never commits. Kept well below the wait; the binary's tests check it.
+pub const WRITE_TRANSACTION_MAX: std::time::Duration = std::time::Duration::from_secs(5);

@@ -152,6 +152,13 @@ impl PostgresOptions {
             settings.push_str(&format!(" -c search_path={schema}"));
         }
         settings.push_str(" -c synchronous_commit=on");
+        // A connection stuck inside a transaction (its process frozen, say)
+        // loses the transaction well before webhook delivery would pass the
+        // gap its notices leave (see `WRITE_TRANSACTION_MAX`).
+        settings.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={}",
+            crate::WRITE_TRANSACTION_MAX.as_millis()
+        ));
         config.options(settings.trim());
         if config.get_application_name().is_none() {
             config.application_name("baton");

@@ -82,6 +82,24 @@ pub(crate) async fn history(pool: Pool, id: TaskId) -> Result<Vec<Event>, StoreE
     rows.iter().map(|row| json(row, 0)).collect()
 }
 
+pub(crate) async fn history_before(
+    pool: Pool,
+    id: TaskId,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached(
+            "SELECT body FROM events WHERE task = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
+        )
+        .await?;
+    let before = before.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c.query(&st, &[&id.0, &before, &limit]).await?;
+    rows.iter().map(|row| json(row, 0)).collect()
+}
+
 pub(crate) async fn handoff(pool: Pool, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
     let c = conn(&pool).await?;
     let st = c.prepare_cached("SELECT body FROM handoffs WHERE id = $1").await?;

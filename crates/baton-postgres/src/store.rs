@@ -429,6 +429,10 @@ impl Store for PostgresStore {
         self.read(read::history(self.pool.clone(), task))
     }
 
+    fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        self.read(read::history_before(self.pool.clone(), task, before, limit))
+    }
+
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
         self.read(read::handoff(self.pool.clone(), id))
     }

@@ -81,11 +81,12 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 const LEASES_HELD: &str =
     "SELECT count(*) FROM (SELECT holder FROM tasks WHERE holder = $1 ORDER BY holder) h";
 const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL AND stage = $1";
-// FOR SHARE: a revocation (an UPDATE of either row) committed by another
-// replica waits for this transaction, so no lease commits after it.
+// Read after `leases_held` took the agent's advisory lock, which revocations
+// take too (`agent_lock`): a revocation committed on any replica is either
+// seen here or waits for this transaction, so no lease commits after it.
 const CREDENTIAL_LIVE: &str = "SELECT 1 FROM tokens t JOIN principals p ON p.name = t.principal \
                                WHERE t.id = $1 AND t.principal = $2 AND t.revoked_at IS NULL \
-                               AND p.revoked_at IS NULL FOR SHARE";
+                               AND p.revoked_at IS NULL";
 const PUT_NOTICE: &str = "INSERT INTO notices (task, body) VALUES ($1, $2)";
 const PUT_DELIVERY: &str = "INSERT INTO deliveries (notice, webhook, final, body) VALUES ($1, $2, $3, $4)";
 // Replicas merge into the same rows: make the row exist, then lock it for
@@ -491,6 +492,18 @@ impl PgTx<'_> {
         Ok(1)
     }
 
+    /// The advisory lock key of an agent (a principal's name, with auth on):
+    /// taken by its claims (the lease count) and by revocations of it.
+    pub(crate) fn agent_lock(&self, agent: &str) -> String {
+        format!("baton.agent.{}\u{1f}{}", self.session.lock_scope, agent)
+    }
+
+    /// Takes the transaction-scoped advisory lock of `agent` (see `agent_lock`).
+    pub(crate) fn lock_agent(&mut self, agent: &str) -> Result<(), StoreError> {
+        let key = self.agent_lock(agent);
+        self.query_opt(LOCK, &[&key]).map(drop)
+    }
+
     /// Takes a transaction-scoped advisory lock on `key`, then runs `sql`:
     /// one round trip, the query's snapshot taken after the lock is held.
     fn locked_query(
@@ -646,7 +659,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, StoreError> {
-        let key = format!("baton.agent.{}\u{1f}{}", self.session.lock_scope, agent.as_str());
+        let key = self.agent_lock(agent.as_str());
         let hint = self.claim_hint.take().filter(|_| self.defer);
         let rows = match hint {
             Some(hint) => self.locked_count_and_ready(&key, agent, &hint)?,

@@ -295,6 +295,7 @@ impl Writer {
             Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
             Err(e) => return Attempt::Lost(format!("preparing the batch failed: {e}")),
         };
+        let begun = std::time::Instant::now();
         let (client, pending) = session.parts();
         let mut futures: Vec<RowsFuture<'_>> =
             vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) })];
@@ -377,6 +378,18 @@ impl Writer {
                 }
                 return if matches!(end, End::Tainted) { Attempt::Tainted } else { Attempt::Rerun };
             }
+        }
+        // A transaction that ran long is not committed: its notices took
+        // their numbers at insert, and webhook delivery passes a gap in the
+        // numbers after a while, so a late commit could slip a notice past it.
+        if begun.elapsed() > crate::WRITE_TRANSACTION_MAX {
+            session.pending.discard();
+            let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
+            return Attempt::Lost(format!(
+                "the write transaction ran {:?}, longer than {:?}; rolled back",
+                begun.elapsed(),
+                crate::WRITE_TRANSACTION_MAX
+            ));
         }
         // Other replicas hear of the new work after COMMIT (`notify_replicas`).
         let (client, pending) = session.parts();

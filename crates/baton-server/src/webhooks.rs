@@ -349,7 +349,12 @@ struct Dispatcher {
 /// How long a gap in notice numbers may stay open before deliveries pass
 /// it. Several writers (or replicas) number notices as they insert them, so a
 /// lower number can commit after a higher one; a rolled-back insert leaves a
-/// gap that never closes. Longer than any write transaction lasts.
+/// gap that never closes. Longer than any write transaction lasts: the
+/// PostgreSQL store rolls back a transaction that ran longer than half of
+/// this before its COMMIT, and the server ends one left idle that long; on
+/// SQLite one writer numbers and commits in order, so gaps only come from
+/// rollbacks. (A COMMIT that itself stalls past the rest of the wait is the
+/// one case left; delivery would then pass its notices.)
 pub const NOTICE_GAP_WAIT: Duration = Duration::from_secs(10);
 
 /// How many of `ids` (ascending, all after `cursor`) follow `cursor` without

@@ -143,6 +143,26 @@ pub(crate) fn history(conn: &Connection, id: TaskId) -> Result<Vec<Event>, Store
     Ok(out)
 }
 
+pub(crate) fn history_before(
+    conn: &Connection,
+    id: TaskId,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT body FROM events WHERE task = ?1 AND version < ?2 ORDER BY version DESC LIMIT ?3",
+    )?;
+    let before = before.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = st.query(rusqlite::params![id.0.as_bytes(), before, limit])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let body = row.get_ref(0)?.as_str().map_err(|e| StoreError::Row(format!("event body: {e}")))?;
+        out.push(serde_json::from_str(body)?);
+    }
+    Ok(out)
+}
+
 pub(crate) fn handoff(conn: &Connection, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
     let mut st = conn.prepare_cached("SELECT body FROM handoffs WHERE id = ?1")?;
     let body: Option<String> = st.query_row([id.0.as_bytes()], |r| r.get(0)).optional()?;

@@ -250,6 +250,10 @@ impl Store for SqliteStore {
         Box::pin(async move { self.reads.with(|c| read::history(c, task)) })
     }
 
+    fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        Box::pin(async move { self.reads.with(|c| read::history_before(c, task, before, limit)) })
+    }
+
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
         Box::pin(async move { self.reads.with(|c| read::handoff(c, id)) })
     }

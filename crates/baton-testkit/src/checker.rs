@@ -568,6 +568,14 @@ mod tests {
             }
             Box::pin(std::future::ready(Ok(events)))
         }
+        fn history_before(
+            &self,
+            task: TaskId,
+            before: Option<u64>,
+            limit: usize,
+        ) -> baton_core::StoreFuture<'_, Vec<Event>> {
+            self.inner.history_before(task, before, limit)
+        }
         fn handoff(
             &self,
             id: baton_core::HandoffId,

@@ -242,6 +242,14 @@ impl Store for MemoryStore {
         answer(Ok(self.read(|s| s.tasks.get(&task).map(|row| row.events.clone()).unwrap_or_default())))
     }
 
+    fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        answer(Ok(self.read(|s| {
+            let Some(row) = s.tasks.get(&task) else { return Vec::new() };
+            let before = before.unwrap_or(u64::MAX);
+            row.events.iter().rev().filter(|e| e.version < before).take(limit).cloned().collect()
+        })))
+    }
+
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
         answer(Ok(self.read(|s| s.handoffs.get(&id).cloned())))
     }

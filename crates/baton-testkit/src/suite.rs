@@ -139,6 +139,7 @@ macro_rules! store_suite {
             claim_next_returns_the_next_leases_in_the_same_call,
             list_pages_with_cursor_and_filters,
             history_is_a_verified_hash_chain,
+            history_reads_in_pages_from_its_end,
             next_due_is_the_earliest_live_due_at,
             fire_due_respects_its_limit,
             ready_listener_hears_the_stages,
@@ -1651,6 +1652,36 @@ pub fn history_is_a_verified_hash_chain<H: SuiteStore>() {
     );
     let unknown = ok(block_on(cx.store().history(TaskId(uuid::Uuid::now_v7()))));
     assert_eq!(unknown, vec![]);
+    cx.finish();
+}
+
+/// `history_before` pages a history from its end: newest first, below the
+/// version given, at most `limit`; pages put together are the history.
+pub fn history_reads_in_pages_from_its_end<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let task = cx.submit_to("a");
+    let grant = cx.claim("w", &["a"], 1).remove(0);
+    for _ in 0..4 {
+        cx.act(&grant, heartbeat(None));
+    }
+    let full = ok(block_on(cx.store().history(task.id)));
+    assert_eq!(full.len(), 6, "submitted, claimed, four heartbeats");
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = ok(block_on(cx.store().history_before(task.id, before, 4)));
+        assert!(page.len() <= 4);
+        assert!(page.windows(2).all(|w| w[0].version > w[1].version), "newest first");
+        let Some(last) = page.last() else { break };
+        before = Some(last.version);
+        pages.extend(page);
+    }
+    pages.reverse();
+    assert_eq!(pages, full, "the pages make up the history");
+    let newest = ok(block_on(cx.store().history_before(task.id, None, 1)));
+    assert_eq!(newest, vec![full[5].clone()]);
+    assert!(ok(block_on(cx.store().history_before(task.id, Some(1), 10))).is_empty());
+    assert!(ok(block_on(cx.store().history_before(TaskId(uuid::Uuid::nil()), None, 10))).is_empty());
     cx.finish();
 }
 

@@ -395,3 +395,16 @@ fn holder_commands_lineage_and_handoff_show() {
     assert!(err.contains("all, any or quorum:N"), "{err}");
     dev.stop();
 }
+
+/// A PostgreSQL write transaction is rolled back before it can outlast the
+/// wait after which webhook delivery passes a gap in notice numbers, so no
+/// notice that commits is ever passed over.
+#[test]
+fn write_transactions_end_well_before_webhooks_pass_a_gap() {
+    let wait = baton_server::webhooks::NOTICE_GAP_WAIT;
+    assert!(
+        baton_postgres::WRITE_TRANSACTION_MAX * 2 <= wait,
+        "{:?} vs {wait:?}",
+        baton_postgres::WRITE_TRANSACTION_MAX
+    );
+}

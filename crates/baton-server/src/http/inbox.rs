@@ -91,7 +91,7 @@ pub async fn list(
     let next_cursor = if more { tasks.last().map(|t| t.id.to_string()) } else { None };
     let mut items = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (why, since) = why_and_since(&task, &state.store().history(task.id).await?);
+        let (why, since) = why_and_since(&task, &since_entered(&state, &task).await?);
         items.push(api::InboxItem { task: convert::task(&task, None), why, since: Timestamp(since) });
     }
     Ok(Json(api::InboxPage { items, next_cursor }))
@@ -285,14 +285,45 @@ pub async fn listed_stages(state: &AppState, only: Option<&str>) -> Result<Vec<S
     Ok(all.into_iter().collect())
 }
 
+/// Events read per page when looking back for the event that brought a task
+/// to its stage.
+pub const HISTORY_PAGE_MAX: usize = 64;
+
+/// Pages read at most when looking back; a task that stayed longer than
+/// that in its stage is described from the newest events.
+pub const HISTORY_PAGES_MAX: usize = 16;
+
+/// A task's events since it last came to its stage, oldest first, read from
+/// the end of its history in pages (a long history is never read whole),
+/// at most `HISTORY_PAGES_MAX` pages of `HISTORY_PAGE_MAX`.
+pub async fn since_entered(state: &AppState, task: &Task) -> Result<Vec<Event>, ApiError> {
+    let mut events: Vec<Event> = Vec::new();
+    let mut before = None;
+    for _ in 0..HISTORY_PAGES_MAX {
+        let page = state.store().history_before(task.id, before, HISTORY_PAGE_MAX).await?;
+        let full = page.len() == HISTORY_PAGE_MAX;
+        let entered = page.iter().any(|e| entered_stage(e, task));
+        before = page.last().map(|e| e.version);
+        events.extend(page);
+        if entered || !full {
+            break;
+        }
+    }
+    events.reverse();
+    Ok(events)
+}
+
+/// Whether `event` brought the task to the stage it is in now.
+fn entered_stage(event: &Event, task: &Task) -> bool {
+    event.to.stage == task.stage && event.from.as_ref().is_none_or(|f| f.stage != task.stage)
+}
+
 /// Why a task in a human stage needs a person, and since when it is in its
 /// stage, from its history: the note of the latest escalation (the alert's
 /// message) or passed deadline since it came to the stage, else the note of
 /// the event that brought it there.
 pub fn why_and_since(task: &Task, events: &[Event]) -> (String, Millis) {
-    let entered = events
-        .iter()
-        .rposition(|e| e.to.stage == task.stage && e.from.as_ref().is_none_or(|f| f.stage != task.stage));
+    let entered = events.iter().rposition(|e| entered_stage(e, task));
     let since = entered.map_or(task.created_at, |i| events[i].at);
     let after = entered.map_or(events, |i| &events[i..]);
     let alert = after

@@ -8,7 +8,7 @@
 use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
-use crate::http::inbox::{listed_stages, why_and_since};
+use crate::http::inbox::{listed_stages, since_entered, why_and_since};
 use crate::http::openapi::StuckRefusals;
 use crate::http::principal::Principal;
 use crate::state::AppState;
@@ -78,7 +78,7 @@ pub async fn stuck(
             if list.is_full() {
                 break;
             }
-            let (why, since) = why_and_since(task, &state.store().history(task.id).await?);
+            let (why, since) = why_and_since(task, &since_entered(&state, task).await?);
             list.push(task, since, why, api::StuckKind::Escalated);
         }
     }
