@@ -27,6 +27,8 @@ mod canary;
 mod example;
 #[path = "cli/gate.rs"]
 mod gate;
+#[path = "cli/mcp.rs"]
+mod mcp;
 #[path = "cli/operator.rs"]
 mod operator;
 #[path = "cli/pipeline.rs"]
