@@ -1,9 +1,9 @@
 //! `cargo xtask`: the project's own automation. `ci` runs everything CI runs
 //! (format check, clippy with warnings denied, the whole test suite under
-//! nextest, tidy); `tidy` runs only the repository checks; `openapi` writes
-//! the API's OpenAPI document to docs/api/openapi.json and regenerates the
-//! Python SDK's models from it. The same tidy checks
-//! also run as a test, so `cargo nextest run` alone enforces them. `ci`
+//! nextest, the dashboard's browser tests, tidy, the Python SDK); `tidy`
+//! runs only the repository checks; `openapi` writes the API's OpenAPI
+//! document to docs/api/openapi.json and regenerates the Python SDK's models
+//! from it. The same tidy checks also run as a test, so `cargo nextest run` alone enforces them. `ci`
 //! first checks that the PostgreSQL test database (`BATON_TEST_DATABASE_URL`,
 //! by default the local `test` database) answers: its tests must run, so an unreachable database fails the run at
 //! once with what to do, instead of 60 failing tests later. After the Rust
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci|tidy|openapi|python>\n  \
-                 ci       format check, clippy -D warnings, all tests (nextest), tidy, python\n  \
+                 ci       format check, clippy -D warnings, all tests (nextest), browser tests, tidy, python\n  \
                  tidy     repository checks only\n  \
                  python   the Python SDK's type check and tests (BATON_PYTHON, default python3)\n  \
                  openapi  write the API's OpenAPI document to {} (and the Python SDK's models)",
@@ -105,12 +105,65 @@ fn ci() -> Result<(), String> {
             return Err(format!("{name} failed"));
         }
     }
+    browser_tests(&root)?;
     eprintln!("xtask ci: tidy");
     tidy::run(&root).map_err(|problems| problems.join("\n"))?;
     python(&root)?;
     eprintln!("xtask ci: all green");
     Ok(())
 }
+
+/// The dashboard's browser tests (crates/baton-server/ui-tests): builds the
+/// `baton` and `baton-harness` binaries in the tests' profile (so nothing is
+/// built twice), installs the test project's pinned npm packages when they
+/// are missing (`npm ci`; .ci/run does it up front), and runs it with node
+/// against those binaries in Debian's headless `chromium`. Screenshots of
+/// every page go to target/ui-screenshots.
+fn browser_tests(root: &std::path::Path) -> Result<(), String> {
+    eprintln!("xtask ci: browser tests: cargo build -p baton -p baton-harness");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "baton", "-p", "baton-harness", "--bins"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the binaries for the browser tests failed".into());
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let target = if target.is_absolute() { target } else { root.join(target) };
+    let project = root.join(BROWSER_TESTS_DIR);
+    if !project.join("node_modules").is_dir() {
+        eprintln!("xtask ci: browser tests: npm ci in {BROWSER_TESTS_DIR}");
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(&project)
+            .status()
+            .map_err(|e| format!("could not run npm (install Node.js 18 or later): {e}"))?;
+        if !status.success() {
+            return Err(format!("npm ci failed in {BROWSER_TESTS_DIR}"));
+        }
+    }
+    eprintln!("xtask ci: browser tests: node --test (headless chromium)");
+    let status = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "dashboard.test.mjs"])
+        .env("BATON_BIN", target.join("debug/baton"))
+        .env("BATON_HARNESS_BIN", target.join("debug/baton-harness"))
+        .env("BATON_SCREENSHOTS", root.join("target/ui-screenshots"))
+        .current_dir(&project)
+        .status()
+        .map_err(|e| {
+            format!("could not run node (install Node.js 18 or later, and Debian's chromium): {e}")
+        })?;
+    if !status.success() {
+        return Err("the browser tests failed".into());
+    }
+    Ok(())
+}
+
+/// The dashboard's browser test project.
+const BROWSER_TESTS_DIR: &str = "crates/baton-server/ui-tests";
 
 /// The Python SDK: builds the `baton` binary the tests start, then strict
 /// type checking (mypy) and the tests (pytest, which also check that the

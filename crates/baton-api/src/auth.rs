@@ -169,3 +169,15 @@ mod tests {
         assert!(err.is_err(), "unknown fields are refused");
     }
 }
+
+/// `GET /v1/whoami` answer: who the caller's token names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Whoami {
+    /// False when the server runs with authentication off (`baton dev`):
+    /// every caller is trusted, and `principal` and `role` are absent.
+    pub authentication: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}

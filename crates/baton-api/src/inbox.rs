@@ -45,6 +45,10 @@ pub struct InboxItem {
     pub why: String,
     /// When the task came to this stage.
     pub since: Timestamp,
+    /// The stage the task came from (the one it escalated from, or the
+    /// sender's stage of a handoff); absent for a task submitted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_stage: Option<String>,
 }
 
 /// `POST /v1/inbox/{id}/claim`: take one inbox task under a lease.

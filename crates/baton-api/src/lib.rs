@@ -24,15 +24,20 @@ pub mod workflow;
 pub mod workflows;
 
 pub use auth::{
-    PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest,
+    PrincipalList, PrincipalRequest, Role, Route, TokenCreated, TokenInfo, TokenList, TokenRequest, Whoami,
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use inbox::{
     InboxClaimRequest, InboxItem, InboxPage, InboxQuery, Resolution, ResolveRequest, StuckKind, StuckList,
     StuckQuery, StuckTask,
 };
-pub use lineage::{Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit};
-pub use metrics::{AlertQuery, Anomaly, AnomalyList, EdgeStats, Latency, StageStats, Stats, StatsQuery};
+pub use lineage::{
+    ChainVerification, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit,
+};
+pub use metrics::{
+    AlertQuery, Anomaly, AnomalyList, BaselineValue, EdgeStats, Latency, Series, SeriesBaseline, SeriesPoint,
+    SeriesQuery, StageStats, Stats, StatsQuery,
+};
 pub use payload::Payload;
 pub use request::{
     AbortRequest, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest,

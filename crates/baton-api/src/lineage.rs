@@ -155,3 +155,26 @@ pub struct LineageChild {
     #[serde(default)]
     pub children_truncated: bool,
 }
+
+/// `GET /v1/tasks/{id}/verify` answer: whether the task's hash-chained
+/// history verifies against its row (the check `baton audit verify` makes
+/// for every task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChainVerification {
+    #[schema(value_type = uuid::Uuid)]
+    pub task: TaskId,
+    /// True when every event links to the one before, each hash matches its
+    /// event, and the last event carries the row as stored.
+    pub ok: bool,
+    /// Events read.
+    pub events: u64,
+    /// The last event's hash (the row's head) when the chain verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    /// The first version that fails, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u64>,
+    /// What is wrong there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}

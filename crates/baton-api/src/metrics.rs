@@ -155,3 +155,97 @@ pub struct Anomaly {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_at: Option<Timestamp>,
 }
+
+/// `GET /v1/stats/series` query string: exactly one of `edge`,
+/// `agent_edge` or `stage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesQuery {
+    /// A stage-to-stage edge, as `FROM:TO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
+    /// An agent-to-agent edge (sender to accepting agent), as `FROM:TO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_edge: Option<String>,
+    /// A stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// How far back from now, in whole one-minute buckets: `15m`, `1h`
+    /// (the default), at most `1d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// `GET /v1/stats/series` answer: one point per one-minute bucket of the
+/// window (buckets with no activity included, as zeros), and the baselines
+/// anomaly detection compares the latest window with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Series {
+    /// `edge`, `agent_edge` or `stage`.
+    pub scope: String,
+    /// The edge's sender or the stage.
+    pub from: String,
+    /// The edge's receiver; absent for a stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The first bucket's start and the window's end (the end of the current bucket).
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// The width of one point (60000).
+    pub bucket_ms: u64,
+    pub points: Vec<SeriesPoint>,
+    pub baseline: SeriesBaseline,
+    /// True when the window held more rollups than one answer reads.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One bucket of a series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SeriesPoint {
+    /// The bucket's start.
+    pub at: Timestamp,
+    /// Edges: handoffs sent and accepted in the bucket.
+    pub handoffs: u64,
+    pub accepted: u64,
+    /// Edges: accept latency of the handoffs accepted in the bucket (absent with none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_ms: Option<f64>,
+    /// Edges: accepted of settled handoffs, 0 to 1 (absent with none settled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// Stages: tasks that arrived (submitted or handed in) and were claimed.
+    pub arrivals: u64,
+    pub claims: u64,
+}
+
+/// What anomaly detection learnt from the history before its latest window:
+/// an EWMA centre and a robust spread (1.4826 x the median absolute
+/// deviation) per metric. Absent where the history is too short to judge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SeriesBaseline {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_latency_ms: Option<BaselineValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<BaselineValue>,
+    /// Net growth (arrivals minus claims) per bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_growth: Option<BaselineValue>,
+    /// The history the baselines learnt from: its start and end.
+    pub history_start: Timestamp,
+    pub history_end: Timestamp,
+}
+
+/// One learnt baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BaselineValue {
+    pub centre: f64,
+    pub spread: f64,
+}

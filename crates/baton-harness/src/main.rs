@@ -1,7 +1,8 @@
 //! The `baton-harness` binary: `bench` (what `baton bench` runs: HB3 across
 //! Baton, its same-run baselines and its peers), `bench-store` and
 //! `bench-http` (the earlier store-level and HTTP benches), and `crash-child`
-//! (the process the kill -9 test starts and kills). Figures and acknowledgements go to stdout or the
+//! (the process the kill -9 test starts and kills), and `seed-anomaly` (an open
+//! anomaly in a `baton dev` data directory, for the dashboard's browser tests). Figures and acknowledgements go to stdout or the
 //! named files; progress goes to stderr.
 
 use anyhow::{Context as _, Result, bail};
@@ -87,6 +88,13 @@ enum Command {
         markdown: bool,
         #[arg(long, default_value_t = 60)]
         quiet_wait_s: u64,
+    },
+    /// Seeds a `baton dev` data directory (`DIR/baton.db`) with one open
+    /// anomaly on the edge `intake -> pack`, through the store, for the
+    /// dashboard's browser tests: raising one live takes minutes of traffic.
+    SeedAnomaly {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
@@ -262,9 +270,36 @@ fn bench_suite(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn seed_anomaly(data_dir: &std::path::Path) -> Result<()> {
+    use baton_core::metrics::{Anomaly, RollupKey};
+    use baton_core::{Clock as _, Op, StageName, Store as _};
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let store = baton_harness::store::open_sqlite(&data_dir.join("baton.db"))?;
+    let now = baton_core::clock::SystemClock.now();
+    let anomaly = Anomaly {
+        key: RollupKey::Edge { from: StageName::new("intake"), to: StageName::new("pack") },
+        metric: "accept_latency".to_owned(),
+        window_start: now - 5 * 60_000,
+        window_end: now,
+        baseline: 30_000.0,
+        observed: 61_000.0,
+        message: "edge intake -> pack: mean accept latency 61.0 s over the window, baseline 30.0 s"
+            .to_owned(),
+        raised_at: now,
+        acked: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime
+        .block_on(store.execute(Op::RaiseAnomaly(anomaly), None))
+        .map_err(|e| anyhow::anyhow!("the store refused the anomaly: {e:?}"))?;
+    println!("seeded one open anomaly on intake -> pack in {}", data_dir.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench_suite(args),
+        Command::SeedAnomaly { data_dir } => seed_anomaly(&data_dir),
         Command::BenchStore {
             agents,
             tasks,

@@ -328,14 +328,14 @@ fn departures(
 
 /// A learnt baseline: EWMA centre and robust spread.
 #[derive(Debug, Clone, Copy)]
-struct Baseline {
-    centre: f64,
-    spread: f64,
+pub struct Baseline {
+    pub centre: f64,
+    pub spread: f64,
 }
 
 impl Baseline {
     /// `None` with fewer than `history_buckets_min` values.
-    fn learn(o: &AnomalyOptions, series: &[f64]) -> Option<Self> {
+    pub fn learn(o: &AnomalyOptions, series: &[f64]) -> Option<Self> {
         if series.len() < o.history_buckets_min.max(1) {
             return None;
         }

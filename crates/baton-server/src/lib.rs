@@ -10,7 +10,9 @@
 //! and each principal may do only what its role and grants allow
 //! (`http::principal`). The API is
 //! described by an OpenAPI document generated from the handlers
-//! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`).
+//! (`openapi_json`, served at `/openapi.json`, browsable at `/docs`). The
+//! dashboard (`ui`, at `/ui`) is served by the same router and reads and
+//! changes everything through the `/v1` routes.
 
 pub mod accept;
 pub mod anomaly;
@@ -23,6 +25,7 @@ pub mod otlp;
 pub mod state;
 pub mod sweeper;
 pub mod telemetry;
+pub mod ui;
 pub mod wake;
 pub mod webhooks;
 

@@ -1,7 +1,7 @@
 //! Baton's `Store` over embedded SQLite. One writer thread owns the write
 //! connection and commits many operations per transaction (group commit: one
-//! fsync for a batch, every caller answered only after it); a small pool of
-//! read-only connections serves reads. The engine in `baton-core` decides
+//! fsync for a batch, every caller answered only after it); a few reader
+//! threads, each with a read-only connection, serve reads. The engine in `baton-core` decides
 //! every transition; this crate loads, guards and persists, with no business
 //! rule in its SQL.
 //!

@@ -52,8 +52,12 @@ pub struct SqliteOptions {
     /// Operations waiting for the writer, at most; past it a write is
     /// answered `Unavailable` at once instead of queueing without bound.
     pub queue_max: usize,
-    /// Read connections kept open for `get`, `list`, `history`, ...
+    /// Reader threads, each with its own read-only connection, serving
+    /// `get`, `list`, `history`, ... (at least one).
     pub readers: usize,
+    /// Reads waiting for a reader thread, at most; past it a read is
+    /// answered `Unavailable` at once.
+    pub read_queue_max: usize,
     /// How long a statement waits for another process's lock before failing.
     pub busy_timeout: Duration,
     pub integrity_check: IntegrityCheck,
@@ -74,6 +78,7 @@ impl Default for SqliteOptions {
             listener: Arc::new(NoListener),
             queue_max: 16 * 1024,
             readers: 4,
+            read_queue_max: 4_096,
             busy_timeout: Duration::from_secs(5),
             integrity_check: IntegrityCheck::default(),
             wal_autocheckpoint_pages: 1_000,
@@ -109,6 +114,11 @@ impl SqliteOptions {
         self
     }
 
+    pub fn read_queue_max(mut self, max: usize) -> Self {
+        self.read_queue_max = max;
+        self
+    }
+
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
@@ -131,6 +141,7 @@ impl fmt::Debug for SqliteOptions {
             .field("rules", &self.rules)
             .field("queue_max", &self.queue_max)
             .field("readers", &self.readers)
+            .field("read_queue_max", &self.read_queue_max)
             .field("busy_timeout", &self.busy_timeout)
             .field("integrity_check", &self.integrity_check)
             .field("wal_autocheckpoint_pages", &self.wal_autocheckpoint_pages)

@@ -1,13 +1,16 @@
-//! Reads: a small pool of read-only connections and the queries behind `get`,
+//! Reads: the reader threads and the queries behind `get`,
 //! `list`, `history`, `handoff` and `next_due`. Reads never touch the writer:
 //! in WAL mode each read sees the latest committed snapshot while the writer
 //! keeps committing. Each query is one statement, so it reads one snapshot.
 //!
-//! Reads run on the caller's thread when its future is polled. They are short
-//! and bounded (point lookups, pages of at most `page_size_max`), so this
-//! costs less than a hop to a reader thread and needs no runtime.
+//! Reads run on the store's own reader threads (`readers`, one connection
+//! each), never on the caller's thread: a caller on an async runtime is not
+//! blocked by SQLite, at most `readers` reads run at once, and at most
+//! `read_queue_max` wait (past it, `Unavailable` at once). The answer comes
+//! back through the same runtime-free one-shot channel as the writer's.
 
 use crate::error::StoreError;
+use crate::oneshot;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
@@ -19,56 +22,102 @@ use baton_core::{
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
-/// Idle read connections. A read takes one (or opens a fresh one when all are
-/// busy, so a read never waits for another) and gives it back; at most
-/// `size` stay open between reads.
+/// A read, sent to a reader thread with the channel its answer goes back on.
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The reader threads. Each owns one read-only connection and takes reads
+/// off one bounded queue, so reads never run on the caller's (async) thread,
+/// at most `readers` run at once, and at most `read_queue_max` wait: past
+/// that a read is answered `Unavailable` at once instead of piling up.
 pub(crate) struct ReadPool {
-    path: PathBuf,
-    options: SqliteOptions,
-    idle: Mutex<Vec<Connection>>,
-    size: usize,
-    closed: AtomicBool,
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ReadPool {
     pub(crate) fn open(path: PathBuf, options: &SqliteOptions) -> rusqlite::Result<Self> {
-        let size = options.readers.max(1);
-        let idle = (0..size).map(|_| open_reader(&path, options)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            path,
-            options: options.clone(),
-            idle: Mutex::new(idle),
-            size,
-            closed: AtomicBool::new(false),
+        let readers = options.readers.max(1);
+        let (jobs, queue) = sync_channel::<Job>(options.read_queue_max.max(1));
+        let queue = Arc::new(Mutex::new(queue));
+        let mut threads = Vec::with_capacity(readers);
+        for i in 0..readers {
+            let conn = open_reader(&path, options)?;
+            let queue = Arc::clone(&queue);
+            let thread = std::thread::Builder::new()
+                .name(format!("baton-sqlite-reader-{i}"))
+                .spawn(move || serve_reads(&conn, &queue))
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            threads.push(thread);
+        }
+        Ok(Self { jobs: Mutex::new(Some(jobs)), threads: Mutex::new(threads) })
+    }
+
+    /// Runs `f` on a reader thread; resolves with its answer.
+    pub(crate) fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 'static {
+        let (answer, answered) = oneshot::channel();
+        let queued =
+            self.queue(Box::new(move |conn: &Connection| answer.send(f(conn).map_err(|e| unavailable(&e)))));
+        async move {
+            queued?;
+            answered.await.unwrap_or_else(|| Err(Error::Unavailable("the SQLite store is closed".into())))
+        }
+    }
+
+    /// `with`, waiting on this thread: for the store's few blocking methods.
+    pub(crate) fn with_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.queue(Box::new(move |conn: &Connection| {
+            let _ = answer.send(f(conn).map_err(|e| unavailable(&e)));
+        }))?;
+        answered.recv().unwrap_or_else(|_| Err(Error::Unavailable("the SQLite store is closed".into())))
+    }
+
+    fn queue(&self, job: Job) -> Result<(), Error> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(jobs) = jobs.as_ref() else {
+            return Err(Error::Unavailable("the SQLite store is closed".into()));
+        };
+        jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => {
+                Error::Unavailable("too many reads are waiting (limit read_queue_max); retry shortly".into())
+            }
+            TrySendError::Disconnected(_) => Error::Unavailable("the SQLite store is closed".into()),
         })
     }
 
-    /// Runs `f` on a read connection.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Unavailable("the SQLite store is closed".into()));
-        }
-        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => open_reader(&self.path, &self.options).map_err(|e| unavailable(&e.into()))?,
-        };
-        let out = f(&conn).map_err(|e| unavailable(&e));
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.size && !self.closed.load(Ordering::Acquire) {
-            idle.push(conn);
-        }
-        out
-    }
-
-    /// Refuses later reads and closes the idle connections.
+    /// Refuses later reads, lets queued ones finish, and stops the threads.
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        drop(self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take());
+        for thread in self.threads.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a SQLite reader thread panicked");
+            }
+        }
+    }
+}
+
+/// A reader thread's loop: one read at a time until the pool closes.
+fn serve_reads(conn: &Connection, queue: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = job else { return };
+        // A panicking read is a bug in that read: its caller hears
+        // `Unavailable` (its answer channel drops); the thread goes on.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))).is_err() {
+            tracing::error!("a SQLite read panicked");
+        }
     }
 }
 

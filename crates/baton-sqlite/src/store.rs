@@ -129,14 +129,14 @@ impl SqliteStore {
     /// page). Each comes with its sequence number, the cursor for the next page.
     pub fn alerts(&self, after: i64, limit: usize) -> Result<Vec<(i64, Alert)>, Error> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
-        self.reads.with(|c| read::alerts(c, after, limit))
+        self.reads.with_blocking(move |c| read::alerts(c, after, limit))
     }
 
     /// How SQLite answers each of the writer's hot lookups (`EXPLAIN QUERY
     /// PLAN`, one line per lookup): diagnostics for tests and `db check`, to
     /// confirm every lookup goes through an index instead of a scan.
     pub fn lookup_plans(&self) -> Result<Vec<(&'static str, String)>, Error> {
-        self.reads.with(|conn| {
+        self.reads.with_blocking(|conn| {
             let mut out = Vec::new();
             for (name, sql) in crate::tx::LOOKUPS {
                 let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
@@ -239,60 +239,61 @@ impl Store for SqliteStore {
     }
 
     fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {
-        Box::pin(async move { self.reads.with(|c| read::get(c, task)) })
+        Box::pin(self.reads.with(move |c| read::get(c, task)))
     }
 
     fn list(&self, filter: TaskFilter) -> StoreFuture<'_, Page> {
-        Box::pin(async move { self.reads.with(|c| read::list(c, &filter, self.page_size_max)) })
+        let page_size_max = self.page_size_max;
+        Box::pin(self.reads.with(move |c| read::list(c, &filter, page_size_max)))
     }
 
     fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
-        Box::pin(async move { self.reads.with(|c| read::history(c, task)) })
+        Box::pin(self.reads.with(move |c| read::history(c, task)))
     }
 
     fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
-        Box::pin(async move { self.reads.with(|c| read::history_before(c, task, before, limit)) })
+        Box::pin(self.reads.with(move |c| read::history_before(c, task, before, limit)))
     }
 
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
-        Box::pin(async move { self.reads.with(|c| read::handoff(c, id)) })
+        Box::pin(self.reads.with(move |c| read::handoff(c, id)))
     }
 
     fn workflow(&self, name: String, version: Option<u32>) -> StoreFuture<'_, Option<Workflow>> {
-        Box::pin(async move { self.reads.with(|c| read::workflow(c, &name, version)) })
+        Box::pin(self.reads.with(move |c| read::workflow(c, &name, version)))
     }
 
     fn workflows(&self) -> StoreFuture<'_, Vec<Workflow>> {
         let limit = self.workflows_max;
-        Box::pin(async move { self.reads.with(|c| read::workflows(c, limit)) })
+        Box::pin(self.reads.with(move |c| read::workflows(c, limit)))
     }
 
     fn overdue(&self, before: Millis, limit: usize) -> StoreFuture<'_, Vec<Task>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
-        Box::pin(async move { self.reads.with(|c| read::overdue(c, before, limit)) })
+        Box::pin(self.reads.with(move |c| read::overdue(c, before, limit)))
     }
 
     fn notices(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
-        Box::pin(async move { self.reads.with(|c| read::notices(c, after, limit)) })
+        Box::pin(self.reads.with(move |c| read::notices(c, after, limit)))
     }
 
     fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
-        Box::pin(async move { self.reads.with(|c| read::deliveries(c, after, limit)) })
+        Box::pin(self.reads.with(move |c| read::deliveries(c, after, limit)))
     }
 
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
-        Box::pin(async move { self.reads.with(|c| read::rollups(c, from, to, limit)) })
+        Box::pin(self.reads.with(move |c| read::rollups(c, from, to, limit)))
     }
 
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>> {
         let limit = limit.clamp(1, self.page_size_max.max(1));
-        Box::pin(async move { self.reads.with(|c| read::anomalies(c, after, limit, open_only)) })
+        Box::pin(self.reads.with(move |c| read::anomalies(c, after, limit, open_only)))
     }
 
     fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
-        Box::pin(async move { self.reads.with(|c| read::stage_gauges(c, limit)) })
+        Box::pin(self.reads.with(move |c| read::stage_gauges(c, limit)))
     }
 
     /// One process owns an SQLite store: it always holds every duty.
@@ -301,15 +302,15 @@ impl Store for SqliteStore {
     }
 
     fn delivery_cursor(&self, webhook: String) -> StoreFuture<'_, Option<u64>> {
-        Box::pin(async move { self.reads.with(|c| read::delivery_cursor(c, &webhook)) })
+        Box::pin(self.reads.with(move |c| read::delivery_cursor(c, &webhook)))
     }
 
     fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>> {
-        Box::pin(async move { self.reads.with(|c| read::last_delivery(c, &webhook)) })
+        Box::pin(self.reads.with(move |c| read::last_delivery(c, &webhook)))
     }
 
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
-        Box::pin(async move { self.reads.with(read::next_due) })
+        Box::pin(self.reads.with(read::next_due))
     }
 }
 
@@ -323,11 +324,11 @@ impl Directory for SqliteStore {
 
     fn principal(&self, name: &str) -> StoreFuture<'_, Option<Principal>> {
         let name = name.to_owned();
-        Box::pin(async move { self.reads.with(|c| directory::principal(c, &name)) })
+        Box::pin(self.reads.with(move |c| directory::principal(c, &name)))
     }
 
     fn principals(&self) -> StoreFuture<'_, Vec<Principal>> {
-        Box::pin(async move { self.reads.with(directory::principals) })
+        Box::pin(self.reads.with(directory::principals))
     }
 
     fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool> {
@@ -342,11 +343,11 @@ impl Directory for SqliteStore {
 
     fn token(&self, id: &str) -> StoreFuture<'_, Option<TokenRecord>> {
         let id = id.to_owned();
-        Box::pin(async move { self.reads.with(|c| directory::token(c, &id)) })
+        Box::pin(self.reads.with(move |c| directory::token(c, &id)))
     }
 
     fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
-        Box::pin(async move { self.reads.with(directory::tokens) })
+        Box::pin(self.reads.with(directory::tokens))
     }
 
     fn revoke_token(&self, id: &str, at: Millis) -> StoreFuture<'_, bool> {

@@ -220,10 +220,14 @@ async fn run<S: Store + Directory>(
     let options = Options { auth: auth_mode, otlp: otlp_from_env(), ..file.options(Options::default()) };
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
-    // Only URLs that exist: the API, its docs, its health checks.
+    // Only URLs that exist: the dashboard, the API, its docs, its health checks.
     match auth {
         Auth::Off => println!("Baton {mode} is running (authentication off, loopback only)"),
         Auth::Tokens => println!("Baton {mode} is running (authentication on: bearer tokens)"),
+    }
+    match auth {
+        Auth::Off => println!("  dashboard: http://{bound}/ui"),
+        Auth::Tokens => println!("  dashboard: http://{bound}/ui  (sign in with an operator or admin token)"),
     }
     println!("  API:       http://{bound}/v1");
     println!("  API docs:  http://{bound}/docs  (OpenAPI: http://{bound}/openapi.json)");

@@ -96,6 +96,7 @@ def test_every_route_on_dev(dev: Server, make_client: Any, tag: str) -> None:
     assert kinds[0] == "submitted" and "handed_off" in kinds and kinds[-1] == "completed"
     assert history.events[-1].from_ is not None and history.events[-1].from_.state == "held"
     lineage = c.lineage(first.task.id)
+    assert c.verify(first.task.id).ok
     assert [s.stage for s in lineage.steps] == [a, b] and lineage.state == "done"
 
     # The inbox: an operator claims the escalated task and resolves it.
@@ -151,6 +152,8 @@ def test_every_route_on_dev(dev: Server, make_client: Any, tag: str) -> None:
     assert isinstance(stuck.stuck, list)
     stats = c.stats(window="5m")
     assert any(s.stage == a for s in stats.stages)
+    assert sum(p.arrivals for p in c.stats_series(stage=a, window="15m").points) >= 1
+    assert c.whoami().authentication is False
     assert isinstance(c.alerts(all=True, limit=10).anomalies, list)
     with pytest.raises(baton.NotFound):
         c.ack_alert(987_654)

@@ -91,8 +91,15 @@ pub async fn list(
     let next_cursor = if more { tasks.last().map(|t| t.id.to_string()) } else { None };
     let mut items = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let (why, since) = why_and_since(&task, &since_entered(&state, &task).await?);
-        items.push(api::InboxItem { task: convert::task(&task, None), why, since: Timestamp(since) });
+        let events = since_entered(&state, &task).await?;
+        let (why, since) = why_and_since(&task, &events);
+        let from_stage = from_stage(&task, &events);
+        items.push(api::InboxItem {
+            task: convert::task(&task, None),
+            why,
+            since: Timestamp(since),
+            from_stage,
+        });
     }
     Ok(Json(api::InboxPage { items, next_cursor }))
 }
@@ -339,6 +346,14 @@ pub fn why_and_since(task: &Task, events: &[Event]) -> (String, Millis) {
         (None, None) => format!("in {}", task.stage),
     };
     (why, since)
+}
+
+/// The stage the task came to its current stage from: the one the latest
+/// event that brought it there left (an escalation's, a reroute's or a
+/// handoff's source stage); `None` for a task submitted into it.
+pub fn from_stage(task: &Task, events: &[Event]) -> Option<String> {
+    let entered = events.iter().rev().find(|e| entered_stage(e, task))?;
+    entered.from.as_ref().map(|f| f.stage.to_string())
 }
 
 /// The page size asked for, within `page_size_max`.

@@ -20,9 +20,12 @@ pub mod openapi;
 pub mod principal;
 pub mod prometheus;
 pub mod rate_limit;
+pub mod series;
 pub mod stats;
 pub mod stuck;
 pub mod tasks;
+pub mod verify;
+pub mod whoami;
 pub mod workflows;
 
 use crate::state::AppState;
@@ -47,6 +50,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/tasks/{id}"),
     ("GET", "/v1/tasks/{id}/history"),
     ("GET", "/v1/tasks/{id}/lineage"),
+    ("GET", "/v1/tasks/{id}/verify"),
     ("POST", "/v1/tasks/{id}/heartbeat"),
     ("POST", "/v1/tasks/{id}/handoff"),
     ("POST", "/v1/tasks/{id}/complete"),
@@ -66,6 +70,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/inbox/{id}/resolve"),
     ("GET", "/v1/stuck"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/stats/series"),
     ("GET", "/v1/alerts"),
     ("POST", "/v1/alerts/{id}/ack"),
     ("POST", "/v1/principals"),
@@ -74,6 +79,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("GET", "/v1/tokens"),
     ("DELETE", "/v1/tokens/{id}"),
+    ("GET", "/v1/whoami"),
 ];
 
 /// Routes that wait by design: their time limit is `request_timeout_ms`
@@ -92,10 +98,16 @@ pub fn router(state: AppState) -> Router {
         async move { mcp.handle(request).await.map(axum::body::Body::new) }
     })
     .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
-    Router::new().route(crate::mcp::MCP_PATH, endpoint).merge(api)
+    // The dashboard and the MCP tools call the API router in process, with
+    // the caller's own token: they have no other way in.
+    Router::new()
+        .route(crate::mcp::MCP_PATH, endpoint)
+        .merge(api.clone())
+        .merge(crate::ui::router(api, state))
 }
 
-/// The `/v1` API's routes with `/openapi.json` and `/docs`, and every layer.
+/// The `/v1` API's routes with `/openapi.json` and `/docs`, and every layer
+/// (not the dashboard, not `/mcp`).
 fn api_router(state: AppState) -> Router {
     let (api, document) = documented_routes().split_for_parts();
     let json: Arc<str> = openapi::to_json(&document).into();
@@ -130,6 +142,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::show))
         .routes(routes!(tasks::history))
         .routes(routes!(lineage::lineage))
+        .routes(routes!(verify::verify))
         .routes(routes!(tasks::heartbeat))
         .routes(routes!(tasks::handoff))
         .routes(routes!(tasks::complete))
@@ -148,6 +161,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::resolve))
         .routes(routes!(stuck::stuck))
         .routes(routes!(stats::stats))
+        .routes(routes!(series::series))
         .routes(routes!(stats::alerts))
         .routes(routes!(stats::ack))
         .routes(routes!(prometheus::metrics))
@@ -155,6 +169,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_principal))
         .routes(routes!(admin::create_token, admin::list_tokens))
         .routes(routes!(admin::revoke_token))
+        .routes(routes!(whoami::whoami))
 }
 
 async fn no_route(request: Request) -> ApiError {

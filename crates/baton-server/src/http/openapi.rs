@@ -305,6 +305,8 @@ refusal_sets! {
         RequestTimeout, RateLimited];
     /// `GET /metrics`.
     MetricsRefusals: [Unauthenticated, Forbidden, Internal, RequestTimeout, RateLimited];
+    /// `GET /v1/whoami`.
+    WhoamiRefusals: [Unauthenticated, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /readyz`.
     ReadyRefusals: [Unavailable];
 }

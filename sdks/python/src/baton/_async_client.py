@@ -177,6 +177,10 @@ class AsyncClient:
         """`GET /v1/tasks/{id}/lineage`: the path through stages and agents, and the tree of children."""
         return await self._call(Plan("GET", f"/v1/tasks/{path_segment(task)}/lineage"), m.Lineage)
 
+    async def verify(self, task: str) -> m.ChainVerification:
+        """`GET /v1/tasks/{id}/verify`: whether the task's hash chain verifies against its row."""
+        return await self._call(Plan("GET", f"/v1/tasks/{path_segment(task)}/verify"), m.ChainVerification)
+
     async def list_tasks(
         self,
         *,
@@ -423,6 +427,18 @@ class AsyncClient:
         plan = Plan("GET", "/v1/stats", params={"window": window, "edge": edge, "stage": stage})
         return await self._call(plan, m.Stats)
 
+    async def stats_series(
+        self,
+        *,
+        edge: str | None = None,
+        agent_edge: str | None = None,
+        stage: str | None = None,
+        window: str | None = None,
+    ) -> m.Series:
+        """`GET /v1/stats/series`: one edge (`"a:b"`), agent edge or stage per minute, with learnt baselines."""
+        params = {"edge": edge, "agent_edge": agent_edge, "stage": stage, "window": window}
+        return await self._call(Plan("GET", "/v1/stats/series", params=params), m.Series)
+
     async def alerts(
         self, *, all: bool | None = None, after: int | None = None, limit: int | None = None
     ) -> m.AnomalyList:
@@ -478,6 +494,10 @@ class AsyncClient:
     async def revoke_token(self, token_id: str) -> m.TokenInfo:
         """`DELETE /v1/tokens/{id}`."""
         return await self._call(Plan("DELETE", f"/v1/tokens/{path_segment(token_id)}"), m.TokenInfo)
+
+    async def whoami(self) -> m.Whoami:
+        """`GET /v1/whoami`: the principal the token names, and its role."""
+        return await self._call(Plan("GET", "/v1/whoami"), m.Whoami)
 
     # ---- plumbing ------------------------------------------------------
 

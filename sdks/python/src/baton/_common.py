@@ -40,6 +40,7 @@ OPERATIONS: dict[str, str] = {
     "show_task": "get_task",
     "task_history": "history",
     "task_lineage": "lineage",
+    "verify_task": "verify",
     "list_tasks": "list_tasks",
     "cancel_task": "cancel",
     "show_handoff": "handoff_outcome",
@@ -59,6 +60,7 @@ OPERATIONS: dict[str, str] = {
     "resolve_inbox_task": "inbox_resolve",
     "list_stuck": "stuck",
     "stats": "stats",
+    "stats_series": "stats_series",
     "list_alerts": "alerts",
     "ack_alert": "ack_alert",
     "list_deliveries": "deliveries",
@@ -68,6 +70,7 @@ OPERATIONS: dict[str, str] = {
     "create_token": "create_token",
     "list_tokens": "list_tokens",
     "revoke_token": "revoke_token",
+    "whoami": "whoami",
 }
 
 

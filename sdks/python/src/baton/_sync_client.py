@@ -176,6 +176,10 @@ class Client:
         """`GET /v1/tasks/{id}/lineage`: the path through stages and agents, and the tree of children."""
         return self._call(Plan("GET", f"/v1/tasks/{path_segment(task)}/lineage"), m.Lineage)
 
+    def verify(self, task: str) -> m.ChainVerification:
+        """`GET /v1/tasks/{id}/verify`: whether the task's hash chain verifies against its row."""
+        return self._call(Plan("GET", f"/v1/tasks/{path_segment(task)}/verify"), m.ChainVerification)
+
     def list_tasks(
         self,
         *,
@@ -422,6 +426,18 @@ class Client:
         plan = Plan("GET", "/v1/stats", params={"window": window, "edge": edge, "stage": stage})
         return self._call(plan, m.Stats)
 
+    def stats_series(
+        self,
+        *,
+        edge: str | None = None,
+        agent_edge: str | None = None,
+        stage: str | None = None,
+        window: str | None = None,
+    ) -> m.Series:
+        """`GET /v1/stats/series`: one edge (`"a:b"`), agent edge or stage per minute, with learnt baselines."""
+        params = {"edge": edge, "agent_edge": agent_edge, "stage": stage, "window": window}
+        return self._call(Plan("GET", "/v1/stats/series", params=params), m.Series)
+
     def alerts(
         self, *, all: bool | None = None, after: int | None = None, limit: int | None = None
     ) -> m.AnomalyList:
@@ -477,6 +493,10 @@ class Client:
     def revoke_token(self, token_id: str) -> m.TokenInfo:
         """`DELETE /v1/tokens/{id}`."""
         return self._call(Plan("DELETE", f"/v1/tokens/{path_segment(token_id)}"), m.TokenInfo)
+
+    def whoami(self) -> m.Whoami:
+        """`GET /v1/whoami`: the principal the token names, and its role."""
+        return self._call(Plan("GET", "/v1/whoami"), m.Whoami)
 
     # ---- plumbing ------------------------------------------------------
 

@@ -167,6 +167,14 @@ class BackoffView(BaseModel):
     multiplier: int
 
 
+class BaselineValue(BaseModel):
+    """One learnt baseline."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    centre: float
+    spread: float
+
+
 class CanaryView(BaseModel):
     """A canary route of a stage."""
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -180,6 +188,21 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     reason: str
+
+
+class ChainVerification(BaseModel):
+    """`GET /v1/tasks/{id}/verify` answer: whether the task's hash-chained
+    history verifies against its row (the check `baton audit verify` makes
+    for every task).
+    """
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    task: str
+    ok: bool = Field(description="True when every event links to the one before, each hash matches its\nevent, and the last event carries the row as stored.")
+    events: int = Field(description="Events read.")
+    head: str | None = Field(default=None, description="The last event's hash (the row's head) when the chain verifies.")
+    broken_at: int | None = Field(default=None, description="The first version that fails, when one does.")
+    problem: str | None = Field(default=None, description="What is wrong there.")
 
 
 class ChildSpec(BaseModel):
@@ -511,6 +534,7 @@ class InboxItem(BaseModel):
     task: Task
     why: str = Field(description="Why the task needs a person: the escalation's alert, or the note of\nthe handoff that sent it here.")
     since: Timestamp = Field(description="When the task came to this stage.")
+    from_stage: str | None = Field(default=None, description="The stage the task came from (the one it escalated from, or the\nsender's stage of a handoff); absent for a task submitted here.")
 
 
 class InboxPage(BaseModel):
@@ -718,6 +742,54 @@ class Route(BaseModel):
     to: str
 
 
+class Series(BaseModel):
+    """`GET /v1/stats/series` answer: one point per one-minute bucket of the
+    window (buckets with no activity included, as zeros), and the baselines
+    anomaly detection compares the latest window with.
+    """
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    scope: str = Field(description="`edge`, `agent_edge` or `stage`.")
+    from_: str = Field(alias="from", description="The edge's sender or the stage.")
+    to: str | None = Field(default=None, description="The edge's receiver; absent for a stage.")
+    start: Timestamp = Field(description="The first bucket's start and the window's end (the end of the current bucket).")
+    end: Timestamp
+    bucket_ms: int = Field(description="The width of one point (60000).")
+    points: list[SeriesPoint]
+    baseline: SeriesBaseline
+    truncated: bool | None = Field(default=None, description="True when the window held more rollups than one answer reads.")
+
+
+class SeriesBaseline(BaseModel):
+    """What anomaly detection learnt from the history before its latest window:
+    an EWMA centre and a robust spread (1.4826 x the median absolute
+    deviation) per metric. Absent where the history is too short to judge.
+    """
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    accept_latency_ms: BaselineValue | None = Field(default=None)
+    success_rate: BaselineValue | None = Field(default=None)
+    backlog_growth: BaselineValue | None = Field(default=None)
+    history_start: Timestamp = Field(description="The history the baselines learnt from: its start and end.")
+    history_end: Timestamp
+
+
+class SeriesPoint(BaseModel):
+    """One bucket of a series."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    at: Timestamp = Field(description="The bucket's start.")
+    handoffs: int = Field(description="Edges: handoffs sent and accepted in the bucket.")
+    accepted: int
+    p50_ms: int | None = Field(default=None, description="Edges: accept latency of the handoffs accepted in the bucket (absent with none).")
+    p95_ms: int | None = Field(default=None)
+    p99_ms: int | None = Field(default=None)
+    mean_ms: float | None = Field(default=None)
+    success_rate: float | None = Field(default=None, description="Edges: accepted of settled handoffs, 0 to 1 (absent with none settled).")
+    arrivals: int = Field(description="Stages: tasks that arrived (submitted or handed in) and were claimed.")
+    claims: int
+
+
 class SkippedStage(BaseModel):
     """A stage whose ready tasks a claim could not take."""
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -915,6 +987,15 @@ class Waiting(BaseModel):
     handoff: Handoff | None = Field(default=None)
 
 
+class Whoami(BaseModel):
+    """`GET /v1/whoami` answer: who the caller's token names."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    authentication: bool = Field(description="False when the server runs with authentication off (`baton dev`):\nevery caller is trusted, and `principal` and `role` are absent.")
+    principal: str | None = Field(default=None)
+    role: Role | None = Field(default=None)
+
+
 class WorkflowList(BaseModel):
     """`GET /v1/workflows` answer: the latest version of every workflow, by name."""
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
@@ -955,5 +1036,5 @@ class WorkflowView(BaseModel):
     source: str = Field(description="This version as a workflow file (TOML), every policy spelled out.")
 
 
-for _model in (AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, CanaryView, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
+for _model in (AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
     _model.model_rebuild()
