@@ -114,15 +114,16 @@ fn ci() -> Result<(), String> {
 }
 
 /// The dashboard's browser tests (crates/baton-server/ui-tests): builds the
-/// `baton` and `baton-harness` binaries in the tests' profile (so nothing is
-/// built twice), installs the test project's pinned npm packages when they
-/// are missing (`npm ci`; .ci/run does it up front), and runs it with node
+/// workspace's binaries, `baton` and `baton-harness` among them (with the
+/// tests' features and profile, so after the tests this builds nothing),
+/// installs the test project's pinned npm packages when they are missing
+/// (`npm ci`; .ci/run does it up front), and runs it with node
 /// against those binaries in Debian's headless `chromium`. Screenshots of
 /// every page go to target/ui-screenshots.
 fn browser_tests(root: &std::path::Path) -> Result<(), String> {
-    eprintln!("xtask ci: browser tests: cargo build -p baton -p baton-harness");
+    eprintln!("xtask ci: browser tests: cargo build --workspace --bins");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "baton", "-p", "baton-harness", "--bins"])
+        .args(["build", "--workspace", "--bins", "--locked"])
         .current_dir(root)
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;

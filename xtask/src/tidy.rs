@@ -24,8 +24,10 @@ pub fn run(root: &Path) -> Result<(), Vec<String>> {
     layering(root, &mut problems);
     migrations_numbered(root, &mut problems);
     architecture_codemap(root, &mut problems);
+    architecture_paths(root, &sources, &mut problems);
     one_sqlite(root, &mut problems);
     openapi_fresh(root, &mut problems);
+    self_contained(root, &mut problems);
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
@@ -182,6 +184,39 @@ fn architecture_codemap(root: &Path, problems: &mut Vec<String>) {
     }
 }
 
+/// Every file ARCHITECTURE.md and the design chapters name in backticks
+/// exists: a `name.rs` or `dir/name.rs` is the end of some source's path, a
+/// path from the root (`crates/...`, `docs/...`, `deploy/...`) is there, so
+/// they cannot point at code that moved.
+fn architecture_paths(root: &Path, sources: &[PathBuf], problems: &mut Vec<String>) {
+    for file in ["ARCHITECTURE.md", "docs/design.md", "docs/glossary.md"] {
+        named_paths_exist(root, file, sources, problems);
+    }
+}
+
+fn named_paths_exist(root: &Path, file: &str, sources: &[PathBuf], problems: &mut Vec<String>) {
+    let Ok(text) = fs::read_to_string(root.join(file)) else { return };
+    let sources: Vec<String> = sources.iter().map(|p| rel(root, p)).collect();
+    for (i, token) in text.split('`').enumerate() {
+        if i % 2 == 0 || token.contains(char::is_whitespace) {
+            continue;
+        }
+        let from_root = ["crates/", "docs/", "deploy/", "sdks/", "examples/", "xtask/", "bench/"]
+            .iter()
+            .any(|top| token.starts_with(top));
+        let missing = if from_root {
+            !root.join(token.trim_end_matches('/')).exists()
+        } else if token.ends_with(".rs") {
+            !sources.iter().any(|s| s == token || s.ends_with(&format!("/{token}")))
+        } else {
+            false
+        };
+        if missing {
+            problems.push(format!("{file} names `{token}`, which is not in the repository"));
+        }
+    }
+}
+
 /// Only one libsqlite3-sys may link (`links = "sqlite3"`).
 fn one_sqlite(root: &Path, problems: &mut Vec<String>) {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -223,6 +258,99 @@ fn openapi_fresh(root: &Path, problems: &mut Vec<String>) {
         problems.push(format!(
             "{OPENAPI_FILE} is missing or stale (the API changed): run `cargo xtask openapi` and commit it"
         ));
+    }
+}
+
+/// Text files that are part of the repository: every file under the root
+/// except build output, virtualenvs, caches, VCS data and local Baton data.
+fn repository_text_files(root: &Path) -> Vec<PathBuf> {
+    const SKIP_DIRS: [&str; 8] =
+        ["target", "node_modules", ".git", ".venv", "__pycache__", ".baton", ".mypy_cache", ".pytest_cache"];
+    const TEXT: [&str; 14] =
+        ["rs", "md", "toml", "py", "sql", "json", "yml", "yaml", "sh", "txt", "mjs", "service", "cfg", "ini"];
+    fn go(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                if !SKIP_DIRS.contains(&name.as_str()) && !name.ends_with(".egg-info") {
+                    go(&path, out);
+                }
+            } else {
+                let ext = path.extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_default();
+                let plain = ext.is_empty() || name == "Dockerfile" || name.starts_with("Containerfile");
+                if (TEXT.contains(&ext.as_str()) || plain) && name != "Cargo.lock" {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(root, &mut out);
+    out.sort();
+    out
+}
+
+/// What a reference to a document outside the repository looks like: the
+/// product and process documents it was planned from, the studies behind it, and
+/// tracker numbers. The patterns are built at run time so that this file does
+/// not match itself.
+fn outside_reference(line: &str) -> Option<&'static str> {
+    let spec = ["SP", "EC"].concat();
+    let guide = ["GUI", "DE"].concat();
+    let words = |needle: &str| {
+        line.match_indices(needle).any(|(i, _)| {
+            let before = line[..i].chars().next_back();
+            let after = line[i + needle.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    if words(&spec) {
+        return Some("the product specification");
+    }
+    if words(&guide) {
+        return Some("the build guide");
+    }
+    let lower = line.to_ascii_lowercase();
+    let notes = ["notes", "/"].concat();
+    if lower.contains(&notes) {
+        return Some("a planning study");
+    }
+    for kind in ["reliability", "performance", "research"] {
+        if lower.contains(&format!("{kind} {}", ["no", "te"].concat())) {
+            return Some("a planning study");
+        }
+    }
+    let issue = ["iss", "ue"].concat();
+    for (i, _) in lower.match_indices(&issue) {
+        let rest = &lower[i + issue.len()..];
+        let rest = rest.strip_prefix('s').unwrap_or(rest).trim_start_matches(' ');
+        let rest = rest.strip_prefix('#').unwrap_or(rest);
+        if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            return Some("an issue number");
+        }
+    }
+    None
+}
+
+/// The repository explains itself: no file points to a document that is not
+/// in it. Reasoning a maintainer needs belongs in docs/ (design.md,
+/// glossary.md), in the project's own words.
+fn self_contained(root: &Path, problems: &mut Vec<String>) {
+    for path in repository_text_files(root) {
+        let Ok(text) = fs::read_to_string(&path) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            if let Some(what) = outside_reference(line) {
+                problems.push(format!(
+                    "{}:{}: refers to {what}, which is not in the repository; say it here or in docs/ \
+                     (design.md, glossary.md) in the project's own words",
+                    rel(root, &path),
+                    n + 1
+                ));
+            }
+        }
     }
 }
 
@@ -271,7 +399,16 @@ mod tests {
         let mig = dir.join("crates/baton-sqlite/migrations");
         fs::create_dir_all(&mig).unwrap();
         fs::write(mig.join("0002_x.sql"), "").unwrap();
-        let problems = run(&dir).unwrap_err().join("\n");
+        let outside = ["see ", "notes", "/performance.md and ", "iss", "ue 12"].concat();
+        fs::write(dir.join("crates/baton-core/notes.md"), format!("{outside}\n")).unwrap();
+        let mut problems = run(&dir).unwrap_err().join("\n");
+        fs::write(
+            dir.join("ARCHITECTURE.md"),
+            "See `gone.rs` and `crates/gone/`.\nArchitecture Invariant: x\n",
+        )
+        .unwrap();
+        problems.push('\n');
+        problems.push_str(&run(&dir).unwrap_err().join("\n"));
         fs::remove_dir_all(&dir).unwrap();
         let expected = [
             "`//!`",
@@ -280,9 +417,39 @@ mod tests {
             "without gaps",
             "ARCHITECTURE.md is missing",
             "run `cargo xtask openapi`",
+            "notes.md:1: refers to a planning study",
+            "names `gone.rs`",
+            "names `crates/gone/`",
         ];
         for expected in expected {
             assert!(problems.contains(expected), "expected {expected:?} in:\n{problems}");
+        }
+    }
+
+    #[test]
+    fn outside_references_are_recognised() {
+        let spec = ["SP", "EC"].concat();
+        let found = [
+            format!("see {spec} section 3"),
+            format!("({spec}.md)"),
+            ["the GUI", "DE says"].concat(),
+            ["(notes", "/reliability.md T1)"].concat(),
+            ["the reliability no", "te T13"].concat(),
+            ["fixed in iss", "ue 17"].concat(),
+            ["Iss", "ue #6"].concat(),
+        ];
+        for line in &found {
+            assert!(outside_reference(line).is_some(), "{line:?} should be refused");
+        }
+        let fine = [
+            "stage::SPECIALIST",
+            "an issue with the lease",
+            "issues are tracked elsewhere",
+            "GUIDED tours",
+            "see docs/glossary.md for T13",
+        ];
+        for line in fine {
+            assert!(outside_reference(line).is_none(), "{line:?} should pass");
         }
     }
 }

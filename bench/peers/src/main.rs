@@ -1,5 +1,5 @@
 //! `baton-peers`: HB3 burn-down adapters for the library-queue peers of
-//! `baton bench` (notes/performance.md 4.4): River (`riverqueue`) on SQLite
+//! `baton bench` (HB3 in docs/glossary.md): River (`riverqueue`) on SQLite
 //! and on PostgreSQL, apalis with apalis-sqlite, and pgmq on PostgreSQL.
 //!
 //! A separate cargo project, not a member of Baton's workspace: these

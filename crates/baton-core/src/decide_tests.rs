@@ -1,5 +1,5 @@
 //! The state machine, pair by pair. Goal: every (state, command) pair is
-//! accepted or refused as SPEC section 3 says. Method: one table of cases, each
+//! accepted or refused as docs/design.md ("The handoff protocol") says. Method: one table of cases, each
 //! a named starting state, a command, the time, and the expected result (the
 //! event kind and resulting state, or the refusal code), run through `check`,
 //! which also asserts the invariants every accepted change must keep.

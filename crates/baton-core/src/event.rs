@@ -2,7 +2,9 @@
 //! Each event carries the task as it is after the change (`after`), so folding
 //! a task's events from empty reproduces its row exactly, and the SHA-256 of
 //! the previous event, so an edited, deleted or reordered event breaks the
-//! chain. Hashes are taken over canonical JSON (sorted keys, no spaces).
+//! chain. A hash covers the previous hash and the event's compact serde JSON
+//! in field order (`Hashed`); `canonical_json` (sorted keys) serves request
+//! fingerprints, whose bodies come from clients in any key order.
 
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::task::{StateName, Task};

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The limits the engine enforces. Defaults follow SPEC.md section 4.
+/// The limits the engine enforces; docs/reference/limits.md lists them with
+/// their defaults and the errors that name them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -44,7 +45,7 @@ pub struct Limits {
     pub page_size_max: usize,
     /// How long a request's `Idempotency-Key` is remembered: for this long the
     /// same key from the same principal returns the first outcome; after it,
-    /// the key is free again and its record may be purged (SPEC section 6: 24 h).
+    /// the key is free again and its record may be purged (24 h by default).
     pub request_key_ttl_ms: i64,
     /// How long one compensation step of an aborted workflow may take before
     /// the aborted task climbs the ladder (its compensation task has its own).

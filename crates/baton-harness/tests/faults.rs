@@ -1,4 +1,4 @@
-//! Fault tests, one binary (notes/reliability.md section 4, T1 at CI size).
+//! Fault tests, one binary (T1 of docs/glossary.md, at CI size).
 //!
 //! Goal: nothing Baton's SQLite store acknowledged is lost or duplicated by a
 //! process crash, and the file is intact after every restart.
@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kill cycles per run (CI size; the notes' long run is a separate command).
+/// Kill cycles per run (CI size; a long run is a separate command).
 const CYCLES: usize = 24;
 /// How long a child works before the kill, in ms: uniform in this range.
 const RUN_MS_MIN: u64 = 50;

@@ -9,6 +9,7 @@
 //! commit stops the process, but for a full disk, which refuses the batch
 //! with `StorageFull` and lets writes resume once space is freed (see `writer`).
 
+mod backup;
 mod check;
 mod directory;
 mod error;
@@ -21,6 +22,7 @@ mod store;
 mod tx;
 mod writer;
 
+pub use backup::{BackupError, backup};
 pub use error::{FatalError, OpenError, StoreError, is_fatal, is_full};
 pub use options::{FatalHook, IntegrityCheck, SqliteOptions};
 pub use schema::SCHEMA_VERSION;

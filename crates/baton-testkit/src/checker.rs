@@ -1,5 +1,5 @@
 //! The history checker: reads a whole store through the public `Store` trait
-//! and checks the invariants of SPEC.md section 2 over every task's row and
+//! and checks the custody invariants (docs/design.md) over every task's row and
 //! event log (chain intact, log replays to the row, custody, growing epochs, no
 //! stage visit finished twice), plus `check_acknowledged` for crash and fault
 //! tests (nothing acknowledged is lost). It owns the checks only; it never

@@ -1,6 +1,6 @@
 //! The model test: a reference model of the handoff protocol, written
 //! independently of `decide`, run against a real store by
-//! proptest-state-machine. Goal: SPEC section 2's invariants hold under random
+//! proptest-state-machine. Goal: the custody invariants (docs/design.md) hold under random
 //! sequences of submits (with idempotency keys), claims, holder calls with
 //! current, stale and foreign epochs, cancels, and clock advances that fire
 //! timers. Method: the model predicts every call's outcome (which tasks a

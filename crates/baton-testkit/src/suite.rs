@@ -2,7 +2,7 @@
 //! SQLite, Postgres) must pass, River-style.
 //!
 //! Goal: pin down the behaviour of the storage boundary, so that every store
-//! answers the protocol of SPEC.md section 3 the same way, refuses the same
+//! answers the handoff protocol (docs/design.md) the same way, refuses the same
 //! calls with the same codes, and changes nothing when it refuses.
 //!
 //! Method: a store crate implements `SuiteStore` for a harness type (how to

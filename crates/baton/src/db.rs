@@ -18,6 +18,15 @@ pub enum DbCommand {
     Migrate(DbArgs),
     /// Report the schema version; exit 1 unless it matches this binary's.
     Check(DbArgs),
+    /// Copy a SQLite database to a new file while Baton keeps serving it
+    /// (SQLite's online backup). On PostgreSQL use pg_dump.
+    Backup {
+        #[command(flatten)]
+        args: DbArgs,
+        /// The new file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +45,7 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
     let (args, migrate) = match &command {
         DbCommand::Migrate(args) => (args, true),
         DbCommand::Check(args) => (args, false),
+        DbCommand::Backup { args, to } => return backup(args, to).await,
     };
     match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
         Database::Postgres(url) => {
@@ -80,6 +90,27 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
                 "{}: schema version {version} (this binary: {version}): current; {checked}",
                 path.display()
             );
+            Ok(())
+        }
+    }
+}
+
+/// `baton db backup`: SQLite's online backup to a new file.
+async fn backup(args: &DbArgs, to: &std::path::Path) -> anyhow::Result<()> {
+    match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
+        Database::Postgres(_) => bail!(
+            "baton db backup copies SQLite files; for PostgreSQL use pg_dump and pg_restore \
+             (docs/howto/backup.md)"
+        ),
+        Database::Sqlite(path) => {
+            if !path.exists() {
+                bail!("no database at {}: nothing to back up", path.display());
+            }
+            let (from, dest) = (path.clone(), to.to_owned());
+            let pages = tokio::task::spawn_blocking(move || baton_sqlite::backup(&from, &dest))
+                .await?
+                .with_context(|| format!("backing up {} to {}", path.display(), to.display()))?;
+            println!("backed up {} to {} ({pages} pages)", path.display(), to.display());
             Ok(())
         }
     }

@@ -19,6 +19,7 @@ mod admin;
 mod audit;
 mod config;
 mod db;
+mod demo;
 mod duration;
 mod handoff;
 mod inbox;
@@ -38,7 +39,7 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "baton", version, about = "Baton: a durable handoff coordinator for multi-agent systems")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
     /// Log format on stderr.
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -50,7 +51,7 @@ enum Command {
     Dev(server::DevArgs),
     /// Run Baton on a database with authentication on (bearer tokens).
     Serve(server::ServeArgs),
-    /// Migrate or check a database's schema (`baton db migrate|check --database-url ...`).
+    /// Migrate or check a database's schema, or back up a SQLite database (`baton db migrate|check|backup`).
     Db {
         #[command(subcommand)]
         command: db::DbCommand,
@@ -132,6 +133,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Watch naive point-to-point handoffs lose work that Baton keeps: the
+    /// same arrivals and faults side by side, then a tally (under a minute).
+    Demo(demo::DemoArgs),
     /// Serve Baton's tools to an MCP client over stdio (Claude Desktop, IDEs):
     /// relays to the server's /mcp with --token, or --agent while auth is off.
     Mcp(mcp::McpArgs),
@@ -145,9 +149,28 @@ enum LogFormat {
     Json,
 }
 
+/// What `baton` alone prints: the commands a newcomer runs first.
+const FIRST_STEPS: &str = "\
+Baton: a durable handoff coordinator for multi-agent systems.
+
+Start here:
+  baton demo      watch naive handoffs lose work that Baton keeps (a minute, nothing to set up)
+  baton dev       run Baton on this machine: SQLite in ./.baton/, http://127.0.0.1:7707, no auth
+then, with `baton dev` running:
+  baton task submit --stage intake --payload '{\"patient\":\"p-1\"}'
+  baton task claim --stage intake --agent intake-bot
+  baton --help    every command; `baton COMMAND --help` for one
+
+The docs start at docs/README.md (quickstart, concepts, how-to, reference).
+";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Dev(_) | Command::Serve(_));
+    let Some(command) = cli.command else {
+        print!("{FIRST_STEPS}");
+        return ExitCode::SUCCESS;
+    };
+    let server = matches!(command, Command::Dev(_) | Command::Serve(_));
     init_logs(cli.log_format, if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -156,7 +179,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => report(&error),
     }
@@ -181,6 +204,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Alerts(args) => metrics::alerts(args).await,
         Command::Gate(args) => metrics::gate(args).await,
         Command::Bench { args } => bench(&args),
+        Command::Demo(args) => demo::run(args).await,
         Command::Mcp(args) => mcp::run(args).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));

@@ -25,6 +25,20 @@ impl Printer {
         self.print(task, || task_text(task))
     }
 
+    /// A submit's answer. A replay (the idempotency key was used before, with
+    /// the same body) says so: in text as the first line, with `-o json` on
+    /// stderr, so the JSON stays the API's document.
+    pub fn submitted(&self, task: &api::Task, created: bool) -> anyhow::Result<()> {
+        if created {
+            return self.task(task);
+        }
+        let replay = "an earlier submit with this idempotency key came back; nothing new was created";
+        if self.format == Format::Json {
+            eprintln!("replayed: {replay}");
+        }
+        self.print(task, || format!("{:<12}{replay}\n{}", "replayed", task_text(task)))
+    }
+
     pub fn leases(&self, leases: &[api::Lease]) -> anyhow::Result<()> {
         let response = api::ClaimResponse { leases: leases.to_vec(), skipped: Vec::new() };
         self.print(&response, || leases.iter().map(lease_text).collect())

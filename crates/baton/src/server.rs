@@ -7,7 +7,7 @@
 //! replicas may share one database (and schema).
 //!
 //! `baton dev` runs with auth off and refuses any address that is not
-//! loopback (SPEC section 7: no auth, no network). `baton serve` runs with
+//! loopback (no auth, so no network: docs/design.md, "Security"). `baton serve` runs with
 //! auth on (bearer tokens, principals in the same database) and may listen
 //! on any address; on a database with no principal it creates the admin
 //! principal `admin` and prints its token once on stdout.

@@ -275,10 +275,7 @@ pub async fn run(client: &ClientArgs, command: TaskCommand) -> anyhow::Result<()
                 trace: None,
             };
             let submitted = api.submit(&request).await?;
-            if !submitted.created {
-                tracing::info!("an earlier submit with the same key came back; nothing new was created");
-            }
-            out.task(&submitted.task)
+            out.submitted(&submitted.task, submitted.created)
         }
         TaskCommand::Claim(args) => {
             let request = api::ClaimRequest {

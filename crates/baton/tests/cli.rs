@@ -15,7 +15,10 @@
 //! on good and bad files (offline, no server); `operator` applies workflows
 //! and works the inbox and `stuck` against `baton dev`; `example` runs the
 //! patient-intake example (examples/patient-intake) against `baton dev`;
-//! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`.
+//! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`;
+//! `demo` runs `baton demo` and checks its tallies against the naive ledger
+//! and Baton's store; `docs` runs every shell block in docs/ and checks the
+//! links, the CLI reference, the error table and the deployment files.
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -23,6 +26,10 @@ mod audit;
 mod auth;
 #[path = "cli/canary.rs"]
 mod canary;
+#[path = "cli/demo.rs"]
+mod demo;
+#[path = "cli/docs.rs"]
+mod docs;
 #[path = "cli/example.rs"]
 mod example;
 #[path = "cli/gate.rs"]
@@ -196,6 +203,30 @@ fn dev_server_serves_the_task_commands_and_stops_on_sigterm() {
         0,
     );
     assert_eq!(json(&again)["id"], id.as_str(), "the same key gives the same task");
+    let (_, err) = run(
+        &[
+            "task",
+            "submit",
+            "--stage",
+            "intake",
+            "--payload",
+            r#"{"patient":"p-1"}"#,
+            "--key",
+            "p-1",
+            "-o",
+            "json",
+        ],
+        0,
+    );
+    assert!(err.starts_with("replayed:"), "a replay says so beside the JSON: {err}");
+    let (out, _) =
+        run(&["task", "submit", "--stage", "intake", "--payload", r#"{"patient":"p-1"}"#, "--key", "p-1"], 0);
+    assert!(out.starts_with("replayed") && out.contains(&id), "a replay says so in text: {out}");
+    let (out, _) = run(
+        &["task", "submit", "--stage", "elsewhere", "--payload", r#"{"patient":"p-9"}"#, "--key", "p-9"],
+        0,
+    );
+    assert!(!out.contains("replayed"), "a new task is not a replay: {out}");
 
     let (out, _) = run(
         &["task", "claim", "--agent", "intake-bot", "--stage", "intake", "--wait", "5s", "-o", "json"],
@@ -250,6 +281,11 @@ fn dev_server_serves_the_task_commands_and_stops_on_sigterm() {
 fn commands_that_must_not_start_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
+    let (out, _) = check(dir, &[], 0);
+    assert!(
+        out.contains("baton demo") && out.contains("baton dev"),
+        "`baton` alone says what to run first: {out}"
+    );
     let (out, _) = check(dir, &["version"], 0);
     assert_eq!(out.trim(), format!("baton {}", env!("CARGO_PKG_VERSION")));
     let (_, err) = check(dir, &["dev", "--listen", "0.0.0.0:0"], 1);

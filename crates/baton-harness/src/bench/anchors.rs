@@ -1,4 +1,4 @@
-//! `bench --anchors` (goal G4, notes/performance.md 4.4 tier 4): Baton over
+//! `bench --anchors` (goal G4 of docs/glossary.md): Baton over
 //! HTTP beside Restate and the Temporal dev server as *latency anchors*,
 //! measured in the same run on the same machine.
 //!

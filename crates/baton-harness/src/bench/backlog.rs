@@ -1,4 +1,4 @@
-//! The backlog series of `bench` (notes/performance.md 4.2, goals G6-G8),
+//! The backlog series of `bench` (docs/glossary.md: HB3, goals G6-G8),
 //! on Baton's SQLite store in process: for each backlog size B, preload B
 //! waiting tasks into stage a, note the idle RSS, then burn down a sample of
 //! them (`sample`, at most B) through all three stages with K agents while

@@ -1,4 +1,4 @@
-//! The two same-run baselines of notes/performance.md 4.7, written directly
+//! The two same-run baselines (docs/glossary.md), written directly
 //! against rusqlite with no store abstraction and no history chain, so they
 //! show what this machine and SQLite can do for the same durable work:
 //!

@@ -1,5 +1,5 @@
 //! The library-queue peers of `bench` that live outside Baton's workspace
-//! (notes/performance.md 4.4): River (`riverqueue`) on SQLite and on
+//! (docs/glossary.md, HB3): River (`riverqueue`) on SQLite and on
 //! PostgreSQL, apalis with apalis-sqlite, and pgmq. They use sqlx's SQLite,
 //! whose `libsqlite3-sys` cannot share a cargo resolve with our rusqlite, so
 //! their adapters are a cargo project of their own, `bench/peers`
@@ -303,7 +303,7 @@ fn drive(system: Sys, child: &mut ChildGuard, p: &RunParams, probe: &Probe) -> R
     })
 }
 
-/// The goal lines (notes/performance.md 4.7, G3 and G5) for these peers.
+/// The goal lines (G3 and G5 of docs/glossary.md) for these peers.
 pub fn goals(summary: &[Summary], agents: &[usize]) -> String {
     use super::suite::Mode;
     use std::fmt::Write as _;

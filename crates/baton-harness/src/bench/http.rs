@@ -1,4 +1,4 @@
-//! `bench-http`: HB3 over HTTP (notes/performance.md 4.1, 4.7 G1, G2, G4).
+//! `bench-http`: HB3 over HTTP (goals G1, G2, G4 of docs/glossary.md).
 //! A real `baton dev` process is spawned per run in a fresh directory; K
 //! agents on a tokio runtime drive the 3-stage pipeline (a → b → c → done)
 //! through `baton-client`, using claim-next on every handoff and complete, so

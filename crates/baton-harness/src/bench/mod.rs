@@ -1,12 +1,11 @@
-//! `bench-store`: the store-level HB3 benchmark (notes/performance.md 4.2 and
-//! 4.7). For each agent count K it runs Baton's SQLite store and the two
+//! `bench-store`: the store-level HB3 benchmark (docs/glossary.md). For each agent count K it runs Baton's SQLite store and the two
 //! same-run baselines in interleaved rounds (raw, ideal, Baton; raw, ideal,
 //! Baton; ...), each in a fresh data directory, and summarises every figure as
 //! a median with its range and as a ratio to the baselines.
 //!
 //! What is counted: a task makes three handoffs, one per stage it leaves
 //! (a to b, b to c, c to done). Tasks are preloaded into stage a before the
-//! clock starts (the preload, creation being the notes' first handoff, is timed
+//! clock starts (the preload, creation being HB3's first handoff, is timed
 //! separately and not in the rate), so a burn-down of N tasks is 3N handoffs,
 //! and handoffs/s is 3N divided by the time from the agents' start to the
 //! last task's completion. Every handoff is durable (fsync'd) before the agent
@@ -90,7 +89,7 @@ pub struct BenchConfig {
 }
 
 /// Other processes may use this many cores during a run before it counts as
-/// disturbed (notes/performance.md 4.6: 20% of a core).
+/// disturbed (the noise gate of docs/glossary.md: 20% of a core).
 pub const FOREIGN_CORES_MAX: f64 = 0.2;
 
 /// Tasks in a warm-up run: enough to touch every code path and warm caches.

@@ -1,4 +1,4 @@
-//! Peers for `bench` (notes/performance.md 4.4): NATS JetStream and RabbitMQ
+//! Peers for `bench` (docs/glossary.md, HB3): NATS JetStream and RabbitMQ
 //! quorum queues, run with HB3's shape and the durability of the primary
 //! table (4.5): every acknowledged publish is on disk before the ack.
 //!

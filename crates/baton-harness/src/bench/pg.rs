@@ -30,7 +30,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::NoTls;
 
 /// The database when `BATON_BENCH_DATABASE_URL` is not set: the one these
-/// machines run on loopback (GUIDE section 8).
+/// machines run on loopback, as the tests use it.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// How long connecting may take before PostgreSQL counts as unavailable.

@@ -1,7 +1,7 @@
 //! Summaries of a run set: per agent count and system, the median and range
 //! of each figure over the interleaved rounds, Baton's ratios to each
 //! baseline, and the Markdown table. Ratios are the figures that carry across
-//! machines and days (notes/performance.md 4.6), so each is the ratio of the
+//! machines and days (docs/glossary.md, same-run baseline), so each is the ratio of the
 //! medians, with the range of the per-round ratios (Baton's round i over the
 //! baseline's round i, measured minutes apart) beside it.
 

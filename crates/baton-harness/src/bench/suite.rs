@@ -1,5 +1,5 @@
 //! `bench` (what `baton bench` runs): HB3 across Baton, its same-run
-//! baselines and its peers, in one run set (notes/performance.md 4.2-4.7).
+//! baselines and its peers, in one run set (docs/glossary.md).
 //!
 //! Systems: the fsync rate, the raw SQLite single commit and the ideal
 //! batching writer (`baselines`), Baton's SQLite store in process
@@ -981,7 +981,7 @@ pub fn markdown(r: &SuiteReport) -> String {
     out
 }
 
-/// The goals of notes/performance.md 4.7 that this run measured.
+/// The goals (docs/glossary.md, G1-G10) that this run measured.
 fn goals(r: &SuiteReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();

@@ -1,4 +1,4 @@
-//! The `Idempotency-Key` header (SPEC section 6): any mutating call may carry
+//! The `Idempotency-Key` header: any mutating call may carry
 //! one; for `request_key_ttl_ms` (24 h) the same key from the same principal
 //! returns the first response, and with another request 422
 //! `idempotency_conflict`. This module reads and checks the header, takes the

@@ -1,5 +1,5 @@
 //! Authentication and authorization over HTTP, end to end on the SQLite store
-//! (reliability note T13).
+//! (T13 of docs/glossary.md).
 //!
 //! Goal: with auth on, every route refuses every caller who may not make the
 //! call, with the documented status and code (401 for a missing, malformed,

@@ -1,4 +1,4 @@
-//! T1 over HTTP (notes/reliability.md section 4): a three-stage pipeline run
+//! T1 over HTTP (docs/glossary.md): a three-stage pipeline run
 //! by `baton_client::Worker`s through repeated `kill -9` of the server.
 //!
 //! Goal: every acknowledged submit ends `done`; each task is handed off from

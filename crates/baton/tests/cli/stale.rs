@@ -1,4 +1,4 @@
-//! T3 over HTTP (notes/reliability.md section 4): a paused holder is fenced off.
+//! T3 over HTTP (docs/glossary.md): a paused holder is fenced off.
 //!
 //! Goal: once a holder's lease expired and another agent took the task, every
 //! holder call of the old lease (heartbeat, complete, handoff, release, fail)
