@@ -176,7 +176,7 @@ fn python(root: &std::path::Path) -> Result<(), String> {
          (`python3.11 -m venv VENV && VENV/bin/pip install -e './sdks/python[test]'`; .ci/run does this)"
     );
     let ready = Command::new(&python)
-        .args(["-c", "import baton, mypy, pytest, langgraph, a2a"])
+        .args(["-c", "import baton, mypy, pytest, langgraph, a2a, mcp"])
         .current_dir(root)
         .status()
         .map_err(|e| format!("could not run {python} ({e}); {hint}"))?;

@@ -22,6 +22,7 @@ pub mod anomaly;
 pub mod auth;
 pub mod convert;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
 pub mod otlp;
 pub mod state;

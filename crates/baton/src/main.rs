@@ -7,7 +7,8 @@
 //! operators' (`inbox.rs`); `baton stats`, `alerts` and `gate` read the
 //! handoff metrics (`metrics.rs`; the gate exits 0 at or above its target, 1
 //! below, 2 with too few samples); `baton audit verify` checks every task's history
-//! on a database; `baton version`. Flags mirror
+//! on a database; `baton mcp` serves the MCP tools on stdio (`mcp.rs`, a
+//! relay to the server's `/mcp`); `baton version`. Flags mirror
 //! environment variables (`BATON_ADDRESS`, `BATON_AGENT`, `BATON_TOKEN`,
 //! `DATABASE_URL`, `BATON_LISTEN`); data goes to stdout, logs to stderr (`RUST_LOG` filters,
 //! `--log-format json` for JSON lines). Exit codes: 0 success, 1 refused or
@@ -22,6 +23,7 @@ mod demo;
 mod duration;
 mod handoff;
 mod inbox;
+mod mcp;
 mod metrics;
 mod output;
 mod server;
@@ -134,6 +136,9 @@ enum Command {
     /// Watch naive point-to-point handoffs lose work that Baton keeps: the
     /// same arrivals and faults side by side, then a tally (under a minute).
     Demo(demo::DemoArgs),
+    /// Serve Baton's tools to an MCP client over stdio (Claude Desktop, IDEs):
+    /// relays to the server's /mcp with --token, or --agent while auth is off.
+    Mcp(mcp::McpArgs),
     /// Print the version.
     Version,
 }
@@ -200,6 +205,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Gate(args) => metrics::gate(args).await,
         Command::Bench { args } => bench(&args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Mcp(args) => mcp::run(args).await,
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             Ok(())

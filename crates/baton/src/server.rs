@@ -231,6 +231,7 @@ async fn run<S: Store + Directory>(
     }
     println!("  API:       http://{bound}/v1");
     println!("  API docs:  http://{bound}/docs  (OpenAPI: http://{bound}/openapi.json)");
+    println!("  MCP:       http://{bound}/mcp  (streamable HTTP; stdio: baton mcp)");
     println!("  health:    http://{bound}/healthz");
     println!("  readiness: http://{bound}/readyz");
     println!("  database:  {db}");

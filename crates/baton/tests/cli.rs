@@ -34,6 +34,8 @@ mod docs;
 mod example;
 #[path = "cli/gate.rs"]
 mod gate;
+#[path = "cli/mcp.rs"]
+mod mcp;
 #[path = "cli/operator.rs"]
 mod operator;
 #[path = "cli/pipeline.rs"]

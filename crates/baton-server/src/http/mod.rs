@@ -33,7 +33,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use baton_api::ErrorCode;
 use error::{ApiError, Refused};
 use std::sync::Arc;
@@ -86,32 +86,50 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// plus `wait_ms_max`, since `wait_ms` already bounds how long they wait.
 pub const LONG_POLL_ROUTES: &[&str] = &["/v1/claims", "/v1/handoffs/{id}"];
 
-/// The API's routes over the given state, with `/openapi.json` and `/docs`.
+/// The API's routes over the given state, with `/openapi.json`, `/docs` and
+/// the MCP endpoint (`crate::mcp`), which calls the API's own router in
+/// process and sits behind the same authentication.
 pub fn router(state: AppState) -> Router {
+    let api = api_router(state.clone());
+    let options = state.options();
+    let mcp = crate::mcp::service(api.clone(), options.body_bytes_max, options.auth.tokens().is_some());
+    let endpoint = any(move |request: Request| {
+        let mcp = mcp.clone();
+        async move { mcp.handle(request).await.map(axum::body::Body::new) }
+    })
+    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate));
+    // The dashboard, the MCP tools and the A2A bridge call the API router in
+    // process, with the caller's own token: they have no other way in.
+    Router::new()
+        .route(crate::mcp::MCP_PATH, endpoint)
+        .merge(api.clone())
+        .merge(crate::ui::router(api.clone(), state))
+        .merge(crate::a2a::routes(api))
+}
+
+/// The `/v1` API's routes with `/openapi.json` and `/docs`, and every layer
+/// (not the dashboard, not `/mcp`).
+fn api_router(state: AppState) -> Router {
     let (api, document) = documented_routes().split_for_parts();
     let json: Arc<str> = openapi::to_json(&document).into();
     let options = state.options();
-    let api = api
-        .route(
-            openapi::OPENAPI_PATH,
-            get(move || {
-                let json = json.clone();
-                async move { openapi::serve_json(json) }
-            }),
-        )
-        .merge(openapi::docs_ui())
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
-        .layer(DefaultBodyLimit::max(options.body_bytes_max))
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
-        .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
-        .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
-        .layer(middleware::from_fn(log_refusals))
-        .with_state(state.clone());
-    // The dashboard and the A2A bridge call the API router above in process,
-    // with the caller's token: they have no other way in.
-    api.clone().merge(crate::ui::router(api.clone(), state)).merge(crate::a2a::routes(api))
+    api.route(
+        openapi::OPENAPI_PATH,
+        get(move || {
+            let json = json.clone();
+            async move { openapi::serve_json(json) }
+        }),
+    )
+    .merge(openapi::docs_ui())
+    .fallback(no_route)
+    .method_not_allowed_fallback(wrong_method)
+    .layer(DefaultBodyLimit::max(options.body_bytes_max))
+    .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+    .layer(middleware::from_fn_with_state(state.clone(), rate_limit::limit))
+    .layer(middleware::from_fn_with_state(state.clone(), principal::authenticate))
+    .layer(middleware::from_fn_with_state(state.clone(), refuse_oversized))
+    .layer(middleware::from_fn(log_refusals))
+    .with_state(state)
 }
 
 /// Every documented route: the router and the OpenAPI paths in one, so no
