@@ -122,21 +122,11 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
 }
 
-/// An authentication refusal (`ApiError` adds `WWW-Authenticate: Bearer` to a 401).
-#[derive(Debug)]
-pub struct Unauthenticated(pub ApiError);
-
-impl IntoResponse for Unauthenticated {
-    fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
 /// The principal named by the request's `Authorization: Bearer` header, with
-/// its token's id.
-async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Caller, Unauthenticated> {
+/// its token's id. A refusal is 401 (`ApiError` adds `WWW-Authenticate: Bearer`).
+async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Caller, ApiError> {
     use crate::auth::Unauthenticated as Why;
-    let refuse = |why: Why| Unauthenticated(ApiError::new(ErrorCode::Unauthenticated, why.message()));
+    let refuse = |why: Why| ApiError::new(ErrorCode::Unauthenticated, why.message());
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else { return Err(refuse(Why::Missing)) };
     if values.next().is_some() {
@@ -154,7 +144,7 @@ async fn verify_headers(auth: &Auth, headers: &HeaderMap) -> Result<Caller, Unau
             Ok(Caller(principal, id.into()))
         }
         Err(VerifyError::Refused(why)) => Err(refuse(why)),
-        Err(VerifyError::Store(e)) => Err(Unauthenticated(e.into())),
+        Err(VerifyError::Store(e)) => Err(e.into()),
     }
 }
 
