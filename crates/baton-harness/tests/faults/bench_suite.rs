@@ -69,7 +69,15 @@ fn bench_smoke_measures_or_skips_every_system() {
     }
     for row in report["rows"].as_array().expect("rows") {
         if row["system"] != "fsync" {
-            assert_eq!(row["handoffs"], 270, "{row}");
+            // Every task through all three stages; an open-loop run is bounded
+            // in time, so a slow (loaded) machine gives it fewer tasks.
+            let tasks = row["tasks"].as_u64().expect("tasks");
+            assert_eq!(row["handoffs"].as_u64(), Some(tasks * 3), "{row}");
+            if row["mode"] == "burn_down" {
+                assert_eq!(tasks, 90, "{row}");
+            } else {
+                assert!((1..=90).contains(&tasks), "{row}");
+            }
         }
         assert!(row["handoffs_per_s"].as_f64().expect("rate") > 0.0, "{row}");
     }
