@@ -6,7 +6,11 @@
 //! takes no settings, hence this small loop over hyper. `connections_max`
 //! bounds the connections open at once: one more is answered 503
 //! `unavailable` with `Retry-After` and closed, so a flood of idle sockets
-//! cannot exhaust the process's file descriptors.
+//! cannot exhaust the process's file descriptors. A connection the server
+//! closes lingers: its write side is shut and what the client still sends
+//! (say the rest of a body refused 413 from its `Content-Length`) is read
+//! and dropped for a bounded time, so the kernel does not answer the unread
+//! bytes with a reset that would destroy the answer before the client reads it.
 
 use crate::http::error::ApiError;
 use crate::state::AppState;
@@ -16,10 +20,12 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// The smallest head buffer hyper accepts.
 pub const HEADER_BYTES_MIN: usize = 8_192;
@@ -73,26 +79,125 @@ pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: impl
 }
 
 /// One connection, until the client closes it, a limit closes it, or
-/// shutdown lets it finish its current request.
+/// shutdown lets it finish its current request; then it lingers.
 async fn serve_connection(builder: http1::Builder, stream: TcpStream, app: Router, state: AppState) {
     // Answers are small and written whole: don't let Nagle hold them back.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-    let mut connection = pin!(connection);
-    let mut shutdown = pin!(state.shutting_down());
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = &mut shutdown => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let (stream, returned) = Returning::new(stream);
+    {
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        let mut connection = pin!(connection);
+        let mut shutdown = pin!(state.shutting_down());
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = &mut shutdown => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            // Slow or vanished clients end here (header read timeout, resets):
+            // their business, not an operator's.
+            tracing::debug!(%error, "connection ended with an error");
+        }
+        // Leaving this block drops the connection, which hands the socket back.
+    }
+    if let Ok(stream) = returned.await {
+        linger(stream).await;
+    }
+}
+
+/// How long a closed connection keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How many bytes a closed connection reads and drops at most.
+const LINGER_BYTES_MAX: usize = 16 << 20;
+
+/// Shuts the socket's write side (the client reads the answer, then end of
+/// file), then reads and drops what the client still sends until it closes
+/// too, `LINGER` passes or `LINGER_BYTES_MAX` bytes came. Closing a socket
+/// with unread bytes makes the kernel send a reset, and a client still
+/// writing a body the server refused would lose the answer to it.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut read = 0usize;
+        while read < LINGER_BYTES_MAX {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
         }
     };
-    if let Err(error) = result {
-        // Slow or vanished clients end here (header read timeout, resets):
-        // their business, not an operator's.
-        tracing::debug!(%error, "connection ended with an error");
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// A socket that goes back to `serve_connection` when hyper drops it, so
+/// the connection can linger after hyper is done with it.
+struct Returning {
+    stream: Option<TcpStream>,
+    back: Option<oneshot::Sender<TcpStream>>,
+}
+
+impl Returning {
+    fn new(stream: TcpStream) -> (Self, oneshot::Receiver<TcpStream>) {
+        let (back, returned) = oneshot::channel();
+        (Self { stream: Some(stream), back: Some(back) }, returned)
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        // The socket is taken only by `drop`; `TcpStream` is `Unpin`.
+        Pin::new(self.get_mut().stream.as_mut().expect("the socket is held until drop"))
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let (Some(stream), Some(back)) = (self.stream.take(), self.back.take()) {
+            // The receiver is gone only if serve_connection itself was dropped.
+            let _ = back.send(stream);
+        }
+    }
+}
+
+impl AsyncRead for Returning {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Returning {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
     }
 }
 

@@ -1313,6 +1313,29 @@ async fn oversized_bodies_and_connections_over_the_cap_are_refused_at_once() {
     assert_eq!(body["code"], "body_too_large");
     assert_eq!(body["details"]["limit"], "body_bytes_max");
 
+    // A client that sends the whole oversized body before it reads still
+    // gets the 413: the server reads and drops the rest after answering
+    // instead of closing on unread bytes, which makes the kernel send a
+    // reset that destroys the answer (and fails the client's writes).
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(WAKE_BOUND)).unwrap();
+        stream.set_write_timeout(Some(WAKE_BOUND)).unwrap();
+        let size = 8_000_000;
+        let head = format!(
+            "POST /v1/tasks HTTP/1.1\r\nHost: baton\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&vec![b' '; size]).expect("the server reads the refused body instead of resetting");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("the answer arrives before a clean close");
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+
     // A head well over header_bytes_max (64 KiB) is refused below the router
     // (hyper checks the limit between reads, so a head somewhat over it may pass).
     let big = format!("GET /healthz HTTP/1.1\r\nHost: baton\r\nX-Big: {}\r\n\r\n", "a".repeat(300_000));
