@@ -5,8 +5,12 @@
 //! transaction (`MemTx`, an undo log over the state, so a refused or failed
 //! operation leaves no trace) and the commit/rollback/answer loop. It leaves
 //! every decision to `baton_core::engine` and `decide`, and durability to the
-//! real stores: nothing here survives the process. Reads scan; it is a store
-//! for tests, the reference that the conformance suite holds the others to.
+//! real stores: nothing here survives the process. It is the reference that
+//! the conformance suite holds the others to, and the store under the
+//! benchmark row that measures Baton's HTTP server without storage, so what
+//! a claim and a timer need is indexed as a database would (`Indexes`: ready
+//! tasks per stage in claim order, live tasks by due time, leases per agent
+//! and per stage), kept in step with every insert, update and rollback.
 
 use baton_core::Rejection;
 use baton_core::Workflow;
@@ -20,7 +24,8 @@ use baton_core::{
     SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState,
     TaskView,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
@@ -63,6 +68,76 @@ struct State {
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
+    /// What claims and timers look up, derived from the task rows.
+    indexes: Indexes,
+}
+
+/// The secondary indexes of the task rows, each derived from a task by
+/// `Indexes::add` and taken out by `Indexes::remove` with the same row, so
+/// they cannot drift from it.
+#[derive(Debug, Default, Clone)]
+struct Indexes {
+    /// Ready tasks per stage in claim order: priority high first, then the
+    /// earliest deadline, then the oldest id.
+    ready: HashMap<StageName, BTreeSet<(Reverse<i32>, Millis, TaskId)>>,
+    /// Live tasks by due time.
+    due: BTreeSet<(Millis, TaskId)>,
+    /// Leases held per agent.
+    held_by_agent: HashMap<AgentId, u64>,
+    /// Leases held per stage.
+    held_in_stage: HashMap<StageName, u64>,
+}
+
+impl Indexes {
+    fn add(&mut self, task: &Task) {
+        if task.is_ready() {
+            self.ready.entry(task.stage.clone()).or_default().insert(ready_key(task));
+        }
+        if let Some(at) = task.due_at() {
+            self.due.insert((at, task.id));
+        }
+        if let Some(agent) = task.holder() {
+            *self.held_by_agent.entry(agent.clone()).or_default() += 1;
+            *self.held_in_stage.entry(task.stage.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, task: &Task) {
+        if task.is_ready()
+            && let Some(set) = self.ready.get_mut(&task.stage)
+        {
+            set.remove(&ready_key(task));
+            if set.is_empty() {
+                self.ready.remove(&task.stage);
+            }
+        }
+        if let Some(at) = task.due_at() {
+            self.due.remove(&(at, task.id));
+        }
+        if let Some(agent) = task.holder() {
+            decrement(&mut self.held_by_agent, agent);
+            decrement(&mut self.held_in_stage, &task.stage);
+        }
+    }
+
+    /// Live tasks due at or before `at`, earliest first.
+    fn due_by(&self, at: Millis) -> impl Iterator<Item = TaskId> + '_ {
+        self.due.range(..=(at, TaskId(Uuid::max()))).map(|(_, id)| *id)
+    }
+}
+
+fn ready_key(task: &Task) -> (Reverse<i32>, Millis, TaskId) {
+    (Reverse(task.priority), task.deadline_rank(), task.id)
+}
+
+/// Counts one fewer under `key`, dropping the entry at zero.
+fn decrement<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u64>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// One task: its row, its payload and its event chain (never empty).
@@ -255,7 +330,7 @@ impl Store for MemoryStore {
     }
 
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
-        answer(Ok(self.read(|s| s.tasks.values().filter_map(|row| row.task.due_at()).min())))
+        answer(Ok(self.read(|s| s.indexes.due.first().map(|(at, _)| *at))))
     }
 
     fn workflow(&self, name: String, version: Option<u32>) -> StoreFuture<'_, Option<Workflow>> {
@@ -268,16 +343,9 @@ impl Store for MemoryStore {
     }
 
     fn overdue(&self, before: Millis, limit: usize) -> StoreFuture<'_, Vec<Task>> {
-        answer(Ok(self.read(|s| {
-            let mut due: Vec<&Task> = s
-                .tasks
-                .values()
-                .map(|r| &r.task)
-                .filter(|t| t.due_at().is_some_and(|d| d <= before))
-                .collect();
-            due.sort_by_key(|t| (t.due_at(), t.id));
-            due.into_iter().take(limit).cloned().collect()
-        })))
+        answer(Ok(
+            self.read(|s| s.indexes.due_by(before).take(limit).map(|id| s.tasks[&id].task.clone()).collect())
+        ))
     }
 
     fn notices(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
@@ -430,6 +498,7 @@ impl<'s> MemTx<'s> {
             match undo {
                 Undo::Insert(id) => {
                     let row = self.state.tasks.remove(&id).expect("an inserted task is present");
+                    self.state.indexes.remove(&row.task);
                     if let Some(key) = row.task.idempotency_key {
                         self.state.keys.remove(&(row.task.namespace, key));
                     }
@@ -437,6 +506,8 @@ impl<'s> MemTx<'s> {
                 Undo::Update(old) => {
                     let row = self.state.tasks.get_mut(&old.id).expect("an updated task is present");
                     row.events.pop();
+                    self.state.indexes.remove(&row.task);
+                    self.state.indexes.add(&old);
                     row.task = *old;
                 }
                 Undo::Handoff(id, before) => match before {
@@ -531,36 +602,20 @@ impl Tx for MemTx<'_> {
     }
 
     fn ready(&mut self, stage: &StageName, limit: usize) -> Result<Vec<ReadyKey>, MemError> {
-        let mut ready: Vec<ReadyKey> = self
-            .state
-            .tasks
-            .values()
-            .map(|row| &row.task)
-            .filter(|t| &t.stage == stage && t.is_ready())
-            .map(|t| ReadyKey { id: t.id, priority: t.priority, deadline_rank: t.deadline_rank() })
-            .collect();
-        ready.sort_by(|a, b| {
-            b.priority.cmp(&a.priority).then(a.deadline_rank.cmp(&b.deadline_rank)).then(a.id.cmp(&b.id))
-        });
-        ready.truncate(limit);
-        Ok(ready)
+        let Some(set) = self.state.indexes.ready.get(stage) else { return Ok(Vec::new()) };
+        Ok(set
+            .iter()
+            .take(limit)
+            .map(|&(Reverse(priority), deadline_rank, id)| ReadyKey { id, priority, deadline_rank })
+            .collect())
     }
 
     fn due(&mut self, now: Millis, limit: usize) -> Result<Vec<TaskId>, MemError> {
-        let mut due: Vec<(Millis, TaskId)> = self
-            .state
-            .tasks
-            .values()
-            .filter_map(|row| row.task.due_at().map(|at| (at, row.task.id)))
-            .filter(|(at, _)| *at <= now)
-            .collect();
-        due.sort();
-        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+        Ok(self.state.indexes.due_by(now).take(limit).collect())
     }
 
     fn leases_held(&mut self, agent: &AgentId) -> Result<u64, MemError> {
-        let held = self.state.tasks.values().filter(|row| row.task.holder() == Some(agent)).count();
-        Ok(u64::try_from(held).expect("fits"))
+        Ok(self.state.indexes.held_by_agent.get(agent).copied().unwrap_or(0))
     }
 
     fn credential_live(&mut self, credential: &Credential) -> Result<bool, MemError> {
@@ -588,6 +643,7 @@ impl Tx for MemTx<'_> {
             self.state.keys.insert(key, task.id);
         }
         let row = Row { task: task.clone(), payload: payload.to_owned(), events: vec![event.clone()] };
+        self.state.indexes.add(task);
         self.state.tasks.insert(task.id, row);
         self.undo.push(Undo::Insert(task.id));
         Ok(())
@@ -602,6 +658,8 @@ impl Tx for MemTx<'_> {
         let row = self.state.tasks.get_mut(&task.id).expect("checked above");
         let old = std::mem::replace(&mut row.task, task.clone());
         row.events.push(event.clone());
+        self.state.indexes.remove(&old);
+        self.state.indexes.add(task);
         self.undo.push(Undo::Update(Box::new(old)));
         Ok(true)
     }
@@ -693,9 +751,7 @@ impl Tx for MemTx<'_> {
     }
 
     fn held_in_stage(&mut self, stage: &StageName) -> Result<u64, MemError> {
-        let n =
-            self.state.tasks.values().filter(|r| r.task.holder().is_some() && &r.task.stage == stage).count();
-        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+        Ok(self.state.indexes.held_in_stage.get(stage).copied().unwrap_or(0))
     }
 
     fn load_request(&mut self, principal: &str, key: &str) -> Result<Option<RequestRecord>, MemError> {
