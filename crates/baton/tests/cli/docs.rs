@@ -161,7 +161,9 @@ fn kind(info: &str) -> Result<Kind, String> {
             if NOT_RUN_REASONS.iter().any(|r| why.starts_with(r)) {
                 Ok(Kind::NotRun(m.to_owned()))
             } else {
-                Err(format!("`{m}`: a reason starts with one of {NOT_RUN_REASONS:?}; anything else runs here"))
+                Err(format!(
+                    "`{m}`: a reason starts with one of {NOT_RUN_REASONS:?}; anything else runs here"
+                ))
             }
         }
         ("sh" | "python" | "rust", m) => Err(format!(
@@ -201,7 +203,8 @@ impl Rewrite {
     fn new(texts: &[&str], prefix: &str) -> Self {
         let ports = DOC_PORTS.iter().map(|&p| (p, free_port())).collect();
         let url = std::env::var(DATABASE_VAR).unwrap_or_else(|_| DATABASE_DEFAULT.to_owned());
-        let server = url[..url.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(url.len())].to_owned();
+        let server =
+            url[..url.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(url.len())].to_owned();
         let mut names = BTreeSet::new();
         for text in texts {
             for (i, _) in text.match_indices(DOC_POSTGRES) {
@@ -320,27 +323,11 @@ baton_docs_server() { # LOG PID: wait until the server prints its URLs; export t
 }
 "#;
 
-/// Signals every process of the group `pgid` (the page's session and
-/// whatever it started), TERM first, KILL for what is left after 5 s.
-fn stop_group(pgid: u32) {
-    let signal = |sig: &str| {
-        Command::new("bash")
-            .args(["-c", &format!("kill -{sig} -- -{pgid}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !signal("TERM") {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !signal("0") {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    signal("KILL");
+/// Kills every process of the group `pgid`: the page's session and the
+/// servers and scripts it started (their data is the page's, thrown away).
+fn kill_group(pgid: u32) {
+    let _ =
+        Command::new("bash").args(["-c", &format!("kill -KILL -- -{pgid}")]).stderr(Stdio::null()).status();
 }
 
 /// Runs one page's blocks in order; returns how many ran.
@@ -375,10 +362,12 @@ fn run_page(index: usize, page: &Path, blocks: &[(&Block, Kind)]) -> usize {
     let mut script = String::from(PRELUDE);
     for (block, kind) in blocks {
         let body = rewrite.apply(&block.body);
-        script.push_str(&format!("echo '### {}:{}' >&2\n", page.display(), block.line));
+        script.push_str(&format!("echo \"### {}:{} $(date +%T.%N)\" >&2\n", page.display(), block.line));
         match kind {
             Kind::Run => script.push_str(&format!("{body}\n")),
-            Kind::Python => script.push_str(&format!("python3 - <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n")),
+            Kind::Python => {
+                script.push_str(&format!("python3 - <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"))
+            }
             Kind::File(name) => {
                 script.push_str(&format!("cat > '{name}' <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"))
             }
@@ -398,10 +387,10 @@ fn run_page(index: usize, page: &Path, blocks: &[(&Block, Kind)]) -> usize {
         }
     }
 
+    script.push_str("echo \"### end $(date +%T.%N)\" >&2\n");
     let address = rewrite.address();
     let bin = Path::new(BATON).parent().unwrap();
-    let path =
-        format!("{}:{}:{}", bin.display(), shims.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!("{}:{}:{}", bin.display(), shims.display(), std::env::var("PATH").unwrap_or_default());
     let (stdout, stderr) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let mut command = Command::new("bash");
     command.args(["-c", &script]).current_dir(dir.path()).env("PATH", &path).process_group(0);
@@ -432,20 +421,25 @@ fn run_page(index: usize, page: &Path, blocks: &[(&Block, Kind)]) -> usize {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    stop_group(child.id());
+    kill_group(child.id());
     let _ = child.wait();
     let ok = status.is_some_and(|s| s.success());
-    if !ok {
+    if !ok || std::env::var_os("BATON_DOCS_VERBOSE").is_some() {
         let mut report = String::new();
-        let mut files: Vec<PathBuf> =
-            std::fs::read_dir(logs.path()).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(logs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
         for file in files {
             let mut text = String::new();
             let _ = std::fs::File::open(&file).and_then(|mut f| f.read_to_string(&mut text));
             report.push_str(&format!("--- {}:\n{text}\n", file.file_name().unwrap().to_string_lossy()));
         }
-        panic!("{}: its commands failed ({status:?})\n{report}", page.display());
+        assert!(ok, "{}: its commands failed ({status:?})\n{report}", page.display());
+        eprintln!("{report}");
     }
     blocks.len()
 }
@@ -471,8 +465,11 @@ fn every_command_in_the_docs_runs() {
             }
         }
         if !runnable.is_empty() && problems.is_empty() {
+            let began = Instant::now();
             ran += run_page(index, page, &runnable);
             ran_pages += 1;
+            let name = page.strip_prefix(&root).unwrap().display();
+            eprintln!("docs: {name}: {} blocks in {:.1} s", runnable.len(), began.elapsed().as_secs_f64());
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -540,7 +537,9 @@ fn every_rust_block_is_a_compiled_example() {
             let body = words(&block.body);
             match examples.iter().find(|(_, text)| words(text).contains(&body)) {
                 Some(_) => found += 1,
-                None => missing.push(format!("{}:{}", page.strip_prefix(&root).unwrap().display(), block.line)),
+                None => {
+                    missing.push(format!("{}:{}", page.strip_prefix(&root).unwrap().display(), block.line))
+                }
             }
         }
     }
