@@ -38,6 +38,9 @@
 //! test creates the `..._baton` database (the reader's own) before the page
 //! runs and drops all of the page's databases after it.
 //!
+//! Each page's time is printed; `BATON_DOCS_VERBOSE=1` also prints its
+//! session's output and its servers' logs (as a failure does).
+//!
 //! The deployment files are parsed with PyYAML (the system's `python3-yaml`)
 //! and their `baton` commands run with `--help` appended, so the flags are
 //! parsed and nothing starts. The CLI reference is regenerated from `--help`
