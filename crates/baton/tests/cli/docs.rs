@@ -1,28 +1,56 @@
-//! The docs are true. Goal: every shell command in docs/ runs as written
-//! against a real `baton dev`; every relative link and anchor in docs/ and the
-//! README resolves; the CLI reference is what the binary prints; the error
-//! table names every code; the deployment files parse and use flags this
-//! binary accepts and the health paths it serves.
+//! The docs are true. Goal: every command in docs/ runs as written against a
+//! real server; every relative link and anchor in docs/ and the README
+//! resolves; the CLI reference is what the binary prints; the error table
+//! names every code; the deployment files parse and use flags this binary
+//! accepts and the health paths it serves; every Rust block is compiled.
 //!
-//! Method: each page's fenced blocks are read in order. ```` ```sh ```` blocks
-//! run in one bash session per page (`set -euo pipefail`), in a fresh
-//! directory (with the repository's top-level entries linked into it), with this build's `baton` first on PATH and `BATON_ADDRESS`
-//! pointing at the page's server; ```` ```sh server ```` is the command that
-//! starts that server (run in the background, on a free port: `7707` in
-//! the page's blocks is rewritten to it); ```` ```sh not-run (why) ```` blocks
-//! need something CI lacks (Docker, systemd, a server of your own) and are
-//! counted, never run. ```` ```python run ```` blocks run in the same session
-//! with the interpreter `BATON_PYTHON` names (the one with the SDK installed,
-//! as for the SDK's own tests; `python3` when unset); other ```` ```python ````
-//! blocks are fragments and are not run. The deployment files are parsed with PyYAML (the
-//! system's `python3-yaml`) and their `baton` commands run with `--help`
-//! appended, so the flags are parsed and nothing starts. The CLI reference is
-//! regenerated from `--help` output; `BATON_BLESS=1` rewrites it.
+//! Method: each page's fenced blocks are read in order and run, in order, in
+//! one bash session per page (`set -euo pipefail`), in a fresh directory
+//! (with the repository's top-level entries linked into it), with this
+//! build's `baton` first on PATH. The markers (docs/README.md lists them for
+//! writers):
+//!
+//! - ```` ```sh ````: run.
+//! - ```` ```sh server ````: one command line that starts a server (`baton
+//!   dev`, `baton serve`): started in the background at its place, waited for
+//!   until it prints its URLs, stopped when the page ends. When it prints the
+//!   first admin's token, the session exports it as `BATON_TOKEN`, as the
+//!   page tells the reader to.
+//! - ```` ```python ````: run with the interpreter `BATON_PYTHON` names (the
+//!   one with the SDK installed, as for the SDK's own tests; `python3` when
+//!   unset), which is also `python` and `python3` on the session's PATH.
+//! - ```` ```LANG file=NAME ````: written to NAME at its place (a config file,
+//!   a script a later block runs).
+//! - ```` ```sh not-run (why) ```` and ```` ```python not-run (why) ````:
+//!   counted, never run; `why` must start with one of [`NOT_RUN_REASONS`]
+//!   (what CI cannot do here, or does elsewhere), so a page cannot quietly
+//!   opt out.
+//! - ```` ```rust ````: not run here; its text must be part of an example of
+//!   baton-client ([`RUST_EXAMPLES`]), which CI compiles (nextest and clippy
+//!   build examples), so the block compiles as shown.
+//!
+//! Ports and databases are the page's own: `7707`, `7708` and `9000` (with
+//! host `localhost`, `127.0.0.1` or `0.0.0.0`) become free loopback ports
+//! (`BATON_LISTEN` and `BATON_ADDRESS` name the first), and
+//! `postgres://baton@db:5432/NAME` becomes a database `docs_<pid>_<n>_NAME`
+//! on the server of `BATON_TEST_DATABASE_URL`; a name other than `baton` is
+//! renamed wherever it appears as a word (`createdb ... baton_restored`). The
+//! test creates the `..._baton` database (the reader's own) before the page
+//! runs and drops all of the page's databases after it.
+//!
+//! Each page's time is printed; `BATON_DOCS_VERBOSE=1` also prints its
+//! session's output and its servers' logs (as a failure does).
+//!
+//! The deployment files are parsed with PyYAML (the system's `python3-yaml`)
+//! and their `baton` commands run with `--help` appended, so the flags are
+//! parsed and nothing starts. The CLI reference is regenerated from `--help`
+//! output; `BATON_BLESS=1` rewrites it.
 
 use super::BATON;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +59,22 @@ use std::time::{Duration, Instant};
 const PAGE_PATIENCE: Duration = Duration::from_secs(120);
 /// The CLI reference, relative to the workspace root.
 const CLI_REFERENCE: &str = "docs/reference/cli.md";
+/// How a `not-run` reason may start: what CI cannot do on its machine, or
+/// does in a step of its own.
+const NOT_RUN_REASONS: &[&str] =
+    &["needs Docker", "needs a Kubernetes cluster", "needs systemd", "builds", "installs", "benchmarks"];
+/// The ports pages use, each replaced by a free loopback port per page: the
+/// server, a second replica, a webhook receiver.
+const DOC_PORTS: [u16; 3] = [7707, 7708, 9000];
+/// The hosts written before a doc port.
+const DOC_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "0.0.0.0"];
+/// The PostgreSQL server pages name (`postgres://baton@db:5432/NAME`).
+const DOC_POSTGRES: &str = "postgres://baton@db:5432/";
+/// The test PostgreSQL server's variable, and its default.
+const DATABASE_VAR: &str = "BATON_TEST_DATABASE_URL";
+const DATABASE_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Where the Rust blocks' text must appear, relative to the workspace root.
+const RUST_EXAMPLES: &str = "crates/baton-client/examples";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -86,8 +130,211 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Runs one page's `sh` blocks; returns how many ran.
-fn run_page(page: &Path, blocks: &[&Block], server: Option<&Block>) -> usize {
+/// What a fenced block is to this test (its info string: a language, then a marker).
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// `sh`: run.
+    Run,
+    /// `python`: run with the SDK's interpreter.
+    Python,
+    /// `sh server`: started in the background, stopped when the page ends.
+    Server,
+    /// `LANG file=NAME`: written to NAME.
+    File(String),
+    /// `sh|python not-run (why)`: counted.
+    NotRun(String),
+    /// `rust`: part of an example that CI compiles.
+    Rust,
+    /// Output, data, configuration shown: nothing to run.
+    Shown,
+}
+
+fn kind(info: &str) -> Result<Kind, String> {
+    let (language, marker) = info.split_once(' ').map_or((info, ""), |(l, m)| (l, m.trim()));
+    if let Some(name) = marker.strip_prefix("file=") {
+        return Ok(Kind::File(name.to_owned()));
+    }
+    match (language, marker) {
+        ("sh", "") => Ok(Kind::Run),
+        ("sh", "server") => Ok(Kind::Server),
+        ("python", "") => Ok(Kind::Python),
+        ("rust", "") => Ok(Kind::Rust),
+        ("sh" | "python", m) if m.starts_with("not-run (") && m.ends_with(')') => {
+            let why = &m["not-run (".len()..m.len() - 1];
+            if NOT_RUN_REASONS.iter().any(|r| why.starts_with(r)) {
+                Ok(Kind::NotRun(m.to_owned()))
+            } else {
+                Err(format!(
+                    "`{m}`: a reason starts with one of {NOT_RUN_REASONS:?}; anything else runs here"
+                ))
+            }
+        }
+        ("sh" | "python" | "rust", m) => Err(format!(
+            "unknown marker `{language} {m}`: use `sh`, `sh server`, `python`, `LANG file=NAME`, \
+             `sh not-run (why)` or `python not-run (why)`"
+        )),
+        _ => Ok(Kind::Shown),
+    }
+}
+
+/// `from` replaced where it stands as a whole word (no letter, digit or `_` beside it).
+fn replace_word(text: &str, from: &str, to: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in text.match_indices(from) {
+        let before = text[..i].chars().next_back();
+        let after = text[i + from.len()..].chars().next();
+        if !word(before) && !word(after) {
+            out.push_str(&text[last..i]);
+            out.push_str(to);
+            last = i + from.len();
+        }
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// A page's ports and databases, and how its text names them.
+struct Rewrite {
+    ports: Vec<(u16, u16)>,
+    databases: Vec<(String, String)>,
+    server: String,
+}
+
+impl Rewrite {
+    fn new(texts: &[&str], prefix: &str) -> Self {
+        let ports = DOC_PORTS.iter().map(|&p| (p, free_port())).collect();
+        let url = std::env::var(DATABASE_VAR).unwrap_or_else(|_| DATABASE_DEFAULT.to_owned());
+        let server =
+            url[..url.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(url.len())].to_owned();
+        let mut names = BTreeSet::new();
+        for text in texts {
+            for (i, _) in text.match_indices(DOC_POSTGRES) {
+                let name: String = text[i + DOC_POSTGRES.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+        let databases = names
+            .into_iter()
+            .map(|n| {
+                let real = if n == "postgres" { n.clone() } else { format!("{prefix}{n}") };
+                (n, real)
+            })
+            .collect();
+        Self { ports, databases, server }
+    }
+
+    fn apply(&self, text: &str) -> String {
+        // Through placeholders, so a new port is never taken for an old one.
+        let mut out = text.to_owned();
+        for (i, (from, _)) in self.ports.iter().enumerate() {
+            for host in DOC_HOSTS {
+                out = out.replace(&format!("{host}:{from}"), &format!("\u{1}{i}\u{1}"));
+            }
+        }
+        for (i, (_, to)) in self.ports.iter().enumerate() {
+            out = out.replace(&format!("\u{1}{i}\u{1}"), &format!("127.0.0.1:{to}"));
+        }
+        for (name, real) in &self.databases {
+            out = replace_word(&out, &format!("{DOC_POSTGRES}{name}"), &format!("{}/{real}", self.server));
+        }
+        for (name, real) in &self.databases {
+            if name != "baton" && name != "postgres" {
+                out = replace_word(&out, name, real);
+            }
+        }
+        out
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.ports[0].1)
+    }
+}
+
+/// The first column of the rows `sql` returns on the database `url`.
+fn postgres(url: &str, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let rows = client.simple_query(sql).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect())
+    })
+}
+
+/// A page's PostgreSQL databases: `..._baton` created for it, all dropped after it.
+struct Databases {
+    admin: String,
+    prefix: String,
+}
+
+impl Databases {
+    fn create(rewrite: &Rewrite, prefix: &str) -> Option<Self> {
+        let (_, main) = rewrite.databases.iter().find(|(name, _)| name == "baton")?;
+        let admin = format!("{}/postgres", rewrite.server);
+        let this = Self { admin, prefix: prefix.to_owned() };
+        this.drop_all();
+        if let Err(e) = postgres(&this.admin, &format!("CREATE DATABASE {main}")) {
+            panic!(
+                "the docs' PostgreSQL pages need a server: {DATABASE_VAR} ({}) refused `CREATE DATABASE`: {e}",
+                this.admin
+            );
+        }
+        Some(this)
+    }
+
+    fn drop_all(&self) {
+        let like = format!("SELECT datname FROM pg_database WHERE datname LIKE '{}%'", self.prefix);
+        for name in postgres(&self.admin, &like).unwrap_or_default() {
+            if let Err(e) = postgres(&self.admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")) {
+                eprintln!("could not drop database {name}: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        self.drop_all();
+    }
+}
+
+/// The session's helpers: waiting for a server, and its first admin's token.
+const PRELUDE: &str = r#"set -euo pipefail
+baton_docs_server() { # LOG PID: wait until the server prints its URLs; export the first admin's token
+  local log=$1 pid=$2 token
+  for _ in $(seq 1200); do
+    if grep -q 'API:' "$log"; then
+      token=$(sed -n '/shown this once/{n;s/^ *//;p;}' "$log")
+      if [ -n "$token" ]; then export BATON_TOKEN=$token; fi
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then echo "the server stopped:" >&2; cat "$log" >&2; return 1; fi
+    sleep 0.05
+  done
+  echo "the server did not start in 60 s:" >&2; cat "$log" >&2; return 1
+}
+"#;
+
+/// Kills every process of the group `pgid`: the page's session and the
+/// servers and scripts it started (their data is the page's, thrown away).
+fn kill_group(pgid: u32) {
+    let _ =
+        Command::new("bash").args(["-c", &format!("kill -KILL -- -{pgid}")]).stderr(Stdio::null()).status();
+}
+
+/// Runs one page's blocks in order; returns how many ran.
+fn run_page(index: usize, page: &Path, blocks: &[(&Block, Kind)]) -> usize {
     let dir = tempfile::tempdir().unwrap();
     // The repository's files, by symlink, so paths like examples/... resolve
     // as they do for a reader in a checkout, while data lands in the temp dir.
@@ -97,127 +344,216 @@ fn run_page(page: &Path, blocks: &[&Block], server: Option<&Block>) -> usize {
             std::os::unix::fs::symlink(entry.path(), dir.path().join(&name)).unwrap();
         }
     }
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let bin = Path::new(BATON).parent().unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let shell = |script: &str| {
-        let mut c = Command::new("bash");
-        c.args(["-c", script]).current_dir(dir.path()).env("PATH", &path);
-        for var in
-            ["BATON_AGENT", "BATON_TOKEN", "BATON_DATA_DIR", "DATABASE_URL", "BATON_CONFIG", "RUST_LOG"]
-        {
-            c.env_remove(var);
-        }
-        c.env("BATON_LISTEN", &address).env("BATON_ADDRESS", format!("http://{address}"));
-        c.env("BATON_DOCS_PYTHON", std::env::var("BATON_PYTHON").unwrap_or_else(|_| "python3".into()));
-        c
-    };
-    let mut server_child = server.map(|block| {
-        let command = block.body.trim();
-        assert!(
-            command.starts_with("baton ") && !command.contains('\n'),
-            "{}:{}: a `sh server` block is one baton command",
-            page.display(),
-            block.line
-        );
-        let mut child =
-            shell(&format!("exec {command}")).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("the server printed its URLs").unwrap();
-            if line.contains("API:") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        child
-    });
-    let mut script = String::from("set -euo pipefail\n");
-    for block in blocks {
-        let body = block.body.replace("localhost:7707", &address).replace("127.0.0.1:7707", &address);
-        script.push_str(&format!("echo '### {}:{}' >&2\n", page.display(), block.line));
-        if block.info.starts_with("python") {
-            script
-                .push_str(&format!("\"$BATON_DOCS_PYTHON\" - <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"));
-        } else {
-            script.push_str(&format!("{body}\n"));
+    let logs = tempfile::tempdir().unwrap();
+    // `python` and `python3` are the SDK's interpreter, as for a reader who installed it.
+    let shims = logs.path().join("bin");
+    std::fs::create_dir(&shims).unwrap();
+    if let Ok(python) = std::env::var("BATON_PYTHON") {
+        // A script, not a symlink: a virtualenv's interpreter finds its
+        // packages from the path it is started by.
+        for name in ["python", "python3"] {
+            let shim = shims.join(name);
+            std::fs::write(&shim, format!("#!/bin/sh\nexec '{python}' \"$@\"\n")).unwrap();
+            std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         }
     }
-    let mut child = shell(&script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let prefix = format!("docs_{}_{index}_", std::process::id());
+    let texts: Vec<&str> = blocks.iter().map(|(b, _)| b.body.as_str()).collect();
+    let rewrite = Rewrite::new(&texts, &prefix);
+    let _databases = Databases::create(&rewrite, &prefix);
+
+    let mut script = String::from(PRELUDE);
+    for (block, kind) in blocks {
+        let body = rewrite.apply(&block.body);
+        script.push_str(&format!("echo \"### {}:{} $(date +%T.%N)\" >&2\n", page.display(), block.line));
+        match kind {
+            Kind::Run => script.push_str(&format!("{body}\n")),
+            Kind::Python => {
+                script.push_str(&format!("python3 - <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"))
+            }
+            Kind::File(name) => {
+                script.push_str(&format!("cat > '{name}' <<'BATON_DOCS_EOF'\n{body}\nBATON_DOCS_EOF\n"))
+            }
+            Kind::Server => {
+                let command = body.trim();
+                assert!(
+                    command.contains("baton ") && !command.contains('\n'),
+                    "{}:{}: a `sh server` block is one command line that starts baton",
+                    page.display(),
+                    block.line
+                );
+                let log = logs.path().join(format!("server-{}.log", block.line));
+                let log = log.display();
+                script.push_str(&format!("( {command}\n) >'{log}' 2>&1 &\nbaton_docs_server '{log}' $!\n"));
+            }
+            Kind::NotRun(_) | Kind::Rust | Kind::Shown => unreachable!("only what runs is passed"),
+        }
+    }
+
+    script.push_str("echo \"### end $(date +%T.%N)\" >&2\n");
+    let address = rewrite.address();
+    let bin = Path::new(BATON).parent().unwrap();
+    let path = format!("{}:{}:{}", bin.display(), shims.display(), std::env::var("PATH").unwrap_or_default());
+    let (stdout, stderr) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    let mut command = Command::new("bash");
+    command.args(["-c", &script]).current_dir(dir.path()).env("PATH", &path).process_group(0);
+    for var in [
+        "BATON_AGENT",
+        "BATON_TOKEN",
+        "BATON_DATA_DIR",
+        "BATON_DATABASE_URL",
+        "BATON_DATABASE_SCHEMA",
+        "DATABASE_URL",
+        "BATON_CONFIG",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("BATON_LISTEN", &address).env("BATON_ADDRESS", format!("http://{address}"));
+    // Output to files: the servers a page starts keep them open until they stop.
+    command.stdin(Stdio::null());
+    command.stdout(std::fs::File::create(&stdout).unwrap()).stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = command.spawn().unwrap();
     let deadline = Instant::now() + PAGE_PATIENCE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             break None;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let output = child.wait_with_output().unwrap();
-    if let Some(server) = &mut server_child {
-        let _ = server.kill();
-        let _ = server.wait();
-    }
+    kill_group(child.id());
+    let _ = child.wait();
     let ok = status.is_some_and(|s| s.success());
-    assert!(
-        ok,
-        "{}: its commands failed ({status:?})\nstdout:\n{}\nstderr:\n{}",
-        page.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if !ok || std::env::var_os("BATON_DOCS_VERBOSE").is_some() {
+        let mut report = String::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(logs.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let mut text = String::new();
+            let _ = std::fs::File::open(&file).and_then(|mut f| f.read_to_string(&mut text));
+            report.push_str(&format!("--- {}:\n{text}\n", file.file_name().unwrap().to_string_lossy()));
+        }
+        assert!(ok, "{}: its commands failed ({status:?})\n{report}", page.display());
+        eprintln!("{report}");
+    }
     blocks.len()
 }
 
 #[test]
-fn every_shell_block_in_the_docs_runs() {
+fn every_command_in_the_docs_runs() {
+    let started = Instant::now();
     let root = root();
     let mut pages = Vec::new();
     markdown_files(&root.join("docs"), &mut pages);
-    let (mut ran, mut skipped) = (0, BTreeMap::new());
-    for page in &pages {
+    let (mut ran, mut ran_pages, mut skipped) = (0, 0, BTreeMap::new());
+    let mut problems = Vec::new();
+    for (index, page) in pages.iter().enumerate() {
         let text = std::fs::read_to_string(page).unwrap();
         let all = blocks(&text);
         let mut runnable = Vec::new();
-        let mut server = None;
         for block in &all {
-            if block.info == "python run" {
-                runnable.push(block);
-                continue;
-            }
-            let mut words = block.info.splitn(2, ' ');
-            if words.next() != Some("sh") {
-                continue;
-            }
-            match words.next().map(str::trim) {
-                None | Some("") => runnable.push(block),
-                Some("server") => {
-                    assert!(server.is_none(), "{}: one `sh server` block per page", page.display());
-                    server = Some(block);
-                }
-                Some(rest) if rest.starts_with("not-run (") && rest.ends_with(')') => {
-                    *skipped.entry(rest.to_owned()).or_insert(0) += 1;
-                }
-                Some(other) => panic!(
-                    "{}:{}: unknown block marker `sh {other}`: use `sh`, `sh server` or `sh not-run (why)`",
-                    page.display(),
-                    block.line
-                ),
+            match kind(&block.info) {
+                Ok(Kind::NotRun(why)) => *skipped.entry(why).or_insert(0) += 1,
+                Ok(Kind::Rust | Kind::Shown) => {}
+                Ok(kind) => runnable.push((block, kind)),
+                Err(e) => problems.push(format!("{}:{}: {e}", page.display(), block.line)),
             }
         }
-        if !runnable.is_empty() {
-            ran += run_page(page, &runnable, server);
+        if !runnable.is_empty() && problems.is_empty() {
+            let began = Instant::now();
+            ran += run_page(index, page, &runnable);
+            ran_pages += 1;
+            let name = page.strip_prefix(&root).unwrap().display();
+            eprintln!("docs: {name}: {} blocks in {:.1} s", runnable.len(), began.elapsed().as_secs_f64());
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
     let not_run: usize = skipped.values().sum();
-    eprintln!("docs: {ran} sh blocks ran, {not_run} not run here:");
+    eprintln!(
+        "docs: {ran} blocks ran on {ran_pages} pages in {:.1} s; {not_run} not run here:",
+        started.elapsed().as_secs_f64()
+    );
     for (why, n) in &skipped {
         eprintln!("  {n} x {why}");
     }
-    assert!(ran >= 15, "the docs' commands ran ({ran})");
+    assert!(ran >= 40, "the docs' commands ran ({ran})");
+}
+
+#[test]
+fn not_run_reasons_are_the_allowed_ones() {
+    assert!(matches!(kind("sh not-run (needs Docker)"), Ok(Kind::NotRun(_))));
+    assert!(matches!(kind("python not-run (installs the SDK)"), Ok(Kind::NotRun(_))));
+    assert!(kind("sh not-run (needs a server of your own)").is_err());
+    assert!(kind("sh no-run (needs Docker)").is_err());
+    assert_eq!(kind("toml file=baton.toml"), Ok(Kind::File("baton.toml".into())));
+    assert_eq!(kind("text"), Ok(Kind::Shown));
+}
+
+#[test]
+fn page_rewrites_keep_words_apart() {
+    let text = "pg_dump postgres://baton@db:5432/baton; createdb --maintenance-db=postgres://baton@db:5432/postgres \
+                baton_restored\npg_restore --dbname=postgres://baton@db:5432/baton_restored; baton serve \
+                --listen 0.0.0.0:7708 --address http://localhost:7707";
+    let rewrite = Rewrite::new(&[text], "docs_1_2_");
+    let out = rewrite.apply(text);
+    let server = &rewrite.server;
+    let (a, b) = (rewrite.ports[0].1, rewrite.ports[1].1);
+    assert_eq!(
+        out,
+        format!(
+            "pg_dump {server}/docs_1_2_baton; createdb --maintenance-db={server}/postgres docs_1_2_baton_restored\n\
+             pg_restore --dbname={server}/docs_1_2_baton_restored; baton serve --listen 127.0.0.1:{b} \
+             --address http://127.0.0.1:{a}"
+        )
+    );
+}
+
+/// `text` with every run of white space one space (rustfmt aligns and indents).
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every ```` ```rust ```` block is text of an example CI compiles.
+#[test]
+fn every_rust_block_is_a_compiled_example() {
+    let root = root();
+    let mut examples = Vec::new();
+    for entry in std::fs::read_dir(root.join(RUST_EXAMPLES)).unwrap().flatten() {
+        examples.push((entry.path(), std::fs::read_to_string(entry.path()).unwrap()));
+    }
+    let mut pages = Vec::new();
+    markdown_files(&root.join("docs"), &mut pages);
+    let (mut found, mut missing) = (0, Vec::new());
+    for page in &pages {
+        for block in blocks(&std::fs::read_to_string(page).unwrap()) {
+            if kind(&block.info) != Ok(Kind::Rust) {
+                continue;
+            }
+            let body = words(&block.body);
+            match examples.iter().find(|(_, text)| words(text).contains(&body)) {
+                Some(_) => found += 1,
+                None => {
+                    missing.push(format!("{}:{}", page.strip_prefix(&root).unwrap().display(), block.line))
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "these rust blocks are in no file of {RUST_EXAMPLES}: put each into one (as it is, \
+         white space aside, in a complete program), so CI compiles it:\n{}",
+        missing.join("\n")
+    );
+    assert!(found >= 3, "the rust blocks were found ({found})");
+    eprintln!("docs: {found} rust blocks are in compiled examples");
 }
 
 /// GitHub's anchor for a heading.
