@@ -1,7 +1,8 @@
 //! The `baton-harness` binary: `bench` (what `baton bench` runs: HB3 across
 //! Baton, its same-run baselines and its peers), `bench-store` and
 //! `bench-http` (the earlier store-level and HTTP benches), and `crash-child`
-//! (the process the kill -9 test starts and kills), and `seed-anomaly` (an open
+//! (the process the kill -9 test starts and kills), `serve-memory` (Baton's
+//! HTTP server over the in-memory store, a bench row), and `seed-anomaly` (an open
 //! anomaly in a `baton dev` data directory, for the dashboard's browser tests). Figures and acknowledgements go to stdout or the
 //! named files; progress goes to stderr.
 
@@ -89,6 +90,12 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         quiet_wait_s: u64,
     },
+    /// Baton's HTTP server over the in-memory store, for the bench row that
+    /// measures HTTP and the engine without storage. Nothing is durable.
+    ServeMemory {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Seeds a `baton dev` data directory (`DIR/baton.db`) with one open
     /// anomaly on the edge `intake -> pack`, through the store, for the
     /// dashboard's browser tests: raising one live takes minutes of traffic.
@@ -134,7 +141,7 @@ struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fsync,raw,ideal,baton,baton-http,raw-pg,baton-pg,nats,rabbitmq"
+        default_value = "fsync,raw,ideal,baton,baton-http,baton-http-memory,raw-pg,baton-pg,nats,rabbitmq"
     )]
     systems: Vec<String>,
     /// Open loop at this fraction of each system's burn-down rate (0: skip it).
@@ -300,6 +307,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(args) => bench_suite(args),
         Command::SeedAnomaly { data_dir } => seed_anomaly(&data_dir),
+        Command::ServeMemory { listen } => bench::memory_server::run(listen),
         Command::BenchStore {
             agents,
             tasks,

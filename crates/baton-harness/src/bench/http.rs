@@ -276,7 +276,17 @@ fn baseline_run(system: HttpSystem, p: &RunParams, round: usize, m: super::Measu
     }
 }
 
-/// A spawned `baton dev`, killed on drop.
+/// Which server a run starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ServerKind<'a> {
+    /// `baton dev` (SQLite) from this `baton` binary.
+    Dev(&'a Path),
+    /// `baton-harness serve-memory` from this harness binary: the same
+    /// server over the in-memory store.
+    Memory(&'a Path),
+}
+
+/// A spawned `baton dev` (or `serve-memory`), killed on drop.
 pub(crate) struct Server {
     child: Child,
     pub(crate) address: String,
@@ -284,8 +294,24 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(baton: &Path, dir: &Path) -> Result<Self> {
-        let mut child = Command::new(baton)
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir", ".baton"])
+        Self::start_kind(ServerKind::Dev(baton), dir)
+    }
+
+    pub(crate) fn start_kind(kind: ServerKind<'_>, dir: &Path) -> Result<Self> {
+        let mut command = match kind {
+            ServerKind::Dev(baton) => {
+                let mut c = Command::new(baton);
+                c.args(["dev", "--listen", "127.0.0.1:0", "--data-dir", ".baton"]);
+                c
+            }
+            ServerKind::Memory(harness) => {
+                let mut c = Command::new(harness);
+                c.args(["serve-memory", "--listen", "127.0.0.1:0"]);
+                c
+            }
+        };
+        let (ServerKind::Dev(program) | ServerKind::Memory(program)) = kind;
+        let mut child = command
             .current_dir(dir)
             .env_remove("BATON_LISTEN")
             .env_remove("BATON_DATA_DIR")
@@ -293,7 +319,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("spawn {} dev", baton.display()))?;
+            .with_context(|| format!("spawn {}", program.display()))?;
         let stdout = child.stdout.take().context("baton dev stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut address = None;
@@ -309,7 +335,7 @@ impl Server {
         let Some(address) = address else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("baton dev exited before printing its address");
+            bail!("{} exited before printing its address", program.display());
         };
         Ok(Self { child, address })
     }
@@ -479,7 +505,7 @@ pub(crate) struct HttpSample {
 }
 
 async fn run_http(baton: &Path, p: &RunParams, round: usize, probe: &Probe) -> Result<HttpRun> {
-    let s = run_http_sample(baton, p, probe).await?;
+    let s = run_http_sample(ServerKind::Dev(baton), p, probe).await?;
     let handoffs = s.handoffs as f64;
     let (usage, h, rtt, server_cpu) = (s.usage, s.handoff, s.rtt, s.server_cpu_s);
     Ok(HttpRun {
@@ -506,8 +532,12 @@ async fn run_http(baton: &Path, p: &RunParams, round: usize, probe: &Probe) -> R
 }
 
 /// One burn-down against a fresh `baton dev` in `p.dir`.
-pub(crate) async fn run_http_sample(baton: &Path, p: &RunParams, probe: &Probe) -> Result<HttpSample> {
-    let server = Server::start(baton, &p.dir)?;
+pub(crate) async fn run_http_sample(
+    server: ServerKind<'_>,
+    p: &RunParams,
+    probe: &Probe,
+) -> Result<HttpSample> {
+    let server = Server::start_kind(server, &p.dir)?;
     let client = Client::new(&server.address)?;
     let payload = Payload::from_json(p.payload.clone())?;
     // Preload, untimed: N submits into `a`, some in flight at once.

@@ -22,6 +22,7 @@ pub mod baselines;
 pub mod baton;
 pub mod external;
 pub mod http;
+pub mod memory_server;
 pub mod peers;
 pub mod pg;
 pub mod pipeline;

@@ -44,6 +44,9 @@ pub enum Sys {
     Ideal,
     BatonSqlite,
     BatonHttp,
+    /// Baton's HTTP server over the in-memory store: the ceiling HTTP and
+    /// the engine allow without storage.
+    BatonHttpMemory,
     RawPg,
     BatonPg,
     Nats,
@@ -56,12 +59,13 @@ pub enum Sys {
 }
 
 impl Sys {
-    pub const ALL: [Sys; 13] = [
+    pub const ALL: [Sys; 14] = [
         Sys::Fsync,
         Sys::RawSqlite,
         Sys::Ideal,
         Sys::BatonSqlite,
         Sys::BatonHttp,
+        Sys::BatonHttpMemory,
         Sys::RawPg,
         Sys::BatonPg,
         Sys::Nats,
@@ -83,6 +87,7 @@ impl Sys {
             Self::Ideal => "ideal",
             Self::BatonSqlite => "baton",
             Self::BatonHttp => "baton-http",
+            Self::BatonHttpMemory => "baton-http-memory",
             Self::RawPg => "raw-pg",
             Self::BatonPg => "baton-pg",
             Self::Nats => "nats",
@@ -101,6 +106,7 @@ impl Sys {
             Self::Ideal => "ideal batching writer (SQLite)",
             Self::BatonSqlite => "Baton, SQLite store in process",
             Self::BatonHttp => "Baton over HTTP (baton dev)",
+            Self::BatonHttpMemory => "Baton's HTTP server over the in-memory store (no storage)",
             Self::RawPg => "raw PostgreSQL handoff",
             Self::BatonPg => "Baton, PostgreSQL store in process",
             Self::Nats => "NATS JetStream (sync always, + history)",
@@ -123,7 +129,9 @@ impl Sys {
         match self {
             Self::Fsync => None,
             Self::RawSqlite | Self::RawPg | Self::Nats | Self::Rabbitmq => Some(Self::Fsync),
-            Self::Ideal | Self::BatonSqlite | Self::BatonHttp => Some(Self::RawSqlite),
+            Self::Ideal | Self::BatonSqlite | Self::BatonHttp | Self::BatonHttpMemory => {
+                Some(Self::RawSqlite)
+            }
             Self::BatonPg => Some(Self::RawPg),
             Self::RiverSqlite | Self::Apalis => Some(Self::RawSqlite),
             Self::RiverPg | Self::Pgmq => Some(Self::RawPg),
@@ -142,6 +150,9 @@ impl Sys {
                 "a floor, not a coordinator: no claims, leases, fencing, routing or hash-chained history",
             ),
             Self::Ideal => Some("no state machine, history chain, handoff records or custody data"),
+            Self::BatonHttpMemory => {
+                Some("a ceiling, not a coordinator: nothing is durable (no storage at all)")
+            }
             _ => None,
         }
     }
@@ -509,6 +520,10 @@ fn availability(
                     Err(format!("no baton binary at {}", config.baton.display()))
                 }
             }
+            Sys::BatonHttpMemory => match &config.harness {
+                Some(harness) if harness.is_file() => Ok(None),
+                _ => Err("no baton-harness binary to run `serve-memory`".to_owned()),
+            },
             _ => Ok(None),
         };
         // The peer project is built once, only when one of its systems is selected and can run.
@@ -575,8 +590,14 @@ fn run_one(
                 s
             }
         },
-        Sys::BatonHttp => {
-            let r = rt.block_on(super::http::run_http_sample(&config.baton, p, probe))?;
+        Sys::BatonHttp | Sys::BatonHttpMemory => {
+            let server = match system {
+                Sys::BatonHttp => super::http::ServerKind::Dev(&config.baton),
+                _ => super::http::ServerKind::Memory(
+                    config.harness.as_deref().context("baton-harness binary")?,
+                ),
+            };
+            let r = rt.block_on(super::http::run_http_sample(server, p, probe))?;
             let mut s = Sample::new(r.usage, r.rtt);
             s.handoffs = r.handoffs;
             s.handoff = Some(r.handoff);
@@ -1008,6 +1029,17 @@ fn goals(r: &SuiteReport) -> String {
         let _ = writeln!(
             out,
             "| G2: Baton at K={kmax} ÷ ideal batching writer; p99 step µs | {x:.2}x; {p99} | ≥ 0.6x; ≤ 5,000 |"
+        );
+    }
+    if let Some(x) = ratio_of(bd(Sys::BatonHttp, kmax), bd(Sys::BatonHttpMemory, kmax)) {
+        let p99 = |s: Option<&Summary>| s.and_then(|s| s.step_p99_us).map(|s| s.median);
+        let p99 = match (p99(bd(Sys::BatonHttp, kmax)), p99(bd(Sys::BatonHttpMemory, kmax))) {
+            (Some(a), Some(b)) if b > 0.0 => format!("; p99 step {:.2}x", a / b),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| G2: Baton over HTTP at K={kmax} ÷ the same server over the in-memory store | {x:.2}x{p99} | ≥ 0.8x; p99 ≤ 1.5x |"
         );
     }
     for peer in [Sys::Nats, Sys::Rabbitmq] {
