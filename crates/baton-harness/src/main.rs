@@ -96,6 +96,37 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Runs real clients over HTTP against a child `baton dev` while injecting
+    /// a fault, then checks what they were told against the store
+    /// (docs/reliability.md). Prints the report as JSON; exits non-zero unless
+    /// the fault took effect and the checkers passed (for
+    /// power-loss-lying-fsync: found losses).
+    Fault {
+        /// kill-9, power-loss, power-loss-lying-fsync, fsync-eio or clock-jump.
+        scenario: String,
+        #[arg(long, default_value_t = 20)]
+        cycles: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Load time before each fault, ms: MIN,MAX.
+        #[arg(long, value_delimiter = ',', default_value = "500,1500")]
+        run_ms: Vec<u64>,
+        /// Default: from the clock.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// fsync-eio: every fsync/fdatasync of a thread fails from this call on.
+        #[arg(long, default_value_t = 20)]
+        eio_nth: u32,
+        /// The `baton` binary; default: next to this binary.
+        #[arg(long)]
+        baton: Option<PathBuf>,
+        /// Directory for the run (data, logs, mount point); default: a new temporary one, removed after.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Also write the report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
     CrashChild {
@@ -375,6 +406,46 @@ fn main() -> Result<()> {
             }
             if markdown {
                 print!("{}", bench::http::markdown(&report));
+            }
+            Ok(())
+        }
+        Command::Fault { scenario, cycles, clients, run_ms, seed, eio_nth, baton, dir, json } => {
+            use baton_harness::fault::{self, scenarios};
+            let mut chosen = scenarios::by_name(&scenario, eio_nth).with_context(|| {
+                format!("unknown scenario {scenario:?}; one of: {}", scenarios::NAMES.join(", "))
+            })?;
+            let [min, max] = run_ms[..] else { bail!("--run-ms takes MIN,MAX") };
+            if cycles == 0 || clients == 0 || min > max {
+                bail!("--cycles and --clients must be positive and --run-ms MIN <= MAX");
+            }
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    >> 1
+            });
+            let temp = tempfile::tempdir()?;
+            let dir = dir.unwrap_or_else(|| temp.path().to_owned());
+            std::fs::create_dir_all(&dir)?;
+            let baton =
+                baton.map_or_else(bench::http::default_baton, |b| std::fs::canonicalize(&b).unwrap_or(b));
+            let mut config = fault::FaultConfig::small(&baton, &dir, seed);
+            (config.cycles, config.load.clients, config.run_ms) = (cycles, clients, (min, max));
+            eprintln!(
+                "fault {scenario}: {cycles} cycles, {clients} clients, seed {seed}, in {}",
+                dir.display()
+            );
+            let report = fault::run(chosen.as_mut(), &config)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if let Some(path) = json {
+                fault::write_json(&report, &path)?;
+            }
+            if !scenarios::as_expected(&report) {
+                bail!(
+                    "{scenario}: not as expected (fault took effect: {}, passed: {})",
+                    report.fault_took_effect,
+                    report.passed()
+                );
             }
             Ok(())
         }

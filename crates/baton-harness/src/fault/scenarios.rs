@@ -1,0 +1,396 @@
+//! The SQLite-side scenarios. Each records evidence that its fault took
+//! effect, and `judge` names what is missing when it did not:
+//!
+//! - `Kill9`: SIGKILL of `baton dev` under load, restart on the same data.
+//!   Evidence: every kill ended the process by signal 9.
+//! - `PowerLoss`: the data directory on `baton_lazyfs`; kill -9, drop all
+//!   that was not fsync'd, restart. Evidence: the cuts dropped unsynced
+//!   bytes, the store fsync'd files and directories. With `lying: true`
+//!   every fsync succeeds without making anything durable (a store that
+//!   acknowledges before its data is safe), and the checker must flag losses.
+//! - `FsyncEio`: `baton dev` under `strace -f -e inject=...:error=EIO`, so
+//!   from the Nth fsync/fdatasync of a thread on, the call fails. Evidence:
+//!   strace logged the injection, the process stopped by itself with a
+//!   failure status, and no call sent after the injection was accepted
+//!   before the restart.
+//! - `ClockJump`: `baton dev` under libfaketime with an offset file changed
+//!   at run time: +10 min, back, -10 min, back, without touching the
+//!   machine's clock (monotonic time is left alone). Evidence: lease expiry
+//!   times the clients saw were skewed by both offsets, and leases expired
+//!   early (the leases are long enough never to expire without the jumps).
+
+use super::node::Launch;
+use super::{FaultConfig, FaultReport, Run, Scenario, evidence_u64};
+use anyhow::{Context as _, Result, bail};
+use baton_lazyfs::{CutReport, LazyFs};
+use baton_testkit::history::Outcome;
+use serde_json::{Map, Value, json};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+/// After a kill, wait this long for the kernel to finish the dead process's
+/// in-flight filesystem requests before cutting power.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long `FsyncEio` waits for the server to stop after the injection.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where Debian's libfaketime lives.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// `ClockJump`'s lease: far longer than a run's load phases.
+pub const CLOCK_LEASE_MS: u64 = 60_000;
+
+/// The clock offsets `ClockJump` cycles through, in seconds (±10 minutes).
+pub const CLOCK_OFFSETS_S: [i64; 4] = [600, 0, -600, 0];
+
+fn status_text(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("signal {sig}"),
+            _ => "unknown".into(),
+        },
+        None => "not reaped".into(),
+    }
+}
+
+/// kill -9 and restart, cycle after cycle.
+#[derive(Default)]
+pub struct Kill9 {
+    statuses: Vec<String>,
+}
+
+impl Scenario for Kill9 {
+    fn name(&self) -> String {
+        "kill-9".into()
+    }
+
+    fn inject(&mut self, run: &mut Run, _cycle: usize) -> Result<()> {
+        run.mark_fault();
+        self.statuses.push(status_text(run.kill()));
+        run.start()
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        run.kill();
+        let by_sigkill = self.statuses.iter().filter(|s| *s == "signal 9").count();
+        Ok(Map::from_iter([
+            ("kills".into(), json!(self.statuses.len())),
+            ("killed_by_signal_9".into(), json!(by_sigkill)),
+        ]))
+    }
+
+    fn judge(&self, report: &FaultReport) -> Vec<String> {
+        let (kills, by9) = (evidence_u64(report, "kills"), evidence_u64(report, "killed_by_signal_9"));
+        if kills == 0 || kills != by9 {
+            vec![format!("{by9} of {kills} kills ended the server by SIGKILL")]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Power loss on the lazy filesystem: kill -9, drop what was not synced, restart.
+pub struct PowerLoss {
+    /// Every fsync succeeds without making anything durable (after the first start).
+    pub lying: bool,
+    fs: Option<LazyFs>,
+    cuts: Vec<CutReport>,
+}
+
+impl PowerLoss {
+    pub fn new(lying: bool) -> Self {
+        Self { lying, fs: None, cuts: Vec::new() }
+    }
+
+    fn cut(&mut self) -> Result<()> {
+        std::thread::sleep(SETTLE);
+        let fs = self.fs.as_ref().context("not mounted")?;
+        self.cuts.push(fs.power_cut());
+        Ok(())
+    }
+}
+
+impl Scenario for PowerLoss {
+    fn name(&self) -> String {
+        if self.lying { "power-loss-lying-fsync".into() } else { "power-loss".into() }
+    }
+
+    fn prepare(&mut self, launch: &mut Launch, dir: &Path) -> Result<()> {
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let fs = LazyFs::mount(&mnt).with_context(|| {
+            format!(
+                "mount the lazy filesystem at {} (needs /dev/fuse and root or fusermount3)",
+                mnt.display()
+            )
+        })?;
+        // The operator's setup: the data directory exists, durably, before Baton starts.
+        let data = mnt.join("data");
+        std::fs::create_dir_all(&data)?;
+        std::fs::File::open(&mnt)?.sync_all()?;
+        launch.data_dir = data;
+        self.fs = Some(fs);
+        Ok(())
+    }
+
+    fn started(&mut self, _run: &mut Run) -> Result<()> {
+        if self.lying {
+            self.fs.as_ref().context("not mounted")?.set_fsync_lies(true);
+        }
+        Ok(())
+    }
+
+    fn inject(&mut self, run: &mut Run, _cycle: usize) -> Result<()> {
+        run.mark_fault();
+        run.kill();
+        self.cut()?;
+        run.start()
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        run.kill();
+        self.cut()?;
+        let stats = self.fs.as_ref().context("not mounted")?.stats();
+        let sum = |f: fn(&CutReport) -> u64| self.cuts.iter().map(f).sum::<u64>();
+        Ok(Map::from_iter([
+            ("power_cuts".into(), json!(self.cuts.len())),
+            ("files_reverted".into(), json!(sum(|c| c.files_reverted))),
+            ("dirty_bytes_dropped".into(), json!(sum(|c| c.dirty_bytes_dropped))),
+            ("dirs_reverted".into(), json!(sum(|c| c.dirs_reverted))),
+            ("inodes_removed".into(), json!(sum(|c| c.inodes_removed))),
+            ("file_syncs".into(), json!(stats.file_syncs)),
+            ("dir_syncs".into(), json!(stats.dir_syncs)),
+            ("lied_syncs".into(), json!(stats.lied_syncs)),
+        ]))
+    }
+
+    fn judge(&self, report: &FaultReport) -> Vec<String> {
+        let mut missing = Vec::new();
+        if evidence_u64(report, "dirty_bytes_dropped") == 0 {
+            missing.push("no power cut dropped unsynced data".into());
+        }
+        if evidence_u64(report, "file_syncs") == 0 {
+            missing.push("the store never fsync'd a file on the lazy filesystem".into());
+        }
+        if self.lying && evidence_u64(report, "lied_syncs") == 0 {
+            missing.push("no fsync was answered with a lie".into());
+        }
+        missing
+    }
+}
+
+/// fsync/fdatasync failing with EIO, injected by strace.
+pub struct FsyncEio {
+    /// The invocation (per thread) from which every fsync and fdatasync fails.
+    pub nth: u32,
+    log: PathBuf,
+    stops: Vec<(String, u64)>,
+}
+
+impl FsyncEio {
+    pub fn new(nth: u32) -> Self {
+        Self { nth, log: PathBuf::new(), stops: Vec::new() }
+    }
+
+    /// Unix times (ms) of the injected failures strace logged (`-ttt` lines).
+    fn injections(&self) -> Vec<u64> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("(INJECTED)"))
+            .filter_map(|l| {
+                // "PID SECONDS.MICROS fdatasync(...) = -1 EIO (...) (INJECTED)"
+                let t = l.split_whitespace().find(|w| w.contains('.') && w.parse::<f64>().is_ok())?;
+                Some((t.parse::<f64>().ok()? * 1_000.0) as u64)
+            })
+            .collect()
+    }
+}
+
+impl Scenario for FsyncEio {
+    fn name(&self) -> String {
+        "fsync-eio".into()
+    }
+
+    fn prepare(&mut self, launch: &mut Launch, dir: &Path) -> Result<()> {
+        self.log = dir.join("strace.log");
+        let inject = format!("inject=fsync,fdatasync:error=EIO:when={}+", self.nth);
+        launch.wrapper = ["strace", "-f", "-qq", "-ttt", "-A", "-o"]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                self.log.display().to_string(),
+                "-e".into(),
+                "trace=fsync,fdatasync".into(),
+                "-e".into(),
+                inject,
+            ])
+            .collect();
+        Ok(())
+    }
+
+    fn inject(&mut self, run: &mut Run, cycle: usize) -> Result<()> {
+        let node = run.node.as_mut().context("no server")?;
+        let Some(status) = node.wait_exit(STOP_TIMEOUT) else {
+            bail!("cycle {cycle}: the server did not stop within {STOP_TIMEOUT:?} of the injected EIO");
+        };
+        run.node = None;
+        run.mark_fault();
+        let stopped_at = *run.fault_times.last().expect("just marked");
+        self.stops.push((status_text(Some(status)), stopped_at));
+        run.start()
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        run.kill();
+        // Calls sent after an injected failure and accepted before the restart
+        // that followed it: a server that went on after a failed fsync.
+        let start = run.recorder.start_unix_ms();
+        let injected: Vec<u64> = self.injections().into_iter().map(|t| t.saturating_sub(start)).collect();
+        let entries = run.recorder.entries();
+        let mut accepted_after = 0;
+        for (_, stopped_at) in &self.stops {
+            let Some(first) = injected.iter().copied().filter(|t| t < stopped_at).max() else { continue };
+            accepted_after += entries
+                .iter()
+                .filter(|e| e.invoked_ms > first + 100 && e.returned_ms < *stopped_at)
+                .filter(|e| matches!(e.outcome, Outcome::Ok { .. }))
+                .count();
+        }
+        let failed_stops = self.stops.iter().filter(|(s, _)| s != "exit 0").count();
+        Ok(Map::from_iter([
+            ("injected_eio".into(), json!(injected.len())),
+            ("stops".into(), json!(self.stops.len())),
+            ("stops_with_failure_status".into(), json!(failed_stops)),
+            ("stop_statuses".into(), json!(self.stops.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>())),
+            ("accepted_after_injection".into(), json!(accepted_after)),
+        ]))
+    }
+
+    fn judge(&self, report: &FaultReport) -> Vec<String> {
+        let mut missing = Vec::new();
+        let (injected, stops) = (evidence_u64(report, "injected_eio"), evidence_u64(report, "stops"));
+        if injected < stops || stops == 0 {
+            missing.push(format!("strace logged {injected} injected EIO for {stops} stops"));
+        }
+        if evidence_u64(report, "stops_with_failure_status") != stops {
+            missing.push("a stop after the EIO had a success status".into());
+        }
+        if evidence_u64(report, "accepted_after_injection") > 0 {
+            missing.push("calls sent after the failed fsync were accepted: the server went on".into());
+        }
+        missing
+    }
+}
+
+/// Wall-clock jumps in the server process only, through libfaketime.
+pub struct ClockJump {
+    file: PathBuf,
+    applied: Vec<i64>,
+}
+
+impl Default for ClockJump {
+    fn default() -> Self {
+        Self { file: PathBuf::new(), applied: Vec::new() }
+    }
+}
+
+impl ClockJump {
+    fn set(&self, offset_s: i64) -> Result<()> {
+        std::fs::write(&self.file, format!("{offset_s:+}\n")).context("write the faketime offset file")
+    }
+}
+
+impl Scenario for ClockJump {
+    fn name(&self) -> String {
+        "clock-jump".into()
+    }
+
+    /// Leases that never expire in a run unless the clock jumps, and agents
+    /// that hold them a while, so a jump finds leases to expire.
+    fn tune(&self, config: &mut FaultConfig) {
+        config.load.lease_ms = CLOCK_LEASE_MS;
+        config.load.work_ms = (100, 1_000);
+    }
+
+    fn prepare(&mut self, launch: &mut Launch, dir: &Path) -> Result<()> {
+        if !Path::new(LIBFAKETIME).exists() {
+            bail!("{LIBFAKETIME} is missing: install Debian's libfaketime (.ci/run does)");
+        }
+        self.file = dir.join("faketime-offset");
+        self.set(0)?;
+        launch.env.extend(
+            [
+                ("LD_PRELOAD", LIBFAKETIME),
+                ("FAKETIME_TIMESTAMP_FILE", &self.file.display().to_string()),
+                // Read the offset on every call, so a jump takes effect at once.
+                ("FAKETIME_NO_CACHE", "1"),
+                // Timers and timeouts run on monotonic time: leave it real.
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        Ok(())
+    }
+
+    fn inject(&mut self, run: &mut Run, cycle: usize) -> Result<()> {
+        let offset = CLOCK_OFFSETS_S[cycle % CLOCK_OFFSETS_S.len()];
+        self.set(offset)?;
+        run.mark_fault();
+        self.applied.push(offset);
+        Ok(())
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        run.kill();
+        Ok(Map::from_iter([("offsets_s".into(), json!(self.applied))]))
+    }
+
+    fn judge(&self, report: &FaultReport) -> Vec<String> {
+        let mut missing = Vec::new();
+        let skew = report.evidence.get("server_clock_skew_ms").and_then(Value::as_array);
+        let (min, max) = match skew.map(|s| s.iter().filter_map(Value::as_i64).collect::<Vec<_>>()).as_deref()
+        {
+            Some([min, max]) => (*min, *max),
+            _ => (0, 0),
+        };
+        let jumped = |s: i64| (s.abs() * 1_000) * 9 / 10;
+        if self.applied.iter().any(|&s| s > 0) && max < jumped(600) {
+            missing.push(format!("no lease showed the +10 min clock (max skew {max} ms)"));
+        }
+        if self.applied.iter().any(|&s| s < 0) && min > -jumped(600) {
+            missing.push(format!("no lease showed the -10 min clock (min skew {min} ms)"));
+        }
+        if evidence_u64(report, "lease_expiries") == 0 {
+            missing.push("no lease expired early".into());
+        }
+        missing
+    }
+}
+
+/// The scenarios by name, as `baton-harness fault <name>` takes them; `eio_nth`
+/// is `FsyncEio`'s first failing call.
+pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
+    Some(match name {
+        "kill-9" => Box::new(Kill9::default()),
+        "power-loss" => Box::new(PowerLoss::new(false)),
+        "power-loss-lying-fsync" => Box::new(PowerLoss::new(true)),
+        "fsync-eio" => Box::new(FsyncEio::new(eio_nth)),
+        "clock-jump" => Box::new(ClockJump::default()),
+        _ => return None,
+    })
+}
+
+/// Every name `by_name` knows.
+pub const NAMES: [&str; 5] = ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "clock-jump"];
+
+/// Whether a report is what its scenario should produce: the fault took
+/// effect, and the checkers passed, except for the lying-fsync control run,
+/// where they must find losses.
+pub fn as_expected(report: &FaultReport) -> bool {
+    let lying = report.scenario == "power-loss-lying-fsync";
+    report.fault_took_effect && if lying { report.lost > 0 } else { report.passed() }
+}
