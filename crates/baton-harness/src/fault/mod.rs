@@ -64,7 +64,7 @@ impl FaultConfig {
 }
 
 /// The outcome of one run, as written to JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct FaultReport {
     pub scenario: String,
     pub seed: u64,
@@ -113,6 +113,11 @@ impl FaultReport {
 /// One fault, done to a running system.
 pub trait Scenario {
     fn name(&self) -> String;
+
+    /// False for a run without faults (the soak): no fault is then expected.
+    fn injects_faults(&self) -> bool {
+        true
+    }
 
     /// Adjusts the load for this fault (lease length, work time); the default keeps it.
     fn tune(&self, _config: &mut FaultConfig) {}
@@ -245,7 +250,7 @@ pub fn run(scenario: &mut dyn Scenario, config: &FaultConfig) -> Result<FaultRep
     drop(store);
     let mut report =
         report(scenario.name(), config, &run, verdict, store_problems, recoveries, evidence, started);
-    if report.faults_injected == 0 {
+    if report.faults_injected == 0 && scenario.injects_faults() {
         report.evidence_problems.push("no fault was injected".into());
     }
     report.evidence_problems.extend(scenario.judge(&report));
@@ -332,4 +337,36 @@ pub fn write_json(report: &FaultReport, path: &Path) -> Result<()> {
 /// A number from a report's evidence (0 when absent).
 pub fn evidence_u64(report: &FaultReport, key: &str) -> u64 {
     report.evidence.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The results table of docs/reliability.md: one row per report.
+pub fn markdown(reports: &[FaultReport]) -> String {
+    let mut out = String::from(
+        "| scenario | cycles | faults | tasks | calls (ok / fail / unknown) | lost | duplicate accepted | \
+         stale accepted | stale refused | recovery p50 / p99 (ms) | fault took effect | seconds |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    for r in reports {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} ({} / {} / {}) | {} | {} | {} | {} | {} / {} | {} | {:.0} |\n",
+            r.scenario,
+            r.cycles,
+            r.faults_injected,
+            r.tasks,
+            r.calls,
+            r.ok,
+            r.failed,
+            r.unknown,
+            r.lost,
+            r.duplicate_accepted,
+            r.stale_accepted,
+            r.stale_refused,
+            ms(r.recovery_ms_p50),
+            ms(r.recovery_ms_p99),
+            if r.fault_took_effect { "yes" } else { "NO" },
+            r.seconds,
+        ));
+    }
+    out
 }

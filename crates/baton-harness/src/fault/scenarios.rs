@@ -23,7 +23,7 @@ use super::node::Launch;
 use super::{FaultConfig, FaultReport, Run, Scenario, evidence_u64};
 use anyhow::{Context as _, Result, bail};
 use baton_lazyfs::{CutReport, LazyFs};
-use baton_testkit::history::Outcome;
+use baton_testkit::history::{Call, Outcome};
 use serde_json::{Map, Value, json};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -371,6 +371,81 @@ impl Scenario for ClockJump {
     }
 }
 
+/// No fault: steady load, with the server's RSS, open descriptors and call
+/// latency sampled once per cycle, and their drift reported (last window
+/// against the first). The long tier's soak; nothing is asserted on the
+/// figures (a shared machine makes them noisy), only that it ran clean.
+#[derive(Default)]
+pub struct Soak {
+    samples: Vec<SoakSample>,
+    window_start_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SoakSample {
+    rss_kib: u64,
+    fds: u64,
+    p50_ms: u64,
+    p99_ms: u64,
+    calls: usize,
+}
+
+impl Scenario for Soak {
+    fn name(&self) -> String {
+        "soak".into()
+    }
+
+    fn injects_faults(&self) -> bool {
+        false
+    }
+
+    fn inject(&mut self, run: &mut Run, _cycle: usize) -> Result<()> {
+        let node = run.node.as_ref().context("no server")?;
+        let (rss_kib, fds) = node.rss_and_fds().context("read the server's /proc")?;
+        let now = run.recorder.elapsed_ms();
+        // Holder calls and submits; claims long-poll, so their time is not latency.
+        let mut took: Vec<u64> = run
+            .recorder
+            .entries()
+            .iter()
+            .filter(|e| e.invoked_ms >= self.window_start_ms && e.returned_ms <= now)
+            .filter(|e| matches!(e.outcome, Outcome::Ok { .. }) && !matches!(e.call, Call::Claim { .. }))
+            .map(|e| e.returned_ms - e.invoked_ms)
+            .collect();
+        took.sort_unstable();
+        let at =
+            |q: f64| took.get(((took.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0);
+        self.samples.push(SoakSample { rss_kib, fds, p50_ms: at(0.5), p99_ms: at(0.99), calls: took.len() });
+        self.window_start_ms = now;
+        Ok(())
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        run.kill();
+        let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) else {
+            return Ok(Map::new());
+        };
+        let ratio = |a: u64, b: u64| {
+            if a == 0 { Value::Null } else { json!((b as f64 / a as f64 * 100.0).round() / 100.0) }
+        };
+        Ok(Map::from_iter([
+            ("samples".into(), json!(self.samples.len())),
+            ("rss_kib_first_last".into(), json!([first.rss_kib, last.rss_kib])),
+            ("fds_first_last".into(), json!([first.fds, last.fds])),
+            ("p50_ms_first_last".into(), json!([first.p50_ms, last.p50_ms])),
+            ("p99_ms_first_last".into(), json!([first.p99_ms, last.p99_ms])),
+            ("calls_per_window_first_last".into(), json!([first.calls, last.calls])),
+            ("rss_drift".into(), ratio(first.rss_kib, last.rss_kib)),
+            ("fds_drift".into(), ratio(first.fds, last.fds)),
+            ("p99_drift".into(), ratio(first.p99_ms, last.p99_ms)),
+        ]))
+    }
+
+    fn judge(&self, _report: &FaultReport) -> Vec<String> {
+        if self.samples.len() < 2 { vec!["fewer than two samples".into()] } else { Vec::new() }
+    }
+}
+
 /// The scenarios by name, as `baton-harness fault <name>` takes them; `eio_nth`
 /// is `FsyncEio`'s first failing call.
 pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
@@ -380,12 +455,25 @@ pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
         "power-loss-lying-fsync" => Box::new(PowerLoss::new(true)),
         "fsync-eio" => Box::new(FsyncEio::new(eio_nth)),
         "clock-jump" => Box::new(ClockJump::default()),
+        "soak" => Box::new(Soak::default()),
         _ => return None,
     })
 }
 
 /// Every name `by_name` knows.
-pub const NAMES: [&str; 5] = ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "clock-jump"];
+pub const NAMES: [&str; 6] =
+    ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "clock-jump", "soak"];
+
+/// The long tier (`baton-harness fault all`): each scenario with its cycles
+/// and load time per cycle (ms).
+pub const LONG_TIER: [(&str, usize, (u64, u64)); 6] = [
+    ("kill-9", 100, (500, 1_500)),
+    ("power-loss", 100, (500, 1_500)),
+    ("power-loss-lying-fsync", 10, (500, 1_500)),
+    ("fsync-eio", 20, (500, 1_500)),
+    ("clock-jump", 20, (1_500, 2_500)),
+    ("soak", 60, (5_000, 5_000)),
+];
 
 /// Whether a report is what its scenario should produce: the fault took
 /// effect, and the checkers passed, except for the lying-fsync control run,
@@ -393,4 +481,77 @@ pub const NAMES: [&str; 5] = ["kill-9", "power-loss", "power-loss-lying-fsync", 
 pub fn as_expected(report: &FaultReport) -> bool {
     let lying = report.scenario == "power-loss-lying-fsync";
     report.fault_took_effect && if lying { report.lost > 0 } else { report.passed() }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Goal: a run whose fault did not take effect is never reported as a
+    //! pass. Method: each scenario's `judge` over reports whose evidence
+    //! lacks one piece at a time (the runs themselves are in tests/faults.rs).
+
+    use super::*;
+
+    fn report(scenario: &str, evidence: Value) -> FaultReport {
+        let Value::Object(evidence) = evidence else { panic!("an object") };
+        FaultReport {
+            scenario: scenario.into(),
+            faults_injected: 2,
+            fault_took_effect: true,
+            evidence,
+            ..FaultReport::default()
+        }
+    }
+
+    #[test]
+    fn kill_9_needs_every_kill_by_sigkill() {
+        let judge = |e| Kill9::default().judge(&report("kill-9", e));
+        assert!(judge(json!({"kills": 3, "killed_by_signal_9": 3})).is_empty());
+        assert_eq!(judge(json!({"kills": 3, "killed_by_signal_9": 2})).len(), 1);
+        assert_eq!(judge(json!({})).len(), 1);
+    }
+
+    #[test]
+    fn power_loss_needs_dropped_data_and_syncs() {
+        let good = json!({"dirty_bytes_dropped": 4096, "file_syncs": 10, "lied_syncs": 0});
+        assert!(PowerLoss::new(false).judge(&report("power-loss", good.clone())).is_empty());
+        assert_eq!(
+            PowerLoss::new(true).judge(&report("power-loss", good)).len(),
+            1,
+            "a lying run that never lied"
+        );
+        let nothing_dropped = json!({"dirty_bytes_dropped": 0, "file_syncs": 10});
+        assert_eq!(PowerLoss::new(false).judge(&report("power-loss", nothing_dropped)).len(), 1);
+    }
+
+    #[test]
+    fn fsync_eio_needs_injections_failed_stops_and_no_acceptance_after() {
+        let judge = |e| FsyncEio::new(20).judge(&report("fsync-eio", e));
+        let good = json!({"injected_eio": 2, "stops": 2, "stops_with_failure_status": 2, "accepted_after_injection": 0});
+        assert!(judge(good).is_empty());
+        assert_eq!(judge(json!({"injected_eio": 0, "stops": 2, "stops_with_failure_status": 2})).len(), 1);
+        assert_eq!(judge(json!({"injected_eio": 2, "stops": 2, "stops_with_failure_status": 1})).len(), 1);
+        let went_on = json!({"injected_eio": 2, "stops": 2, "stops_with_failure_status": 2, "accepted_after_injection": 5});
+        assert_eq!(judge(went_on).len(), 1);
+    }
+
+    #[test]
+    fn clock_jump_needs_both_skews_and_an_early_expiry() {
+        let jumped = ClockJump { file: PathBuf::new(), applied: vec![600, 0, -600, 0] };
+        let judge = |e| jumped.judge(&report("clock-jump", e));
+        assert!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 3})).is_empty());
+        assert_eq!(judge(json!({"server_clock_skew_ms": [-20, 5], "lease_expiries": 3})).len(), 2);
+        assert_eq!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 0})).len(), 1);
+    }
+
+    #[test]
+    fn the_lying_control_is_as_expected_only_with_losses() {
+        let mut r = report("power-loss-lying-fsync", json!({}));
+        assert!(!as_expected(&r));
+        r.lost = 3;
+        assert!(as_expected(&r));
+        let mut clean = report("power-loss", json!({}));
+        assert!(as_expected(&clean));
+        clean.fault_took_effect = false;
+        assert!(!as_expected(&clean));
+    }
 }
