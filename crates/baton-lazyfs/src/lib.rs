@@ -10,6 +10,9 @@
 //! It is strict where POSIX is: a file whose data was synced but whose
 //! directory entry never was disappears at a cut, like on a real disk.
 //!
+//! `LazyFs::fail_file_syncs_after(n)` makes file syncs fail with EIO after
+//! `n` more, without making anything durable: a disk whose writeback failed.
+//!
 //! `LazyFs::set_fsync_lies(true)` makes every fsync return success without
 //! making anything durable: a disk (or a store) that acknowledges before
 //! data is safe. A power-loss test runs once that way to show its checker
@@ -60,6 +63,8 @@ pub struct Stats {
     pub dir_syncs: u64,
     /// Syncs answered success without making anything durable (lying mode).
     pub lied_syncs: u64,
+    /// File syncs answered EIO (`fail_file_syncs_after`); nothing was made durable.
+    pub failed_syncs: u64,
     pub power_cuts: u64,
 }
 
@@ -132,6 +137,8 @@ struct State {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     lie: bool,
+    /// File syncs that still succeed before every one fails with EIO (None: no failures).
+    syncs_before_eio: Option<u64>,
     stats: Stats,
 }
 
@@ -146,6 +153,7 @@ impl State {
             inodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,
             lie: false,
+            syncs_before_eio: None,
             stats: Stats::default(),
         }
     }
@@ -214,6 +222,14 @@ impl State {
         match &mut inode.body {
             Body::File { data, durable, dirty } => {
                 self.stats.file_syncs += 1;
+                match &mut self.syncs_before_eio {
+                    Some(0) => {
+                        self.stats.failed_syncs += 1;
+                        return Err(Errno::EIO);
+                    }
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
                 if lie {
                     self.stats.lied_syncs += 1;
                     return Ok(());
@@ -586,6 +602,13 @@ impl LazyFs {
         self.state().lie = lie;
     }
 
+    /// After `n` more successful file syncs, every file sync fails with EIO
+    /// and makes nothing durable (the pages stay dirty, so a power cut drops
+    /// them), until this is called again; `None` stops the failures.
+    pub fn fail_file_syncs_after(&self, n: Option<u64>) {
+        self.state().syncs_before_eio = n;
+    }
+
     pub fn stats(&self) -> Stats {
         self.state().stats
     }
@@ -686,5 +709,21 @@ mod tests {
         s.cut();
         assert!(data(&mut s, f).is_empty());
         assert_eq!(s.stats.lied_syncs, 1);
+    }
+
+    #[test]
+    fn a_failed_sync_makes_nothing_durable() {
+        let mut s = State::new();
+        let f = file(&mut s, "wal");
+        s.sync(ROOT).expect("dir sync");
+        s.syncs_before_eio = Some(1);
+        s.write(f, 0, b"first").expect("write");
+        s.sync(f).expect("the one sync left succeeds");
+        s.write(f, 5, b" second").expect("write");
+        assert_eq!(s.sync(f), Err(Errno::EIO));
+        assert_eq!(s.sync(f), Err(Errno::EIO), "and every one after it");
+        s.cut();
+        assert_eq!(data(&mut s, f), b"first");
+        assert_eq!(s.stats.failed_syncs, 2);
     }
 }

@@ -8,6 +8,11 @@
 //!   bytes, the store fsync'd files and directories. With `lying: true`
 //!   every fsync succeeds without making anything durable (a store that
 //!   acknowledges before its data is safe), and the checker must flag losses.
+//! - `PowerLoss` on `Disk::FailingSync` (`fsync-eio-lazyfs`): from the Nth
+//!   file sync of each start, the lazy filesystem answers EIO and keeps the
+//!   pages unsynced; the server must stop by itself, and the power cut that
+//!   follows drops the failed batch, so any acknowledgement of it shows up
+//!   as lost. Evidence: failed syncs, stops with a failure status.
 //! - `FsyncEio`: `baton dev` under `strace -f -e inject=...:error=EIO`, so
 //!   from the Nth fsync/fdatasync of a thread on, the call fails. Evidence:
 //!   strace logged the injection, the process stopped by itself with a
@@ -93,30 +98,65 @@ impl Scenario for Kill9 {
     }
 }
 
-/// Power loss on the lazy filesystem: kill -9, drop what was not synced, restart.
-pub struct PowerLoss {
+/// How the lazy filesystem's disk behaves in a `PowerLoss` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// fsync makes data durable.
+    Honest,
     /// Every fsync succeeds without making anything durable (after the first start).
-    pub lying: bool,
+    Lying,
+    /// After this many file syncs of each server start, every file sync fails
+    /// with EIO and nothing is made durable: the server must stop without
+    /// acknowledging, and the cut then drops the failed batch.
+    FailingSync(u64),
+}
+
+/// Power loss on the lazy filesystem: kill -9 (or, with a failing disk, the
+/// server stopping by itself), drop what was not synced, restart.
+pub struct PowerLoss {
+    pub disk: Disk,
     fs: Option<LazyFs>,
     cuts: Vec<CutReport>,
+    stops: Vec<String>,
 }
 
 impl PowerLoss {
     pub fn new(lying: bool) -> Self {
-        Self { lying, fs: None, cuts: Vec::new() }
+        Self::on(if lying { Disk::Lying } else { Disk::Honest })
+    }
+
+    pub fn on(disk: Disk) -> Self {
+        Self { disk, fs: None, cuts: Vec::new(), stops: Vec::new() }
+    }
+
+    fn fs(&self) -> Result<&LazyFs> {
+        self.fs.as_ref().context("not mounted")
     }
 
     fn cut(&mut self) -> Result<()> {
         std::thread::sleep(SETTLE);
-        let fs = self.fs.as_ref().context("not mounted")?;
-        self.cuts.push(fs.power_cut());
+        let report = self.fs()?.power_cut();
+        self.cuts.push(report);
+        Ok(())
+    }
+
+    fn arm(&self) -> Result<()> {
+        match self.disk {
+            Disk::Honest => {}
+            Disk::Lying => self.fs()?.set_fsync_lies(true),
+            Disk::FailingSync(n) => self.fs()?.fail_file_syncs_after(Some(n)),
+        }
         Ok(())
     }
 }
 
 impl Scenario for PowerLoss {
     fn name(&self) -> String {
-        if self.lying { "power-loss-lying-fsync".into() } else { "power-loss".into() }
+        match self.disk {
+            Disk::Honest => "power-loss".into(),
+            Disk::Lying => "power-loss-lying-fsync".into(),
+            Disk::FailingSync(_) => "fsync-eio-lazyfs".into(),
+        }
     }
 
     fn prepare(&mut self, launch: &mut Launch, dir: &Path) -> Result<()> {
@@ -138,25 +178,36 @@ impl Scenario for PowerLoss {
     }
 
     fn started(&mut self, _run: &mut Run) -> Result<()> {
-        if self.lying {
-            self.fs.as_ref().context("not mounted")?.set_fsync_lies(true);
-        }
-        Ok(())
+        self.arm()
     }
 
-    fn inject(&mut self, run: &mut Run, _cycle: usize) -> Result<()> {
-        run.mark_fault();
-        run.kill();
+    fn inject(&mut self, run: &mut Run, cycle: usize) -> Result<()> {
+        if let Disk::FailingSync(_) = self.disk {
+            let node = run.node.as_mut().context("no server")?;
+            let Some(status) = node.wait_exit(STOP_TIMEOUT) else {
+                bail!("cycle {cycle}: the server did not stop within {STOP_TIMEOUT:?} of the failed fsync");
+            };
+            run.node = None;
+            run.mark_fault();
+            self.stops.push(status_text(Some(status)));
+        } else {
+            run.mark_fault();
+            run.kill();
+        }
         self.cut()?;
-        run.start()
+        run.start()?;
+        if let Disk::FailingSync(n) = self.disk {
+            self.fs()?.fail_file_syncs_after(Some(n));
+        }
+        Ok(())
     }
 
     fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
         run.kill();
         self.cut()?;
-        let stats = self.fs.as_ref().context("not mounted")?.stats();
+        let stats = self.fs()?.stats();
         let sum = |f: fn(&CutReport) -> u64| self.cuts.iter().map(f).sum::<u64>();
-        Ok(Map::from_iter([
+        let mut evidence = Map::from_iter([
             ("power_cuts".into(), json!(self.cuts.len())),
             ("files_reverted".into(), json!(sum(|c| c.files_reverted))),
             ("dirty_bytes_dropped".into(), json!(sum(|c| c.dirty_bytes_dropped))),
@@ -165,7 +216,14 @@ impl Scenario for PowerLoss {
             ("file_syncs".into(), json!(stats.file_syncs)),
             ("dir_syncs".into(), json!(stats.dir_syncs)),
             ("lied_syncs".into(), json!(stats.lied_syncs)),
-        ]))
+            ("failed_syncs".into(), json!(stats.failed_syncs)),
+        ]);
+        if let Disk::FailingSync(_) = self.disk {
+            let failed_stops = self.stops.iter().filter(|s| *s != "exit 0").count();
+            evidence.insert("stops".into(), json!(self.stops.len()));
+            evidence.insert("stops_with_failure_status".into(), json!(failed_stops));
+        }
+        Ok(evidence)
     }
 
     fn judge(&self, report: &FaultReport) -> Vec<String> {
@@ -176,8 +234,23 @@ impl Scenario for PowerLoss {
         if evidence_u64(report, "file_syncs") == 0 {
             missing.push("the store never fsync'd a file on the lazy filesystem".into());
         }
-        if self.lying && evidence_u64(report, "lied_syncs") == 0 {
-            missing.push("no fsync was answered with a lie".into());
+        match self.disk {
+            Disk::Lying if evidence_u64(report, "lied_syncs") == 0 => {
+                missing.push("no fsync was answered with a lie".into());
+            }
+            Disk::FailingSync(_) => {
+                let stops = evidence_u64(report, "stops");
+                if stops == 0 || evidence_u64(report, "failed_syncs") < stops {
+                    missing.push(format!(
+                        "{} failed syncs for {stops} stops",
+                        evidence_u64(report, "failed_syncs")
+                    ));
+                }
+                if evidence_u64(report, "stops_with_failure_status") != stops {
+                    missing.push("a stop after the failed fsync had a success status".into());
+                }
+            }
+            _ => {}
         }
         missing
     }
@@ -454,6 +527,7 @@ pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
         "power-loss" => Box::new(PowerLoss::new(false)),
         "power-loss-lying-fsync" => Box::new(PowerLoss::new(true)),
         "fsync-eio" => Box::new(FsyncEio::new(eio_nth)),
+        "fsync-eio-lazyfs" => Box::new(PowerLoss::on(Disk::FailingSync(u64::from(eio_nth)))),
         "clock-jump" => Box::new(ClockJump::default()),
         "soak" => Box::new(Soak::default()),
         _ => return None,
@@ -461,16 +535,17 @@ pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
 }
 
 /// Every name `by_name` knows.
-pub const NAMES: [&str; 6] =
-    ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "clock-jump", "soak"];
+pub const NAMES: [&str; 7] =
+    ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "fsync-eio-lazyfs", "clock-jump", "soak"];
 
 /// The long tier (`baton-harness fault all`): each scenario with its cycles
 /// and load time per cycle (ms).
-pub const LONG_TIER: [(&str, usize, (u64, u64)); 6] = [
+pub const LONG_TIER: [(&str, usize, (u64, u64)); 7] = [
     ("kill-9", 100, (500, 1_500)),
     ("power-loss", 100, (500, 1_500)),
     ("power-loss-lying-fsync", 10, (500, 1_500)),
     ("fsync-eio", 20, (500, 1_500)),
+    ("fsync-eio-lazyfs", 20, (500, 1_500)),
     ("clock-jump", 20, (1_500, 2_500)),
     ("soak", 60, (5_000, 5_000)),
 ];
@@ -541,6 +616,17 @@ mod tests {
         assert!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 3})).is_empty());
         assert_eq!(judge(json!({"server_clock_skew_ms": [-20, 5], "lease_expiries": 3})).len(), 2);
         assert_eq!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 0})).len(), 1);
+    }
+
+    #[test]
+    fn a_failing_disk_needs_failed_syncs_and_failed_stops() {
+        let judge = |e| PowerLoss::on(Disk::FailingSync(20)).judge(&report("fsync-eio-lazyfs", e));
+        let good = json!({"dirty_bytes_dropped": 4096, "file_syncs": 40, "failed_syncs": 2, "stops": 2,
+            "stops_with_failure_status": 2});
+        assert!(judge(good).is_empty());
+        let never_failed = json!({"dirty_bytes_dropped": 4096, "file_syncs": 40, "failed_syncs": 0, "stops": 2,
+            "stops_with_failure_status": 2});
+        assert_eq!(judge(never_failed).len(), 1);
     }
 
     #[test]

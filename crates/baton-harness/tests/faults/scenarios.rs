@@ -6,7 +6,7 @@
 //! tier is `baton-harness fault all` (not run here).
 
 use super::bench_http::baton_binary;
-use baton_harness::fault::scenarios::{self, ClockJump, FsyncEio, Kill9, PowerLoss};
+use baton_harness::fault::scenarios::{self, ClockJump, Disk, FsyncEio, Kill9, PowerLoss};
 use baton_harness::fault::{self, FaultConfig, FaultReport, Scenario};
 
 fn seed() -> u64 {
@@ -48,6 +48,9 @@ fn power_loss_loses_nothing_acknowledged_and_a_lying_fsync_is_caught() {
 #[test]
 fn a_failed_fsync_stops_the_server_and_acknowledges_nothing() {
     run(&mut FsyncEio::new(20), |c| c.cycles = 2);
+    // The lazy filesystem's EIO also keeps the failed batch unsynced, so the
+    // power cut after each stop drops it: an acknowledgement of it is lost.
+    run(&mut PowerLoss::on(Disk::FailingSync(20)), |c| c.cycles = 2);
 }
 
 #[test]
