@@ -12,9 +12,11 @@
 //! libfaketime's, a data directory on a test filesystem), `inject` does one
 //! fault to the running system through `Run` (kill, restart, power cut, clock
 //! jump) and `finish` brings the system to the state to check and returns the
-//! evidence, failing when the fault did not take effect. Scenarios here:
-//! `scenarios::Kill9`, `PowerLoss`, `FsyncEio`, `ClockJump`; docs/reliability.md
-//! describes each and how to add one (another store needs `Scenario::open_store`).
+//! evidence, and `judge` says what the evidence lacks when the fault did not
+//! take effect. Scenarios here: `scenarios::Kill9`, `PowerLoss` (on an
+//! honest, lying or failing `Disk`), `FsyncEio`, `ClockJump` and `Soak`;
+//! docs/reliability.md describes each and how to add one (another store
+//! needs `Scenario::open_store`).
 
 pub mod load;
 pub mod node;
@@ -163,7 +165,7 @@ pub struct Run {
 }
 
 impl Run {
-    /// Starts the server (again) and waits until it answers health checks.
+    /// Starts the server (again) and waits until it prints its address (it listens then).
     pub fn start(&mut self) -> Result<()> {
         let node = Node::start(&self.launch, self.starts)?;
         self.starts += 1;
@@ -179,15 +181,6 @@ impl Run {
     /// SIGKILLs the server and reaps it; returns its exit status.
     pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
         self.node.take().and_then(|mut n| n.kill())
-    }
-
-    /// Starts counting: logs of the `nth` start.
-    pub fn log_of(&self, nth: usize) -> PathBuf {
-        self.launch.log_dir.join(format!("baton-{nth}.log"))
-    }
-
-    pub fn starts(&self) -> usize {
-        self.starts
     }
 }
 

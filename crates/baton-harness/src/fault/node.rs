@@ -1,4 +1,4 @@
-//! The server under test: `baton dev` as a child process on a fixed loopback
+//! The server under test: `baton dev` (or what `Launch::args` says) as a child process on a fixed loopback
 //! port and data directory, so restarts come back where clients expect them.
 //! A `Launch` says how to start it: the binary, an optional wrapper in front
 //! (`strace ...`) and extra environment (`LD_PRELOAD` for libfaketime).
@@ -22,6 +22,9 @@ pub struct Launch {
     /// Program and arguments put in front of `baton` (empty: none).
     pub wrapper: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Arguments after `baton`; empty means `dev --listen 127.0.0.1:PORT
+    /// --data-dir DATA` (a scenario on `baton serve` sets its own).
+    pub args: Vec<String>,
     /// The data directory (`--data-dir`): `baton.db` lives in it.
     pub data_dir: PathBuf,
     /// Where stderr logs go, one per start.
@@ -37,6 +40,7 @@ impl Launch {
             baton: baton.to_owned(),
             wrapper: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
             data_dir: dir.join("data"),
             log_dir: dir.to_owned(),
             port,
@@ -68,10 +72,19 @@ impl Node {
             None => (launch.baton.to_str().context("baton path")?, Vec::new()),
         };
         let started = Instant::now();
+        let baton_args = if launch.args.is_empty() {
+            let listen = format!("127.0.0.1:{}", launch.port);
+            ["dev", "--listen", &listen, "--data-dir"]
+                .map(String::from)
+                .into_iter()
+                .chain([launch.data_dir.display().to_string()])
+                .collect()
+        } else {
+            launch.args.clone()
+        };
         let mut child = Command::new(program)
             .args(args)
-            .args(["dev", "--listen", &format!("127.0.0.1:{}", launch.port), "--data-dir"])
-            .arg(&launch.data_dir)
+            .args(baton_args)
             .env_remove("BATON_LISTEN")
             .env_remove("BATON_DATA_DIR")
             .env_remove("BATON_CONFIG")
