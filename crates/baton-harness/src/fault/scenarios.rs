@@ -463,6 +463,18 @@ struct SoakSample {
     calls: usize,
 }
 
+impl Soak {
+    /// About ten evenly spaced values of one figure, first and last included.
+    fn series(&self, f: fn(&SoakSample) -> u64) -> Vec<u64> {
+        let step = self.samples.len().div_ceil(10).max(1);
+        let mut out: Vec<u64> = self.samples.iter().step_by(step).map(f).collect();
+        if (self.samples.len() - 1) % step != 0 {
+            out.extend(self.samples.last().map(f));
+        }
+        out
+    }
+}
+
 impl Scenario for Soak {
     fn name(&self) -> String {
         "soak".into()
@@ -508,6 +520,10 @@ impl Scenario for Soak {
             ("p50_ms_first_last".into(), json!([first.p50_ms, last.p50_ms])),
             ("p99_ms_first_last".into(), json!([first.p99_ms, last.p99_ms])),
             ("calls_per_window_first_last".into(), json!([first.calls, last.calls])),
+            // Every tenth of the run, to tell a plateau (caches filling) from a climb.
+            ("rss_kib_series".into(), json!(self.series(|s| s.rss_kib))),
+            ("p99_ms_series".into(), json!(self.series(|s| s.p99_ms))),
+            ("calls_per_window_series".into(), json!(self.series(|s| s.calls as u64))),
             ("rss_drift".into(), ratio(first.rss_kib, last.rss_kib)),
             ("fds_drift".into(), ratio(first.fds, last.fds)),
             ("p99_drift".into(), ratio(first.p99_ms, last.p99_ms)),
