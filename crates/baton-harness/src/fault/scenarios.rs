@@ -468,7 +468,7 @@ impl Soak {
     fn series(&self, f: fn(&SoakSample) -> u64) -> Vec<u64> {
         let step = self.samples.len().div_ceil(10).max(1);
         let mut out: Vec<u64> = self.samples.iter().step_by(step).map(f).collect();
-        if (self.samples.len() - 1) % step != 0 {
+        if !(self.samples.len() - 1).is_multiple_of(step) {
             out.extend(self.samples.last().map(f));
         }
         out
