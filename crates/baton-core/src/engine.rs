@@ -18,8 +18,9 @@ use crate::metrics::{Anomaly, Counts, Observation, Rollup, RollupKey};
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
-    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Claimed, Credential, Delivery,
-    Grant, Handoff, HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Skipped, Submitted,
+    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Claimed, CommentRequest, Credential,
+    Delivery, Grant, Handoff, HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Skipped,
+    Submitted,
 };
 use crate::task::{Task, TaskState};
 use crate::workflow::Workflow;
@@ -228,6 +229,7 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
         Op::Claim(req) => OpOutcome::Claim(claim(tx, req, cx)?),
         Op::Act(req) => OpOutcome::Act(act(tx, req, cx)?),
         Op::Cancel(req) => OpOutcome::Cancel(cancel(tx, req, cx)?),
+        Op::Comment(req) => OpOutcome::Comment(comment(tx, req, cx)?),
         Op::ApplyWorkflow(wf) => OpOutcome::ApplyWorkflow(apply_workflow(tx, wf, cx)?),
         Op::RecordDelivery(d) => {
             st(tx.put_delivery(d))?;
@@ -569,6 +571,16 @@ pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<T
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
     let wf = workflow_of(tx, &task)?;
     let command = Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() };
+    let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
+    apply(tx, change, head, wf.as_ref(), cx)
+}
+
+/// Adds a message to a live task's history (`Command::Comment`).
+pub fn comment<T: Tx>(tx: &mut T, req: &CommentRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+    let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    let wf = workflow_of(tx, &task)?;
+    let command =
+        Command::Comment { actor: req.actor.clone(), note: req.note.clone(), findings: req.findings.clone() };
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
     apply(tx, change, head, wf.as_ref(), cx)
 }

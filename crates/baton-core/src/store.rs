@@ -219,6 +219,8 @@ pub enum Op {
     Claim(ClaimRequest),
     Act(ActRequest),
     Cancel(CancelRequest),
+    /// Add a message to a live task's history (`Command::Comment`).
+    Comment(CommentRequest),
     /// Store a new version of a workflow (its `version` is ignored).
     ApplyWorkflow(Workflow),
     /// Record a webhook delivery attempt.
@@ -247,6 +249,8 @@ pub enum OpOutcome {
     Claim(Claimed),
     Act(ActOutcome),
     Cancel(Task),
+    /// The task after the message was added.
+    Comment(Task),
     ApplyWorkflow(Applied),
     RecordDelivery,
     MergeRollups,
@@ -275,6 +279,10 @@ impl OpOutcome {
 
     pub fn into_cancelled(self) -> Option<Task> {
         if let Self::Cancel(t) = self { Some(t) } else { None }
+    }
+
+    pub fn into_commented(self) -> Option<Task> {
+        if let Self::Comment(t) = self { Some(t) } else { None }
     }
 
     pub fn into_applied(self) -> Option<Applied> {
@@ -444,6 +452,15 @@ pub struct CancelRequest {
     pub task: TaskId,
     pub actor: Actor,
     pub reason: String,
+}
+
+/// A message for a task's history, from `actor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommentRequest {
+    pub task: TaskId,
+    pub actor: Actor,
+    pub note: String,
+    pub findings: Option<serde_json::Value>,
 }
 
 /// A task with its payload and the head of its event chain.

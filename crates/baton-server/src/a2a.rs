@@ -108,9 +108,24 @@ impl Bridge {
         uri: &str,
         body: Option<Value>,
     ) -> Result<Answer, Failure> {
+        self.call_keyed(auth, method, uri, body, None).await
+    }
+
+    /// `call` with an `Idempotency-Key` header when `key` is given.
+    async fn call_keyed(
+        &self,
+        auth: &HeaderMap,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Result<Answer, Failure> {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(value) = auth.get(header::AUTHORIZATION) {
             request = request.header(header::AUTHORIZATION, value);
+        }
+        if let Some(key) = key {
+            request = request.header(crate::http::idempotency::HEADER, key);
         }
         let request = match body {
             Some(body) => {
@@ -147,6 +162,14 @@ impl Bridge {
             return Ok(answer.body);
         }
         Err(refusal(&answer).into())
+    }
+
+    /// The name whose key space the caller's message ids live in: the
+    /// token's principal, or `anonymous` with authentication off.
+    async fn principal(&self, auth: &HeaderMap) -> Result<String, Failure> {
+        let who: api::Whoami = serde_json::from_value(self.ok(auth, Method::GET, "/v1/whoami", None).await?)
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("unreadable whoami: {e}")))?;
+        Ok(who.principal.unwrap_or_else(|| ANONYMOUS.to_owned()))
     }
 
     /// The workflow's stored latest version, if it opted in to A2A.
@@ -198,6 +221,52 @@ impl Bridge {
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("unreadable history: {e}")))?;
         Ok(mapping::task(wf, &task, &history.events))
     }
+}
+
+/// The principal name of callers with authentication off (the API records
+/// their submits as `principal:anonymous`).
+const ANONYMOUS: &str = "anonymous";
+
+/// Where the idempotency keys of A2A messages start: `a2a/{principal}/`.
+pub const MESSAGE_KEY_PREFIX: &str = "a2a/";
+
+/// `a2a/{principal}/`, the principal percent-encoded (names may hold `/`;
+/// encoded they hold none, so no principal's space contains another's).
+fn key_space(principal: &str) -> String {
+    format!("{MESSAGE_KEY_PREFIX}{}/", encode(principal))
+}
+
+/// The task idempotency key of message `message_id` from `principal`: each
+/// principal's message ids are a space of their own, so two clients that
+/// happen to pick the same id get two tasks, and one client repeating a
+/// message gets its first task.
+pub fn message_key(principal: &str, message_id: &str) -> String {
+    format!("{}{message_id}", key_space(principal))
+}
+
+/// The message id inside a task's idempotency key, given the task's
+/// submitter as the API shows it (`principal:NAME`); a key from before keys
+/// were scoped (or from `/v1`) is shown as it is.
+pub fn message_id_of<'a>(key: &'a str, submitter: &str) -> &'a str {
+    let name = submitter.strip_prefix("principal:").unwrap_or(submitter);
+    key.strip_prefix(key_space(name).as_str()).unwrap_or(key)
+}
+
+/// Refuses a `/v1` submit whose idempotency key is in another principal's
+/// A2A message space (`a2a/{other}/...`): such a key would answer that
+/// principal's task, or tell that it exists. `principal` is `None` with
+/// authentication off.
+pub fn check_key_space(principal: Option<&str>, key: &str) -> Result<(), crate::http::error::ApiError> {
+    let own = key_space(principal.unwrap_or(ANONYMOUS));
+    if !key.starts_with(MESSAGE_KEY_PREFIX) || key.starts_with(own.as_str()) {
+        return Ok(());
+    }
+    Err(crate::http::error::ApiError::invalid(
+        "idempotency_key",
+        format!(
+            "keys starting {MESSAGE_KEY_PREFIX:?} are A2A message ids, one space per principal: yours start {own:?}"
+        ),
+    ))
 }
 
 /// An API refusal as a JSON-RPC error: a missing task is A2A's task-not-found,
@@ -403,26 +472,28 @@ impl Bridge {
     }
 
     /// `SendMessage`: a message without a task id submits a task; one naming
-    /// a task of this agent answers that task as it is.
+    /// a task of this agent that waits for input is added to its history
+    /// (`POST /v1/tasks/{id}/comments`; it resolves nothing), and one naming a
+    /// task in any other state is refused.
     async fn send(&self, auth: &HeaderMap, wf: &api::WorkflowView, params: &Value) -> Result<Value, Failure> {
         let message = params
             .get("message")
             .filter(|m| m.is_object())
             .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, "params.message: send the message object"))?;
         let message_id = string_param(message, "messageId")?;
-        if let Some(task) = message.get("taskId").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-            let task = self.task(auth, wf, task).await?;
-            return Ok(json!({ "task": task }));
+        if let Some(id) = message.get("taskId").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            return self.reply_to(auth, wf, id, &message_id, message).await;
         }
         let payload = mapping::payload(message)?;
         let mut labels = serde_json::Map::new();
         if let Some(context) = message.get("contextId").and_then(Value::as_str).filter(|c| !c.is_empty()) {
             labels.insert(mapping::CONTEXT_LABEL.into(), json!(context));
         }
+        let principal = self.principal(auth).await?;
         let submit = json!({
             "workflow": wf.name,
             "payload": payload,
-            "idempotency_key": message_id,
+            "idempotency_key": message_key(&principal, &message_id),
             "labels": labels,
         });
         let created = self.ok(auth, Method::POST, "/v1/tasks", Some(submit)).await?;
@@ -433,6 +504,48 @@ impl Bridge {
 }
 
 impl Bridge {
+    /// A message naming task `id`: added to the history of a task waiting for
+    /// input, under the caller's name (its text as the note, its data parts
+    /// as findings); the message id is the call's `Idempotency-Key`, so a
+    /// repeat adds nothing. Answers the task after it.
+    async fn reply_to(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        id: &str,
+        message_id: &str,
+        message: &Value,
+    ) -> Result<Value, Failure> {
+        let current = self.task(auth, wf, id).await?;
+        let state = current.pointer("/status/state").and_then(Value::as_str).unwrap_or("");
+        if state != "TASK_STATE_INPUT_REQUIRED" {
+            return Err(RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "task {id} is {state}: only a task waiting for input (TASK_STATE_INPUT_REQUIRED) takes a \
+                     message; follow it with GetTask or SubscribeToTask, or send a message without taskId \
+                     for new work"
+                ),
+            )
+            .into());
+        }
+        let payload = mapping::payload(message)?;
+        let comment = json!({
+            "note": payload.get("text").and_then(Value::as_str).unwrap_or(""),
+            "findings": payload.get("data"),
+        });
+        let key = format!("a2a-message-{}", baton_core::Hash::of(message_id.as_bytes()).to_hex());
+        let uuid = task_id(id)?;
+        let answer = self
+            .call_keyed(auth, Method::POST, &format!("/v1/tasks/{uuid}/comments"), Some(comment), Some(&key))
+            .await?;
+        if !answer.status.is_success() {
+            return Err(refusal(&answer).into());
+        }
+        let task = self.task(auth, wf, id).await?;
+        Ok(json!({ "task": task }))
+    }
+
     /// Checks a streaming call and does what comes before the stream: a
     /// `SendStreamingMessage` submits its task; both read the task once.
     async fn open_stream(
@@ -683,8 +796,11 @@ pub mod mapping {
             S::Blocked => return "TASK_STATE_WORKING",
             S::Waiting | S::Held => {}
         }
-        let escalated =
-            events.iter().rev().find(|e| e.kind != "heartbeat").is_some_and(|e| e.kind == "escalated");
+        let escalated = events
+            .iter()
+            .rev()
+            .find(|e| e.kind != "heartbeat" && e.kind != "commented")
+            .is_some_and(|e| e.kind == "escalated");
         let human = wf.stages.get(&task.stage).is_none_or(|s| s.human);
         if escalated && a2a.escalation_is_failure {
             return "TASK_STATE_FAILED";
@@ -715,7 +831,7 @@ pub mod mapping {
                 parts.push(json!({ "data": data }));
             }
             history.push(json!({
-                "messageId": key,
+                "messageId": super::message_id_of(key, &task.submitter),
                 "contextId": context,
                 "taskId": id,
                 "role": "ROLE_USER",
@@ -746,14 +862,21 @@ pub mod mapping {
 
     /// One event as a status-update message: its note (or what happened) as
     /// text, its findings as data, its version in the message id and metadata.
+    /// A `commented` event is the user's message (`ROLE_USER`): its note and
+    /// findings as they were sent.
     pub fn update(task: &str, context: &str, event: &api::Event) -> Value {
+        let user = event.kind == "commented";
         let text = event.note.clone().unwrap_or_else(|| match &event.from {
+            _ if user => String::new(),
             Some(from) if from.stage != event.to.stage => {
                 format!("{}: {} -> {}", event.kind, from.stage, event.to.stage)
             }
             _ => format!("{} at {}", event.kind, event.to.stage),
         });
-        let mut parts = vec![json!({ "text": text })];
+        let mut parts = Vec::new();
+        if !(user && text.is_empty()) {
+            parts.push(json!({ "text": text }));
+        }
         if let Some(findings) = &event.findings {
             parts.push(json!({ "data": findings }));
         }
@@ -761,7 +884,7 @@ pub mod mapping {
             "messageId": format!("{task}/{}", event.version),
             "contextId": context,
             "taskId": task,
-            "role": "ROLE_AGENT",
+            "role": if user { "ROLE_USER" } else { "ROLE_AGENT" },
             "parts": parts,
             "metadata": {
                 "version": event.version,

@@ -1,14 +1,17 @@
-"""The A2A bridge with the real `a2a-sdk` client against a real `baton dev`:
-a message becomes a task that workers carry through three stages to
-completion (its result as an artifact, each handoff note in the history); a
-repeated message id answers the same task; an escalation to a human stage
-reads as input-required; cancel reads as canceled; a push config outside the
-allow-list is refused."""
+"""The A2A bridge with the real `a2a-sdk` client against a real `baton dev`
+and a real `baton serve`: a message becomes a task that workers carry through
+three stages to completion (its result as an artifact, each handoff note in
+the history); a repeated message id answers the same task; an escalation to a
+human stage reads as input-required, and a reply to it joins the history and
+the inbox without resolving it; cancel reads as canceled; a push config
+outside the allow-list is refused. With auth on, a submitter reaches only the
+tasks it submitted (on A2A and on `/v1`), and message ids are per principal."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
 from typing import Any
 
@@ -28,7 +31,7 @@ from a2a.types import (
     TaskPushNotificationConfig,
     TaskState,
 )
-from a2a.utils.errors import PushNotificationNotSupportedError
+from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError, UnsupportedOperationError
 
 from .server import Server
 
@@ -58,30 +61,38 @@ push_url_prefixes = ["http://127.0.0.1:9/allowed/"]
 """
 
 
-def apply(server: Server, tag: str, accept: str = "5m") -> tuple[str, list[str]]:
+def apply(server: Server, tag: str, accept: str = "5m", token: str | None = None) -> tuple[str, list[str]]:
     name = f"a2a-{tag}"
     stages = [f"a-{tag}", f"b-{tag}", f"c-{tag}"]
     source = WORKFLOW.format(name=name, a=stages[0], b=stages[1], c=stages[2], desk=f"desk-{tag}", accept=accept)
-    baton.Client(server.address).apply_workflow(source)
+    baton.Client(server.address, token=token).apply_workflow(source)
     return name, stages
 
 
-def message(text: str, message_id: str | None = None) -> SendMessageRequest:
+def message(text: str, message_id: str | None = None, task_id: str | None = None) -> SendMessageRequest:
     return SendMessageRequest(
-        message=Message(message_id=message_id or uuid.uuid4().hex, role=Role.ROLE_USER, parts=[Part(text=text)])
+        message=Message(
+            message_id=message_id or uuid.uuid4().hex, role=Role.ROLE_USER, parts=[Part(text=text)], task_id=task_id
+        )
     )
 
 
-async def send(url: str, request: SendMessageRequest) -> Task:
-    client = await create_client(url, client_config=ClientConfig(streaming=False))
+async def client_for(url: str, token: str | None = None) -> Any:
+    """An `a2a-sdk` client; with `token`, every call (the card's too) carries it."""
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) if token else None
+    return await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
+
+
+async def send(url: str, request: SendMessageRequest, token: str | None = None) -> Task:
+    client = await client_for(url, token)
     async for event in client.send_message(request):
         assert event.HasField("task"), event
         return event.task
     raise AssertionError("no answer")
 
 
-async def get(url: str, task_id: str) -> Task:
-    client = await create_client(url, client_config=ClientConfig(streaming=False))
+async def get(url: str, task_id: str, token: str | None = None) -> Task:
+    client = await client_for(url, token)
     return await client.get_task(GetTaskRequest(id=task_id))
 
 
@@ -145,6 +156,100 @@ def test_escalation_is_input_required_and_cancel_is_canceled(dev: Server, tag: s
         with pytest.raises(PushNotificationNotSupportedError):
             await client.create_task_push_notification_config(config)
 
+        # A reply to the input-required task joins its history (as the
+        # user's) and the inbox, and resolves nothing; a repeat adds nothing.
+        reply = message("use the blue boxes", task_id=task.id)
+        replied = await send(url, reply)
+        assert replied.status.state == TaskState.TASK_STATE_INPUT_REQUIRED, replied
+        last = replied.history[-1]
+        assert last.role == Role.ROLE_USER and last.parts[0].text == "use the blue boxes", replied
+        again = await send(url, reply)
+        assert len(again.history) == len(replied.history)
+        stored = baton.Client(dev.address).get_task(task.id)
+        assert stored.state == "waiting" and stored.stage == f"desk-{tag}"
+        items = baton.Client(dev.address).inbox(stage=f"desk-{tag}").items
+        (item,) = [i for i in items if i.task.id == task.id]
+        assert [(m.by, m.note) for m in item.messages] == [("principal:anonymous", "use the blue boxes")]
+        # A task that is not waiting for input refuses a message.
+        busy = await send(url, message("in the queue"))
+        with pytest.raises(UnsupportedOperationError):
+            await send(url, message("hurry", task_id=busy.id))
+
+    asyncio.run(run())
+
+
+def cli(server: Server, token: str, *args: str) -> Any:
+    """Runs the `baton` CLI against `server` with `token`; its JSON answer."""
+    done = subprocess.run(
+        [server.binary, *args, "--address", server.address, "--token", token, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def submitter(server: Server, name: str) -> str:
+    """A new submitter principal made with the CLI, as the docs show; its token."""
+    assert server.admin_token
+    cli(server, server.admin_token, "principal", "add", name, "--role", "submitter")
+    token: str = cli(server, server.admin_token, "token", "create", "--principal", name)["token"]
+    return token
+
+
+def rpc(url: str, token: str, method: str, params: dict[str, Any]) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": "r", "method": method, "params": params}
+    return httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_a_submitter_reaches_only_its_own_tasks_and_message_ids_are_its_own(serve: Server, tag: str) -> None:
+    assert serve.admin_token
+    name, stages = apply(serve, tag, token=serve.admin_token)
+    url = f"{serve.address}/a2a/{name}"
+    alice, bob = submitter(serve, f"alice-{tag}"), submitter(serve, f"bob-{tag}")
+
+    async def run() -> None:
+        shared = uuid.uuid4().hex
+        mine = await send(url, message("alice's order", shared), alice)
+        assert (await send(url, message("alice's order", shared), alice)).id == mine.id
+        theirs = await send(url, message("bob's order", shared), bob)
+        assert theirs.id != mine.id, "the same message id from two principals: two tasks"
+        assert theirs.history[0].message_id == shared and mine.history[0].message_id == shared
+
+        bob_a2a = await client_for(url, bob)
+        with pytest.raises(TaskNotFoundError):
+            await bob_a2a.get_task(GetTaskRequest(id=mine.id))
+        with pytest.raises(TaskNotFoundError):
+            await bob_a2a.cancel_task(CancelTaskRequest(id=mine.id))
+        with pytest.raises(TaskNotFoundError):
+            await send(url, message("let me in", task_id=mine.id), bob)
+        # The stream answers a plain JSON-RPC error before it opens.
+        streamed = rpc(url, bob, "SubscribeToTask", {"id": mine.id})
+        assert streamed.json()["error"]["code"] == -32001, streamed.text
+
+        # /v1: 404 on every read and on cancel; the listing leaves it out.
+        as_bob = baton.Client(serve.address, token=bob)
+        for call in (
+            lambda: as_bob.get_task(mine.id),
+            lambda: as_bob.history(mine.id),
+            lambda: as_bob.lineage(mine.id),
+            lambda: as_bob.cancel(mine.id, "not mine"),
+            lambda: as_bob.comment(mine.id, "not mine"),
+        ):
+            with pytest.raises(baton.NotFound):
+                call()
+        assert [t.id for t in as_bob.iter_tasks(stage=stages[0])] == [theirs.id]
+
+        # Alice still reads, streams and cancels her own.
+        assert (await get(url, mine.id, alice)).status.state == TaskState.TASK_STATE_SUBMITTED
+        ((_, snapshot),) = subscribe_open(url, mine.id, alice)
+        assert snapshot["result"]["task"]["id"] == mine.id, snapshot
+        alice_a2a = await client_for(url, alice)
+        cancelled = await alice_a2a.cancel_task(CancelTaskRequest(id=mine.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        assert baton.Client(serve.address, token=serve.admin_token).get_task(theirs.id).state == "waiting"
+
     asyncio.run(run())
 
 
@@ -168,10 +273,11 @@ def subscribe(url: str, task_id: str, last: int | None) -> list[tuple[int, dict[
     return sse_events(answer.text)
 
 
-def subscribe_open(url: str, task_id: str) -> list[tuple[int, dict[str, Any]]]:
+def subscribe_open(url: str, task_id: str, token: str | None = None) -> list[tuple[int, dict[str, Any]]]:
     """The first event of a subscription to a task still in flight."""
     body = {"jsonrpc": "2.0", "id": "s", "method": "SubscribeToTask", "params": {"id": task_id}}
-    with httpx.stream("POST", url, json=body, timeout=30) as answer:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as answer:
         text = ""
         for chunk in answer.iter_text():
             text += chunk

@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/spawn"),
     ("POST", "/v1/tasks/{id}/abort"),
     ("POST", "/v1/tasks/{id}/cancel"),
+    ("POST", "/v1/tasks/{id}/comments"),
     ("POST", "/v1/claims"),
     ("GET", "/v1/handoffs/{id}"),
     ("GET", "/v1/deliveries"),
@@ -152,6 +153,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::spawn))
         .routes(routes!(tasks::abort))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::comment))
         .routes(routes!(claims::claim))
         .routes(routes!(handoffs::show))
         .routes(routes!(deliveries::list))

@@ -152,7 +152,7 @@ async fn a2a_message_follows_the_task_to_completion_and_repeats_make_no_second_t
     assert_eq!(task["history"][0]["parts"][0]["text"], "two boxes");
     let stored = api.get(&format!("/v1/tasks/{id}")).await.expect(200);
     assert_eq!(stored["payload"], json!({ "text": "two boxes" }));
-    assert_eq!(stored["idempotency_key"], "msg-1");
+    assert_eq!(stored["idempotency_key"], "a2a/anonymous/msg-1", "message ids are keyed per principal");
 
     // The same message again: the same task, still one task.
     let again = send(&api, "msg-1", "two boxes").await;
@@ -243,6 +243,40 @@ async fn a2a_escalation_is_input_required_or_failed_as_configured_and_cancel_is_
     sweeper::step(&api.state).await;
     let escalated = get_task(&api, &id).await;
     assert_eq!(state(&escalated), "TASK_STATE_INPUT_REQUIRED", "{escalated}");
+
+    // A reply naming the task joins its history as the user's message, is
+    // shown in the inbox, and resolves nothing; its repeat adds nothing.
+    let reply = json!({ "message": { "messageId": "msg-reply", "taskId": id, "role": "ROLE_USER",
+        "parts": [{ "text": "the blue boxes" }, { "data": { "boxes": 2 } }] } });
+    let replied = result(rpc(&api, "orders", "SendMessage", reply.clone()).await)["task"].clone();
+    assert_eq!(state(&replied), "TASK_STATE_INPUT_REQUIRED", "{replied}");
+    let last = replied["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "ROLE_USER", "{replied}");
+    assert_eq!(last["parts"], json!([{ "text": "the blue boxes" }, { "data": { "boxes": 2 } }]));
+    assert_eq!(last["metadata"]["kind"], "commented");
+    let again = result(rpc(&api, "orders", "SendMessage", reply).await)["task"].clone();
+    assert_eq!(again["history"], replied["history"], "a repeated message id adds nothing");
+    let stored = api.get(&format!("/v1/tasks/{id}")).await.expect(200);
+    assert_eq!((&stored["state"], &stored["stage"]), (&json!("waiting"), &json!("desk")));
+    let inbox = api.get("/v1/inbox?stage=desk").await.expect(200);
+    let item = &inbox["items"][0];
+    assert_eq!(item["task"]["id"], json!(id));
+    assert_eq!(item["messages"][0]["note"], "the blue boxes", "{inbox}");
+    assert_eq!(item["messages"][0]["by"], "principal:anonymous");
+    assert_eq!(item["messages"][0]["findings"], json!({ "boxes": 2 }));
+    // A task not waiting for input refuses a message, and is left alone.
+    let fresh = send(&api, "msg-fresh", "new").await;
+    let to_fresh = json!({ "message": { "messageId": "msg-x", "taskId": fresh["id"], "role": "ROLE_USER", "parts": [{ "text": "hurry" }] } });
+    let refused = rpc(&api, "orders", "SendMessage", to_fresh).await;
+    assert_eq!(error_code(&refused), -32004, "{refused}");
+    let fresh_id = fresh["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v1/tasks/{fresh_id}/history")).await.expect(200)["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // The same workflow with escalation_is_failure: the same task now reads as failed.
     apply(&api, &ORDERS.replace("[a2a]", "[a2a]\nescalation_is_failure = true")).await;
