@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import baton
-from a2a.client import ClientConfig, create_client
+from a2a.client import Client, ClientConfig, create_client
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -77,7 +77,7 @@ def message(text: str, message_id: str | None = None, task_id: str | None = None
     )
 
 
-async def client_for(url: str, token: str | None = None) -> Any:
+async def client_for(url: str, token: str | None = None) -> Client:
     """An `a2a-sdk` client; with `token`, every call (the card's too) carries it."""
     http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) if token else None
     return await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
