@@ -32,8 +32,8 @@ pub use policy::{Backoff, DEADLINE_BOOST, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
     ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Claimed, CommentRequest,
-    Credential, Error, Grant, Handoff, HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord,
-    SingletonDuty, Skipped, StageGauge, Store, StoreFuture, Submitted, TaskFilter, TaskView,
+    Credential, Error, Grant, Handoff, HandoffOutcome, Op, OpOutcome, Page, PushConfig, RequestKey,
+    RequestRecord, SingletonDuty, Skipped, StageGauge, Store, StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, IndexColumns, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
 pub use workflow::{A2aSettings, Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};

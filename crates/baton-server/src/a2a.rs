@@ -52,15 +52,18 @@ pub mod code {
     pub const UNSUPPORTED_OPERATION: i64 = -32004;
 }
 
-/// What the bridge needs: the `/v1` router it calls, and the options.
+/// What the bridge needs: the `/v1` router it calls, and the server's state,
+/// for push notification configs only (`push_config`): the one thing the
+/// bridge keeps, always after reading the task through `/v1`.
 #[derive(Clone)]
 struct Bridge {
     api: Router,
+    state: crate::state::AppState,
 }
 
 /// The `/a2a` routes over `api`, the server's fully layered `/v1` router.
-pub fn routes(api: Router) -> Router {
-    let bridge = Bridge { api };
+pub fn routes(api: Router, state: crate::state::AppState) -> Router {
+    let bridge = Bridge { api, state };
     Router::new()
         .route("/a2a/{workflow}/.well-known/agent-card.json", get(card))
         .route("/a2a/{workflow}", post(rpc))
@@ -390,16 +393,10 @@ impl Bridge {
     ) -> Result<Value, Failure> {
         match method {
             "SendMessage" | "GetTask" | "CancelTask" => {}
-            "CreateTaskPushNotificationConfig" => {}
-            "GetTaskPushNotificationConfig"
+            "CreateTaskPushNotificationConfig"
+            | "GetTaskPushNotificationConfig"
             | "ListTaskPushNotificationConfigs"
-            | "DeleteTaskPushNotificationConfig" => {
-                return Err(RpcError::new(
-                    code::PUSH_NOTIFICATION_NOT_SUPPORTED,
-                    "this agent keeps no push notification configs",
-                )
-                .into());
-            }
+            | "DeleteTaskPushNotificationConfig" => {}
             "ListTasks" | "GetExtendedAgentCard" => {
                 return Err(RpcError::new(
                     code::UNSUPPORTED_OPERATION,
@@ -451,21 +448,30 @@ impl Bridge {
                 }
                 self.task(auth, &wf, &id).await
             }
-            "CreateTaskPushNotificationConfig" => {
-                let url = params
-                    .pointer("/pushNotificationConfig/url")
-                    .or_else(|| params.get("url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let allowed = wf
-                    .a2a
-                    .as_ref()
-                    .is_some_and(|a| a.push_url_prefixes.iter().any(|p| url.starts_with(p.as_str())));
-                if allowed {
-                    Err(RpcError::new(code::UNSUPPORTED_OPERATION, format!("push to {url:?} is allowed but this server does not deliver A2A push notifications yet")).into())
-                } else {
-                    Err(RpcError::new(code::PUSH_NOTIFICATION_NOT_SUPPORTED, format!("push notifications to {url:?} are not supported: the URL is under none of this workflow's [a2a] push_url_prefixes")).into())
-                }
+            "CreateTaskPushNotificationConfig" => self.create_push(auth, &wf, params).await,
+            "GetTaskPushNotificationConfig" => {
+                let (task, configs) = self.push_configs(auth, &wf, params).await?;
+                let id = string_param(params, "id")?;
+                let config = configs.iter().find(|c| c.id == id).ok_or_else(|| {
+                    RpcError::new(
+                        code::INVALID_PARAMS,
+                        format!("no push notification config {id:?} on task {task}"),
+                    )
+                })?;
+                Ok(push_view(config))
+            }
+            "ListTaskPushNotificationConfigs" => {
+                let (_, configs) = self.push_configs(auth, &wf, params).await?;
+                Ok(
+                    json!({ "configs": configs.iter().map(push_view).collect::<Vec<_>>(), "nextPageToken": "" }),
+                )
+            }
+            "DeleteTaskPushNotificationConfig" => {
+                let (task, _) = self.push_configs(auth, &wf, params).await?;
+                let id = string_param(params, "id")?;
+                let op = baton_core::Op::DeletePushConfig { task, id };
+                self.state.store().execute(op, None).await.map_err(store_failure)?;
+                Ok(json!({}))
             }
             _ => unreachable!("methods are checked above"),
         }
@@ -503,7 +509,115 @@ impl Bridge {
     }
 }
 
+/// A push config as A2A shows it (its token too: the client chose it).
+fn push_view(config: &baton_core::PushConfig) -> Value {
+    json!({ "id": config.id, "taskId": config.task.to_string(), "url": config.url, "token": config.token })
+}
+
+/// A store failure as a JSON-RPC error.
+fn store_failure(e: baton_core::Error) -> RpcError {
+    RpcError::new(code::INTERNAL_ERROR, format!("the store refused: {e}"))
+}
+
+/// A push config field: flat in the params (as the `a2a-sdk` client sends
+/// it) or inside `pushNotificationConfig`.
+fn push_param<'a>(params: &'a Value, field: &str) -> Option<&'a str> {
+    params
+        .pointer(&format!("/pushNotificationConfig/{field}"))
+        .or_else(|| params.get(field))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 impl Bridge {
+    /// The task a push config call names (`taskId`), read through `/v1`
+    /// with the caller's token (so only a task the caller may read), and
+    /// its push configs.
+    async fn push_configs(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        params: &Value,
+    ) -> Result<(baton_core::TaskId, Vec<baton_core::PushConfig>), Failure> {
+        let id = push_param(params, "taskId")
+            .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, "taskId: name the task"))?;
+        self.task(auth, wf, id).await?;
+        let task = baton_core::TaskId(task_id(id)?);
+        let configs = self
+            .state
+            .store()
+            .push_configs(Some(task), crate::push::PUSH_CONFIGS_PER_TASK_MAX + 1)
+            .await
+            .map_err(store_failure)?;
+        Ok((task, configs))
+    }
+
+    /// `CreateTaskPushNotificationConfig`: a URL under the workflow's
+    /// `push_url_prefixes` and a token of at least `SECRET_BYTES_MIN` bytes
+    /// (the notifications' signing key) become a push config of a task the
+    /// caller may read; its updates after now are delivered by `crate::push`.
+    async fn create_push(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        params: &Value,
+    ) -> Result<Value, Failure> {
+        let url = push_param(params, "url").unwrap_or("");
+        let allowed =
+            wf.a2a.as_ref().is_some_and(|a| a.push_url_prefixes.iter().any(|p| url.starts_with(p.as_str())));
+        if !allowed {
+            return Err(RpcError::new(code::PUSH_NOTIFICATION_NOT_SUPPORTED, format!("push notifications to {url:?} are not supported: the URL is under none of this workflow's [a2a] push_url_prefixes")).into());
+        }
+        let (task, configs) = self.push_configs(auth, wf, params).await?;
+        let token = push_param(params, "token").unwrap_or("");
+        let id = push_param(params, "id").map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if id.len() > crate::webhooks::WEBHOOK_NAME_BYTES_MAX {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                format!("id: at most {} bytes", crate::webhooks::WEBHOOK_NAME_BYTES_MAX),
+            )
+            .into());
+        }
+        if configs.iter().filter(|c| c.id != id).count() >= crate::push::PUSH_CONFIGS_PER_TASK_MAX {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                format!(
+                    "task {task} has {} push configs (PUSH_CONFIGS_PER_TASK_MAX): delete one first",
+                    crate::push::PUSH_CONFIGS_PER_TASK_MAX
+                ),
+            )
+            .into());
+        }
+        let after_version = match self.state.store().get(task).await.map_err(store_failure)? {
+            Some(view) => view.task.revision,
+            None => return Err(RpcError::new(code::TASK_NOT_FOUND, format!("no task {task}")).into()),
+        };
+        let config = baton_core::PushConfig {
+            task,
+            id,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            by: format!("principal:{}", self.principal(auth).await?),
+            created_at: self.state.clock().now(),
+            after_version,
+        };
+        // The URL and token as a webhook would take them (http, a host, no
+        // credentials; a long enough secret).
+        crate::push::hook(&config).map_err(|e| {
+            RpcError::new(
+                code::INVALID_PARAMS,
+                format!("{e} (the token signs the notifications: HMAC-SHA256 as webhooks)"),
+            )
+        })?;
+        let view = push_view(&config);
+        self.state
+            .store()
+            .execute(baton_core::Op::PutPushConfig(config), None)
+            .await
+            .map_err(store_failure)?;
+        Ok(view)
+    }
+
     /// A message naming task `id`: added to the history of a task waiting for
     /// input, under the caller's name (its text as the note, its data parts
     /// as findings); the message id is the call's `Idempotency-Key`, so a
@@ -729,7 +843,10 @@ pub mod mapping {
                 "protocolBinding": "JSONRPC",
                 "protocolVersion": PROTOCOL_VERSION,
             }],
-            "capabilities": { "streaming": true, "pushNotifications": false },
+            "capabilities": {
+                "streaming": true,
+                "pushNotifications": wf.a2a.as_ref().is_some_and(|a| !a.push_url_prefixes.is_empty()),
+            },
             "securitySchemes": {
                 "bearer": { "httpAuthSecurityScheme": { "scheme": "Bearer", "description": "A Baton API token; not needed when the server runs without auth." } }
             },

@@ -104,8 +104,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(crate::mcp::MCP_PATH, endpoint)
         .merge(api.clone())
-        .merge(crate::ui::router(api.clone(), state))
-        .merge(crate::a2a::routes(api))
+        .merge(crate::ui::router(api.clone(), state.clone()))
+        .merge(crate::a2a::routes(api, state))
 }
 
 /// The `/v1` API's routes with `/openapi.json` and `/docs`, and every layer
