@@ -10,8 +10,13 @@ tasks it submitted (on A2A and on `/v1`), and message ids are per principal."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import http.server
 import json
 import subprocess
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -22,7 +27,10 @@ import baton
 from a2a.client import Client, ClientConfig, create_client
 from a2a.types import (
     CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetTaskPushNotificationConfigRequest,
     GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
     Message,
     Part,
     Role,
@@ -33,7 +41,7 @@ from a2a.types import (
 )
 from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError, UnsupportedOperationError
 
-from .server import Server
+from .server import Server, free_port
 
 WORKFLOW = """
 name = "{name}"
@@ -57,14 +65,18 @@ human = true
 
 [a2a]
 description = "Three stages."
-push_url_prefixes = ["http://127.0.0.1:9/allowed/"]
+push_url_prefixes = ["{push}"]
 """
 
 
-def apply(server: Server, tag: str, accept: str = "5m", token: str | None = None) -> tuple[str, list[str]]:
+def apply(
+    server: Server, tag: str, accept: str = "5m", token: str | None = None, push: str = "http://127.0.0.1:9/allowed/"
+) -> tuple[str, list[str]]:
     name = f"a2a-{tag}"
     stages = [f"a-{tag}", f"b-{tag}", f"c-{tag}"]
-    source = WORKFLOW.format(name=name, a=stages[0], b=stages[1], c=stages[2], desk=f"desk-{tag}", accept=accept)
+    source = WORKFLOW.format(
+        name=name, a=stages[0], b=stages[1], c=stages[2], desk=f"desk-{tag}", accept=accept, push=push
+    )
     baton.Client(server.address, token=token).apply_workflow(source)
     return name, stages
 
@@ -316,3 +328,90 @@ def test_subscribe_after_a_sigkill_and_restart_misses_and_repeats_nothing(
         assert versions == every, (versions, every)
     finally:
         server.stop()
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on loopback that keeps every request it gets."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.got.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_push_inside_the_allow_list_delivers_signed_updates(dev: Server, tag: str) -> None:
+    receiver = Receiver()
+    allowed = f"http://127.0.0.1:{receiver.server_address[1]}/allowed/"
+    name, stages = apply(dev, tag, push=allowed)
+    url = f"{dev.address}/a2a/{name}"
+    card = httpx.get(f"{url}/.well-known/agent-card.json").json()
+    assert card["capabilities"]["pushNotifications"] is True
+    token = f"push-token-{tag}-{uuid.uuid4().hex}"
+
+    async def run() -> str:
+        task = await send(url, message("tell me when it ships"))
+        client = await client_for(url)
+        made = await client.create_task_push_notification_config(
+            TaskPushNotificationConfig(task_id=task.id, id="p1", url=f"{allowed}{tag}", token=token)
+        )
+        assert (made.id, made.url) == ("p1", f"{allowed}{tag}")
+        got = await client.get_task_push_notification_config(GetTaskPushNotificationConfigRequest(task_id=task.id, id="p1"))
+        assert got.url == made.url
+        listed = await client.list_task_push_notification_configs(ListTaskPushNotificationConfigsRequest(task_id=task.id))
+        assert [c.id for c in listed.configs] == ["p1"]
+        with pytest.raises(PushNotificationNotSupportedError):
+            await client.create_task_push_notification_config(
+                TaskPushNotificationConfig(task_id=task.id, url="http://127.0.0.1:9/elsewhere/", token=token)
+            )
+        return task.id
+
+    task_id = asyncio.run(run())
+    workers = baton.Client(dev.address, agent=f"worker-{tag}")
+    for i, stage in enumerate(stages):
+        (lease,) = workers.claim([stage], wait_ms=2000)
+        last = i == len(stages) - 1
+        workers.complete(lease.task, lease.epoch, note=f"done {stage}", result={"ok": True} if last else None)
+
+    def states() -> list[str]:
+        return [json.loads(body)["statusUpdate"]["status"]["state"] for _, _, body in receiver.got]
+
+    deadline = time.monotonic() + 20
+    while "TASK_STATE_COMPLETED" not in states() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert receiver.got, "no notification arrived"
+    notes = []
+    for path, headers, body in receiver.got:
+        assert path == f"/allowed/{tag}"
+        signed = f"{headers['baton-timestamp']}.".encode() + body
+        expected = "v1=" + hmac.new(token.encode(), signed, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["baton-signature"], expected), headers
+        assert headers["x-a2a-notification-token"] == token
+        update = json.loads(body)["statusUpdate"]
+        assert update["taskId"] == task_id
+        notes.append(update["status"]["message"]["parts"][0]["text"])
+    assert [n for n in notes if n.startswith("done ")] == [f"done {s}" for s in stages], notes
+    ids = [int(h["baton-webhook-id"]) for _, h, _ in receiver.got]
+    assert ids == sorted(set(ids)), "each update once, in order"
+    deliveries = baton.Client(dev.address).deliveries(limit=500).deliveries
+    assert sum(d.status == "delivered" for d in deliveries if d.notice in ids) >= len(ids)
+
+    async def delete() -> None:
+        client = await client_for(url)
+        await client.delete_task_push_notification_config(DeleteTaskPushNotificationConfigRequest(task_id=task_id, id="p1"))
+        listed = await client.list_task_push_notification_configs(ListTaskPushNotificationConfigsRequest(task_id=task_id))
+        assert list(listed.configs) == []
+
+    asyncio.run(delete())
+    receiver.shutdown()
