@@ -1,17 +1,21 @@
 //! The A2A bridge: every workflow whose file has an `[a2a]` section is also an
 //! A2A agent at `/a2a/{workflow}`, speaking A2A 1.0's JSON-RPC binding
-//! (`SendMessage`, `GetTask`, `CancelTask`, with `TASK_STATE_*` values and
+//! (`SendMessage`, `GetTask`, `CancelTask`, the push config methods, with `TASK_STATE_*` values and
 //! camelCase field names, as the `a2a-sdk` 1.x client sends and reads them),
 //! with its agent card at `/a2a/{workflow}/.well-known/agent-card.json`.
 //!
-//! The bridge owns no state and no store access: each call becomes one or
+//! The bridge owns no state but push configs: each call becomes one or
 //! more calls to the server's own `/v1` router, in process, carrying the
 //! caller's `Authorization` header, so authentication, roles, limits and
-//! checks are exactly the API's. A message becomes a task submitted to the
-//! workflow (its text and data parts as the payload, its message id as the
-//! idempotency key, so a repeated message does not make a second task); a
-//! task is read back with its history and shown as an A2A task by `mapping`.
-//! The mapping is described in docs/a2a.md.
+//! checks are exactly the API's (a submitter reaches only its own tasks). A
+//! message becomes a task submitted to the workflow (its text and data parts
+//! as the payload, its message id as the idempotency key in the sender's own
+//! space, so a repeated message does not make a second task and two senders
+//! never share one); a message naming a task that waits for input is added
+//! to its history (`POST /v1/tasks/{id}/comments`); a task is read back with
+//! its history and shown as an A2A task by `mapping`. Push notification
+//! configs are stored (after the task is read through `/v1`) and delivered
+//! by `crate::push`. The mapping is described in docs/a2a.md.
 //!
 //! `SendStreamingMessage` and `SubscribeToTask` answer server-sent events
 //! (`stream`): the task snapshot, then each newer update with its event
