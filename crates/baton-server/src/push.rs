@@ -176,7 +176,10 @@ async fn follow(d: Dispatcher, config: PushConfig) -> bool {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(webhook = %name, %error, "push: cannot read the outbox");
-                Vec::new()
+                if !d.pause(d.options.poll_ms).await {
+                    return false;
+                }
+                continue;
             }
         };
         if batch.is_empty() {
