@@ -396,11 +396,13 @@ def push_round_trip(dev: Server, tag: str) -> None:
         last = i == len(stages) - 1
         workers.complete(lease.task, lease.epoch, note=f"done {stage}", result={"ok": True} if last else None)
 
-    def states() -> list[str]:
-        return [json.loads(body)["statusUpdate"]["status"]["state"] for _, _, body in receiver.got]
+    def texts() -> list[str]:
+        updates = [json.loads(body)["statusUpdate"] for _, _, body in list(receiver.got)]
+        return [u["status"]["message"]["parts"][0]["text"] for u in updates]
 
+    # Updates arrive in order; the last is the completion's (its note).
     deadline = time.monotonic() + 20
-    while "TASK_STATE_COMPLETED" not in states() and time.monotonic() < deadline:
+    while f"done {stages[-1]}" not in texts() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert receiver.got, "no notification arrived"
     notes = []
@@ -411,7 +413,7 @@ def push_round_trip(dev: Server, tag: str) -> None:
         assert hmac.compare_digest(headers["baton-signature"], expected), headers
         assert headers["x-a2a-notification-token"] == token
         update = json.loads(body)["statusUpdate"]
-        assert update["taskId"] == task_id
+        assert update["taskId"] == task_id and update["status"]["state"] in ("TASK_STATE_WORKING", "TASK_STATE_COMPLETED")
         notes.append(update["status"]["message"]["parts"][0]["text"])
     assert [n for n in notes if n.startswith("done ")] == [f"done {s}" for s in stages], notes
     ids = [int(h["baton-webhook-id"]) for _, h, _ in receiver.got]
