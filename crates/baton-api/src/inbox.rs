@@ -49,6 +49,23 @@ pub struct InboxItem {
     /// sender's stage of a handoff); absent for a task submitted here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_stage: Option<String>,
+    /// Messages added to the task's history since it came to this stage
+    /// (`POST /v1/tasks/{id}/comments`, or an A2A client's reply), oldest
+    /// first. They resolve nothing: the task waits for a person as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<InboxMessage>,
+}
+
+/// A message on an inbox task: who sent it, when, and what it says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InboxMessage {
+    /// The sender, as events name actors (`principal:NAME`).
+    pub by: String,
+    pub at: Timestamp,
+    /// The text (empty when the message is data only).
+    pub note: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<serde_json::Value>,
 }
 
 /// `POST /v1/inbox/{id}/claim`: take one inbox task under a lease.

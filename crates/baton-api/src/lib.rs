@@ -28,8 +28,8 @@ pub use auth::{
 };
 pub use error::{ErrorBody, ErrorCode};
 pub use inbox::{
-    InboxClaimRequest, InboxItem, InboxPage, InboxQuery, Resolution, ResolveRequest, StuckKind, StuckList,
-    StuckQuery, StuckTask,
+    InboxClaimRequest, InboxItem, InboxMessage, InboxPage, InboxQuery, Resolution, ResolveRequest, StuckKind,
+    StuckList, StuckQuery, StuckTask,
 };
 pub use lineage::{
     ChainVerification, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, StepExit,
@@ -40,9 +40,9 @@ pub use metrics::{
 };
 pub use payload::Payload;
 pub use request::{
-    AbortRequest, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CompleteRequest, FailRequest,
-    HandoffQuery, HandoffRequest, HeartbeatRequest, JoinRequest, ListQuery, ReleaseRequest, SpawnRequest,
-    SubmitRequest,
+    AbortRequest, CancelRequest, ChildSpec, ClaimNext, ClaimRequest, CommentRequest, CompleteRequest,
+    FailRequest, HandoffQuery, HandoffRequest, HeartbeatRequest, JoinRequest, ListQuery, ReleaseRequest,
+    SpawnRequest, SubmitRequest,
 };
 pub use response::{
     ActResponse, ClaimResponse, Custodian, CustodianKind, Event, FenceToken, Handoff, HandoffOutcome, Health,

@@ -219,6 +219,20 @@ pub struct CancelRequest {
     pub reason: String,
 }
 
+/// `POST /v1/tasks/{id}/comments`: a message added to a live task's history
+/// (an event of kind `commented` under the caller's name). It changes
+/// nothing else: not the state, the custodian, the lease or any timer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommentRequest {
+    /// The message's text (may be empty when `findings` is given).
+    #[serde(default)]
+    pub note: String,
+    /// Structured data that goes with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<serde_json::Value>,
+}
+
 /// `POST /v1/tasks/{id}/abort`: abort the task's workflow. The stages already
 /// done are compensated, latest first (each a task in its compensation
 /// stage); then the task ends cancelled.

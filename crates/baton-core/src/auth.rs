@@ -1,11 +1,13 @@
 //! Principals, roles and tokens, and the pure authorization rules. Deny by
 //! default: an agent claims only from its stages, acts only on tasks it holds,
 //! hands off only along its routes, and sees a task outside its stages as
-//! missing (404). Only admins create principals and tokens. Tokens are random
+//! missing (404); a submitter sees, cancels and messages only the tasks it
+//! submitted (the task's `submitter` names it), any other as missing. Only
+//! admins create principals and tokens. Tokens are random
 //! 256-bit secrets shown once; stores keep only their SHA-256 (a fast hash is
 //! right for full-entropy secrets; slow hashes are for passwords).
 
-use crate::event::Hash;
+use crate::event::{Actor, Hash};
 use crate::ids::{Millis, StageName};
 use crate::store::StoreFuture;
 use crate::task::Task;
@@ -18,7 +20,7 @@ use std::fmt;
 pub enum Role {
     /// Claims and works tasks in its stages.
     Agent,
-    /// Submits tasks and reads them.
+    /// Submits tasks, and reads, cancels and messages the ones it submitted.
     Submitter,
     /// Works the human inbox: reads everything, claims from human stages, cancels.
     Operator,
@@ -148,13 +150,28 @@ impl Principal {
         }
     }
 
-    /// May this principal see `task`? Agents see only tasks in their stages
-    /// (a task elsewhere is reported as not found); others see everything.
+    /// Whether this principal submitted `task` (the submit recorded its name).
+    /// Tasks a holder spawned or Baton made (children, compensations) name
+    /// their agent or Baton, so they are no principal's.
+    pub fn submitted(&self, task: &Task) -> bool {
+        matches!(&task.submitter, Actor::Principal(name) if *name == self.name)
+    }
+
+    /// May this principal see `task`? Agents see only tasks in their stages,
+    /// submitters only the tasks they submitted (any other is reported as not
+    /// found); operators and admins see everything.
     pub fn may_read(&self, task: &Task) -> bool {
         match self.role {
             Role::Agent => self.has_stage(&task.stage),
-            Role::Submitter | Role::Operator | Role::Admin => true,
+            Role::Submitter => self.submitted(task),
+            Role::Operator | Role::Admin => true,
         }
+    }
+
+    /// Whether the role may list tasks only one by one as `may_read` allows
+    /// (a submitter: its own tasks, found by `submitted`).
+    pub fn reads_own_tasks_only(&self) -> bool {
+        self.role == Role::Submitter
     }
 
     /// May this principal hand a task off from `from` to `to`?
@@ -171,8 +188,15 @@ impl Principal {
         matches!(self.role, Role::Submitter | Role::Operator | Role::Admin)
     }
 
-    pub fn may_cancel(&self) -> bool {
-        matches!(self.role, Role::Operator | Role::Admin)
+    /// Cancelling, and adding a message to a task's history: operators and
+    /// admins any task, a submitter the tasks it submitted (with the role's
+    /// `may_read`, others are not found before this is asked), agents none.
+    pub fn may_cancel(&self, task: &Task) -> bool {
+        match self.role {
+            Role::Operator | Role::Admin => true,
+            Role::Submitter => self.submitted(task),
+            Role::Agent => false,
+        }
     }
 
     /// Only admins create principals and tokens; an admin holds every role's
@@ -241,13 +265,34 @@ mod tests {
         assert!(
             routed.may_route(&s("intake"), &s("triage")) && !routed.may_route(&s("triage"), &s("intake"))
         );
-        assert!(!a.may_submit() && !a.may_cancel() && !a.may_administer());
+        let task = |submitter: Actor| Task {
+            submitter,
+            ..crate::decide::submit(
+                crate::TaskId(uuid::Uuid::nil()),
+                &crate::NewTask::new("intake", "{}"),
+                &crate::engine::Rules::default(),
+                0,
+            )
+            .expect("a valid submit")
+            .task
+        };
+        let own = task(Actor::Principal("a".into()));
+        let other = task(Actor::Principal("b".into()));
+        assert!(!a.may_submit() && !a.may_cancel(&own) && !a.may_administer());
         let star = agent(&["*"], &[]);
         assert!(star.may_claim(&s("anything"), false));
         let op = Principal { role: Role::Operator, ..agent(&[], &[]) };
-        assert!(op.may_claim(&s("inbox"), true) && !op.may_claim(&s("intake"), false) && op.may_cancel());
+        assert!(
+            op.may_claim(&s("inbox"), true) && !op.may_claim(&s("intake"), false) && op.may_cancel(&other)
+        );
+        assert!(op.may_read(&other));
         let sub = Principal { role: Role::Submitter, ..agent(&[], &[]) };
         assert!(sub.may_submit() && !sub.may_claim(&s("inbox"), true) && !sub.may_administer());
+        // A submitter ("a") reads and cancels what it submitted, nothing else.
+        assert!(sub.may_read(&own) && sub.may_cancel(&own));
+        assert!(!sub.may_read(&other) && !sub.may_cancel(&other));
+        assert!(!sub.may_read(&task(Actor::Agent(crate::AgentId::new("a")))));
+        assert!(!sub.may_read(&task(Actor::System)));
         let admin = Principal { role: Role::Admin, ..agent(&[], &[]) };
         assert!(admin.may_administer() && admin.may_claim(&s("x"), false));
     }

@@ -160,6 +160,9 @@ pub enum Command {
     Act { agent: AgentId, epoch: u64, action: Action, handoff_id: Option<HandoffId>, children: Vec<TaskId> },
     /// Cancel, by an authorized principal.
     Cancel { actor: Actor, reason: String },
+    /// Add a message to a live task's history, by an authorized principal;
+    /// nothing else about the task changes.
+    Comment { actor: Actor, note: String, findings: Option<serde_json::Value> },
     /// The task's `due_at` has passed: lease expiry, re-offer, reroute,
     /// escalation, join deadline or retry after backoff.
     Fire,
@@ -175,6 +178,7 @@ impl Command {
             Self::Claim { .. } => "claim",
             Self::Act { action, .. } => action.name(),
             Self::Cancel { .. } => "cancel",
+            Self::Comment { .. } => "comment",
             Self::Fire => "fire",
             Self::ChildSettled { .. } => "settle a child of",
         }

@@ -149,6 +149,9 @@ pub fn decide_in(task: &Task, command: &Command, env: Env<'_>, now: Millis) -> R
             act(task, lease, action, Ids { handoff: *handoff_id, children }, env, now)
         }
         Command::Cancel { actor, reason } => cancel(task, actor, reason, rules, now),
+        Command::Comment { actor, note, findings } => {
+            comment(task, actor, note, findings.as_ref(), rules, now)
+        }
         Command::Fire => fire(task, env, now),
         Command::ChildSettled { child, ok, next_id } => settle(task, *child, *ok, *next_id, env, now),
     }
@@ -502,6 +505,29 @@ fn cancel(task: &Task, actor: &Actor, reason: &str, rules: &Rules, now: Millis) 
         change.handoff = Some(Handoff { outcome: HandoffOutcome::Cancelled { at: now }, ..h.clone() });
     }
     change.settle_parent = task.parent.map(|p| (p, false));
+    Ok(change)
+}
+
+/// A message added to the history: the row is the same but for its
+/// revision and `updated_at`, so custody, the lease, the epoch and `due_at`
+/// stay as they were. Measured by no metric.
+fn comment(
+    task: &Task,
+    actor: &Actor,
+    note: &str,
+    findings: Option<&serde_json::Value>,
+    rules: &Rules,
+    now: Millis,
+) -> Result<Change, Rejection> {
+    if note.trim().is_empty() && findings.is_none() {
+        return Err(Rejection::invalid("note", "send a message: a note, findings, or both"));
+    }
+    check_text("note", Some(note), rules)?;
+    check_json("findings", findings, rules)?;
+    let mut change = change(task, task.clone(), EventKind::Commented, actor.clone(), now);
+    change.event.note = Some(note.to_owned()).filter(|n| !n.is_empty());
+    change.event.findings = findings.cloned();
+    change.elapsed_ms = None;
     Ok(change)
 }
 

@@ -18,8 +18,9 @@ use crate::metrics::{Anomaly, Counts, Observation, Rollup, RollupKey};
 use crate::policy::Policies;
 use crate::rejection::Rejection;
 use crate::store::{
-    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Claimed, Credential, Delivery,
-    Grant, Handoff, HandoffOutcome, Notice, Op, OpOutcome, RequestKey, RequestRecord, Skipped, Submitted,
+    ActOutcome, ActRequest, Alert, Applied, CancelRequest, ClaimRequest, Claimed, CommentRequest, Credential,
+    Delivery, Grant, Handoff, HandoffOutcome, Notice, Op, OpOutcome, PushConfig, RequestKey, RequestRecord,
+    Skipped, Submitted,
 };
 use crate::task::{Task, TaskState};
 use crate::workflow::Workflow;
@@ -99,6 +100,10 @@ pub trait Tx {
     fn put_notice(&mut self, notice: &Notice) -> Result<(), Self::Error>;
     /// Records one webhook delivery attempt.
     fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), Self::Error>;
+    /// Saves a push config, replacing the one with the same task and id.
+    fn put_push_config(&mut self, config: &PushConfig) -> Result<(), Self::Error>;
+    /// Deletes the push config `id` of `task` if there is one.
+    fn delete_push_config(&mut self, task: TaskId, id: &str) -> Result<(), Self::Error>;
     /// A workflow at `version`, or (`None`) its latest version. Versions never
     /// change once stored, so stores may cache them.
     fn workflow(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<Workflow>>, Self::Error>;
@@ -228,6 +233,7 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
         Op::Claim(req) => OpOutcome::Claim(claim(tx, req, cx)?),
         Op::Act(req) => OpOutcome::Act(act(tx, req, cx)?),
         Op::Cancel(req) => OpOutcome::Cancel(cancel(tx, req, cx)?),
+        Op::Comment(req) => OpOutcome::Comment(comment(tx, req, cx)?),
         Op::ApplyWorkflow(wf) => OpOutcome::ApplyWorkflow(apply_workflow(tx, wf, cx)?),
         Op::RecordDelivery(d) => {
             st(tx.put_delivery(d))?;
@@ -241,6 +247,15 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
             let id = st(tx.put_anomaly(anomaly))?;
             st(tx.put_notice(&Notice::Anomaly { id, anomaly: anomaly.clone() }))?;
             OpOutcome::RaiseAnomaly
+        }
+        Op::PutPushConfig(config) => {
+            st(tx.load(config.task))?.ok_or(Rejection::TaskNotFound { task: config.task })?;
+            st(tx.put_push_config(config))?;
+            OpOutcome::PutPushConfig
+        }
+        Op::DeletePushConfig { task, id } => {
+            st(tx.delete_push_config(*task, id))?;
+            OpOutcome::DeletePushConfig
         }
         Op::AckAnomaly { id, by } => {
             let mut anomaly = st(tx.anomaly(*id))?.ok_or_else(|| {
@@ -369,6 +384,17 @@ pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitt
     insert_new(tx, id, new, wf.as_ref(), cx).map(|task| Submitted { task, created: true })
 }
 
+/// The outbox notice of a change of a task whose workflow lists push URL
+/// prefixes, for its push notification configs; nothing for other tasks, so
+/// only workflows that opted in pay for an outbox row per change.
+fn notice_update<T: Tx>(tx: &mut T, event: &Event, wf: Option<&Arc<Workflow>>) -> Res<(), T::Error> {
+    let pushes = wf.and_then(|w| w.a2a.as_ref()).is_some_and(|a| !a.push_url_prefixes.is_empty());
+    if pushes && event.kind != EventKind::Heartbeat {
+        st(tx.put_notice(&Notice::Update { task: event.task, version: event.version }))?;
+    }
+    Ok(())
+}
+
 /// Creates a task with an id the engine chose, under `wf` when given.
 fn insert_new<T: Tx>(
     tx: &mut T,
@@ -383,6 +409,7 @@ fn insert_new<T: Tx>(
     let change = decide_submit(id, new, env(cx.rules, wf), cx.now)?;
     let event = change.event.seal(Hash::ZERO);
     st(tx.insert(&change.task, &new.payload, &event))?;
+    notice_update(tx, &event, wf)?;
     cx.effects.observed.push(Observation {
         at: event.at,
         task: event.task,
@@ -573,6 +600,16 @@ pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<T
     apply(tx, change, head, wf.as_ref(), cx)
 }
 
+/// Adds a message to a live task's history (`Command::Comment`).
+pub fn comment<T: Tx>(tx: &mut T, req: &CommentRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
+    let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    let wf = workflow_of(tx, &task)?;
+    let command =
+        Command::Comment { actor: req.actor.clone(), note: req.note.clone(), findings: req.findings.clone() };
+    let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
+    apply(tx, change, head, wf.as_ref(), cx)
+}
+
 /// The timers: act on up to `limit` tasks whose `due_at` has passed.
 pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize, T::Error> {
     let limit = limit.min(cx.rules.limits.sweep_batch_max);
@@ -631,6 +668,7 @@ fn apply<T: Tx>(
         st(tx.put_alert(a))?;
         st(tx.put_notice(&Notice::Alert { alert: a.clone() }))?;
     }
+    notice_update(tx, &event, wf)?;
     cx.effects.note_ready(&change.task);
     for (id, new) in &change.spawn {
         // A child in one of the workflow's stages runs under the same version.

@@ -57,6 +57,10 @@ pub enum EventKind {
     DeadlineNear,
     DeadlinePassed,
     Aborted,
+    /// A message from a principal added to the task's history (an A2A
+    /// client's reply to a task waiting for input): state, custody and
+    /// timers are unchanged.
+    Commented,
 }
 
 impl EventKind {
@@ -81,6 +85,7 @@ impl EventKind {
             Self::DeadlineNear => "deadline_near",
             Self::DeadlinePassed => "deadline_passed",
             Self::Aborted => "aborted",
+            Self::Commented => "commented",
         }
     }
 }

@@ -31,9 +31,9 @@ pub use limits::Limits;
 pub use policy::{Backoff, DEADLINE_BOOST, Policies, StagePolicy};
 pub use rejection::Rejection;
 pub use store::{
-    ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Claimed, Credential, Error, Grant,
-    Handoff, HandoffOutcome, Op, OpOutcome, Page, RequestKey, RequestRecord, SingletonDuty, Skipped,
-    StageGauge, Store, StoreFuture, Submitted, TaskFilter, TaskView,
+    ActOutcome, ActRequest, Alert, CancelRequest, ClaimNext, ClaimRequest, Claimed, CommentRequest,
+    Credential, Error, Grant, Handoff, HandoffOutcome, Op, OpOutcome, Page, PushConfig, RequestKey,
+    RequestRecord, SingletonDuty, Skipped, StageGauge, Store, StoreFuture, Submitted, TaskFilter, TaskView,
 };
 pub use task::{Custodian, IndexColumns, Join, JoinMode, Lease, StateName, Task, TaskState, Wait};
 pub use workflow::{A2aSettings, Canary, GraphError, Workflow, WorkflowRef, WorkflowStage};

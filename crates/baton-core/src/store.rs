@@ -79,6 +79,12 @@ pub trait Store: Send + Sync + 'static {
     /// The latest delivery record to `webhook`: one that is not final was in
     /// flight, and its notice's attempts go on from it after a restart.
     fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>>;
+    /// Up to `limit` notices about task `task` with sequence numbers after
+    /// `after`, in order (push configs read their task's updates this way).
+    fn task_notices(&self, task: TaskId, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>>;
+    /// Push notification configs, of task `task` or (`None`) of every task,
+    /// in (task, id) order, at most `limit`.
+    fn push_configs(&self, task: Option<TaskId>, limit: usize) -> StoreFuture<'_, Vec<PushConfig>>;
     /// The stored rollups of buckets in `from..to`, by bucket then key, at
     /// most `limit`.
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>>;
@@ -151,6 +157,9 @@ pub enum Notice {
         id: u64,
         anomaly: Anomaly,
     },
+    /// A task whose workflow lists push URL prefixes (`[a2a]`) changed: its
+    /// event `version`, for push notification configs (never webhooks).
+    Update { task: TaskId, version: u64 },
 }
 
 impl Notice {
@@ -159,6 +168,7 @@ impl Notice {
         match self {
             Self::Handoff { handoff } => Some(handoff.task),
             Self::Alert { alert } => Some(alert.task),
+            Self::Update { task, .. } => Some(*task),
             Self::Anomaly { .. } => None,
         }
     }
@@ -167,7 +177,38 @@ impl Notice {
             Self::Handoff { .. } => "handoff",
             Self::Alert { .. } => "alert",
             Self::Anomaly { .. } => "anomaly",
+            Self::Update { .. } => "update",
         }
+    }
+}
+
+/// A push notification config: task `task`'s status updates after version
+/// `after_version` are POSTed, signed with `token`, to `url` (an A2A client's
+/// `CreateTaskPushNotificationConfig`; the server checks the URL against
+/// the workflow's allow-list before it stores one). Delivered like a
+/// webhook, with delivery records under `webhook_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub task: TaskId,
+    /// The config's id within its task (the client's, or one the server gave).
+    pub id: String,
+    pub url: String,
+    /// The secret the notifications are signed with; the client chose it.
+    pub token: String,
+    /// Who made it, as events name actors.
+    pub by: String,
+    pub created_at: Millis,
+    /// The task's version when the config was made: later updates are sent.
+    pub after_version: u64,
+}
+
+impl PushConfig {
+    /// The name its delivery records carry: `push-` and 24 hex digits of
+    /// the SHA-256 of task and id (letters, digits and `-`, as webhook names).
+    pub fn webhook_name(&self) -> String {
+        let hash = crate::event::Hash::of(format!("{}/{}", self.task, self.id).as_bytes()).to_hex();
+        format!("push-{}", &hash[..24])
     }
 }
 
@@ -219,6 +260,8 @@ pub enum Op {
     Claim(ClaimRequest),
     Act(ActRequest),
     Cancel(CancelRequest),
+    /// Add a message to a live task's history (`Command::Comment`).
+    Comment(CommentRequest),
     /// Store a new version of a workflow (its `version` is ignored).
     ApplyWorkflow(Workflow),
     /// Record a webhook delivery attempt.
@@ -231,6 +274,14 @@ pub enum Op {
     },
     /// Store an anomaly (and its outbox notice).
     RaiseAnomaly(Anomaly),
+    /// Store (or replace, by task and id) a push notification config of an
+    /// existing task.
+    PutPushConfig(PushConfig),
+    /// Delete a push notification config, if it exists.
+    DeletePushConfig {
+        task: TaskId,
+        id: String,
+    },
     /// Acknowledge anomaly `id`.
     AckAnomaly {
         id: u64,
@@ -247,11 +298,15 @@ pub enum OpOutcome {
     Claim(Claimed),
     Act(ActOutcome),
     Cancel(Task),
+    /// The task after the message was added.
+    Comment(Task),
     ApplyWorkflow(Applied),
     RecordDelivery,
     MergeRollups,
     PurgeRollups(usize),
     RaiseAnomaly,
+    PutPushConfig,
+    DeletePushConfig,
     /// The anomaly as acknowledged.
     AckAnomaly(Anomaly),
 }
@@ -275,6 +330,10 @@ impl OpOutcome {
 
     pub fn into_cancelled(self) -> Option<Task> {
         if let Self::Cancel(t) = self { Some(t) } else { None }
+    }
+
+    pub fn into_commented(self) -> Option<Task> {
+        if let Self::Comment(t) = self { Some(t) } else { None }
     }
 
     pub fn into_applied(self) -> Option<Applied> {
@@ -444,6 +503,15 @@ pub struct CancelRequest {
     pub task: TaskId,
     pub actor: Actor,
     pub reason: String,
+}
+
+/// A message for a task's history, from `actor`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommentRequest {
+    pub task: TaskId,
+    pub actor: Actor,
+    pub note: String,
+    pub findings: Option<serde_json::Value>,
 }
 
 /// A task with its payload and the head of its event chain.

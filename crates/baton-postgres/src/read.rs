@@ -10,7 +10,7 @@ use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice, StageGauge};
+use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::workflow::Workflow;
 use baton_core::{Alert, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView};
 use deadpool_postgres::{Object, Pool};
@@ -269,6 +269,26 @@ pub(crate) async fn notices(pool: Pool, after: u64, max: usize) -> Result<Vec<(u
     sequence(pool, "SELECT id, body FROM notices WHERE id > $1 ORDER BY id LIMIT $2", after, max).await
 }
 
+pub(crate) async fn task_notices(
+    pool: Pool,
+    task: TaskId,
+    after: u64,
+    max: usize,
+) -> Result<Vec<(u64, Notice)>, StoreError> {
+    let c = conn(&pool).await?;
+    let st = c
+        .prepare_cached("SELECT id, body FROM notices WHERE task = $1 AND id > $2 ORDER BY id LIMIT $3")
+        .await?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows = c.query(&st, &[&task.0, &after, &limit(max)]).await?;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.try_get(0)?;
+            Ok((id.max(0).unsigned_abs(), json(row, 1)?))
+        })
+        .collect()
+}
+
 pub(crate) async fn deliveries(
     pool: Pool,
     after: u64,
@@ -283,6 +303,33 @@ pub(crate) async fn last_delivery(pool: Pool, webhook: String) -> Result<Option<
         c.prepare_cached("SELECT body FROM deliveries WHERE webhook = $1 ORDER BY id DESC LIMIT 1").await?;
     let body: Option<String> = c.query_opt(&st, &[&webhook]).await?.map(|r| r.try_get(0)).transpose()?;
     Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
+
+/// Push configs of `task` (or every task), in (task, id) order, at most `max`.
+pub(crate) async fn push_configs(
+    pool: Pool,
+    task: Option<TaskId>,
+    max: usize,
+) -> Result<Vec<PushConfig>, StoreError> {
+    let c = conn(&pool).await?;
+    let rows = match task {
+        Some(task) => {
+            let st = c
+                .prepare_cached("SELECT body FROM push_configs WHERE task = $1 ORDER BY id LIMIT $2")
+                .await?;
+            c.query(&st, &[&task.0, &limit(max)]).await?
+        }
+        None => {
+            let st = c.prepare_cached("SELECT body FROM push_configs ORDER BY task, id LIMIT $1").await?;
+            c.query(&st, &[&limit(max)]).await?
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            let body: String = r.try_get(0)?;
+            Ok(serde_json::from_str(&body)?)
+        })
+        .collect()
 }
 
 pub(crate) async fn delivery_cursor(pool: Pool, webhook: String) -> Result<Option<u64>, StoreError> {

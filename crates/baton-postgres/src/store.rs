@@ -469,6 +469,18 @@ impl Store for PostgresStore {
         self.read(read::last_delivery(self.pool.clone(), webhook))
     }
 
+    fn task_notices(&self, task: TaskId, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
+        self.read(read::task_notices(self.pool.clone(), task, after, self.page(limit)))
+    }
+
+    fn push_configs(
+        &self,
+        task: Option<TaskId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<baton_core::PushConfig>> {
+        self.read(read::push_configs(self.pool.clone(), task, self.page(limit)))
+    }
+
     fn rollups(&self, from: Millis, to: Millis, limit: usize) -> StoreFuture<'_, Vec<Rollup>> {
         self.read(read::rollups(self.pool.clone(), from, to, limit))
     }

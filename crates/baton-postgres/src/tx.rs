@@ -34,7 +34,7 @@ use crate::error::StoreError;
 use crate::rows::{Columns, int, json, limit, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::workflow::Workflow;
 use baton_core::{
     AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
@@ -89,6 +89,9 @@ const CREDENTIAL_LIVE: &str = "SELECT 1 FROM tokens t JOIN principals p ON p.nam
                                AND p.revoked_at IS NULL";
 const PUT_NOTICE: &str = "INSERT INTO notices (task, body) VALUES ($1, $2)";
 const PUT_DELIVERY: &str = "INSERT INTO deliveries (notice, webhook, final, body) VALUES ($1, $2, $3, $4)";
+const PUT_PUSH_CONFIG: &str = "INSERT INTO push_configs (task, id, body) VALUES ($1, $2, $3) \
+    ON CONFLICT (task, id) DO UPDATE SET body = excluded.body";
+const DELETE_PUSH_CONFIG: &str = "DELETE FROM push_configs WHERE task = $1 AND id = $2";
 // Replicas merge into the same rows: make the row exist, then lock it for
 // the read-merge-write, so no merge is lost to a concurrent one.
 const ROLLUP_ENSURE: &str =
@@ -724,6 +727,18 @@ impl Tx for PgTx<'_> {
     fn put_notice(&mut self, notice: &Notice) -> Result<(), StoreError> {
         let body = serde_json::to_string(notice)?;
         self.write(PUT_NOTICE, vec![Box::new(notice.task().map(|t| t.0)), Box::new(body)])
+    }
+
+    fn put_push_config(&mut self, config: &PushConfig) -> Result<(), StoreError> {
+        let body = serde_json::to_string(config)?;
+        self.write(
+            PUT_PUSH_CONFIG,
+            vec![Box::new(config.task.0), Box::new(config.id.clone()), Box::new(body)],
+        )
+    }
+
+    fn delete_push_config(&mut self, task: TaskId, id: &str) -> Result<(), StoreError> {
+        self.write(DELETE_PUSH_CONFIG, vec![Box::new(task.0), Box::new(id.to_owned())])
     }
 
     fn put_delivery(&mut self, delivery: &Delivery) -> Result<(), StoreError> {

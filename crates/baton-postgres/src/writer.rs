@@ -557,6 +557,7 @@ impl Op {
         match &call.0 {
             baton_core::Op::Act(r) => Some(r.task),
             baton_core::Op::Cancel(r) => Some(r.task),
+            baton_core::Op::Comment(r) => Some(r.task),
             baton_core::Op::Claim(r) => r.only,
             _ => None,
         }

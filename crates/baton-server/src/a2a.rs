@@ -1,17 +1,21 @@
 //! The A2A bridge: every workflow whose file has an `[a2a]` section is also an
 //! A2A agent at `/a2a/{workflow}`, speaking A2A 1.0's JSON-RPC binding
-//! (`SendMessage`, `GetTask`, `CancelTask`, with `TASK_STATE_*` values and
+//! (`SendMessage`, `GetTask`, `CancelTask`, the push config methods, with `TASK_STATE_*` values and
 //! camelCase field names, as the `a2a-sdk` 1.x client sends and reads them),
 //! with its agent card at `/a2a/{workflow}/.well-known/agent-card.json`.
 //!
-//! The bridge owns no state and no store access: each call becomes one or
+//! The bridge owns no state but push configs: each call becomes one or
 //! more calls to the server's own `/v1` router, in process, carrying the
 //! caller's `Authorization` header, so authentication, roles, limits and
-//! checks are exactly the API's. A message becomes a task submitted to the
-//! workflow (its text and data parts as the payload, its message id as the
-//! idempotency key, so a repeated message does not make a second task); a
-//! task is read back with its history and shown as an A2A task by `mapping`.
-//! The mapping is described in docs/a2a.md.
+//! checks are exactly the API's (a submitter reaches only its own tasks). A
+//! message becomes a task submitted to the workflow (its text and data parts
+//! as the payload, its message id as the idempotency key in the sender's own
+//! space, so a repeated message does not make a second task and two senders
+//! never share one); a message naming a task that waits for input is added
+//! to its history (`POST /v1/tasks/{id}/comments`); a task is read back with
+//! its history and shown as an A2A task by `mapping`. Push notification
+//! configs are stored (after the task is read through `/v1`) and delivered
+//! by `crate::push`. The mapping is described in docs/a2a.md.
 //!
 //! `SendStreamingMessage` and `SubscribeToTask` answer server-sent events
 //! (`stream`): the task snapshot, then each newer update with its event
@@ -52,15 +56,18 @@ pub mod code {
     pub const UNSUPPORTED_OPERATION: i64 = -32004;
 }
 
-/// What the bridge needs: the `/v1` router it calls, and the options.
+/// What the bridge needs: the `/v1` router it calls, and the server's state,
+/// for push notification configs only (`push_config`): the one thing the
+/// bridge keeps, always after reading the task through `/v1`.
 #[derive(Clone)]
 struct Bridge {
     api: Router,
+    state: crate::state::AppState,
 }
 
 /// The `/a2a` routes over `api`, the server's fully layered `/v1` router.
-pub fn routes(api: Router) -> Router {
-    let bridge = Bridge { api };
+pub fn routes(api: Router, state: crate::state::AppState) -> Router {
+    let bridge = Bridge { api, state };
     Router::new()
         .route("/a2a/{workflow}/.well-known/agent-card.json", get(card))
         .route("/a2a/{workflow}", post(rpc))
@@ -108,9 +115,24 @@ impl Bridge {
         uri: &str,
         body: Option<Value>,
     ) -> Result<Answer, Failure> {
+        self.call_keyed(auth, method, uri, body, None).await
+    }
+
+    /// `call` with an `Idempotency-Key` header when `key` is given.
+    async fn call_keyed(
+        &self,
+        auth: &HeaderMap,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Result<Answer, Failure> {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(value) = auth.get(header::AUTHORIZATION) {
             request = request.header(header::AUTHORIZATION, value);
+        }
+        if let Some(key) = key {
+            request = request.header(crate::http::idempotency::HEADER, key);
         }
         let request = match body {
             Some(body) => {
@@ -147,6 +169,14 @@ impl Bridge {
             return Ok(answer.body);
         }
         Err(refusal(&answer).into())
+    }
+
+    /// The name whose key space the caller's message ids live in: the
+    /// token's principal, or `anonymous` with authentication off.
+    async fn principal(&self, auth: &HeaderMap) -> Result<String, Failure> {
+        let who: api::Whoami = serde_json::from_value(self.ok(auth, Method::GET, "/v1/whoami", None).await?)
+            .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("unreadable whoami: {e}")))?;
+        Ok(who.principal.unwrap_or_else(|| ANONYMOUS.to_owned()))
     }
 
     /// The workflow's stored latest version, if it opted in to A2A.
@@ -198,6 +228,52 @@ impl Bridge {
             .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("unreadable history: {e}")))?;
         Ok(mapping::task(wf, &task, &history.events))
     }
+}
+
+/// The principal name of callers with authentication off (the API records
+/// their submits as `principal:anonymous`).
+const ANONYMOUS: &str = "anonymous";
+
+/// Where the idempotency keys of A2A messages start: `a2a/{principal}/`.
+pub const MESSAGE_KEY_PREFIX: &str = "a2a/";
+
+/// `a2a/{principal}/`, the principal percent-encoded (names may hold `/`;
+/// encoded they hold none, so no principal's space contains another's).
+fn key_space(principal: &str) -> String {
+    format!("{MESSAGE_KEY_PREFIX}{}/", encode(principal))
+}
+
+/// The task idempotency key of message `message_id` from `principal`: each
+/// principal's message ids are a space of their own, so two clients that
+/// happen to pick the same id get two tasks, and one client repeating a
+/// message gets its first task.
+pub fn message_key(principal: &str, message_id: &str) -> String {
+    format!("{}{message_id}", key_space(principal))
+}
+
+/// The message id inside a task's idempotency key, given the task's
+/// submitter as the API shows it (`principal:NAME`); a key from before keys
+/// were scoped (or from `/v1`) is shown as it is.
+pub fn message_id_of<'a>(key: &'a str, submitter: &str) -> &'a str {
+    let name = submitter.strip_prefix("principal:").unwrap_or(submitter);
+    key.strip_prefix(key_space(name).as_str()).unwrap_or(key)
+}
+
+/// Refuses a `/v1` submit whose idempotency key is in another principal's
+/// A2A message space (`a2a/{other}/...`): such a key would answer that
+/// principal's task, or tell that it exists. `principal` is `None` with
+/// authentication off.
+pub fn check_key_space(principal: Option<&str>, key: &str) -> Result<(), crate::http::error::ApiError> {
+    let own = key_space(principal.unwrap_or(ANONYMOUS));
+    if !key.starts_with(MESSAGE_KEY_PREFIX) || key.starts_with(own.as_str()) {
+        return Ok(());
+    }
+    Err(crate::http::error::ApiError::invalid(
+        "idempotency_key",
+        format!(
+            "keys starting {MESSAGE_KEY_PREFIX:?} are A2A message ids, one space per principal: yours start {own:?}"
+        ),
+    ))
 }
 
 /// An API refusal as a JSON-RPC error: a missing task is A2A's task-not-found,
@@ -321,16 +397,10 @@ impl Bridge {
     ) -> Result<Value, Failure> {
         match method {
             "SendMessage" | "GetTask" | "CancelTask" => {}
-            "CreateTaskPushNotificationConfig" => {}
-            "GetTaskPushNotificationConfig"
+            "CreateTaskPushNotificationConfig"
+            | "GetTaskPushNotificationConfig"
             | "ListTaskPushNotificationConfigs"
-            | "DeleteTaskPushNotificationConfig" => {
-                return Err(RpcError::new(
-                    code::PUSH_NOTIFICATION_NOT_SUPPORTED,
-                    "this agent keeps no push notification configs",
-                )
-                .into());
-            }
+            | "DeleteTaskPushNotificationConfig" => {}
             "ListTasks" | "GetExtendedAgentCard" => {
                 return Err(RpcError::new(
                     code::UNSUPPORTED_OPERATION,
@@ -382,47 +452,58 @@ impl Bridge {
                 }
                 self.task(auth, &wf, &id).await
             }
-            "CreateTaskPushNotificationConfig" => {
-                let url = params
-                    .pointer("/pushNotificationConfig/url")
-                    .or_else(|| params.get("url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let allowed = wf
-                    .a2a
-                    .as_ref()
-                    .is_some_and(|a| a.push_url_prefixes.iter().any(|p| url.starts_with(p.as_str())));
-                if allowed {
-                    Err(RpcError::new(code::UNSUPPORTED_OPERATION, format!("push to {url:?} is allowed but this server does not deliver A2A push notifications yet")).into())
-                } else {
-                    Err(RpcError::new(code::PUSH_NOTIFICATION_NOT_SUPPORTED, format!("push notifications to {url:?} are not supported: the URL is under none of this workflow's [a2a] push_url_prefixes")).into())
-                }
+            "CreateTaskPushNotificationConfig" => self.create_push(auth, &wf, params).await,
+            "GetTaskPushNotificationConfig" => {
+                let (task, configs) = self.push_configs(auth, &wf, params).await?;
+                let id = string_param(params, "id")?;
+                let config = configs.iter().find(|c| c.id == id).ok_or_else(|| {
+                    RpcError::new(
+                        code::INVALID_PARAMS,
+                        format!("no push notification config {id:?} on task {task}"),
+                    )
+                })?;
+                Ok(push_view(config))
+            }
+            "ListTaskPushNotificationConfigs" => {
+                let (_, configs) = self.push_configs(auth, &wf, params).await?;
+                Ok(
+                    json!({ "configs": configs.iter().map(push_view).collect::<Vec<_>>(), "nextPageToken": "" }),
+                )
+            }
+            "DeleteTaskPushNotificationConfig" => {
+                let (task, _) = self.push_configs(auth, &wf, params).await?;
+                let id = string_param(params, "id")?;
+                let op = baton_core::Op::DeletePushConfig { task, id };
+                self.state.store().execute(op, None).await.map_err(store_failure)?;
+                Ok(json!({}))
             }
             _ => unreachable!("methods are checked above"),
         }
     }
 
     /// `SendMessage`: a message without a task id submits a task; one naming
-    /// a task of this agent answers that task as it is.
+    /// a task of this agent that waits for input is added to its history
+    /// (`POST /v1/tasks/{id}/comments`; it resolves nothing), and one naming a
+    /// task in any other state is refused.
     async fn send(&self, auth: &HeaderMap, wf: &api::WorkflowView, params: &Value) -> Result<Value, Failure> {
         let message = params
             .get("message")
             .filter(|m| m.is_object())
             .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, "params.message: send the message object"))?;
         let message_id = string_param(message, "messageId")?;
-        if let Some(task) = message.get("taskId").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-            let task = self.task(auth, wf, task).await?;
-            return Ok(json!({ "task": task }));
+        if let Some(id) = message.get("taskId").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            return self.reply_to(auth, wf, id, &message_id, message).await;
         }
         let payload = mapping::payload(message)?;
         let mut labels = serde_json::Map::new();
         if let Some(context) = message.get("contextId").and_then(Value::as_str).filter(|c| !c.is_empty()) {
             labels.insert(mapping::CONTEXT_LABEL.into(), json!(context));
         }
+        let principal = self.principal(auth).await?;
         let submit = json!({
             "workflow": wf.name,
             "payload": payload,
-            "idempotency_key": message_id,
+            "idempotency_key": message_key(&principal, &message_id),
             "labels": labels,
         });
         let created = self.ok(auth, Method::POST, "/v1/tasks", Some(submit)).await?;
@@ -432,7 +513,157 @@ impl Bridge {
     }
 }
 
+/// A push config as A2A shows it (its token too: the client chose it).
+fn push_view(config: &baton_core::PushConfig) -> Value {
+    json!({ "id": config.id, "taskId": config.task.to_string(), "url": config.url, "token": config.token })
+}
+
+/// A store failure as a JSON-RPC error.
+fn store_failure(e: baton_core::Error) -> RpcError {
+    RpcError::new(code::INTERNAL_ERROR, format!("the store refused: {e}"))
+}
+
+/// A push config field: flat in the params (as the `a2a-sdk` client sends
+/// it) or inside `pushNotificationConfig`.
+fn push_param<'a>(params: &'a Value, field: &str) -> Option<&'a str> {
+    params
+        .pointer(&format!("/pushNotificationConfig/{field}"))
+        .or_else(|| params.get(field))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 impl Bridge {
+    /// The task a push config call names (`taskId`), read through `/v1`
+    /// with the caller's token (so only a task the caller may read), and
+    /// its push configs.
+    async fn push_configs(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        params: &Value,
+    ) -> Result<(baton_core::TaskId, Vec<baton_core::PushConfig>), Failure> {
+        let id = push_param(params, "taskId")
+            .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, "taskId: name the task"))?;
+        self.task(auth, wf, id).await?;
+        let task = baton_core::TaskId(task_id(id)?);
+        let configs = self
+            .state
+            .store()
+            .push_configs(Some(task), crate::push::PUSH_CONFIGS_PER_TASK_MAX + 1)
+            .await
+            .map_err(store_failure)?;
+        Ok((task, configs))
+    }
+
+    /// `CreateTaskPushNotificationConfig`: a URL under the workflow's
+    /// `push_url_prefixes` and a token of at least `SECRET_BYTES_MIN` bytes
+    /// (the notifications' signing key) become a push config of a task the
+    /// caller may read; its updates after now are delivered by `crate::push`.
+    async fn create_push(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        params: &Value,
+    ) -> Result<Value, Failure> {
+        let url = push_param(params, "url").unwrap_or("");
+        let allowed =
+            wf.a2a.as_ref().is_some_and(|a| a.push_url_prefixes.iter().any(|p| url.starts_with(p.as_str())));
+        if !allowed {
+            return Err(RpcError::new(code::PUSH_NOTIFICATION_NOT_SUPPORTED, format!("push notifications to {url:?} are not supported: the URL is under none of this workflow's [a2a] push_url_prefixes")).into());
+        }
+        let (task, configs) = self.push_configs(auth, wf, params).await?;
+        let token = push_param(params, "token").unwrap_or("");
+        let id = push_param(params, "id").map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+        if id.len() > crate::webhooks::WEBHOOK_NAME_BYTES_MAX {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                format!("id: at most {} bytes", crate::webhooks::WEBHOOK_NAME_BYTES_MAX),
+            )
+            .into());
+        }
+        if configs.iter().filter(|c| c.id != id).count() >= crate::push::PUSH_CONFIGS_PER_TASK_MAX {
+            return Err(RpcError::new(
+                code::INVALID_PARAMS,
+                format!(
+                    "task {task} has {} push configs (PUSH_CONFIGS_PER_TASK_MAX): delete one first",
+                    crate::push::PUSH_CONFIGS_PER_TASK_MAX
+                ),
+            )
+            .into());
+        }
+        let after_version = match self.state.store().get(task).await.map_err(store_failure)? {
+            Some(view) => view.task.revision,
+            None => return Err(RpcError::new(code::TASK_NOT_FOUND, format!("no task {task}")).into()),
+        };
+        let config = baton_core::PushConfig {
+            task,
+            id,
+            url: url.to_owned(),
+            token: token.to_owned(),
+            by: format!("principal:{}", self.principal(auth).await?),
+            created_at: self.state.clock().now(),
+            after_version,
+        };
+        // The URL and token as a webhook would take them (http, a host, no
+        // credentials; a long enough secret).
+        crate::push::hook(&config).map_err(|e| {
+            RpcError::new(
+                code::INVALID_PARAMS,
+                format!("{e} (the token signs the notifications: HMAC-SHA256 as webhooks)"),
+            )
+        })?;
+        let view = push_view(&config);
+        self.state
+            .store()
+            .execute(baton_core::Op::PutPushConfig(config), None)
+            .await
+            .map_err(store_failure)?;
+        Ok(view)
+    }
+
+    /// A message naming task `id`: added to the history of a task waiting for
+    /// input, under the caller's name (its text as the note, its data parts
+    /// as findings); the message id is the call's `Idempotency-Key`, so a
+    /// repeat adds nothing. Answers the task after it.
+    async fn reply_to(
+        &self,
+        auth: &HeaderMap,
+        wf: &api::WorkflowView,
+        id: &str,
+        message_id: &str,
+        message: &Value,
+    ) -> Result<Value, Failure> {
+        let current = self.task(auth, wf, id).await?;
+        let state = current.pointer("/status/state").and_then(Value::as_str).unwrap_or("");
+        if state != "TASK_STATE_INPUT_REQUIRED" {
+            return Err(RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "task {id} is {state}: only a task waiting for input (TASK_STATE_INPUT_REQUIRED) takes a \
+                     message; follow it with GetTask or SubscribeToTask, or send a message without taskId \
+                     for new work"
+                ),
+            )
+            .into());
+        }
+        let payload = mapping::payload(message)?;
+        let comment = json!({
+            "note": payload.get("text").and_then(Value::as_str).unwrap_or(""),
+            "findings": payload.get("data"),
+        });
+        let key = format!("a2a-message-{}", baton_core::Hash::of(message_id.as_bytes()).to_hex());
+        let uuid = task_id(id)?;
+        let answer = self
+            .call_keyed(auth, Method::POST, &format!("/v1/tasks/{uuid}/comments"), Some(comment), Some(&key))
+            .await?;
+        if !answer.status.is_success() {
+            return Err(refusal(&answer).into());
+        }
+        let task = self.task(auth, wf, id).await?;
+        Ok(json!({ "task": task }))
+    }
+
     /// Checks a streaming call and does what comes before the stream: a
     /// `SendStreamingMessage` submits its task; both read the task once.
     async fn open_stream(
@@ -616,7 +847,10 @@ pub mod mapping {
                 "protocolBinding": "JSONRPC",
                 "protocolVersion": PROTOCOL_VERSION,
             }],
-            "capabilities": { "streaming": true, "pushNotifications": false },
+            "capabilities": {
+                "streaming": true,
+                "pushNotifications": wf.a2a.as_ref().is_some_and(|a| !a.push_url_prefixes.is_empty()),
+            },
             "securitySchemes": {
                 "bearer": { "httpAuthSecurityScheme": { "scheme": "Bearer", "description": "A Baton API token; not needed when the server runs without auth." } }
             },
@@ -683,8 +917,11 @@ pub mod mapping {
             S::Blocked => return "TASK_STATE_WORKING",
             S::Waiting | S::Held => {}
         }
-        let escalated =
-            events.iter().rev().find(|e| e.kind != "heartbeat").is_some_and(|e| e.kind == "escalated");
+        let escalated = events
+            .iter()
+            .rev()
+            .find(|e| e.kind != "heartbeat" && e.kind != "commented")
+            .is_some_and(|e| e.kind == "escalated");
         let human = wf.stages.get(&task.stage).is_none_or(|s| s.human);
         if escalated && a2a.escalation_is_failure {
             return "TASK_STATE_FAILED";
@@ -715,7 +952,7 @@ pub mod mapping {
                 parts.push(json!({ "data": data }));
             }
             history.push(json!({
-                "messageId": key,
+                "messageId": super::message_id_of(key, &task.submitter),
                 "contextId": context,
                 "taskId": id,
                 "role": "ROLE_USER",
@@ -746,14 +983,21 @@ pub mod mapping {
 
     /// One event as a status-update message: its note (or what happened) as
     /// text, its findings as data, its version in the message id and metadata.
+    /// A `commented` event is the user's message (`ROLE_USER`): its note and
+    /// findings as they were sent.
     pub fn update(task: &str, context: &str, event: &api::Event) -> Value {
+        let user = event.kind == "commented";
         let text = event.note.clone().unwrap_or_else(|| match &event.from {
+            _ if user => String::new(),
             Some(from) if from.stage != event.to.stage => {
                 format!("{}: {} -> {}", event.kind, from.stage, event.to.stage)
             }
             _ => format!("{} at {}", event.kind, event.to.stage),
         });
-        let mut parts = vec![json!({ "text": text })];
+        let mut parts = Vec::new();
+        if !(user && text.is_empty()) {
+            parts.push(json!({ "text": text }));
+        }
         if let Some(findings) = &event.findings {
             parts.push(json!({ "data": findings }));
         }
@@ -761,7 +1005,7 @@ pub mod mapping {
             "messageId": format!("{task}/{}", event.version),
             "contextId": context,
             "taskId": task,
-            "role": "ROLE_AGENT",
+            "role": if user { "ROLE_USER" } else { "ROLE_AGENT" },
             "parts": parts,
             "metadata": {
                 "version": event.version,

@@ -25,6 +25,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod otlp;
+pub mod push;
 pub mod state;
 pub mod sweeper;
 pub mod telemetry;
@@ -72,6 +73,7 @@ pub async fn serve(
     let webhooks =
         (!state.options().webhooks.hooks.is_empty()).then(|| tokio::spawn(webhooks::run(state.clone())));
     let metrics = state.options().metrics.enabled.then(|| tokio::spawn(metrics::run(state.clone())));
+    let pushes = tokio::spawn(push::run(state.clone()));
     if let Some(otlp) = &state.options().otlp {
         otlp.validate().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     }
@@ -94,6 +96,9 @@ pub async fn serve(
         && let Err(error) = webhooks.await
     {
         tracing::error!(%error, "the webhook dispatcher failed");
+    }
+    if let Err(error) = pushes.await {
+        tracing::error!(%error, "the push notification dispatcher failed");
     }
     if let Some(metrics) = metrics
         && let Err(error) = metrics.await

@@ -208,6 +208,8 @@ impl Webhook {
             Notice::Handoff { .. } => NoticeKind::Handoff,
             Notice::Alert { .. } => NoticeKind::Alert,
             Notice::Anomaly { .. } => NoticeKind::Anomaly,
+            // Task updates are for push configs (`crate::push`), never webhooks.
+            Notice::Update { .. } => return false,
         };
         if !self.kinds.contains(&kind) {
             return false;
@@ -226,6 +228,7 @@ impl Webhook {
                 RollupKey::Stage { stage } => stages.contains(stage.as_str()),
                 RollupKey::AgentEdge { .. } => false,
             },
+            Notice::Update { .. } => false,
         }
     }
 }
@@ -251,19 +254,24 @@ impl Secret {
     /// environment variable `VAR` through `env`, anything else is the secret
     /// itself. At least `SECRET_BYTES_MIN` bytes either way.
     pub fn resolve(value: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let secret = match value.strip_prefix("env:") {
-            Some(var) => env(var).ok_or_else(|| {
+        match value.strip_prefix("env:") {
+            Some(var) => Self::literal(&env(var).ok_or_else(|| {
                 ConfigError::new(format!("the secret names the environment variable {var}, which is not set"))
-            })?,
-            None => value.to_owned(),
-        };
-        if secret.len() < SECRET_BYTES_MIN {
+            })?),
+            None => Self::literal(value),
+        }
+    }
+
+    /// `value` itself as the secret (never an environment variable: a push
+    /// config's token comes from a client), at least `SECRET_BYTES_MIN` bytes.
+    pub fn literal(value: &str) -> Result<Self, ConfigError> {
+        if value.len() < SECRET_BYTES_MIN {
             return Err(ConfigError::new(format!(
                 "the secret is {} bytes; use at least {SECRET_BYTES_MIN} random bytes",
-                secret.len()
+                value.len()
             )));
         }
-        Ok(Self(secret.into_bytes().into()))
+        Ok(Self(value.as_bytes().into()))
     }
 
     fn bytes(&self) -> &[u8] {
@@ -316,6 +324,7 @@ pub async fn run(state: AppState) {
             client: client.clone(),
             hook: hook.clone(),
             options: options.clone(),
+            token_header: None,
         };
         tasks.spawn(dispatcher.run());
     }
@@ -329,7 +338,7 @@ pub async fn run(state: AppState) {
 /// The HTTP client every webhook shares: the connect timeout, no redirects
 /// (a receiver cannot send Baton to another address), no connection kept
 /// longer than needed.
-fn client(options: &WebhookOptions) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn client(options: &WebhookOptions) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
         .timeout(Duration::from_millis(options.response_timeout_ms))
@@ -338,12 +347,14 @@ fn client(options: &WebhookOptions) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// One webhook's deliveries.
-struct Dispatcher {
-    state: AppState,
-    client: reqwest::Client,
-    hook: Webhook,
-    options: Arc<WebhookOptions>,
+/// One webhook's deliveries (or one push config's, `crate::push`).
+pub(crate) struct Dispatcher {
+    pub(crate) state: AppState,
+    pub(crate) client: reqwest::Client,
+    pub(crate) hook: Webhook,
+    pub(crate) options: Arc<WebhookOptions>,
+    /// Sent as `X-A2A-Notification-Token` (push configs only).
+    pub(crate) token_header: Option<String>,
 }
 
 /// How long a gap in notice numbers may stay open before deliveries pass
@@ -364,7 +375,7 @@ pub fn contiguous(cursor: u64, ids: &[u64]) -> usize {
 }
 
 /// Whether the dispatcher goes on.
-enum Flow {
+pub(crate) enum Flow {
     Next,
     Stop,
 }
@@ -492,14 +503,21 @@ impl Dispatcher {
     /// after a restart). `earlier`: the latest record of attempts made before
     /// a restart; they count, and the next waits for its `retry_at`.
     async fn deliver(&self, id: u64, notice: &Notice, earlier: Option<Delivery>) -> Flow {
-        let body = match serde_json::to_vec(&wire_notice(id, notice)) {
-            Ok(body) => body,
-            Err(error) => {
+        let body = match wire_notice(id, notice).map(|n| serde_json::to_vec(&n)) {
+            Some(Ok(body)) => body,
+            Some(Err(error)) => {
                 let status = DeliveryStatus::GaveUp { error: format!("cannot encode the notice: {error}") };
                 self.record(id, 1, self.state.clock().now(), status).await;
                 return Flow::Next;
             }
+            None => return Flow::Next,
         };
+        self.deliver_body(id, &body, earlier).await
+    }
+
+    /// Sends `body` as notice `id` until it is delivered or given up (see
+    /// `deliver`).
+    pub(crate) async fn deliver_body(&self, id: u64, body: &[u8], earlier: Option<Delivery>) -> Flow {
         let attempts_max = self.options.attempts_max.max(1);
         let mut first = 1;
         if let Some(earlier) = earlier {
@@ -514,7 +532,7 @@ impl Dispatcher {
         }
         for attempt in first..=attempts_max {
             let sent = tokio::select! {
-                sent = self.post(id, &body) => sent,
+                sent = self.post(id, body) => sent,
                 () = self.state.shutting_down() => return Flow::Stop,
             };
             let at = self.state.clock().now();
@@ -564,10 +582,12 @@ impl Dispatcher {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(ID_HEADER, id.to_string())
             .header(TIMESTAMP_HEADER, timestamp.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body.to_vec())
-            .send()
-            .await;
+            .header(SIGNATURE_HEADER, signature);
+        let sent = match &self.token_header {
+            Some(token) => sent.header(crate::push::TOKEN_HEADER, token.as_str()),
+            None => sent,
+        };
+        let sent = sent.body(body.to_vec()).send().await;
         match sent {
             // The answer's body is never read: nothing in it matters to Baton.
             Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
@@ -622,7 +642,7 @@ impl Dispatcher {
     }
 
     /// Sleeps `ms`; false if shutdown began first.
-    async fn pause(&self, ms: u64) -> bool {
+    pub(crate) async fn pause(&self, ms: u64) -> bool {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(ms.max(1))) => !self.state.is_shutting_down(),
             () = self.state.shutting_down() => false,
@@ -630,9 +650,11 @@ impl Dispatcher {
     }
 }
 
-/// A notice as the receiver sees it.
-pub fn wire_notice(id: u64, notice: &Notice) -> WebhookNotice {
-    match notice {
+/// A notice as a webhook receiver sees it; `None` for a task update, which
+/// only push configs are sent (`crate::push`).
+pub fn wire_notice(id: u64, notice: &Notice) -> Option<WebhookNotice> {
+    Some(match notice {
+        Notice::Update { .. } => return None,
         Notice::Handoff { handoff } => WebhookNotice {
             id,
             kind: NoticeKind::Handoff,
@@ -666,7 +688,7 @@ pub fn wire_notice(id: u64, notice: &Notice) -> WebhookNotice {
             alert: None,
             anomaly: Some(crate::http::stats::anomaly(*anomaly_id, anomaly.clone())),
         },
-    }
+    })
 }
 
 fn outcome_at(outcome: &HandoffOutcome) -> Option<Millis> {

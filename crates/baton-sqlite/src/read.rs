@@ -15,7 +15,7 @@ use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
 use baton_core::metrics::{Anomaly, Rollup};
-use baton_core::store::{Delivery, Notice, StageGauge};
+use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::{
     Alert, Error, Event, Handoff, HandoffId, Millis, Page, Task, TaskFilter, TaskId, TaskView, Workflow,
 };
@@ -304,6 +304,25 @@ pub(crate) fn notices(conn: &Connection, after: u64, limit: usize) -> Result<Vec
     sequence(conn, "SELECT id, body FROM notices WHERE id > ?1 ORDER BY id LIMIT ?2", after, limit)
 }
 
+pub(crate) fn task_notices(
+    conn: &Connection,
+    task: TaskId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Notice)>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT id, body FROM notices WHERE task = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+    let mut rows =
+        st.query(rusqlite::params![task.0.as_bytes().to_vec(), int(after)?, int(limit as u64)?])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let body: String = row.get(1)?;
+        out.push((u64::try_from(id).unwrap_or(0), serde_json::from_str(&body)?));
+    }
+    Ok(out)
+}
+
 pub(crate) fn deliveries(
     conn: &Connection,
     after: u64,
@@ -317,6 +336,26 @@ pub(crate) fn last_delivery(conn: &Connection, webhook: &str) -> Result<Option<D
         conn.prepare_cached("SELECT body FROM deliveries WHERE webhook = ?1 ORDER BY id DESC LIMIT 1")?;
     let body: Option<String> = st.query_row([webhook], |r| r.get(0)).optional()?;
     Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
+
+/// Push configs of `task` (or every task), in (task, id) order, at most `limit`.
+pub(crate) fn push_configs(
+    conn: &Connection,
+    task: Option<TaskId>,
+    limit: usize,
+) -> Result<Vec<PushConfig>, StoreError> {
+    let limit = int(limit as u64)?;
+    let bodies: Vec<String> = match task {
+        Some(task) => conn
+            .prepare_cached("SELECT body FROM push_configs WHERE task = ?1 ORDER BY id LIMIT ?2")?
+            .query_map(rusqlite::params![task.0.as_bytes().to_vec(), limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+        None => conn
+            .prepare_cached("SELECT body FROM push_configs ORDER BY task, id LIMIT ?1")?
+            .query_map([limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+    };
+    bodies.iter().map(|b| Ok(serde_json::from_str(b)?)).collect()
 }
 
 pub(crate) fn delivery_cursor(conn: &Connection, webhook: &str) -> Result<Option<u64>, StoreError> {

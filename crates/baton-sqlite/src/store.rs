@@ -309,6 +309,18 @@ impl Store for SqliteStore {
         Box::pin(self.reads.with(move |c| read::last_delivery(c, &webhook)))
     }
 
+    fn task_notices(&self, task: TaskId, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
+        Box::pin(self.reads.with(move |c| read::task_notices(c, task, after, limit)))
+    }
+
+    fn push_configs(
+        &self,
+        task: Option<TaskId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<baton_core::PushConfig>> {
+        Box::pin(self.reads.with(move |c| read::push_configs(c, task, limit)))
+    }
+
     fn next_due(&self) -> StoreFuture<'_, Option<Millis>> {
         Box::pin(self.reads.with(read::next_due))
     }

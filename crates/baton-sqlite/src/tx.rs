@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::rows::{Columns, Indexed, UPDATE_COLUMNS, int, task_and_head};
 use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
-use baton_core::store::{Delivery, Notice};
+use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::{
     AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
     StageName, Task, TaskId, Workflow,
@@ -224,6 +224,23 @@ impl Tx for WriteTx<'_> {
         self.conn
             .prepare_cached("INSERT INTO notices (task, body) VALUES (?1, ?2)")?
             .execute(params![notice.task().map(|t| t.0.as_bytes().to_vec()), body])?;
+        Ok(())
+    }
+
+    fn put_push_config(&mut self, config: &PushConfig) -> Result<(), StoreError> {
+        self.writes += 1;
+        let body = serde_json::to_string(config)?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO push_configs (task, id, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![config.task.0.as_bytes().to_vec(), config.id, body])?;
+        Ok(())
+    }
+
+    fn delete_push_config(&mut self, task: TaskId, id: &str) -> Result<(), StoreError> {
+        self.writes += 1;
+        self.conn
+            .prepare_cached("DELETE FROM push_configs WHERE task = ?1 AND id = ?2")?
+            .execute(params![task.0.as_bytes().to_vec(), id])?;
         Ok(())
     }
 

@@ -521,6 +521,21 @@ mod tests {
         ) -> baton_core::StoreFuture<'_, Option<baton_core::store::Delivery>> {
             self.inner.last_delivery(webhook)
         }
+        fn task_notices(
+            &self,
+            task: TaskId,
+            after: u64,
+            limit: usize,
+        ) -> baton_core::StoreFuture<'_, Vec<(u64, Notice)>> {
+            self.inner.task_notices(task, after, limit)
+        }
+        fn push_configs(
+            &self,
+            task: Option<TaskId>,
+            limit: usize,
+        ) -> baton_core::StoreFuture<'_, Vec<baton_core::PushConfig>> {
+            self.inner.push_configs(task, limit)
+        }
         fn rollups(
             &self,
             from: Millis,

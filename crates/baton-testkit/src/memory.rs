@@ -20,9 +20,9 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Credential, Error, Event,
-    Grant, Handoff, HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, RequestKey, RequestRecord, Rules,
-    SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState,
-    TaskView,
+    Grant, Handoff, HandoffId, Hash, Millis, NewTask, Op, OpOutcome, Page, PushConfig, RequestKey,
+    RequestRecord, Rules, SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task,
+    TaskFilter, TaskId, TaskState, TaskView,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -61,6 +61,8 @@ struct State {
     notices: Vec<Notice>,
     /// Webhook delivery attempts in order (id = index + 1).
     deliveries: Vec<Delivery>,
+    /// Push notification configs by (task, id).
+    push_configs: BTreeMap<(TaskId, String), PushConfig>,
     /// Metric rollups by (bucket, key).
     rollups: BTreeMap<(Millis, RollupKey), Counts>,
     /// Anomalies in order (id = index + 1).
@@ -352,6 +354,16 @@ impl Store for MemoryStore {
         answer(Ok(self.read(|s| numbered(&s.notices, after, limit))))
     }
 
+    fn task_notices(&self, task: TaskId, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Notice)>> {
+        answer(Ok(self.read(|s| {
+            numbered(&s.notices, after, usize::MAX)
+                .into_iter()
+                .filter(|(_, n)| n.task() == Some(task))
+                .take(limit)
+                .collect()
+        })))
+    }
+
     fn deliveries(&self, after: u64, limit: usize) -> StoreFuture<'_, Vec<(u64, Delivery)>> {
         answer(Ok(self.read(|s| numbered(&s.deliveries, after, limit))))
     }
@@ -419,6 +431,17 @@ impl Store for MemoryStore {
     fn last_delivery(&self, webhook: String) -> StoreFuture<'_, Option<Delivery>> {
         answer(Ok(self.read(|s| s.deliveries.iter().rev().find(|d| d.webhook == webhook).cloned())))
     }
+
+    fn push_configs(&self, task: Option<TaskId>, limit: usize) -> StoreFuture<'_, Vec<PushConfig>> {
+        answer(Ok(self.read(|s| {
+            s.push_configs
+                .values()
+                .filter(|c| task.is_none_or(|t| c.task == t))
+                .take(limit)
+                .cloned()
+                .collect()
+        })))
+    }
 }
 
 /// Items after sequence number `after` (numbers start at 1), at most `limit`.
@@ -475,6 +498,8 @@ enum Undo {
     Workflow(String),
     Notice,
     Delivery,
+    /// A push config was put or deleted: restore what was there before.
+    PushConfig((TaskId, String), Option<Box<PushConfig>>),
     /// A rollup was put or purged: restore what was there before.
     Rollup((Millis, RollupKey), Option<Counts>),
     /// An anomaly was stored: pop it.
@@ -534,6 +559,14 @@ impl<'s> MemTx<'s> {
                 Undo::Delivery => {
                     self.state.deliveries.pop();
                 }
+                Undo::PushConfig(key, before) => match before {
+                    Some(config) => {
+                        self.state.push_configs.insert(key, *config);
+                    }
+                    None => {
+                        self.state.push_configs.remove(&key);
+                    }
+                },
                 Undo::AnomalyAdded => {
                     self.state.anomalies.pop();
                 }
@@ -689,6 +722,22 @@ impl Tx for MemTx<'_> {
         self.write_allowed()?;
         self.state.deliveries.push(delivery.clone());
         self.undo.push(Undo::Delivery);
+        Ok(())
+    }
+
+    fn put_push_config(&mut self, config: &PushConfig) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let key = (config.task, config.id.clone());
+        let before = self.state.push_configs.insert(key.clone(), config.clone());
+        self.undo.push(Undo::PushConfig(key, before.map(Box::new)));
+        Ok(())
+    }
+
+    fn delete_push_config(&mut self, task: TaskId, id: &str) -> Result<(), MemError> {
+        self.write_allowed()?;
+        let key = (task, id.to_owned());
+        let before = self.state.push_configs.remove(&key);
+        self.undo.push(Undo::PushConfig(key, before.map(Box::new)));
         Ok(())
     }
 

@@ -171,6 +171,7 @@ macro_rules! store_suite {
             rollups_merge_and_read_by_window,
             anomalies_are_stored_listed_and_acknowledged,
             deliveries_resume_where_each_webhook_left_off,
+            push_configs_are_kept_and_opted_in_tasks_leave_update_notices,
             canary_route_shares_then_promotes_and_rolls_back,
             stage_gauges_count_live_tasks_and_duties_are_held,
         );

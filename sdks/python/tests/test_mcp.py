@@ -208,7 +208,7 @@ def test_http_with_auth_follows_the_token_role(serve: Server, tokens: dict[str, 
 async def _http_with_auth_follows_the_token_role(serve: Server, tokens: dict[str, str], tag: str) -> None:
     async with http_session(serve.address, tokens["agent"]) as agent, http_session(serve.address, tokens["sub"]) as sub:
         assert await tool_names(agent) == AGENT_TOOLS
-        assert await tool_names(sub) == {"submit", "show", "history", "lineage"}
+        assert await tool_names(sub) == {"submit", "show", "history", "lineage", "cancel"}
         await drive_to_done(sub, agent, f"a-{tag}", f"b-{tag}")
         # Operator tools: not listed, and not callable either.
         for tool in OPERATOR_ONLY:

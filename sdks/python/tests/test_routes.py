@@ -114,8 +114,11 @@ def test_every_route_on_dev(dev: Server, make_client: Any, tag: str) -> None:
     kids_page = c.list_tasks(parent=parent.task)
     assert {t.id for t in kids_page.tasks} == set(spawned.children)
 
-    # Cancel.
+    # A message on a live task's history changes nothing else; then cancel.
     doomed = c.submit({"n": 0}, stage=f"doomed-{tag}").task
+    noted = c.comment(doomed.id, "is this still needed?", findings={"asked": True})
+    assert noted.state == "waiting" and noted.revision == doomed.revision + 1
+    assert c.history(doomed.id).events[-1].kind == "commented"
     assert c.cancel(doomed.id, "submitted by mistake").state == "cancelled"
 
     # List with a cursor, page by page.

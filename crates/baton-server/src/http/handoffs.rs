@@ -47,7 +47,7 @@ pub async fn show(
     let read =
         || async { state.store().handoff(id).await?.ok_or_else(|| ApiError::not_found("handoff", id)) };
     let mut handoff = read().await?;
-    principal.check_handoff_read(&handoff)?;
+    principal.check_handoff_read(&state, &handoff).await?;
     if wait_ms > 0 && handoff.outcome == HandoffOutcome::Pending {
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let poll = Duration::from_millis(state.options().handoff_poll_ms.max(1));

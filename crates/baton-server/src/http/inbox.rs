@@ -99,6 +99,7 @@ pub async fn list(
             why,
             since: Timestamp(since),
             from_stage,
+            messages: messages(&task, &events),
         });
     }
     Ok(Json(api::InboxPage { items, next_cursor }))
@@ -346,6 +347,22 @@ pub fn why_and_since(task: &Task, events: &[Event]) -> (String, Millis) {
         (None, None) => format!("in {}", task.stage),
     };
     (why, since)
+}
+
+/// The messages added to the task since it came to its current stage
+/// (`commented` events), oldest first.
+pub fn messages(task: &Task, events: &[Event]) -> Vec<api::InboxMessage> {
+    let entered = events.iter().rposition(|e| entered_stage(e, task)).unwrap_or(0);
+    events[entered..]
+        .iter()
+        .filter(|e| e.kind == EventKind::Commented)
+        .map(|e| api::InboxMessage {
+            by: convert::actor(&e.actor),
+            at: Timestamp(e.at),
+            note: e.note.clone().unwrap_or_default(),
+            findings: e.findings.clone(),
+        })
+        .collect()
 }
 
 /// The stage the task came to its current stage from: the one the latest

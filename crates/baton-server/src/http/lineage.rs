@@ -92,6 +92,7 @@ pub fn steps(events: &[Event], as_of: Millis) -> (Vec<api::LineageStep>, api::Li
                 continue;
             }
             EventKind::Heartbeat
+            | EventKind::Commented
             | EventKind::Reoffered
             | EventKind::RetryReady
             | EventKind::ChildSettled

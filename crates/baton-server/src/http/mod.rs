@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{id}/spawn"),
     ("POST", "/v1/tasks/{id}/abort"),
     ("POST", "/v1/tasks/{id}/cancel"),
+    ("POST", "/v1/tasks/{id}/comments"),
     ("POST", "/v1/claims"),
     ("GET", "/v1/handoffs/{id}"),
     ("GET", "/v1/deliveries"),
@@ -103,8 +104,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(crate::mcp::MCP_PATH, endpoint)
         .merge(api.clone())
-        .merge(crate::ui::router(api.clone(), state))
-        .merge(crate::a2a::routes(api))
+        .merge(crate::ui::router(api.clone(), state.clone()))
+        .merge(crate::a2a::routes(api, state))
 }
 
 /// The `/v1` API's routes with `/openapi.json` and `/docs`, and every layer
@@ -152,6 +153,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::spawn))
         .routes(routes!(tasks::abort))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(tasks::comment))
         .routes(routes!(claims::claim))
         .routes(routes!(handoffs::show))
         .routes(routes!(deliveries::list))

@@ -9,14 +9,17 @@
 //! read, and the extractor hands the live principal to the handler, which
 //! asks this module before it acts:
 //!
-//! - submit needs a submitter, operator or admin; cancel, the inbox, stuck
+//! - submit needs a submitter, operator or admin; cancel and messages an
+//!   operator, an admin, or the submitter of that task; the inbox, stuck
 //!   work and applying workflows an operator or an admin; the principal and
 //!   token routes an admin (403 `forbidden`);
 //! - claims (and `claim_next`) need an agent claiming from its stages, an
 //!   operator claiming from human stages (or its own), or an admin; otherwise
 //!   403 `forbidden`;
-//! - an agent sees only tasks in its stages: reading or acting on any other
-//!   task answers 404 `not_found`, exactly as for a task that does not exist;
+//! - an agent sees only tasks in its stages, a submitter only the tasks it
+//!   submitted: reading, cancelling or messaging any other task (its
+//!   history, lineage, verification, handoffs, a place in a listing)
+//!   answers 404 `not_found`, exactly as for a task that does not exist;
 //! - holder calls are fenced as the engine fences them (`lease_lost`,
 //!   `not_holder`), and a handoff, or a spawn's children, must follow one of
 //!   the agent's routes (422 `route_not_allowed`);
@@ -222,11 +225,19 @@ impl Principal {
         }
     }
 
-    /// Cancelling tasks: operators and admins.
-    pub fn check_cancel(&self) -> Result<(), ApiError> {
-        match self {
-            Principal::Authenticated(p) if !p.may_cancel() => Err(Self::role_refusal(p, "cancel tasks")),
-            _ => Ok(()),
+    /// Cancelling task `id`, or adding a message to its history (`what`):
+    /// operators and admins any task, a submitter its own (any other is not
+    /// found), agents none (403).
+    pub async fn check_cancel(&self, state: &AppState, id: TaskId, what: &str) -> Result<(), ApiError> {
+        let Principal::Authenticated(p) = self else { return Ok(()) };
+        match p.role {
+            Role::Operator | Role::Admin => Ok(()),
+            Role::Agent => Err(Self::role_refusal(p, what)),
+            Role::Submitter => {
+                let view = state.store().get(id).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+                self.check_read(&view.task)?;
+                if p.may_cancel(&view.task) { Ok(()) } else { Err(Self::role_refusal(p, what)) }
+            }
         }
     }
 
@@ -291,11 +302,12 @@ impl Principal {
         }
     }
 
-    /// Reading a task known by id only: reads it for agents, whose view
-    /// depends on its stage. A missing task is 404 as an invisible one.
+    /// Reading a task known by id only: reads it for agents and submitters,
+    /// whose view depends on its stage or its submitter. A missing task is
+    /// 404 as an invisible one.
     pub async fn check_read_id(&self, state: &AppState, id: TaskId) -> Result<(), ApiError> {
         let Principal::Authenticated(p) = self else { return Ok(()) };
-        if p.role != Role::Agent {
+        if !matches!(p.role, Role::Agent | Role::Submitter) {
             return Ok(());
         }
         match state.store().get(id).await? {
@@ -322,14 +334,26 @@ impl Principal {
         }
     }
 
-    /// Reading a handoff: an agent sees handoffs from or to its stages.
-    pub fn check_handoff_read(&self, handoff: &Handoff) -> Result<(), ApiError> {
+    /// Reading a handoff: an agent sees handoffs from or to its stages, a
+    /// submitter the handoffs of the tasks it submitted.
+    pub async fn check_handoff_read(&self, state: &AppState, handoff: &Handoff) -> Result<(), ApiError> {
         let Principal::Authenticated(p) = self else { return Ok(()) };
         let sees = |stage: &StageName| p.stages.iter().any(|s| s.as_str() == "*" || s == stage);
         if p.role == Role::Agent && !sees(&handoff.from_stage) && !sees(&handoff.to_stage) {
             return Err(ApiError::not_found("handoff", handoff.id));
         }
+        if p.reads_own_tasks_only() && self.check_read_id(state, handoff.task).await.is_err() {
+            return Err(ApiError::not_found("handoff", handoff.id));
+        }
         Ok(())
+    }
+
+    /// With auth on, a submitter: a listing shows only the tasks it submitted.
+    pub fn own_tasks_only(&self) -> Option<&auth::Principal> {
+        match self {
+            Principal::Authenticated(p) if p.reads_own_tasks_only() => Some(p),
+            _ => None,
+        }
     }
 
     /// Authorizes a holder call before it reaches the store: the role, the

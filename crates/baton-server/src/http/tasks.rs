@@ -20,8 +20,8 @@ use axum::http::StatusCode;
 use baton_api as api;
 use baton_api::Payload;
 use baton_core::{
-    ActRequest, Action, CancelRequest, ClaimNext, JoinMode, JoinSpec, Millis, NewChild, NewTask, Op, Report,
-    StageName, TaskFilter, TaskId,
+    ActRequest, Action, CancelRequest, ClaimNext, CommentRequest, JoinMode, JoinSpec, Millis, NewChild,
+    NewTask, Op, Report, StageName, TaskFilter, TaskId,
 };
 
 /// `POST /v1/tasks`: 201 with the new task, 200 with the existing one for a
@@ -46,6 +46,9 @@ pub async fn submit(
     KeyedJson { body: req, key }: KeyedJson<api::SubmitRequest>,
 ) -> Result<(StatusCode, Json<api::Task>), ApiError> {
     principal.check_submit()?;
+    if let Some(key) = &req.idempotency_key {
+        crate::a2a::check_key_space(principal.name(), key)?;
+    }
     // With a workflow the stage may be omitted (the entry stage) or named
     // (it must be the entry stage: the engine checks).
     let (stage, workflow) = match (req.stage, req.workflow) {
@@ -152,11 +155,56 @@ pub async fn list(
         after,
         limit: limit as usize,
     };
-    let page = state.store().list(filter).await?;
+    let page = match principal.own_tasks_only() {
+        None => state.store().list(filter).await?,
+        Some(p) => own_tasks(&state, p, filter, page_max).await?,
+    };
     Ok(Json(api::TaskPage {
         tasks: page.tasks.iter().map(|t| convert::task(t, None)).collect(),
         next_cursor: page.next.map(|id| id.to_string()),
     }))
+}
+
+/// Rows a submitter's listing reads past before it answers a page with what
+/// it found: its own tasks are filtered out of the store's pages (the store
+/// has no index by submitter), so a page may hold fewer than `limit` tasks,
+/// or none, with a `next_cursor` to go on from.
+pub const OWN_TASKS_SCAN_MAX: usize = 10_000;
+
+/// One page of the tasks `p` submitted, in id order, read from the store's
+/// pages of `page_max` after the filter's cursor: at most `filter.limit`
+/// tasks, and at most `OWN_TASKS_SCAN_MAX` rows read.
+async fn own_tasks(
+    state: &AppState,
+    p: &baton_core::auth::Principal,
+    filter: TaskFilter,
+    page_max: usize,
+) -> Result<baton_core::Page, ApiError> {
+    let limit = filter.limit;
+    let mut out = baton_core::Page { tasks: Vec::new(), next: None };
+    let mut after = filter.after;
+    let mut scanned = 0;
+    loop {
+        let page = state.store().list(TaskFilter { after, limit: page_max, ..filter.clone() }).await?;
+        for task in page.tasks {
+            scanned += 1;
+            after = Some(task.id);
+            if p.may_read(&task) {
+                out.tasks.push(task);
+                if out.tasks.len() == limit {
+                    out.next = after;
+                    return Ok(out);
+                }
+            }
+        }
+        if page.next.is_none() {
+            return Ok(out);
+        }
+        if scanned >= OWN_TASKS_SCAN_MAX {
+            out.next = after;
+            return Ok(out);
+        }
+    }
 }
 
 /// `GET /v1/tasks/{id}/history`: every event, oldest first.
@@ -205,7 +253,7 @@ pub async fn cancel(
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::CancelRequest>,
 ) -> Result<Json<api::Task>, ApiError> {
-    principal.check_cancel()?;
+    principal.check_cancel(&state, TaskId(id), "cancel tasks").await?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason", "say why the task is cancelled"));
     }
@@ -216,6 +264,43 @@ pub async fn cancel(
     let task = outcome.into_cancelled().ok_or_else(|| unexpected_outcome("cancel"))?;
     crate::telemetry::record_task(task.id, task.trace.as_deref());
     crate::telemetry::task_changed(&task, "cancelled");
+    state.tasks().notify(&task.id);
+    Ok(Json(convert::task(&task, None)))
+}
+
+/// `POST /v1/tasks/{id}/comments`: add a message to a live task's history.
+///
+/// Records an event of kind `commented` under the caller's name, with the
+/// note and findings given; the task's state, custodian, lease and timers do
+/// not change. Operators, admins, and the submitter of the task may add one;
+/// a finished task refuses it (409 `invalid_transition`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/comments",
+    operation_id = "comment_task",
+    summary = "Add a message to a task's history",
+    tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "The task's id."), IdempotencyKeyHeader),
+    request_body = api::CommentRequest,
+    responses(
+        (status = 200, description = "The task after the message was added (only its revision moved).", body = api::Task),
+        CancelRefusals,
+    ),
+)]
+pub async fn comment(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdPath(id): IdPath,
+    KeyedJson { body: req, key }: KeyedJson<api::CommentRequest>,
+) -> Result<Json<api::Task>, ApiError> {
+    principal.check_cancel(&state, TaskId(id), "add messages to tasks").await?;
+    let request =
+        CommentRequest { task: TaskId(id), actor: principal.actor(), note: req.note, findings: req.findings };
+    crate::telemetry::record_task(id, None);
+    let key = key.map(|k| k.scoped(&principal, None));
+    let outcome = state.store().execute(Op::Comment(request), key).await?;
+    let task = outcome.into_commented().ok_or_else(|| unexpected_outcome("comment"))?;
+    crate::telemetry::record_task(task.id, task.trace.as_deref());
     state.tasks().notify(&task.id);
     Ok(Json(convert::task(&task, None)))
 }

@@ -368,8 +368,8 @@ pub const TOOLS: &[ToolSpec] = &[
     ToolSpec {
         name: "cancel",
         title: "Cancel a task",
-        description: "Cancel a live task for good, with a reason (operators and admins). Use this for work nobody should do any more.",
-        roles: Roles::OPERATORS,
+        description: "Cancel a live task for good, with a reason (operators and admins any task, a submitter the tasks it submitted). Use this for work nobody should do any more.",
+        roles: Roles::SUBMITTERS,
         method: Method::Post,
         path: "/v1/tasks/{id}/cancel",
         params: &[TASK, p("reason", Kind::Str, true, "Why the task is cancelled."), KEY],

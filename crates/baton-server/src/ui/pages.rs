@@ -842,13 +842,20 @@ pub async fn inbox(State(ui): State<Ui>, session: Session, Query(q): Q) -> Respo
             (_, Some(l)) => format!("held by {}", e(&l.agent)),
             _ => String::new(),
         };
+        // Messages sent to the task while it waits (they resolve nothing).
+        let mut why = e(&item.why).to_string();
+        for m in &item.messages {
+            let data =
+                m.findings.as_ref().map_or(String::new(), |f| format!(" <code>{}</code>", e(&f.to_string())));
+            let _ = write!(why, "<div class=\"message\">{}: {}{data}</div>", e(&m.by), e(&m.note));
+        }
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
             task_link(&id),
             e(&t.stage),
             e(item.from_stage.as_deref().unwrap_or("–")),
-            e(&item.why),
+            why,
             when(item.since, now),
             state_badge(&wire(&t.state)),
         );

@@ -127,6 +127,11 @@ async fn a2a_card_names_the_workflow_its_stages_and_the_bearer_scheme() {
     assert_eq!(card["supportedInterfaces"][0]["protocolBinding"], "JSONRPC");
     assert!(card["supportedInterfaces"][0]["url"].as_str().unwrap().ends_with("/a2a/orders"));
     assert_eq!(card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"], "Bearer");
+    assert_eq!(card["capabilities"]["pushNotifications"], true, "push_url_prefixes is not empty");
+    apply(&api, &ORDERS.replace(r#"push_url_prefixes = ["http://127.0.0.1:9/hooks/"]"#, "")).await;
+    let card = api.get("/a2a/orders/.well-known/agent-card.json").await.expect(200);
+    assert_eq!(card["capabilities"]["pushNotifications"], false, "no prefixes, no push: {card}");
+    apply(&api, ORDERS).await;
     // A workflow without [a2a] is no agent; nor is a missing one.
     let plain = api.get("/a2a/plain/.well-known/agent-card.json").await.expect(404);
     assert!(plain["message"].as_str().unwrap().contains("[a2a]"), "{plain}");
@@ -152,7 +157,7 @@ async fn a2a_message_follows_the_task_to_completion_and_repeats_make_no_second_t
     assert_eq!(task["history"][0]["parts"][0]["text"], "two boxes");
     let stored = api.get(&format!("/v1/tasks/{id}")).await.expect(200);
     assert_eq!(stored["payload"], json!({ "text": "two boxes" }));
-    assert_eq!(stored["idempotency_key"], "msg-1");
+    assert_eq!(stored["idempotency_key"], "a2a/anonymous/msg-1", "message ids are keyed per principal");
 
     // The same message again: the same task, still one task.
     let again = send(&api, "msg-1", "two boxes").await;
@@ -244,6 +249,40 @@ async fn a2a_escalation_is_input_required_or_failed_as_configured_and_cancel_is_
     let escalated = get_task(&api, &id).await;
     assert_eq!(state(&escalated), "TASK_STATE_INPUT_REQUIRED", "{escalated}");
 
+    // A reply naming the task joins its history as the user's message, is
+    // shown in the inbox, and resolves nothing; its repeat adds nothing.
+    let reply = json!({ "message": { "messageId": "msg-reply", "taskId": id, "role": "ROLE_USER",
+        "parts": [{ "text": "the blue boxes" }, { "data": { "boxes": 2 } }] } });
+    let replied = result(rpc(&api, "orders", "SendMessage", reply.clone()).await)["task"].clone();
+    assert_eq!(state(&replied), "TASK_STATE_INPUT_REQUIRED", "{replied}");
+    let last = replied["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "ROLE_USER", "{replied}");
+    assert_eq!(last["parts"], json!([{ "text": "the blue boxes" }, { "data": { "boxes": 2 } }]));
+    assert_eq!(last["metadata"]["kind"], "commented");
+    let again = result(rpc(&api, "orders", "SendMessage", reply).await)["task"].clone();
+    assert_eq!(again["history"], replied["history"], "a repeated message id adds nothing");
+    let stored = api.get(&format!("/v1/tasks/{id}")).await.expect(200);
+    assert_eq!((&stored["state"], &stored["stage"]), (&json!("waiting"), &json!("desk")));
+    let inbox = api.get("/v1/inbox?stage=desk").await.expect(200);
+    let item = &inbox["items"][0];
+    assert_eq!(item["task"]["id"], json!(id));
+    assert_eq!(item["messages"][0]["note"], "the blue boxes", "{inbox}");
+    assert_eq!(item["messages"][0]["by"], "principal:anonymous");
+    assert_eq!(item["messages"][0]["findings"], json!({ "boxes": 2 }));
+    // A task not waiting for input refuses a message, and is left alone.
+    let fresh = send(&api, "msg-fresh", "new").await;
+    let to_fresh = json!({ "message": { "messageId": "msg-x", "taskId": fresh["id"], "role": "ROLE_USER", "parts": [{ "text": "hurry" }] } });
+    let refused = rpc(&api, "orders", "SendMessage", to_fresh).await;
+    assert_eq!(error_code(&refused), -32004, "{refused}");
+    let fresh_id = fresh["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v1/tasks/{fresh_id}/history")).await.expect(200)["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
     // The same workflow with escalation_is_failure: the same task now reads as failed.
     apply(&api, &ORDERS.replace("[a2a]", "[a2a]\nescalation_is_failure = true")).await;
     let failed = get_task(&api, &id).await;
@@ -254,6 +293,65 @@ async fn a2a_escalation_is_input_required_or_failed_as_configured_and_cancel_is_
     let cancelled = result(rpc(&api, "orders", "CancelTask", json!({ "id": other_id })).await);
     assert_eq!(state(&cancelled), "TASK_STATE_CANCELED", "{cancelled}");
     assert_eq!(api.get(&format!("/v1/tasks/{other_id}")).await.expect(200)["state"], "cancelled");
+}
+
+/// Push configs: one under the allow-list with a long enough token is kept,
+/// read back, listed and deleted; outside the list (or with a short token, a
+/// bad id, an unknown task) it is refused and nothing is kept. Delivery is
+/// tested with a real receiver in the Python SDK's tests.
+#[tokio::test]
+async fn a2a_push_configs_inside_the_allow_list_are_kept_listed_and_deleted() {
+    let api = Api::new();
+    apply(&api, ORDERS).await;
+    let task = send(&api, "msg-push", "ping me").await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let create = |params: Value| rpc(&api, "orders", "CreateTaskPushNotificationConfig", params);
+    let token = "a-token-of-24-bytes-long";
+    let made = result(
+        create(json!({ "taskId": id, "id": "c1", "url": "http://127.0.0.1:9/hooks/a", "token": token }))
+            .await,
+    );
+    assert_eq!(
+        made,
+        json!({ "id": "c1", "taskId": id, "url": "http://127.0.0.1:9/hooks/a", "token": token })
+    );
+    let got = result(
+        rpc(&api, "orders", "GetTaskPushNotificationConfig", json!({ "taskId": id, "id": "c1" })).await,
+    );
+    assert_eq!(got, made);
+    for (what, params, code) in [
+        (
+            "outside the allow-list",
+            json!({ "taskId": id, "url": "http://127.0.0.1:9/other", "token": token }),
+            -32003,
+        ),
+        (
+            "a short token",
+            json!({ "taskId": id, "url": "http://127.0.0.1:9/hooks/b", "token": "short" }),
+            -32602,
+        ),
+        ("no token", json!({ "taskId": id, "url": "http://127.0.0.1:9/hooks/b" }), -32602),
+        (
+            "an unknown task",
+            json!({ "taskId": "0190a000-0000-7000-8000-000000000000", "url": "http://127.0.0.1:9/hooks/b", "token": token }),
+            -32001,
+        ),
+    ] {
+        let answer = create(params).await;
+        assert_eq!(error_code(&answer), code, "{what}: {answer}");
+    }
+    let listed =
+        result(rpc(&api, "orders", "ListTaskPushNotificationConfigs", json!({ "taskId": id })).await);
+    assert_eq!(listed["configs"], json!([made]), "refused configs are not kept");
+    result(
+        rpc(&api, "orders", "DeleteTaskPushNotificationConfig", json!({ "taskId": id, "id": "c1" })).await,
+    );
+    let listed =
+        result(rpc(&api, "orders", "ListTaskPushNotificationConfigs", json!({ "taskId": id })).await);
+    assert_eq!(listed["configs"], json!([]));
+    let gone =
+        rpc(&api, "orders", "GetTaskPushNotificationConfig", json!({ "taskId": id, "id": "c1" })).await;
+    assert_eq!(error_code(&gone), -32602);
 }
 
 #[tokio::test]

@@ -125,7 +125,8 @@ impl World {
     /// - `agent-a`: stages s1, s1b (no routes: between its own stages);
     /// - `agent-b`: stages s2, s2b;
     /// - `agent-c`: stages s1, s2, one route s1 -> s2;
-    /// - `sub` (submitter), `ops` (operator: human stages such as `inbox`);
+    /// - `sub` (submitter: every task of the scene is its), `sub2` (another
+    ///   submitter), `ops` (operator: human stages such as `inbox`);
     /// - `gone`: a submitter, revoked (its token too).
     async fn new() -> Self {
         Self::with_options(|_| {}).await
@@ -163,6 +164,7 @@ impl World {
             ("agent-b", "agent", json!(["s2", "s2b"]), json!([])),
             ("agent-c", "agent", json!(["s1", "s2"]), json!([{ "from": "s1", "to": "s2" }])),
             ("sub", "submitter", json!([]), json!([])),
+            ("sub2", "submitter", json!([]), json!([])),
             ("ops", "operator", json!([]), json!([])),
             ("gone", "submitter", json!([]), json!([])),
         ] {
@@ -429,6 +431,13 @@ fn routes(s: &Scene) -> Vec<(&'static str, &'static str, String, Option<Value>)>
             format!("/v1/tasks/{}/cancel", s.tw),
             Some(json!({ "reason": "x" })),
         ),
+        (
+            "POST",
+            "/v1/tasks/{id}/comments",
+            format!("/v1/tasks/{}/comments", s.tw),
+            Some(json!({ "note": "x" })),
+        ),
+        ("GET", "/v1/tasks/{id}/verify", format!("/v1/tasks/{ta}/verify"), None),
         ("POST", "/v1/claims", "/v1/claims".to_owned(), Some(json!({ "stages": ["s1"] }))),
         ("GET", "/v1/handoffs/{id}", format!("/v1/handoffs/{}", s.hb), None),
         ("GET", "/v1/deliveries", "/v1/deliveries".to_owned(), None),
@@ -555,7 +564,7 @@ fn cases(world: &World, s: &Scene) -> Vec<Case> {
         }
     }
     // Non-admins on the admin routes.
-    for who in ["agent-a", "agent-b", "agent-c", "sub", "ops"] {
+    for who in ["agent-a", "agent-b", "agent-c", "sub", "sub2", "ops"] {
         for (method, route, path, body) in admin_routes(s) {
             cases.push(case(who, "an admin route", method, route, path, body, 403, "forbidden"));
         }
@@ -851,13 +860,92 @@ fn cases(world: &World, s: &Scene) -> Vec<Case> {
             "forbidden",
         ),
         post(
-            "sub",
-            "cancel",
+            "agent-a",
+            "add a message to a task in its stage",
+            "/v1/tasks/{id}/comments",
+            format!("/v1/tasks/{}/comments", s.tw),
+            json!({ "note": "mine" }),
+            403,
+            "forbidden",
+        ),
+        // Tasks another submitter sent: 404 on every route that shows or
+        // changes one, as if they did not exist (sub2 sees only its own).
+        case(
+            "sub2",
+            "read another submitter's task",
+            "GET",
+            "/v1/tasks/{id}",
+            format!("/v1/tasks/{}", s.tw),
+            None,
+            404,
+            "not_found",
+        ),
+        case(
+            "sub2",
+            "read another submitter's history",
+            "GET",
+            "/v1/tasks/{id}/history",
+            format!("/v1/tasks/{}/history", s.tw),
+            None,
+            404,
+            "not_found",
+        ),
+        case(
+            "sub2",
+            "read another submitter's lineage",
+            "GET",
+            "/v1/tasks/{id}/lineage",
+            format!("/v1/tasks/{}/lineage", s.tw),
+            None,
+            404,
+            "not_found",
+        ),
+        case(
+            "sub2",
+            "verify another submitter's task",
+            "GET",
+            "/v1/tasks/{id}/verify",
+            format!("/v1/tasks/{}/verify", s.tw),
+            None,
+            404,
+            "not_found",
+        ),
+        case(
+            "sub2",
+            "read the handoff of another submitter's task",
+            "GET",
+            "/v1/handoffs/{id}",
+            format!("/v1/handoffs/{}", s.hb),
+            None,
+            404,
+            "not_found",
+        ),
+        post(
+            "sub2",
+            "cancel another submitter's task",
             "/v1/tasks/{id}/cancel",
             format!("/v1/tasks/{}/cancel", s.tw),
             json!({ "reason": "x" }),
-            403,
-            "forbidden",
+            404,
+            "not_found",
+        ),
+        post(
+            "sub2",
+            "add a message to another submitter's task",
+            "/v1/tasks/{id}/comments",
+            format!("/v1/tasks/{}/comments", s.tw),
+            json!({ "note": "x" }),
+            404,
+            "not_found",
+        ),
+        post(
+            "sub2",
+            "resubmit another submitter's A2A message id",
+            "/v1/tasks",
+            "/v1/tasks".into(),
+            json!({ "stage": "s1", "payload": {}, "idempotency_key": "a2a/sub/m-1" }),
+            400,
+            "invalid_request",
         ),
         // Reads outside an agent's stages: 404, as if the task did not exist.
         case(
@@ -1201,6 +1289,53 @@ async fn each_role_makes_its_own_calls() {
         history["events"][0]["actor"], "principal:sub",
         "the submitter is recorded by name: {history}"
     );
+    // Another submitter lists only its own tasks, page by page; `sub` sees
+    // its own, none of sub2's; each reads, messages and cancels its own.
+    let mut mine = Vec::new();
+    for n in 0..3 {
+        let body = json!({ "stage": "own", "payload": { "n": n } });
+        let task = world.call_as("sub2", "POST", "/v1/tasks", Some(body)).await.expect(201);
+        mine.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = world
+            .call_as("sub2", "GET", &format!("/v1/tasks?limit=2&cursor={cursor}"), None)
+            .await
+            .expect(200);
+        listed.extend(page["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(listed, mine, "sub2 lists exactly its own tasks, in order");
+    let subs = world.call_as("sub", "GET", "/v1/tasks?limit=100", None).await.expect(200);
+    let subs: Vec<&str> =
+        subs["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(subs, [id.as_str()], "sub lists its own task only");
+    let noted = world
+        .call_as(
+            "sub2",
+            "POST",
+            &format!("/v1/tasks/{}/comments", mine[0]),
+            Some(json!({ "note": "any news?" })),
+        )
+        .await
+        .expect(200);
+    assert_eq!(noted["state"], "waiting");
+    let events =
+        world.call_as("sub2", "GET", &format!("/v1/tasks/{}/history", mine[0]), None).await.expect(200);
+    let last = &events["events"][1];
+    assert_eq!(
+        (&last["kind"], &last["actor"], &last["note"]),
+        (&json!("commented"), &json!("principal:sub2"), &json!("any news?"))
+    );
+    world
+        .call_as("sub2", "POST", &format!("/v1/tasks/{}/cancel", mine[1]), Some(json!({ "reason": "mine" })))
+        .await
+        .expect(200);
 
     // Agent: claim its stage without naming itself, heartbeat naming itself,
     // hand off between its stages, read and list its stages, follow the handoff.
@@ -1262,7 +1397,7 @@ async fn each_role_makes_its_own_calls() {
     let principals = world.call_as("admin", "GET", "/v1/principals", None).await.expect(200);
     let names: Vec<&str> =
         principals["principals"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["admin", "agent-a", "agent-b", "agent-c", "gone", "ops", "sub"]);
+    assert_eq!(names, ["admin", "agent-a", "agent-b", "agent-c", "gone", "ops", "sub", "sub2"]);
     let tokens = world.call_as("admin", "GET", "/v1/tokens", None).await.expect(200);
     for token in tokens["tokens"].as_array().unwrap() {
         let keys: Vec<&String> = token.as_object().unwrap().keys().collect();

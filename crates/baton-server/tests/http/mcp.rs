@@ -173,7 +173,7 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 async fn tools_list_shows_each_role_its_tools() {
     let world = World::new().await;
     assert_eq!(world.tools("agent-a").await, names(WORKER_TOOLS));
-    assert_eq!(world.tools("sub").await, names(&["submit", "show", "history", "lineage"]));
+    assert_eq!(world.tools("sub").await, names(&["submit", "show", "history", "lineage", "cancel"]));
     let all = world.tools("admin").await;
     assert_eq!(all.len(), 18, "{all:?}");
     assert_eq!(world.tools("ops").await, all);

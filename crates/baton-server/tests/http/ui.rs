@@ -369,3 +369,25 @@ async fn inbox_items_name_the_stage_they_came_from() {
     assert_eq!(from(id), Some(json!("s1")));
     assert_eq!(from(direct["id"].as_str().unwrap()), Some(Value::Null), "submitted there: no source stage");
 }
+
+/// A message its submitter adds to a task waiting in the inbox shows on the
+/// inbox page under that task, and in the task page's timeline; the task
+/// still waits for a person.
+#[tokio::test]
+async fn a_message_on_an_inbox_task_shows_on_the_inbox_and_task_pages() {
+    let s = Served::new().await;
+    let task = s.api("sub", "POST", "/v1/tasks", Some(json!({ "stage": "inbox", "payload": {} }))).await;
+    let id = task.expect(201)["id"].as_str().unwrap().to_owned();
+    let note = json!({ "note": "the <blue> boxes, please", "findings": { "boxes": 2 } });
+    let noted = s.api("sub", "POST", &format!("/v1/tasks/{id}/comments"), Some(note)).await.expect(200);
+    assert_eq!(noted["state"], "waiting");
+    let inbox = s.browse("GET", "/ui/inbox", Some("ops"), &[], None).await;
+    assert_eq!(inbox.status, 200);
+    assert!(
+        inbox.text.contains("principal:sub: the &lt;blue&gt; boxes, please"),
+        "the message, escaped, under its task: {}",
+        inbox.text
+    );
+    let page = s.browse("GET", &format!("/ui/tasks/{id}"), Some("ops"), &[], None).await;
+    assert!(page.text.contains("<td>commented</td>"), "{}", page.text);
+}

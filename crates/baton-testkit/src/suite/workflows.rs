@@ -583,3 +583,66 @@ pub fn canary_route_shares_then_promotes_and_rolls_back<H: SuiteStore>() {
     assert_eq!(route(20), 0, "after a rollback no new task goes to the canary");
     cx.finish();
 }
+
+/// Push notification configs: kept by (task, id), a second put with the same
+/// id replaces the first, listed per task or all, deleted; a config of a
+/// task that does not exist is refused. A task whose workflow lists push URL
+/// prefixes leaves an `update` notice per change (none for heartbeats), read
+/// per task with `task_notices`; other tasks leave none.
+pub fn push_configs_are_kept_and_opted_in_tasks_leave_update_notices<H: SuiteStore>() {
+    use baton_core::store::{Notice, PushConfig};
+    use baton_core::{A2aSettings, TaskId};
+    let cx = Case::<H>::open(suite_rules());
+    let mut pushed = workflow("pushed", "pa", &[s("pa", &[], None)]);
+    pushed.a2a =
+        Some(A2aSettings { push_url_prefixes: vec!["http://127.0.0.1:9/".into()], ..A2aSettings::default() });
+    cx.apply(pushed);
+    cx.apply(workflow("quiet", "qa", &[s("qa", &[], None)]));
+    let loud = cx.submit_via("pushed");
+    let quiet = cx.submit_via("quiet");
+    let grants = cx.claim("w", &["pa", "qa"], 2);
+    for grant in &grants {
+        cx.act(grant, Action::Heartbeat { lease_ms: None, note: None });
+        cx.act(grant, complete());
+    }
+    let updates = |task: TaskId| -> Vec<u64> {
+        block_on(cx.store().task_notices(task, 0, 100))
+            .expect("task notices")
+            .into_iter()
+            .map(|(_, n)| match n {
+                Notice::Update { version, .. } => version,
+                other => panic!("only updates here: {other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(updates(loud.id), [1, 2, 4], "submitted, claimed, completed; no heartbeat");
+    assert_eq!(updates(quiet.id), Vec::<u64>::new());
+    let config = |id: &str, url: &str| PushConfig {
+        task: loud.id,
+        id: id.to_owned(),
+        url: url.to_owned(),
+        token: "a-token-of-24-bytes-long".to_owned(),
+        by: "principal:p".to_owned(),
+        created_at: T0,
+        after_version: 1,
+    };
+    for c in [
+        config("b", "http://127.0.0.1:9/1"),
+        config("a", "http://127.0.0.1:9/2"),
+        config("b", "http://127.0.0.1:9/3"),
+    ] {
+        cx.try_execute(Op::PutPushConfig(c), None).expect("put");
+    }
+    let listed = block_on(cx.store().push_configs(Some(loud.id), 10)).expect("list");
+    assert_eq!(listed, [config("a", "http://127.0.0.1:9/2"), config("b", "http://127.0.0.1:9/3")]);
+    assert_eq!(block_on(cx.store().push_configs(None, 10)).expect("all"), listed);
+    assert_eq!(block_on(cx.store().push_configs(Some(quiet.id), 10)).expect("none"), []);
+    cx.try_execute(Op::DeletePushConfig { task: loud.id, id: "a".into() }, None).expect("delete");
+    assert_eq!(
+        block_on(cx.store().push_configs(None, 10)).expect("after"),
+        [config("b", "http://127.0.0.1:9/3")]
+    );
+    let orphan = PushConfig { task: TaskId(uuid::Uuid::now_v7()), ..config("x", "http://127.0.0.1:9/") };
+    cx.refuses("not_found", |cx| cx.try_execute(Op::PutPushConfig(orphan), None));
+    cx.finish();
+}

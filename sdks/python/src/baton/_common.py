@@ -43,6 +43,7 @@ OPERATIONS: dict[str, str] = {
     "verify_task": "verify",
     "list_tasks": "list_tasks",
     "cancel_task": "cancel",
+    "comment_task": "comment",
     "show_handoff": "handoff_outcome",
     "claim": "claim",
     "heartbeat": "heartbeat",

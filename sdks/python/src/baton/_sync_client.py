@@ -213,9 +213,23 @@ class Client:
             cursor = page.next_cursor
 
     def cancel(self, task: str, reason: str, *, request_key: str | None = None) -> m.Task:
-        """`POST /v1/tasks/{id}/cancel`: end the task, saying why (operators and admins)."""
+        """`POST /v1/tasks/{id}/cancel`: end the task, saying why (operators, admins, its submitter)."""
         body = m.CancelRequest(reason=reason)
         plan = Plan("POST", f"/v1/tasks/{path_segment(task)}/cancel", body=body, key=request_key)
+        return self._call(plan, m.Task)
+
+    def comment(
+        self,
+        task: str,
+        note: str = "",
+        *,
+        findings: Any = None,
+        request_key: str | None = None,
+    ) -> m.Task:
+        """`POST /v1/tasks/{id}/comments`: add a message to a live task's history
+        (operators, admins, its submitter); nothing else about the task changes."""
+        body = m.CommentRequest(note=note, findings=findings)
+        plan = Plan("POST", f"/v1/tasks/{path_segment(task)}/comments", body=body, key=request_key)
         return self._call(plan, m.Task)
 
     def handoff_outcome(self, handoff: str, *, wait_ms: int = 0) -> m.Handoff:

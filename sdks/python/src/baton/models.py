@@ -256,6 +256,17 @@ class ClaimResponse(BaseModel):
     skipped: list[SkippedStage] = Field(default_factory=list, description="Stages whose ready tasks the claim passed over, and why: so an empty\nanswer with work waiting says what holds it back. Absent when none.")
 
 
+class CommentRequest(BaseModel):
+    """`POST /v1/tasks/{id}/comments`: a message added to a live task's history
+    (an event of kind `commented` under the caller's name). It changes
+    nothing else: not the state, the custodian, the lease or any timer.
+    """
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    note: str | None = Field(default=None, description="The message's text (may be empty when `findings` is given).")
+    findings: Any = Field(default=None, description="Structured data that goes with it.")
+
+
 class CompleteRequest(BaseModel):
     """`POST /v1/tasks/{id}/complete`: finish the task."""
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -544,6 +555,17 @@ class InboxItem(BaseModel):
     why: str = Field(description="Why the task needs a person: the escalation's alert, or the note of\nthe handoff that sent it here.")
     since: Timestamp = Field(description="When the task came to this stage.")
     from_stage: str | None = Field(default=None, description="The stage the task came from (the one it escalated from, or the\nsender's stage of a handoff); absent for a task submitted here.")
+    messages: list[InboxMessage] = Field(default_factory=list, description="Messages added to the task's history since it came to this stage\n(`POST /v1/tasks/{id}/comments`, or an A2A client's reply), oldest\nfirst. They resolve nothing: the task waits for a person as before.")
+
+
+class InboxMessage(BaseModel):
+    """A message on an inbox task: who sent it, when, and what it says."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    by: str = Field(description="The sender, as events name actors (`principal:NAME`).")
+    at: Timestamp
+    note: str = Field(description="The text (empty when the message is data only).")
+    findings: Any = Field(default=None)
 
 
 class InboxPage(BaseModel):
@@ -1046,5 +1068,5 @@ class WorkflowView(BaseModel):
     a2a: A2aView | None = Field(default=None)
 
 
-for _model in (A2aView, AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
+for _model in (A2aView, AbortRequest, ActResponse, Anomaly, AnomalyList, AppliedWorkflow, ApplyWorkflowRequest, BackoffView, BaselineValue, CanaryView, CancelRequest, ChainVerification, ChildSpec, ClaimNext, ClaimRequest, ClaimResponse, CommentRequest, CompleteRequest, Custodian, DeliveryDelivered, DeliveryFailed, DeliveryGaveUp, DeliveryPage, DeliveryStatusDelivered, DeliveryStatusFailed, DeliveryStatusGaveUp, EdgeStats, ErrorBody, Event, FailRequest, Handoff, HandoffOutcomePending, HandoffOutcomeAccepted, HandoffOutcomeRerouted, HandoffOutcomeEscalated, HandoffOutcomeCancelled, HandoffRequest, Health, HeartbeatRequest, History, InboxClaimRequest, InboxItem, InboxMessage, InboxPage, Index, Join, JoinRequest, Latency, Lease, LeaseInfo, Lineage, LineageChild, LineageStep, LineageTotals, LineageTree, Position, Principal, PrincipalList, PrincipalRequest, ReleaseRequest, ResolveRequest, Route, Series, SeriesBaseline, SeriesPoint, SkippedStage, SpawnRequest, StagePolicyView, StageStats, Stats, StuckList, StuckTask, SubmitRequest, Task, TaskPage, TokenCreated, TokenInfo, TokenList, TokenRequest, Waiting, Whoami, WorkflowList, WorkflowRef, WorkflowStageView, WorkflowView,):
     _model.model_rebuild()
