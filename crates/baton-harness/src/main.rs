@@ -96,6 +96,12 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Runs real clients over HTTP against a child `baton dev` while injecting
+    /// a fault, then checks what they were told against the store
+    /// (docs/reliability.md). Prints the report as JSON; exits non-zero unless
+    /// the fault took effect and the checkers passed (for
+    /// power-loss-lying-fsync: found losses). `all` is the long tier.
+    Fault(FaultArgs),
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
     CrashChild {
@@ -111,6 +117,105 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         ops_per_thread_max: u64,
     },
+}
+
+/// `fault`'s options.
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// kill-9, power-loss, power-loss-lying-fsync, fsync-eio, clock-jump, soak,
+    /// or all (the long tier: each with its own cycles, a results table at the end).
+    scenario: String,
+    /// Faults to inject (default 20; for `all`, each scenario's own).
+    #[arg(long)]
+    cycles: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Load time before each fault, ms: MIN,MAX (default 500,1500; for `all`, each scenario's own).
+    #[arg(long, value_delimiter = ',')]
+    run_ms: Option<Vec<u64>>,
+    /// Default: from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// fsync-eio: every fsync/fdatasync of a thread fails from this call on.
+    #[arg(long, default_value_t = 20)]
+    eio_nth: u32,
+    /// The `baton` binary; default: next to this binary.
+    #[arg(long)]
+    baton: Option<PathBuf>,
+    /// Directory for the run (data, logs, mount point); default: a new temporary one, removed after.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also write the report (for `all`: the list of reports) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the results table (Markdown) here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+fn fault_command(a: FaultArgs) -> Result<()> {
+    use baton_harness::fault::{self, scenarios};
+    let plan: Vec<(&str, usize, (u64, u64))> = if a.scenario == "all" {
+        scenarios::LONG_TIER.to_vec()
+    } else {
+        let name = scenarios::NAMES.iter().find(|n| **n == a.scenario).with_context(|| {
+            format!("unknown scenario {:?}; one of: {}, all", a.scenario, scenarios::NAMES.join(", "))
+        })?;
+        vec![(*name, 20, (500, 1_500))]
+    };
+    let run_ms = match a.run_ms.as_deref() {
+        None => None,
+        Some(&[min, max]) if min <= max => Some((min, max)),
+        Some(_) => bail!("--run-ms takes MIN,MAX with MIN <= MAX"),
+    };
+    if a.cycles == Some(0) || a.clients == 0 {
+        bail!("--cycles and --clients must be positive");
+    }
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+            >> 1
+    });
+    let temp = tempfile::tempdir()?;
+    let root = a.dir.unwrap_or_else(|| temp.path().to_owned());
+    let baton = a.baton.map_or_else(bench::http::default_baton, |b| std::fs::canonicalize(&b).unwrap_or(b));
+    let mut reports = Vec::new();
+    for (name, cycles, default_ms) in plan {
+        let mut scenario = scenarios::by_name(name, a.eio_nth).context("scenario by name")?;
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut config = fault::FaultConfig::small(&baton, &dir, seed);
+        config.cycles = a.cycles.unwrap_or(cycles);
+        config.run_ms = run_ms.unwrap_or(default_ms);
+        config.load.clients = a.clients;
+        eprintln!(
+            "fault {name}: {} cycles, {} clients, seed {seed}, in {}",
+            config.cycles,
+            a.clients,
+            dir.display()
+        );
+        let report = fault::run(scenario.as_mut(), &config)?;
+        eprintln!("{}", serde_json::to_string_pretty(&report)?);
+        reports.push(report);
+    }
+    if let Some(path) = &a.json {
+        let json = if reports.len() == 1 {
+            serde_json::to_string_pretty(&reports[0])?
+        } else {
+            serde_json::to_string_pretty(&reports)?
+        };
+        std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+    }
+    let table = fault::markdown(&reports);
+    print!("{table}");
+    if let Some(path) = &a.markdown {
+        std::fs::write(path, &table).with_context(|| format!("write {}", path.display()))?;
+    }
+    let unexpected: Vec<&str> =
+        reports.iter().filter(|r| !scenarios::as_expected(r)).map(|r| r.scenario.as_str()).collect();
+    if !unexpected.is_empty() {
+        bail!("not as expected (see the reports above): {}", unexpected.join(", "));
+    }
+    Ok(())
 }
 
 /// `bench`'s options; `--smoke` shrinks every size for a run of seconds.
@@ -378,6 +483,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Fault(args) => fault_command(args),
         Command::CrashChild { db, seed, threads, run_ms_max, ops_per_thread_max } => {
             crash::run_child(&ChildConfig { db, seed, threads, run_ms_max, ops_per_thread_max })
         }

@@ -20,6 +20,9 @@
 mod bench_http;
 #[path = "faults/bench_suite.rs"]
 mod bench_suite;
+// The fault runner's scenarios over HTTP (power loss, fsync EIO, clock jumps).
+#[path = "faults/scenarios.rs"]
+mod scenarios;
 
 use baton_core::{Event, EventKind, Store, TaskId};
 use baton_harness::crash::{Ack, SplitMix, new_task};
