@@ -48,6 +48,8 @@ const RETRIES_MAX: usize = 60;
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Leases in the partition run: shorter than a cut, so the cut replica's expire.
 const LEASE_MS: u64 = 2_000;
+/// How long a partition agent works on a lease before passing it on.
+const WORK_MS: u64 = 300;
 /// How long each cut lasts.
 const CUT: Duration = Duration::from_millis(5_000);
 /// A client gives up on a call after this (an unknown outcome).
@@ -566,7 +568,12 @@ struct NetCluster {
 
 impl NetCluster {
     fn start(net: &Net) -> Self {
-        let bin = std::path::PathBuf::from("/usr/lib/postgresql/15/bin");
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())
+            .expect("initdb under /usr/lib/postgresql/*/bin");
         let dir = tempfile::tempdir().unwrap();
         assert!(Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success());
         let cluster = Self { dir, bin };
@@ -633,12 +640,16 @@ impl Drop for NetCluster {
 /// The partition run's shared state.
 struct Partition {
     recorder: Recorder,
+    /// Per replica: the agent's client, and the admin's (submits).
     clients: Vec<Client>,
+    submitters: Vec<Client>,
     stop: AtomicBool,
 }
 
 /// One agent homed on replica `home`: claims, hands a -> b -> done with
-/// keyed calls, records every call. Unknown outcomes drop the lease.
+/// keyed calls, records every call; a handoff or completion whose outcome
+/// is unknown is retried with its key (after a cut heals, the answer is the
+/// original outcome or a stale-epoch refusal, never a second effect).
 async fn partition_agent(run: Arc<Partition>, me: u32, home: usize) {
     let client = &run.clients[home];
     let rec = &run.recorder;
@@ -649,7 +660,7 @@ async fn partition_agent(run: Arc<Partition>, me: u32, home: usize) {
             let mut request = SubmitRequest::new("a", Payload::from_json(r#"{"p":1}"#).unwrap());
             request.idempotency_key = Some(key.clone());
             let call = rec.invoke(me, Some(key.clone()), Call::Submit { key });
-            match client.submit(&request).await {
+            match run.submitters[home].submit(&request).await {
                 Ok(done) => {
                     rec.finish(call, Outcome::Ok { task: Some(TaskId(done.task.id)), grants: vec![] })
                 }
@@ -677,38 +688,42 @@ async fn partition_agent(run: Arc<Partition>, me: u32, home: usize) {
             }
         };
         let Some(lease) = lease else { continue };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Work on it long enough that a cut often catches a held lease.
+        tokio::time::sleep(Duration::from_millis(WORK_MS)).await;
         let task = TaskId(lease.task);
-        let (call, answer) = if lease.stage == "a" {
-            let key = format!("{}:{}:handoff", lease.task, lease.epoch);
-            let request = HandoffRequest {
-                epoch: lease.epoch,
-                agent: None,
-                to_stage: "b".into(),
-                note: None,
-                findings: None,
-                confidence: None,
-                claim_next: None,
+        let verb = if lease.stage == "a" { "handoff" } else { "complete" };
+        let key = format!("{}:{}:{verb}", lease.task, lease.epoch);
+        // An unknown outcome is retried with the same key until the answer is definite.
+        for _ in 0..RETRIES_MAX {
+            let (call, answer) = if lease.stage == "a" {
+                let request = HandoffRequest {
+                    epoch: lease.epoch,
+                    agent: None,
+                    to_stage: "b".into(),
+                    note: None,
+                    findings: None,
+                    confidence: None,
+                    claim_next: None,
+                };
+                let call = Call::Handoff { task, epoch: lease.epoch, from: "a".into(), to: "b".into() };
+                let call = rec.invoke(me, Some(key.clone()), call);
+                (call, client.handoff_keyed(lease.task, &request, Some(key.as_str())).await)
+            } else {
+                let request = CompleteRequest { epoch: lease.epoch, ..Default::default() };
+                let call = Call::Complete { task, epoch: lease.epoch, stage: "b".into() };
+                let call = rec.invoke(me, Some(key.clone()), call);
+                (call, client.complete_keyed(lease.task, &request, Some(key.as_str())).await)
             };
-            let call = rec.invoke(
-                me,
-                Some(key.clone()),
-                Call::Handoff { task, epoch: lease.epoch, from: "a".into(), to: "b".into() },
-            );
-            (call, client.handoff_keyed(lease.task, &request, Some(key.as_str())).await)
-        } else {
-            let key = format!("{}:{}:complete", lease.task, lease.epoch);
-            let request = CompleteRequest { epoch: lease.epoch, ..Default::default() };
-            let call = rec.invoke(
-                me,
-                Some(key.clone()),
-                Call::Complete { task, epoch: lease.epoch, stage: "b".into() },
-            );
-            (call, client.complete_keyed(lease.task, &request, Some(key.as_str())).await)
-        };
-        match answer {
-            Ok(_) => rec.finish(call, Outcome::Ok { task: None, grants: vec![] }),
-            Err(e) => rec.finish(call, outcome_of(&e)),
+            let outcome = match answer {
+                Ok(_) => Outcome::Ok { task: None, grants: vec![] },
+                Err(e) => outcome_of(&e),
+            };
+            let unknown = matches!(outcome, Outcome::Unknown { .. });
+            rec.finish(call, outcome);
+            if !unknown {
+                break;
+            }
+            tokio::time::sleep(RETRY_PAUSE * 3).await;
         }
     }
 }
@@ -774,7 +789,16 @@ fn a_partitioned_replica_answers_nothing_stale_and_recovers() {
                 .with_request_timeout(CALL_TIMEOUT)
         })
         .collect();
-    let run = Arc::new(Partition { recorder: Recorder::default(), clients, stop: AtomicBool::new(false) });
+    let submitters: Vec<Client> = replicas
+        .iter()
+        .map(|r| Client::new(&r.address).unwrap().with_token(&admin).with_request_timeout(CALL_TIMEOUT))
+        .collect();
+    let run = Arc::new(Partition {
+        recorder: Recorder::default(),
+        clients,
+        submitters,
+        stop: AtomicBool::new(false),
+    });
     let agents: Vec<_> =
         (0..6u32).map(|i| rt.spawn(partition_agent(run.clone(), i, i as usize % 3))).collect();
 
@@ -848,7 +872,13 @@ fn a_partitioned_replica_answers_nothing_stale_and_recovers() {
         recoveries,
         json!({"cuts": evidence, "lease_expiries": expiries}),
     );
-    assert!(line["ok"].as_u64().unwrap_or(0) > 0, "the clients got work done: {line:#}");
+    let completed = run
+        .recorder
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.call, Call::Complete { .. }) && matches!(e.outcome, Outcome::Ok { .. }))
+        .count();
+    assert!(line["tasks"].as_u64().unwrap_or(0) > 0 && completed > 0, "the clients got work done: {line:#}");
     drop(store);
     drop(schema);
     drop(cluster);
