@@ -25,7 +25,7 @@
 //!   namespace on one bridge; a replica's link is taken down (cut from the
 //!   database and its clients) for longer than a lease, then brought back.
 
-use super::postgres::{Replica, Schema, host_port, url, wrapped};
+use super::postgres::{Replica, Schema, host_port, postgres_bin, url, wrapped};
 use baton_client::api::{ClaimRequest, CompleteRequest, HandoffRequest, Payload, SubmitRequest};
 use baton_client::{Client, Error, Lease};
 use baton_core::{EventKind, Store, SystemClock, TaskId};
@@ -568,12 +568,7 @@ struct NetCluster {
 
 impl NetCluster {
     fn start(net: &Net) -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let bin = postgres_bin();
         let dir = tempfile::tempdir().unwrap();
         assert!(Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success());
         let cluster = Self { dir, bin };
@@ -655,7 +650,7 @@ async fn partition_agent(run: Arc<Partition>, me: u32, home: usize) {
     let rec = &run.recorder;
     let mut n = 0u64;
     while !run.stop.load(Ordering::Relaxed) {
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let key = format!("p-{me}-{n}");
             let mut request = SubmitRequest::new("a", Payload::from_json(r#"{"p":1}"#).unwrap());
             request.idempotency_key = Some(key.clone());

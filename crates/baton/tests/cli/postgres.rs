@@ -711,6 +711,16 @@ fn a_replica_that_loses_its_database_answers_503_and_recovers() {
     serve.stop();
 }
 
+/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`).
+pub(crate) fn postgres_bin() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .find(|b| b.join("initdb").exists())
+        .expect("initdb under /usr/lib/postgresql/*/bin")
+}
+
 /// A private PostgreSQL cluster (initdb into a temp dir, pg_ctl on a free
 /// port, run as the `postgres` user when the test runs as root, since initdb
 /// refuses root), so a test can restart it without disturbing anyone.
@@ -723,12 +733,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let bin = postgres_bin();
         let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
         let dir = tempfile::tempdir().unwrap();
         if root {
