@@ -9,6 +9,7 @@ use baton_core::store::{NoListener, ReadyListener};
 use baton_core::{Clock, Rules};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Bytes of a schema name (PostgreSQL identifiers are at most 63 bytes).
@@ -57,6 +58,14 @@ pub struct PostgresOptions {
     /// How long a singleton-duty lease lasts; the holder renews it every
     /// third of that, so a dead holder's duty moves within this time.
     pub duty_lease: Duration,
+    /// A test-only failpoint, `None` everywhere but in fault tests (no flag,
+    /// variable or config file of the binaries sets it): while the counter is
+    /// above zero, each batch that COMMITs successfully with a keyed operation
+    /// (one sent with an `Idempotency-Key`, or a submit with an idempotency key) takes one from it and is answered
+    /// `Unavailable` as if the COMMIT's answer had been lost on the way
+    /// back. The batch did commit: the callers' keyed retries must get its
+    /// original outcome. See docs/reliability.md (ambiguous commits).
+    pub lose_commit_answers: Option<Arc<AtomicUsize>>,
 }
 
 impl PostgresOptions {
@@ -77,6 +86,7 @@ impl PostgresOptions {
             listen: true,
             ready_cursors: true,
             duty_lease: Duration::from_secs(30),
+            lose_commit_answers: None,
         })
     }
 
@@ -139,6 +149,21 @@ impl PostgresOptions {
     pub fn duty_lease(mut self, lease: Duration) -> Self {
         self.duty_lease = lease;
         self
+    }
+
+    /// Arms the test-only failpoint `lose_commit_answers` with `counter`.
+    pub fn lose_commit_answers(mut self, counter: Arc<AtomicUsize>) -> Self {
+        self.lose_commit_answers = Some(counter);
+        self
+    }
+
+    /// Whether this committed batch's answer is to be lost (the failpoint
+    /// is armed and `keyed`); takes one from the counter if so.
+    pub(crate) fn take_lost_commit_answer(&self, keyed: bool) -> bool {
+        keyed
+            && self.lose_commit_answers.as_ref().is_some_and(|left| {
+                left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            })
     }
 
     /// The connection settings every connection of the store uses: the

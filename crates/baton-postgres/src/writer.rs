@@ -409,6 +409,17 @@ impl Writer {
             // retries (Idempotency-Key) find out which it was.
             Err(e) => return Attempt::Lost(format!("COMMIT failed: {e}")),
         }
+        let keyed = ops.iter().any(|op| match op {
+            Op::Execute(call, _) => {
+                call.1.is_some()
+                    || matches!(&call.0, baton_core::Op::Submit(task) if task.idempotency_key.is_some())
+            }
+            _ => false,
+        });
+        if self.options.take_lost_commit_answer(keyed) {
+            // The test-only failpoint (`PostgresOptions::lose_commit_answers`).
+            return Attempt::Lost("COMMIT answer lost (test failpoint; the batch committed)".into());
+        }
         let firsts = match &self.cursors {
             Some(cursors) => scans.committed(cursors, self.index),
             None => scans.made_ready,

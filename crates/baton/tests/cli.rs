@@ -18,7 +18,10 @@
 //! `gate` runs `baton stats`, `alerts` and `gate` against `baton dev`;
 //! `demo` runs `baton demo` and checks its tallies against the naive ledger
 //! and Baton's store; `docs` runs every shell block in docs/ and checks the
-//! links, the CLI reference, the error table and the deployment files.
+//! links, the CLI reference, the error table and the deployment files;
+//! `pgfault` runs the PostgreSQL fault scenarios of docs/reliability.md
+//! (ambiguous commits through a cutting proxy and the store's failpoint, and
+//! a replica partitioned in network namespaces).
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -38,6 +41,8 @@ mod gate;
 mod mcp;
 #[path = "cli/operator.rs"]
 mod operator;
+#[path = "cli/pgfault.rs"]
+mod pgfault;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/postgres.rs"]

@@ -34,7 +34,7 @@ const BATON: &str = env!("CARGO_BIN_EXE_baton");
 const URL_VAR: &str = "BATON_TEST_DATABASE_URL";
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var(URL_VAR).unwrap_or_else(|_| {
         panic!(
             "{URL_VAR} is not set. These tests need PostgreSQL: set, for example, \
@@ -45,19 +45,19 @@ fn url() -> String {
 
 /// A schema of the test's own, dropped at the end.
 /// Its name, and the URL of its database.
-struct Schema(String, String);
+pub(crate) struct Schema(pub(crate) String, pub(crate) String);
 
 impl Schema {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         Self::on(url(), tag)
     }
 
-    fn on(url: String, tag: &str) -> Self {
+    pub(crate) fn on(url: String, tag: &str) -> Self {
         let random = uuid::Uuid::now_v7().simple().to_string();
         Self(format!("baton_cli_{tag}_{}_{}", std::process::id(), &random[random.len() - 6..]), url)
     }
 
-    fn store(&self) -> PostgresStore {
+    pub(crate) fn store(&self) -> PostgresStore {
         let options =
             PostgresOptions::new(&self.1).expect("url").schema(self.0.clone()).readers(4).listen(false);
         PostgresStore::open(options).expect("open the schema")
@@ -81,7 +81,20 @@ impl Drop for Schema {
 }
 
 fn baton(dir: &Path) -> Command {
-    let mut command = Command::new(BATON);
+    wrapped(dir, &[])
+}
+
+/// `baton` run through `wrapper` (`ip netns exec NAME`; empty: directly),
+/// in `dir`, without the variables that would change its settings.
+pub(crate) fn wrapped(dir: &Path, wrapper: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BATON);
+            c
+        }
+        None => Command::new(BATON),
+    };
     command.current_dir(dir);
     for var in [
         "BATON_ADDRESS",
@@ -108,20 +121,28 @@ fn check(dir: &Path, args: &[&str], code: i32) -> (String, String) {
 }
 
 /// A running `baton serve` on PostgreSQL.
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
-    address: String,
+    pub(crate) address: String,
     /// Its name among the replicas, as printed in its banner.
     name: String,
-    admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
 }
 
 impl Replica {
     fn start(dir: &Path, schema: &Schema, extra: &[&str]) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
-        let mut child = baton(dir)
+        let mut command = baton(dir);
+        command
             .args(["serve", "--database-url", &schema.1, "--schema", &schema.0, "--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(extra);
+        Self::spawn(dir, command)
+    }
+
+    /// Starts `command` (a `baton serve`), its log appended to `serve.log`
+    /// in `dir`, and reads its banner.
+    pub(crate) fn spawn(dir: &Path, mut command: Command) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("serve.log")).unwrap();
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -589,7 +610,7 @@ impl Proxy {
 }
 
 /// `host:port` of the test database's URL.
-fn host_port(url: &str) -> String {
+pub(crate) fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -690,6 +711,16 @@ fn a_replica_that_loses_its_database_answers_503_and_recovers() {
     serve.stop();
 }
 
+/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`).
+pub(crate) fn postgres_bin() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .find(|b| b.join("initdb").exists())
+        .expect("initdb under /usr/lib/postgresql/*/bin")
+}
+
 /// A private PostgreSQL cluster (initdb into a temp dir, pg_ctl on a free
 /// port, run as the `postgres` user when the test runs as root, since initdb
 /// refuses root), so a test can restart it without disturbing anyone.
@@ -702,12 +733,7 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").exists())
-            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let bin = postgres_bin();
         let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
         let dir = tempfile::tempdir().unwrap();
         if root {
