@@ -2,11 +2,13 @@
 //! benchmark with its same-run baselines (docs/glossary.md);
 //! `crash` is the workload of the kill -9 test (T1) and
 //! the parser of what it acknowledged; `sys` reads device flushes and CPU
-//! time; `exec` drives store futures from plain threads. The binary
+//! time; `exec` drives store futures from plain threads; `gauges` seeds a
+//! large backlog through the store and times the stage gauges. The binary
 //! `baton-harness` exposes them as subcommands.
 
 pub mod bench;
 pub mod crash;
 pub mod exec;
+pub mod gauges;
 pub mod store;
 pub mod sys;

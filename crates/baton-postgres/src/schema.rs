@@ -18,6 +18,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_rollups", include_str!("../migrations/0005_rollups.sql")),
     ("0006_anomalies", include_str!("../migrations/0006_anomalies.sql")),
     ("0007_delivery_resume", include_str!("../migrations/0007_delivery_resume.sql")),
+    ("0008_stage_counts", include_str!("../migrations/0008_stage_counts.sql")),
 ];
 
 /// The schema version this binary writes and understands.

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_rollups.sql"),
     include_str!("../migrations/0006_anomalies.sql"),
     include_str!("../migrations/0007_delivery_resume.sql"),
+    include_str!("../migrations/0008_stage_counts.sql"),
 ];
 
 /// The schema version this binary writes and understands.
