@@ -397,7 +397,8 @@ pub(crate) fn stage_gauges_recount(conn: &Connection, limit: usize) -> Result<Ve
 /// Runs a gauge query whose rows are (stage, ready, held, blocked, oldest).
 fn gauges(conn: &Connection, sql: &str, limit: usize) -> Result<Vec<StageGauge>, StoreError> {
     let mut st = conn.prepare_cached(sql)?;
-    let mut rows = st.query([int(limit as u64)?])?;
+    // A limit past what SQLite counts means no limit.
+    let mut rows = st.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let count = |i| -> Result<u64, StoreError> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
