@@ -116,7 +116,8 @@ mod tests {
     use crate::ids::TaskId;
 
     fn task(stage: &str) -> Task {
-        let policies = crate::policy::Policies::default().with_stage(stage, crate::policy::StagePolicy::default());
+        let policies =
+            crate::policy::Policies::default().with_stage(stage, crate::policy::StagePolicy::default());
         let rules = Rules { policies, limits: crate::limits::Limits::default() };
         let new = NewTask::new(stage, "{}");
         crate::decide::submit(TaskId(uuid::Uuid::nil()), &new, &rules, 1_000).expect("submit").task

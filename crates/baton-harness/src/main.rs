@@ -332,7 +332,9 @@ fn seed_backlog(
         }
         (None, Some(url), Some(schema)) => {
             let options = baton_postgres::PostgresOptions::new(&url).context("database URL")?.schema(schema);
-            std::sync::Arc::new(baton_postgres::PostgresStore::open(options).context("open the PostgreSQL store")?)
+            std::sync::Arc::new(
+                baton_postgres::PostgresStore::open(options).context("open the PostgreSQL store")?,
+            )
         }
         _ => bail!("name --data-dir, or --database-url with --schema"),
     };

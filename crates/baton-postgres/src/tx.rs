@@ -37,8 +37,8 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::workflow::Workflow;
 use baton_core::{
-    AgentId, Alert, Credential, GaugeDeltas, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
-    StageName, Task, TaskId,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
+    RequestRecord, StageName, Task, TaskId,
 };
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};

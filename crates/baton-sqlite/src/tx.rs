@@ -9,8 +9,8 @@ use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice};
 use baton_core::{
-    AgentId, Alert, GaugeDeltas, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
-    StageName, Task, TaskId, Workflow,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
+    RequestRecord, StageName, Task, TaskId, Workflow,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::cell::RefCell;

@@ -32,8 +32,8 @@ use crate::error::{FatalError, StoreError, is_fatal, is_full};
 use crate::oneshot;
 use crate::options::FatalHook;
 use crate::tx::{WorkflowCache, WriteTx};
-use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::GaugeDeltas;
+use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
 use baton_core::{

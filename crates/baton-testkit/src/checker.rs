@@ -9,7 +9,8 @@
 use crate::exec::block_on;
 use baton_core::event::verify_chain;
 use baton_core::{
-    Event, EventKind, Millis, Position, StageGauge, StageName, Store, Task, TaskFilter, TaskId, TaskState, Wait,
+    Event, EventKind, Millis, Position, StageGauge, StageName, Store, Task, TaskFilter, TaskId, TaskState,
+    Wait,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -121,7 +122,8 @@ pub fn check_gauges(store: &dyn Store, expected: Option<&[StageGauge]>, problems
     if let Some(expected) = expected
         && recounted != expected
     {
-        problems.push(format!("the store's gauge recount {recounted:?} differs from its tasks' {expected:?}"));
+        problems
+            .push(format!("the store's gauge recount {recounted:?} differs from its tasks' {expected:?}"));
     }
 }
 

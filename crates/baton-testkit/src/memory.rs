@@ -13,7 +13,6 @@ use baton_core::Workflow;
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
-use baton_core::{GaugeDeltas, StageCounts};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
     ActOutcome, ActRequest, AgentId, Alert, CancelRequest, ClaimRequest, Clock, Credential, Error, Event,
@@ -21,6 +20,7 @@ use baton_core::{
     SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task, TaskFilter, TaskId, TaskState,
     TaskView,
 };
+use baton_core::{GaugeDeltas, StageCounts};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
