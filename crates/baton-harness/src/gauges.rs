@@ -30,7 +30,8 @@ pub struct SeedConfig {
     pub rounds: usize,
 }
 
-/// Seeds `config.tasks` ready tasks, then times both gauge reads.
+/// Seeds `config.tasks` ready tasks (none with 0: time an existing backlog),
+/// then times both gauge reads.
 pub fn seed_and_time(store: Arc<dyn Store>, config: &SeedConfig) -> Result<()> {
     let payload = format!(r#"{{"text":"{}"}}"#, "x".repeat(config.payload_bytes));
     let started = Instant::now();
@@ -63,10 +64,20 @@ pub fn seed_and_time(store: Arc<dyn Store>, config: &SeedConfig) -> Result<()> {
         done as f64 / started.elapsed().as_secs_f64().max(1e-9)
     );
     let (counted, counters) = time(config.rounds, || block_on(store.stage_gauges(usize::MAX)))?;
-    let (recounted, recount) = time(config.rounds, || block_on(store.stage_gauges_recount(usize::MAX)))?;
     let live: u64 = counted.iter().map(|g| g.ready + g.held + g.blocked).sum();
     println!("stages {}, ready+held+blocked {live}", counted.len());
     report("stage_gauges (counters)", &counters);
+    // The recount may outlast the store's read timeout at a large backlog
+    // (PostgreSQL's `io_timeout`): that is a figure too, not a failure.
+    let started = Instant::now();
+    let (recounted, recount) = match time(config.rounds, || block_on(store.stage_gauges_recount(usize::MAX)))
+    {
+        Ok(timed) => timed,
+        Err(e) => {
+            println!("stage_gauges_recount (full recount) failed after {:?}: {e}", started.elapsed());
+            return Ok(());
+        }
+    };
     report("stage_gauges_recount (full recount)", &recount);
     println!(
         "recount / counters, median: {:.1}x",
