@@ -12,6 +12,7 @@
 use crate::command::{Action, Command, NewTask};
 use crate::decide::{Change, Env, decide_in, submit_in as decide_submit};
 use crate::event::{Event, EventKind, Hash};
+use crate::gauge::GaugeDeltas;
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::limits::Limits;
 use crate::metrics::{Anomaly, Counts, Observation, Rollup, RollupKey};
@@ -151,12 +152,16 @@ impl<E> From<Rejection> for Fail<E> {
 }
 
 /// What the transaction did besides its answer: stages with new ready work,
-/// and what each change tells the metrics. Stores pass both to their
-/// listener after the commit, and only for operations they kept.
+/// and what each change tells the metrics, which stores pass to their
+/// listener after the commit; and what each saved row did to the per-stage
+/// counters, which stores sum over the operations they keep and apply in
+/// the same transaction, before COMMIT (`crate::gauge`). All only for
+/// operations they kept.
 #[derive(Debug, Default)]
 pub struct Effects {
     pub ready: Vec<StageName>,
     pub observed: Vec<Observation>,
+    pub gauges: GaugeDeltas,
 }
 
 impl Effects {
@@ -410,6 +415,7 @@ fn insert_new<T: Tx>(
     let event = change.event.seal(Hash::ZERO);
     st(tx.insert(&change.task, &new.payload, &event))?;
     notice_update(tx, &event, wf)?;
+    cx.effects.gauges.change(None, &change.task);
     cx.effects.observed.push(Observation {
         at: event.at,
         task: event.task,
@@ -530,15 +536,15 @@ fn claim_except<T: Tx>(
         let lease_ms = req.lease_ms.unwrap_or_else(|| e.policy(&task.stage).lease_ms);
         let command = Command::Claim { agent: req.agent.clone(), lease_ms };
         match decide_in(&task, &command, e, cx.now) {
-            Ok(change) => changes.push((change, head, wf)),
+            Ok(change) => changes.push((task, change, head, wf)),
             // The workflow keeps this stage's tasks for other agents.
             Err(Rejection::AgentNotAllowed { .. }) => {}
             Err(other) => return Err(other.into()),
         }
     }
     let mut grants = Vec::with_capacity(changes.len());
-    for (change, head, wf) in changes {
-        let task = apply(tx, change, head, wf.as_ref(), cx)?;
+    for (before, change, head, wf) in changes {
+        let task = apply(tx, &before, change, head, wf.as_ref(), cx)?;
         let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
         grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
     }
@@ -568,7 +574,7 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
     let handoff_id = change.handoff.as_ref().map(|h| h.id);
     let children: Vec<TaskId> = change.spawn.iter().map(|(id, _)| *id).collect();
-    let task = apply(tx, change, head, wf.as_ref(), cx)?;
+    let task = apply(tx, &task, change, head, wf.as_ref(), cx)?;
     let mut next = Vec::new();
     if let Some(claim_next) = &req.claim_next {
         let request = ClaimRequest {
@@ -597,7 +603,7 @@ pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<T
     let wf = workflow_of(tx, &task)?;
     let command = Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() };
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
-    apply(tx, change, head, wf.as_ref(), cx)
+    apply(tx, &task, change, head, wf.as_ref(), cx)
 }
 
 /// Adds a message to a live task's history (`Command::Comment`).
@@ -607,7 +613,7 @@ pub fn comment<T: Tx>(tx: &mut T, req: &CommentRequest, cx: &mut Ctx<'_>) -> Res
     let command =
         Command::Comment { actor: req.actor.clone(), note: req.note.clone(), findings: req.findings.clone() };
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
-    apply(tx, change, head, wf.as_ref(), cx)
+    apply(tx, &task, change, head, wf.as_ref(), cx)
 }
 
 /// The timers: act on up to `limit` tasks whose `due_at` has passed.
@@ -619,7 +625,7 @@ pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize,
         let wf = workflow_of(tx, &task)?;
         match decide_in(&task, &Command::Fire, env(cx.rules, wf.as_ref()), cx.now) {
             Ok(change) => {
-                apply(tx, change, head, wf.as_ref(), cx)?;
+                apply(tx, &task, change, head, wf.as_ref(), cx)?;
                 fired += 1;
             }
             Err(Rejection::NotDue { .. }) => {}
@@ -629,11 +635,13 @@ pub fn fire_due<T: Tx>(tx: &mut T, limit: usize, cx: &mut Ctx<'_>) -> Res<usize,
     Ok(fired)
 }
 
-/// Saves a change with its sealed event and its consequences: the handoff
+/// Saves a change to `before` (the row as loaded) with its sealed event, its
+/// counter deltas and its consequences: the handoff
 /// and alert records, the outbox notices, the tasks it spawns and the join of
 /// the parent it settles. `wf` is the changed task's workflow.
 fn apply<T: Tx>(
     tx: &mut T,
+    before: &Task,
     change: Change,
     head: Hash,
     wf: Option<&Arc<Workflow>>,
@@ -643,6 +651,7 @@ fn apply<T: Tx>(
     if !st(tx.update(&change.task, &event))? {
         return Err(Fail::Conflict);
     }
+    cx.effects.gauges.change(Some(before), &change.task);
     let handoff = change.handoff.clone().or_else(|| match (&event.kind, &change.task.state) {
         (EventKind::Reoffered, TaskState::Waiting { handoff, .. }) => handoff.clone(),
         _ => None,
@@ -683,7 +692,7 @@ fn apply<T: Tx>(
         // A parent that is no longer blocked (escalated at its join deadline,
         // cancelled) has nothing to settle: the child's end changes nothing.
         if let Ok(parent_change) = decide_in(&p, &command, env(cx.rules, p_wf.as_ref()), cx.now) {
-            apply(tx, parent_change, p_head, p_wf.as_ref(), cx)?;
+            apply(tx, &p, parent_change, p_head, p_wf.as_ref(), cx)?;
         }
     }
     Ok(change.task)

@@ -92,9 +92,15 @@ pub trait Store: Send + Sync + 'static {
     /// not acknowledged when `open_only`.
     fn anomalies(&self, after: u64, limit: usize, open_only: bool) -> StoreFuture<'_, Vec<(u64, Anomaly)>>;
     /// Live tasks counted per stage (ready, held, blocked, and since when the
-    /// oldest ready task waits), for at most `limit` stages by name: one
-    /// query whose answer is O(stages) rows, never the tasks themselves.
+    /// oldest ready task waits), for at most `limit` stages by name, stages
+    /// with live tasks only. Read from the per-stage counters the write path
+    /// keeps (`crate::gauge`) plus one index seek per stage for the oldest:
+    /// O(stages), whatever the backlog.
     fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>>;
+    /// The same answer as `stage_gauges`, counted afresh from every live
+    /// task: O(live tasks). Checks compare it with the counters
+    /// (`baton db check`, the testkit's history checker); nothing serves it.
+    fn stage_gauges_recount(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>>;
     /// Takes or renews `duty` for this process and says whether it holds it.
     /// A store one process owns (memory, SQLite) always holds every duty; on
     /// PostgreSQL one replica at a time does (a lease row).

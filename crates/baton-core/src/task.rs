@@ -199,6 +199,9 @@ pub struct IndexColumns<'t> {
     pub due_at: Option<Millis>,
     pub holder: Option<&'t str>,
     pub ready: bool,
+    /// Since when a ready task waits (`None` unless ready): the key of the
+    /// index that finds a stage's oldest ready task in one seek.
+    pub ready_since: Option<Millis>,
 }
 
 /// A state's name, as stored in indexes and sent over the wire.
@@ -309,6 +312,10 @@ impl Task {
             due_at: self.due_at(),
             holder: self.holder().map(AgentId::as_str),
             ready: self.is_ready(),
+            ready_since: match &self.state {
+                TaskState::Waiting { since, wait: Wait::Offered { .. }, .. } => Some(*since),
+                _ => None,
+            },
         }
     }
 

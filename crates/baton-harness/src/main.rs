@@ -2,8 +2,10 @@
 //! Baton, its same-run baselines and its peers), `bench-store` and
 //! `bench-http` (the earlier store-level and HTTP benches), and `crash-child`
 //! (the process the kill -9 test starts and kills), `serve-memory` (Baton's
-//! HTTP server over the in-memory store, a bench row), and `seed-anomaly` (an open
-//! anomaly in a `baton dev` data directory, for the dashboard's browser tests). Figures and acknowledgements go to stdout or the
+//! HTTP server over the in-memory store, a bench row), `seed-anomaly` (an open
+//! anomaly in a `baton dev` data directory, for the dashboard's browser
+//! tests) and `seed-backlog` (a large backlog through the store, then the
+//! stage gauges timed against their full recount). Figures and acknowledgements go to stdout or the
 //! named files; progress goes to stderr.
 
 use anyhow::{Context as _, Result, bail};
@@ -109,6 +111,27 @@ enum Command {
     /// the fault took effect and the checkers passed (for
     /// power-loss-lying-fsync: found losses). `all` is the long tier.
     Fault(FaultArgs),
+    /// Adds a backlog of ready tasks through the store (a `baton dev` data
+    /// directory's `DIR/baton.db`, or a PostgreSQL schema), then times the
+    /// stage gauges (counters) against their full recount, same run.
+    SeedBacklog {
+        /// A `baton dev` data directory (SQLite).
+        #[arg(long, conflicts_with = "database_url")]
+        data_dir: Option<PathBuf>,
+        /// A PostgreSQL database instead, with --schema.
+        #[arg(long, requires = "schema")]
+        database_url: Option<String>,
+        #[arg(long)]
+        schema: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 5)]
+        stages: usize,
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+    },
     /// The crash test's child: works the store and prints one line per
     /// acknowledged operation until killed.
     CrashChild {
@@ -408,8 +431,34 @@ fn seed_anomaly(data_dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+fn seed_backlog(
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    schema: Option<String>,
+    config: &baton_harness::gauges::SeedConfig,
+) -> Result<()> {
+    let store: std::sync::Arc<dyn baton_core::Store> = match (data_dir, database_url, schema) {
+        (Some(dir), None, _) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            baton_harness::store::open_sqlite(&dir.join("baton.db"))?
+        }
+        (None, Some(url), Some(schema)) => {
+            let options = baton_postgres::PostgresOptions::new(&url).context("database URL")?.schema(schema);
+            std::sync::Arc::new(
+                baton_postgres::PostgresStore::open(options).context("open the PostgreSQL store")?,
+            )
+        }
+        _ => bail!("name --data-dir, or --database-url with --schema"),
+    };
+    baton_harness::gauges::seed_and_time(store, config)
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::SeedBacklog { data_dir, database_url, schema, tasks, stages, payload_bytes, rounds } => {
+            let config = baton_harness::gauges::SeedConfig { tasks, stages, payload_bytes, rounds };
+            seed_backlog(data_dir, database_url, schema, &config)
+        }
         Command::Bench(args) => bench_suite(args),
         Command::SeedAnomaly { data_dir } => seed_anomaly(&data_dir),
         Command::ServeMemory { listen } => bench::memory_server::run(listen),

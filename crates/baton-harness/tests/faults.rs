@@ -10,8 +10,9 @@
 //! acknowledged: every submitted key still maps to its task (a re-submit with
 //! the key returns created=false and the same id), every acknowledged claim,
 //! handoff and completion is exactly one event at its epoch, no stage is left
-//! twice by any task, the testkit history checker passes over the whole
-//! store (chains verify, events replay to rows), and `PRAGMA
+//! twice by any task, the stage counters equal a recount of the live tasks,
+//! the testkit history checker passes over the whole store (chains verify,
+//! events replay to rows, gauges match the tasks), and `PRAGMA
 //! integrity_check` says ok. The seed is printed; set BATON_CRASH_SEED to
 //! repeat a run's choices (kill times and thread interleavings still vary).
 
@@ -28,6 +29,7 @@ use baton_core::{Event, EventKind, Store, TaskId};
 use baton_harness::crash::{Ack, SplitMix, new_task};
 use baton_harness::exec::block_on;
 use baton_sqlite::{SqliteOptions, SqliteStore};
+use baton_testkit::checker::check_gauges;
 use baton_testkit::{Acknowledged, check_acknowledged, check_store};
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -148,6 +150,8 @@ fn check_after_restart(
     let mut problems = Vec::new();
     let mut histories = Histories::default();
     check_acks(&store, acks, &mut histories, &mut problems);
+    // After every kill: the stage counters equal a recount of the live tasks.
+    check_gauges(&store, None, &mut problems);
     if let Some(earlier) = earlier {
         check_acks(&store, earlier, &mut histories, &mut problems);
         match check_store(&store) {

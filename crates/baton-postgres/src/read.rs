@@ -139,19 +139,45 @@ pub(crate) async fn hold_duty(
     leader::hold(&c, duty, &replica, now, lease_ms).await
 }
 
-/// Live tasks counted per stage, by name, at most `max` stages: one row per
-/// stage over the live tasks (`tasks_due`), whatever the backlog. The oldest
-/// ready task's `since` is read from the row's body (no column holds it).
+/// Live tasks per stage, by name, at most `max` stages, from the counters the
+/// writers keep (`stage_counts`, summed over each stage's slot rows) and, for
+/// the oldest ready task, one seek per stage into `tasks_ready_since`:
+/// O(stages) whatever the backlog. One statement, so one snapshot.
 pub(crate) async fn stage_gauges(pool: Pool, max: usize) -> Result<Vec<StageGauge>, StoreError> {
+    gauges(
+        pool,
+        "SELECT c.stage, c.ready, c.held, c.blocked, \
+         (SELECT t.ready_since FROM tasks t WHERE t.ready AND t.stage = c.stage \
+          ORDER BY t.ready_since LIMIT 1) \
+         FROM (SELECT stage, sum(live)::bigint AS live, sum(ready)::bigint AS ready, \
+               sum(held)::bigint AS held, sum(blocked)::bigint AS blocked \
+               FROM stage_counts GROUP BY stage) c \
+         WHERE c.live > 0 ORDER BY c.stage LIMIT $1",
+        max,
+    )
+    .await
+}
+
+/// The same answer counted afresh from every live task (`tasks_due` holds
+/// exactly them): O(live tasks), for checks against the counters. The oldest
+/// ready task's `since` is read from the row's body, not the extracted column,
+/// so the check covers that column too.
+pub(crate) async fn stage_gauges_recount(pool: Pool, max: usize) -> Result<Vec<StageGauge>, StoreError> {
+    gauges(
+        pool,
+        "SELECT stage, count(*) FILTER (WHERE ready), count(*) FILTER (WHERE state = 'held'), \
+         count(*) FILTER (WHERE state = 'blocked'), \
+         min(((body::jsonb) -> 'state' ->> 'since')::bigint) FILTER (WHERE ready) \
+         FROM tasks WHERE due_at IS NOT NULL GROUP BY stage ORDER BY stage LIMIT $1",
+        max,
+    )
+    .await
+}
+
+/// Runs a gauge query whose rows are (stage, ready, held, blocked, oldest).
+async fn gauges(pool: Pool, sql: &str, max: usize) -> Result<Vec<StageGauge>, StoreError> {
     let c = conn(&pool).await?;
-    let st = c
-        .prepare_cached(
-            "SELECT stage, count(*) FILTER (WHERE ready), count(*) FILTER (WHERE state = 'held'), \
-             count(*) FILTER (WHERE state = 'blocked'), \
-             min(((body::jsonb) -> 'state' ->> 'since')::bigint) FILTER (WHERE ready) \
-             FROM tasks WHERE due_at IS NOT NULL GROUP BY stage ORDER BY stage LIMIT $1",
-        )
-        .await?;
+    let st = c.prepare_cached(sql).await?;
     let rows = c.query(&st, &[&limit(max)]).await?;
     let count = |row: &tokio_postgres::Row, i| -> Result<u64, StoreError> {
         Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0006_anomalies", include_str!("../migrations/0006_anomalies.sql")),
     ("0007_delivery_resume", include_str!("../migrations/0007_delivery_resume.sql")),
     ("0008_push_configs", include_str!("../migrations/0008_push_configs.sql")),
+    ("0009_stage_counts", include_str!("../migrations/0009_stage_counts.sql")),
 ];
 
 /// The schema version this binary writes and understands.

@@ -493,6 +493,10 @@ impl Store for PostgresStore {
         self.read(read::stage_gauges(self.pool.clone(), limit))
     }
 
+    fn stage_gauges_recount(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        self.read(read::stage_gauges_recount(self.pool.clone(), limit))
+    }
+
     /// Takes or renews the duty's lease row (as the renewal loop does, so a
     /// duty the server asks about moves within `duty_lease` of its holder's
     /// death); only one replica at a time gets `true`.

@@ -37,8 +37,8 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::workflow::Workflow;
 use baton_core::{
-    AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
-    StageName, Task, TaskId,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
+    RequestRecord, StageName, Task, TaskId,
 };
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -110,26 +110,45 @@ pub(crate) const WORKFLOW_LATEST: &str =
 const LOAD_REQUEST: &str = "SELECT fingerprint, at, outcome FROM requests WHERE principal = $1 AND key = $2";
 const INSERT: &str = "WITH t AS (
         INSERT INTO tasks (id, namespace, idempotency_key, stage, state, priority, deadline_rank,
-                           due_at, holder, ready, parent, revision, head, body)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)),
-    p AS (INSERT INTO payloads (task, body) VALUES ($1, $15))
-    INSERT INTO events (task, version, body) VALUES ($1, $16, $17)";
+                           due_at, holder, ready, ready_since, parent, revision, head, body)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)),
+    p AS (INSERT INTO payloads (task, body) VALUES ($1, $16))
+    INSERT INTO events (task, version, body) VALUES ($1, $17, $18)";
 const UPDATE: &str = "WITH u AS (
         UPDATE tasks SET stage = $3, state = $4, priority = $5, deadline_rank = $6, due_at = $7,
-                         holder = $8, ready = $9, revision = $10, head = $11, body = $12
+                         holder = $8, ready = $9, ready_since = $10, revision = $11, head = $12, body = $13
         WHERE id = $1 AND revision = $2
         RETURNING id)
-    INSERT INTO events (task, version, body) SELECT id, $13::bigint, $14::text FROM u";
+    INSERT INTO events (task, version, body) SELECT id, $14::bigint, $15::text FROM u";
 /// `UPDATE` for a deferred save: the same statement, failing with
 /// `division_by_zero` (`SAVE_LOST_STATE`) when the guard found the row changed,
 /// so that a save nobody waits for still cannot commit half an operation.
 const UPDATE_CHECKED: &str = "WITH u AS (
         UPDATE tasks SET stage = $3, state = $4, priority = $5, deadline_rank = $6, due_at = $7,
-                         holder = $8, ready = $9, revision = $10, head = $11, body = $12
+                         holder = $8, ready = $9, ready_since = $10, revision = $11, head = $12, body = $13
         WHERE id = $1 AND revision = $2
         RETURNING id),
-    e AS (INSERT INTO events (task, version, body) SELECT id, $13::bigint, $14::text FROM u RETURNING 1)
+    e AS (INSERT INTO events (task, version, body) SELECT id, $14::bigint, $15::text FROM u RETURNING 1)
     SELECT 1 / count(*)::integer FROM e";
+/// Adds a batch's summed stage counter deltas to this connection's slot rows
+/// in one statement (`$6` is `STAGE_COUNT_SLOTS`). Rows go in stage order,
+/// so two writers that share a slot lock its rows in the same order.
+const ADD_STAGE_COUNTS: &str = "INSERT INTO stage_counts (stage, slot, live, ready, held, blocked)
+    SELECT d.stage, pg_backend_pid() % $6::integer, d.live, d.ready, d.held, d.blocked
+    FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+         AS d(stage, live, ready, held, blocked)
+    ORDER BY d.stage
+    ON CONFLICT (stage, slot) DO UPDATE SET live = stage_counts.live + excluded.live,
+        ready = stage_counts.ready + excluded.ready, held = stage_counts.held + excluded.held,
+        blocked = stage_counts.blocked + excluded.blocked";
+
+/// How many slot rows a stage's counters are spread over. Each writer
+/// connection adds to the slot of its backend pid: with a few writers per
+/// replica and a few replicas, two rarely share one, so a handoff never
+/// waits for another writer's commit to update a counter. Reads sum the
+/// slots: O(stages x slots) rows at most.
+pub(crate) const STAGE_COUNT_SLOTS: i32 = 64;
+
 const PUT_HANDOFF: &str = "INSERT INTO handoffs (id, task, body) VALUES ($1, $2, $3)
     ON CONFLICT (id) DO UPDATE SET body = excluded.body";
 const PUT_ALERT: &str = "INSERT INTO alerts (task, at, body) VALUES ($1, $2, $3)";
@@ -213,6 +232,41 @@ impl Session {
     /// The connection and the pending writes, borrowed apart.
     pub(crate) fn parts(&mut self) -> (&Client, &mut Pending) {
         (&self.client, &mut self.pending)
+    }
+}
+
+impl Session {
+    /// Queues the batch's summed stage counter deltas as one upsert that
+    /// travels with COMMIT. Nothing to queue when the deltas cancel out.
+    pub(crate) fn defer_gauges(
+        &mut self,
+        rt: &Runtime,
+        timeout: Duration,
+        deltas: &GaugeDeltas,
+    ) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let statement = self.prepared(rt, timeout, ADD_STAGE_COUNTS)?;
+        let (mut stages, mut live, mut ready, mut held, mut blocked) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (stage, d) in deltas.iter() {
+            stages.push(stage.as_str().to_owned());
+            live.push(d.live);
+            ready.push(d.ready);
+            held.push(d.held);
+            blocked.push(d.blocked);
+        }
+        let params: Vec<Param> = vec![
+            Box::new(stages),
+            Box::new(live),
+            Box::new(ready),
+            Box::new(held),
+            Box::new(blocked),
+            Box::new(STAGE_COUNT_SLOTS),
+        ];
+        self.pending.deferred.push(Deferred { statement, params, guarded: false });
+        Ok(())
     }
 }
 
@@ -426,7 +480,7 @@ fn ready_key(row: &Row) -> Result<ReadyKey, StoreError> {
 
 /// The index columns, in the order `INSERT` and `UPDATE` both list them
 /// (stage through ready).
-fn index_params(c: &Columns<'_>) -> [Param; 7] {
+fn index_params(c: &Columns<'_>) -> [Param; 8] {
     [
         Box::new(c.stage.to_owned()),
         Box::new(c.state),
@@ -435,6 +489,7 @@ fn index_params(c: &Columns<'_>) -> [Param; 7] {
         Box::new(c.due_at),
         Box::new(c.holder.map(str::to_owned)),
         Box::new(c.ready),
+        Box::new(c.ready_since),
     ]
 }
 

@@ -42,6 +42,7 @@ use crate::listen;
 use crate::options::PostgresOptions;
 use crate::rows::task_and_head;
 use crate::tx::{ClaimHint, LOAD_MANY, PgTx, ReadAhead, RowsFuture, Session, block, in_order};
+use baton_core::GaugeDeltas;
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
@@ -350,6 +351,7 @@ impl Writer {
             cursors: if careful { None } else { self.cursors.as_deref().map(|c| (c, self.index)) },
             ready: Vec::new(),
             observed: Vec::new(),
+            gauges: GaugeDeltas::default(),
             end: None,
             replica: &self.options.replica,
             lease_ms: i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX),
@@ -364,6 +366,7 @@ impl Writer {
         }
         let ready = std::mem::take(&mut batch.ready);
         let observed = std::mem::take(&mut batch.observed);
+        let gauges = std::mem::take(&mut batch.gauges);
         let end = batch.end.take();
         self.counters.ready_reads.fetch_add(scans.reads, Ordering::Relaxed);
         self.counters.ready_reads_from_cursor.fetch_add(scans.reads_from_cursor, Ordering::Relaxed);
@@ -391,6 +394,16 @@ impl Writer {
                 crate::WRITE_TRANSACTION_MAX
             ));
         }
+        // The kept operations' counter deltas, summed: one upsert into this
+        // connection's slot rows, sent with COMMIT.
+        if let Err(e) = session.defer_gauges(rt, timeout, &gauges) {
+            session.pending.discard();
+            let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
+            return match e.class() {
+                Class::Lost => Attempt::Stale(e.to_string()),
+                _ => Attempt::Lost(format!("preparing the stage counters failed: {e}")),
+            };
+        }
         // Other replicas hear of the new work after COMMIT (`notify_replicas`).
         let (client, pending) = session.parts();
         match block(rt, timeout, pending.carry(client, client.batch_execute("COMMIT"))) {
@@ -402,6 +415,11 @@ impl Writer {
                 return match cause.class() {
                     Class::Lost => Attempt::Lost(format!("COMMIT failed: {cause}")),
                     Class::RerunBatch => Attempt::Rerun,
+                    // With savepoints only the counters' upsert was deferred:
+                    // rerunning would fail it again.
+                    Class::Conflict | Class::Other if careful => {
+                        Attempt::Lost(format!("updating the stage counters failed: {cause}"))
+                    }
                     Class::Conflict | Class::Other => Attempt::Tainted,
                 };
             }
@@ -644,6 +662,8 @@ struct Batch<'w> {
     ready: Vec<StageName>,
     /// What the kept operations' changes tell the metrics.
     observed: Vec<Observation>,
+    /// The kept operations' stage counter deltas, summed.
+    gauges: GaugeDeltas,
     end: Option<End>,
     replica: &'w str,
     lease_ms: Millis,
@@ -697,6 +717,7 @@ impl Batch<'_> {
                         }
                     }
                     self.observed.extend(effects.observed);
+                    self.gauges.merge(&effects.gauges);
                     return Ok(value);
                 }
                 Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),

@@ -7,6 +7,12 @@
 // median, p90 and max in milliseconds. Not a test: nothing is asserted.
 //
 //   BATON_BIN=target/release/baton TASKS=10000 node measure.mjs
+//
+// A backlog too large to submit over HTTP (a million tasks) is seeded through
+// the store first, into a data directory this script then serves and keeps:
+//
+//   target/release/baton-harness seed-backlog --data-dir /tmp/ui-1m --tasks 1000000
+//   BATON_BIN=target/release/baton DATA_DIR=/tmp/ui-1m TASKS=0 node measure.mjs
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,7 +24,7 @@ const TASKS = Number(process.env.TASKS || 10000);
 const ROUNDS = Number(process.env.ROUNDS || 30);
 const CONCURRENCY = 32;
 
-const dir = mkdtempSync(join(tmpdir(), 'baton-ui-measure-'));
+const dir = process.env.DATA_DIR || mkdtempSync(join(tmpdir(), 'baton-ui-measure-'));
 const child = spawn(BATON, ['dev', '--listen', '127.0.0.1:0', '--data-dir', dir], { stdio: ['ignore', 'pipe', 'ignore'] });
 const base = await new Promise((ok, fail) => {
   let out = '';
@@ -74,4 +80,4 @@ await time('/ui');
 await time(`/ui/tasks/${task.id}`);
 await time('/v1/stats?window=15m');
 child.kill('SIGTERM');
-rmSync(dir, { recursive: true, force: true });
+if (!process.env.DATA_DIR) rmSync(dir, { recursive: true, force: true });

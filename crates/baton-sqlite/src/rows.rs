@@ -38,6 +38,7 @@ impl Columns<'_> {
             self.due_at != before.due_at,
             self.holder != before.holder.as_deref(),
             self.ready != before.ready,
+            self.ready_since != before.ready_since,
         ];
         flags.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| 1 << i).sum()
     }
@@ -53,6 +54,7 @@ pub(crate) struct Indexed {
     due_at: Option<Millis>,
     holder: Option<String>,
     ready: bool,
+    ready_since: Option<Millis>,
 }
 
 impl Indexed {
@@ -66,14 +68,15 @@ impl Indexed {
             due_at: c.due_at,
             holder: c.holder.map(str::to_owned),
             ready: c.ready,
+            ready_since: c.ready_since,
         }
     }
 }
 
 /// The index columns an update may set, in the order of the `changed_since`
-/// mask bits and of the update's parameters `?3` to `?9`.
-pub(crate) const UPDATE_COLUMNS: [&str; 7] =
-    ["stage", "state", "priority", "deadline_rank", "due_at", "holder", "ready"];
+/// mask bits and of the update's parameters `?3` to `?10`.
+pub(crate) const UPDATE_COLUMNS: [&str; 8] =
+    ["stage", "state", "priority", "deadline_rank", "due_at", "holder", "ready", "ready_since"];
 
 /// A u64 counter as an SQLite integer. Counters never come near 2^63; if one
 /// did, refusing the write beats wrapping it.

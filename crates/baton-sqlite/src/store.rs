@@ -296,6 +296,10 @@ impl Store for SqliteStore {
         Box::pin(self.reads.with(move |c| read::stage_gauges(c, limit)))
     }
 
+    fn stage_gauges_recount(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        Box::pin(self.reads.with(move |c| read::stage_gauges_recount(c, limit)))
+    }
+
     /// One process owns an SQLite store: it always holds every duty.
     fn holds_duty(&self, _duty: SingletonDuty) -> StoreFuture<'_, bool> {
         Box::pin(std::future::ready(Ok(true)))

@@ -9,8 +9,8 @@ use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::{
-    AgentId, Alert, Credential, Event, Handoff, Hash, Millis, OpOutcome, RequestKey, RequestRecord,
-    StageName, Task, TaskId, Workflow,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
+    RequestRecord, StageName, Task, TaskId, Workflow,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::cell::RefCell;
@@ -30,6 +30,13 @@ const HELD_IN_STAGE: &str = "SELECT count(*) FROM tasks WHERE holder IS NOT NULL
 const CREDENTIAL_LIVE: &str = "SELECT count(*) FROM tokens t JOIN principals p ON p.name = t.principal \
                                WHERE t.id = ?1 AND t.principal = ?2 AND t.revoked_at IS NULL AND p.revoked_at IS NULL";
 const LOAD_REQUEST: &str = "SELECT fingerprint, at, outcome FROM requests WHERE principal = ?1 AND key = ?2";
+/// A stage's oldest ready task: one seek to the first entry of
+/// `tasks_ready_since` (`ready = 1` literally, to match the partial index).
+pub(crate) const OLDEST_READY: &str =
+    "SELECT ready_since FROM tasks WHERE ready = 1 AND stage = ?1 ORDER BY ready_since LIMIT 1";
+const ADD_STAGE_COUNTS: &str = "INSERT INTO stage_counts (stage, live, ready, held, blocked) \
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (stage) DO UPDATE SET live = live + excluded.live, \
+    ready = ready + excluded.ready, held = held + excluded.held, blocked = blocked + excluded.blocked";
 const PURGE_REQUESTS: &str =
     "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE at <= ?1 ORDER BY at LIMIT ?2)";
 
@@ -43,7 +50,21 @@ pub(crate) const LOOKUPS: &[(&str, &str)] = &[
     ("leases_held", LEASES_HELD),
     ("held_in_stage", HELD_IN_STAGE),
     ("load_request", LOAD_REQUEST),
+    ("oldest_ready", OLDEST_READY),
 ];
+
+/// Adds a batch's summed stage counter deltas (`Effects::gauges` of the
+/// operations kept), one upsert per stage, in the open transaction.
+pub(crate) fn apply_gauges(conn: &Connection, deltas: &GaugeDeltas) -> rusqlite::Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut st = conn.prepare_cached(ADD_STAGE_COUNTS)?;
+    for (stage, d) in deltas.iter() {
+        st.execute(params![stage.as_str(), d.live, d.ready, d.held, d.blocked])?;
+    }
+    Ok(())
+}
 
 /// One operation's view of the writer's transaction (inside its savepoint).
 pub(crate) struct WriteTx<'c> {
@@ -141,8 +162,8 @@ impl Tx for WriteTx<'_> {
         self.conn
             .prepare_cached(
                 "INSERT INTO tasks (id, namespace, idempotency_key, stage, state, priority, deadline_rank,
-                                    due_at, holder, ready, parent, revision, head, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                    due_at, holder, ready, ready_since, parent, revision, head, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 id,
@@ -155,6 +176,7 @@ impl Tx for WriteTx<'_> {
                 c.due_at,
                 c.holder,
                 c.ready,
+                c.ready_since,
                 task.parent.as_ref().map(|p| p.0.as_bytes()),
                 c.revision,
                 event.hash.0,
@@ -185,6 +207,7 @@ impl Tx for WriteTx<'_> {
             c.due_at,
             c.holder,
             c.ready,
+            c.ready_since,
             c.revision,
             event.hash.0,
             body,
@@ -390,14 +413,14 @@ const ALL_COLUMNS: usize = (1 << UPDATE_COLUMNS.len()) - 1;
 
 /// The guarded update that sets the index columns in `mask` (and always the
 /// revision, head and body). Parameters keep fixed numbers: `?1` id, `?2` the
-/// expected revision, `?3`..`?9` the index columns, `?10` revision, `?11`
-/// head, `?12` body; a column outside the mask is bound but not used.
+/// expected revision, `?3`..`?10` the index columns, `?11` revision, `?12`
+/// head, `?13` body; a column outside the mask is bound but not used.
 fn update_sql(mask: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         (0..=ALL_COLUMNS)
             .map(|m| {
-                let mut sql = String::from("UPDATE tasks SET revision = ?10, head = ?11, body = ?12");
+                let mut sql = String::from("UPDATE tasks SET revision = ?11, head = ?12, body = ?13");
                 for (i, column) in UPDATE_COLUMNS.iter().enumerate() {
                     if m & (1 << i) != 0 {
                         sql.push_str(&format!(", {column} = ?{}", i + 3));

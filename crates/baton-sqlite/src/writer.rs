@@ -32,6 +32,7 @@ use crate::error::{FatalError, StoreError, is_fatal, is_full};
 use crate::oneshot;
 use crate::options::FatalHook;
 use crate::tx::{WorkflowCache, WriteTx};
+use baton_core::GaugeDeltas;
 use baton_core::engine::{self, Ctx, Effects, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
@@ -129,7 +130,7 @@ impl Writer {
         // One `now` per batch: every operation in it happens at the same instant.
         let now = self.clock.now();
         let mut careful = false;
-        let (outcomes, ready, observed) = loop {
+        let (outcomes, ready, observed, gauges) = loop {
             if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
                 if is_full(&e) {
                     return self.full(ops, &e.to_string());
@@ -151,6 +152,7 @@ impl Writer {
                 careful,
                 ready: Vec::new(),
                 observed: Vec::new(),
+                gauges: GaugeDeltas::default(),
                 end: None,
             };
             let mut outcomes = Vec::with_capacity(count);
@@ -161,7 +163,7 @@ impl Writer {
                 }
             }
             match batch.end {
-                None => break (outcomes, batch.ready, batch.observed),
+                None => break (outcomes, batch.ready, batch.observed, batch.gauges),
                 Some(End::Fatal(error)) => return self.die(error, ops),
                 Some(End::Full(why)) => return self.full(ops, &why),
                 Some(End::Tainted) => {
@@ -189,6 +191,21 @@ impl Writer {
                 }
             }
         };
+        // The kept operations' counter deltas, summed: one write per stage
+        // they changed, in the batch's transaction.
+        if let Err(e) = crate::tx::apply_gauges(&self.conn, &gauges) {
+            if is_full(&e) {
+                return self.full(ops, &e.to_string());
+            }
+            if is_fatal(&e) {
+                return self.die(fatal("stage counters", &e), ops);
+            }
+            if !self.conn.is_autocommit() {
+                let _ = exec(&self.conn, "ROLLBACK");
+            }
+            self.lost(ops, &format!("the SQLite store could not update its stage counters: {e}"));
+            return Flow::Continue;
+        }
         if let Err(e) = exec(&self.conn, "COMMIT") {
             if is_full(&e) {
                 // The commit record never reached the WAL: nothing committed.
@@ -420,6 +437,8 @@ struct Batch<'w> {
     ready: Vec<StageName>,
     /// What the kept operations' changes tell the metrics.
     observed: Vec<Observation>,
+    /// The kept operations' stage counter deltas, summed.
+    gauges: GaugeDeltas,
     end: Option<End>,
 }
 
@@ -455,6 +474,7 @@ impl Batch<'_> {
                         }
                     }
                     self.observed.extend(effects.observed);
+                    self.gauges.merge(&effects.gauges);
                     return Ok(value);
                 }
                 Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),

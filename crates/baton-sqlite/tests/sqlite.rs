@@ -329,6 +329,7 @@ fn hot_lookups_use_their_indexes() {
         ("ready", "COVERING INDEX tasks_ready"),
         ("due", "tasks_due"),
         ("leases_held", "tasks_holder"),
+        ("oldest_ready", "COVERING INDEX tasks_ready_since"),
     ];
     for (lookup, index) in expect {
         let plan = &plans[lookup];
@@ -408,6 +409,16 @@ fn index_columns_always_match_the_row_body() {
             "task {}",
             task.id
         );
+    }
+    let mut st = conn.prepare("SELECT ready_since, body FROM tasks").expect("prepare");
+    let rows: Vec<(Option<i64>, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for (ready_since, body) in rows {
+        let task: baton_core::Task = serde_json::from_str(&body).expect("body");
+        assert_eq!(ready_since, task.index_columns().ready_since, "task {}", task.id);
     }
 }
 
@@ -551,6 +562,39 @@ fn reopening_migrates_nothing_twice() {
     assert_eq!(version, baton_sqlite::SCHEMA_VERSION);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
     assert_eq!(mode, "wal", "WAL is persistent in the file");
+}
+
+/// A database made before the stage counters (schema 7) gets them from a
+/// full recount when migration 9 runs, and the writer keeps them from there.
+#[test]
+fn migrating_an_older_file_counts_its_live_tasks() {
+    let fx = Fixture::new();
+    let store = fx.open();
+    for i in 0..9 {
+        submit(&store, ["a", "b", "c"][i % 3], "{}");
+    }
+    let grants = claim(&store, "w", "a", 3);
+    act(&store, &grants[0], handoff_to("b")).expect("handoff");
+    act(&store, &grants[1], complete()).expect("complete");
+    let before = block_on(store.stage_gauges_recount(100)).expect("recount");
+    store.close();
+    drop(store);
+    // Back to schema 7: no counters, no ready_since column.
+    let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
+    conn.execute_batch(
+        "DROP TABLE stage_counts; DROP INDEX tasks_ready_since; ALTER TABLE tasks DROP COLUMN ready_since;
+         PRAGMA user_version = 8;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let store = fx.open();
+    let counted = block_on(store.stage_gauges(100)).expect("gauges");
+    assert_eq!(counted, before, "migration 9 counts what is live");
+    assert_eq!(counted.iter().map(|g| (g.ready, g.held)).collect::<Vec<_>>(), [(0, 1), (4, 0), (3, 0)]);
+    claim(&store, "v", "b", 2);
+    let counted = block_on(store.stage_gauges(100)).expect("gauges");
+    assert_eq!(counted, block_on(store.stage_gauges_recount(100)).expect("recount"));
 }
 
 // ---------------------------------------------------------------------------

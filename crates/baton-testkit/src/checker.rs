@@ -8,7 +8,10 @@
 
 use crate::exec::block_on;
 use baton_core::event::verify_chain;
-use baton_core::{Event, EventKind, Millis, Position, StageName, Store, Task, TaskFilter, TaskId, TaskState};
+use baton_core::{
+    Event, EventKind, Millis, Position, StageGauge, StageName, Store, Task, TaskFilter, TaskId, TaskState,
+    Wait,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The page size the checker lists with.
@@ -39,7 +42,9 @@ pub struct HistoryReport {
 /// each claim raises the epoch; nothing follows a terminal event; no stage
 /// visit (stage, epoch) is completed or handed off twice; every parent exists;
 /// an open handoff on a row matches the stored handoff. Store-wide: ids and
-/// idempotency keys are unique and `next_due` is the minimum live `due_at`.
+/// idempotency keys are unique, `next_due` is the minimum live `due_at`, and
+/// the stage gauges (the store's counters, `Store::stage_gauges`) equal both
+/// the store's own recount and the checker's count of the listed tasks.
 pub fn check_store(store: &dyn Store) -> Result<HistoryReport, Vec<String>> {
     let mut problems = Vec::new();
     let tasks = match list_all(store) {
@@ -77,7 +82,49 @@ pub fn check_store(store: &dyn Store) -> Result<HistoryReport, Vec<String>> {
         )),
         Err(e) => problems.push(format!("next_due failed: {e}")),
     }
+    check_gauges(store, Some(&expected_gauges(&tasks)), &mut problems);
     if problems.is_empty() { Ok(report) } else { Err(problems) }
+}
+
+/// The stage gauges implied by `tasks`, counted here, independently of any
+/// store: stages with live tasks, by name.
+pub fn expected_gauges(tasks: &[Task]) -> Vec<StageGauge> {
+    let mut by_stage: BTreeMap<&StageName, StageGauge> = BTreeMap::new();
+    for task in tasks.iter().filter(|t| !t.is_terminal()) {
+        let g = by_stage.entry(&task.stage).or_insert_with(|| StageGauge::empty(task.stage.clone()));
+        match &task.state {
+            TaskState::Waiting { since, wait: Wait::Offered { .. }, .. } => {
+                g.ready += 1;
+                g.oldest_ready_since = Some(g.oldest_ready_since.map_or(*since, |o| o.min(*since)));
+            }
+            TaskState::Held { .. } => g.held += 1,
+            TaskState::Blocked { .. } => g.blocked += 1,
+            _ => {}
+        }
+    }
+    by_stage.into_values().collect()
+}
+
+/// Compares the store's counters (`stage_gauges`) with its recount
+/// (`stage_gauges_recount`) and, when given, with `expected`.
+pub fn check_gauges(store: &dyn Store, expected: Option<&[StageGauge]>, problems: &mut Vec<String>) {
+    let counted = match block_on(store.stage_gauges(usize::MAX)) {
+        Ok(g) => g,
+        Err(e) => return problems.push(format!("stage_gauges failed: {e}")),
+    };
+    let recounted = match block_on(store.stage_gauges_recount(usize::MAX)) {
+        Ok(g) => g,
+        Err(e) => return problems.push(format!("stage_gauges_recount failed: {e}")),
+    };
+    if counted != recounted {
+        problems.push(format!("stage counters {counted:?} differ from the recount {recounted:?}"));
+    }
+    if let Some(expected) = expected
+        && recounted != expected
+    {
+        problems
+            .push(format!("the store's gauge recount {recounted:?} differs from its tasks' {expected:?}"));
+    }
 }
 
 /// Panics with every problem if the store fails `check_store`.
@@ -554,6 +601,12 @@ mod tests {
         }
         fn stage_gauges(&self, limit: usize) -> baton_core::StoreFuture<'_, Vec<baton_core::StageGauge>> {
             self.inner.stage_gauges(limit)
+        }
+        fn stage_gauges_recount(
+            &self,
+            limit: usize,
+        ) -> baton_core::StoreFuture<'_, Vec<baton_core::StageGauge>> {
+            self.inner.stage_gauges_recount(limit)
         }
         fn holds_duty(&self, duty: baton_core::SingletonDuty) -> baton_core::StoreFuture<'_, bool> {
             self.inner.holds_duty(duty)

@@ -24,6 +24,7 @@ use baton_core::{
     RequestRecord, Rules, SingletonDuty, StageGauge, StageName, Store, StoreFuture, Submitted, Task,
     TaskFilter, TaskId, TaskState, TaskView,
 };
+use baton_core::{GaugeDeltas, StageCounts};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -67,6 +68,9 @@ struct State {
     rollups: BTreeMap<(Millis, RollupKey), Counts>,
     /// Anomalies in order (id = index + 1).
     anomalies: Vec<Anomaly>,
+    /// Live tasks counted per stage, kept by applying each committed
+    /// operation's `Effects::gauges` (as the database stores do per batch).
+    gauges: BTreeMap<StageName, StageCounts>,
     /// Failpoint: the write after this many more writes fails (see
     /// `MemoryStore::fail_write_after`).
     fail_after_writes: Option<usize>,
@@ -216,6 +220,8 @@ impl MemoryStore {
                 let result = op(&mut tx, &mut cx);
                 if result.is_ok() {
                     tx.commit();
+                    drop(tx);
+                    state.apply_gauges(&effects.gauges);
                 }
                 // Dropping an uncommitted transaction rolls it back.
                 result
@@ -384,7 +390,31 @@ impl Store for MemoryStore {
         })))
     }
 
+    /// The counters, and the oldest ready task of each stage found by a scan
+    /// of its tasks (the reference store has no index to seek).
     fn stage_gauges(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
+        answer(Ok(self.read(|s| {
+            s.gauges
+                .iter()
+                .filter(|(_, c)| c.live > 0)
+                .take(limit)
+                .map(|(stage, c)| StageGauge {
+                    stage: stage.clone(),
+                    ready: u64::try_from(c.ready).unwrap_or(0),
+                    held: u64::try_from(c.held).unwrap_or(0),
+                    blocked: u64::try_from(c.blocked).unwrap_or(0),
+                    oldest_ready_since: s
+                        .tasks
+                        .values()
+                        .filter(|r| r.task.stage == *stage)
+                        .filter_map(|r| r.task.index_columns().ready_since)
+                        .min(),
+                })
+                .collect()
+        })))
+    }
+
+    fn stage_gauges_recount(&self, limit: usize) -> StoreFuture<'_, Vec<StageGauge>> {
         answer(Ok(self.read(|s| {
             let mut by_stage: BTreeMap<&StageName, StageGauge> = BTreeMap::new();
             for task in s.tasks.values().map(|r| &r.task).filter(|t| !t.is_terminal()) {
@@ -506,6 +536,15 @@ enum Undo {
     AnomalyAdded,
     /// An anomaly was replaced: put the old one back.
     AnomalyUpdated(usize, Box<Anomaly>),
+}
+
+impl State {
+    /// Adds a committed operation's counter deltas.
+    fn apply_gauges(&mut self, deltas: &GaugeDeltas) {
+        for (stage, delta) in deltas.iter() {
+            self.gauges.entry(stage.clone()).or_default().apply(delta);
+        }
+    }
 }
 
 impl<'s> MemTx<'s> {

@@ -434,6 +434,11 @@ impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
                 assert!(t.custodian().is_some() && t.due_at().is_some(), "task {i}: custody invariant");
             }
         }
+        // The counters the write path keeps equal a full recount after every step.
+        let store = sut.harness.store();
+        let counted = block_on(store.stage_gauges(usize::MAX)).expect("stage gauges");
+        let recounted = block_on(store.stage_gauges_recount(usize::MAX)).expect("stage gauge recount");
+        assert_eq!(counted, recounted, "stage counters against a full recount");
     }
 
     fn teardown(sut: Sut<H>, _: Model) {

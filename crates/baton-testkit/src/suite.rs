@@ -308,6 +308,16 @@ impl<H: SuiteStore> Case<H> {
         assert_store_ok(self.store())
     }
 
+    /// Asserts the store's stage counters equal its recount and the count of
+    /// its tasks (`checker::check_gauges`), mid-case.
+    pub fn assert_gauges_match(&self) {
+        let tasks = crate::checker::list_all(self.store()).expect("list");
+        let expected = crate::checker::expected_gauges(&tasks);
+        let mut problems = Vec::new();
+        crate::checker::check_gauges(self.store(), Some(&expected), &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
     pub fn reopen(&mut self) {
         let harness = self.harness.take().expect("the harness is open");
         self.harness = Some(harness.reopen());
@@ -1324,6 +1334,8 @@ pub fn spawn_join_all<H: SuiteStore>() {
     assert_eq!(listed, out.children.iter().copied().collect());
     assert_eq!(cx.ready.take(), BTreeSet::from(["b".to_owned(), "c".to_owned(), "d".to_owned()]));
     cx.refuses("lease_lost", |cx| cx.try_act(&grant, complete()));
+    // The parent counts as blocked in its stage while its children run.
+    cx.assert_gauges_match();
 
     let grants = cx.claim("bob", &["b", "c", "d"], 3);
     assert_eq!(grants.len(), 3);

@@ -5,7 +5,8 @@
 //! is behind (run `migrate`) or ahead (run a newer baton). A SQLite file is
 //! migrated whenever baton opens it, so `migrate` opens and closes it (after
 //! a `quick_check`), and `check` runs SQLite's full `integrity_check` on it
-//! (serving runs `quick_check` in the background instead).
+//! (serving runs `quick_check` in the background instead) and compares the
+//! per-stage counters the writer keeps with a full recount of the live tasks.
 
 use crate::server::{Database, PostgresArgs, redact};
 use anyhow::{Context, bail};
@@ -83,9 +84,14 @@ pub async fn run(command: DbCommand) -> anyhow::Result<()> {
             }
             let store = SqliteStore::open(&path, SqliteOptions::default().integrity_check(integrity))
                 .with_context(|| format!("cannot open the database {}", path.display()))?;
+            let gauges = if migrate { Ok(None) } else { check_gauges(&store).await.map(Some) };
             store.close();
+            let stages = gauges?;
             let version = baton_sqlite::SCHEMA_VERSION;
-            let checked = if migrate { "quick_check ok" } else { "integrity_check ok" };
+            let checked = match stages {
+                None => "quick_check ok".to_owned(),
+                Some(n) => format!("integrity_check ok; stage counters match a recount ({n} stages)"),
+            };
             println!(
                 "{}: schema version {version} (this binary: {version}): current; {checked}",
                 path.display()
@@ -114,6 +120,21 @@ async fn backup(args: &DbArgs, to: &std::path::Path) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Compares the stage counters (what the dashboard and /metrics read) with a
+/// recount of every live task; the number of stages when they agree.
+async fn check_gauges(store: &SqliteStore) -> anyhow::Result<usize> {
+    use baton_core::Store as _;
+    let counted = store.stage_gauges(usize::MAX).await.context("reading the stage counters")?;
+    let recounted = store.stage_gauges_recount(usize::MAX).await.context("recounting the live tasks")?;
+    if counted != recounted {
+        bail!(
+            "the stage counters differ from a recount of the live tasks (counters {counted:?}, \
+             recount {recounted:?}): the gauges are wrong; report this, with the database if you can"
+        );
+    }
+    Ok(counted.len())
 }
 
 fn report(found: u32, supported: u32) -> &'static str {
