@@ -182,6 +182,13 @@ def test_escalation_is_input_required_and_cancel_is_canceled(dev: Server, tag: s
         items = baton.Client(dev.address).inbox(stage=f"desk-{tag}").items
         (item,) = [i for i in items if i.task.id == task.id]
         assert [(m.by, m.note) for m in item.messages] == [("principal:anonymous", "use the blue boxes")]
+        # A person resolves it through the inbox: the A2A task completes,
+        # with the resolution's note as its last update.
+        people = baton.Client(dev.address, agent=f"person-{tag}")
+        held = people.inbox_claim(task.id, lease_ms=10_000)
+        people.inbox_resolve(task.id, held.epoch, "complete", note="packed in blue boxes")
+        done = await get(url, task.id)
+        assert done.status.state == TaskState.TASK_STATE_COMPLETED, done
         # A task that is not waiting for input refuses a message.
         busy = await send(url, message("in the queue"))
         with pytest.raises(UnsupportedOperationError):
