@@ -31,16 +31,16 @@
 //!   stayed within `PG_LEASE_SKEW_MAX_MS` of real time and no lease expired.
 
 use super::node::Launch;
-use baton_core::Store;
-use std::sync::Arc;
 use super::{FaultConfig, FaultReport, Run, Scenario, evidence_u64};
 use anyhow::{Context as _, Result, bail};
+use baton_core::Store;
 use baton_lazyfs::{CutReport, LazyFs};
 use baton_testkit::history::{Call, Outcome};
 use serde_json::{Map, Value, json};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// After a kill, wait this long for the kernel to finish the dead process's
@@ -830,7 +830,10 @@ mod tests {
         let expired = json!({"process_clock_skew_ms": [-600_004, 600_002], "server_clock_skew_ms": [-40, 900],
             "lease_expiries": 2});
         assert_eq!(judge(expired).len(), 1);
-        assert_eq!(judge(json!({"process_clock_skew_ms": [-600_004, 600_002], "lease_expiries": 0})).len(), 1);
+        assert_eq!(
+            judge(json!({"process_clock_skew_ms": [-600_004, 600_002], "lease_expiries": 0})).len(),
+            1
+        );
     }
 
     #[test]
