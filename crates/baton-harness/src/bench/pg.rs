@@ -46,12 +46,12 @@ pub fn database_url() -> String {
 }
 
 /// A fresh schema name: unique per process and call, so runs never collide.
-pub(super) fn schema_name(kind: &str) -> String {
+pub(crate) fn schema_name(kind: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("baton_bench_{kind}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub(super) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client> {
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
         .await
         .context("connecting to PostgreSQL timed out")??;
@@ -75,7 +75,7 @@ pub fn probe_database(rt: &Runtime, url: &str) -> Result<String> {
     })
 }
 
-pub(super) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+pub(crate) async fn drop_schema(url: &str, schema: &str) -> Result<()> {
     let client = connect(url).await?;
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
     Ok(())

@@ -65,15 +65,24 @@ impl Skew {
 }
 
 impl Load {
-    /// Starts `config.clients` clients against `address` on the current runtime.
-    pub fn start(address: &str, config: &LoadConfig, recorder: &Recorder) -> anyhow::Result<Self> {
+    /// Starts `config.clients` clients against `address` on the current
+    /// runtime; with `token` (auth on) every client calls as its principal.
+    pub fn start(
+        address: &str,
+        config: &LoadConfig,
+        recorder: &Recorder,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let skew = Arc::new(Skew { min_ms: AtomicI64::new(i64::MAX), max_ms: AtomicI64::new(i64::MIN) });
         let clients = (0..config.clients)
             .map(|i| {
-                let client = Client::new(address)?
-                    .with_agent(format!("fault-{}-{i}", config.seed))
-                    .with_request_timeout(REQUEST_TIMEOUT);
+                let client = Client::new(address)?.with_request_timeout(REQUEST_TIMEOUT);
+                // With auth on, the agent is the token's principal; naming another is refused.
+                let client = match token {
+                    Some(token) => client.with_token(token),
+                    None => client.with_agent(format!("fault-{}-{i}", config.seed)),
+                };
                 let agent = Agent {
                     id: i as u32,
                     client,

@@ -14,7 +14,8 @@
 //! jump) and `finish` brings the system to the state to check and returns the
 //! evidence, and `judge` says what the evidence lacks when the fault did not
 //! take effect. Scenarios here: `scenarios::Kill9`, `PowerLoss` (on an
-//! honest, lying or failing `Disk`), `FsyncEio`, `ClockJump` and `Soak`;
+//! honest, lying or failing `Disk`), `FsyncEio`, `ClockJump`, `ClockJumpPg`
+//! (`baton serve` on PostgreSQL; the clients use the admin token it prints) and `Soak`;
 //! docs/reliability.md describes each and how to add one (another store
 //! needs `Scenario::open_store`).
 
@@ -158,6 +159,8 @@ pub struct Run {
     pub launch: Launch,
     pub recorder: Recorder,
     pub node: Option<Node>,
+    /// The admin token of a server with auth on (`baton serve`), from its first start.
+    pub token: Option<String>,
     starts: usize,
     /// Recorder times (ms) of each fault, for recovery times.
     pub fault_times: Vec<u64>,
@@ -165,10 +168,13 @@ pub struct Run {
 }
 
 impl Run {
-    /// Starts the server (again) and waits until it prints its address (it listens then).
+    /// Starts the server (again) and waits until it prints its banner (it listens then).
     pub fn start(&mut self) -> Result<()> {
         let node = Node::start(&self.launch, self.starts)?;
         self.starts += 1;
+        if node.admin_token.is_some() {
+            self.token.clone_from(&node.admin_token);
+        }
         self.node = Some(node);
         Ok(())
     }
@@ -197,6 +203,7 @@ pub fn run(scenario: &mut dyn Scenario, config: &FaultConfig) -> Result<FaultRep
         launch,
         recorder: Recorder::default(),
         node: None,
+        token: None,
         starts: 0,
         fault_times: Vec::new(),
         rng: crate::crash::SplitMix::new(config.seed),
@@ -205,7 +212,7 @@ pub fn run(scenario: &mut dyn Scenario, config: &FaultConfig) -> Result<FaultRep
     scenario.started(&mut run)?;
     let load = {
         let _entered = runtime.enter();
-        Load::start(&run.launch.address(), &config.load, &run.recorder)?
+        Load::start(&run.launch.address(), &config.load, &run.recorder, run.token.as_deref())?
     };
     let mut failure = None;
     for cycle in 0..config.cycles {

@@ -56,12 +56,15 @@ impl Launch {
 pub struct Node {
     child: Child,
     reaped: bool,
+    /// The admin token `baton serve` printed on an empty database, if it did.
+    pub admin_token: Option<String>,
     pub log: PathBuf,
     pub started: Instant,
 }
 
 impl Node {
-    /// Starts the server and waits until it prints its address (it listens then).
+    /// Starts the server and waits until its banner ends (it listens then),
+    /// keeping the admin token the banner shows on an empty database.
     pub fn start(launch: &Launch, nth: usize) -> Result<Self> {
         std::fs::create_dir_all(&launch.data_dir)?;
         let log = launch.log_dir.join(format!("baton-{nth}.log"));
@@ -100,16 +103,24 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
+            let mut token = None;
             for line in lines.by_ref() {
                 let Ok(line) = line else { break };
-                if line.trim().starts_with("API:") {
-                    let _ = tx.send(());
+                let line = line.trim();
+                if line.starts_with("baton_") {
+                    token = Some(line.to_owned());
+                }
+                if line.starts_with("Press Ctrl-C") {
+                    let _ = tx.send(token.take());
                 }
             }
         });
-        let mut node = Self { child, reaped: false, log, started };
+        let mut node = Self { child, reaped: false, admin_token: None, log, started };
         match rx.recv_timeout(START_TIMEOUT) {
-            Ok(()) => Ok(node),
+            Ok(token) => {
+                node.admin_token = token;
+                Ok(node)
+            }
             Err(_) => {
                 node.kill();
                 let tail = std::fs::read_to_string(&node.log).unwrap_or_default();

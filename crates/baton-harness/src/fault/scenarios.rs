@@ -23,16 +23,24 @@
 //!   machine's clock (monotonic time is left alone). Evidence: lease expiry
 //!   times the clients saw were skewed by both offsets, and leases expired
 //!   early (the leases are long enough never to expire without the jumps).
+//! - `ClockJumpPg`: the same jumps in `baton serve` on PostgreSQL, in a
+//!   schema of its own dropped afterwards. The store takes time from the
+//!   database, so leases must not move. Evidence: the process's own clock
+//!   (`as_of` of a lineage answer, read from the process clock per request)
+//!   was skewed by both offsets, while the lease expiry times clients saw
+//!   stayed within `PG_LEASE_SKEW_MAX_MS` of real time and no lease expired.
 
 use super::node::Launch;
 use super::{FaultConfig, FaultReport, Run, Scenario, evidence_u64};
 use anyhow::{Context as _, Result, bail};
+use baton_core::Store;
 use baton_lazyfs::{CutReport, LazyFs};
 use baton_testkit::history::{Call, Outcome};
 use serde_json::{Map, Value, json};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// After a kill, wait this long for the kernel to finish the dead process's
@@ -50,6 +58,41 @@ pub const CLOCK_LEASE_MS: u64 = 60_000;
 
 /// The clock offsets `ClockJump` cycles through, in seconds (±10 minutes).
 pub const CLOCK_OFFSETS_S: [i64; 4] = [600, 0, -600, 0];
+
+/// `ClockJumpPg`: how far the lease expiry times clients see may stray from
+/// real time (request round trips, a busy machine); far below the jumps.
+pub const PG_LEASE_SKEW_MAX_MS: i64 = 5_000;
+
+/// The database `ClockJumpPg` uses unless `BATON_TEST_DATABASE_URL` names one.
+pub const PG_DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A `[min, max]` pair of the report's evidence under `key`.
+fn evidence_range(report: &FaultReport, key: &str) -> Option<(i64, i64)> {
+    let pair = report.evidence.get(key)?.as_array()?;
+    match pair.iter().filter_map(Value::as_i64).collect::<Vec<_>>().as_slice() {
+        [min, max] => Some((*min, *max)),
+        _ => None,
+    }
+}
+
+/// What a jump of `offset_s` must at least show: 90% of it, in ms.
+fn jumped_ms(offset_s: i64) -> i64 {
+    offset_s.abs() * 1_000 * 9 / 10
+}
+
+/// Why a `[min, max]` skew range of `what` fails to show the jumps `applied`.
+fn missing_jumps(applied: &[i64], what: &str, (min, max): (i64, i64)) -> Vec<String> {
+    let mut missing = Vec::new();
+    let most = applied.iter().copied().max().unwrap_or(0);
+    let least = applied.iter().copied().min().unwrap_or(0);
+    if most > 0 && max < jumped_ms(most) {
+        missing.push(format!("no {what} showed the +{most} s clock (max skew {max} ms)"));
+    }
+    if least < 0 && min > -jumped_ms(least) {
+        missing.push(format!("no {what} showed the {least} s clock (min skew {min} ms)"));
+    }
+    missing
+}
 
 fn status_text(status: Option<ExitStatus>) -> String {
     match status {
@@ -423,24 +466,147 @@ impl Scenario for ClockJump {
     }
 
     fn judge(&self, report: &FaultReport) -> Vec<String> {
-        let mut missing = Vec::new();
-        let skew = report.evidence.get("server_clock_skew_ms").and_then(Value::as_array);
-        let (min, max) = match skew.map(|s| s.iter().filter_map(Value::as_i64).collect::<Vec<_>>()).as_deref()
-        {
-            Some([min, max]) => (*min, *max),
-            _ => (0, 0),
-        };
-        let jumped = |s: i64| (s.abs() * 1_000) * 9 / 10;
-        if self.applied.iter().any(|&s| s > 0) && max < jumped(600) {
-            missing.push(format!("no lease showed the +10 min clock (max skew {max} ms)"));
-        }
-        if self.applied.iter().any(|&s| s < 0) && min > -jumped(600) {
-            missing.push(format!("no lease showed the -10 min clock (min skew {min} ms)"));
-        }
+        let skew = evidence_range(report, "server_clock_skew_ms").unwrap_or((0, 0));
+        let mut missing = missing_jumps(&self.applied, "lease", skew);
         if evidence_u64(report, "lease_expiries") == 0 {
             missing.push("no lease expired early".into());
         }
         missing
+    }
+}
+
+/// `ClockJump`'s jumps in `baton serve` on PostgreSQL, which takes time from
+/// the database: leases must not move. The process clock is read back from
+/// lineage answers (`as_of`), so a run where the jumps never reached the
+/// process fails. (The HTTP `Date` header is no such witness: hyper renders
+/// it once a second and renders again only when the clock passes the next
+/// second, so after a backward jump it stays frozen at the later time.)
+pub struct ClockJumpPg {
+    jump: ClockJump,
+    url: String,
+    schema: String,
+    runtime: tokio::runtime::Runtime,
+    client: Option<baton_client::Client>,
+    /// Process clock minus this machine's clock at each probe, in ms.
+    process_skews: Vec<i64>,
+}
+
+impl ClockJumpPg {
+    /// On the database at `url`, in a fresh schema (dropped when this is).
+    pub fn new(url: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Self {
+            jump: ClockJump::default(),
+            url: url.to_owned(),
+            schema: crate::bench::pg::schema_name("fault_clock"),
+            runtime,
+            client: None,
+            process_skews: Vec::new(),
+        })
+    }
+
+    /// On `BATON_TEST_DATABASE_URL`, else `PG_DEFAULT_URL`.
+    pub fn from_env() -> Result<Self> {
+        Self::new(&std::env::var("BATON_TEST_DATABASE_URL").unwrap_or_else(|_| PG_DEFAULT_URL.to_owned()))
+    }
+
+    /// Reads the process clock: `as_of` of the lineage of a task a client
+    /// submitted, against this machine's clock at the middle of the call.
+    fn probe(&mut self, run: &Run) -> Result<()> {
+        let Some(task) = run.recorder.entries().iter().find_map(|e| match (&e.call, &e.outcome) {
+            (Call::Submit { .. }, Outcome::Ok { task: Some(task), .. }) => Some(*task),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let client = self.client.as_ref().context("no client: the server did not start")?;
+        let before = unix_ms();
+        let lineage = self.runtime.block_on(client.lineage(task.0)).context("lineage probe")?;
+        let after = unix_ms();
+        self.process_skews.push(lineage.as_of.as_millis() - (before + after) / 2);
+        Ok(())
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Scenario for ClockJumpPg {
+    fn name(&self) -> String {
+        "clock-jump-pg".into()
+    }
+
+    fn tune(&self, config: &mut FaultConfig) {
+        self.jump.tune(config);
+    }
+
+    fn prepare(&mut self, launch: &mut Launch, dir: &Path) -> Result<()> {
+        self.jump.prepare(launch, dir)?;
+        let listen = format!("127.0.0.1:{}", launch.port);
+        launch.args = ["serve", "--database-url", &self.url, "--schema", &self.schema, "--listen", &listen]
+            .map(String::from)
+            .to_vec();
+        Ok(())
+    }
+
+    fn started(&mut self, run: &mut Run) -> Result<()> {
+        let token = run.token.as_deref().context("baton serve printed no admin token: is the schema new?")?;
+        self.client = Some(baton_client::Client::new(&run.launch.address())?.with_token(token));
+        Ok(())
+    }
+
+    /// Reads the clock the last jump set, then jumps again.
+    fn inject(&mut self, run: &mut Run, cycle: usize) -> Result<()> {
+        self.probe(run)?;
+        self.jump.inject(run, cycle)
+    }
+
+    fn finish(&mut self, run: &mut Run) -> Result<Map<String, Value>> {
+        self.probe(run)?;
+        let mut evidence = self.jump.finish(run)?;
+        evidence.insert("process_clock_probes".into(), json!(self.process_skews.len()));
+        if let (Some(min), Some(max)) = (self.process_skews.iter().min(), self.process_skews.iter().max()) {
+            evidence.insert("process_clock_skew_ms".into(), json!([min, max]));
+        }
+        Ok(evidence)
+    }
+
+    fn judge(&self, report: &FaultReport) -> Vec<String> {
+        let process = evidence_range(report, "process_clock_skew_ms").unwrap_or((0, 0));
+        let mut missing = missing_jumps(&self.jump.applied, "probe of the process clock", process);
+        match evidence_range(report, "server_clock_skew_ms") {
+            None => missing.push("no lease was seen".into()),
+            Some((min, max)) if min < -PG_LEASE_SKEW_MAX_MS || max > PG_LEASE_SKEW_MAX_MS => {
+                missing.push(format!(
+                    "lease expiry times moved with the process clock (skew {min}..{max} ms, \
+                     at most {PG_LEASE_SKEW_MAX_MS} either way)"
+                ));
+            }
+            Some(_) => {}
+        }
+        let expired = evidence_u64(report, "lease_expiries");
+        if expired > 0 {
+            missing.push(format!("{expired} leases expired early"));
+        }
+        missing
+    }
+
+    fn open_store(&self, _launch: &Launch) -> Result<Arc<dyn Store>> {
+        let options = baton_postgres::PostgresOptions::new(&self.url)
+            .context("database URL")?
+            .schema(self.schema.clone())
+            .readers(2)
+            .listen(false);
+        Ok(Arc::new(baton_postgres::PostgresStore::open(options).context("open the PostgreSQL schema")?))
+    }
+}
+
+impl Drop for ClockJumpPg {
+    fn drop(&mut self) {
+        if let Err(e) = self.runtime.block_on(crate::bench::pg::drop_schema(&self.url, &self.schema)) {
+            eprintln!("could not drop schema {}: {e:#}", self.schema);
+        }
     }
 }
 
@@ -545,24 +711,34 @@ pub fn by_name(name: &str, eio_nth: u32) -> Option<Box<dyn Scenario>> {
         "fsync-eio" => Box::new(FsyncEio::new(eio_nth)),
         "fsync-eio-lazyfs" => Box::new(PowerLoss::on(Disk::FailingSync(u64::from(eio_nth)))),
         "clock-jump" => Box::new(ClockJump::default()),
+        "clock-jump-pg" => Box::new(ClockJumpPg::from_env().ok()?),
         "soak" => Box::new(Soak::default()),
         _ => return None,
     })
 }
 
 /// Every name `by_name` knows.
-pub const NAMES: [&str; 7] =
-    ["kill-9", "power-loss", "power-loss-lying-fsync", "fsync-eio", "fsync-eio-lazyfs", "clock-jump", "soak"];
+pub const NAMES: [&str; 8] = [
+    "kill-9",
+    "power-loss",
+    "power-loss-lying-fsync",
+    "fsync-eio",
+    "fsync-eio-lazyfs",
+    "clock-jump",
+    "clock-jump-pg",
+    "soak",
+];
 
 /// The long tier (`baton-harness fault all`): each scenario with its cycles
 /// and load time per cycle (ms).
-pub const LONG_TIER: [(&str, usize, (u64, u64)); 7] = [
+pub const LONG_TIER: [(&str, usize, (u64, u64)); 8] = [
     ("kill-9", 100, (500, 1_500)),
     ("power-loss", 100, (500, 1_500)),
     ("power-loss-lying-fsync", 10, (500, 1_500)),
     ("fsync-eio", 20, (500, 1_500)),
     ("fsync-eio-lazyfs", 20, (500, 1_500)),
     ("clock-jump", 20, (1_500, 2_500)),
+    ("clock-jump-pg", 20, (1_500, 2_500)),
     ("soak", 60, (5_000, 5_000)),
 ];
 
@@ -632,6 +808,32 @@ mod tests {
         assert!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 3})).is_empty());
         assert_eq!(judge(json!({"server_clock_skew_ms": [-20, 5], "lease_expiries": 3})).len(), 2);
         assert_eq!(judge(json!({"server_clock_skew_ms": [-600_010, 599_990], "lease_expiries": 0})).len(), 1);
+    }
+
+    #[test]
+    fn clock_jump_pg_needs_both_process_skews_still_leases_and_no_expiry() {
+        let mut pg = ClockJumpPg::new(PG_DEFAULT_URL).expect("a runtime");
+        pg.jump.applied = vec![600, 0, -600, 0];
+        let judge = |e| pg.judge(&report("clock-jump-pg", e));
+        let good = json!({"process_clock_skew_ms": [-600_004, 600_002], "server_clock_skew_ms": [-40, 900],
+            "lease_expiries": 0});
+        assert!(judge(good).is_empty());
+        // The jumps never reached the process: no evidence.
+        let unmoved = json!({"process_clock_skew_ms": [-3, 2], "server_clock_skew_ms": [-40, 900],
+            "lease_expiries": 0});
+        assert_eq!(judge(unmoved).len(), 2);
+        assert_eq!(judge(json!({"server_clock_skew_ms": [-40, 900], "lease_expiries": 0})).len(), 2);
+        // Leases that followed the process clock, or expired early.
+        let moved = json!({"process_clock_skew_ms": [-600_004, 600_002], "server_clock_skew_ms": [-599_990, 30],
+            "lease_expiries": 0});
+        assert_eq!(judge(moved).len(), 1);
+        let expired = json!({"process_clock_skew_ms": [-600_004, 600_002], "server_clock_skew_ms": [-40, 900],
+            "lease_expiries": 2});
+        assert_eq!(judge(expired).len(), 1);
+        assert_eq!(
+            judge(json!({"process_clock_skew_ms": [-600_004, 600_002], "lease_expiries": 0})).len(),
+            1
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The fault scenarios' PR tier (docs/reliability.md): each runs real
-//! clients over HTTP against a child `baton dev` for a few cycles of its
+//! clients over HTTP against a child `baton dev` (`baton serve` on
+//! PostgreSQL for `clock-jump-pg`) for a few cycles of its
 //! fault, then both checkers. A test passes only if the scenario's evidence
 //! shows the fault took effect and the checkers found nothing; the
 //! lying-fsync control passes only if the checker found losses. The long
 //! tier is `baton-harness fault all` (not run here).
 
 use super::bench_http::baton_binary;
-use baton_harness::fault::scenarios::{self, ClockJump, Disk, FsyncEio, Kill9, PowerLoss};
+use baton_harness::fault::scenarios::{self, ClockJump, ClockJumpPg, Disk, FsyncEio, Kill9, PowerLoss};
 use baton_harness::fault::{self, FaultConfig, FaultReport, Scenario};
 
 fn seed() -> u64 {
@@ -57,4 +58,11 @@ fn a_failed_fsync_stops_the_server_and_acknowledges_nothing() {
 fn clock_jumps_expire_leases_early_and_the_epoch_fences_them() {
     let report = run(&mut ClockJump::default(), |c| c.run_ms = (1_200, 1_600));
     assert_eq!(report.stale_accepted, 0);
+}
+
+#[test]
+fn clock_jumps_leave_postgres_leases_alone() {
+    let mut scenario = ClockJumpPg::from_env().expect("a runtime");
+    let report = run(&mut scenario, |c| c.run_ms = (1_200, 1_600));
+    assert_eq!((report.stale_accepted, fault::evidence_u64(&report, "lease_expiries")), (0, 0));
 }
