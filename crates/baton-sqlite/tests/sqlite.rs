@@ -15,6 +15,7 @@ use baton_core::{
     Report, StageName, Store, TaskFilter, TaskId, TaskView,
 };
 use baton_sqlite::{IntegrityCheck, OpenError, SqliteOptions, SqliteStore, is_fatal, is_full};
+use baton_testkit::disk::SmallDisk;
 use baton_testkit::{ManualClock, Setup, SuiteStore, block_on};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -687,35 +688,6 @@ fn fatal_child(path: &Path) -> ! {
     }
     println!("the limit never bit");
     std::process::exit(1);
-}
-
-/// A tmpfs of a given size mounted on a fresh directory for one test, and
-/// unmounted when dropped. Needs root (CI runs as root).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a {size} tmpfs failed: this test needs root (as in CI)");
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
 }
 
 /// Fills the filesystem with one file until it refuses a write (ENOSPC).

@@ -21,7 +21,8 @@
 //! links, the CLI reference, the error table and the deployment files;
 //! `pgfault` runs the PostgreSQL fault scenarios of docs/reliability.md
 //! (ambiguous commits through a cutting proxy and the store's failpoint, and
-//! a replica partitioned in network namespaces).
+//! a replica partitioned in network namespaces); `pgfull` fills the disk of
+//! Baton's PostgreSQL tablespace under `baton serve`.
 
 #[path = "cli/audit.rs"]
 mod audit;
@@ -43,6 +44,8 @@ mod mcp;
 mod operator;
 #[path = "cli/pgfault.rs"]
 mod pgfault;
+#[path = "cli/pgfull.rs"]
+mod pgfull;
 #[path = "cli/pipeline.rs"]
 mod pipeline;
 #[path = "cli/postgres.rs"]

@@ -130,7 +130,7 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn start(dir: &Path, schema: &Schema, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, schema: &Schema, extra: &[&str]) -> Self {
         let mut command = baton(dir);
         command
             .args(["serve", "--database-url", &schema.1, "--schema", &schema.0, "--listen", "127.0.0.1:0"])
@@ -180,7 +180,7 @@ impl Replica {
         self.child.wait().expect("reap");
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
         let deadline = Instant::now() + PATIENCE;
@@ -724,15 +724,15 @@ pub(crate) fn postgres_bin() -> std::path::PathBuf {
 /// A private PostgreSQL cluster (initdb into a temp dir, pg_ctl on a free
 /// port, run as the `postgres` user when the test runs as root, since initdb
 /// refuses root), so a test can restart it without disturbing anyone.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     bin: std::path::PathBuf,
     port: u16,
-    as_postgres: bool,
+    pub(crate) as_postgres: bool,
 }
 
 impl Cluster {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let bin = postgres_bin();
         let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
         let dir = tempfile::tempdir().unwrap();
@@ -752,7 +752,7 @@ impl Cluster {
         self.dir.path().join("data").display().to_string()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
