@@ -408,6 +408,21 @@ fn task_id(id: &str) -> Result<uuid::Uuid, ApiFailure> {
     })
 }
 
+/// The start of every form post about one task: the origin and CSRF checks,
+/// then the task id from the path (a bad one goes back to `back`, refused).
+fn task_post(
+    session: &Session,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    id: &str,
+    back: &str,
+) -> Result<uuid::Uuid, Box<Response>> {
+    if let Some(refused) = check_post(session, headers, form) {
+        return Err(Box::new(refused));
+    }
+    task_id(id).map_err(|f| Box::new(after(Err(f), session, back)))
+}
+
 /// `GET /ui/tasks/{id}`: state, payload, timeline, lineage, chain, actions.
 pub async fn task(State(ui): State<Ui>, session: Session, Path(id): Path<String>, Query(q): Q) -> Response {
     let id = match task_id(&id) {
@@ -773,12 +788,9 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) = check_post(&session, &headers, &form) {
-        return refused;
-    }
-    let id = match task_id(&id) {
+    let id = match task_post(&session, &headers, &form, &id, "/ui") {
         Ok(id) => id,
-        Err(f) => return after(Err(f), &session, "/ui"),
+        Err(refused) => return *refused,
     };
     let body = json!({ "reason": field(&form, "reason").unwrap_or("") });
     let result = ui.post(&session, &format!("/v1/tasks/{id}/cancel"), body).await;
@@ -793,12 +805,9 @@ pub async fn abort(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) = check_post(&session, &headers, &form) {
-        return refused;
-    }
-    let id = match task_id(&id) {
+    let id = match task_post(&session, &headers, &form, &id, "/ui") {
         Ok(id) => id,
-        Err(f) => return after(Err(f), &session, "/ui"),
+        Err(refused) => return *refused,
     };
     let mut body = json!({ "epoch": epoch(&form), "reason": field(&form, "reason").unwrap_or("") });
     dev_agent(&session, &mut body);
@@ -878,12 +887,9 @@ pub async fn inbox_claim(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) = check_post(&session, &headers, &form) {
-        return refused;
-    }
-    let id = match task_id(&id) {
+    let id = match task_post(&session, &headers, &form, &id, "/ui/inbox") {
         Ok(id) => id,
-        Err(f) => return after(Err(f), &session, "/ui/inbox"),
+        Err(refused) => return *refused,
     };
     let mut body = json!({});
     dev_agent(&session, &mut body);
@@ -899,12 +905,9 @@ pub async fn inbox_resolve(
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) = check_post(&session, &headers, &form) {
-        return refused;
-    }
-    let id = match task_id(&id) {
+    let id = match task_post(&session, &headers, &form, &id, "/ui/inbox") {
         Ok(id) => id,
-        Err(f) => return after(Err(f), &session, "/ui/inbox"),
+        Err(refused) => return *refused,
     };
     let resolution = field(&form, "resolution").unwrap_or("");
     let mut body = json!({ "epoch": epoch(&form), "resolution": resolution });
