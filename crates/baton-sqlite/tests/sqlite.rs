@@ -777,3 +777,62 @@ mod model {
         fn sqlite_store_follows_the_model(sequential 1..60 => ModelTest<Harness>);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Migration fixture: a database written by an earlier version
+
+mod migration_fixture {
+    //! `tests/fixtures/baton-v1.db` was written by Baton before the storage
+    //! format changed (schema 9), with `snapshot.json` beside it holding what
+    //! that version read back (`baton_testkit::fixture`). The current code
+    //! must open a copy, migrate it, read the same, verify every chain and
+    //! replay every keyed request, then chain new changes onto old events.
+    use super::Harness;
+    use baton_sqlite::{SqliteOptions, SqliteStore};
+    use baton_testkit::fixture::{check_migrated, continue_after_migration, first_difference, populate, snapshot};
+    use baton_testkit::{Case, suite_rules};
+    use std::path::PathBuf;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    #[test]
+    fn a_database_from_before_the_format_change_migrates_and_reads_as_before() {
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir().join("snapshot.json")).expect("snapshot"))
+                .expect("snapshot is JSON");
+        let now = expected["now"].as_u64().expect("now");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("baton.db");
+        std::fs::copy(dir().join("baton-v1.db"), &path).expect("copy the fixture");
+        let cx = Case::<Harness>::open_with(suite_rules(), now, |setup| {
+            let options =
+                SqliteOptions::default().clock(setup.clock).rules(setup.rules).listener(setup.listener);
+            let store = SqliteStore::open(&path, options.clone()).expect("open and migrate the fixture");
+            Harness { store, options, dir: tempfile::tempdir().expect("temp dir") }
+        });
+        let found = snapshot(cx.store(), now);
+        assert!(found == expected, "reads differ after migration:\n{}", first_difference(&expected, &found));
+        let problems = check_migrated(cx.store());
+        assert!(problems.is_empty(), "{problems:#?}");
+        continue_after_migration(&cx);
+    }
+
+    /// Writes the fixture. Run by hand, only on the last commit before a
+    /// storage format change:
+    /// `cargo nextest run -p baton-sqlite --run-ignored only -E 'test(write_the_migration_fixture)'`.
+    #[test]
+    #[ignore = "writes the migration fixture into the source tree"]
+    fn write_the_migration_fixture() {
+        let cx = Case::<Harness>::open(suite_rules());
+        populate(&cx);
+        let snap = snapshot(cx.store(), cx.now());
+        std::fs::create_dir_all(dir()).expect("fixtures dir");
+        let dest = dir().join("baton-v1.db");
+        let _ = std::fs::remove_file(&dest);
+        baton_sqlite::backup(cx.harness().store.path(), &dest).expect("backup");
+        let text = serde_json::to_string_pretty(&snap).expect("json") + "\n";
+        std::fs::write(dir().join("snapshot.json"), text).expect("write snapshot");
+    }
+}

@@ -9,6 +9,7 @@ pub mod checker;
 pub mod clock;
 pub mod disk;
 pub mod exec;
+pub mod fixture;
 pub mod history;
 pub mod memory;
 pub mod model;

@@ -299,8 +299,22 @@ impl<H: SuiteStore> Case<H> {
         Self { harness: Some(harness), clock, ready }
     }
 
+    /// Opens a store with `open` (an existing one, say a migration
+    /// fixture's copy) on a manual clock at `now` with `rules`.
+    pub fn open_with(rules: Rules, now: Millis, open: impl FnOnce(Setup) -> H) -> Self {
+        let clock = Arc::new(ManualClock::new(now));
+        let ready = Arc::new(ReadyLog::default());
+        let harness = open(Setup { clock: clock.clone(), rules, listener: ready.clone() });
+        Self { harness: Some(harness), clock, ready }
+    }
+
     pub fn store(&self) -> &H::Store {
         self.harness.as_ref().expect("the harness is open").store()
+    }
+
+    /// The harness, for what only it knows (the file, the schema).
+    pub fn harness(&self) -> &H {
+        self.harness.as_ref().expect("the harness is open")
     }
 
     /// Runs the history checker over the whole store and closes the case.
