@@ -534,7 +534,7 @@ mod migration_fixture {
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir().join("snapshot.json")).expect("snapshot"))
                 .expect("snapshot is JSON");
-        let now = expected["now"].as_u64().expect("now");
+        let now = expected["now"].as_i64().expect("now");
         let schema = Schema::new();
         let dump = std::fs::read_to_string(dir().join("baton-v1.sql")).expect("the dump");
         psql(&dump.replace(DUMPED_SCHEMA, &schema.name));

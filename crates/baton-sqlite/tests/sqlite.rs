@@ -802,7 +802,7 @@ mod migration_fixture {
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir().join("snapshot.json")).expect("snapshot"))
                 .expect("snapshot is JSON");
-        let now = expected["now"].as_u64().expect("now");
+        let now = expected["now"].as_i64().expect("now");
         let tmp = tempfile::tempdir().expect("temp dir");
         let path = tmp.path().join("baton.db");
         std::fs::copy(dir().join("baton-v1.db"), &path).expect("copy the fixture");

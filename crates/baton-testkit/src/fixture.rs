@@ -16,14 +16,15 @@
 //! history checker's approval, keyed requests replayed as first answered, and
 //! new changes chaining onto old events (`continue_after_migration`). The
 //! fixture files are written by an ignored test in each store's test binary
-//! (docs/design.md, "Storage format and migrations").
+//! (docs/design.md, "Migrations and the fixtures that pin them").
 
 use crate::suite::{ACCEPT_MS, Case, HUMANS, SuiteStore, complete, handoff_to, new_task, stage};
 use crate::{block_on, check_store};
 use baton_core::event::verify_chain;
+use baton_core::store::{CommentRequest, Delivery, DeliveryStatus, PushConfig};
 use baton_core::{
-    Action, Actor, CommentRequest, Delivery, DeliveryStatus, JoinMode, JoinSpec, NewChild, NewTask, Op,
-    OpOutcome, PushConfig, Report, RequestKey, Store, TaskFilter, TaskId, Workflow, WorkflowStage,
+    Action, Actor, JoinMode, JoinSpec, NewChild, NewTask, Op, OpOutcome, Report, RequestKey, Store, TaskFilter,
+    TaskId, Workflow, WorkflowStage,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -263,11 +264,18 @@ pub fn check_migrated(store: &dyn Store) -> Vec<String> {
     if let Err(found) = check_store(store) {
         problems.extend(found);
     }
+    let before = crate::checker::list_all(store).expect("list");
     for (key, op) in keyed_requests() {
+        let Op::Submit(new) = &op else { unreachable!("the fixture keys submits") };
+        let keyed = before.iter().find(|t| t.idempotency_key == new.idempotency_key).map(|t| t.id);
         match block_on(store.execute(op, Some(key.clone()))) {
-            Ok(OpOutcome::Submit(s)) if !s.created => {}
+            Ok(OpOutcome::Submit(s)) if Some(s.task.id) == keyed => {}
             other => problems.push(format!("keyed request {} did not replay: {other:?}", key.key)),
         }
+    }
+    let after = crate::checker::list_all(store).expect("list");
+    if after.len() != before.len() {
+        problems.push(format!("replays made tasks: {} before, {} after", before.len(), after.len()));
     }
     problems
 }
