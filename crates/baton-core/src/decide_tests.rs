@@ -335,9 +335,9 @@ fn submit_validates_and_digests() {
 fn events_chain_and_detect_tampering() {
     let r = rules();
     let first = submit(TaskId(uuid::Uuid::from_u128(3)), &NewTask::new("a", "{}"), &r, T0).unwrap();
-    let e1 = first.event.seal(Hash::ZERO);
+    let e1 = first.event.seal(Hash::ZERO, None);
     let second = decide(&first.task, &claim_by("x"), &r, T0 + 1).unwrap();
-    let e2 = second.event.seal(e1.hash);
+    let e2 = second.event.seal(e1.hash, Some(&first.task));
     assert_eq!(crate::event::verify_chain(&[e1.clone(), e2.clone()]), Ok(()));
     let mut edited = e2.clone();
     edited.note = Some("forged".into());
@@ -347,6 +347,111 @@ fn events_chain_and_detect_tampering() {
     // Canonical form: key order does not matter.
     let a: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,2],"c":null}}"#).unwrap();
     assert_eq!(crate::event::canonical_json(&a), r#"{"a":{"c":null,"d":[1,2]},"b":1}"#);
+}
+
+/// A chain of `n` events: submit, then claim and heartbeat alternately
+/// with release, sealed as the engine seals them.
+fn long_chain(n: usize) -> Vec<Event> {
+    let r = rules();
+    let first = submit(TaskId(uuid::Uuid::from_u128(4)), &NewTask::new("a", "{}"), &r, T0).unwrap();
+    let mut task = first.task.clone();
+    let mut events = vec![first.event.seal(Hash::ZERO, None)];
+    while events.len() < n {
+        let now = T0 + i64::try_from(events.len()).unwrap();
+        let command = match &task.state {
+            TaskState::Held { .. } if events.len() % 3 == 0 => {
+                act("x", task.epoch, Action::Release { note: None })
+            }
+            TaskState::Held { .. } => {
+                act("x", task.epoch, Action::Heartbeat { lease_ms: None, note: Some(format!("n{now}")) })
+            }
+            _ => claim_by("x"),
+        };
+        let change = decide(&task, &command, &r, now).unwrap();
+        let prev = events.last().map(|e| e.hash).unwrap();
+        events.push(change.event.seal(prev, Some(&task)));
+        task = change.task;
+    }
+    events
+}
+
+#[test]
+fn compact_events_store_what_changed_and_read_back_whole() {
+    use crate::event::{decode_chain, decode_page, fold_base, is_checkpoint, verify_chain};
+    let events = long_chain(140);
+    assert_eq!(verify_chain(&events), Ok(()));
+    let id = events[0].task;
+    let stored: Vec<(u64, String)> = events.iter().map(|e| (e.version, e.stored_body())).collect();
+    // A heartbeat stores a few fields, not the row; a checkpoint the row.
+    let row_len = serde_json::to_string(&events[0].after).unwrap().len();
+    let (v, heartbeat) =
+        stored.iter().find(|(v, b)| !is_checkpoint(*v) && b.contains("\"heartbeat\"")).unwrap();
+    assert!(
+        heartbeat.len() < row_len,
+        "event {v} stores {} bytes against the row's {row_len}",
+        heartbeat.len()
+    );
+    assert!(!heartbeat.contains("\"submit_digest\""), "unchanged fields are not stored: {heartbeat}");
+    assert!(stored[64].1.contains("\"submit_digest\""), "version 65 is a checkpoint");
+    // The whole chain reads back equal, and so does any page from the end.
+    assert_eq!(decode_chain(id, &stored).unwrap(), events);
+    for (before, limit) in [(141, 10), (100, 30), (66, 1), (65, 64), (3, 5)] {
+        let page: Vec<(u64, String)> =
+            stored.iter().rev().filter(|(v, _)| *v < before).take(limit).cloned().collect();
+        let base: Vec<(u64, String)> = match page.last().and_then(|(v, b)| fold_base(*v, b)) {
+            Some(range) => stored.iter().filter(|(v, _)| range.contains(v)).cloned().collect(),
+            None => Vec::new(),
+        };
+        let expected: Vec<Event> =
+            events.iter().rev().filter(|e| e.version < before).take(limit).cloned().collect();
+        assert_eq!(decode_page(id, &base, &page).unwrap(), expected, "page before {before}, {limit} events");
+    }
+    // Without the row before it, a change cannot be read.
+    assert!(decode_chain(id, &stored[1..3]).is_err());
+}
+
+#[test]
+fn compact_events_chain_onto_old_ones_and_edits_are_caught() {
+    use crate::event::{decode_chain, verify_chain};
+    let mut events = long_chain(6);
+    // Events 1-3 as written before compact events: the whole row, hashed.
+    let mut prev = Hash::ZERO;
+    for e in &mut events[..3] {
+        e.change = None;
+        e.prev_hash = prev;
+        e.hash = e.compute_hash();
+        prev = e.hash;
+    }
+    let mut before = Some(events[2].after.clone());
+    for e in &mut events[3..] {
+        let sealed = Event { change: None, ..e.clone() }.seal(prev, before.as_ref());
+        *e = sealed;
+        prev = e.hash;
+        before = Some(e.after.clone());
+    }
+    assert_eq!(verify_chain(&events), Ok(()));
+    let stored: Vec<(u64, String)> = events.iter().map(|e| (e.version, e.stored_body())).collect();
+    assert!(stored[0].1.starts_with("{\"task\""), "old events keep their form");
+    assert!(stored[3].1.contains("\"change\""));
+    assert_eq!(decode_chain(events[0].task, &stored).unwrap(), events);
+    // An edited change, row, position or report is caught.
+    let mut edited = events.clone();
+    edited[4].change.as_mut().unwrap().insert("priority".into(), serde_json::json!(99));
+    assert_eq!(verify_chain(&edited).unwrap_err().0, 4);
+    let mut edited = events.clone();
+    edited[4].after.priority = 99;
+    assert_eq!(verify_chain(&edited).unwrap_err(), (4, "the row does not match the recorded change"));
+    let mut edited = events.clone();
+    edited[5].to.stage = crate::ids::StageName::new("elsewhere");
+    assert_eq!(verify_chain(&edited).unwrap_err().0, 5);
+    let mut edited = events.clone();
+    edited[3].note = Some("forged".into());
+    assert_eq!(verify_chain(&edited).unwrap_err().0, 3);
+    // A stored body edited on disk reads back as a chain that fails.
+    let mut on_disk = stored.clone();
+    on_disk[4].1 = on_disk[4].1.replace("\"revision\":5", "\"revision\":6");
+    let read = decode_chain(events[0].task, &on_disk).unwrap();
+    assert_eq!(verify_chain(&read).unwrap_err().0, 4);
 }
 
 #[test]

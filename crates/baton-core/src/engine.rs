@@ -412,7 +412,7 @@ fn insert_new<T: Tx>(
         check_lineage(tx, parent, cx.rules)?;
     }
     let change = decide_submit(id, new, env(cx.rules, wf), cx.now)?;
-    let event = change.event.seal(Hash::ZERO);
+    let event = change.event.seal(Hash::ZERO, None);
     st(tx.insert(&change.task, &new.payload, &event))?;
     notice_update(tx, &event, wf)?;
     cx.effects.gauges.change(None, &change.task);
@@ -647,7 +647,7 @@ fn apply<T: Tx>(
     wf: Option<&Arc<Workflow>>,
     cx: &mut Ctx<'_>,
 ) -> Res<Task, T::Error> {
-    let event = change.event.seal(head);
+    let event = change.event.seal(head, Some(before));
     if !st(tx.update(&change.task, &event))? {
         return Err(Fail::Conflict);
     }

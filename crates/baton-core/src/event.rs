@@ -1,10 +1,23 @@
 //! Events: one per committed change of a task, append-only and hash-chained.
-//! Each event carries the task as it is after the change (`after`), so folding
-//! a task's events from empty reproduces its row exactly, and the SHA-256 of
-//! the previous event, so an edited, deleted or reordered event breaks the
-//! chain. A hash covers the previous hash and the event's compact serde JSON
-//! in field order (`Hashed`); `canonical_json` (sorted keys) serves request
-//! fingerprints, whose bodies come from clients in any key order.
+//! In memory every event carries the task as it is after the change
+//! (`after`), so a history reads as a list of rows; on disk an event records
+//! only what changed (`change`: the row's top-level fields whose JSON differs
+//! from the row before, a removed one as null), and readers fold the changes
+//! back into rows (`ChainReader`). Every `EVENT_CHECKPOINT_EVERY`th version
+//! (1, 65, 129, ...) records the whole row, so a page of history from the end
+//! folds from the checkpoint before it, not from the first event.
+//!
+//! Each event also carries the SHA-256 of the previous event, so an edited,
+//! deleted or reordered event breaks the chain. The hash of a compact event
+//! covers the previous hash and the compact JSON (in field order) of the
+//! task id, version, time, actor, kind, the position it came from, the
+//! report, the handoff, the change and the payload digest (`DeltaHashed`);
+//! the row it folds to is checked against the change (`verify_chain`).
+//! Events written before compact events (`change` absent) keep their bytes
+//! and are hashed as they were: over the whole event with its `after`
+//! (`Hashed`). A task's chain may hold both: new events chain onto old ones.
+//! `canonical_json` (sorted keys) serves request fingerprints, whose bodies
+//! come from clients in any key order.
 
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
 use crate::task::{StateName, Task};
@@ -175,8 +188,15 @@ pub struct Event {
     pub findings: Option<serde_json::Value>,
     pub confidence: Option<f64>,
     pub handoff: Option<HandoffId>,
-    /// The task row as it is after this change.
+    /// The task row as it is after this change (on disk: folded from
+    /// `change`, for events that have one).
     pub after: Task,
+    /// What the change did to the row: its top-level fields that changed
+    /// (all of them on a checkpoint version), a field that left as null.
+    /// Absent on events written before compact events, whose hash covers
+    /// `after` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<RowChange>,
     /// On a `submitted` event: the SHA-256 of the payload text as stored, so
     /// the chain covers the payload too (`audit` compares it). Events written
     /// before it existed have none, and hash exactly as they did.
@@ -193,34 +213,310 @@ impl Event {
     /// into the hasher: no intermediate value or string (this runs once per
     /// committed change, on the writer's hot path).
     pub fn compute_hash(&self) -> Hash {
-        let body = Hashed {
-            task: &self.task,
-            version: self.version,
-            at: self.at,
-            actor: &self.actor,
-            kind: self.kind,
-            from: &self.from,
-            to: &self.to,
-            note: &self.note,
-            findings: &self.findings,
-            confidence: self.confidence,
-            handoff: &self.handoff,
-            after: &self.after,
-            payload_digest: &self.payload_digest,
-            prev_hash: &self.prev_hash,
-        };
         let mut hasher = HashWriter(Sha256::new());
         hasher.0.update(self.prev_hash.0);
-        serde_json::to_writer(&mut hasher, &body).expect("events serialize");
+        if let Some(change) = &self.change {
+            let body = DeltaHashed {
+                task: &self.task,
+                version: self.version,
+                at: self.at,
+                actor: &self.actor,
+                kind: self.kind,
+                from: &self.from,
+                note: &self.note,
+                findings: &self.findings,
+                confidence: self.confidence,
+                handoff: &self.handoff,
+                change,
+                payload_digest: &self.payload_digest,
+                prev_hash: &self.prev_hash,
+            };
+            serde_json::to_writer(&mut hasher, &body).expect("events serialize");
+        } else {
+            let body = Hashed {
+                task: &self.task,
+                version: self.version,
+                at: self.at,
+                actor: &self.actor,
+                kind: self.kind,
+                from: &self.from,
+                to: &self.to,
+                note: &self.note,
+                findings: &self.findings,
+                confidence: self.confidence,
+                handoff: &self.handoff,
+                after: &self.after,
+                payload_digest: &self.payload_digest,
+                prev_hash: &self.prev_hash,
+            };
+            serde_json::to_writer(&mut hasher, &body).expect("events serialize");
+        }
         Hash(hasher.0.finalize().into())
     }
 
-    /// Sets `prev_hash` and `hash`, chaining this event after `prev`.
-    pub fn seal(mut self, prev: Hash) -> Self {
+    /// Records what changed from `before` (the row as loaded; `None` for a
+    /// new task), then sets `prev_hash` and `hash`, chaining this event after
+    /// `prev`.
+    pub fn seal(mut self, prev: Hash, before: Option<&Task>) -> Self {
+        self.change = Some(row_change(before, &self.after, self.version));
         self.prev_hash = prev;
         self.hash = self.compute_hash();
         self
     }
+
+    /// The event as stored: compact (what changed) for events with a
+    /// `change`, the whole event for older ones. `task` and `version` are
+    /// the stores' key columns, not repeated in the text.
+    pub fn stored_body(&self) -> String {
+        match &self.change {
+            Some(change) => {
+                let stored = StoredDeltaRef {
+                    at: self.at,
+                    actor: &self.actor,
+                    kind: self.kind,
+                    from: if is_checkpoint(self.version) { &self.from } else { &None },
+                    note: &self.note,
+                    findings: &self.findings,
+                    confidence: self.confidence,
+                    handoff: &self.handoff,
+                    change,
+                    payload_digest: &self.payload_digest,
+                    prev_hash: &self.prev_hash,
+                    hash: &self.hash,
+                };
+                serde_json::to_string(&stored).expect("events serialize")
+            }
+            None => serde_json::to_string(self).expect("events serialize"),
+        }
+    }
+}
+
+/// A row's top-level fields, by name, as JSON: the form of `Event::change`.
+pub type RowChange = serde_json::Map<String, serde_json::Value>;
+
+/// Every this many versions an event records the whole row (a checkpoint):
+/// a page of history folds from the checkpoint before it.
+pub const EVENT_CHECKPOINT_EVERY: u64 = 64;
+
+/// Whether events of `version` record the whole row (1, 65, 129, ...).
+pub fn is_checkpoint(version: u64) -> bool {
+    version <= 1 || version % EVENT_CHECKPOINT_EVERY == 1
+}
+
+/// The version a history read must start from to fold `version`'s row: the
+/// checkpoint at or before it.
+pub fn fold_start(version: u64) -> u64 {
+    if version <= 1 { 1 } else { (version - 1) / EVENT_CHECKPOINT_EVERY * EVENT_CHECKPOINT_EVERY + 1 }
+}
+
+fn row_map(task: &Task) -> RowChange {
+    match serde_json::to_value(task).expect("tasks serialize") {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a task serializes as an object"),
+    }
+}
+
+/// What changed from `before` to `after` at `version`: every field on a
+/// checkpoint (or for a new task), else the fields whose JSON differs, a
+/// field that `after` leaves out as null.
+pub fn row_change(before: Option<&Task>, after: &Task, version: u64) -> RowChange {
+    let next = row_map(after);
+    let Some(before) = before.filter(|_| !is_checkpoint(version)) else { return next };
+    let prev = row_map(before);
+    let mut change = RowChange::new();
+    for (k, v) in &next {
+        if prev.get(k) != Some(v) {
+            change.insert(k.clone(), v.clone());
+        }
+    }
+    for k in prev.keys() {
+        if !next.contains_key(k) {
+            change.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
+    change
+}
+
+/// Folds `change` into `row` (cleared first on a checkpoint): a null removes
+/// the field, which reads back as its default (every optional field of a
+/// task is `None` when absent).
+fn fold(row: &mut RowChange, change: &RowChange, checkpoint: bool) {
+    if checkpoint {
+        row.clear();
+    }
+    for (k, v) in change {
+        if v.is_null() {
+            row.remove(k);
+        } else {
+            row.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn task_of(row: &RowChange) -> Result<Task, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::Object(row.clone()))
+}
+
+/// An event as stored when it has a `change` (read side): no `after` (folded on read),
+/// no `to` (the folded row's position), `from` only on checkpoints (else
+/// the previous row's position), `task` and `version` in the key columns.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredDelta {
+    at: Millis,
+    actor: Actor,
+    kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<Position>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    findings: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confidence: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handoff: Option<HandoffId>,
+    change: RowChange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_digest: Option<Hash>,
+    prev_hash: Hash,
+    hash: Hash,
+}
+
+/// `StoredDelta`, borrowed, for writing: the same fields in the same order.
+#[derive(Serialize)]
+struct StoredDeltaRef<'a> {
+    at: Millis,
+    actor: &'a Actor,
+    kind: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: &'a Option<Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    findings: &'a Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: &'a Option<HandoffId>,
+    change: &'a RowChange,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_digest: &'a Option<Hash>,
+    prev_hash: &'a Hash,
+    hash: &'a Hash,
+}
+
+/// Reads one task's stored events in version order, folding compact ones
+/// into rows. Start it at version 1 or at a checkpoint (`fold_start`).
+pub struct ChainReader {
+    task: TaskId,
+    row: Option<(RowChange, Task)>,
+}
+
+impl ChainReader {
+    pub fn new(task: TaskId) -> Self {
+        Self { task, row: None }
+    }
+
+    /// Decodes the stored event `version` (the next in order).
+    pub fn read(&mut self, version: u64, body: &str) -> Result<Event, serde_json::Error> {
+        if body.starts_with("{\"task\"") {
+            let event: Event = serde_json::from_str(body)?;
+            self.row = Some((row_map(&event.after), event.after.clone()));
+            return Ok(event);
+        }
+        let stored: StoredDelta = serde_json::from_str(body)?;
+        let checkpoint = is_checkpoint(version);
+        let (mut row, from) = match self.row.take() {
+            Some((row, prev)) if !checkpoint => (row, Some(Position::of(&prev))),
+            _ if checkpoint => (RowChange::new(), stored.from.clone()),
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "event {version} of task {} records a change but the row before it was not read",
+                    self.task
+                )));
+            }
+        };
+        fold(&mut row, &stored.change, checkpoint);
+        let after = task_of(&row)?;
+        let event = Event {
+            task: self.task,
+            version,
+            at: stored.at,
+            actor: stored.actor,
+            kind: stored.kind,
+            from,
+            to: Position::of(&after),
+            note: stored.note,
+            findings: stored.findings,
+            confidence: stored.confidence,
+            handoff: stored.handoff,
+            after: after.clone(),
+            change: Some(stored.change),
+            payload_digest: stored.payload_digest,
+            prev_hash: stored.prev_hash,
+            hash: stored.hash,
+        };
+        self.row = Some((row, after));
+        Ok(event)
+    }
+}
+
+/// Decodes a task's stored events, `rows` in version order from version 1
+/// or from a checkpoint.
+pub fn decode_chain<S: AsRef<str>>(task: TaskId, rows: &[(u64, S)]) -> Result<Vec<Event>, serde_json::Error> {
+    let mut reader = ChainReader::new(task);
+    rows.iter().map(|(version, body)| reader.read(*version, body.as_ref())).collect()
+}
+
+/// For a page of history read newest first whose oldest stored event is
+/// `(version, body)`: the versions to read before it so it can be folded
+/// (from its checkpoint up to, not including, it), if any.
+pub fn fold_base(version: u64, body: &str) -> Option<std::ops::Range<u64>> {
+    let start = fold_start(version);
+    (start < version && !body.starts_with("{\"task\"")).then_some(start..version)
+}
+
+/// Decodes a page read newest first (`page`), after the events `base` that
+/// `fold_base` asked for (oldest first). Answers newest first.
+pub fn decode_page<S: AsRef<str>>(
+    task: TaskId,
+    base: &[(u64, S)],
+    page: &[(u64, S)],
+) -> Result<Vec<Event>, serde_json::Error> {
+    let mut reader = ChainReader::new(task);
+    for (version, body) in base {
+        reader.read(*version, body.as_ref())?;
+    }
+    let mut out =
+        page.iter().rev().map(|(v, body)| reader.read(*v, body.as_ref())).collect::<Result<Vec<_>, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// The fields a compact event's hash covers, borrowed: what is stored, plus
+/// the task id, version and previous position that the storage keys and the
+/// previous row give back.
+#[derive(Serialize)]
+struct DeltaHashed<'a> {
+    task: &'a TaskId,
+    version: u64,
+    at: Millis,
+    actor: &'a Actor,
+    kind: EventKind,
+    from: &'a Option<Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    findings: &'a Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    confidence: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handoff: &'a Option<HandoffId>,
+    change: &'a RowChange,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_digest: &'a Option<Hash>,
+    prev_hash: &'a Hash,
 }
 
 /// The fields an event's hash covers, borrowed, in `Event`'s order.
@@ -303,9 +599,12 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 }
 
 /// Checks one task's events: versions 1..n without gaps, each `prev_hash` the
-/// previous `hash`, each hash correct. Returns the index of the first bad event.
+/// previous `hash`, each hash correct, and each compact event's row the fold
+/// of its change into the row before it (its `from` and `to` that row's and
+/// its own position). Returns the index of the first bad event.
 pub fn verify_chain(events: &[Event]) -> Result<(), (usize, &'static str)> {
     let mut prev = Hash::ZERO;
+    let mut row: Option<(RowChange, &Task)> = None;
     for (i, e) in events.iter().enumerate() {
         if e.version != i as u64 + 1 {
             return Err((i, "version out of sequence"));
@@ -316,6 +615,29 @@ pub fn verify_chain(events: &[Event]) -> Result<(), (usize, &'static str)> {
         if e.compute_hash() != e.hash {
             return Err((i, "hash does not match the event's content"));
         }
+        let map = match (&e.change, row.take()) {
+            (Some(change), before) => {
+                let checkpoint = is_checkpoint(e.version);
+                let (mut map, before) = match before {
+                    Some((map, before)) => (map, Some(before)),
+                    None if checkpoint => (RowChange::new(), None),
+                    None => return Err((i, "a change without the row before it")),
+                };
+                if !checkpoint && e.from.as_ref() != before.map(Position::of).as_ref() {
+                    return Err((i, "from is not the previous row's position"));
+                }
+                fold(&mut map, change, checkpoint);
+                if task_of(&map).as_ref().ok() != Some(&e.after) {
+                    return Err((i, "the row does not match the recorded change"));
+                }
+                if e.to != Position::of(&e.after) {
+                    return Err((i, "to is not the row's position"));
+                }
+                map
+            }
+            (None, _) => row_map(&e.after),
+        };
+        row = Some((map, &e.after));
         prev = e.hash;
     }
     Ok(())

@@ -9,6 +9,7 @@ use crate::error::StoreError;
 use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
+use baton_core::event::{decode_chain, decode_page, fold_base};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::workflow::Workflow;
@@ -77,9 +78,24 @@ pub(crate) async fn list(pool: Pool, filter: TaskFilter, page_size_max: usize) -
 
 pub(crate) async fn history(pool: Pool, id: TaskId) -> Result<Vec<Event>, StoreError> {
     let c = conn(&pool).await?;
-    let st = c.prepare_cached("SELECT body FROM events WHERE task = $1 ORDER BY version").await?;
-    let rows = c.query(&st, &[&id.0]).await?;
-    rows.iter().map(|row| json(row, 0)).collect()
+    let rows = event_rows(&c, id, 1, u64::MAX).await?;
+    Ok(decode_chain(id, &rows)?)
+}
+
+/// The stored events of `id` with versions in `from..to`, oldest first.
+async fn event_rows(c: &Object, id: TaskId, from: u64, to: u64) -> Result<Vec<(u64, String)>, StoreError> {
+    let st = c
+        .prepare_cached("SELECT version, body FROM events WHERE task = $1 AND version >= $2 AND version < $3 ORDER BY version")
+        .await?;
+    let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    c.query(&st, &[&id.0, &bound(from), &bound(to)]).await?.iter().map(event_row).collect()
+}
+
+/// A stored event as `(version, body)`.
+fn event_row(row: &tokio_postgres::Row) -> Result<(u64, String), StoreError> {
+    let version: i64 = row.try_get(0)?;
+    let version = u64::try_from(version).map_err(|e| StoreError::Row(format!("event version: {e}")))?;
+    Ok((version, row.try_get(1)?))
 }
 
 pub(crate) async fn history_before(
@@ -91,13 +107,22 @@ pub(crate) async fn history_before(
     let c = conn(&pool).await?;
     let st = c
         .prepare_cached(
-            "SELECT body FROM events WHERE task = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
+            "SELECT version, body FROM events WHERE task = $1 AND version < $2 ORDER BY version DESC LIMIT $3",
         )
         .await?;
     let before = before.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = c.query(&st, &[&id.0, &before, &limit]).await?;
-    rows.iter().map(|row| json(row, 0)).collect()
+    let page = c
+        .query(&st, &[&id.0, &before, &limit])
+        .await?
+        .iter()
+        .map(event_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = match page.last().and_then(|(v, body)| fold_base(*v, body)) {
+        Some(range) => event_rows(&c, id, range.start, range.end).await?,
+        None => Vec::new(),
+    };
+    Ok(decode_page(id, &base, &page)?)
 }
 
 pub(crate) async fn handoff(pool: Pool, id: HandoffId) -> Result<Option<Handoff>, StoreError> {

@@ -743,7 +743,7 @@ impl Tx for PgTx<'_> {
             Box::new(serde_json::to_string(task)?),
             Box::new(payload.to_owned()),
             Box::new(int(event.version)?),
-            Box::new(serde_json::to_string(event)?),
+            Box::new(event.stored_body()),
         ]);
         self.write(INSERT, params)
     }
@@ -760,7 +760,7 @@ impl Tx for PgTx<'_> {
             Box::new(event.hash.0.to_vec()),
             Box::new(serde_json::to_string(task)?),
             Box::new(int(event.version)?),
-            Box::new(serde_json::to_string(event)?),
+            Box::new(event.stored_body()),
         ]);
         // The guard: the row changes (and its event is written) only if
         // nobody saved it since it was loaded. Deferred, it is the checked

@@ -505,7 +505,9 @@ mod migration_fixture {
     use super::Harness;
     use super::support::{self, Schema};
     use baton_postgres::PostgresStore;
-    use baton_testkit::fixture::{check_migrated, continue_after_migration, first_difference, populate, snapshot};
+    use baton_testkit::fixture::{
+        check_migrated, continue_after_migration, first_difference, populate, snapshot,
+    };
     use baton_testkit::{Case, suite_rules};
     use std::io::Write;
     use std::path::PathBuf;
@@ -531,6 +533,9 @@ mod migration_fixture {
 
     #[test]
     fn a_database_from_before_the_format_change_migrates_and_reads_as_before() {
+        if std::env::var_os("BATON_WRITE_MIGRATION_FIXTURE").is_some() {
+            write_the_migration_fixture();
+        }
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir().join("snapshot.json")).expect("snapshot"))
                 .expect("snapshot is JSON");
@@ -550,11 +555,10 @@ mod migration_fixture {
         continue_after_migration(&cx);
     }
 
-    /// Writes the fixture. Run by hand, only on the last commit before a
-    /// storage format change:
-    /// `cargo nextest run -p baton-postgres --run-ignored only -E 'test(write_the_migration_fixture)'`.
-    #[test]
-    #[ignore = "writes the migration fixture into the source tree"]
+    /// Writes the fixture (with `BATON_WRITE_MIGRATION_FIXTURE=1`, only on
+    /// the last commit before a storage format change; the test then checks
+    /// what it wrote):
+    /// `BATON_WRITE_MIGRATION_FIXTURE=1 cargo nextest run -p baton-postgres -E 'test(migration_fixture)'`.
     fn write_the_migration_fixture() {
         let cx = Case::<Harness>::open(suite_rules());
         populate(&cx);

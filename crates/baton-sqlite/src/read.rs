@@ -14,6 +14,7 @@ use crate::oneshot;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
+use baton_core::event::{decode_chain, decode_page, fold_base};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::{
@@ -188,14 +189,28 @@ pub(crate) fn list(conn: &Connection, filter: &TaskFilter, page_size_max: usize)
 }
 
 pub(crate) fn history(conn: &Connection, id: TaskId) -> Result<Vec<Event>, StoreError> {
-    let mut st = conn.prepare_cached("SELECT body FROM events WHERE task = ?1 ORDER BY version")?;
-    let mut rows = st.query([id.0.as_bytes()])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let body = row.get_ref(0)?.as_str().map_err(|e| StoreError::Row(format!("event body: {e}")))?;
-        out.push(serde_json::from_str(body)?);
-    }
-    Ok(out)
+    let rows = event_rows(conn, id, 1, u64::MAX)?;
+    Ok(decode_chain(id, &rows)?)
+}
+
+/// The stored events of `id` with versions in `from..to`, oldest first.
+fn event_rows(conn: &Connection, id: TaskId, from: u64, to: u64) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut st = conn
+        .prepare_cached("SELECT version, body FROM events WHERE task = ?1 AND version >= ?2 AND version < ?3 ORDER BY version")?;
+    let (from, to) = (clamp(from), clamp(to));
+    let rows = st.query_map(rusqlite::params![id.0.as_bytes(), from, to], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A stored event as `(version, body)`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String)> {
+    let version: i64 = r.get(0)?;
+    // The column is CHECKed >= 1.
+    Ok((version.unsigned_abs(), r.get(1)?))
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn history_before(
@@ -205,17 +220,18 @@ pub(crate) fn history_before(
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT body FROM events WHERE task = ?1 AND version < ?2 ORDER BY version DESC LIMIT ?3",
+        "SELECT version, body FROM events WHERE task = ?1 AND version < ?2 ORDER BY version DESC LIMIT ?3",
     )?;
-    let before = before.map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let before = before.map_or(i64::MAX, clamp);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = st.query(rusqlite::params![id.0.as_bytes(), before, limit])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let body = row.get_ref(0)?.as_str().map_err(|e| StoreError::Row(format!("event body: {e}")))?;
-        out.push(serde_json::from_str(body)?);
-    }
-    Ok(out)
+    let page = st
+        .query_map(rusqlite::params![id.0.as_bytes(), before, limit], event_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = match page.last().and_then(|(v, body)| fold_base(*v, body)) {
+        Some(range) => event_rows(conn, id, range.start, range.end)?,
+        None => Vec::new(),
+    };
+    Ok(decode_page(id, &base, &page)?)
 }
 
 pub(crate) fn handoff(conn: &Connection, id: HandoffId) -> Result<Option<Handoff>, StoreError> {

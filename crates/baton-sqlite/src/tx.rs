@@ -400,7 +400,7 @@ impl Tx for WriteTx<'_> {
 
 impl WriteTx<'_> {
     fn append_event(&mut self, event: &Event) -> Result<(), StoreError> {
-        let body = serde_json::to_string(event)?;
+        let body = event.stored_body();
         self.conn
             .prepare_cached("INSERT INTO events (task, version, body) VALUES (?1, ?2, ?3)")?
             .execute(params![event.task.0.as_bytes(), int(event.version)?, body])?;

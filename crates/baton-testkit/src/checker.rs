@@ -402,11 +402,13 @@ mod tests {
     /// Renumbers versions and revisions and re-seals the chain.
     fn resealed(mut events: Vec<Event>) -> Vec<Event> {
         let mut prev = Hash::ZERO;
+        let mut before: Option<baton_core::Task> = None;
         for (i, e) in events.iter_mut().enumerate() {
             e.version = i as u64 + 1;
             e.after.revision = e.version;
-            *e = e.clone().seal(prev);
+            *e = e.clone().seal(prev, before.as_ref());
             prev = e.hash;
+            before = Some(e.after.clone());
         }
         events
     }

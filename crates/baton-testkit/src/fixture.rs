@@ -15,7 +15,8 @@
 //! migrates it, and requires the same snapshot, every chain verified, the
 //! history checker's approval, keyed requests replayed as first answered, and
 //! new changes chaining onto old events (`continue_after_migration`). The
-//! fixture files are written by an ignored test in each store's test binary
+//! fixture files are written by the migration test itself when
+//! `BATON_WRITE_MIGRATION_FIXTURE` is set, in each store's test binary
 //! (docs/design.md, "Migrations and the fixtures that pin them").
 
 use crate::suite::{ACCEPT_MS, Case, HUMANS, SuiteStore, complete, handoff_to, new_task, stage};
@@ -23,8 +24,8 @@ use crate::{block_on, check_store};
 use baton_core::event::verify_chain;
 use baton_core::store::{CommentRequest, Delivery, DeliveryStatus, PushConfig};
 use baton_core::{
-    Action, Actor, JoinMode, JoinSpec, NewChild, NewTask, Op, OpOutcome, Report, RequestKey, Store, TaskFilter,
-    TaskId, Workflow, WorkflowStage,
+    Action, Actor, JoinMode, JoinSpec, NewChild, NewTask, Op, OpOutcome, Report, RequestKey, Store,
+    TaskFilter, TaskId, Workflow, WorkflowStage,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -37,9 +38,13 @@ pub fn keyed_requests() -> Vec<(RequestKey, Op)> {
         key: k.into(),
         fingerprint: baton_core::Hash::of(k.as_bytes()),
     };
-    vec![
-        (key("submit-keyed"), Op::Submit(NewTask { idempotency_key: Some("order-7".into()), ..new_task("intake", r#"{"order":7}"#) })),
-    ]
+    vec![(
+        key("submit-keyed"),
+        Op::Submit(NewTask {
+            idempotency_key: Some("order-7".into()),
+            ..new_task("intake", r#"{"order":7}"#)
+        }),
+    )]
 }
 
 /// A saga: reserve, then charge (compensated by refund), then ship.
@@ -114,7 +119,11 @@ pub fn populate<H: SuiteStore>(cx: &Case<H>) {
     let handed = cx.submit(new_task("draft", r#"{"q":"handed off"}"#)).task;
     put_push_config(cx, handed.id);
     let g = cx.claim_one("d1", "draft");
-    let report = Report { note: Some("draft ready".into()), findings: Some(json!({"pages": 3})), confidence: Some(0.9) };
+    let report = Report {
+        note: Some("draft ready".into()),
+        findings: Some(json!({"pages": 3})),
+        confidence: Some(0.9),
+    };
     cx.act(&g, Action::Handoff { to_stage: stage("review"), report });
 
     // Backing off after a retryable failure.
@@ -156,7 +165,8 @@ pub fn populate<H: SuiteStore>(cx: &Case<H>) {
     // An aborted saga whose compensation finished (cancelled), and one
     // still compensating (blocked on its refund).
     for finish in [true, false] {
-        let order = cx.submit(NewTask { workflow: Some("order".into()), ..new_task("", r#"{"q":"saga"}"#) }).task;
+        let order =
+            cx.submit(NewTask { workflow: Some("order".into()), ..new_task("", r#"{"q":"saga"}"#) }).task;
         for (who, at) in [("w1", "reserve"), ("w2", "charge")] {
             let g = cx.claim_one(who, at);
             assert_eq!(g.task.id, order.id);
@@ -225,12 +235,13 @@ pub fn snapshot(store: &dyn Store, now: baton_core::Millis) -> Value {
         }
         handoffs.sort_by_key(|h| h.id.to_string());
         handoffs.dedup();
-        let children = block_on(store.list(TaskFilter { parent: Some(task.id), limit: 100, ..TaskFilter::default() }))
-            .expect("children")
-            .tasks
-            .into_iter()
-            .map(|t| t.id)
-            .collect::<Vec<_>>();
+        let children =
+            block_on(store.list(TaskFilter { parent: Some(task.id), limit: 100, ..TaskFilter::default() }))
+                .expect("children")
+                .tasks
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>();
         out.push(json!({ "view": view, "history": history, "handoffs": handoffs, "children": children }));
     }
     let notices = block_on(store.notices(0, 1_000)).expect("notices");
@@ -303,7 +314,9 @@ pub fn first_difference(a: &Value, b: &Value) -> String {
                     _ => {}
                 }
             }
-            y.keys().find(|k| !x.contains_key(*k)).map_or_else(String::new, |k| format!(".{k}: new after migration"))
+            y.keys()
+                .find(|k| !x.contains_key(*k))
+                .map_or_else(String::new, |k| format!(".{k}: new after migration"))
         }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
             .iter()

@@ -972,7 +972,7 @@ mod tests {
         let new = NewTask::new("a", "{}").key("k");
         let change = baton_core::decide::submit(TaskId(tx.new_id()), &new, &Rules::default(), 10)
             .expect("a valid submit");
-        let event = change.event.seal(Hash::ZERO);
+        let event = change.event.seal(Hash::ZERO, None);
         tx.insert(&change.task, &new.payload, &event).expect("insert");
         (change.task, event)
     }
@@ -987,7 +987,8 @@ mod tests {
 
         let mut tx = MemTx::new(&mut state);
         let bumped = Task { revision: 2, updated_at: 20, ..task.clone() };
-        let event = Event { version: 2, after: bumped.clone(), ..first.clone() }.seal(first.hash);
+        let event =
+            Event { version: 2, after: bumped.clone(), ..first.clone() }.seal(first.hash, Some(&task));
         let skipped = Task { revision: 3, ..bumped.clone() };
         assert!(!tx.update(&skipped, &event).expect("no store error"), "revision 3 does not follow 1");
         assert!(tx.update(&bumped, &event).expect("no store error"));

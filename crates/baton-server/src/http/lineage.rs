@@ -274,6 +274,7 @@ mod tests {
             confidence: None,
             handoff: None,
             after,
+            change: None,
             payload_digest: None,
             prev_hash: Hash::default(),
             hash: Hash::default(),
