@@ -392,6 +392,9 @@ fn compact_events_store_what_changed_and_read_back_whole() {
         heartbeat.len()
     );
     assert!(!heartbeat.contains("\"submit_digest\""), "unchanged fields are not stored: {heartbeat}");
+    for implied in ["\"revision\"", "\"updated_at\"", "\"prev_hash\""] {
+        assert!(!heartbeat.contains(implied), "{implied} is implied: {heartbeat}");
+    }
     assert!(stored[64].1.contains("\"submit_digest\""), "version 65 is a checkpoint");
     // The whole chain reads back equal, and so does any page from the end.
     assert_eq!(decode_chain(id, &stored).unwrap(), events);
@@ -449,7 +452,9 @@ fn compact_events_chain_onto_old_ones_and_edits_are_caught() {
     assert_eq!(verify_chain(&edited).unwrap_err().0, 3);
     // A stored body edited on disk reads back as a chain that fails.
     let mut on_disk = stored.clone();
-    on_disk[4].1 = on_disk[4].1.replace("\"revision\":5", "\"revision\":6");
+    let mut body: serde_json::Value = serde_json::from_str(&on_disk[4].1).unwrap();
+    body["change"]["epoch"] = serde_json::json!(99);
+    on_disk[4].1 = body.to_string();
     let read = decode_chain(events[0].task, &on_disk).unwrap();
     assert_eq!(verify_chain(&read).unwrap_err().0, 4);
 }

@@ -281,7 +281,7 @@ impl Event {
                     handoff: &self.handoff,
                     change,
                     payload_digest: &self.payload_digest,
-                    prev_hash: &self.prev_hash,
+                    prev_hash: if is_checkpoint(self.version) { Some(&self.prev_hash) } else { None },
                     hash: &self.hash,
                 };
                 serde_json::to_string(&stored).expect("events serialize")
@@ -325,7 +325,7 @@ pub fn row_change(before: Option<&Task>, after: &Task, version: u64) -> RowChang
     let prev = row_map(before);
     let mut change = RowChange::new();
     for (k, v) in &next {
-        if prev.get(k) != Some(v) {
+        if prev.get(k) != Some(v) && !IMPLIED.contains(&k.as_str()) {
             change.insert(k.clone(), v.clone());
         }
     }
@@ -337,10 +337,16 @@ pub fn row_change(before: Option<&Task>, after: &Task, version: u64) -> RowChang
     change
 }
 
-/// Folds `change` into `row` (cleared first on a checkpoint): a null removes
-/// the field, which reads back as its default (every optional field of a
-/// task is `None` when absent).
-fn fold(row: &mut RowChange, change: &RowChange, checkpoint: bool) {
+/// Row fields a compact change leaves out, because every change sets them
+/// from the event itself: the revision is the event's version and the row's
+/// `updated_at` its time. Checkpoints record them like every field.
+const IMPLIED: [&str; 2] = ["revision", "updated_at"];
+
+/// Folds the change of event `version` at `at` into `row` (cleared first on
+/// a checkpoint): a null removes the field, which reads back as its default
+/// (every optional field of a task is `None` when absent).
+fn fold(row: &mut RowChange, change: &RowChange, version: u64, at: Millis) {
+    let checkpoint = is_checkpoint(version);
     if checkpoint {
         row.clear();
     }
@@ -351,15 +357,20 @@ fn fold(row: &mut RowChange, change: &RowChange, checkpoint: bool) {
             row.insert(k.clone(), v.clone());
         }
     }
+    if !checkpoint {
+        row.insert(IMPLIED[0].to_owned(), version.into());
+        row.insert(IMPLIED[1].to_owned(), at.into());
+    }
 }
 
 fn task_of(row: &RowChange) -> Result<Task, serde_json::Error> {
     serde_json::from_value(serde_json::Value::Object(row.clone()))
 }
 
-/// An event as stored when it has a `change` (read side): no `after` (folded on read),
-/// no `to` (the folded row's position), `from` only on checkpoints (else
-/// the previous row's position), `task` and `version` in the key columns.
+/// An event as stored when it has a `change` (read side): no `after` (folded
+/// on read), no `to` (the folded row's position), `from` and `prev_hash`
+/// only on checkpoints (else the previous row's position and the previous
+/// event's hash), `task` and `version` in the key columns.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredDelta {
@@ -379,7 +390,8 @@ struct StoredDelta {
     change: RowChange,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     payload_digest: Option<Hash>,
-    prev_hash: Hash,
+    #[serde(default)]
+    prev_hash: Option<Hash>,
     hash: Hash,
 }
 
@@ -402,7 +414,8 @@ struct StoredDeltaRef<'a> {
     change: &'a RowChange,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_digest: &'a Option<Hash>,
-    prev_hash: &'a Hash,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_hash: Option<&'a Hash>,
     hash: &'a Hash,
 }
 
@@ -410,7 +423,8 @@ struct StoredDeltaRef<'a> {
 /// into rows. Start it at version 1 or at a checkpoint (`fold_start`).
 pub struct ChainReader {
     task: TaskId,
-    row: Option<(RowChange, Task)>,
+    /// The last row read, as JSON and as a task, and its event's hash.
+    row: Option<(RowChange, Task, Hash)>,
 }
 
 impl ChainReader {
@@ -422,22 +436,22 @@ impl ChainReader {
     pub fn read(&mut self, version: u64, body: &str) -> Result<Event, serde_json::Error> {
         if body.starts_with("{\"task\"") {
             let event: Event = serde_json::from_str(body)?;
-            self.row = Some((row_map(&event.after), event.after.clone()));
+            self.row = Some((row_map(&event.after), event.after.clone(), event.hash));
             return Ok(event);
         }
         let stored: StoredDelta = serde_json::from_str(body)?;
         let checkpoint = is_checkpoint(version);
-        let (mut row, from) = match self.row.take() {
-            Some((row, prev)) if !checkpoint => (row, Some(Position::of(&prev))),
-            _ if checkpoint => (RowChange::new(), stored.from.clone()),
-            _ => {
-                return Err(serde::de::Error::custom(format!(
-                    "event {version} of task {} records a change but the row before it was not read",
-                    self.task
-                )));
-            }
+        let missing = |what: &str| {
+            serde::de::Error::custom(format!("event {version} of task {} lacks {what}", self.task))
         };
-        fold(&mut row, &stored.change, checkpoint);
+        let (mut row, from, prev_hash) = match self.row.take() {
+            Some((row, prev, hash)) if !checkpoint => (row, Some(Position::of(&prev)), hash),
+            _ if checkpoint => {
+                (RowChange::new(), stored.from.clone(), stored.prev_hash.ok_or_else(|| missing("prev_hash"))?)
+            }
+            _ => return Err(missing("the row before it (read from its checkpoint)")),
+        };
+        fold(&mut row, &stored.change, version, stored.at);
         let after = task_of(&row)?;
         let event = Event {
             task: self.task,
@@ -454,10 +468,10 @@ impl ChainReader {
             after: after.clone(),
             change: Some(stored.change),
             payload_digest: stored.payload_digest,
-            prev_hash: stored.prev_hash,
+            prev_hash,
             hash: stored.hash,
         };
-        self.row = Some((row, after));
+        self.row = Some((row, after, stored.hash));
         Ok(event)
     }
 }
@@ -626,7 +640,7 @@ pub fn verify_chain(events: &[Event]) -> Result<(), (usize, &'static str)> {
                 if !checkpoint && e.from.as_ref() != before.map(Position::of).as_ref() {
                     return Err((i, "from is not the previous row's position"));
                 }
-                fold(&mut map, change, checkpoint);
+                fold(&mut map, change, e.version, e.at);
                 if task_of(&map).as_ref().ok() != Some(&e.after) {
                     return Err((i, "the row does not match the recorded change"));
                 }

@@ -95,11 +95,11 @@ fn audit_verify_finds_edited_deleted_and_reordered_events() {
     assert!(!ok, "a tampered database fails the audit: {text}");
     assert!(text.contains(&format!("task {}: version 2: event 2: hash does not match", ids[0])), "{text}");
     assert!(text.contains(&format!("task {}: version 3: the row is at revision 3", ids[1])), "{text}");
-    // An event's version is its row's key, so swapped rows read as events
-    // whose links no longer meet.
+    // An event's version is its row's key and its link the event before it,
+    // so swapped rows read as events whose hashes no longer match.
     assert!(
         text.contains(&format!(
-            "task {}: version 2: event 2: prev_hash does not match the previous event",
+            "task {}: version 2: event 2: hash does not match the event's content",
             ids[2]
         )),
         "{text}"
