@@ -20,7 +20,8 @@
 //! come from clients in any key order.
 
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
-use crate::task::{StateName, Task};
+use crate::store::{Handoff, HandoffOutcome};
+use crate::task::{StateName, Task, TaskState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -474,6 +475,38 @@ impl ChainReader {
         self.row = Some((row, after, stored.hash));
         Ok(event)
     }
+}
+
+/// A handoff as its task's history tells it, so stores keep no record of
+/// their own beside the events. The handoff is open in the rows of the
+/// events that leave the task waiting with it (the handoff itself and any
+/// re-offer); the first later event that names it settles it: a claim
+/// accepts it (by the claiming agent, at the new epoch), a cancel cancels
+/// it, a reroute or escalation ends it at the stage the task moved to.
+pub fn handoff_from_history(events: &[Event], id: HandoffId) -> Option<Handoff> {
+    let mut found: Option<Handoff> = None;
+    for e in events {
+        if let TaskState::Waiting { handoff: Some(h), .. } = &e.after.state
+            && h.id == id
+        {
+            found = Some(h.clone());
+            continue;
+        }
+        let Some(open) = found.as_ref().filter(|h| h.outcome == HandoffOutcome::Pending) else { continue };
+        if e.handoff != Some(id) {
+            continue;
+        }
+        let outcome = match (&e.kind, &e.actor) {
+            (EventKind::Claimed, Actor::Agent(by)) => {
+                HandoffOutcome::Accepted { by: by.clone(), at: e.at, epoch: e.after.epoch }
+            }
+            (EventKind::Cancelled, _) => HandoffOutcome::Cancelled { at: e.at },
+            (EventKind::Rerouted, _) => HandoffOutcome::Rerouted { to: e.after.stage.clone(), at: e.at },
+            _ => HandoffOutcome::Escalated { to: e.after.stage.clone(), at: e.at },
+        };
+        found = Some(Handoff { outcome, ..open.clone() });
+    }
+    found
 }
 
 /// Decodes a task's stored events, `rows` in version order from version 1

@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::leader::{self, Duty};
 use crate::rows::{json, limit, task_and_head};
 use baton_core::auth::{Principal, TokenRecord};
-use baton_core::event::{decode_chain, decode_page, fold_base};
+use baton_core::event::{decode_chain, decode_page, fold_base, handoff_from_history};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::workflow::Workflow;
@@ -127,8 +127,11 @@ pub(crate) async fn history_before(
 
 pub(crate) async fn handoff(pool: Pool, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
     let c = conn(&pool).await?;
-    let st = c.prepare_cached("SELECT body FROM handoffs WHERE id = $1").await?;
-    c.query_opt(&st, &[&id.0]).await?.map(|row| json(&row, 0)).transpose()
+    let st = c.prepare_cached("SELECT task FROM handoff_tasks WHERE id = $1").await?;
+    let Some(row) = c.query_opt(&st, &[&id.0]).await? else { return Ok(None) };
+    let task = TaskId(row.try_get(0)?);
+    let events = decode_chain(task, &event_rows(&c, task, 1, u64::MAX).await?)?;
+    Ok(handoff_from_history(&events, id))
 }
 
 pub(crate) async fn next_due(pool: Pool) -> Result<Option<Millis>, StoreError> {

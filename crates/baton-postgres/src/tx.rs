@@ -37,8 +37,8 @@ use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::workflow::Workflow;
 use baton_core::{
-    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
-    RequestRecord, StageName, Task, TaskId,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, HandoffOutcome, Hash, Millis, OpOutcome,
+    RequestKey, RequestRecord, StageName, Task, TaskId,
 };
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -149,8 +149,7 @@ const ADD_STAGE_COUNTS: &str = "INSERT INTO stage_counts (stage, slot, live, rea
 /// slots: O(stages x slots) rows at most.
 pub(crate) const STAGE_COUNT_SLOTS: i32 = 64;
 
-const PUT_HANDOFF: &str = "INSERT INTO handoffs (id, task, body) VALUES ($1, $2, $3)
-    ON CONFLICT (id) DO UPDATE SET body = excluded.body";
+const PUT_HANDOFF: &str = "INSERT INTO handoff_tasks (id, task) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
 const PUT_ALERT: &str = "INSERT INTO alerts (task, at, body) VALUES ($1, $2, $3)";
 const SAVE_REQUEST: &str = "INSERT INTO requests (principal, key, fingerprint, at, outcome)
     VALUES ($1, $2, $3, $4, $5)
@@ -769,9 +768,13 @@ impl Tx for PgTx<'_> {
         Ok(self.send(sql, params, true)? == 1)
     }
 
+    /// Only a new handoff is written, as its id and task: its record, and
+    /// its outcome when it settles, are read from the task's events.
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), StoreError> {
-        let body = serde_json::to_string(handoff)?;
-        self.write(PUT_HANDOFF, vec![Box::new(handoff.id.0), Box::new(handoff.task.0), Box::new(body)])
+        if handoff.outcome != HandoffOutcome::Pending {
+            return Ok(());
+        }
+        self.write(PUT_HANDOFF, vec![Box::new(handoff.id.0), Box::new(handoff.task.0)])
     }
 
     fn put_alert(&mut self, alert: &Alert) -> Result<(), StoreError> {

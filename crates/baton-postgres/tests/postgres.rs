@@ -132,7 +132,9 @@ fn migrating_an_older_schema_counts_its_live_tasks() {
     store.close();
     admin(&format!(
         "DROP TABLE {s}.stage_counts; ALTER TABLE {s}.tasks DROP COLUMN ready_since;
-         DELETE FROM {s}.schema_migrations WHERE version = 9;",
+         CREATE TABLE {s}.handoffs (id uuid PRIMARY KEY, task uuid NOT NULL, body text NOT NULL);
+         INSERT INTO {s}.handoffs SELECT id, task, '{{}}' FROM {s}.handoff_tasks; DROP TABLE {s}.handoff_tasks;
+         DELETE FROM {s}.schema_migrations WHERE version >= 9;",
         s = schema.name
     ));
     let store = PostgresStore::open(schema.options()).expect("reopen migrates");

@@ -14,7 +14,7 @@ use crate::oneshot;
 use crate::options::SqliteOptions;
 use crate::rows::{int, task_and_head};
 use crate::schema::open_reader;
-use baton_core::event::{decode_chain, decode_page, fold_base};
+use baton_core::event::{decode_chain, decode_page, fold_base, handoff_from_history};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, PushConfig, StageGauge};
 use baton_core::{
@@ -235,9 +235,12 @@ pub(crate) fn history_before(
 }
 
 pub(crate) fn handoff(conn: &Connection, id: HandoffId) -> Result<Option<Handoff>, StoreError> {
-    let mut st = conn.prepare_cached("SELECT body FROM handoffs WHERE id = ?1")?;
-    let body: Option<String> = st.query_row([id.0.as_bytes()], |r| r.get(0)).optional()?;
-    body.map(|b| serde_json::from_str(&b)).transpose().map_err(Into::into)
+    let mut st = conn.prepare_cached("SELECT task FROM handoff_tasks WHERE id = ?1")?;
+    let task: Option<Vec<u8>> = st.query_row([id.0.as_bytes()], |r| r.get(0)).optional()?;
+    let Some(task) = task else { return Ok(None) };
+    let task =
+        TaskId(uuid::Uuid::from_slice(&task).map_err(|e| StoreError::Row(format!("handoff task: {e}")))?);
+    Ok(handoff_from_history(&history(conn, task)?, id))
 }
 
 pub(crate) fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {

@@ -9,8 +9,8 @@ use baton_core::engine::{ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, Notice, PushConfig};
 use baton_core::{
-    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, Hash, Millis, OpOutcome, RequestKey,
-    RequestRecord, StageName, Task, TaskId, Workflow,
+    AgentId, Alert, Credential, Event, GaugeDeltas, Handoff, HandoffOutcome, Hash, Millis, OpOutcome,
+    RequestKey, RequestRecord, StageName, Task, TaskId, Workflow,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::cell::RefCell;
@@ -220,15 +220,18 @@ impl Tx for WriteTx<'_> {
         Ok(true)
     }
 
+    /// Only a new handoff is written, as its id and task: its record, and
+    /// its outcome when it settles, are read from the task's events.
     fn put_handoff(&mut self, handoff: &Handoff) -> Result<(), StoreError> {
+        if handoff.outcome != HandoffOutcome::Pending {
+            return Ok(());
+        }
         self.writes += 1;
-        let body = serde_json::to_string(handoff)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO handoffs (id, task, body) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                "INSERT INTO handoff_tasks (id, task) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
             )?
-            .execute(params![handoff.id.0.as_bytes(), handoff.task.0.as_bytes(), body])?;
+            .execute(params![handoff.id.0.as_bytes(), handoff.task.0.as_bytes()])?;
         Ok(())
     }
 

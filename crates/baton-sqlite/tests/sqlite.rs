@@ -584,6 +584,8 @@ fn migrating_an_older_file_counts_its_live_tasks() {
     let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
     conn.execute_batch(
         "DROP TABLE stage_counts; DROP INDEX tasks_ready_since; ALTER TABLE tasks DROP COLUMN ready_since;
+         CREATE TABLE handoffs (id BLOB NOT NULL PRIMARY KEY, task BLOB NOT NULL, body TEXT NOT NULL);
+         INSERT INTO handoffs SELECT id, task, '{}' FROM handoff_tasks; DROP TABLE handoff_tasks;
          PRAGMA user_version = 8;",
     )
     .expect("downgrade");

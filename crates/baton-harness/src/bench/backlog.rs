@@ -310,7 +310,7 @@ fn pg_size(
         let mut points = Vec::new();
         for held_snapshot in [false, true] {
             rt.block_on(admin.batch_execute(&format!(
-                "VACUUM ANALYZE {schema}.tasks, {schema}.events, {schema}.handoffs, {schema}.notices"
+                "VACUUM ANALYZE {schema}.tasks, {schema}.events, {schema}.handoff_tasks, {schema}.notices"
             )))
             .context("VACUUM")?;
             let holder = if held_snapshot {
