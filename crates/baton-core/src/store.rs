@@ -466,12 +466,17 @@ pub struct Skipped {
     pub capacity: u32,
 }
 
-/// A lease granted by a claim: the task as it is now held.
+/// A lease granted by a claim: the task as it is now held, and its payload,
+/// read in the claim's own transaction so the agent needs no second read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grant {
     pub task: Task,
     pub epoch: u64,
     pub lease_expires_at: Millis,
+    /// The task's payload (JSON text). Empty only in request records saved
+    /// before grants carried it; `engine::keyed` fills those in on replay.
+    #[serde(default)]
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -691,6 +691,7 @@ impl Batch<'_> {
                 timeout: self.timeout,
                 writes: 0,
                 prefetched: HashMap::new(),
+                payloads: HashMap::new(),
                 defer: !self.careful,
                 read_ahead: &mut *self.read_ahead,
                 scans: &mut *self.scans,

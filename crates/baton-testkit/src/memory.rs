@@ -700,6 +700,11 @@ impl Tx for MemTx<'_> {
         Ok(token_live && d.by_name.get(&credential.principal).is_some_and(Principal::is_live))
     }
 
+    fn payload(&mut self, id: TaskId) -> Result<String, MemError> {
+        let row = self.state.tasks.get(&id).ok_or_else(|| MemError(format!("task {id} has no payload")))?;
+        Ok(row.payload.clone())
+    }
+
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), MemError> {
         if self.state.tasks.contains_key(&task.id) {
             return Err(MemError(format!("task {} exists already", task.id)));

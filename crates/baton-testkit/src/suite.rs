@@ -116,6 +116,7 @@ macro_rules! store_suite {
             claim_max_and_claim_limits,
             claim_respects_leases_per_agent_max,
             claim_refused_midway_rolls_back_every_lease,
+            grants_carry_their_payloads,
             heartbeat_extends_the_lease,
             stale_epoch_gets_lease_lost_and_changes_nothing,
             other_agent_gets_not_holder,
@@ -1557,6 +1558,37 @@ pub fn claim_next_returns_the_next_leases_in_the_same_call<H: SuiteStore>() {
     let out6 = cx.act_next(&out5.next[0], handoff_to("c"), &["c"], 1);
     assert_eq!(out6.next.iter().map(|g| g.task.id).collect::<Vec<_>>(), vec![in_c]);
     assert!(cx.task(later).is_ready(), "the handed-off task waits in c for another agent");
+    cx.finish();
+}
+
+/// Every lease carries its task's payload, read in the claim's own
+/// transaction: a claim's, claim-next's, a claim of one named task's, and a
+/// keyed repeat's (the agent needs no second read).
+pub fn grants_carry_their_payloads<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let payloads: Vec<String> = (0..4).map(|i| format!(r#"{{"n":{i},"text":"task {i}"}}"#)).collect();
+    let ids: Vec<TaskId> = payloads.iter().map(|p| cx.submit(new_task("a", p)).task.id).collect();
+    let grants = cx.claim("alice", &["a"], 2);
+    assert_eq!(grants.iter().map(|g| g.task.id).collect::<Vec<_>>(), ids[..2]);
+    for (grant, payload) in grants.iter().zip(&payloads) {
+        assert_eq!(&grant.payload, payload);
+    }
+    let out = cx.act_next(&grants[0], complete(), &["a"], 1);
+    assert_eq!(out.next.len(), 1);
+    assert_eq!((out.next[0].task.id, &out.next[0].payload), (ids[2], &payloads[2]));
+    let only = ClaimRequest {
+        agent: agent("bob"),
+        stages: vec![stage("a")],
+        max: 1,
+        lease_ms: None,
+        only: Some(ids[3]),
+        credential: None,
+    };
+    let key = request_key("bob", "only", "POST /v1/claims");
+    let first = cx.execute(Op::Claim(only.clone()), &key);
+    let grants = first.clone().into_grants().expect("a claim");
+    assert_eq!((grants[0].task.id, &grants[0].payload), (ids[3], &payloads[3]));
+    cx.assert_replays(Op::Claim(only), &key, &first);
     cx.finish();
 }
 

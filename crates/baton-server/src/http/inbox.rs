@@ -150,7 +150,7 @@ pub async fn claim(
         return Err(not_claimable(&now));
     }
     state.tasks().notify(&task.id);
-    let mut leases = leases(&state, &grants).await?;
+    let mut leases = leases(&grants)?;
     Ok(Json(leases.remove(0)))
 }
 
@@ -432,7 +432,7 @@ async fn answer(state: &AppState, outcome: OpOutcome) -> Result<Json<api::ActRes
                 task: convert::task(&acted.task, None),
                 handoff_id: acted.handoff.map(|h| h.0),
                 children: acted.children.iter().map(|c| c.0).collect(),
-                next: leases(state, &acted.next).await?,
+                next: leases(&acted.next)?,
             }
         }
         OpOutcome::Cancel(task) => {

@@ -579,7 +579,7 @@ async fn act(
         task: convert::task(&outcome.task, None),
         handoff_id: outcome.handoff.map(|h| h.0),
         children: outcome.children.iter().map(|c| c.0).collect(),
-        next: leases(state, &outcome.next).await?,
+        next: leases(&outcome.next)?,
     }))
 }
 
