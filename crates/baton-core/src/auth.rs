@@ -6,9 +6,16 @@
 //! admins create principals and tokens. Tokens are random
 //! 256-bit secrets shown once; stores keep only their SHA-256 (a fast hash is
 //! right for full-entropy secrets; slow hashes are for passwords).
+//!
+//! The checks that depend on a task (`check_holder_call`, `check_cancel`)
+//! run in the engine, on the task its transaction loaded, so the server
+//! needs no read of its own before a call and a keyed retry is answered from
+//! its record before they run.
 
+use crate::command::Action;
 use crate::event::{Actor, Hash};
-use crate::ids::{Millis, StageName};
+use crate::ids::{AgentId, Millis, StageName};
+use crate::rejection::Rejection;
 use crate::store::StoreFuture;
 use crate::task::Task;
 use serde::{Deserialize, Serialize};
@@ -204,6 +211,69 @@ impl Principal {
     pub fn may_administer(&self) -> bool {
         self.role == Role::Admin
     }
+}
+
+impl Principal {
+    /// 403 `forbidden`: this principal's role may not `what`.
+    pub fn role_refusal(&self, what: &str) -> Rejection {
+        Rejection::Forbidden {
+            message: format!("principal {} has role {}, which may not {what}", self.name, self.role),
+        }
+    }
+}
+
+/// Whether `p` may make a holder call (`agent` at `epoch`, doing `action`)
+/// on `task` as its transaction loaded it; `human` says whether the task's
+/// stage is a human stage (its workflow's policy, or the global one).
+/// Refuses as a missing task when `p` may not see it, `forbidden` when an
+/// operator works outside human stages and its own, then fences the call
+/// (`lease_lost`, `not_holder`: a call that passes holds the task at this
+/// epoch, so the stage cannot change under it), and for a handoff or a
+/// spawn checks each route (`route_not_allowed`).
+pub fn check_holder_call(
+    p: &Principal,
+    task: &Task,
+    agent: &AgentId,
+    epoch: u64,
+    action: &Action,
+    human: bool,
+) -> Result<(), Rejection> {
+    if p.role == Role::Submitter {
+        return Err(p.role_refusal("work tasks"));
+    }
+    if !p.may_read(task) {
+        return Err(Rejection::TaskNotFound { task: task.id });
+    }
+    if p.role == Role::Operator && !p.may_claim(&task.stage, human) {
+        return Err(Rejection::Forbidden {
+            message: format!("principal {} may not work tasks in stage {}", p.name, task.stage),
+        });
+    }
+    crate::decide::fence(task, agent, epoch)?;
+    let targets: Vec<&StageName> = match action {
+        Action::Handoff { to_stage, .. } => vec![to_stage],
+        Action::Spawn { children, .. } => children.iter().map(|c| &c.stage).collect(),
+        _ => Vec::new(),
+    };
+    for to in targets {
+        if !p.may_route(&task.stage, to) {
+            return Err(Rejection::RouteNotAllowed { from: task.stage.clone(), to: to.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` may cancel `task`, or add a message to its history (`what`
+/// names the call in the refusal): operators and admins any task, a
+/// submitter its own (any other is missing to it), agents none.
+pub fn check_cancel(p: &Principal, task: &Task, what: &str) -> Result<(), Rejection> {
+    if p.role == Role::Agent {
+        return Err(p.role_refusal(what));
+    }
+    if !p.may_read(task) {
+        return Err(Rejection::TaskNotFound { task: task.id });
+    }
+    if p.may_cancel(task) { Ok(()) } else { Err(p.role_refusal(what)) }
 }
 
 /// Where principals and tokens are kept. Writes are durable before they resolve.

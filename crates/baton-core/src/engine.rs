@@ -580,6 +580,12 @@ fn claim_except<T: Tx>(
 pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
     let wf = workflow_of(tx, &task)?;
+    if let Some(caller) = &req.caller {
+        // Human stages: the global policies', and the task's workflow's.
+        let human =
+            cx.rules.policies.get(&task.stage).human || env(cx.rules, wf.as_ref()).policy(&task.stage).human;
+        crate::auth::check_holder_call(caller, &task, &req.agent, req.epoch, &req.action, human)?;
+    }
     let handoff_id = matches!(req.action, Action::Handoff { .. } | Action::Complete { .. })
         .then(|| HandoffId(tx.new_id()));
     let children: Vec<TaskId> = match &req.action {
@@ -625,6 +631,9 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
 
 pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    if let Some(caller) = &req.caller {
+        crate::auth::check_cancel(caller, &task, "cancel tasks")?;
+    }
     let wf = workflow_of(tx, &task)?;
     let command = Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() };
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
@@ -634,6 +643,9 @@ pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<T
 /// Adds a message to a live task's history (`Command::Comment`).
 pub fn comment<T: Tx>(tx: &mut T, req: &CommentRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    if let Some(caller) = &req.caller {
+        crate::auth::check_cancel(caller, &task, "add messages to tasks")?;
+    }
     let wf = workflow_of(tx, &task)?;
     let command =
         Command::Comment { actor: req.actor.clone(), note: req.note.clone(), findings: req.findings.clone() };

@@ -56,6 +56,10 @@ pub enum Rejection {
     /// claim's own transaction, so no lease goes to a revoked caller.
     #[error("the caller's token or principal is revoked; ask an admin for a new token")]
     Revoked,
+    /// The caller's principal may not make this call (its role, or the
+    /// task's stage): `crate::auth` says which and why.
+    #[error("{message}")]
+    Forbidden { message: String },
 }
 
 impl Rejection {
@@ -71,7 +75,7 @@ impl Rejection {
             Self::TaskNotFound { .. } | Self::HandoffNotFound { .. } | Self::WorkflowNotFound { .. } => {
                 "not_found"
             }
-            Self::AgentNotAllowed { .. } => "forbidden",
+            Self::AgentNotAllowed { .. } | Self::Forbidden { .. } => "forbidden",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotDue { .. } => "not_due",

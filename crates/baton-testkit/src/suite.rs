@@ -117,6 +117,7 @@ macro_rules! store_suite {
             claim_respects_leases_per_agent_max,
             claim_refused_midway_rolls_back_every_lease,
             grants_carry_their_payloads,
+            calls_are_checked_against_their_caller,
             heartbeat_extends_the_lease,
             stale_epoch_gets_lease_lost_and_changes_nothing,
             other_agent_gets_not_holder,
@@ -416,7 +417,14 @@ impl<H: SuiteStore> Case<H> {
         action: Action,
         claim_next: Option<ClaimNext>,
     ) -> Result<ActOutcome, Error> {
-        block_on(self.store().act(ActRequest { task, agent: AgentId::new(agent), epoch, action, claim_next }))
+        block_on(self.store().act(ActRequest {
+            task,
+            agent: AgentId::new(agent),
+            epoch,
+            action,
+            claim_next,
+            caller: None,
+        }))
     }
 
     #[track_caller]
@@ -436,6 +444,7 @@ impl<H: SuiteStore> Case<H> {
             task,
             actor: Actor::Principal("operator".into()),
             reason: reason.into(),
+            caller: None,
         }))
     }
 
@@ -644,6 +653,7 @@ pub fn act_op(grant: &Grant, action: Action) -> Op {
         epoch: grant.epoch,
         action,
         claim_next: None,
+        caller: None,
     })
 }
 
@@ -1592,6 +1602,83 @@ pub fn grants_carry_their_payloads<H: SuiteStore>() {
     cx.finish();
 }
 
+/// With a `caller`, the engine checks the principal against the task its
+/// own transaction loaded, with the codes the API answers: a task the caller
+/// may not see is missing, an operator works only human stages (and its
+/// own), the fence comes before the routes, a submitter cancels and
+/// messages only its own tasks. Every refusal changes nothing, and a keyed
+/// repeat of an accepted call gets its first answer after the task moved on.
+pub fn calls_are_checked_against_their_caller<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let alice = principal("alice", Role::Agent, &["a"], &[("a", "b")]);
+    let bob = principal("bob", Role::Agent, &["a"], &[]);
+    let elsewhere = principal("eve", Role::Agent, &["z"], &[]);
+    let operator = principal("olga", Role::Operator, &[], &[]);
+    let submitter = principal("sam", Role::Submitter, &[], &[]);
+    let act = |grant: &Grant, who: &Principal, action: Action| {
+        Op::Act(ActRequest {
+            task: grant.task.id,
+            agent: agent(&who.name),
+            epoch: grant.epoch,
+            action,
+            claim_next: None,
+            caller: Some(who.clone()),
+        })
+    };
+    let refused_quietly = |op: Op, code: &str| {
+        let before = cx.snapshot();
+        refused(cx.try_execute(op, None), code);
+        assert_eq!(cx.snapshot(), before, "a refused {code} changed the store");
+    };
+    cx.submit_to("a");
+    let grant = cx.claim_one("alice", "a");
+    refused_quietly(act(&grant, &elsewhere, heartbeat(None)), "not_found");
+    let missing = refused(cx.try_execute(act(&grant, &elsewhere, complete()), None), "not_found");
+    assert_eq!(missing, Rejection::TaskNotFound { task: grant.task.id }, "the body of a missing task");
+    refused_quietly(act(&grant, &bob, heartbeat(None)), "not_holder");
+    refused_quietly(act(&grant, &operator, heartbeat(None)), "forbidden");
+    refused_quietly(act(&grant, &submitter, heartbeat(None)), "forbidden");
+    refused_quietly(act(&grant, &alice, handoff_to("c")), "route_not_allowed");
+    let stale = Grant { epoch: grant.epoch + 1, ..grant.clone() };
+    refused_quietly(act(&stale, &alice, handoff_to("c")), "lease_lost");
+    // Accepted along its route; a keyed repeat after the task moved on.
+    let key = request_key("alice", "handoff-1", "POST /v1/tasks/{id}/handoff");
+    let first = cx.execute(act(&grant, &alice, handoff_to("b")), &key);
+    cx.assert_replays(act(&grant, &alice, handoff_to("b")), &key, &first);
+    // An operator works tasks in human stages.
+    let escalated = cx.submit_to(HUMANS);
+    let held = cx.claim_one("olga", HUMANS);
+    assert_eq!(held.task.id, escalated.id);
+    ok(cx.try_execute(act(&held, &operator, heartbeat(None)), None));
+    // A submitter cancels and messages only what it submitted.
+    let own = cx.submit(NewTask { submitter: Actor::Principal("sam".into()), ..new_task("a", "{}") }).task;
+    let other = cx.submit_to("a");
+    let cancel = |task: TaskId, who: &Principal| {
+        Op::Cancel(CancelRequest {
+            task,
+            actor: Actor::Principal(who.name.clone()),
+            reason: "no longer needed".into(),
+            caller: Some(who.clone()),
+        })
+    };
+    let comment = |task: TaskId, who: &Principal| {
+        Op::Comment(baton_core::CommentRequest {
+            task,
+            actor: Actor::Principal(who.name.clone()),
+            note: "a note".into(),
+            findings: None,
+            caller: Some(who.clone()),
+        })
+    };
+    refused_quietly(cancel(other.id, &submitter), "not_found");
+    refused_quietly(comment(other.id, &submitter), "not_found");
+    refused_quietly(cancel(other.id, &alice), "forbidden");
+    ok(cx.try_execute(comment(own.id, &submitter), None));
+    ok(cx.try_execute(cancel(own.id, &submitter), None));
+    ok(cx.try_execute(cancel(other.id, &operator), None));
+    cx.finish();
+}
+
 // ---------------------------------------------------------------- reads
 
 /// `list` pages by id with a cursor (no task twice, none missed), filters by
@@ -1878,6 +1965,7 @@ pub fn keyed_repeat_returns_the_first_outcome_and_writes_nothing<H: SuiteStore>(
         task: other.id,
         actor: Actor::Principal("operator".into()),
         reason: "duplicate".into(),
+        caller: None,
     });
     let key = request_key("operator", "cancel-1", "POST /v1/tasks/{id}/cancel");
     let first = cx.execute(cancel.clone(), &key);
@@ -1945,8 +2033,12 @@ pub fn keyed_refusals_and_empty_claims_are_judged_afresh<H: SuiteStore>() {
     // A refused call leaves its key free for another request.
     let key = request_key("w", "cancel-1", "cancel unknown");
     let unknown = TaskId(uuid::Uuid::now_v7());
-    let cancel =
-        Op::Cancel(CancelRequest { task: unknown, actor: Actor::Principal("w".into()), reason: "x".into() });
+    let cancel = Op::Cancel(CancelRequest {
+        task: unknown,
+        actor: Actor::Principal("w".into()),
+        reason: "x".into(),
+        caller: None,
+    });
     cx.refuses("not_found", |cx| cx.try_execute(cancel, Some(key.clone())));
     let other = RequestKey { fingerprint: Hash::of(b"submit a"), ..key };
     assert!(cx.execute(submit_op("a"), &other).into_submitted().expect("submitted").created);
@@ -2323,6 +2415,7 @@ pub fn revoked_credentials_get_no_lease<H: SuiteStore>() {
             lease_ms: None,
             credential: credential(&live),
         }),
+        caller: None,
     });
     let acted = ok(block_on(cx.store().execute(act, None))).into_acted().expect("acted");
     assert!(acted.next.is_empty(), "claim-next leased {:?} to a revoked principal", acted.next);

@@ -228,6 +228,7 @@ impl From<Rejection> for ApiError {
                 (ErrorCode::Forbidden, json!({ "stage": stage, "agent": agent }))
             }
             Rejection::Revoked => (ErrorCode::Unauthenticated, json!({})),
+            Rejection::Forbidden { .. } => (ErrorCode::Forbidden, json!({})),
             Rejection::NotDue { .. } => {
                 // The engine keeps `not_due` inside the timer sweep; one here is a bug.
                 tracing::error!(%rejection, "a timer refusal reached the API");
