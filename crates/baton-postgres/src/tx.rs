@@ -457,6 +457,9 @@ pub(crate) struct PgTx<'w> {
     /// how many each read asked for.
     pub ready_ahead: HashMap<StageName, Vec<Row>>,
     pub ready_ahead_limit: usize,
+    /// This replica's name and its singleton duties' lease, for the purge
+    /// of request records, which only the duty's holder runs.
+    pub duty: (&'w str, Millis),
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
