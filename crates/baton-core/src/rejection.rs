@@ -60,6 +60,9 @@ pub enum Rejection {
     /// task's stage): `crate::auth` says which and why.
     #[error("{message}")]
     Forbidden { message: String },
+    /// Revoking this principal would leave no live admin.
+    #[error("{name} is the last live admin; create another admin before revoking it")]
+    LastAdmin { name: String },
 }
 
 impl Rejection {
@@ -68,7 +71,7 @@ impl Rejection {
         match self {
             Self::LeaseLost { .. } => "lease_lost",
             Self::NotHolder { .. } => "not_holder",
-            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::InvalidTransition { .. } | Self::LastAdmin { .. } => "invalid_transition",
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::TooManyLeases { .. } => "too_many_leases",

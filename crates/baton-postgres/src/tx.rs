@@ -572,6 +572,14 @@ impl PgTx<'_> {
         self.query_opt(LOCK, &[&key]).map(drop)
     }
 
+    /// Takes the transaction-scoped advisory lock every directory write takes
+    /// first, so what one checks (how many live admins there are, above
+    /// all) cannot change under it from another writer or replica.
+    pub(crate) fn lock_directory(&mut self) -> Result<(), StoreError> {
+        let key = format!("baton.directory.{}", self.session.lock_scope);
+        self.query_opt(LOCK, &[&key]).map(drop)
+    }
+
     /// Takes a transaction-scoped advisory lock on `key`, then runs `sql`:
     /// one round trip, the query's snapshot taken after the lock is held.
     fn locked_query(

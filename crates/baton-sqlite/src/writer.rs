@@ -330,17 +330,15 @@ struct Batch<'w> {
     counters: &'w Counters,
 }
 
-impl Batch<'_> {
-    fn exec(&self, sql: &str, during: &'static str) -> Result<(), Halt<FatalError>> {
-        exec(self.conn, sql).map_err(|e| {
-            if is_full(&e) {
-                Halt::Full(e.to_string())
-            } else if is_fatal(&e) {
-                Halt::Fatal(fatal(during, &e))
-            } else {
-                Halt::Lost(format!("the SQLite store lost the transaction: {e}"))
-            }
-        })
+/// What a failed statement means for the batch: a full disk, an error that
+/// stops the process, or (`lost` says how) a transaction lost.
+fn halt(e: &rusqlite::Error, during: &'static str, lost: &str) -> Halt<FatalError> {
+    if is_full(e) {
+        Halt::Full(e.to_string())
+    } else if is_fatal(e) {
+        Halt::Fatal(fatal(during, e))
+    } else {
+        Halt::Lost(format!("{lost}: {e}"))
     }
 }
 
@@ -360,17 +358,10 @@ impl Backend for Batch<'_> {
     const FAILURE_ABORTS: bool = false;
 
     fn begin(&mut self, _ops: &[Op], _careful: bool) -> Result<Millis, Halt<FatalError>> {
-        exec(self.conn, "BEGIN IMMEDIATE").map_err(|e| {
-            if is_full(&e) {
-                Halt::Full(e.to_string())
-            } else if is_fatal(&e) {
-                Halt::Fatal(fatal("begin", &e))
-            } else {
-                // Another process held the lock past busy_timeout: nothing
-                // was written.
-                Halt::Lost(format!("the SQLite store could not begin a transaction: {e}"))
-            }
-        })?;
+        // Not full or fatal: another process held the lock past
+        // busy_timeout, and nothing was written.
+        exec(self.conn, "BEGIN IMMEDIATE")
+            .map_err(|e| halt(&e, "begin", "the SQLite store could not begin a transaction"))?;
         Ok(self.now)
     }
 
@@ -408,7 +399,7 @@ impl Backend for Batch<'_> {
             Savepoint::Release => "RELEASE op",
             Savepoint::RollbackTo => "ROLLBACK TO op",
         };
-        self.exec(sql, "savepoint")
+        exec(self.conn, sql).map_err(|e| halt(&e, "savepoint", "the SQLite store lost the transaction"))
     }
 
     fn rollback(&mut self) -> Result<(), Halt<FatalError>> {
@@ -425,13 +416,7 @@ impl Backend for Batch<'_> {
         // The kept operations' counter deltas, summed: one write per stage
         // they changed, in the batch's transaction.
         crate::tx::apply_gauges(self.conn, gauges).map_err(|e| {
-            if is_full(&e) {
-                Halt::Full(e.to_string())
-            } else if is_fatal(&e) {
-                Halt::Fatal(fatal("stage counters", &e))
-            } else {
-                Halt::Lost(format!("the SQLite store could not update its stage counters: {e}"))
-            }
+            halt(&e, "stage counters", "the SQLite store could not update its stage counters")
         })?;
         exec(self.conn, "COMMIT").map_err(|e| {
             if is_full(&e) {

@@ -14,9 +14,8 @@
 //! tasks per stage in claim order, live tasks by due time, leases per agent
 //! and per stage), kept in step with every insert, update and rollback.
 
-use baton_core::Rejection;
 use baton_core::Workflow;
-use baton_core::auth::{Directory, Principal, TokenRecord};
+use baton_core::auth::{self, Directory, Principal, Role, TokenRecord};
 use baton_core::batch::{self, Backend, Class, Halt, Savepoint};
 use baton_core::engine::{self, Ctx, Fail, ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
@@ -999,8 +998,9 @@ impl Tx for MemTx<'_> {
 // ---------------------------------------------------------------- directory
 
 /// The memory store's principals and tokens (`baton_core::auth::Directory`):
-/// the same refusals as every store (a taken name, a token for a principal
-/// that does not exist or is revoked), checked by the conformance suite.
+/// the same refusals as every store, decided by `baton_core::auth` (a taken
+/// name, a token for a principal that does not exist or is revoked, the last
+/// live admin) under the directory's one mutex.
 #[derive(Debug, Default)]
 struct Principals {
     by_name: BTreeMap<String, Principal>,
@@ -1016,9 +1016,8 @@ impl MemoryStore {
 impl Directory for MemoryStore {
     fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()> {
         let mut d = self.principals_lock();
-        if d.by_name.contains_key(&principal.name) {
-            let problem = format!("a principal named {:?} exists already", principal.name);
-            return answer(Err(Rejection::invalid("name", problem).into()));
+        if let Err(refused) = auth::check_add_principal(d.by_name.get(&principal.name), &principal) {
+            return answer(Err(refused.into()));
         }
         d.by_name.insert(principal.name.clone(), principal);
         answer(Ok(()))
@@ -1034,8 +1033,15 @@ impl Directory for MemoryStore {
 
     fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool> {
         let mut d = self.principals_lock();
-        let Some(principal) = d.by_name.get_mut(name) else { return answer(Ok(false)) };
-        principal.revoked_at.get_or_insert(at);
+        let live_admins = d.by_name.values().filter(|p| p.role == Role::Admin && p.is_live()).count();
+        match auth::check_revoke_principal(d.by_name.get(name), live_admins as u64) {
+            Ok(true) => {}
+            Ok(false) => return answer(Ok(false)),
+            Err(refused) => return answer(Err(refused.into())),
+        }
+        if let Some(principal) = d.by_name.get_mut(name) {
+            principal.revoked_at.get_or_insert(at);
+        }
         for token in d.tokens.values_mut().filter(|t| t.principal == name) {
             token.revoked_at.get_or_insert(at);
         }
@@ -1044,18 +1050,9 @@ impl Directory for MemoryStore {
 
     fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()> {
         let mut d = self.principals_lock();
-        let problem = match d.by_name.get(&token.principal) {
-            None => Some(("principal", format!("no principal is named {:?}", token.principal))),
-            Some(p) if !p.is_live() => {
-                Some(("principal", format!("principal {:?} is revoked", token.principal)))
-            }
-            Some(_) if d.tokens.contains_key(&token.id) => {
-                Some(("id", "a token with this id exists already".to_owned()))
-            }
-            Some(_) => None,
-        };
-        if let Some((field, problem)) = problem {
-            return answer(Err(Rejection::invalid(field, problem).into()));
+        let id_taken = d.tokens.contains_key(&token.id);
+        if let Err(refused) = auth::check_add_token(d.by_name.get(&token.principal), id_taken, &token) {
+            return answer(Err(refused.into()));
         }
         d.tokens.insert(token.id.clone(), token);
         answer(Ok(()))

@@ -150,6 +150,7 @@ macro_rules! store_suite {
             random_walk_keeps_the_invariants,
             directory_keeps_principals_and_tokens,
             directory_refuses_what_would_break_it,
+            directory_keeps_a_live_admin,
             directory_revocation_reaches_every_token,
             directory_survives_reopen,
             revoked_credentials_get_no_lease,
@@ -2326,6 +2327,56 @@ pub fn directory_refuses_what_would_break_it<H: SuiteStore>() {
     let same_id = TokenRecord { secret_hash: baton_core::Hash::of(b"another secret"), ..token };
     assert_field(&refused(add_token(&cx, &same_id), "invalid_request"), "id");
     assert_eq!(directory(&cx), before, "refused directory writes changed nothing");
+    cx.finish();
+}
+
+/// The last live admin cannot be revoked (`invalid_transition`, nothing
+/// changes), and two revocations of the last two admins made at the same
+/// time never both pass: in each of several rounds exactly one goes
+/// through and one live admin remains. Revoking an admin already revoked,
+/// or any other principal, is not affected.
+pub fn directory_keeps_a_live_admin<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let live_admins = |cx: &Case<H>| -> Vec<String> {
+        directory(cx).0.into_iter().filter(|p| p.role == Role::Admin && p.is_live()).map(|p| p.name).collect()
+    };
+    ok(add_principal(&cx, &principal("root", Role::Admin, &[], &[])));
+    ok(add_principal(&cx, &principal("worker", Role::Agent, &["a"], &[])));
+    let before = directory(&cx);
+    let last = refused(block_on(cx.store().revoke_principal("root", T0 + 1)), "invalid_transition");
+    assert_eq!(last, Rejection::LastAdmin { name: "root".into() });
+    assert_eq!(directory(&cx), before, "a refused revocation changed nothing");
+    let mut survivor = "root".to_owned();
+    for round in 0..6 {
+        let other = format!("admin-{round}");
+        ok(add_principal(&cx, &principal(&other, Role::Admin, &[], &[])));
+        let barrier = std::sync::Barrier::new(2);
+        let store = cx.store();
+        let answers: Vec<Result<bool, Error>> = std::thread::scope(|scope| {
+            let revoke = |name: String| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    block_on(store.revoke_principal(&name, T0 + 2))
+                })
+            };
+            let first = revoke(survivor.clone());
+            let second = revoke(other.clone());
+            [first, second].into_iter().map(|h| h.join().expect("a revocation thread")).collect()
+        });
+        let passed = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+        let refused_last =
+            answers.iter().filter(|a| matches!(a, Err(Error::Rejected(Rejection::LastAdmin { .. })))).count();
+        assert_eq!((passed, refused_last), (1, 1), "round {round}: {answers:?}");
+        let live = live_admins(&cx);
+        assert_eq!(live.len(), 1, "round {round}: one live admin remains, not {live:?}");
+        survivor = live[0].clone();
+    }
+    // Neither is the survivor: an admin revoked before is revoked again.
+    let gone = if survivor == "root" { "admin-0" } else { "root" };
+    assert!(ok(block_on(cx.store().revoke_principal(gone, T0 + 3))));
+    assert!(ok(block_on(cx.store().revoke_principal("worker", T0 + 3))));
+    assert_eq!(live_admins(&cx), vec![survivor]);
     cx.finish();
 }
 

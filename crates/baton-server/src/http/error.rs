@@ -229,6 +229,7 @@ impl From<Rejection> for ApiError {
             }
             Rejection::Revoked => (ErrorCode::Unauthenticated, json!({})),
             Rejection::Forbidden { .. } => (ErrorCode::Forbidden, json!({})),
+            Rejection::LastAdmin { name } => (ErrorCode::InvalidTransition, json!({ "principal": name })),
             Rejection::NotDue { .. } => {
                 // The engine keeps `not_due` inside the timer sweep; one here is a bug.
                 tracing::error!(%rejection, "a timer refusal reached the API");
