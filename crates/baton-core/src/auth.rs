@@ -6,9 +6,21 @@
 //! admins create principals and tokens. Tokens are random
 //! 256-bit secrets shown once; stores keep only their SHA-256 (a fast hash is
 //! right for full-entropy secrets; slow hashes are for passwords).
+//!
+//! The directory's own rules (a name is never reused, a token only for a
+//! live principal, the last live admin stays) are decided here too
+//! (`check_add_principal`, `check_add_token`, `check_revoke_principal`),
+//! over what a store loaded; stores load, lock, and persist.
+//!
+//! The checks that depend on a task (`check_holder_call`, `check_cancel`)
+//! run in the engine, on the task its transaction loaded, so the server
+//! needs no read of its own before a call and a keyed retry is answered from
+//! its record before they run.
 
+use crate::command::Action;
 use crate::event::{Actor, Hash};
-use crate::ids::{Millis, StageName};
+use crate::ids::{AgentId, Millis, StageName};
+use crate::rejection::Rejection;
 use crate::store::StoreFuture;
 use crate::task::Task;
 use serde::{Deserialize, Serialize};
@@ -206,14 +218,127 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// 403 `forbidden`: this principal's role may not `what`.
+    pub fn role_refusal(&self, what: &str) -> Rejection {
+        Rejection::Forbidden {
+            message: format!("principal {} has role {}, which may not {what}", self.name, self.role),
+        }
+    }
+}
+
+/// Whether `p` may make a holder call (`agent` at `epoch`, doing `action`)
+/// on `task` as its transaction loaded it; `human` says whether the task's
+/// stage is a human stage (its workflow's policy, or the global one).
+/// Refuses as a missing task when `p` may not see it, `forbidden` when an
+/// operator works outside human stages and its own, then fences the call
+/// (`lease_lost`, `not_holder`: a call that passes holds the task at this
+/// epoch, so the stage cannot change under it), and for a handoff or a
+/// spawn checks each route (`route_not_allowed`).
+pub fn check_holder_call(
+    p: &Principal,
+    task: &Task,
+    agent: &AgentId,
+    epoch: u64,
+    action: &Action,
+    human: bool,
+) -> Result<(), Rejection> {
+    if p.role == Role::Submitter {
+        return Err(p.role_refusal("work tasks"));
+    }
+    if !p.may_read(task) {
+        return Err(Rejection::TaskNotFound { task: task.id });
+    }
+    if p.role == Role::Operator && !p.may_claim(&task.stage, human) {
+        return Err(Rejection::Forbidden {
+            message: format!("principal {} may not work tasks in stage {}", p.name, task.stage),
+        });
+    }
+    crate::decide::fence(task, agent, epoch)?;
+    let targets: Vec<&StageName> = match action {
+        Action::Handoff { to_stage, .. } => vec![to_stage],
+        Action::Spawn { children, .. } => children.iter().map(|c| &c.stage).collect(),
+        _ => Vec::new(),
+    };
+    for to in targets {
+        if !p.may_route(&task.stage, to) {
+            return Err(Rejection::RouteNotAllowed { from: task.stage.clone(), to: to.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` may cancel `task`, or add a message to its history (`what`
+/// names the call in the refusal): operators and admins any task, a
+/// submitter its own (any other is missing to it), agents none.
+pub fn check_cancel(p: &Principal, task: &Task, what: &str) -> Result<(), Rejection> {
+    if p.role == Role::Agent {
+        return Err(p.role_refusal(what));
+    }
+    if !p.may_read(task) {
+        return Err(Rejection::TaskNotFound { task: task.id });
+    }
+    if p.may_cancel(task) { Ok(()) } else { Err(p.role_refusal(what)) }
+}
+
+/// Adding `new` to the directory, given the principal of that name the store
+/// found (live or revoked): names are never reused, so a taken name is
+/// refused (`invalid_request` on `name`).
+pub fn check_add_principal(existing: Option<&Principal>, new: &Principal) -> Result<(), Rejection> {
+    match existing {
+        Some(_) => {
+            Err(Rejection::invalid("name", format!("a principal named {:?} exists already", new.name)))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Adding `token`, given its principal as the store found it and whether a
+/// token with its id exists: tokens are minted only for an existing, live
+/// principal, and ids are never reused (`invalid_request`).
+pub fn check_add_token(
+    owner: Option<&Principal>,
+    id_taken: bool,
+    token: &TokenRecord,
+) -> Result<(), Rejection> {
+    match owner {
+        None => Err(Rejection::invalid("principal", format!("no principal is named {:?}", token.principal))),
+        Some(p) if !p.is_live() => {
+            Err(Rejection::invalid("principal", format!("principal {:?} is revoked", token.principal)))
+        }
+        Some(_) if id_taken => Err(Rejection::invalid("id", "a token with this id exists already")),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Revoking `target` (as the store found it, `None` when there is no such
+/// principal), given how many live admins there are: whether there is
+/// anything to revoke, or a refusal (`invalid_transition`) when it is the
+/// last live admin, so the directory always keeps one who can administer
+/// it. The store must count under a lock every directory write takes, so
+/// two revocations of the last two admins cannot both pass.
+pub fn check_revoke_principal(target: Option<&Principal>, live_admins: u64) -> Result<bool, Rejection> {
+    match target {
+        None => Ok(false),
+        Some(p) if p.role == Role::Admin && p.is_live() && live_admins <= 1 => {
+            Err(Rejection::LastAdmin { name: p.name.clone() })
+        }
+        Some(_) => Ok(true),
+    }
+}
+
 /// Where principals and tokens are kept. Writes are durable before they resolve.
 pub trait Directory: Send + Sync + 'static {
-    /// Creates a principal; refuses (`invalid_request`) if the name is taken.
+    /// Creates a principal; refuses (`invalid_request`) if the name is taken
+    /// (`check_add_principal`).
     fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()>;
     fn principal(&self, name: &str) -> StoreFuture<'_, Option<Principal>>;
     fn principals(&self) -> StoreFuture<'_, Vec<Principal>>;
-    /// Revokes a principal and every token it has.
+    /// Revokes a principal and every token it has; false when there is no
+    /// such principal. Refuses the last live admin (`check_revoke_principal`,
+    /// decided under a lock every directory write takes).
     fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool>;
+    /// Stores a token for a live principal (`check_add_token`).
     fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()>;
     fn token(&self, id: &str) -> StoreFuture<'_, Option<TokenRecord>>;
     fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>>;

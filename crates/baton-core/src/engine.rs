@@ -89,6 +89,9 @@ pub trait Tx {
     /// agent, so a store that locks the agent there (PostgreSQL, whose
     /// revocations take the same lock) orders it against revocations.
     fn credential_live(&mut self, credential: &Credential) -> Result<bool, Self::Error>;
+    /// The payload of an existing task (payloads never change). Asked for
+    /// each task a claim grants, inside the claim's transaction.
+    fn payload(&mut self, id: TaskId) -> Result<String, Self::Error>;
     /// Writes a new task, its payload and its first event.
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), Self::Error>;
     /// Saves a task if its stored revision is still `task.revision - 1`, with
@@ -219,7 +222,9 @@ pub fn keyed<T: Tx>(
         && cx.now.saturating_sub(record.at) < limits.request_key_ttl_ms
     {
         if record.fingerprint == key.fingerprint {
-            return Ok(record.outcome);
+            let mut outcome = record.outcome;
+            fill_payloads(tx, &mut outcome)?;
+            return Ok(outcome);
         }
         return Err(Rejection::IdempotencyConflict { key: key.key.clone() }.into());
     }
@@ -229,6 +234,20 @@ pub fn keyed<T: Tx>(
         st(tx.save_request(key, &outcome, cx.now))?;
     }
     Ok(outcome)
+}
+
+/// Gives the grants of a replayed outcome their payloads when its record
+/// was saved before grants carried them (payloads never change).
+fn fill_payloads<T: Tx>(tx: &mut T, outcome: &mut OpOutcome) -> Res<(), T::Error> {
+    let grants = match outcome {
+        OpOutcome::Claim(claimed) => &mut claimed.grants,
+        OpOutcome::Act(acted) => &mut acted.next,
+        _ => return Ok(()),
+    };
+    for grant in grants.iter_mut().filter(|g| g.payload.is_empty()) {
+        grant.payload = st(tx.payload(grant.task.id))?;
+    }
+    Ok(())
 }
 
 /// Runs one operation, without a key.
@@ -546,7 +565,13 @@ fn claim_except<T: Tx>(
     for (before, change, head, wf) in changes {
         let task = apply(tx, &before, change, head, wf.as_ref(), cx)?;
         let TaskState::Held { lease } = &task.state else { unreachable!("a claim leaves the task held") };
-        grants.push(Grant { epoch: lease.epoch, lease_expires_at: lease.expires_at, task: task.clone() });
+        let payload = st(tx.payload(task.id))?;
+        grants.push(Grant {
+            epoch: lease.epoch,
+            lease_expires_at: lease.expires_at,
+            task: task.clone(),
+            payload,
+        });
     }
     Ok(Claimed { grants, skipped })
 }
@@ -555,6 +580,12 @@ fn claim_except<T: Tx>(
 pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutcome, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
     let wf = workflow_of(tx, &task)?;
+    if let Some(caller) = &req.caller {
+        // Human stages: the global policies', and the task's workflow's.
+        let human =
+            cx.rules.policies.get(&task.stage).human || env(cx.rules, wf.as_ref()).policy(&task.stage).human;
+        crate::auth::check_holder_call(caller, &task, &req.agent, req.epoch, &req.action, human)?;
+    }
     let handoff_id = matches!(req.action, Action::Handoff { .. } | Action::Complete { .. })
         .then(|| HandoffId(tx.new_id()));
     let children: Vec<TaskId> = match &req.action {
@@ -600,6 +631,9 @@ pub fn act<T: Tx>(tx: &mut T, req: &ActRequest, cx: &mut Ctx<'_>) -> Res<ActOutc
 
 pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    if let Some(caller) = &req.caller {
+        crate::auth::check_cancel(caller, &task, "cancel tasks")?;
+    }
     let wf = workflow_of(tx, &task)?;
     let command = Command::Cancel { actor: req.actor.clone(), reason: req.reason.clone() };
     let change = decide_in(&task, &command, env(cx.rules, wf.as_ref()), cx.now)?;
@@ -609,6 +643,9 @@ pub fn cancel<T: Tx>(tx: &mut T, req: &CancelRequest, cx: &mut Ctx<'_>) -> Res<T
 /// Adds a message to a live task's history (`Command::Comment`).
 pub fn comment<T: Tx>(tx: &mut T, req: &CommentRequest, cx: &mut Ctx<'_>) -> Res<Task, T::Error> {
     let (task, head) = st(tx.load(req.task))?.ok_or(Rejection::TaskNotFound { task: req.task })?;
+    if let Some(caller) = &req.caller {
+        crate::auth::check_cancel(caller, &task, "add messages to tasks")?;
+    }
     let wf = workflow_of(tx, &task)?;
     let command =
         Command::Comment { actor: req.actor.clone(), note: req.note.clone(), findings: req.findings.clone() };

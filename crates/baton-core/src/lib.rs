@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod command;
 pub mod decide;

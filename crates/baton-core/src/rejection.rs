@@ -56,6 +56,13 @@ pub enum Rejection {
     /// claim's own transaction, so no lease goes to a revoked caller.
     #[error("the caller's token or principal is revoked; ask an admin for a new token")]
     Revoked,
+    /// The caller's principal may not make this call (its role, or the
+    /// task's stage): `crate::auth` says which and why.
+    #[error("{message}")]
+    Forbidden { message: String },
+    /// Revoking this principal would leave no live admin.
+    #[error("{name} is the last live admin; create another admin before revoking it")]
+    LastAdmin { name: String },
 }
 
 impl Rejection {
@@ -64,14 +71,14 @@ impl Rejection {
         match self {
             Self::LeaseLost { .. } => "lease_lost",
             Self::NotHolder { .. } => "not_holder",
-            Self::InvalidTransition { .. } => "invalid_transition",
+            Self::InvalidTransition { .. } | Self::LastAdmin { .. } => "invalid_transition",
             Self::IdempotencyConflict { .. } => "idempotency_conflict",
             Self::LimitExceeded { .. } => "limit_exceeded",
             Self::TooManyLeases { .. } => "too_many_leases",
             Self::TaskNotFound { .. } | Self::HandoffNotFound { .. } | Self::WorkflowNotFound { .. } => {
                 "not_found"
             }
-            Self::AgentNotAllowed { .. } => "forbidden",
+            Self::AgentNotAllowed { .. } | Self::Forbidden { .. } => "forbidden",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotDue { .. } => "not_due",

@@ -3,6 +3,7 @@
 //! load, guard and persist; the engine (`crate::engine`) decides. Methods return
 //! boxed futures so the trait stays object-safe and free of any runtime.
 
+use crate::auth::Principal;
 use crate::command::{Action, NewTask};
 use crate::event::{Actor, Event, Hash};
 use crate::ids::{AgentId, HandoffId, Millis, StageName, TaskId};
@@ -466,12 +467,17 @@ pub struct Skipped {
     pub capacity: u32,
 }
 
-/// A lease granted by a claim: the task as it is now held.
+/// A lease granted by a claim: the task as it is now held, and its payload,
+/// read in the claim's own transaction so the agent needs no second read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Grant {
     pub task: Task,
     pub epoch: u64,
     pub lease_expires_at: Millis,
+    /// The task's payload (JSON text). Empty only in request records saved
+    /// before grants carried it; `engine::keyed` fills those in on replay.
+    #[serde(default)]
+    pub payload: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -491,6 +497,10 @@ pub struct ActRequest {
     pub epoch: u64,
     pub action: Action,
     pub claim_next: Option<ClaimNext>,
+    /// With auth on, the principal making the call: the engine checks what
+    /// it may do against the task it loads (`auth::check_holder_call`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Principal>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -509,6 +519,9 @@ pub struct CancelRequest {
     pub task: TaskId,
     pub actor: Actor,
     pub reason: String,
+    /// With auth on, the principal cancelling (`auth::check_cancel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Principal>,
 }
 
 /// A message for a task's history, from `actor`.
@@ -518,6 +531,9 @@ pub struct CommentRequest {
     pub actor: Actor,
     pub note: String,
     pub findings: Option<serde_json::Value>,
+    /// With auth on, the principal writing (`auth::check_cancel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Principal>,
 }
 
 /// A task with its payload and the head of its event chain.

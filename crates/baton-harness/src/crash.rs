@@ -226,8 +226,14 @@ fn worker(store: &dyn Store, config: &ChildConfig, thread: usize, deadline: Inst
             lease_ms: Some(CRASH_LEASE_MS),
             credential: None,
         });
-        let request =
-            ActRequest { task: grant.task.id, agent: agent.clone(), epoch: grant.epoch, action, claim_next };
+        let request = ActRequest {
+            task: grant.task.id,
+            agent: agent.clone(),
+            epoch: grant.epoch,
+            action,
+            claim_next,
+            caller: None,
+        };
         match block_on(store.act(request)) {
             Ok(outcome) => {
                 let task = grant.task.id;

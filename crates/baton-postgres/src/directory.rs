@@ -2,18 +2,21 @@
 //! and `tokens` tables of migration 0002. Writes are operations of the writer
 //! like any other (`DirectoryWrite`, queued as `Op::Directory`), so they are
 //! committed before the caller hears back; reads run on the read pool. Only
-//! the SHA-256 of a token's secret is stored. Which calls a principal may
-//! make is decided above the store; this module only keeps the records and
-//! refuses what would break them: a taken name, a token for a principal that
-//! does not exist or is revoked. The rows a write checks are locked
-//! (`FOR UPDATE`), so two replicas cannot both pass the same check.
+//! the SHA-256 of a token's secret is stored. What may be written is decided
+//! by `baton_core::auth` (a taken name, a token for a principal that does
+//! not exist or is revoked, the last live admin) over what this module
+//! loads. Every directory write first takes one advisory lock
+//! (`PgTx::lock_directory`), and the rows it checks are locked (`FOR
+//! UPDATE`), so two writers or replicas cannot both pass the same check:
+//! two revocations of the last two admins run one after the other, and the
+//! second sees the first.
 
 use crate::error::StoreError;
 use crate::rows::hash;
 use crate::tx::PgTx;
-use baton_core::auth::{Principal, Role, Route, TokenRecord};
+use baton_core::auth::{self, Principal, Role, Route, TokenRecord};
 use baton_core::engine::Fail;
-use baton_core::{Millis, Rejection, StageName};
+use baton_core::{Millis, StageName};
 use tokio_postgres::Row;
 
 /// A directory write, run by the writer inside its batch transaction.
@@ -41,6 +44,7 @@ pub(crate) const TOKENS: &str =
 
 impl DirectoryWrite {
     pub(crate) fn run(&self, tx: &mut PgTx<'_>) -> WriteResult {
+        tx.lock_directory().map_err(Fail::Store)?;
         match self {
             Self::AddPrincipal(p) => add_principal(tx, p),
             Self::AddToken(t) => add_token(tx, t),
@@ -56,11 +60,8 @@ fn locked_principal(tx: &mut PgTx<'_>, name: &str) -> Result<Option<Principal>, 
 }
 
 fn add_principal(tx: &mut PgTx<'_>, p: &Principal) -> WriteResult {
-    if locked_principal(tx, &p.name)?.is_some() {
-        return Err(
-            Rejection::invalid("name", format!("a principal named {:?} exists already", p.name)).into()
-        );
-    }
+    let existing = locked_principal(tx, &p.name)?;
+    auth::check_add_principal(existing.as_ref(), p)?;
     let stages = serde_json::to_string(&p.stages).map_err(|e| Fail::Store(e.into()))?;
     let routes = serde_json::to_string(&p.routes).map_err(|e| Fail::Store(e.into()))?;
     // A concurrent insert of the same name fails this one with a unique
@@ -75,22 +76,9 @@ fn add_principal(tx: &mut PgTx<'_>, p: &Principal) -> WriteResult {
 }
 
 fn add_token(tx: &mut PgTx<'_>, t: &TokenRecord) -> WriteResult {
-    match locked_principal(tx, &t.principal)? {
-        None => {
-            return Err(
-                Rejection::invalid("principal", format!("no principal is named {:?}", t.principal)).into()
-            );
-        }
-        Some(p) if !p.is_live() => {
-            return Err(
-                Rejection::invalid("principal", format!("principal {:?} is revoked", t.principal)).into()
-            );
-        }
-        Some(_) => {}
-    }
-    if tx.query_opt(TOKEN, &[&t.id]).map_err(Fail::Store)?.is_some() {
-        return Err(Rejection::invalid("id", "a token with this id exists already").into());
-    }
+    let owner = locked_principal(tx, &t.principal)?;
+    let id_taken = tx.query_opt(TOKEN, &[&t.id]).map_err(Fail::Store)?.is_some();
+    auth::check_add_token(owner.as_ref(), id_taken, t)?;
     tx.execute(
         "INSERT INTO tokens (id, principal, secret_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
         &[&t.id, &t.principal, &&t.secret_hash.0[..], &t.created_at, &t.revoked_at],
@@ -99,14 +87,20 @@ fn add_token(tx: &mut PgTx<'_>, t: &TokenRecord) -> WriteResult {
     Ok(true)
 }
 
-/// Revokes the principal (keeping an earlier revocation time) and every token
-/// of it not yet revoked.
 const TOKEN_PRINCIPAL: &str = "SELECT principal FROM tokens WHERE id = $1";
+const LIVE_ADMINS: &str = "SELECT count(*) FROM principals WHERE role = 'admin' AND revoked_at IS NULL";
 
+/// Revokes the principal (keeping an earlier revocation time) and every token
+/// of it not yet revoked, unless it is the last live admin.
 fn revoke_principal(tx: &mut PgTx<'_>, name: &str, at: Millis) -> WriteResult {
     // The agent's lock orders this against its claims on every replica.
     tx.lock_agent(name).map_err(Fail::Store)?;
-    if locked_principal(tx, name)?.is_none() {
+    let target = locked_principal(tx, name)?;
+    let live_admins: i64 = match tx.query_opt(LIVE_ADMINS, &[]).map_err(Fail::Store)? {
+        Some(row) => row.try_get(0).map_err(|e| Fail::Store(e.into()))?,
+        None => 0,
+    };
+    if !auth::check_revoke_principal(target.as_ref(), live_admins.max(0).unsigned_abs())? {
         return Ok(false);
     }
     tx.execute("UPDATE principals SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", &[&name, &at])

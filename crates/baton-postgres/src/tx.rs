@@ -56,8 +56,12 @@ const LOAD: &str = "SELECT body, head FROM tasks WHERE id = $1";
 /// The tasks a batch's operations name, read with BEGIN (`ReadAhead`).
 pub(crate) const LOAD_MANY: &str = "SELECT id, body, head FROM tasks WHERE id = ANY($1)";
 const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = $1 AND idempotency_key = $2";
+const PAYLOAD: &str = "SELECT body FROM payloads WHERE task = $1";
 // `ready` literally, so the partial index tasks_ready answers it.
-const READY: &str = "SELECT id, priority, deadline_rank, body, head FROM tasks WHERE ready AND stage = $1 \
+// The last column is the payload, for the grant: a claim needs no second read.
+const READY: &str = "SELECT id, priority, deadline_rank, body, head, \
+                                (SELECT p.body FROM payloads p WHERE p.task = tasks.id) \
+                                FROM tasks WHERE ready AND stage = $1 \
                                 ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED";
 /// `READY` from a cursor (`crate::cursor`) at ($3, $4, $5): the rest of the
 /// cursor's priority, then the lower priorities, each an index range that
@@ -70,7 +74,8 @@ const READY_FROM: &str = "WITH here AS (SELECT id, priority, deadline_rank, body
     later AS (SELECT id, priority, deadline_rank, body, head FROM tasks \
         WHERE ready AND stage = $1 AND priority < $3 \
         ORDER BY priority DESC, deadline_rank, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-    SELECT * FROM here UNION ALL SELECT * FROM later LIMIT $2";
+    SELECT r.*, (SELECT p.body FROM payloads p WHERE p.task = r.id) \
+    FROM (SELECT * FROM here UNION ALL SELECT * FROM later LIMIT $2) r";
 const DUE: &str = "SELECT id FROM tasks WHERE due_at IS NOT NULL AND due_at <= $1 \
                               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED";
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
@@ -432,6 +437,8 @@ pub(crate) struct PgTx<'w> {
     /// `load` of a candidate needs no round trip: nobody else can change a
     /// locked row, and this operation's own saves drop their entry.
     pub prefetched: HashMap<TaskId, (Task, Hash)>,
+    /// The payloads of the rows `ready` returned, for the grants of a claim.
+    pub payloads: HashMap<TaskId, String>,
     /// Defer writes (see the module doc): true while the batch runs without
     /// savepoints, false in the careful rerun, where every statement is
     /// awaited and a guarded save answers whether it found its row. Reading
@@ -449,6 +456,9 @@ pub(crate) struct PgTx<'w> {
     /// how many each read asked for.
     pub ready_ahead: HashMap<StageName, Vec<Row>>,
     pub ready_ahead_limit: usize,
+    /// This replica's name and its singleton duties' lease, for the purge
+    /// of request records, which only the duty's holder runs.
+    pub duty: (&'w str, Millis),
 }
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
@@ -558,6 +568,14 @@ impl PgTx<'_> {
     /// Takes the transaction-scoped advisory lock of `agent` (see `agent_lock`).
     pub(crate) fn lock_agent(&mut self, agent: &str) -> Result<(), StoreError> {
         let key = self.agent_lock(agent);
+        self.query_opt(LOCK, &[&key]).map(drop)
+    }
+
+    /// Takes the transaction-scoped advisory lock every directory write takes
+    /// first, so what one checks (how many live admins there are, above
+    /// all) cannot change under it from another writer or replica.
+    pub(crate) fn lock_directory(&mut self) -> Result<(), StoreError> {
+        let key = format!("baton.directory.{}", self.session.lock_scope);
         self.query_opt(LOCK, &[&key]).map(drop)
     }
 
@@ -705,6 +723,9 @@ impl Tx for PgTx<'_> {
         for row in &rows {
             let key = ready_key(row)?;
             self.prefetched.insert(key.id, task_and_head(row, 3)?);
+            if let Some(payload) = row.try_get::<_, Option<String>>(5)? {
+                self.payloads.insert(key.id, payload);
+            }
             out.push(key);
         }
         Ok(out)
@@ -724,6 +745,17 @@ impl Tx for PgTx<'_> {
         };
         let n: i64 = rows.first().map(|r| r.try_get(0)).transpose()?.unwrap_or(0);
         Ok(n.max(0).unsigned_abs())
+    }
+
+    /// From the ready rows a claim read, else one query (a claim of one
+    /// named task, `only`).
+    fn payload(&mut self, id: TaskId) -> Result<String, StoreError> {
+        if let Some(payload) = self.payloads.remove(&id) {
+            return Ok(payload);
+        }
+        let row = self.query_opt(PAYLOAD, &[&id.0])?;
+        let row = row.ok_or_else(|| StoreError::Row(format!("task {id} has no payload")))?;
+        Ok(row.try_get(0)?)
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {

@@ -18,6 +18,11 @@
 //! wrote (or any statement fails, which aborts a PostgreSQL transaction), the
 //! writer rolls the batch back and runs it again with each operation in its
 //! own savepoint. Nothing is answered before COMMIT, so callers cannot tell.
+//! Those rules, and the reruns below, are the batch kernel's
+//! (`baton_core::batch`), shared with every store; this module is its
+//! PostgreSQL backend (`Batch`: BEGIN with the clock and the read-ahead,
+//! savepoints, COMMIT with the deferred writes, and which errors mean what)
+//! and the writer threads around it.
 //!
 //! Without savepoints, writes nobody waits for are deferred and travel with
 //! the next awaited statement or with COMMIT (see `crate::tx`); a deferred
@@ -43,34 +48,28 @@ use crate::options::PostgresOptions;
 use crate::rows::task_and_head;
 use crate::tx::{ClaimHint, LOAD_MANY, PgTx, ReadAhead, RowsFuture, Session, block, in_order};
 use baton_core::GaugeDeltas;
-use baton_core::engine::{self, Ctx, Effects, Fail};
+use baton_core::batch::{self, Backend, Committed, Halt, Report, Savepoint};
+use baton_core::engine::{self, Ctx, Fail};
 use baton_core::metrics::Observation;
 use baton_core::store::ReadyListener;
-use baton_core::{Clock, Error, Millis, OpOutcome, Rejection, RequestKey, Rules, StageName, TaskId};
+use baton_core::{Clock, Error, Millis, OpOutcome, RequestKey, Rules, StageName, TaskId};
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
-
-/// How often one operation is rerun when a guarded save loses to another
-/// replica. Each rerun reads the other's commit, so more than a few means a
-/// task written in a tight loop elsewhere; then the caller hears `Unavailable`.
-const CONFLICT_RETRIES_MAX: usize = 8;
 
 /// The wake-ups of one commit, in one statement and a transaction of its own
 /// whose commit does not wait for the disk (`set_config(.., true)` holds
 /// until that commit): one NOTIFY per payload.
 const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, payload) \
                       FROM unnest($2::text[]) AS payload";
-
-/// How often a batch is rerun after a deadlock or serialization failure.
-const BATCH_RERUNS_MAX: usize = 5;
 
 /// Where a caller waits for its answer.
 pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<Result<T, Error>>;
@@ -123,23 +122,6 @@ pub(crate) struct Writer {
     /// this writer's number in them.
     pub cursors: Option<Arc<Cursors>>,
     pub index: usize,
-}
-
-/// How one attempt at a batch ended.
-enum Attempt {
-    /// With the earliest position the batch made ready in each stage.
-    Committed(Vec<Outcome>, Vec<StageName>, Vec<Observation>, HashMap<StageName, Key>),
-    /// Rerun with a savepoint per operation (already rolled back).
-    Tainted,
-    /// Rerun after a deadlock or serialization failure (already rolled back).
-    Rerun,
-    /// The connection failed at BEGIN, before anything ran: a stale
-    /// connection (the database restarted). Reconnect and try once more.
-    Stale(String),
-    /// Nothing committed, nothing acknowledged; the connection is dropped.
-    Lost(String),
-    /// As `Lost`, because the database's disk is full: answered `StorageFull`.
-    Full(String),
 }
 
 impl Writer {
@@ -203,8 +185,6 @@ impl Writer {
     /// Runs, commits and answers one batch; `ops` is empty afterwards.
     fn commit_batch(&mut self, ops: &mut Vec<Op>) {
         let count = ops.len();
-        let mut careful = false;
-        let mut reruns = 0;
         let mut reconnected = false;
         loop {
             if self.session.is_none() {
@@ -214,36 +194,48 @@ impl Writer {
                 }
                 reconnected = true;
             }
-            match self.attempt(ops, careful) {
-                Attempt::Committed(outcomes, ready, observed, firsts) => {
+            let Some(session) = self.session.as_mut() else { return self.lost(ops, "no connection") };
+            let mut batch = Batch {
+                rt: &self.rt,
+                session,
+                timeout: self.options.io_timeout,
+                clock: self.clock.as_ref(),
+                options: &self.options,
+                read_ahead: ReadAhead::default(),
+                scans: Scans::default(),
+                cursors: self.cursors.as_deref().map(|c| (c, self.index)),
+                begun: Instant::now(),
+                open: false,
+                replica: &self.options.replica,
+                lease_ms: i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX),
+                counters: &self.counters,
+            };
+            let result = batch::run(&mut batch, ops, &self.rules);
+            let scans = batch.take_scans();
+            self.count_traffic();
+            match result {
+                Ok(committed) => {
+                    let firsts = match &self.cursors {
+                        Some(cursors) => scans.committed(cursors, self.index),
+                        None => scans.made_ready,
+                    };
+                    let Committed { outcomes, ready, observed } = committed;
                     self.answer(ops, outcomes, &ready, &observed);
                     return self.notify_replicas(&ready, &firsts);
                 }
-                Attempt::Tainted => {
-                    careful = true;
-                    self.counters.reruns.fetch_add(1, Ordering::Relaxed);
-                }
-                Attempt::Rerun => {
-                    reruns += 1;
-                    self.counters.batch_retries.fetch_add(1, Ordering::Relaxed);
-                    if reruns > BATCH_RERUNS_MAX {
-                        return self.lost(ops, "the write batch kept deadlocking with other replicas; retry");
-                    }
-                    careful = true;
-                }
-                Attempt::Stale(why) => {
+                Err(Halt::Stale(why)) => {
                     self.session = None;
                     if reconnected {
                         return self.lost(ops, &format!("the PostgreSQL store lost its connection: {why}"));
                     }
                     tracing::info!(reason = %why, "the write connection was stale; reconnecting");
                 }
-                Attempt::Lost(why) => {
+                Err(Halt::Lost(why)) => {
                     self.session = None;
                     tracing::error!(reason = %why, ops = count, "write batch not committed");
                     return self.lost(ops, &format!("the PostgreSQL store could not commit: {why}"));
                 }
-                Attempt::Full(why) => {
+                Err(Halt::Full(why)) => {
                     self.session = None;
                     tracing::error!(reason = %why, ops = count, "disk full: write batch not committed");
                     self.counters.unavailable.fetch_add(ops.len() as u64, Ordering::Relaxed);
@@ -252,15 +244,13 @@ impl Writer {
                     }
                     return;
                 }
+                Err(Halt::Fatal(never)) => match never {},
+                Err(Halt::Tainted | Halt::Rerun) => {
+                    self.session = None;
+                    return self.lost(ops, "internal error: a batch was not rerun");
+                }
             }
         }
-    }
-
-    /// One try at the batch, in one transaction, counting what it sent.
-    fn attempt(&mut self, ops: &[Op], careful: bool) -> Attempt {
-        let attempt = self.try_batch(ops, careful);
-        self.count_traffic();
-        attempt
     }
 
     /// Adds the statements and round trips the session sent since the last
@@ -273,182 +263,10 @@ impl Writer {
         }
     }
 
-    fn try_batch(&mut self, ops: &[Op], careful: bool) -> Attempt {
-        let Some(session) = self.session.as_mut() else { return Attempt::Stale("no connection".into()) };
-        session.pending.discard();
-        let rt = &self.rt;
-        let timeout = self.options.io_timeout;
-        // The tasks the operations name, read with BEGIN (not in the careful
-        // rerun, which reads everything afresh).
-        let named: Vec<Uuid> =
-            if careful { Vec::new() } else { ops.iter().filter_map(Op::names_task).map(|t| t.0).collect() };
-        let prepared = (|| {
-            let now = if self.clock.is_none() {
-                Some(session.prepared(rt, timeout, leader::DB_NOW)?)
-            } else {
-                None
-            };
-            let load = if named.is_empty() { None } else { Some(session.prepared(rt, timeout, LOAD_MANY)?) };
-            Ok::<_, StoreError>((now, load))
-        })();
-        let (now_st, load_st) = match prepared {
-            Ok(p) => p,
-            Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
-            Err(e) => return Attempt::Lost(format!("preparing the batch failed: {e}")),
-        };
-        let begun = std::time::Instant::now();
-        let (client, pending) = session.parts();
-        let mut futures: Vec<RowsFuture<'_>> =
-            vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) })];
-        if let Some(st) = &now_st {
-            futures.push(Box::pin(client.query(st, &[])));
-        }
-        if let Some(st) = &load_st {
-            let named = &named;
-            futures.push(Box::pin(async move { client.query(st, &[named]).await }));
-        }
-        pending.traffic.round_trips += 1;
-        pending.traffic.statements += futures.len() as u64;
-        let began = block(rt, timeout, async { Ok::<_, tokio_postgres::Error>(in_order(futures).await) })
-            .and_then(|results| {
-                let mut results = results.into_iter();
-                let _begun = results.next().transpose()?;
-                let now = match (&self.clock, results.next().filter(|_| now_st.is_some())) {
-                    (Some(clock), _) => clock.now(),
-                    (None, Some(rows)) => rows?
-                        .first()
-                        .ok_or_else(|| StoreError::Row("no time".into()))?
-                        .try_get::<_, Millis>(0)?,
-                    (None, None) => return Err(StoreError::Row("no time".into())),
-                };
-                let mut ahead = ReadAhead::default();
-                if let Some(rows) = results.next() {
-                    for row in rows? {
-                        let id = TaskId(row.try_get(0)?);
-                        ahead.rows.insert(id, task_and_head(&row, 1)?);
-                    }
-                }
-                Ok((now, ahead))
-            });
-        let (now, mut read_ahead) = match began {
-            Ok(began) => began,
-            Err(e) if e.class() == Class::Lost => return Attempt::Stale(e.to_string()),
-            Err(e) => {
-                let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
-                return Attempt::Lost(format!("BEGIN failed: {e}"));
-            }
-        };
-        let mut scans = Scans::default();
-        let mut batch = Batch {
-            rt,
-            session,
-            timeout,
-            rules: &self.rules,
-            now,
-            careful,
-            read_ahead: &mut read_ahead,
-            scans: &mut scans,
-            cursors: if careful { None } else { self.cursors.as_deref().map(|c| (c, self.index)) },
-            ready: Vec::new(),
-            observed: Vec::new(),
-            gauges: GaugeDeltas::default(),
-            end: None,
-            replica: &self.options.replica,
-            lease_ms: i64::try_from(self.options.duty_lease.as_millis()).unwrap_or(i64::MAX),
-            counters: &self.counters,
-        };
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            outcomes.push(op.run(&mut batch));
-            if batch.end.is_some() {
-                break;
-            }
-        }
-        let ready = std::mem::take(&mut batch.ready);
-        let observed = std::mem::take(&mut batch.observed);
-        let gauges = std::mem::take(&mut batch.gauges);
-        let end = batch.end.take();
-        self.counters.ready_reads.fetch_add(scans.reads, Ordering::Relaxed);
-        self.counters.ready_reads_from_cursor.fetch_add(scans.reads_from_cursor, Ordering::Relaxed);
-        match end {
-            None => {}
-            Some(End::Lost(why)) => return Attempt::Lost(why),
-            Some(End::Full(why)) => return Attempt::Full(why),
-            Some(end @ (End::Tainted | End::Rerun)) => {
-                session.pending.discard();
-                if let Err(e) = block(rt, timeout, session.client.batch_execute("ROLLBACK")) {
-                    return Attempt::Lost(format!("ROLLBACK failed: {e}"));
-                }
-                return if matches!(end, End::Tainted) { Attempt::Tainted } else { Attempt::Rerun };
-            }
-        }
-        // A transaction that ran long is not committed: its notices took
-        // their numbers at insert, and webhook delivery passes a gap in the
-        // numbers after a while, so a late commit could slip a notice past it.
-        if begun.elapsed() > crate::WRITE_TRANSACTION_MAX {
-            session.pending.discard();
-            let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
-            return Attempt::Lost(format!(
-                "the write transaction ran {:?}, longer than {:?}; rolled back",
-                begun.elapsed(),
-                crate::WRITE_TRANSACTION_MAX
-            ));
-        }
-        // The kept operations' counter deltas, summed: one upsert into this
-        // connection's slot rows, sent with COMMIT.
-        if let Err(e) = session.defer_gauges(rt, timeout, &gauges) {
-            session.pending.discard();
-            let _ = block(rt, timeout, session.client.batch_execute("ROLLBACK"));
-            return match e.class() {
-                Class::Lost => Attempt::Stale(e.to_string()),
-                _ => Attempt::Lost(format!("preparing the stage counters failed: {e}")),
-            };
-        }
-        // Other replicas hear of the new work after COMMIT (`notify_replicas`).
-        let (client, pending) = session.parts();
-        match block(rt, timeout, pending.carry(client, client.batch_execute("COMMIT"))) {
-            Ok(()) => {}
-            // A deferred write failed before COMMIT: the transaction was
-            // aborted, so COMMIT rolled it back (unless the connection died).
-            Err(e) if is_disk_full(&e) => return Attempt::Full(format!("COMMIT failed: {e}")),
-            Err(StoreError::Deferred(cause)) => {
-                return match cause.class() {
-                    Class::Lost => Attempt::Lost(format!("COMMIT failed: {cause}")),
-                    Class::RerunBatch => Attempt::Rerun,
-                    // With savepoints only the counters' upsert was deferred:
-                    // rerunning would fail it again.
-                    Class::Conflict | Class::Other if careful => {
-                        Attempt::Lost(format!("updating the stage counters failed: {cause}"))
-                    }
-                    Class::Conflict | Class::Other => Attempt::Tainted,
-                };
-            }
-            // Whether it committed is unknown: acknowledge nothing. Keyed
-            // retries (Idempotency-Key) find out which it was.
-            Err(e) => return Attempt::Lost(format!("COMMIT failed: {e}")),
-        }
-        let keyed = ops.iter().any(|op| match op {
-            Op::Execute(call, _) => {
-                call.1.is_some()
-                    || matches!(&call.0, baton_core::Op::Submit(task) if task.idempotency_key.is_some())
-            }
-            _ => false,
-        });
-        if self.options.take_lost_commit_answer(keyed) {
-            // The test-only failpoint (`PostgresOptions::lose_commit_answers`).
-            return Attempt::Lost("COMMIT answer lost (test failpoint; the batch committed)".into());
-        }
-        let firsts = match &self.cursors {
-            Some(cursors) => scans.committed(cursors, self.index),
-            None => scans.made_ready,
-        };
-        Attempt::Committed(outcomes, ready, observed, firsts)
-    }
-
     fn answer(
         &self,
         ops: &mut Vec<Op>,
-        outcomes: Vec<Outcome>,
+        outcomes: Vec<Result<Value, Error>>,
         ready: &[StageName],
         observed: &[Observation],
     ) {
@@ -458,10 +276,10 @@ impl Writer {
         c.ops.fetch_add(count, Ordering::Relaxed);
         c.batch_max.fetch_max(count, Ordering::Relaxed);
         for outcome in &outcomes {
-            match outcome.error() {
-                None => {}
-                Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
-                Some(Error::Unavailable(_) | Error::StorageFull(_)) => {
+            match outcome {
+                Ok(_) => {}
+                Err(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
+                Err(Error::Unavailable(_) | Error::StorageFull(_)) => {
                     c.unavailable.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -532,52 +350,37 @@ impl Writer {
 }
 
 /// What one operation produced, held until the batch commits.
-enum Outcome {
+pub(crate) enum Value {
     /// Boxed: an `OpOutcome` is large, and a batch holds one per operation.
-    Execute(Box<Result<OpOutcome, Error>>),
-    Count(Result<usize, Error>),
-    Directory(Result<bool, Error>),
-}
-
-impl Outcome {
-    fn error(&self) -> Option<&Error> {
-        match self {
-            Self::Execute(r) => r.as_ref().as_ref().err(),
-            Self::Count(r) => r.as_ref().err(),
-            Self::Directory(r) => r.as_ref().err(),
-        }
-    }
+    Execute(Box<OpOutcome>),
+    Count(usize),
+    Directory(bool),
 }
 
 impl Op {
     /// Runs the operation in the batch's transaction. Takes `&self`: a batch
     /// may run more than once, and the reply slot is used only after COMMIT.
-    fn run(&self, b: &mut Batch<'_>) -> Outcome {
-        match self {
+    fn run(&self, tx: &mut PgTx<'_>, cx: &mut Ctx<'_>) -> Result<Value, Fail<StoreError>> {
+        Ok(match self {
             Op::Execute(call, _) => {
                 let (op, key) = call.as_ref();
-                let hint = claim_hint(op);
-                Outcome::Execute(Box::new(b.execute(hint, |tx, cx| engine::keyed(tx, key.as_ref(), op, cx))))
+                Value::Execute(Box::new(engine::keyed(tx, key.as_ref(), op, cx)?))
             }
-            Op::FireDue(limit, _) => {
-                Outcome::Count(b.execute(None, |tx, cx| engine::fire_due(tx, *limit, cx)))
-            }
+            Op::FireDue(limit, _) => Value::Count(engine::fire_due(tx, *limit, cx)?),
             Op::PurgeRequests(limit, _) => {
-                let (replica, lease_ms) = (b.replica, b.lease_ms);
-                Outcome::Count(b.execute(None, |tx, cx| {
-                    // A singleton duty: only the replica holding it purges.
-                    let held = tx
-                        .query(leader::HOLD, &[&leader::DUTY_PURGE, &replica, &cx.now, &lease_ms])
-                        .map_err(Fail::Store)?;
-                    tx.writes += 1;
-                    if held.is_empty() {
-                        return Ok(0);
-                    }
-                    engine::purge_requests(tx, *limit, cx)
-                }))
+                // A singleton duty: only the replica holding it purges.
+                let (replica, lease_ms) = tx.duty;
+                let held = tx
+                    .query(leader::HOLD, &[&leader::DUTY_PURGE, &replica, &cx.now, &lease_ms])
+                    .map_err(Fail::Store)?;
+                tx.writes += 1;
+                if held.is_empty() {
+                    return Ok(Value::Count(0));
+                }
+                Value::Count(engine::purge_requests(tx, *limit, cx)?)
             }
-            Op::Directory(write, _) => Outcome::Directory(b.execute(None, |tx, _| write.run(tx))),
-        }
+            Op::Directory(write, _) => Value::Directory(write.run(tx)?),
+        })
     }
 
     /// The task this operation acts on by id, read ahead with BEGIN.
@@ -593,12 +396,16 @@ impl Op {
     }
 
     /// Tells the caller its outcome (the batch committed).
-    fn answer(self, outcome: Outcome) {
+    fn answer(self, outcome: Result<Value, Error>) {
         let mismatch = || Err(Error::Unavailable("internal error: an answer went astray".into()));
+        let outcome = match outcome {
+            Ok(value) => value,
+            Err(e) => return self.abandon_with(Err(e)),
+        };
         match (self, outcome) {
-            (Op::Execute(_, r), Outcome::Execute(v)) => drop(r.send(*v)),
-            (Op::FireDue(_, r) | Op::PurgeRequests(_, r), Outcome::Count(v)) => drop(r.send(v)),
-            (Op::Directory(_, r), Outcome::Directory(v)) => drop(r.send(v)),
+            (Op::Execute(_, r), Value::Execute(v)) => drop(r.send(Ok(*v))),
+            (Op::FireDue(_, r) | Op::PurgeRequests(_, r), Value::Count(v)) => drop(r.send(Ok(v))),
+            (Op::Directory(_, r), Value::Directory(v)) => drop(r.send(Ok(v))),
             (op, _) => {
                 tracing::error!("an outcome did not match its operation");
                 op.abandon_with(mismatch());
@@ -622,172 +429,289 @@ impl Op {
     }
 }
 
-/// Why a batch stopped running operations before its end.
-enum End {
-    /// The connection failed or timed out: nothing of the batch commits.
-    Lost(String),
-    /// The database's disk is full: nothing of the batch commits.
-    Full(String),
-    /// Without savepoints, an operation failed after writing (or a statement
-    /// failed, aborting the transaction): rerun the batch with savepoints.
-    Tainted,
-    /// Deadlock or serialization failure: rerun the batch.
-    Rerun,
-}
-
-/// How one operation ended, short of success.
-enum Failure {
-    Refused(Rejection),
-    /// A guarded save lost (no statement failed).
-    Conflict,
-    /// A unique key taken concurrently (the statement failed).
-    KeyTaken,
-    Store(StoreError),
-    Panic(String),
-}
-
-/// One open write transaction and what its operations produced so far.
+/// The writer's open transaction, as the batch kernel drives it. Holds what
+/// one attempt at the batch read ahead and scanned.
 struct Batch<'w> {
     rt: &'w Runtime,
     session: &'w mut Session,
     timeout: Duration,
-    rules: &'w Rules,
-    now: Millis,
-    /// Each operation in its own savepoint.
-    careful: bool,
-    read_ahead: &'w mut ReadAhead,
-    scans: &'w mut Scans,
+    clock: Option<&'w Arc<dyn Clock>>,
+    options: &'w PostgresOptions,
+    /// The tasks the operations name, read with BEGIN (not in the careful
+    /// rerun, which reads everything afresh).
+    read_ahead: ReadAhead,
+    /// What the attempt read and saved.
+    scans: Scans,
+    /// The store's ready cursors and this writer's number in them; used
+    /// only without savepoints.
     cursors: Option<(&'w Cursors, usize)>,
-    /// Stages with new ready work, from operations that were kept.
-    ready: Vec<StageName>,
-    /// What the kept operations' changes tell the metrics.
-    observed: Vec<Observation>,
-    /// The kept operations' stage counter deltas, summed.
-    gauges: GaugeDeltas,
-    end: Option<End>,
+    /// When the attempt began: a transaction that ran long is not committed.
+    begun: Instant,
+    /// Whether a transaction is open: a COMMIT that failed ended it, and
+    /// the rerun that follows needs no ROLLBACK first.
+    open: bool,
     replica: &'w str,
     lease_ms: Millis,
     counters: &'w Counters,
 }
 
-type EngineResult<T> = Result<T, Fail<StoreError>>;
-
 impl Batch<'_> {
-    /// Runs one operation; on refusal or failure, undoes what it wrote.
-    fn execute<T>(
-        &mut self,
-        hint: Option<ClaimHint>,
-        mut op: impl FnMut(&mut PgTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
-    ) -> Result<T, Error> {
-        if self.careful {
-            self.exec("SAVEPOINT op")?;
-        }
-        let mut conflicts = 0;
-        let failure = loop {
-            let mut effects = Effects::default();
-            let mut tx = PgTx {
-                rt: self.rt,
-                session: &mut *self.session,
-                timeout: self.timeout,
-                writes: 0,
-                prefetched: HashMap::new(),
-                defer: !self.careful,
-                read_ahead: &mut *self.read_ahead,
-                scans: &mut *self.scans,
-                cursors: self.cursors,
-                claim_hint: hint.clone(),
-                ready_ahead: HashMap::new(),
-                ready_ahead_limit: 0,
-            };
-            let outcome = {
-                let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
-                // A panic is a bug in one operation: undo that operation and
-                // keep serving the others, rather than lose the writer thread.
-                panic::catch_unwind(AssertUnwindSafe(|| op(&mut tx, &mut cx)))
-            };
-            let writes = tx.writes;
-            let failure = match outcome {
-                Ok(Ok(value)) => {
-                    if self.careful {
-                        self.exec("RELEASE SAVEPOINT op")?;
-                    }
-                    for stage in effects.ready {
-                        if !self.ready.contains(&stage) {
-                            self.ready.push(stage);
-                        }
-                    }
-                    self.observed.extend(effects.observed);
-                    self.gauges.merge(&effects.gauges);
-                    return Ok(value);
-                }
-                Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),
-                Ok(Err(Fail::Conflict)) => Failure::Conflict,
-                Ok(Err(Fail::Store(e))) => match e.class() {
-                    _ if is_disk_full(&e) => {
-                        self.end = Some(End::Full(e.to_string()));
-                        return Err(not_committed());
-                    }
-                    Class::Lost => {
-                        self.end = Some(End::Lost(e.to_string()));
-                        return Err(not_committed());
-                    }
-                    Class::RerunBatch => {
-                        self.end = Some(End::Rerun);
-                        return Err(not_committed());
-                    }
-                    Class::Conflict => Failure::KeyTaken,
-                    Class::Other => Failure::Store(e),
-                },
-                Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
-            };
-            // A failed statement aborts the transaction, written or not.
-            let aborted = matches!(failure, Failure::KeyTaken | Failure::Store(_) | Failure::Panic(_));
-            if writes > 0 || aborted {
-                if !self.careful {
-                    self.end = Some(End::Tainted);
-                    return Err(not_committed());
-                }
-                // ROLLBACK TO keeps the savepoint open, for a retry.
-                self.exec("ROLLBACK TO SAVEPOINT op")?;
-            }
-            match failure {
-                Failure::Conflict | Failure::KeyTaken if conflicts < CONFLICT_RETRIES_MAX => {
-                    conflicts += 1;
-                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("another replica changed a row under the operation; running it again");
-                }
-                other => break other,
-            }
-        };
-        if self.careful {
-            self.exec("RELEASE SAVEPOINT op")?;
-        }
-        Err(match failure {
-            Failure::Refused(r) => Error::Rejected(r),
-            Failure::Conflict | Failure::KeyTaken => {
-                Error::Unavailable("the task kept changing under the operation; retry".into())
-            }
-            Failure::Store(e) => {
-                tracing::error!(error = %e, "a write operation failed; it changed nothing");
-                Error::Unavailable(format!("storage error: {e}"))
-            }
-            Failure::Panic(what) => {
-                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
-                Error::Unavailable("internal error; the operation changed nothing".into())
+    /// The last attempt's scans, its ready reads counted.
+    fn take_scans(&mut self) -> Scans {
+        let scans = std::mem::take(&mut self.scans);
+        self.counters.ready_reads.fetch_add(scans.reads, Ordering::Relaxed);
+        self.counters.ready_reads_from_cursor.fetch_add(scans.reads_from_cursor, Ordering::Relaxed);
+        scans
+    }
+
+    /// Ends the transaction, forgetting what was deferred; a failure is left
+    /// to the next statement (the connection is dropped on `Lost`).
+    fn abandon(&mut self) {
+        self.session.pending.discard();
+        let _ = block(self.rt, self.timeout, self.session.client.batch_execute("ROLLBACK"));
+    }
+
+    fn exec(&mut self, sql: &str) -> Result<(), Halt<Infallible>> {
+        let (client, pending) = self.session.parts();
+        block(self.rt, self.timeout, pending.carry(client, client.batch_execute(sql))).map_err(|e| {
+            match e.class() {
+                _ if is_disk_full(&e) => Halt::Full(format!("{sql} failed: {e}")),
+                Class::RerunBatch => Halt::Rerun,
+                _ => Halt::Lost(format!("{sql} failed: {e}")),
             }
         })
     }
+}
 
-    fn exec(&mut self, sql: &str) -> Result<(), Error> {
-        let (client, pending) = self.session.parts();
-        block(self.rt, self.timeout, pending.carry(client, client.batch_execute(sql))).map_err(|e| {
-            self.end = Some(match e.class() {
-                _ if is_disk_full(&e) => End::Full(format!("{sql} failed: {e}")),
-                Class::RerunBatch => End::Rerun,
-                _ => End::Lost(format!("{sql} failed: {e}")),
+impl Backend for Batch<'_> {
+    type Error = StoreError;
+    type Tx<'t>
+        = PgTx<'t>
+    where
+        Self: 't;
+    type Op = Op;
+    type Value = Value;
+    /// Nothing stops the process: a lost connection is reconnected.
+    type Fatal = Infallible;
+
+    /// Each rerun reads the other replica's commit, so more than a few means
+    /// a task written in a tight loop elsewhere; then the caller hears
+    /// `Unavailable`.
+    const CONFLICT_RETRIES_MAX: usize = 8;
+    /// A failed statement aborts a PostgreSQL transaction.
+    const FAILURE_ABORTS: bool = true;
+
+    /// BEGIN, pipelined with the database clock (unless a clock is injected)
+    /// and, without savepoints, the read-ahead of the tasks the operations
+    /// name: one round trip.
+    fn begin(&mut self, ops: &[Op], careful: bool) -> Result<Millis, Halt<Infallible>> {
+        let previous = self.take_scans();
+        drop(previous);
+        self.session.pending.discard();
+        self.read_ahead = ReadAhead::default();
+        let (rt, timeout) = (self.rt, self.timeout);
+        let named: Vec<Uuid> =
+            if careful { Vec::new() } else { ops.iter().filter_map(Op::names_task).map(|t| t.0).collect() };
+        let session = &mut *self.session;
+        let prepared = (|| {
+            let now = if self.clock.is_none() {
+                Some(session.prepared(rt, timeout, leader::DB_NOW)?)
+            } else {
+                None
+            };
+            let load = if named.is_empty() { None } else { Some(session.prepared(rt, timeout, LOAD_MANY)?) };
+            Ok::<_, StoreError>((now, load))
+        })();
+        let (now_st, load_st) = match prepared {
+            Ok(p) => p,
+            Err(e) if e.class() == Class::Lost => return Err(Halt::Stale(e.to_string())),
+            Err(e) => return Err(Halt::Lost(format!("preparing the batch failed: {e}"))),
+        };
+        self.begun = Instant::now();
+        let (client, pending) = session.parts();
+        let mut futures: Vec<RowsFuture<'_>> =
+            vec![Box::pin(async { client.batch_execute("BEGIN").await.map(|()| Vec::new()) })];
+        if let Some(st) = &now_st {
+            futures.push(Box::pin(client.query(st, &[])));
+        }
+        if let Some(st) = &load_st {
+            let named = &named;
+            futures.push(Box::pin(async move { client.query(st, &[named]).await }));
+        }
+        pending.traffic.round_trips += 1;
+        pending.traffic.statements += futures.len() as u64;
+        let clock = self.clock;
+        let began = block(rt, timeout, async { Ok::<_, tokio_postgres::Error>(in_order(futures).await) })
+            .and_then(|results| {
+                let mut results = results.into_iter();
+                let _begun = results.next().transpose()?;
+                let now = match (clock, results.next().filter(|_| now_st.is_some())) {
+                    (Some(clock), _) => clock.now(),
+                    (None, Some(rows)) => rows?
+                        .first()
+                        .ok_or_else(|| StoreError::Row("no time".into()))?
+                        .try_get::<_, Millis>(0)?,
+                    (None, None) => return Err(StoreError::Row("no time".into())),
+                };
+                let mut ahead = ReadAhead::default();
+                if let Some(rows) = results.next() {
+                    for row in rows? {
+                        let id = TaskId(row.try_get(0)?);
+                        ahead.rows.insert(id, task_and_head(&row, 1)?);
+                    }
+                }
+                Ok((now, ahead))
             });
-            not_committed()
+        match began {
+            Ok((now, ahead)) => {
+                self.read_ahead = ahead;
+                self.open = true;
+                Ok(now)
+            }
+            Err(e) if e.class() == Class::Lost => Err(Halt::Stale(e.to_string())),
+            Err(e) => {
+                let _ = block(rt, timeout, self.session.client.batch_execute("ROLLBACK"));
+                Err(Halt::Lost(format!("BEGIN failed: {e}")))
+            }
+        }
+    }
+
+    fn tx(&mut self, op: &Op, careful: bool) -> PgTx<'_> {
+        PgTx {
+            rt: self.rt,
+            session: &mut *self.session,
+            timeout: self.timeout,
+            writes: 0,
+            prefetched: HashMap::new(),
+            payloads: HashMap::new(),
+            defer: !careful,
+            read_ahead: &mut self.read_ahead,
+            scans: &mut self.scans,
+            cursors: if careful { None } else { self.cursors },
+            claim_hint: op.claim_hint(),
+            ready_ahead: HashMap::new(),
+            ready_ahead_limit: 0,
+            duty: (self.replica, self.lease_ms),
+        }
+    }
+
+    fn wrote(tx: &PgTx<'_>) -> bool {
+        tx.writes > 0
+    }
+
+    fn run(op: &Op, tx: &mut PgTx<'_>, cx: &mut Ctx<'_>) -> Result<Value, Fail<StoreError>> {
+        op.run(tx, cx)
+    }
+
+    fn classify(&mut self, error: &StoreError) -> batch::Class<Infallible> {
+        match error.class() {
+            _ if is_disk_full(error) => batch::Class::Halt(Halt::Full(error.to_string())),
+            Class::Lost => batch::Class::Halt(Halt::Lost(error.to_string())),
+            Class::RerunBatch => batch::Class::Halt(Halt::Rerun),
+            Class::Conflict => batch::Class::Conflict,
+            Class::Other => batch::Class::Failed,
+        }
+    }
+
+    fn savepoint(&mut self, step: Savepoint) -> Result<(), Halt<Infallible>> {
+        self.exec(match step {
+            Savepoint::Open => "SAVEPOINT op",
+            Savepoint::Release => "RELEASE SAVEPOINT op",
+            Savepoint::RollbackTo => "ROLLBACK TO SAVEPOINT op",
         })
+    }
+
+    fn rollback(&mut self) -> Result<(), Halt<Infallible>> {
+        self.session.pending.discard();
+        if !std::mem::replace(&mut self.open, false) {
+            return Ok(());
+        }
+        block(self.rt, self.timeout, self.session.client.batch_execute("ROLLBACK"))
+            .map_err(|e| Halt::Lost(format!("ROLLBACK failed: {e}")))
+    }
+
+    fn commit(&mut self, ops: &[Op], gauges: &GaugeDeltas, careful: bool) -> Result<(), Halt<Infallible>> {
+        // A transaction that ran long is not committed: its notices took
+        // their numbers at insert, and webhook delivery passes a gap in the
+        // numbers after a while, so a late commit could slip a notice past it.
+        if self.begun.elapsed() > crate::WRITE_TRANSACTION_MAX {
+            self.abandon();
+            return Err(Halt::Lost(format!(
+                "the write transaction ran {:?}, longer than {:?}; rolled back",
+                self.begun.elapsed(),
+                crate::WRITE_TRANSACTION_MAX
+            )));
+        }
+        // The kept operations' counter deltas, summed: one upsert into this
+        // connection's slot rows, sent with COMMIT.
+        if let Err(e) = self.session.defer_gauges(self.rt, self.timeout, gauges) {
+            self.abandon();
+            return Err(match e.class() {
+                Class::Lost => Halt::Stale(e.to_string()),
+                _ => Halt::Lost(format!("preparing the stage counters failed: {e}")),
+            });
+        }
+        // Other replicas hear of the new work after COMMIT (`notify_replicas`).
+        self.open = false;
+        let (client, pending) = self.session.parts();
+        match block(self.rt, self.timeout, pending.carry(client, client.batch_execute("COMMIT"))) {
+            Ok(()) => {}
+            // A deferred write failed before COMMIT: the transaction was
+            // aborted, so COMMIT rolled it back (unless the connection died).
+            Err(e) if is_disk_full(&e) => return Err(Halt::Full(format!("COMMIT failed: {e}"))),
+            Err(StoreError::Deferred(cause)) => {
+                return Err(match cause.class() {
+                    Class::Lost => Halt::Lost(format!("COMMIT failed: {cause}")),
+                    Class::RerunBatch => Halt::Rerun,
+                    // With savepoints only the counters' upsert was deferred:
+                    // rerunning would fail it again.
+                    Class::Conflict | Class::Other if careful => {
+                        Halt::Lost(format!("updating the stage counters failed: {cause}"))
+                    }
+                    Class::Conflict | Class::Other => Halt::Tainted,
+                });
+            }
+            // Whether it committed is unknown: acknowledge nothing. Keyed
+            // retries (Idempotency-Key) find out which it was.
+            Err(e) => return Err(Halt::Lost(format!("COMMIT failed: {e}"))),
+        }
+        let keyed = ops.iter().any(|op| match op {
+            Op::Execute(call, _) => {
+                call.1.is_some()
+                    || matches!(&call.0, baton_core::Op::Submit(task) if task.idempotency_key.is_some())
+            }
+            _ => false,
+        });
+        if self.options.take_lost_commit_answer(keyed) {
+            // The test-only failpoint (`PostgresOptions::lose_commit_answers`).
+            return Err(Halt::Lost("COMMIT answer lost (test failpoint; the batch committed)".into()));
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, report: Report<'_>) {
+        match report {
+            Report::Conflict => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("another replica changed a row under the operation; running it again");
+            }
+            Report::Failed(e) => tracing::error!(error = %e, "a write operation failed; it changed nothing"),
+            Report::Panicked(what) => {
+                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
+            }
+            Report::Careful => drop(self.counters.reruns.fetch_add(1, Ordering::Relaxed)),
+            Report::Retry => drop(self.counters.batch_retries.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+impl Op {
+    /// What a claim in this operation will read (`claim_hint`).
+    fn claim_hint(&self) -> Option<ClaimHint> {
+        match self {
+            Op::Execute(call, _) => claim_hint(&call.0),
+            _ => None,
+        }
     }
 }
 
@@ -813,16 +737,4 @@ fn claim_hint(op: &baton_core::Op) -> Option<ClaimHint> {
         }
         _ => None,
     }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
-fn not_committed() -> Error {
-    Error::Unavailable("the write batch could not commit; nothing changed".into())
 }

@@ -3,16 +3,17 @@
 //! thread like any other (`DirectoryWrite`, queued as `Op::Directory`), so they
 //! are durable, with `synchronous=FULL`, before the caller hears back; reads
 //! run on the read pool. Only the SHA-256 of a token's secret is stored.
-//! Which calls a principal may make is decided above the store (the server,
-//! with `baton_core::auth`); this module only keeps the records and refuses
-//! what would break them: a taken name, a token for a principal that does not
-//! exist or is revoked.
+//! What may be written is decided by `baton_core::auth` (a taken name, a
+//! token for a principal that does not exist or is revoked, the last live
+//! admin) over what this module loads; it only loads and keeps the records.
+//! The writer runs one transaction at a time, so what it loads cannot change
+//! before the write commits.
 
 use crate::error::StoreError;
 use crate::tx::WriteTx;
-use baton_core::auth::{Principal, Role, Route, TokenRecord};
+use baton_core::auth::{self, Principal, Role, Route, TokenRecord};
 use baton_core::engine::Fail;
-use baton_core::{Hash, Millis, Rejection, StageName};
+use baton_core::{Hash, Millis, StageName};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// A directory write, run by the writer thread inside its batch transaction.
@@ -31,6 +32,7 @@ const PRINCIPAL: &str =
     "SELECT name, role, stages, routes, created_at, revoked_at FROM principals WHERE name = ?1";
 const PRINCIPALS: &str =
     "SELECT name, role, stages, routes, created_at, revoked_at FROM principals ORDER BY name";
+const LIVE_ADMINS: &str = "SELECT count(*) FROM principals WHERE role = 'admin' AND revoked_at IS NULL";
 const TOKEN: &str = "SELECT id, principal, secret_hash, created_at, revoked_at FROM tokens WHERE id = ?1";
 const TOKENS: &str =
     "SELECT id, principal, secret_hash, created_at, revoked_at FROM tokens ORDER BY created_at, id";
@@ -51,11 +53,8 @@ fn store(e: impl Into<StoreError>) -> Fail<StoreError> {
 }
 
 fn add_principal(tx: &mut WriteTx<'_>, p: &Principal) -> WriteResult {
-    if principal(tx.conn, &p.name).map_err(store)?.is_some() {
-        return Err(
-            Rejection::invalid("name", format!("a principal named {:?} exists already", p.name)).into()
-        );
-    }
+    let existing = principal(tx.conn, &p.name).map_err(store)?;
+    auth::check_add_principal(existing.as_ref(), p)?;
     let stages = serde_json::to_string(&p.stages).map_err(store)?;
     let routes = serde_json::to_string(&p.routes).map_err(store)?;
     tx.writes += 1;
@@ -72,22 +71,9 @@ fn add_principal(tx: &mut WriteTx<'_>, p: &Principal) -> WriteResult {
 }
 
 fn add_token(tx: &mut WriteTx<'_>, t: &TokenRecord) -> WriteResult {
-    match principal(tx.conn, &t.principal).map_err(store)? {
-        None => {
-            return Err(
-                Rejection::invalid("principal", format!("no principal is named {:?}", t.principal)).into()
-            );
-        }
-        Some(p) if !p.is_live() => {
-            return Err(
-                Rejection::invalid("principal", format!("principal {:?} is revoked", t.principal)).into()
-            );
-        }
-        Some(_) => {}
-    }
-    if token(tx.conn, &t.id).map_err(store)?.is_some() {
-        return Err(Rejection::invalid("id", "a token with this id exists already").into());
-    }
+    let owner = principal(tx.conn, &t.principal).map_err(store)?;
+    let id_taken = token(tx.conn, &t.id).map_err(store)?.is_some();
+    auth::check_add_token(owner.as_ref(), id_taken, t)?;
     tx.writes += 1;
     tx.conn
         .prepare_cached(
@@ -101,9 +87,15 @@ fn add_token(tx: &mut WriteTx<'_>, t: &TokenRecord) -> WriteResult {
 }
 
 /// Revokes the principal (keeping an earlier revocation time) and every token
-/// of it not yet revoked.
+/// of it not yet revoked, unless it is the last live admin.
 fn revoke_principal(tx: &mut WriteTx<'_>, name: &str, at: Millis) -> WriteResult {
-    if principal(tx.conn, name).map_err(store)?.is_none() {
+    let target = principal(tx.conn, name).map_err(store)?;
+    let live_admins: i64 = tx
+        .conn
+        .prepare_cached(LIVE_ADMINS)
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(store)?;
+    if !auth::check_revoke_principal(target.as_ref(), live_admins.max(0).unsigned_abs())? {
         return Ok(false);
     }
     tx.writes += 1;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 const LOAD: &str = "SELECT body, head FROM tasks WHERE id = ?1";
 const LOAD_BY_KEY: &str = "SELECT body, head FROM tasks WHERE namespace = ?1 AND idempotency_key = ?2";
+const PAYLOAD: &str = "SELECT body FROM payloads WHERE task = ?1";
 // `ready = 1` literally, so the partial index tasks_ready can answer it.
 const READY: &str = "SELECT id, priority, deadline_rank FROM tasks WHERE ready = 1 AND stage = ?1 \
                      ORDER BY priority DESC, deadline_rank, id LIMIT ?2";
@@ -152,6 +153,12 @@ impl Tx for WriteTx<'_> {
         let n: i64 =
             st.query_row([credential.token.as_str(), credential.principal.as_str()], |r| r.get(0))?;
         Ok(n > 0)
+    }
+
+    fn payload(&mut self, id: TaskId) -> Result<String, StoreError> {
+        let mut st = self.conn.prepare_cached(PAYLOAD)?;
+        let body: Option<String> = st.query_row([id.0.as_bytes()], |r| r.get(0)).optional()?;
+        body.ok_or_else(|| StoreError::Row(format!("task {id} has no payload")))
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), StoreError> {

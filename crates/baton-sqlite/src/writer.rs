@@ -10,7 +10,10 @@
 //! If an operation is refused or fails after it wrote, the writer rolls the
 //! batch back and runs it again with each operation in its own savepoint,
 //! rolling back to it on refusal. Nothing is answered before the commit, so
-//! running a batch twice is invisible to callers.
+//! running a batch twice is invisible to callers. Those rules are the batch
+//! kernel's (`baton_core::batch`), shared with every store; this module is
+//! its SQLite backend (`Batch`: BEGIN IMMEDIATE, savepoints, COMMIT, and
+//! which SQLite failures mean what) and the writer thread around it.
 //!
 //! A failure that makes the batch untrustworthy (an I/O error, corruption,
 //! or a COMMIT that failed for any reason but a full disk) acknowledges
@@ -33,23 +36,18 @@ use crate::oneshot;
 use crate::options::FatalHook;
 use crate::tx::{WorkflowCache, WriteTx};
 use baton_core::GaugeDeltas;
-use baton_core::engine::{self, Ctx, Effects, Fail};
-use baton_core::metrics::Observation;
+use baton_core::batch::{self, Backend, Class, Halt, Report, Savepoint};
+use baton_core::engine::{self, Ctx, Fail};
 use baton_core::store::ReadyListener;
 use baton_core::{
     ActOutcome, ActRequest, CancelRequest, ClaimRequest, Clock, Error, Grant, Millis, NewTask, OpOutcome,
-    Rejection, RequestKey, Rules, StageName, Submitted, Task,
+    RequestKey, Rules, Submitted, Task,
 };
 use rusqlite::Connection;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-
-/// How often one operation is re-run when a guarded save finds its row
-/// changed. With one writer this never happens; the bound keeps a bug from
-/// looping for ever.
-const CONFLICT_RETRIES_MAX: usize = 3;
 
 /// Where a caller waits for its answer.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -128,121 +126,58 @@ impl Writer {
     fn commit_batch(&mut self, ops: &mut Vec<Op>) -> Flow {
         let count = ops.len();
         // One `now` per batch: every operation in it happens at the same instant.
-        let now = self.clock.now();
-        let mut careful = false;
-        let (outcomes, ready, observed, gauges) = loop {
-            if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE") {
-                if is_full(&e) {
-                    return self.full(ops, &e.to_string());
+        let mut batch = Batch {
+            conn: &self.conn,
+            workflows: &self.workflows,
+            now: self.clock.now(),
+            counters: &self.counters,
+        };
+        let committed = match batch::run(&mut batch, ops, &self.rules) {
+            Ok(committed) => committed,
+            Err(Halt::Fatal(error)) => return self.die(error, ops),
+            Err(Halt::Full(why)) => return self.full(ops, &why),
+            Err(Halt::Lost(why) | Halt::Stale(why)) => {
+                // SQLite dropped the transaction (out of memory, say), or
+                // another process held the lock past busy_timeout: nothing of
+                // this batch is written or acknowledged; callers may retry.
+                tracing::error!(reason = %why, ops = count, "write batch not committed");
+                if !self.conn.is_autocommit() {
+                    let _ = exec(&self.conn, "ROLLBACK");
                 }
-                if is_fatal(&e) {
-                    return self.die(fatal("begin", &e), ops);
-                }
-                // Not fatal (another process held the lock past busy_timeout):
-                // nothing was written; callers may retry.
-                tracing::warn!(error = %e, ops = count, "could not begin a write transaction");
-                self.lost(ops, &format!("the SQLite store could not begin a transaction: {e}"));
+                self.lost(ops, &why);
                 return Flow::Continue;
             }
-            let mut batch = Batch {
-                conn: &self.conn,
-                rules: &self.rules,
-                workflows: &self.workflows,
-                now,
-                careful,
-                ready: Vec::new(),
-                observed: Vec::new(),
-                gauges: GaugeDeltas::default(),
-                end: None,
-            };
-            let mut outcomes = Vec::with_capacity(count);
-            for op in ops.iter() {
-                outcomes.push(op.run(&mut batch));
-                if batch.end.is_some() {
-                    break;
-                }
-            }
-            match batch.end {
-                None => break (outcomes, batch.ready, batch.observed, batch.gauges),
-                Some(End::Fatal(error)) => return self.die(error, ops),
-                Some(End::Full(why)) => return self.full(ops, &why),
-                Some(End::Tainted) => {
-                    // An operation wrote, then was refused or failed: take the
-                    // whole batch back and rerun it with savepoints.
-                    if let Err(e) = exec(&self.conn, "ROLLBACK") {
-                        if is_fatal(&e) {
-                            return self.die(fatal("rollback", &e), ops);
-                        }
-                        self.lost(ops, &format!("the SQLite store could not roll back: {e}"));
-                        return Flow::Continue;
-                    }
-                    careful = true;
-                    self.counters.reruns.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(End::Lost(why)) => {
-                    // SQLite dropped the transaction (out of memory, say):
-                    // nothing of this batch is written or acknowledged.
-                    tracing::error!(reason = %why, ops = count, "write transaction lost; batch not committed");
-                    if !self.conn.is_autocommit() {
-                        let _ = exec(&self.conn, "ROLLBACK");
-                    }
-                    self.lost(ops, &format!("the SQLite store lost the transaction: {why}"));
-                    return Flow::Continue;
-                }
-            }
+            Err(Halt::Tainted | Halt::Rerun) => unreachable!("the kernel reruns the batch itself"),
         };
-        // The kept operations' counter deltas, summed: one write per stage
-        // they changed, in the batch's transaction.
-        if let Err(e) = crate::tx::apply_gauges(&self.conn, &gauges) {
-            if is_full(&e) {
-                return self.full(ops, &e.to_string());
-            }
-            if is_fatal(&e) {
-                return self.die(fatal("stage counters", &e), ops);
-            }
-            if !self.conn.is_autocommit() {
-                let _ = exec(&self.conn, "ROLLBACK");
-            }
-            self.lost(ops, &format!("the SQLite store could not update its stage counters: {e}"));
-            return Flow::Continue;
-        }
-        if let Err(e) = exec(&self.conn, "COMMIT") {
-            if is_full(&e) {
-                // The commit record never reached the WAL: nothing committed.
-                return self.full(ops, &e.to_string());
-            }
-            // Any other failed COMMIT leaves us not knowing what is on disk:
-            // fail-stop.
-            return self.die(fatal("commit", &e), ops);
-        }
         let c = &self.counters;
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.ops.fetch_add(count as u64, Ordering::Relaxed);
         c.batch_max.fetch_max(count as u64, Ordering::Relaxed);
-        for outcome in &outcomes {
-            match outcome.error() {
-                None => {}
-                Some(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
-                Some(Error::Unavailable(_) | Error::StorageFull(_)) => {
+        for outcome in &committed.outcomes {
+            match outcome {
+                Ok(_) => {}
+                Err(Error::Rejected(_)) => drop(c.refused.fetch_add(1, Ordering::Relaxed)),
+                Err(Error::Unavailable(_) | Error::StorageFull(_)) => {
                     c.unavailable.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
         // Wake-ups before answers: a caller that sees its answer may rely on
         // the listener having heard about the work it created.
+        let (ready, observed) = (&committed.ready, &committed.observed);
         if !ready.is_empty() {
             let listener = &self.listener;
-            if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(&ready))).is_err() {
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.ready(ready))).is_err() {
                 tracing::error!("the ready listener panicked; wake-ups for this batch are lost");
             }
         }
         if !observed.is_empty() {
             let listener = &self.listener;
-            if panic::catch_unwind(AssertUnwindSafe(|| listener.observed(&observed))).is_err() {
+            if panic::catch_unwind(AssertUnwindSafe(|| listener.observed(observed))).is_err() {
                 tracing::error!("the ready listener panicked; metrics for this batch are lost");
             }
         }
-        for (op, outcome) in ops.drain(..).zip(outcomes) {
+        for (op, outcome) in ops.drain(..).zip(committed.outcomes) {
             op.answer(outcome);
         }
         Flow::Continue
@@ -301,66 +236,49 @@ fn fatal(during: &'static str, e: &rusqlite::Error) -> FatalError {
 }
 
 /// What one operation produced, held until the batch commits.
-enum Outcome {
-    Submit(Result<Submitted, Error>),
-    Claim(Result<Vec<Grant>, Error>),
-    Act(Result<ActOutcome, Error>),
-    Cancel(Result<Task, Error>),
-    FireDue(Result<usize, Error>),
-    Execute(Result<OpOutcome, Error>),
-    PurgeRequests(Result<usize, Error>),
-    Directory(Result<bool, Error>),
-}
-
-impl Outcome {
-    fn error(&self) -> Option<&Error> {
-        match self {
-            Outcome::Submit(r) => r.as_ref().err(),
-            Outcome::Claim(r) => r.as_ref().err(),
-            Outcome::Act(r) => r.as_ref().err(),
-            Outcome::Cancel(r) => r.as_ref().err(),
-            Outcome::FireDue(r) => r.as_ref().err(),
-            Outcome::Execute(r) => r.as_ref().err(),
-            Outcome::PurgeRequests(r) => r.as_ref().err(),
-            Outcome::Directory(r) => r.as_ref().err(),
-        }
-    }
+pub(crate) enum Value {
+    Submit(Submitted),
+    Claim(Vec<Grant>),
+    Act(ActOutcome),
+    Cancel(Task),
+    Count(usize),
+    Execute(OpOutcome),
+    Directory(bool),
 }
 
 impl Op {
     /// Runs the operation in the batch's transaction. Takes `&self`: a batch
     /// may run twice, and the reply slot is used only after the commit.
-    fn run(&self, b: &mut Batch<'_>) -> Outcome {
-        match self {
-            Op::Submit(req, _) => Outcome::Submit(b.execute(|tx, cx| engine::submit(tx, req, cx))),
-            Op::Claim(req, _) => {
-                Outcome::Claim(b.execute(|tx, cx| engine::claim(tx, req, cx).map(|c| c.grants)))
-            }
-            Op::Act(req, _) => Outcome::Act(b.execute(|tx, cx| engine::act(tx, req, cx))),
-            Op::Cancel(req, _) => Outcome::Cancel(b.execute(|tx, cx| engine::cancel(tx, req, cx))),
-            Op::FireDue(limit, _) => Outcome::FireDue(b.execute(|tx, cx| engine::fire_due(tx, *limit, cx))),
+    fn run(&self, tx: &mut WriteTx<'_>, cx: &mut Ctx<'_>) -> Result<Value, Fail<StoreError>> {
+        Ok(match self {
+            Op::Submit(req, _) => Value::Submit(engine::submit(tx, req, cx)?),
+            Op::Claim(req, _) => Value::Claim(engine::claim(tx, req, cx)?.grants),
+            Op::Act(req, _) => Value::Act(engine::act(tx, req, cx)?),
+            Op::Cancel(req, _) => Value::Cancel(engine::cancel(tx, req, cx)?),
+            Op::FireDue(limit, _) => Value::Count(engine::fire_due(tx, *limit, cx)?),
             Op::Execute(call, _) => {
                 let (op, key) = call.as_ref();
-                Outcome::Execute(b.execute(|tx, cx| engine::keyed(tx, key.as_ref(), op, cx)))
+                Value::Execute(engine::keyed(tx, key.as_ref(), op, cx)?)
             }
-            Op::PurgeRequests(limit, _) => {
-                Outcome::PurgeRequests(b.execute(|tx, cx| engine::purge_requests(tx, *limit, cx)))
-            }
-            Op::Directory(write, _) => Outcome::Directory(b.execute(|tx, _| write.run(tx))),
-        }
+            Op::PurgeRequests(limit, _) => Value::Count(engine::purge_requests(tx, *limit, cx)?),
+            Op::Directory(write, _) => Value::Directory(write.run(tx)?),
+        })
     }
 
     /// Tells the caller its outcome (the batch committed).
-    fn answer(self, outcome: Outcome) {
+    fn answer(self, outcome: Result<Value, Error>) {
+        let outcome = match outcome {
+            Ok(value) => value,
+            Err(e) => return self.fail_with(|| e.clone()),
+        };
         match (self, outcome) {
-            (Op::Submit(_, r), Outcome::Submit(v)) => r.send(v),
-            (Op::Claim(_, r), Outcome::Claim(v)) => r.send(v),
-            (Op::Act(_, r), Outcome::Act(v)) => r.send(v),
-            (Op::Cancel(_, r), Outcome::Cancel(v)) => r.send(v),
-            (Op::FireDue(_, r), Outcome::FireDue(v)) => r.send(v),
-            (Op::Execute(_, r), Outcome::Execute(v)) => r.send(v),
-            (Op::PurgeRequests(_, r), Outcome::PurgeRequests(v)) => r.send(v),
-            (Op::Directory(_, r), Outcome::Directory(v)) => r.send(v),
+            (Op::Submit(_, r), Value::Submit(v)) => r.send(Ok(v)),
+            (Op::Claim(_, r), Value::Claim(v)) => r.send(Ok(v)),
+            (Op::Act(_, r), Value::Act(v)) => r.send(Ok(v)),
+            (Op::Cancel(_, r), Value::Cancel(v)) => r.send(Ok(v)),
+            (Op::FireDue(_, r) | Op::PurgeRequests(_, r), Value::Count(v)) => r.send(Ok(v)),
+            (Op::Execute(_, r), Value::Execute(v)) => r.send(Ok(v)),
+            (Op::Directory(_, r), Value::Directory(v)) => r.send(Ok(v)),
             (op, _) => unreachable!("each outcome comes from its own operation ({})", op.name()),
         }
     }
@@ -403,160 +321,125 @@ impl Op {
     }
 }
 
-/// Why a batch stopped running operations before its end.
-enum End {
-    /// An error that stops the process.
-    Fatal(FatalError),
-    /// SQLite rolled the transaction back under us, or a savepoint failed.
-    Lost(String),
-    /// Without savepoints, an operation was refused or failed after writing:
-    /// rerun the batch with them.
-    Tainted,
-    /// The disk is full (`SQLITE_FULL`): roll the batch back, answer
-    /// `StorageFull`.
-    Full(String),
-}
-
-/// How one operation ended, short of success.
-enum Failure {
-    Refused(Rejection),
-    Conflict,
-    Store(StoreError),
-    Panic(String),
-}
-
-/// One open write transaction and what its operations produced so far.
+/// The writer's open transaction, as the batch kernel drives it.
 struct Batch<'w> {
     conn: &'w Connection,
-    rules: &'w Rules,
     workflows: &'w WorkflowCache,
+    /// The batch's instant, the same in a rerun.
     now: Millis,
-    /// Each operation in its own savepoint.
-    careful: bool,
-    /// Stages with new ready work, from operations that were kept.
-    ready: Vec<StageName>,
-    /// What the kept operations' changes tell the metrics.
-    observed: Vec<Observation>,
-    /// The kept operations' stage counter deltas, summed.
-    gauges: GaugeDeltas,
-    end: Option<End>,
+    counters: &'w Counters,
 }
 
-type EngineResult<T> = Result<T, Fail<StoreError>>;
+/// What a failed statement means for the batch: a full disk, an error that
+/// stops the process, or (`lost` says how) a transaction lost.
+fn halt(e: &rusqlite::Error, during: &'static str, lost: &str) -> Halt<FatalError> {
+    if is_full(e) {
+        Halt::Full(e.to_string())
+    } else if is_fatal(e) {
+        Halt::Fatal(fatal(during, e))
+    } else {
+        Halt::Lost(format!("{lost}: {e}"))
+    }
+}
 
-impl Batch<'_> {
-    /// Runs one operation; on refusal or failure, undoes what it wrote.
-    fn execute<T>(
-        &mut self,
-        mut op: impl FnMut(&mut WriteTx<'_>, &mut Ctx<'_>) -> EngineResult<T>,
-    ) -> Result<T, Error> {
-        if self.careful {
-            self.exec("SAVEPOINT op")?;
+impl Backend for Batch<'_> {
+    type Error = StoreError;
+    type Tx<'t>
+        = WriteTx<'t>
+    where
+        Self: 't;
+    type Op = Op;
+    type Value = Value;
+    type Fatal = FatalError;
+
+    /// With one writer a conflict never happens; the bound keeps a bug from
+    /// looping for ever.
+    const CONFLICT_RETRIES_MAX: usize = 3;
+    const FAILURE_ABORTS: bool = false;
+
+    fn begin(&mut self, _ops: &[Op], _careful: bool) -> Result<Millis, Halt<FatalError>> {
+        // Not full or fatal: another process held the lock past
+        // busy_timeout, and nothing was written.
+        exec(self.conn, "BEGIN IMMEDIATE")
+            .map_err(|e| halt(&e, "begin", "the SQLite store could not begin a transaction"))?;
+        Ok(self.now)
+    }
+
+    fn tx(&mut self, _op: &Op, _careful: bool) -> WriteTx<'_> {
+        WriteTx::new(self.conn, self.workflows)
+    }
+
+    fn wrote(tx: &WriteTx<'_>) -> bool {
+        tx.writes > 0
+    }
+
+    fn run(op: &Op, tx: &mut WriteTx<'_>, cx: &mut Ctx<'_>) -> Result<Value, Fail<StoreError>> {
+        op.run(tx, cx)
+    }
+
+    fn classify(&mut self, error: &StoreError) -> Class<FatalError> {
+        if let Some(sql) = error.sqlite() {
+            if is_full(sql) {
+                return Class::Halt(Halt::Full(sql.to_string()));
+            }
+            if is_fatal(sql) {
+                return Class::Halt(Halt::Fatal(fatal("operation", sql)));
+            }
         }
-        let mut conflicts = 0;
-        let failure = loop {
-            let mut effects = Effects::default();
-            let mut tx = WriteTx::new(self.conn, self.workflows);
-            let outcome = {
-                let mut cx = Ctx { rules: self.rules, now: self.now, effects: &mut effects };
-                // A panic is a bug in one operation: undo that operation and
-                // keep serving the others, rather than lose the writer thread.
-                panic::catch_unwind(AssertUnwindSafe(|| op(&mut tx, &mut cx)))
-            };
-            let failure = match outcome {
-                Ok(Ok(value)) => {
-                    if self.careful {
-                        self.exec("RELEASE op")?;
-                    }
-                    for stage in effects.ready {
-                        if !self.ready.contains(&stage) {
-                            self.ready.push(stage);
-                        }
-                    }
-                    self.observed.extend(effects.observed);
-                    self.gauges.merge(&effects.gauges);
-                    return Ok(value);
-                }
-                Ok(Err(Fail::Rejected(r))) => Failure::Refused(r),
-                Ok(Err(Fail::Conflict)) => Failure::Conflict,
-                Ok(Err(Fail::Store(e))) => {
-                    if let Some(sql) = e.sqlite()
-                        && is_full(sql)
-                    {
-                        self.end = Some(End::Full(sql.to_string()));
-                        return Err(not_committed());
-                    }
-                    if let Some(sql) = e.sqlite()
-                        && is_fatal(sql)
-                    {
-                        self.end = Some(End::Fatal(fatal("operation", sql)));
-                        return Err(not_committed());
-                    }
-                    if self.conn.is_autocommit() {
-                        self.end = Some(End::Lost(e.to_string()));
-                        return Err(not_committed());
-                    }
-                    Failure::Store(e)
-                }
-                Err(payload) => Failure::Panic(panic_text(payload.as_ref())),
-            };
-            if tx.writes > 0 {
-                if !self.careful {
-                    self.end = Some(End::Tainted);
-                    return Err(not_committed());
-                }
-                // ROLLBACK TO keeps the savepoint open, for a retry.
-                self.exec("ROLLBACK TO op")?;
-            }
-            match failure {
-                Failure::Conflict if conflicts < CONFLICT_RETRIES_MAX => {
-                    conflicts += 1;
-                    tracing::warn!("revision conflict inside the single writer; retrying the operation");
-                }
-                other => break other,
-            }
+        if self.conn.is_autocommit() {
+            // SQLite rolled the transaction back under us.
+            return Class::Halt(Halt::Lost(format!("the SQLite store lost the transaction: {error}")));
+        }
+        Class::Failed
+    }
+
+    fn savepoint(&mut self, step: Savepoint) -> Result<(), Halt<FatalError>> {
+        let sql = match step {
+            Savepoint::Open => "SAVEPOINT op",
+            Savepoint::Release => "RELEASE op",
+            Savepoint::RollbackTo => "ROLLBACK TO op",
         };
-        if self.careful {
-            self.exec("RELEASE op")?;
-        }
-        Err(match failure {
-            Failure::Refused(r) => Error::Rejected(r),
-            Failure::Conflict => {
-                Error::Unavailable("the task kept changing under the operation; retry".into())
-            }
-            Failure::Store(e) => {
-                tracing::error!(error = %e, "a write operation failed; it changed nothing");
-                Error::Unavailable(format!("storage error: {e}"))
-            }
-            Failure::Panic(what) => {
-                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
-                Error::Unavailable("internal error; the operation changed nothing".into())
-            }
-        })
+        exec(self.conn, sql).map_err(|e| halt(&e, "savepoint", "the SQLite store lost the transaction"))
     }
 
-    fn exec(&mut self, sql: &str) -> Result<(), Error> {
-        exec(self.conn, sql).map_err(|e| {
-            self.end = Some(if is_full(&e) {
-                End::Full(e.to_string())
-            } else if is_fatal(&e) {
-                End::Fatal(fatal("savepoint", &e))
+    fn rollback(&mut self) -> Result<(), Halt<FatalError>> {
+        exec(self.conn, "ROLLBACK").map_err(|e| {
+            if is_fatal(&e) {
+                Halt::Fatal(fatal("rollback", &e))
             } else {
-                End::Lost(e.to_string())
-            });
-            not_committed()
+                Halt::Lost(format!("the SQLite store could not roll back: {e}"))
+            }
         })
     }
-}
 
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
+    fn commit(&mut self, _ops: &[Op], gauges: &GaugeDeltas, _careful: bool) -> Result<(), Halt<FatalError>> {
+        // The kept operations' counter deltas, summed: one write per stage
+        // they changed, in the batch's transaction.
+        crate::tx::apply_gauges(self.conn, gauges).map_err(|e| {
+            halt(&e, "stage counters", "the SQLite store could not update its stage counters")
+        })?;
+        exec(self.conn, "COMMIT").map_err(|e| {
+            if is_full(&e) {
+                // The commit record never reached the WAL: nothing committed.
+                Halt::Full(e.to_string())
+            } else {
+                // Any other failed COMMIT leaves us not knowing what is on
+                // disk: fail-stop.
+                Halt::Fatal(fatal("commit", &e))
+            }
+        })
+    }
 
-fn not_committed() -> Error {
-    Error::Unavailable("the write batch could not commit; nothing changed".into())
+    fn report(&mut self, report: Report<'_>) {
+        match report {
+            Report::Conflict => {
+                tracing::warn!("revision conflict inside the single writer; retrying the operation");
+            }
+            Report::Failed(e) => tracing::error!(error = %e, "a write operation failed; it changed nothing"),
+            Report::Panicked(what) => {
+                tracing::error!(panic = %what, "a write operation panicked; it changed nothing");
+            }
+            Report::Careful | Report::Retry => drop(self.counters.reruns.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
 }

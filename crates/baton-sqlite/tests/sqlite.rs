@@ -123,6 +123,7 @@ fn act(store: &SqliteStore, grant: &Grant, action: Action) -> Result<baton_core:
         epoch: grant.epoch,
         action,
         claim_next: None,
+        caller: None,
     }))
 }
 
@@ -266,6 +267,7 @@ fn a_refused_operation_leaves_its_batch_neighbours_committed() {
             join: JoinSpec { mode: JoinMode::All, within_ms: 1_000 },
         },
         claim_next: None,
+        caller: None,
     });
     let good2 = store.submit(NewTask::new("s", r#""two""#));
     lock.release();

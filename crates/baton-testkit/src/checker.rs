@@ -691,6 +691,7 @@ mod tests {
                 epoch: grant.epoch,
                 action: handoff_to("b"),
                 claim_next: None,
+                caller: None,
             };
             block_on(store.act(handoff)).expect("handoff");
             let problems = check_store(&store).expect_err("a lie is noticed");

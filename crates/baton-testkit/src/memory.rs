@@ -3,7 +3,9 @@
 //! payloads and event chains, handoffs, alerts, the idempotency map, the
 //! records of keyed requests), the
 //! transaction (`MemTx`, an undo log over the state, so a refused or failed
-//! operation leaves no trace) and the commit/rollback/answer loop. It leaves
+//! operation leaves no trace), run by the batch kernel every store shares
+//! (`baton_core::batch`, through `Batch`, whose savepoints are marks in the
+//! undo log). It leaves
 //! every decision to `baton_core::engine` and `decide`, and durability to the
 //! real stores: nothing here survives the process. It is the reference that
 //! the conformance suite holds the others to, and the store under the
@@ -12,10 +14,10 @@
 //! tasks per stage in claim order, live tasks by due time, leases per agent
 //! and per stage), kept in step with every insert, update and rollback.
 
-use baton_core::Rejection;
 use baton_core::Workflow;
-use baton_core::auth::{Directory, Principal, TokenRecord};
-use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
+use baton_core::auth::{self, Directory, Principal, Role, TokenRecord};
+use baton_core::batch::{self, Backend, Class, Halt, Savepoint};
+use baton_core::engine::{self, Ctx, Fail, ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};
 use baton_core::store::{Delivery, NoListener, Notice, ReadyListener};
 use baton_core::{
@@ -28,6 +30,7 @@ use baton_core::{GaugeDeltas, StageCounts};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
@@ -202,50 +205,35 @@ impl MemoryStore {
         self.state.lock().expect("memory store mutex poisoned by an earlier panic")
     }
 
-    /// Runs one engine operation in a transaction: commit on success, roll
-    /// back everything on any failure, retry on a revision conflict.
-    fn run<T>(
-        &self,
-        mut op: impl FnMut(&mut MemTx<'_>, &mut Ctx<'_>) -> Result<T, Fail<MemError>>,
-    ) -> Result<T, Error> {
-        let mut conflicts = 0;
-        loop {
-            let now = self.clock.now();
-            let mut effects = Effects::default();
-            let result = {
-                let mut state = self.lock();
-                let mut tx = MemTx::new(&mut state);
-                tx.directory = Some(&self.directory);
-                let mut cx = Ctx { rules: &self.rules, now, effects: &mut effects };
-                let result = op(&mut tx, &mut cx);
-                if result.is_ok() {
-                    tx.commit();
-                    drop(tx);
-                    state.apply_gauges(&effects.gauges);
-                }
-                // Dropping an uncommitted transaction rolls it back.
-                result
+    /// Runs one call in a transaction through the batch kernel, as the
+    /// database stores run theirs: commit on success, roll back everything
+    /// the call wrote on any failure, retry on a revision conflict, then tell
+    /// the listener (after the lock is released) and answer.
+    fn run(&self, call: Call<'_>) -> Result<Value, Error> {
+        let committed = {
+            let mut batch = Batch {
+                state: self.lock(),
+                directory: &self.directory,
+                undo: Vec::new(),
+                savepoints: Vec::new(),
+                now: self.clock.now(),
+                calls: PhantomData,
             };
-            match result {
-                Ok(value) => {
-                    if !effects.ready.is_empty() {
-                        self.listener.ready(&effects.ready);
-                    }
-                    if !effects.observed.is_empty() {
-                        self.listener.observed(&effects.observed);
-                    }
-                    return Ok(value);
-                }
-                Err(Fail::Rejected(rejection)) => return Err(Error::Rejected(rejection)),
-                Err(Fail::Conflict) if conflicts < CONFLICT_RETRIES_MAX => conflicts += 1,
-                Err(Fail::Conflict) => {
-                    return Err(Error::Unavailable(format!(
-                        "revision conflict persisted over {CONFLICT_RETRIES_MAX} retries"
-                    )));
-                }
-                Err(Fail::Store(e)) => return Err(Error::Unavailable(e.to_string())),
+            batch::run(&mut batch, std::slice::from_ref(&call), &self.rules)
+        };
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(halt) => {
+                return Err(Error::Unavailable(format!("the memory store stopped a batch: {halt:?}")));
             }
+        };
+        if !committed.ready.is_empty() {
+            self.listener.ready(&committed.ready);
         }
+        if !committed.observed.is_empty() {
+            self.listener.observed(&committed.observed);
+        }
+        committed.outcomes.into_iter().next().unwrap_or_else(|| Err(batch::not_committed()))
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -257,35 +245,168 @@ fn answer<'a, T: Send + 'a>(result: Result<T, Error>) -> StoreFuture<'a, T> {
     Box::pin(std::future::ready(result))
 }
 
+/// One call of the memory store, as the batch kernel runs it.
+enum Call<'a> {
+    Submit(&'a NewTask),
+    Claim(&'a ClaimRequest),
+    Act(&'a ActRequest),
+    Cancel(&'a CancelRequest),
+    FireDue(usize),
+    Execute(&'a Op, Option<&'a RequestKey>),
+    PurgeRequests(usize),
+}
+
+/// What a call produced.
+#[derive(Debug)]
+enum Value {
+    Submit(Submitted),
+    Grants(Vec<Grant>),
+    Act(ActOutcome),
+    Task(Task),
+    Count(usize),
+    Outcome(OpOutcome),
+}
+
+impl Value {
+    fn count(self) -> usize {
+        match self {
+            Value::Count(n) => n,
+            other => unreachable!("a count answers a count: {other:?}"),
+        }
+    }
+}
+
+/// The store's transaction as the batch kernel drives it: the locked state
+/// and the undo log of what the batch wrote, with the log's length at each
+/// open savepoint. Savepoints cost nothing here, so every call runs in one
+/// from the start (and a failpoint fires once, never in a rerun).
+struct Batch<'s, 'a> {
+    state: MutexGuard<'s, State>,
+    directory: &'s Mutex<Principals>,
+    undo: Vec<Undo>,
+    savepoints: Vec<usize>,
+    now: Millis,
+    calls: PhantomData<Call<'a>>,
+}
+
+impl<'a> Backend for Batch<'_, 'a> {
+    type Error = MemError;
+    type Tx<'t>
+        = MemTx<'t>
+    where
+        Self: 't;
+    type Op = Call<'a>;
+    type Value = Value;
+    type Fatal = std::convert::Infallible;
+
+    const CONFLICT_RETRIES_MAX: usize = CONFLICT_RETRIES_MAX as usize;
+    const FAILURE_ABORTS: bool = false;
+    const SAVEPOINTS_FIRST: bool = true;
+
+    fn begin(&mut self, _calls: &[Call<'a>], _careful: bool) -> Result<Millis, Halt<Self::Fatal>> {
+        Ok(self.now)
+    }
+
+    fn tx(&mut self, _call: &Call<'a>, _careful: bool) -> MemTx<'_> {
+        let mut tx = MemTx::new(&mut self.state, &mut self.undo);
+        tx.directory = Some(self.directory);
+        tx
+    }
+
+    fn wrote(tx: &MemTx<'_>) -> bool {
+        tx.undo.len() > tx.start
+    }
+
+    fn run(call: &Call<'a>, tx: &mut MemTx<'_>, cx: &mut Ctx<'_>) -> Result<Value, Fail<MemError>> {
+        Ok(match call {
+            Call::Submit(task) => Value::Submit(engine::submit(tx, task, cx)?),
+            Call::Claim(request) => Value::Grants(engine::claim(tx, request, cx)?.grants),
+            Call::Act(request) => Value::Act(engine::act(tx, request, cx)?),
+            Call::Cancel(request) => Value::Task(engine::cancel(tx, request, cx)?),
+            Call::FireDue(limit) => Value::Count(engine::fire_due(tx, *limit, cx)?),
+            Call::Execute(op, key) => Value::Outcome(engine::keyed(tx, *key, op, cx)?),
+            Call::PurgeRequests(limit) => Value::Count(engine::purge_requests(tx, *limit, cx)?),
+        })
+    }
+
+    fn classify(&mut self, _error: &MemError) -> Class<Self::Fatal> {
+        Class::Failed
+    }
+
+    fn savepoint(&mut self, step: Savepoint) -> Result<(), Halt<Self::Fatal>> {
+        match step {
+            Savepoint::Open => self.savepoints.push(self.undo.len()),
+            Savepoint::Release => drop(self.savepoints.pop()),
+            Savepoint::RollbackTo => {
+                let mark = self.savepoints.last().copied().unwrap_or(0);
+                self.state.undo_to(&mut self.undo, mark);
+            }
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> Result<(), Halt<Self::Fatal>> {
+        self.state.undo_to(&mut self.undo, 0);
+        self.savepoints.clear();
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        _calls: &[Call<'a>],
+        gauges: &GaugeDeltas,
+        _careful: bool,
+    ) -> Result<(), Halt<Self::Fatal>> {
+        self.state.apply_gauges(gauges);
+        self.undo.clear();
+        Ok(())
+    }
+}
+
 impl Store for MemoryStore {
     fn submit(&self, task: NewTask) -> StoreFuture<'_, Submitted> {
-        answer(self.run(|tx, cx| engine::submit(tx, &task, cx)))
+        answer(self.run(Call::Submit(&task)).map(|v| match v {
+            Value::Submit(s) => s,
+            other => unreachable!("a submit answers a submit: {other:?}"),
+        }))
     }
 
     fn claim(&self, request: ClaimRequest) -> StoreFuture<'_, Vec<Grant>> {
-        answer(self.run(|tx, cx| engine::claim(tx, &request, cx).map(|c| c.grants)))
+        answer(self.run(Call::Claim(&request)).map(|v| match v {
+            Value::Grants(grants) => grants,
+            other => unreachable!("a claim answers grants: {other:?}"),
+        }))
     }
 
     fn act(&self, request: ActRequest) -> StoreFuture<'_, ActOutcome> {
-        answer(self.run(|tx, cx| engine::act(tx, &request, cx)))
+        answer(self.run(Call::Act(&request)).map(|v| match v {
+            Value::Act(acted) => acted,
+            other => unreachable!("an act answers an act: {other:?}"),
+        }))
     }
 
     fn cancel(&self, request: CancelRequest) -> StoreFuture<'_, Task> {
-        answer(self.run(|tx, cx| engine::cancel(tx, &request, cx)))
+        answer(self.run(Call::Cancel(&request)).map(|v| match v {
+            Value::Task(task) => task,
+            other => unreachable!("a cancel answers a task: {other:?}"),
+        }))
     }
 
     fn fire_due(&self, limit: usize) -> StoreFuture<'_, usize> {
-        answer(self.run(|tx, cx| engine::fire_due(tx, limit, cx)))
+        answer(self.run(Call::FireDue(limit)).map(Value::count))
     }
 
     /// Under one mutex a keyed request is never seen half-done, so
     /// `request_in_progress` cannot arise here.
     fn execute(&self, op: Op, key: Option<RequestKey>) -> StoreFuture<'_, OpOutcome> {
-        answer(self.run(|tx, cx| engine::keyed(tx, key.as_ref(), &op, cx)))
+        answer(self.run(Call::Execute(&op, key.as_ref())).map(|v| match v {
+            Value::Outcome(outcome) => outcome,
+            other => unreachable!("an operation answers its outcome: {other:?}"),
+        }))
     }
 
     fn purge_requests(&self, limit: usize) -> StoreFuture<'_, usize> {
-        answer(self.run(|tx, cx| engine::purge_requests(tx, limit, cx)))
+        answer(self.run(Call::PurgeRequests(limit)).map(Value::count))
     }
 
     fn get(&self, task: TaskId) -> StoreFuture<'_, Option<TaskView>> {
@@ -501,15 +622,18 @@ impl fmt::Display for MemError {
 
 impl std::error::Error for MemError {}
 
-/// One open transaction: writes go straight into the state and are recorded
-/// in an undo log, replayed backwards on rollback (or on drop without commit).
+/// One operation's view of the open transaction: writes go straight into
+/// the state and are recorded in the batch's undo log (`undo`), which the
+/// batch replays backwards to a savepoint or to its start
+/// (`State::undo_to`) and clears when it commits.
 pub struct MemTx<'s> {
     state: &'s mut State,
     /// The store's principals and tokens, for `credential_live` (none in
     /// the unit tests below, which never claim with a credential).
     directory: Option<&'s Mutex<Principals>>,
-    undo: Vec<Undo>,
-    committed: bool,
+    undo: &'s mut Vec<Undo>,
+    /// The log's length when this operation began: it wrote if it grew.
+    start: usize,
 }
 
 /// The inverse of one write.
@@ -545,89 +669,87 @@ impl State {
             self.gauges.entry(stage.clone()).or_default().apply(delta);
         }
     }
-}
 
-impl<'s> MemTx<'s> {
-    fn new(state: &'s mut State) -> Self {
-        Self { state, directory: None, undo: Vec::new(), committed: false }
-    }
-
-    fn commit(&mut self) {
-        self.committed = true;
-        self.undo.clear();
-    }
-
-    fn rollback(&mut self) {
-        while let Some(undo) = self.undo.pop() {
-            match undo {
+    /// Undoes the writes logged after `mark`, newest first.
+    fn undo_to(&mut self, undo: &mut Vec<Undo>, mark: usize) {
+        while undo.len() > mark {
+            let Some(step) = undo.pop() else { break };
+            match step {
                 Undo::Insert(id) => {
-                    let row = self.state.tasks.remove(&id).expect("an inserted task is present");
-                    self.state.indexes.remove(&row.task);
+                    let row = self.tasks.remove(&id).expect("an inserted task is present");
+                    self.indexes.remove(&row.task);
                     if let Some(key) = row.task.idempotency_key {
-                        self.state.keys.remove(&(row.task.namespace, key));
+                        self.keys.remove(&(row.task.namespace, key));
                     }
                 }
                 Undo::Update(old) => {
-                    let row = self.state.tasks.get_mut(&old.id).expect("an updated task is present");
+                    let row = self.tasks.get_mut(&old.id).expect("an updated task is present");
                     row.events.pop();
-                    self.state.indexes.remove(&row.task);
-                    self.state.indexes.add(&old);
+                    self.indexes.remove(&row.task);
+                    self.indexes.add(&old);
                     row.task = *old;
                 }
                 Undo::Handoff(id, before) => match before {
                     Some(h) => {
-                        self.state.handoffs.insert(id, h);
+                        self.handoffs.insert(id, h);
                     }
                     None => {
-                        self.state.handoffs.remove(&id);
+                        self.handoffs.remove(&id);
                     }
                 },
                 Undo::Alert => {
-                    self.state.alerts.pop();
+                    self.alerts.pop();
                 }
                 Undo::Workflow(name) => {
-                    let versions = self.state.workflows.get_mut(&name).expect("a stored workflow is present");
+                    let versions = self.workflows.get_mut(&name).expect("a stored workflow is present");
                     versions.pop();
                     if versions.is_empty() {
-                        self.state.workflows.remove(&name);
+                        self.workflows.remove(&name);
                     }
                 }
                 Undo::Notice => {
-                    self.state.notices.pop();
+                    self.notices.pop();
                 }
                 Undo::Delivery => {
-                    self.state.deliveries.pop();
+                    self.deliveries.pop();
                 }
                 Undo::PushConfig(key, before) => match before {
                     Some(config) => {
-                        self.state.push_configs.insert(key, *config);
+                        self.push_configs.insert(key, *config);
                     }
                     None => {
-                        self.state.push_configs.remove(&key);
+                        self.push_configs.remove(&key);
                     }
                 },
                 Undo::AnomalyAdded => {
-                    self.state.anomalies.pop();
+                    self.anomalies.pop();
                 }
-                Undo::AnomalyUpdated(i, old) => self.state.anomalies[i] = *old,
+                Undo::AnomalyUpdated(i, old) => self.anomalies[i] = *old,
                 Undo::Rollup(key, before) => match before {
                     Some(counts) => {
-                        self.state.rollups.insert(key, counts);
+                        self.rollups.insert(key, counts);
                     }
                     None => {
-                        self.state.rollups.remove(&key);
+                        self.rollups.remove(&key);
                     }
                 },
                 Undo::Request(key, before) => match before {
                     Some(record) => {
-                        self.state.requests.insert(key, *record);
+                        self.requests.insert(key, *record);
                     }
                     None => {
-                        self.state.requests.remove(&key);
+                        self.requests.remove(&key);
                     }
                 },
             }
         }
+    }
+}
+
+impl<'s> MemTx<'s> {
+    fn new(state: &'s mut State, undo: &'s mut Vec<Undo>) -> Self {
+        let start = undo.len();
+        Self { state, directory: None, undo, start }
     }
 
     /// Consumes one unit of the failpoint's budget, failing when it runs out.
@@ -642,14 +764,6 @@ impl<'s> MemTx<'s> {
                 Ok(())
             }
             None => Ok(()),
-        }
-    }
-}
-
-impl Drop for MemTx<'_> {
-    fn drop(&mut self) {
-        if !self.committed {
-            self.rollback();
         }
     }
 }
@@ -698,6 +812,11 @@ impl Tx for MemTx<'_> {
             .get(&credential.token)
             .is_some_and(|t| t.principal == credential.principal && t.revoked_at.is_none());
         Ok(token_live && d.by_name.get(&credential.principal).is_some_and(Principal::is_live))
+    }
+
+    fn payload(&mut self, id: TaskId) -> Result<String, MemError> {
+        let row = self.state.tasks.get(&id).ok_or_else(|| MemError(format!("task {id} has no payload")))?;
+        Ok(row.payload.clone())
     }
 
     fn insert(&mut self, task: &Task, payload: &str, event: &Event) -> Result<(), MemError> {
@@ -879,8 +998,9 @@ impl Tx for MemTx<'_> {
 // ---------------------------------------------------------------- directory
 
 /// The memory store's principals and tokens (`baton_core::auth::Directory`):
-/// the same refusals as every store (a taken name, a token for a principal
-/// that does not exist or is revoked), checked by the conformance suite.
+/// the same refusals as every store, decided by `baton_core::auth` (a taken
+/// name, a token for a principal that does not exist or is revoked, the last
+/// live admin) under the directory's one mutex.
 #[derive(Debug, Default)]
 struct Principals {
     by_name: BTreeMap<String, Principal>,
@@ -896,9 +1016,8 @@ impl MemoryStore {
 impl Directory for MemoryStore {
     fn add_principal(&self, principal: Principal) -> StoreFuture<'_, ()> {
         let mut d = self.principals_lock();
-        if d.by_name.contains_key(&principal.name) {
-            let problem = format!("a principal named {:?} exists already", principal.name);
-            return answer(Err(Rejection::invalid("name", problem).into()));
+        if let Err(refused) = auth::check_add_principal(d.by_name.get(&principal.name), &principal) {
+            return answer(Err(refused.into()));
         }
         d.by_name.insert(principal.name.clone(), principal);
         answer(Ok(()))
@@ -914,8 +1033,15 @@ impl Directory for MemoryStore {
 
     fn revoke_principal(&self, name: &str, at: Millis) -> StoreFuture<'_, bool> {
         let mut d = self.principals_lock();
-        let Some(principal) = d.by_name.get_mut(name) else { return answer(Ok(false)) };
-        principal.revoked_at.get_or_insert(at);
+        let live_admins = d.by_name.values().filter(|p| p.role == Role::Admin && p.is_live()).count();
+        match auth::check_revoke_principal(d.by_name.get(name), live_admins as u64) {
+            Ok(true) => {}
+            Ok(false) => return answer(Ok(false)),
+            Err(refused) => return answer(Err(refused.into())),
+        }
+        if let Some(principal) = d.by_name.get_mut(name) {
+            principal.revoked_at.get_or_insert(at);
+        }
         for token in d.tokens.values_mut().filter(|t| t.principal == name) {
             token.revoked_at.get_or_insert(at);
         }
@@ -924,18 +1050,9 @@ impl Directory for MemoryStore {
 
     fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, ()> {
         let mut d = self.principals_lock();
-        let problem = match d.by_name.get(&token.principal) {
-            None => Some(("principal", format!("no principal is named {:?}", token.principal))),
-            Some(p) if !p.is_live() => {
-                Some(("principal", format!("principal {:?} is revoked", token.principal)))
-            }
-            Some(_) if d.tokens.contains_key(&token.id) => {
-                Some(("id", "a token with this id exists already".to_owned()))
-            }
-            Some(_) => None,
-        };
-        if let Some((field, problem)) = problem {
-            return answer(Err(Rejection::invalid(field, problem).into()));
+        let id_taken = d.tokens.contains_key(&token.id);
+        if let Err(refused) = auth::check_add_token(d.by_name.get(&token.principal), id_taken, &token) {
+            return answer(Err(refused.into()));
         }
         d.tokens.insert(token.id.clone(), token);
         answer(Ok(()))
@@ -980,12 +1097,12 @@ mod tests {
     #[test]
     fn update_is_guarded_by_revision_and_rollback_undoes_everything() {
         let mut state = State::default();
-        let mut tx = MemTx::new(&mut state);
+        let mut log = Vec::new();
+        let mut tx = MemTx::new(&mut state, &mut log);
         let (task, first) = submitted(&mut tx);
-        tx.commit();
-        drop(tx);
+        log.clear(); // committed
 
-        let mut tx = MemTx::new(&mut state);
+        let mut tx = MemTx::new(&mut state, &mut log);
         let bumped = Task { revision: 2, updated_at: 20, ..task.clone() };
         let event =
             Event { version: 2, after: bumped.clone(), ..first.clone() }.seal(first.hash, Some(&task));
@@ -1011,7 +1128,7 @@ mod tests {
             message: "m".into(),
         })
         .expect("put");
-        drop(tx); // not committed: rolled back
+        state.undo_to(&mut log, 0); // not committed: rolled back
 
         let row = &state.tasks[&task.id];
         assert_eq!((&row.task, row.events.len()), (&task, 1));
@@ -1019,12 +1136,11 @@ mod tests {
         assert_eq!(state.keys.len(), 1);
 
         // An id and an idempotency key are inserted once; a refused insert writes nothing.
-        let mut tx = MemTx::new(&mut state);
+        let mut tx = MemTx::new(&mut state, &mut log);
         assert!(tx.insert(&task, "{}", &first).is_err(), "the id is taken");
         let other = Task { id: TaskId(Uuid::now_v7()), ..task.clone() };
         assert!(tx.insert(&other, "{}", &first).is_err(), "the key is taken");
         assert!(tx.undo.is_empty());
-        drop(tx);
         assert_eq!(state.tasks.len(), 1);
     }
 }

@@ -373,6 +373,7 @@ impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
                     epoch: *epoch,
                     action,
                     claim_next: None,
+                    caller: None,
                 };
                 match block_on(store.act(request)) {
                     Ok(_) => Expect::Accepted,
@@ -384,6 +385,7 @@ impl<H: SuiteStore> StateMachineTest for ModelTest<H> {
                     task: sut.ids[*task],
                     actor: baton_core::Actor::Principal("ops".into()),
                     reason: "test".into(),
+                    caller: None,
                 };
                 match block_on(store.cancel(request)) {
                     Ok(_) => Expect::Accepted,

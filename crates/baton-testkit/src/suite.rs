@@ -116,6 +116,8 @@ macro_rules! store_suite {
             claim_max_and_claim_limits,
             claim_respects_leases_per_agent_max,
             claim_refused_midway_rolls_back_every_lease,
+            grants_carry_their_payloads,
+            calls_are_checked_against_their_caller,
             heartbeat_extends_the_lease,
             stale_epoch_gets_lease_lost_and_changes_nothing,
             other_agent_gets_not_holder,
@@ -148,6 +150,7 @@ macro_rules! store_suite {
             random_walk_keeps_the_invariants,
             directory_keeps_principals_and_tokens,
             directory_refuses_what_would_break_it,
+            directory_keeps_a_live_admin,
             directory_revocation_reaches_every_token,
             directory_survives_reopen,
             revoked_credentials_get_no_lease,
@@ -429,7 +432,14 @@ impl<H: SuiteStore> Case<H> {
         action: Action,
         claim_next: Option<ClaimNext>,
     ) -> Result<ActOutcome, Error> {
-        block_on(self.store().act(ActRequest { task, agent: AgentId::new(agent), epoch, action, claim_next }))
+        block_on(self.store().act(ActRequest {
+            task,
+            agent: AgentId::new(agent),
+            epoch,
+            action,
+            claim_next,
+            caller: None,
+        }))
     }
 
     #[track_caller]
@@ -449,6 +459,7 @@ impl<H: SuiteStore> Case<H> {
             task,
             actor: Actor::Principal("operator".into()),
             reason: reason.into(),
+            caller: None,
         }))
     }
 
@@ -657,6 +668,7 @@ pub fn act_op(grant: &Grant, action: Action) -> Op {
         epoch: grant.epoch,
         action,
         claim_next: None,
+        caller: None,
     })
 }
 
@@ -1574,6 +1586,114 @@ pub fn claim_next_returns_the_next_leases_in_the_same_call<H: SuiteStore>() {
     cx.finish();
 }
 
+/// Every lease carries its task's payload, read in the claim's own
+/// transaction: a claim's, claim-next's, a claim of one named task's, and a
+/// keyed repeat's (the agent needs no second read).
+pub fn grants_carry_their_payloads<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let payloads: Vec<String> = (0..4).map(|i| format!(r#"{{"n":{i},"text":"task {i}"}}"#)).collect();
+    let ids: Vec<TaskId> = payloads.iter().map(|p| cx.submit(new_task("a", p)).task.id).collect();
+    let grants = cx.claim("alice", &["a"], 2);
+    assert_eq!(grants.iter().map(|g| g.task.id).collect::<Vec<_>>(), ids[..2]);
+    for (grant, payload) in grants.iter().zip(&payloads) {
+        assert_eq!(&grant.payload, payload);
+    }
+    let out = cx.act_next(&grants[0], complete(), &["a"], 1);
+    assert_eq!(out.next.len(), 1);
+    assert_eq!((out.next[0].task.id, &out.next[0].payload), (ids[2], &payloads[2]));
+    let only = ClaimRequest {
+        agent: agent("bob"),
+        stages: vec![stage("a")],
+        max: 1,
+        lease_ms: None,
+        only: Some(ids[3]),
+        credential: None,
+    };
+    let key = request_key("bob", "only", "POST /v1/claims");
+    let first = cx.execute(Op::Claim(only.clone()), &key);
+    let grants = first.clone().into_grants().expect("a claim");
+    assert_eq!((grants[0].task.id, &grants[0].payload), (ids[3], &payloads[3]));
+    cx.assert_replays(Op::Claim(only), &key, &first);
+    cx.finish();
+}
+
+/// With a `caller`, the engine checks the principal against the task its
+/// own transaction loaded, with the codes the API answers: a task the caller
+/// may not see is missing, an operator works only human stages (and its
+/// own), the fence comes before the routes, a submitter cancels and
+/// messages only its own tasks. Every refusal changes nothing, and a keyed
+/// repeat of an accepted call gets its first answer after the task moved on.
+pub fn calls_are_checked_against_their_caller<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let alice = principal("alice", Role::Agent, &["a"], &[("a", "b")]);
+    let bob = principal("bob", Role::Agent, &["a"], &[]);
+    let elsewhere = principal("eve", Role::Agent, &["z"], &[]);
+    let operator = principal("olga", Role::Operator, &[], &[]);
+    let submitter = principal("sam", Role::Submitter, &[], &[]);
+    let act = |grant: &Grant, who: &Principal, action: Action| {
+        Op::Act(ActRequest {
+            task: grant.task.id,
+            agent: agent(&who.name),
+            epoch: grant.epoch,
+            action,
+            claim_next: None,
+            caller: Some(who.clone()),
+        })
+    };
+    let refused_quietly = |op: Op, code: &str| {
+        let before = cx.snapshot();
+        refused(cx.try_execute(op, None), code);
+        assert_eq!(cx.snapshot(), before, "a refused {code} changed the store");
+    };
+    cx.submit_to("a");
+    let grant = cx.claim_one("alice", "a");
+    refused_quietly(act(&grant, &elsewhere, heartbeat(None)), "not_found");
+    let missing = refused(cx.try_execute(act(&grant, &elsewhere, complete()), None), "not_found");
+    assert_eq!(missing, Rejection::TaskNotFound { task: grant.task.id }, "the body of a missing task");
+    refused_quietly(act(&grant, &bob, heartbeat(None)), "not_holder");
+    refused_quietly(act(&grant, &operator, heartbeat(None)), "forbidden");
+    refused_quietly(act(&grant, &submitter, heartbeat(None)), "forbidden");
+    refused_quietly(act(&grant, &alice, handoff_to("c")), "route_not_allowed");
+    let stale = Grant { epoch: grant.epoch + 1, ..grant.clone() };
+    refused_quietly(act(&stale, &alice, handoff_to("c")), "lease_lost");
+    // Accepted along its route; a keyed repeat after the task moved on.
+    let key = request_key("alice", "handoff-1", "POST /v1/tasks/{id}/handoff");
+    let first = cx.execute(act(&grant, &alice, handoff_to("b")), &key);
+    cx.assert_replays(act(&grant, &alice, handoff_to("b")), &key, &first);
+    // An operator works tasks in human stages.
+    let escalated = cx.submit_to(HUMANS);
+    let held = cx.claim_one("olga", HUMANS);
+    assert_eq!(held.task.id, escalated.id);
+    ok(cx.try_execute(act(&held, &operator, heartbeat(None)), None));
+    // A submitter cancels and messages only what it submitted.
+    let own = cx.submit(NewTask { submitter: Actor::Principal("sam".into()), ..new_task("a", "{}") }).task;
+    let other = cx.submit_to("a");
+    let cancel = |task: TaskId, who: &Principal| {
+        Op::Cancel(CancelRequest {
+            task,
+            actor: Actor::Principal(who.name.clone()),
+            reason: "no longer needed".into(),
+            caller: Some(who.clone()),
+        })
+    };
+    let comment = |task: TaskId, who: &Principal| {
+        Op::Comment(baton_core::CommentRequest {
+            task,
+            actor: Actor::Principal(who.name.clone()),
+            note: "a note".into(),
+            findings: None,
+            caller: Some(who.clone()),
+        })
+    };
+    refused_quietly(cancel(other.id, &submitter), "not_found");
+    refused_quietly(comment(other.id, &submitter), "not_found");
+    refused_quietly(cancel(other.id, &alice), "forbidden");
+    ok(cx.try_execute(comment(own.id, &submitter), None));
+    ok(cx.try_execute(cancel(own.id, &submitter), None));
+    ok(cx.try_execute(cancel(other.id, &operator), None));
+    cx.finish();
+}
+
 // ---------------------------------------------------------------- reads
 
 /// `list` pages by id with a cursor (no task twice, none missed), filters by
@@ -1860,6 +1980,7 @@ pub fn keyed_repeat_returns_the_first_outcome_and_writes_nothing<H: SuiteStore>(
         task: other.id,
         actor: Actor::Principal("operator".into()),
         reason: "duplicate".into(),
+        caller: None,
     });
     let key = request_key("operator", "cancel-1", "POST /v1/tasks/{id}/cancel");
     let first = cx.execute(cancel.clone(), &key);
@@ -1927,8 +2048,12 @@ pub fn keyed_refusals_and_empty_claims_are_judged_afresh<H: SuiteStore>() {
     // A refused call leaves its key free for another request.
     let key = request_key("w", "cancel-1", "cancel unknown");
     let unknown = TaskId(uuid::Uuid::now_v7());
-    let cancel =
-        Op::Cancel(CancelRequest { task: unknown, actor: Actor::Principal("w".into()), reason: "x".into() });
+    let cancel = Op::Cancel(CancelRequest {
+        task: unknown,
+        actor: Actor::Principal("w".into()),
+        reason: "x".into(),
+        caller: None,
+    });
     cx.refuses("not_found", |cx| cx.try_execute(cancel, Some(key.clone())));
     let other = RequestKey { fingerprint: Hash::of(b"submit a"), ..key };
     assert!(cx.execute(submit_op("a"), &other).into_submitted().expect("submitted").created);
@@ -2219,6 +2344,56 @@ pub fn directory_refuses_what_would_break_it<H: SuiteStore>() {
     cx.finish();
 }
 
+/// The last live admin cannot be revoked (`invalid_transition`, nothing
+/// changes), and two revocations of the last two admins made at the same
+/// time never both pass: in each of several rounds exactly one goes
+/// through and one live admin remains. Revoking an admin already revoked,
+/// or any other principal, is not affected.
+pub fn directory_keeps_a_live_admin<H: SuiteStore>() {
+    let cx = Case::<H>::open(suite_rules());
+    let live_admins = |cx: &Case<H>| -> Vec<String> {
+        directory(cx).0.into_iter().filter(|p| p.role == Role::Admin && p.is_live()).map(|p| p.name).collect()
+    };
+    ok(add_principal(&cx, &principal("root", Role::Admin, &[], &[])));
+    ok(add_principal(&cx, &principal("worker", Role::Agent, &["a"], &[])));
+    let before = directory(&cx);
+    let last = refused(block_on(cx.store().revoke_principal("root", T0 + 1)), "invalid_transition");
+    assert_eq!(last, Rejection::LastAdmin { name: "root".into() });
+    assert_eq!(directory(&cx), before, "a refused revocation changed nothing");
+    let mut survivor = "root".to_owned();
+    for round in 0..6 {
+        let other = format!("admin-{round}");
+        ok(add_principal(&cx, &principal(&other, Role::Admin, &[], &[])));
+        let barrier = std::sync::Barrier::new(2);
+        let store = cx.store();
+        let answers: Vec<Result<bool, Error>> = std::thread::scope(|scope| {
+            let revoke = |name: String| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    block_on(store.revoke_principal(&name, T0 + 2))
+                })
+            };
+            let first = revoke(survivor.clone());
+            let second = revoke(other.clone());
+            [first, second].into_iter().map(|h| h.join().expect("a revocation thread")).collect()
+        });
+        let passed = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+        let refused_last =
+            answers.iter().filter(|a| matches!(a, Err(Error::Rejected(Rejection::LastAdmin { .. })))).count();
+        assert_eq!((passed, refused_last), (1, 1), "round {round}: {answers:?}");
+        let live = live_admins(&cx);
+        assert_eq!(live.len(), 1, "round {round}: one live admin remains, not {live:?}");
+        survivor = live[0].clone();
+    }
+    // Neither is the survivor: an admin revoked before is revoked again.
+    let gone = if survivor == "root" { "admin-0" } else { "root" };
+    assert!(ok(block_on(cx.store().revoke_principal(gone, T0 + 3))));
+    assert!(ok(block_on(cx.store().revoke_principal("worker", T0 + 3))));
+    assert_eq!(live_admins(&cx), vec![survivor]);
+    cx.finish();
+}
+
 /// Revoking a token marks it (once: a second revocation keeps the first
 /// time); revoking a principal marks it and every token it has, and no other.
 /// Unknown names and ids answer `false`.
@@ -2305,6 +2480,7 @@ pub fn revoked_credentials_get_no_lease<H: SuiteStore>() {
             lease_ms: None,
             credential: credential(&live),
         }),
+        caller: None,
     });
     let acted = ok(block_on(cx.store().execute(act, None))).into_acted().expect("acted");
     assert!(acted.next.is_empty(), "claim-next leased {:?} to a revoked principal", acted.next);

@@ -188,6 +188,7 @@ fn agent_steps(
             epoch: grant.epoch,
             action,
             claim_next: Some(claim_next.clone()),
+            caller: None,
         };
         let seen = board.generation(stages);
         let t0 = Instant::now();

@@ -17,7 +17,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use baton_api as api;
-use baton_api::ErrorCode;
 use baton_api::Timestamp;
 use baton_core::auth::{self as core_auth, Role, Route, TokenRecord};
 use baton_core::decide::check_stage;
@@ -93,18 +92,11 @@ pub async fn revoke_principal(
     let admin = principal.check_admin()?;
     check_name("name", &name)?;
     let auth = directory(&state)?;
-    let all = auth.directory().principals().await?;
-    let Some(target) = all.iter().find(|p| p.name == name) else {
+    // The store refuses the last live admin, under a lock every directory
+    // write takes (`baton_core::auth::check_revoke_principal`).
+    if !auth.directory().revoke_principal(&name, state.clock().now()).await? {
         return Err(ApiError::not_found("principal", &name));
-    };
-    let live_admins = all.iter().filter(|p| p.role == Role::Admin && p.is_live()).count();
-    if target.role == Role::Admin && target.is_live() && live_admins == 1 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidTransition,
-            format!("{name} is the last live admin; create another admin before revoking it"),
-        ));
     }
-    auth.directory().revoke_principal(&name, state.clock().now()).await?;
     auth.forget();
     tracing::info!(by = %admin.name, name = %name, "principal revoked with its tokens");
     let revoked =

@@ -83,7 +83,7 @@ pub async fn claim(
             capacity: s.capacity,
         })
         .collect();
-    Ok(Json(api::ClaimResponse { leases: leases(&state, &grants).await?, skipped }))
+    Ok(Json(api::ClaimResponse { leases: leases(&grants)?, skipped }))
 }
 
 /// Claims until something is granted, the wait ends or the server shuts down.
@@ -167,17 +167,10 @@ impl Drop for Baton<'_> {
     }
 }
 
-/// Leases as the agent sees them: each with its task's payload.
-pub async fn leases(state: &AppState, grants: &[Grant]) -> Result<Vec<api::Lease>, ApiError> {
-    let mut leases = Vec::with_capacity(grants.len());
-    for grant in grants {
-        let Some(view) = state.store().get(grant.task.id).await? else {
-            tracing::error!(task = %grant.task.id, "a task granted by a claim is missing");
-            return Err(ApiError::internal());
-        };
-        leases.push(convert::lease(grant, stored_payload(view.payload)?));
-    }
-    Ok(leases)
+/// Leases as the agent sees them: each with its task's payload, which the
+/// claim's own transaction read (no second read here).
+pub fn leases(grants: &[Grant]) -> Result<Vec<api::Lease>, ApiError> {
+    grants.iter().map(|grant| Ok(convert::lease(grant, stored_payload(grant.payload.clone())?))).collect()
 }
 
 /// Refuses a lease length outside the limits before any waiting: the engine

@@ -228,6 +228,8 @@ impl From<Rejection> for ApiError {
                 (ErrorCode::Forbidden, json!({ "stage": stage, "agent": agent }))
             }
             Rejection::Revoked => (ErrorCode::Unauthenticated, json!({})),
+            Rejection::Forbidden { .. } => (ErrorCode::Forbidden, json!({})),
+            Rejection::LastAdmin { name } => (ErrorCode::InvalidTransition, json!({ "principal": name })),
             Rejection::NotDue { .. } => {
                 // The engine keeps `not_due` inside the timer sweep; one here is a bug.
                 tracing::error!(%rejection, "a timer refusal reached the API");

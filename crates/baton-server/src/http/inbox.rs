@@ -150,7 +150,7 @@ pub async fn claim(
         return Err(not_claimable(&now));
     }
     state.tasks().notify(&task.id);
-    let mut leases = leases(&state, &grants).await?;
+    let mut leases = leases(&grants)?;
     Ok(Json(leases.remove(0)))
 }
 
@@ -194,7 +194,15 @@ pub async fn resolve(
     let task = TaskId(id);
     let report = Report { note: req.note, findings: None, confidence: None };
     let act = |action| {
-        Op::Act(ActRequest { task, agent: agent.clone(), epoch: req.epoch, action, claim_next: None })
+        // The inbox checks the holder itself (`check_holder`).
+        Op::Act(ActRequest {
+            task,
+            agent: agent.clone(),
+            epoch: req.epoch,
+            action,
+            claim_next: None,
+            caller: None,
+        })
     };
     let op = match req.resolution {
         R::Handoff => {
@@ -206,6 +214,7 @@ pub async fn resolve(
             task,
             actor: Actor::Principal(agent.to_string()),
             reason: reason.unwrap_or_default(),
+            caller: None,
         }),
     };
     if let Err(refusal) = check_holder(&state, task, &agent, req.epoch).await {
@@ -219,6 +228,7 @@ pub async fn resolve(
             epoch: u64::MAX,
             action: Action::Release { note: None },
             claim_next: None,
+            caller: None,
         };
         return match state.store().execute(Op::Act(defused), Some(key)).await {
             Ok(outcome) => answer(&state, outcome).await,
@@ -432,7 +442,7 @@ async fn answer(state: &AppState, outcome: OpOutcome) -> Result<Json<api::ActRes
                 task: convert::task(&acted.task, None),
                 handoff_id: acted.handoff.map(|h| h.0),
                 children: acted.children.iter().map(|c| c.0).collect(),
-                next: leases(state, &acted.next).await?,
+                next: leases(&acted.next)?,
             }
         }
         OpOutcome::Cancel(task) => {

@@ -25,11 +25,12 @@
 //!   the agent's routes (422 `route_not_allowed`);
 //! - the body's `agent`, when present, must be the token's principal (403).
 //!
-//! Checks that depend on a task read it first. The store fences the call by
-//! epoch, so a task held by the caller at that epoch is in the stage that was
-//! read. A keyed call (`Idempotency-Key`) refused here is first offered to
-//! the store as a replay (see `authorize_act`), so a retry of an accepted call
-//! still gets the first answer after the task has moved on.
+//! Checks of a holder call, a cancel or a message that depend on the task
+//! are not made here: the request carries the principal (`caller`) and the
+//! engine checks it against the task its own transaction loaded
+//! (`baton_core::auth`), with the same codes. So no task is read before
+//! those calls, and a keyed retry (`Idempotency-Key`) of an accepted call is
+//! answered from its record, even after the task has moved on.
 
 use crate::auth::{Auth, VerifyError};
 use crate::http::error::ApiError;
@@ -41,10 +42,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use baton_api::ErrorCode;
 use baton_core::auth::{self, Role};
-use baton_core::decide::fence;
-use baton_core::{
-    ActRequest, Action, Actor, AgentId, Credential, Handoff, Op, RequestKey, StageName, Task, TaskId,
-};
+use baton_core::{ActRequest, Actor, AgentId, Credential, Handoff, StageName, Task, TaskId};
 use std::sync::{Arc, OnceLock};
 
 /// The caller of one request.
@@ -214,7 +212,7 @@ impl Principal {
     }
 
     fn role_refusal(p: &auth::Principal, what: &str) -> ApiError {
-        forbidden(format!("principal {} has role {}, which may not {what}", p.name, p.role))
+        p.role_refusal(what).into()
     }
 
     /// Submitting tasks: submitters, operators and admins.
@@ -225,19 +223,23 @@ impl Principal {
         }
     }
 
-    /// Cancelling task `id`, or adding a message to its history (`what`):
-    /// operators and admins any task, a submitter its own (any other is not
-    /// found), agents none (403).
-    pub async fn check_cancel(&self, state: &AppState, id: TaskId, what: &str) -> Result<(), ApiError> {
-        let Principal::Authenticated(p) = self else { return Ok(()) };
-        match p.role {
-            Role::Operator | Role::Admin => Ok(()),
-            Role::Agent => Err(Self::role_refusal(p, what)),
-            Role::Submitter => {
-                let view = state.store().get(id).await?.ok_or_else(|| ApiError::not_found("task", id))?;
-                self.check_read(&view.task)?;
-                if p.may_cancel(&view.task) { Ok(()) } else { Err(Self::role_refusal(p, what)) }
-            }
+    /// Cancelling a task, or adding a message to its history (`what`): 403
+    /// for an agent, whatever the task. Which tasks a submitter may touch
+    /// (its own; any other is not found) the engine checks on the task it
+    /// loads, with `caller` in the request (`baton_core::auth::check_cancel`).
+    pub fn check_cancel(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Principal::Authenticated(p) if p.role == Role::Agent => Err(p.role_refusal(what).into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The principal a holder call, cancel or message carries to the engine,
+    /// which checks it against the task it loads: `None` with auth off.
+    pub fn caller(&self) -> Option<auth::Principal> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Authenticated(p) => Some(auth::Principal::clone(p)),
         }
     }
 
@@ -356,39 +358,14 @@ impl Principal {
         }
     }
 
-    /// Authorizes a holder call before it reaches the store: the role, the
-    /// `claim_next` stages, the task's visibility, the fence, and for a
-    /// handoff or a spawn the routes. A refused call with an idempotency key
-    /// is offered to the store as a replay first: if the key's first call was
-    /// accepted, `request` is defused (an epoch no lease ever has, so it can
-    /// only be answered from the key's record) and the caller gets the first
-    /// answer; otherwise it gets the refusal.
-    pub async fn authorize_act(
-        &self,
-        state: &AppState,
-        request: &mut ActRequest,
-        key: Option<&RequestKey>,
-    ) -> Result<(), ApiError> {
-        let Err(refusal) = self.check_act(state, request).await else { return Ok(()) };
-        let Some(key) = key else { return Err(refusal) };
-        let defused = ActRequest {
-            task: request.task,
-            agent: request.agent.clone(),
-            epoch: u64::MAX,
-            action: Action::Release { note: None },
-            claim_next: None,
-        };
-        match state.store().execute(Op::Act(defused.clone()), Some(key.clone())).await {
-            Ok(_) => {
-                *request = defused;
-                Ok(())
-            }
-            Err(_) => Err(refusal),
-        }
-    }
-
-    async fn check_act(&self, state: &AppState, request: &ActRequest) -> Result<(), ApiError> {
-        let (Principal::Authenticated(p), Some(auth)) = (self, state.options().auth.tokens()) else {
+    /// Authorizes a holder call before it reaches the store, as far as no
+    /// task is needed: the role (a submitter works no task: 403 whatever the
+    /// task) and the `claim_next` stages. The rest (the task's visibility,
+    /// an operator's stage, the fence, the routes) the engine checks on the
+    /// task its transaction loads, from `ActRequest::caller`; a keyed retry
+    /// is answered from its record before those checks run.
+    pub async fn check_act(&self, state: &AppState, request: &ActRequest) -> Result<(), ApiError> {
+        let (Principal::Authenticated(p), Some(_)) = (self, state.options().auth.tokens()) else {
             return Ok(());
         };
         if p.role == Role::Submitter {
@@ -397,38 +374,6 @@ impl Principal {
         if let Some(next) = &request.claim_next {
             let stages: Vec<&str> = next.stages.iter().map(StageName::as_str).collect();
             self.check_claim(state, &stages).await?;
-        }
-        let Some(view) = state.store().get(request.task).await? else {
-            return Err(ApiError::not_found("task", request.task));
-        };
-        let task = &view.task;
-        self.check_read(task)?;
-        if p.role == Role::Operator {
-            // Human stages are the global ones and those the task's workflow declares.
-            let human = auth.is_human(&task.stage) || crate::http::inbox::is_human(state, task).await?;
-            if !p.may_claim(&task.stage, human) {
-                return Err(forbidden(format!(
-                    "principal {} may not work tasks in stage {}",
-                    p.name, task.stage
-                )));
-            }
-        }
-        // Refuse from the task as read, as the engine would: a linearizable
-        // answer, and it pins the stage the route check below relies on.
-        fence(task, &request.agent, request.epoch)?;
-        let targets: Vec<&StageName> = match &request.action {
-            Action::Handoff { to_stage, .. } => vec![to_stage],
-            Action::Spawn { children, .. } => children.iter().map(|c| &c.stage).collect(),
-            _ => Vec::new(),
-        };
-        for to in targets {
-            if !p.may_route(&task.stage, to) {
-                return Err(baton_core::Rejection::RouteNotAllowed {
-                    from: task.stage.clone(),
-                    to: to.clone(),
-                }
-                .into());
-            }
         }
         Ok(())
     }

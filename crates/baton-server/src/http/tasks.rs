@@ -253,11 +253,16 @@ pub async fn cancel(
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::CancelRequest>,
 ) -> Result<Json<api::Task>, ApiError> {
-    principal.check_cancel(&state, TaskId(id), "cancel tasks").await?;
+    principal.check_cancel("cancel tasks")?;
     if req.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason", "say why the task is cancelled"));
     }
-    let request = CancelRequest { task: TaskId(id), actor: principal.actor(), reason: req.reason };
+    let request = CancelRequest {
+        task: TaskId(id),
+        actor: principal.actor(),
+        reason: req.reason,
+        caller: principal.caller(),
+    };
     crate::telemetry::record_task(id, None);
     let key = key.map(|k| k.scoped(&principal, None));
     let outcome = state.store().execute(Op::Cancel(request), key).await?;
@@ -293,9 +298,14 @@ pub async fn comment(
     IdPath(id): IdPath,
     KeyedJson { body: req, key }: KeyedJson<api::CommentRequest>,
 ) -> Result<Json<api::Task>, ApiError> {
-    principal.check_cancel(&state, TaskId(id), "add messages to tasks").await?;
-    let request =
-        CommentRequest { task: TaskId(id), actor: principal.actor(), note: req.note, findings: req.findings };
+    principal.check_cancel("add messages to tasks")?;
+    let request = CommentRequest {
+        task: TaskId(id),
+        actor: principal.actor(),
+        note: req.note,
+        findings: req.findings,
+        caller: principal.caller(),
+    };
     crate::telemetry::record_task(id, None);
     let key = key.map(|k| k.scoped(&principal, None));
     let outcome = state.store().execute(Op::Comment(request), key).await?;
@@ -548,8 +558,15 @@ async fn act(
     };
     crate::telemetry::record_task(id, None);
     let what = action_name(&action);
-    let mut request = ActRequest { task: TaskId(id), agent, epoch: call.epoch, action, claim_next };
-    let done = match principal.authorize_act(state, &mut request, key.as_ref()).await {
+    let request = ActRequest {
+        task: TaskId(id),
+        agent,
+        epoch: call.epoch,
+        action,
+        claim_next,
+        caller: principal.caller(),
+    };
+    let done = match principal.check_act(state, &request).await {
         Ok(()) => state.store().execute(Op::Act(request), key).await.map_err(ApiError::from),
         Err(refusal) => Err(refusal),
     };
@@ -579,7 +596,7 @@ async fn act(
         task: convert::task(&outcome.task, None),
         handoff_id: outcome.handoff.map(|h| h.0),
         children: outcome.children.iter().map(|c| c.0).collect(),
-        next: leases(state, &outcome.next).await?,
+        next: leases(&outcome.next)?,
     }))
 }
 

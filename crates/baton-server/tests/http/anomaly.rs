@@ -127,6 +127,7 @@ impl Sim {
             epoch: grant.epoch,
             action,
             claim_next: None,
+            caller: None,
         };
         self.store().act(act).await.expect("act");
         true
@@ -185,6 +186,7 @@ impl Sim {
             task: task.id,
             actor: baton_core::Actor::Principal("operator".into()),
             reason: "lost in the simulation".into(),
+            caller: None,
         };
         self.store().cancel(request).await.expect("cancel");
     }

@@ -33,6 +33,7 @@ fn populate(dir: &Path) -> Vec<TaskId> {
             epoch: grant.epoch,
             action,
             claim_next: None,
+            caller: None,
         };
         if i % 2 == 0 {
             block_on(store.act(act(handoff_to("b")))).expect("handoff");
