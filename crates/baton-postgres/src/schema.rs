@@ -20,6 +20,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0007_delivery_resume", include_str!("../migrations/0007_delivery_resume.sql")),
     ("0008_push_configs", include_str!("../migrations/0008_push_configs.sql")),
     ("0009_stage_counts", include_str!("../migrations/0009_stage_counts.sql")),
+    ("0010_archive", include_str!("../migrations/0010_archive.sql")),
 ];
 
 /// The schema version this binary writes and understands.

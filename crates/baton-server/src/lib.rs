@@ -18,6 +18,7 @@
 
 pub mod a2a;
 pub mod accept;
+pub mod archive;
 pub mod anomaly;
 pub mod auth;
 pub mod convert;

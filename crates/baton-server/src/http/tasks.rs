@@ -108,7 +108,8 @@ pub async fn show(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<api::Task>, ApiError> {
-    let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    // An archived task answers from the archive, in the same shape.
+    let view = crate::archive::view(&state, TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
     principal.check_read(&view.task)?;
     Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
 }
