@@ -16,6 +16,8 @@
 // test binary.
 #[path = "http/a2a.rs"]
 mod a2a;
+#[path = "http/archive.rs"]
+mod archive;
 #[path = "http/anomaly.rs"]
 mod anomaly;
 #[path = "http/auth.rs"]
