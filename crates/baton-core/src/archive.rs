@@ -78,7 +78,8 @@ impl ArchivedTask {
             .iter()
             .enumerate()
             .map(|(i, body)| {
-                serde_json::from_str(body).map_err(|e| (i as u64 + 1, format!("event {} does not parse: {e}", i + 1)))
+                serde_json::from_str(body)
+                    .map_err(|e| (i as u64 + 1, format!("event {} does not parse: {e}", i + 1)))
             })
             .collect()
     }
@@ -117,7 +118,10 @@ impl ArchivedTask {
         }
         let task = &view.task;
         if task.id != self.id {
-            return broken(task.revision, format!("the line is indexed as {} but holds task {}", self.id, task.id));
+            return broken(
+                task.revision,
+                format!("the line is indexed as {} but holds task {}", self.id, task.id),
+            );
         }
         if finished_at(task) != Some(self.finished_at)
             || task.namespace != self.namespace
@@ -256,7 +260,9 @@ impl HookFilter {
         let Some(stages) = &self.stages else { return true };
         let listed = |s: &str| stages.iter().any(|x| x == s);
         match notice {
-            Notice::Handoff { handoff } => listed(handoff.from_stage.as_str()) || listed(handoff.to_stage.as_str()),
+            Notice::Handoff { handoff } => {
+                listed(handoff.from_stage.as_str()) || listed(handoff.to_stage.as_str())
+            }
             Notice::Alert { alert } => listed(alert.stage.as_str()),
             Notice::Anomaly { anomaly, .. } => match &anomaly.key {
                 crate::metrics::RollupKey::Edge { from, to } => listed(from.as_str()) || listed(to.as_str()),
@@ -388,6 +394,9 @@ pub struct ArchiveChunk {
     /// Task ids the store's `archived` index points at this chunk (empty
     /// when the chunk is read without its store, from a directory).
     pub indexed: Vec<TaskId>,
+    /// How many tasks the index places in this chunk (`None` without a
+    /// store); an audit reports a chunk that holds fewer of them.
+    pub indexed_count: Option<u64>,
 }
 
 /// What checking an archive found.
@@ -433,12 +442,26 @@ impl ArchiveAudit {
                 Err((_, problem)) => self.unreadable.push((chunk.name.clone(), problem)),
             }
         }
+        if let Some(count) = chunk.indexed_count
+            && count != chunk.indexed.len() as u64
+        {
+            self.unreadable.push((
+                chunk.name.clone(),
+                format!(
+                    "the index places {count} tasks in this chunk, {} of them are in it: lines are missing",
+                    chunk.indexed.len()
+                ),
+            ));
+        }
         for id in &chunk.indexed {
             if !seen.contains(id) {
                 self.broken.push(BrokenLink {
                     task: *id,
                     version: 0,
-                    problem: format!("the archive index places the task in chunk {} but the chunk lacks it", chunk.name),
+                    problem: format!(
+                        "the archive index places the task in chunk {} but the chunk lacks it",
+                        chunk.name
+                    ),
                 });
             }
         }

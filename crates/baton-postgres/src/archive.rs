@@ -14,8 +14,8 @@ use crate::error::StoreError;
 use crate::rows::limit;
 use crate::tx::PgTx;
 use baton_core::archive::{
-    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask, Candidate,
-    eligible, find_in_chunk,
+    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
+    Candidate, eligible, find_in_chunk,
 };
 use baton_core::store::{Notice, PushConfig};
 use baton_core::{Event, Hash, Task, TaskId};
@@ -65,7 +65,8 @@ pub(crate) async fn candidates(
                 .transpose()?,
             None => None,
         };
-        let has_children = t.query_opt("SELECT 1 FROM tasks WHERE parent = $1 LIMIT 1", &[&id]).await?.is_some();
+        let has_children =
+            t.query_opt("SELECT 1 FROM tasks WHERE parent = $1 LIMIT 1", &[&id]).await?.is_some();
         let mut notices = Vec::new();
         for r in t.query("SELECT id, body FROM notices WHERE task = $1 ORDER BY id", &[&id]).await? {
             let n: i64 = r.try_get(0)?;
@@ -90,8 +91,13 @@ pub(crate) async fn candidates(
             let notice: i64 = r.try_get(1)?;
             finals.insert((webhook, u64::try_from(notice).unwrap_or(0)));
         }
-        let candidate =
-            Candidate { task: &task, parent: parent.as_ref(), has_children, notices: &notices, pushes: &pushes };
+        let candidate = Candidate {
+            task: &task,
+            parent: parent.as_ref(),
+            has_children,
+            notices: &notices,
+            pushes: &pushes,
+        };
         if !eligible(&candidate, &request, |hook, notice| finals.contains(&(hook.to_owned(), notice))) {
             continue;
         }
@@ -100,8 +106,10 @@ pub(crate) async fn candidates(
         let texts = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<String>, StoreError> {
             rows.iter().map(|r| r.try_get::<_, String>(0).map_err(StoreError::from)).collect()
         };
-        let events = texts(t.query("SELECT body FROM events WHERE task = $1 ORDER BY version", &[&id]).await?)?;
-        let handoffs = texts(t.query("SELECT body FROM handoffs WHERE task = $1 ORDER BY id", &[&id]).await?)?;
+        let events =
+            texts(t.query("SELECT body FROM events WHERE task = $1 ORDER BY version", &[&id]).await?)?;
+        let handoffs =
+            texts(t.query("SELECT body FROM handoffs WHERE task = $1 ORDER BY id", &[&id]).await?)?;
         let alerts = texts(t.query("SELECT body FROM alerts WHERE task = $1 ORDER BY id", &[&id]).await?)?;
         let record = ArchivedTask {
             format: ARCHIVE_FORMAT,
@@ -126,14 +134,18 @@ pub(crate) async fn candidates(
 pub(crate) async fn archived(pool: Pool, id: TaskId) -> Result<Option<ArchivedTask>, StoreError> {
     let c = pool.get().await.map_err(conn_err)?;
     let st = c
-        .prepare_cached("SELECT c.name, c.body FROM archived a JOIN archive_chunks c ON c.name = a.chunk WHERE a.id = $1")
+        .prepare_cached(
+            "SELECT c.name, c.body FROM archived a JOIN archive_chunks c ON c.name = a.chunk WHERE a.id = $1",
+        )
         .await?;
     let Some(row) = c.query_opt(&st, &[&id.0]).await? else { return Ok(None) };
     let name: String = row.try_get(0)?;
     let bytes: Vec<u8> = row.try_get(1)?;
     match find_in_chunk(&bytes, id).map_err(|e| StoreError::Row(format!("archive chunk {name}: {e}")))? {
         Some(record) => Ok(Some(record)),
-        None => Err(StoreError::Row(format!("archive chunk {name} lacks task {id}, which the index places there"))),
+        None => Err(StoreError::Row(format!(
+            "archive chunk {name} lacks task {id}, which the index places there"
+        ))),
     }
 }
 
@@ -146,7 +158,10 @@ pub(crate) async fn history(pool: Pool, id: TaskId) -> Result<Vec<Event>, StoreE
 }
 
 /// The first chunk after `after`, with its bytes and indexed tasks.
-pub(crate) async fn chunk_after(pool: Pool, after: Option<String>) -> Result<Option<ArchiveChunk>, StoreError> {
+pub(crate) async fn chunk_after(
+    pool: Pool,
+    after: Option<String>,
+) -> Result<Option<ArchiveChunk>, StoreError> {
     let c = pool.get().await.map_err(conn_err)?;
     let after = after.unwrap_or_default();
     let Some(row) = c
@@ -157,13 +172,14 @@ pub(crate) async fn chunk_after(pool: Pool, after: Option<String>) -> Result<Opt
     };
     let name: String = row.try_get(0)?;
     let bytes: Vec<u8> = row.try_get(1)?;
-    let indexed = c
+    let indexed: Vec<TaskId> = c
         .query("SELECT id FROM archived WHERE chunk = $1 ORDER BY id", &[&name])
         .await?
         .iter()
         .map(|r| r.try_get::<_, uuid::Uuid>(0).map(TaskId))
         .collect::<Result<_, _>>()?;
-    Ok(Some(ArchiveChunk { name, bytes, indexed }))
+    let indexed_count = Some(indexed.len() as u64);
+    Ok(Some(ArchiveChunk { name, bytes, indexed, indexed_count }))
 }
 
 const DELETES: &[&str] = &[
@@ -219,7 +235,9 @@ pub(crate) fn commit(tx: &mut PgTx<'_>, commit: &ArchiveCommit) -> Result<bool, 
 
 /// The archived task holding an idempotency key.
 pub(crate) fn by_key(tx: &mut PgTx<'_>, namespace: &str, key: &str) -> Result<Option<TaskId>, StoreError> {
-    let row =
-        tx.query_opt("SELECT id FROM archived WHERE namespace = $1 AND idempotency_key = $2", &[&namespace, &key])?;
+    let row = tx.query_opt(
+        "SELECT id FROM archived WHERE namespace = $1 AND idempotency_key = $2",
+        &[&namespace, &key],
+    )?;
     Ok(row.map(|r| r.try_get::<_, uuid::Uuid>(0)).transpose()?.map(TaskId))
 }

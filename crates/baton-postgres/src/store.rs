@@ -7,13 +7,13 @@
 //! drain what is queued, release its duties and exit; later calls get
 //! `Unavailable`.
 
-use baton_core::archive::{ArchiveChunk, ArchiveRequest, ArchivedTask};
 use crate::directory::DirectoryWrite;
 use crate::error::{OpenError, StoreError};
 use crate::leader::{DB_NOW, Duty};
 use crate::options::PostgresOptions;
 use crate::read;
 use crate::writer::{Counters, Op, Reply, Writer};
+use baton_core::archive::{ArchiveChunk, ArchiveRequest, ArchivedTask};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, SingletonDuty, StageGauge};

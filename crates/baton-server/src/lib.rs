@@ -18,8 +18,8 @@
 
 pub mod a2a;
 pub mod accept;
-pub mod archive;
 pub mod anomaly;
+pub mod archive;
 pub mod auth;
 pub mod convert;
 pub mod http;

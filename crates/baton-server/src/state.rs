@@ -151,7 +151,13 @@ pub struct SweeperOptions {
 
 impl Default for SweeperOptions {
     fn default() -> Self {
-        Self { enabled: true, batch_max: 512, idle_ms_max: 1_000, retention_ms: None, archive_interval_ms: 60_000 }
+        Self {
+            enabled: true,
+            batch_max: 512,
+            idle_ms_max: 1_000,
+            retention_ms: None,
+            archive_interval_ms: 60_000,
+        }
     }
 }
 

@@ -16,10 +16,10 @@
 // test binary.
 #[path = "http/a2a.rs"]
 mod a2a;
-#[path = "http/archive.rs"]
-mod archive;
 #[path = "http/anomaly.rs"]
 mod anomaly;
+#[path = "http/archive.rs"]
+mod archive;
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/idempotency.rs"]

@@ -1,23 +1,36 @@
 -- 0010: the archive (schema version 10). Finished tasks past their
 -- retention move to compressed chunk files in a directory beside the
 -- database (`<file>.archive/`, written and fsynced before the rows go);
--- this table indexes them, inserted in the transaction that deletes the
--- rows, so a chunk without index rows (a crash between the two) is an
+-- these tables index them, written in the transaction that deletes the
+-- rows, so a chunk no row here names (a crash between the two) is an
 -- orphan the next pass removes. See src/archive.rs.
-CREATE TABLE archived (
-    id              BLOB    NOT NULL PRIMARY KEY CHECK (length(id) = 16),
-    namespace       TEXT    NOT NULL,
-    idempotency_key TEXT,
-    chunk           TEXT    NOT NULL,
-    finished_at     INTEGER NOT NULL
+--
+-- The index stays in the database for ever, one row per archived task, so
+-- it is kept small: about 40 bytes a task (a chunk number, not its name; the
+-- namespace and key only for the tasks that have a key, in their own table).
+
+-- Every chunk: its file's name, its hour of finish and how many tasks it holds.
+CREATE TABLE archive_chunks (
+    id    INTEGER PRIMARY KEY,
+    name  TEXT    NOT NULL UNIQUE,
+    hour  INTEGER NOT NULL,
+    tasks INTEGER NOT NULL CHECK (tasks >= 1)
 );
 
--- An archived task's idempotency key stays taken.
-CREATE UNIQUE INDEX archived_idempotency ON archived (namespace, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
+-- Every archived task: its chunk and when it finished.
+CREATE TABLE archived (
+    id          BLOB    NOT NULL PRIMARY KEY CHECK (length(id) = 16),
+    chunk       INTEGER NOT NULL REFERENCES archive_chunks (id),
+    finished_at INTEGER NOT NULL
+) WITHOUT ROWID;
 
--- Which tasks a chunk holds (audits; orphan clean-up).
-CREATE INDEX archived_chunk ON archived (chunk);
+-- An archived task's idempotency key stays taken.
+CREATE TABLE archived_keys (
+    namespace       TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    id              BLOB NOT NULL REFERENCES archived (id),
+    PRIMARY KEY (namespace, idempotency_key)
+) WITHOUT ROWID;
 
 -- Finished tasks by when they finished: what an archive pass reads first.
 CREATE INDEX tasks_finished ON tasks (json_extract(body, '$.state.at'))

@@ -1,7 +1,10 @@
 //! The archive of an SQLite store: chunk files in a directory beside the
 //! database (`<file>.archive/`, e.g. `.baton/baton.db.archive/`), one per
 //! hour of finish per pass, each gzip JSON lines (`baton_core::archive`), and
-//! the `archived` table that indexes them (migration 0010).
+//! the tables that index them (migration 0010): `archive_chunks` (name,
+//! hour, task count), `archived` (task, chunk number, finish time) and
+//! `archived_keys` (the idempotency keys of archived tasks), about 40 bytes a
+//! task in all, since the index stays in the database.
 //!
 //! A pass (`SqliteStore::archive`) runs in two steps, so a crash anywhere
 //! loses nothing and duplicates nothing:
@@ -23,8 +26,8 @@
 use crate::error::StoreError;
 use crate::rows::int;
 use baton_core::archive::{
-    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask, Candidate,
-    eligible, encode_chunk, find_in_chunk, group, is_chunk_name,
+    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
+    Candidate, eligible, encode_chunk, find_in_chunk, group, is_chunk_name,
 };
 use baton_core::store::{Notice, PushConfig};
 use baton_core::{Hash, Task, TaskId};
@@ -61,25 +64,14 @@ pub(crate) fn prepare(
     limit: usize,
     sweep: Option<&[String]>,
 ) -> Result<ArchiveCommit, StoreError> {
+    // One snapshot for the reads, ended before the files are written: a
+    // reader's snapshot keeps the writer's checkpoints from restarting the
+    // WAL, so it is held no longer than the reads need.
     conn.execute_batch("BEGIN")?;
-    let result = prepare_in(conn, dir, request, limit, sweep);
+    let read = read_in(conn, dir, request, limit, sweep);
     let end = conn.execute_batch("COMMIT");
-    let commit = result?;
+    let records = read?;
     end?;
-    Ok(commit)
-}
-
-fn prepare_in(
-    conn: &Connection,
-    dir: &Path,
-    request: &ArchiveRequest,
-    limit: usize,
-    sweep: Option<&[String]>,
-) -> Result<ArchiveCommit, StoreError> {
-    if let Some(names) = sweep {
-        remove_orphans(conn, dir, names)?;
-    }
-    let records = candidates(conn, request, limit)?;
     if records.is_empty() {
         return Ok(ArchiveCommit { chunks: Vec::new() });
     }
@@ -91,6 +83,19 @@ fn prepare_in(
     }
     sync_dir(dir)?;
     Ok(ArchiveCommit { chunks })
+}
+
+fn read_in(
+    conn: &Connection,
+    dir: &Path,
+    request: &ArchiveRequest,
+    limit: usize,
+    sweep: Option<&[String]>,
+) -> Result<Vec<(ArchivedTask, u64)>, StoreError> {
+    if let Some(names) = sweep {
+        remove_orphans(conn, dir, names)?;
+    }
+    candidates(conn, request, limit)
 }
 
 /// The records of up to `limit` tasks `eligible` lets go, with revisions.
@@ -160,8 +165,9 @@ fn candidates(
         if !ok {
             continue;
         }
-        let payload: String =
-            conn.prepare_cached("SELECT body FROM payloads WHERE task = ?1")?.query_row([&id], |r| r.get(0))?;
+        let payload: String = conn
+            .prepare_cached("SELECT body FROM payloads WHERE task = ?1")?
+            .query_row([&id], |r| r.get(0))?;
         let texts = |sql: &str| -> Result<Vec<String>, StoreError> {
             Ok(bodies(conn, sql, &id)?.into_iter().map(|(_, b)| b).collect())
         };
@@ -224,7 +230,7 @@ fn remove_orphans(conn: &Connection, dir: &Path, names: &[String]) -> Result<(),
     if !dir.is_dir() {
         return Ok(());
     }
-    let mut indexed = conn.prepare_cached("SELECT 1 FROM archived WHERE chunk = ?1 LIMIT 1")?;
+    let mut indexed = conn.prepare_cached("SELECT 1 FROM archive_chunks WHERE name = ?1")?;
     let mut removed = 0;
     let entries = fs::read_dir(dir).map_err(|e| io("cannot list", dir, &e))?;
     for entry in entries {
@@ -256,7 +262,11 @@ fn remove_orphans(conn: &Connection, dir: &Path, names: &[String]) -> Result<(),
 /// guarded by revision and inserts its index row. False, having written
 /// nothing, when a row moved on, went, or has a child.
 /// `writes` counts the write about to run (the writer's savepoint logic).
-pub(crate) fn commit(conn: &Connection, commit: &ArchiveCommit, writes: &mut u32) -> Result<bool, StoreError> {
+pub(crate) fn commit(
+    conn: &Connection,
+    commit: &ArchiveCommit,
+    writes: &mut u32,
+) -> Result<bool, StoreError> {
     for entry in commit.chunks.iter().flat_map(|c| &c.tasks) {
         let id = entry.id.0.as_bytes();
         let revision: Option<i64> = conn
@@ -266,14 +276,18 @@ pub(crate) fn commit(conn: &Connection, commit: &ArchiveCommit, writes: &mut u32
         if revision != Some(int(entry.revision)?) {
             return Ok(false);
         }
-        let child =
-            conn.prepare_cached("SELECT 1 FROM tasks WHERE parent = ?1 LIMIT 1")?.query_row([id], |_| Ok(())).optional()?;
+        let child = conn
+            .prepare_cached("SELECT 1 FROM tasks WHERE parent = ?1 LIMIT 1")?
+            .query_row([id], |_| Ok(()))
+            .optional()?;
         if child.is_some() {
             return Ok(false);
         }
     }
     if commit.chunks.iter().any(|c| c.bytes.is_some()) {
-        return Err(StoreError::Archive("an SQLite archive chunk is a file, written before the commit".into()));
+        return Err(StoreError::Archive(
+            "an SQLite archive chunk is a file, written before the commit".into(),
+        ));
     }
     const DELETES: &[&str] = &[
         "DELETE FROM deliveries WHERE notice IN (SELECT id FROM notices WHERE task = ?1)",
@@ -287,15 +301,24 @@ pub(crate) fn commit(conn: &Connection, commit: &ArchiveCommit, writes: &mut u32
     ];
     *writes += 1;
     for chunk in &commit.chunks {
+        let number: i64 = conn
+            .prepare_cached(
+                "INSERT INTO archive_chunks (name, hour, tasks) VALUES (?1, ?2, ?3) RETURNING id",
+            )?
+            .query_row(params![chunk.name, chunk.hour, int(chunk.tasks.len() as u64)?], |r| r.get(0))?;
         for entry in &chunk.tasks {
             let id = entry.id.0.as_bytes();
             for sql in DELETES {
                 conn.prepare_cached(sql)?.execute([id])?;
             }
-            conn.prepare_cached(
-                "INSERT INTO archived (id, namespace, idempotency_key, chunk, finished_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![id, entry.namespace, entry.idempotency_key, chunk.name, entry.finished_at])?;
+            conn.prepare_cached("INSERT INTO archived (id, chunk, finished_at) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, number, entry.finished_at])?;
+            if let Some(key) = &entry.idempotency_key {
+                conn.prepare_cached(
+                    "INSERT INTO archived_keys (namespace, idempotency_key, id) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![entry.namespace, key, id])?;
+            }
         }
     }
     Ok(true)
@@ -304,23 +327,31 @@ pub(crate) fn commit(conn: &Connection, commit: &ArchiveCommit, writes: &mut u32
 /// The archived task holding an idempotency key, in the writer's transaction.
 pub(crate) fn by_key(conn: &Connection, namespace: &str, key: &str) -> Result<Option<TaskId>, StoreError> {
     let id: Option<[u8; 16]> = conn
-        .prepare_cached("SELECT id FROM archived WHERE namespace = ?1 AND idempotency_key = ?2")?
+        .prepare_cached("SELECT id FROM archived_keys WHERE namespace = ?1 AND idempotency_key = ?2")?
         .query_row([namespace, key], |r| r.get(0))
         .optional()?;
     Ok(id.map(|b| TaskId(uuid::Uuid::from_bytes(b))))
 }
 
 /// An archived task's record, read from its chunk.
-pub(crate) fn archived(conn: &Connection, dir: &Path, id: TaskId) -> Result<Option<ArchivedTask>, StoreError> {
+pub(crate) fn archived(
+    conn: &Connection,
+    dir: &Path,
+    id: TaskId,
+) -> Result<Option<ArchivedTask>, StoreError> {
     let chunk: Option<String> = conn
-        .prepare_cached("SELECT chunk FROM archived WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT c.name FROM archived a JOIN archive_chunks c ON c.id = a.chunk WHERE a.id = ?1",
+        )?
         .query_row([id.0.as_bytes()], |r| r.get(0))
         .optional()?;
     let Some(chunk) = chunk else { return Ok(None) };
     let bytes = read_chunk(dir, &chunk)?;
     match find_in_chunk(&bytes, id).map_err(|e| StoreError::Archive(format!("chunk {chunk}: {e}")))? {
         Some(record) => Ok(Some(record)),
-        None => Err(StoreError::Archive(format!("chunk {chunk} lacks task {id}, which the index places there"))),
+        None => {
+            Err(StoreError::Archive(format!("chunk {chunk} lacks task {id}, which the index places there")))
+        }
     }
 }
 
@@ -333,33 +364,41 @@ fn read_chunk(dir: &Path, name: &str) -> Result<Vec<u8>, StoreError> {
 }
 
 /// The events of an archived task (none when it was never archived).
-pub(crate) fn history(conn: &Connection, dir: &Path, id: TaskId) -> Result<Vec<baton_core::Event>, StoreError> {
+pub(crate) fn history(
+    conn: &Connection,
+    dir: &Path,
+    id: TaskId,
+) -> Result<Vec<baton_core::Event>, StoreError> {
     match archived(conn, dir, id)? {
         Some(record) => record.parsed_events().map_err(|(_, why)| StoreError::Archive(why)),
         None => Ok(Vec::new()),
     }
 }
 
-/// The first indexed chunk after `after`, with its bytes and tasks. A
-/// chunk whose file cannot be read comes back with no bytes, which an audit
-/// reports as unreadable.
+/// The first indexed chunk after `after`, with its bytes, the tasks of it
+/// the index places there (each line's id looked up: the index keeps no list
+/// per chunk) and how many the index counts. A chunk whose file cannot be
+/// read comes back with no bytes, which an audit reports as unreadable.
 pub(crate) fn chunk_after(
     conn: &Connection,
     dir: &Path,
     after: Option<&str>,
 ) -> Result<Option<ArchiveChunk>, StoreError> {
-    let name: Option<String> = conn
-        .prepare_cached("SELECT chunk FROM archived WHERE chunk > ?1 ORDER BY chunk LIMIT 1")?
-        .query_row([after.unwrap_or("")], |r| r.get(0))
+    let row: Option<(i64, String, i64)> = conn
+        .prepare_cached("SELECT id, name, tasks FROM archive_chunks WHERE name > ?1 ORDER BY name LIMIT 1")?
+        .query_row([after.unwrap_or("")], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some(name) = name else { return Ok(None) };
-    let indexed = conn
-        .prepare_cached("SELECT id FROM archived WHERE chunk = ?1 ORDER BY id")?
-        .query_map([&name], |r| r.get::<_, [u8; 16]>(0))?
-        .map(|b| b.map(|b| TaskId(uuid::Uuid::from_bytes(b))))
-        .collect::<Result<_, _>>()?;
+    let Some((number, name, count)) = row else { return Ok(None) };
     let bytes = read_chunk(dir, &name).unwrap_or_default();
-    Ok(Some(ArchiveChunk { name, bytes, indexed }))
+    let mut indexed = Vec::new();
+    let mut placed = conn.prepare_cached("SELECT 1 FROM archived WHERE id = ?1 AND chunk = ?2")?;
+    for line in baton_core::archive::decode_chunk(&bytes).unwrap_or_default().into_iter().flatten() {
+        if placed.query_row(params![line.id.0.as_bytes(), number], |_| Ok(())).optional()?.is_some() {
+            indexed.push(line.id);
+        }
+    }
+    let indexed_count = Some(u64::try_from(count).unwrap_or(0));
+    Ok(Some(ArchiveChunk { name, bytes, indexed, indexed_count }))
 }
 
 /// The chunk files in an archive directory, by name, for an audit of a

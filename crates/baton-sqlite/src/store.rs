@@ -134,7 +134,8 @@ impl SqliteStore {
     pub fn archive_write_only(&self, request: ArchiveRequest) -> Result<Vec<String>, Error> {
         let limit = request.limit.min(self.archive_batch_max);
         let dir = self.archive_dir.clone();
-        let commit = self.reads.with_blocking(move |c| crate::archive::prepare(c, &dir, &request, limit, None))?;
+        let commit =
+            self.reads.with_blocking(move |c| crate::archive::prepare(c, &dir, &request, limit, None))?;
         Ok(commit.chunks.into_iter().map(|c| c.name).collect())
     }
 

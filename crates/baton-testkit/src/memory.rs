@@ -13,8 +13,8 @@
 //! and per stage), kept in step with every insert, update and rollback.
 
 use baton_core::Rejection;
-use baton_core::archive::{ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask};
 use baton_core::Workflow;
+use baton_core::archive::{ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::engine::{self, Ctx, Effects, Fail, ReadyKey, Tx};
 use baton_core::metrics::{Anomaly, Counts, Rollup, RollupKey};

@@ -150,14 +150,17 @@ async fn run_archive(args: &AuditArgs, dir: Option<&std::path::Path>) -> anyhow:
 /// Every chunk file of an archive directory, without its index.
 fn verify_dir(dir: &std::path::Path) -> anyhow::Result<ArchiveAudit> {
     if !dir.is_dir() {
-        bail!("no archive directory at {}: name the `<database>.archive` directory beside a database", dir.display());
+        bail!(
+            "no archive directory at {}: name the `<database>.archive` directory beside a database",
+            dir.display()
+        );
     }
     let files = baton_sqlite::archive::chunk_files(dir)
         .with_context(|| format!("cannot list the archive directory {}", dir.display()))?;
     let mut report = ArchiveAudit::default();
     for (name, path) in files {
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        report.check_chunk(&ArchiveChunk { name, bytes, indexed: Vec::new() });
+        report.check_chunk(&ArchiveChunk { name, bytes, indexed: Vec::new(), indexed_count: None });
     }
     Ok(report)
 }
@@ -166,7 +169,9 @@ fn verify_dir(dir: &std::path::Path) -> anyhow::Result<ArchiveAudit> {
 async fn verify_archive(store: &dyn Store) -> anyhow::Result<ArchiveAudit> {
     let mut report = ArchiveAudit::default();
     let mut after = None;
-    while let Some(chunk) = store.archive_chunk(after.take()).await.context("the audit could not read the archive")? {
+    while let Some(chunk) =
+        store.archive_chunk(after.take()).await.context("the audit could not read the archive")?
+    {
         if chunk.bytes.is_empty() {
             report.chunks += 1;
             report.unreadable.push((chunk.name.clone(), "the chunk is missing or empty".to_owned()));

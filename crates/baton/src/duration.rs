@@ -18,7 +18,10 @@ pub fn parse_retention(text: &str) -> Result<u64, String> {
         return Ok(0);
     }
     match parse_ms(text) {
-        Ok(0) => Err("a retention of 0 would archive tasks as they finish; write `off` or a duration like 7d".into()),
+        Ok(0) => {
+            Err("a retention of 0 would archive tasks as they finish; write `off` or a duration like 7d"
+                .into())
+        }
         Ok(ms) => Ok(ms),
         Err(e) => Err(format!("{e}, or `off`")),
     }

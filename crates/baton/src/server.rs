@@ -173,7 +173,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file = crate::config::File::load(args.config.as_deref())?;
     let retention = retention(args.retention, &file, SERVE_RETENTION_DEFAULT_MS);
     match database {
-        Database::Sqlite(path) => run_sqlite(&path, args.listen, "serve", Auth::Tokens, file, retention).await,
+        Database::Sqlite(path) => {
+            run_sqlite(&path, args.listen, "serve", Auth::Tokens, file, retention).await
+        }
         Database::Postgres(url) => {
             let rules = file.rules();
             let hub = Arc::new(ReadyHub::new());
@@ -261,7 +263,10 @@ async fn run<S: Store + Directory>(
     println!("  readiness: http://{bound}/readyz");
     println!("  database:  {db}");
     match retention {
-        Some(ms) => println!("  retention: finished tasks move to the archive after {}", crate::duration::format_ms(ms)),
+        Some(ms) => println!(
+            "  retention: finished tasks move to the archive after {}",
+            crate::duration::format_ms(ms)
+        ),
         None => println!("  retention: off (finished tasks stay in the database)"),
     }
     if let Some(token) = &first_token {

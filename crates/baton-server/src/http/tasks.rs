@@ -109,7 +109,8 @@ pub async fn show(
     IdPath(id): IdPath,
 ) -> Result<Json<api::Task>, ApiError> {
     // An archived task answers from the archive, in the same shape.
-    let view = crate::archive::view(&state, TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    let view =
+        crate::archive::view(&state, TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
     principal.check_read(&view.task)?;
     Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
 }

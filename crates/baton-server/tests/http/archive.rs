@@ -34,10 +34,17 @@ async fn an_archived_task_answers_from_the_archive_or_410() {
     api.clock.advance(60_001);
     assert_eq!(baton_server::archive::round(&api.state).await, (1, false));
 
-    assert_eq!(api.get(&format!("/v1/tasks/{task}")).await.expect(200), shown, "show answers from the archive");
+    assert_eq!(
+        api.get(&format!("/v1/tasks/{task}")).await.expect(200),
+        shown,
+        "show answers from the archive"
+    );
     assert_eq!(api.get(&format!("/v1/tasks/{task}/history")).await.expect(200), history);
     let gone = api.get(&format!("/v1/tasks/{task}/lineage")).await.expect(410);
-    assert_eq!((gone["code"].as_str(), gone["details"]["task"].as_str()), (Some("task_archived"), Some(&*task)));
+    assert_eq!(
+        (gone["code"].as_str(), gone["details"]["task"].as_str()),
+        (Some("task_archived"), Some(&*task))
+    );
     let again = api
         .post("/v1/tasks", json!({"stage": "a", "payload": {"n": 1}, "idempotency_key": "order-1"}))
         .await

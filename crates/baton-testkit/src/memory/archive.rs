@@ -11,8 +11,8 @@
 
 use super::{MemError, MemTx, Row, State, Undo};
 use baton_core::archive::{
-    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask, Candidate,
-    eligible, finished_at, find_in_chunk,
+    ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
+    Candidate, eligible, find_in_chunk, finished_at,
 };
 use baton_core::store::Notice;
 use baton_core::{Handoff, PushConfig, TaskId};
@@ -41,7 +41,11 @@ pub(super) struct Removed {
 impl State {
     /// The records of up to `limit` tasks a pass may move now, with their
     /// revisions, oldest finish first.
-    pub(super) fn archive_candidates(&self, request: &ArchiveRequest, limit: usize) -> Vec<(ArchivedTask, u64)> {
+    pub(super) fn archive_candidates(
+        &self,
+        request: &ArchiveRequest,
+        limit: usize,
+    ) -> Vec<(ArchivedTask, u64)> {
         let mut finished: Vec<_> = self
             .tasks
             .values()
@@ -56,16 +60,24 @@ impl State {
                 notices.entry(task).or_default().push((i as u64 + 1, n.clone()));
             }
         }
-        let finals: HashSet<(&str, u64)> =
-            self.deliveries.iter().filter(|d| d.status.is_final()).map(|d| (d.webhook.as_str(), d.notice)).collect();
+        let finals: HashSet<(&str, u64)> = self
+            .deliveries
+            .iter()
+            .filter(|d| d.status.is_final())
+            .map(|d| (d.webhook.as_str(), d.notice))
+            .collect();
         let mut out = Vec::new();
         for (at, row) in finished {
             if out.len() >= limit {
                 break;
             }
             let id = row.task.id;
-            let pushes: Vec<PushConfig> =
-                self.push_configs.range((id, String::new())..).take_while(|((t, _), _)| *t == id).map(|(_, c)| c.clone()).collect();
+            let pushes: Vec<PushConfig> = self
+                .push_configs
+                .range((id, String::new())..)
+                .take_while(|((t, _), _)| *t == id)
+                .map(|(_, c)| c.clone())
+                .collect();
             let task_notices = notices.get(&id).map_or(&[][..], Vec::as_slice);
             let candidate = Candidate {
                 task: &row.task,
@@ -105,13 +117,17 @@ impl State {
 
     pub(super) fn archive_chunk(&self, after: Option<&str>) -> Option<ArchiveChunk> {
         let mut range = match after {
-            Some(after) => self.archive.chunks.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            Some(after) => self
+                .archive
+                .chunks
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
             None => self.archive.chunks.range::<str, _>(..),
         };
         range.next().map(|(name, (bytes, indexed))| ArchiveChunk {
             name: name.clone(),
             bytes: bytes.clone(),
             indexed: indexed.clone(),
+            indexed_count: Some(indexed.len() as u64),
         })
     }
 }
@@ -133,14 +149,21 @@ impl MemTx<'_> {
                 _ => return Ok(false),
             }
         }
-        if self.state.tasks.values().any(|r| r.task.parent.is_some_and(|p| ids.contains(&p)) && !ids.contains(&r.task.id)) {
+        if self
+            .state
+            .tasks
+            .values()
+            .any(|r| r.task.parent.is_some_and(|p| ids.contains(&p)) && !ids.contains(&r.task.id))
+        {
             return Ok(false);
         }
-        if commit.chunks.iter().any(|c| c.bytes.is_none() || self.state.archive.chunks.contains_key(&c.name)) {
+        if commit.chunks.iter().any(|c| c.bytes.is_none() || self.state.archive.chunks.contains_key(&c.name))
+        {
             return Err(MemError("an archive chunk without bytes, or one stored already".into()));
         }
         self.write_allowed()?;
-        let mut removed = Removed { rows: Vec::new(), handoffs: Vec::new(), pushes: Vec::new(), chunks: Vec::new() };
+        let mut removed =
+            Removed { rows: Vec::new(), handoffs: Vec::new(), pushes: Vec::new(), chunks: Vec::new() };
         for chunk in &commit.chunks {
             let mut indexed = Vec::with_capacity(chunk.tasks.len());
             for entry in &chunk.tasks {

@@ -6,7 +6,9 @@
 
 use super::{Case, SuiteStore, T0, complete, new_task, ok, suite_rules};
 use crate::exec::block_on;
-use baton_core::archive::{ArchiveAudit, ArchiveCommit, ArchiveRequest, ArchivedEntry, CommitChunk, HookFilter};
+use baton_core::archive::{
+    ArchiveAudit, ArchiveCommit, ArchiveRequest, ArchivedEntry, CommitChunk, HookFilter,
+};
 use baton_core::store::{Delivery, DeliveryStatus};
 use baton_core::{JoinMode, Op, Store, TaskId};
 

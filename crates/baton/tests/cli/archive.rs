@@ -3,9 +3,9 @@
 //! Round trip: finished tasks are archived, `baton audit verify --archive`
 //! passes (from the database's index, and from the directory alone), their
 //! histories read back identical; then an edited line (its task's event
-//! changed, gzip rewritten) and a changed byte (gzip's checksum) each make
-//! the audit fail naming the task or the chunk, and a deleted chunk file is
-//! reported as missing.
+//! changed, gzip rewritten), a deleted line and a changed byte (gzip's
+//! checksum) each make the audit fail naming the task or the chunk, and a
+//! deleted chunk file is reported as missing.
 //!
 //! Crash: the first step of a pass (chunks written and fsynced) without the
 //! second (rows deleted and indexed) is what a crash between them leaves.
@@ -74,7 +74,8 @@ fn verify(args: &[&str]) -> (bool, String) {
 }
 
 fn chunk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").path()).collect();
     files.sort();
     files
 }
@@ -98,13 +99,17 @@ fn archive_round_trip_verifies_and_reports_tampering() {
     let (ok, text) = verify(&["--archive", archive.to_str().unwrap()]);
     assert!(ok && text.contains("5 tasks, 15 events verified"), "{text}");
     let (ok, text) = verify(&["--data-dir", data]);
-    assert!(ok && text.contains("1 tasks, 1 events verified; 0 broken"), "the live audit sees the rest: {text}");
+    assert!(
+        ok && text.contains("1 tasks, 1 events verified; 0 broken"),
+        "the live audit sees the rest: {text}"
+    );
 
     // An edited line: the claim event of the first task names another agent.
     let files = chunk_files(&archive);
     assert_eq!(files.len(), 1, "one pass, one hour: one chunk");
     let original = std::fs::read(&files[0]).expect("read");
-    let mut lines: Vec<_> = decode_chunk(&original).expect("decodes").into_iter().map(|l| l.expect("line")).collect();
+    let mut lines: Vec<_> =
+        decode_chunk(&original).expect("decodes").into_iter().map(|l| l.expect("line")).collect();
     let victim = lines[0].id;
     lines[0].events[1] = lines[0].events[1].replace("\"alice\"", "\"mallory\"");
     std::fs::write(&files[0], encode_chunk(&lines)).expect("rewrite");
@@ -112,6 +117,11 @@ fn archive_round_trip_verifies_and_reports_tampering() {
     assert!(!ok, "an edited line fails: {text}");
     assert!(text.contains(&format!("task {victim}: version 2:")), "{text}");
     assert!(text.contains("1 broken, 0 unreadable: BROKEN"), "{text}");
+
+    // A deleted line: the index counts more tasks than the chunk holds.
+    std::fs::write(&files[0], encode_chunk(&lines[1..])).expect("rewrite");
+    let (ok, text) = verify(&["--data-dir", data, "--archive"]);
+    assert!(!ok && text.contains("the index places 5 tasks in this chunk, 4 of them are in it"), "{text}");
 
     // A changed byte: the chunk no longer decompresses (or its checksum fails).
     let mut bytes = original.clone();
@@ -154,7 +164,8 @@ fn a_crash_between_the_chunk_write_and_the_delete_loses_and_duplicates_nothing()
     assert_eq!(histories(&store, &done), before);
     assert!(block_on(store.get(live)).expect("get").is_some());
     let files = chunk_files(&archive);
-    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| n.ends_with(".jsonl.gz")), "no .tmp is left: {names:?}");
     let mut seen = Vec::new();
     for file in &files {
