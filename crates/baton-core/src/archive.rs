@@ -385,6 +385,19 @@ pub fn group(tasks: Vec<(ArchivedTask, u64)>) -> Vec<(CommitChunk, Vec<ArchivedT
         .collect()
 }
 
+/// The commit of `tasks` with each chunk's bytes in it, for stores that
+/// write chunks in the commit's transaction (PostgreSQL, memory).
+pub fn commit_with_bytes(tasks: Vec<(ArchivedTask, u64)>) -> ArchiveCommit {
+    let chunks = group(tasks)
+        .into_iter()
+        .map(|(mut chunk, lines)| {
+            chunk.bytes = Some(encode_chunk(&lines));
+            chunk
+        })
+        .collect();
+    ArchiveCommit { chunks }
+}
+
 /// A stored chunk, as audits read it: its name, bytes, and the tasks the
 /// store's index places in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -464,14 +464,7 @@ impl Store for PostgresStore {
             if records.is_empty() {
                 return Ok(0);
             }
-            let chunks = baton_core::archive::group(records)
-                .into_iter()
-                .map(|(mut chunk, lines)| {
-                    chunk.bytes = Some(baton_core::archive::encode_chunk(&lines));
-                    chunk
-                })
-                .collect();
-            let commit = baton_core::archive::ArchiveCommit { chunks };
+            let commit = baton_core::archive::commit_with_bytes(records);
             match self.execute(baton_core::Op::Archive(commit), None).await? {
                 OpOutcome::Archive(n) => Ok(n),
                 other => Err(Error::Unavailable(format!("archive: unexpected outcome {other:?}"))),

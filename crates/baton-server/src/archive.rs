@@ -1,8 +1,10 @@
 //! Retention on the server's side: the archive pass the sweeper runs, and
 //! reading an archived task for the API.
 //!
-//! With `SweeperOptions::retention_ms` set, every `archive_interval_ms` the
-//! process holding `SingletonDuty::Archive` (every process on SQLite and in
+//! With `SweeperOptions::retention_ms` set, a task beside the sweeper
+//! (`run`; apart, so archive passes, which write and fsync files on SQLite,
+//! never delay a timer) wakes every `archive_interval_ms`, and the process
+//! holding `SingletonDuty::Archive` (every process on SQLite and in
 //! memory; one replica on PostgreSQL) asks the store to move finished tasks
 //! older than the retention into the archive, `archive_batch_max` at a time
 //! and at most `ARCHIVE_BATCHES_MAX` batches per round, going again at once
@@ -19,6 +21,8 @@ use crate::state::AppState;
 use crate::webhooks::WebhookOptions;
 use baton_core::archive::{ArchiveRequest, HookFilter};
 use baton_core::{SingletonDuty, TaskId, TaskView};
+use std::pin::pin;
+use std::time::Duration;
 
 /// Batches one archive round moves at most; the rest wait for the next.
 pub const ARCHIVE_BATCHES_MAX: usize = 16;
@@ -26,6 +30,27 @@ pub const ARCHIVE_BATCHES_MAX: usize = 16;
 /// The configured webhooks as the store's eligibility check sees them.
 pub fn hook_filters(options: &WebhookOptions) -> Vec<HookFilter> {
     options.hooks.iter().map(crate::webhooks::Webhook::filter).collect()
+}
+
+/// Runs archive rounds until shutdown begins: one every
+/// `archive_interval_ms`, or at once again while a round hits its bound.
+pub async fn run(state: AppState) {
+    let mut shutdown = pin!(state.shutting_down());
+    loop {
+        let (_, more) = round(&state).await;
+        if state.is_shutting_down() {
+            return;
+        }
+        if more {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let wait = u64::try_from(state.options().sweeper.archive_interval_ms.max(1)).unwrap_or(u64::MAX);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            () = &mut shutdown => return,
+        }
+    }
 }
 
 /// One round of archive passes, if retention is on and this process holds

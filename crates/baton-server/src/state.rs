@@ -145,7 +145,8 @@ pub struct SweeperOptions {
     /// How long a finished task stays in the live store before an archive
     /// pass moves it to the archive (`crate::archive`); `None`: never.
     pub retention_ms: Option<i64>,
-    /// How often the archive pass runs while retention is on.
+    /// How often the archive task (`crate::archive::run`, beside the
+    /// sweeper) runs a round while retention is on.
     pub archive_interval_ms: i64,
 }
 

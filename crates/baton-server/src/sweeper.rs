@@ -10,10 +10,7 @@
 //! keyed requests (`Idempotency-Key`), in bounded batches; the store already
 //! ignores them, so the purge only keeps the table small. Once every
 //! `ROLLUP_PURGE_INTERVAL_MS`, the process holding the metrics duty deletes
-//! rollups older than `metrics.retention_ms`, in bounded batches too. With a
-//! retention set, every `archive_interval_ms` the process holding the
-//! archive duty moves finished tasks past it to the archive
-//! (`crate::archive::round`, bounded batches as well).
+//! rollups older than `metrics.retention_ms`, in bounded batches too.
 
 use crate::state::AppState;
 use std::pin::pin;
@@ -40,13 +37,7 @@ pub async fn run(state: AppState) {
     let mut shutdown = pin!(state.shutting_down());
     let mut purge_at = state.clock().now();
     let mut rollup_purge_at = state.clock().now();
-    let mut archive_at = state.clock().now();
     loop {
-        if state.options().sweeper.retention_ms.is_some() && state.clock().now() >= archive_at {
-            let (_, more) = crate::archive::round(&state).await;
-            let wait = if more { 0 } else { state.options().sweeper.archive_interval_ms.max(1) };
-            archive_at = state.clock().now().saturating_add(wait);
-        }
         if state.clock().now() >= rollup_purge_at {
             let more = purge_rollups(&state).await;
             let wait = if more { 0 } else { ROLLUP_PURGE_INTERVAL_MS };

@@ -351,14 +351,7 @@ impl Store for MemoryStore {
         if records.is_empty() {
             return answer(Ok(0));
         }
-        let chunks = baton_core::archive::group(records)
-            .into_iter()
-            .map(|(mut chunk, lines)| {
-                chunk.bytes = Some(baton_core::archive::encode_chunk(&lines));
-                chunk
-            })
-            .collect();
-        let commit = ArchiveCommit { chunks };
+        let commit = baton_core::archive::commit_with_bytes(records);
         answer(self.run(|tx, cx| engine::archive(tx, &commit, cx)))
     }
 
