@@ -131,8 +131,10 @@ fn migrating_an_older_schema_counts_its_live_tasks() {
     let before = block_on(store.stage_gauges_recount(10)).expect("recount");
     store.close();
     admin(&format!(
-        "DROP TABLE {s}.stage_counts; ALTER TABLE {s}.tasks DROP COLUMN ready_since;
-         DELETE FROM {s}.schema_migrations WHERE version = 9;",
+        "DROP TABLE {s}.archived, {s}.archive_chunks; DROP INDEX {s}.tasks_finished, {s}.handoffs_task,
+         {s}.alerts_task, {s}.deliveries_notice;
+         DROP TABLE {s}.stage_counts; ALTER TABLE {s}.tasks DROP COLUMN ready_since;
+         DELETE FROM {s}.schema_migrations WHERE version >= 9;",
         s = schema.name
     ));
     let store = PostgresStore::open(schema.options()).expect("reopen migrates");

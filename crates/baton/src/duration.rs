@@ -14,16 +14,27 @@ pub fn format_ms(ms: i64) -> String {
 
 /// Parses `--retention`: `off` (0) or a positive duration, in milliseconds.
 pub fn parse_retention(text: &str) -> Result<u64, String> {
-    if text.trim() == "off" {
+    let text = text.trim();
+    if text == "off" {
         return Ok(0);
     }
-    match parse_ms(text) {
+    // Days too: retentions are long.
+    let days = text.strip_suffix('d').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let parsed = match days {
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(86_400_000))
+            .ok_or_else(|| format!("{text:?} is too long")),
+        None => parse_ms(text),
+    };
+    match parsed {
         Ok(0) => {
             Err("a retention of 0 would archive tasks as they finish; write `off` or a duration like 7d"
                 .into())
         }
         Ok(ms) => Ok(ms),
-        Err(e) => Err(format!("{e}, or `off`")),
+        Err(e) => Err(format!("{e} (or days: 7d), or `off`")),
     }
 }
 
@@ -39,7 +50,6 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        "d" => 86_400_000,
         _ => return Err(hint()),
     };
     value.checked_mul(factor).ok_or_else(|| format!("{text:?} is too long"))

@@ -184,3 +184,44 @@ fn a_crash_between_the_chunk_write_and_the_delete_loses_and_duplicates_nothing()
     assert_eq!(indexed, 4);
     store.close();
 }
+
+#[test]
+fn baton_dev_with_a_retention_archives_finished_tasks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
+    std::fs::write(dir.join("baton.toml"), "[server]\narchive_interval_ms = 100\n").expect("config");
+    let dev = super::Dev::start_with(dir, &["--retention", "1s", "--config", "baton.toml"]);
+    let address = dev.address.clone();
+    let run = |args: &[&str], code| {
+        let mut args = args.to_vec();
+        args.extend(["--address", &address]);
+        super::check(dir, &args, code)
+    };
+    let submit = ["task", "submit", "--stage", "s", "--payload", r#"{"n":1}"#, "--key", "k1", "-o", "json"];
+    let id = super::json(&run(&submit, 0).0)["id"].as_str().expect("id").to_owned();
+    run(&["task", "claim", "--agent", "a", "--stage", "s", "--wait", "5s"], 0);
+    run(&["task", "complete", &id, "--agent", "a", "--epoch", "1"], 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, text) = verify(&["--data-dir", dir.join(".baton").to_str().unwrap(), "--archive"]);
+        if ok && text.contains("1 tasks") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the task was not archived: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (out, _) = run(&["task", "show", &id], 0);
+    assert!(out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["state", "done"]), "{out}");
+    let (_, err) = run(&submit, 1);
+    assert!(err.contains("task_archived") && err.contains(&id), "the key stays taken: {err}");
+    dev.stop();
+}
+
+#[test]
+fn a_bad_retention_is_refused_with_what_to_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, err) = super::check(dir.path(), &["dev", "--retention", "0s"], 2);
+    assert!(err.contains("write `off`"), "{err}");
+    let (_, err) = super::check(dir.path(), &["serve", "--data-dir", ".", "--retention", "a week"], 2);
+    assert!(err.contains("7d") && err.contains("`off`"), "{err}");
+}
