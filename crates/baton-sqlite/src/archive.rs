@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 /// A chunk file's extension.
 pub const CHUNK_SUFFIX: &str = ".jsonl.gz";
 
-const CANDIDATES: &str = "SELECT body, head FROM tasks WHERE state IN ('done', 'cancelled') \
+/// The oldest finished tasks, through `tasks_finished` (named: without
+/// statistics the planner prefers `tasks_state` and sorts every finished task).
+const CANDIDATES: &str = "SELECT body, head FROM tasks INDEXED BY tasks_finished WHERE state IN ('done', 'cancelled') \
     AND json_extract(body, '$.state.at') < ?1 ORDER BY json_extract(body, '$.state.at') LIMIT ?2";
 
 /// Where the archive of the database at `db` lives: beside it.
