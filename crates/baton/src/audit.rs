@@ -50,27 +50,10 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     if let Some(path) = &args.archive {
         return run_archive(&args, path.as_deref()).await;
     }
-    let (report, source) = match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())?
-    {
-        Database::Sqlite(path) => {
-            if !path.exists() {
-                bail!("no database at {}: name the data directory of a Baton server", path.display());
-            }
-            let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
-                .with_context(|| format!("cannot open the database {}", path.display()))?;
-            let report = verify(&store).await;
-            store.close();
-            (report?, path.display().to_string())
-        }
-        Database::Postgres(url) => {
-            let options = args.postgres.options(&url)?;
-            let store = baton_postgres::PostgresStore::open(options)
-                .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
-            let report = verify(&store).await;
-            store.close();
-            (report?, redact(&url))
-        }
-    };
+    let opened = Opened::open(&args)?;
+    let report = verify(opened.store()).await;
+    opened.close();
+    let (report, source) = (report?, opened.source());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json(&report, &source))?);
     } else {
@@ -92,31 +75,69 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--archive [PATH]`: every archived chain, from a directory or a store.
-async fn run_archive(args: &AuditArgs, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let (report, source) = match dir {
-        Some(dir) => (verify_dir(dir)?, dir.display().to_string()),
-        None => match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
+/// The store the arguments name, open.
+enum Opened {
+    Sqlite(baton_sqlite::SqliteStore),
+    Postgres(baton_postgres::PostgresStore, String),
+}
+
+impl Opened {
+    fn open(args: &AuditArgs) -> anyhow::Result<Self> {
+        Ok(match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
             Database::Sqlite(path) => {
                 if !path.exists() {
                     bail!("no database at {}: name the data directory of a Baton server", path.display());
                 }
                 let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
                     .with_context(|| format!("cannot open the database {}", path.display()))?;
-                let report = verify_archive(&store).await;
-                let source = store.archive_dir().display().to_string();
-                store.close();
-                (report?, source)
+                Self::Sqlite(store)
             }
             Database::Postgres(url) => {
                 let options = args.postgres.options(&url)?;
                 let store = baton_postgres::PostgresStore::open(options)
                     .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
-                let report = verify_archive(&store).await;
-                store.close();
-                (report?, redact(&url))
+                Self::Postgres(store, redact(&url))
             }
-        },
+        })
+    }
+
+    fn store(&self) -> &dyn Store {
+        match self {
+            Self::Sqlite(store) => store,
+            Self::Postgres(store, _) => store,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close(),
+            Self::Postgres(store, _) => store.close(),
+        }
+    }
+
+    /// What the report names: the file, or the URL without its password.
+    fn source(&self) -> String {
+        match self {
+            Self::Sqlite(store) => store.path().display().to_string(),
+            Self::Postgres(_, url) => url.clone(),
+        }
+    }
+}
+
+/// `--archive [PATH]`: every archived chain, from a directory or a store.
+async fn run_archive(args: &AuditArgs, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (report, source) = match dir {
+        Some(dir) => (verify_dir(dir)?, dir.display().to_string()),
+        None => {
+            let opened = Opened::open(args)?;
+            let report = verify_archive(opened.store()).await;
+            opened.close();
+            let source = match &opened {
+                Opened::Sqlite(store) => store.archive_dir().display().to_string(),
+                Opened::Postgres(..) => opened.source(),
+            };
+            (report?, source)
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&archive_json(&report, &source))?);
