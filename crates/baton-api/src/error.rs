@@ -93,6 +93,7 @@ codes! {
     Forbidden => "forbidden", "The principal's role does not allow the call.";
     NotHolder => "not_holder", "The epoch is current but another agent holds the lease.";
     NotFound => "not_found", "No such task, handoff or route (or none visible to the caller).";
+    TaskArchived => "task_archived", "The task finished and was moved to the archive: its history is still served, but it takes no further call and its idempotency key stays taken; `details.task` names it.";
     MethodNotAllowed => "method_not_allowed", "The path exists but not with this HTTP method.";
     LeaseLost => "lease_lost", "The caller's epoch is stale: stop working on the task.";
     InvalidTransition => "invalid_transition", "The call does not apply to the task's state.";

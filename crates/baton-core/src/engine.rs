@@ -9,6 +9,7 @@
 //! and the record of its outcome commit in the same transaction, so no crash
 //! can separate an effect from the answer a repeat will get.
 
+use crate::archive::ArchiveCommit;
 use crate::command::{Action, Command, NewTask};
 use crate::decide::{Change, Env, decide_in, submit_in as decide_submit};
 use crate::event::{Event, EventKind, Hash};
@@ -137,6 +138,14 @@ pub trait Tx {
     /// Deletes up to `limit` request records saved at or before `at_or_before`,
     /// oldest first; returns how many.
     fn purge_requests(&mut self, at_or_before: Millis, limit: usize) -> Result<usize, Self::Error>;
+    /// The archived task that holds this idempotency key, if one does.
+    fn archived_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<TaskId>, Self::Error>;
+    /// Deletes the commit's tasks from the live store (row, payload, events,
+    /// handoffs, alerts, notices and their delivery records, push configs)
+    /// and indexes each under its chunk, storing the chunk's bytes when it
+    /// carries them. Returns false, having written nothing that stays, when
+    /// a row is gone, is not at its named revision, or still has children.
+    fn archive(&mut self, commit: &ArchiveCommit) -> Result<bool, Self::Error>;
 }
 
 /// Why an operation did not go through. The store rolls back its part.
@@ -294,7 +303,35 @@ pub fn run<T: Tx>(tx: &mut T, op: &Op, cx: &mut Ctx<'_>) -> Res<OpOutcome, T::Er
         Op::PurgeRollups { before } => {
             OpOutcome::PurgeRollups(st(tx.purge_rollups(*before, cx.rules.limits.sweep_batch_max))?)
         }
+        Op::Archive(commit) => OpOutcome::Archive(archive(tx, commit, cx)?),
     })
+}
+
+/// The second half of an archive pass: deletes the commit's tasks from the
+/// live store and indexes them, all or nothing (at most `archive_batch_max`).
+/// A task that changed since the pass read it refuses the whole commit; the
+/// store drops what it wrote for it and the next pass reads afresh.
+pub fn archive<T: Tx>(tx: &mut T, commit: &ArchiveCommit, cx: &mut Ctx<'_>) -> Res<usize, T::Error> {
+    let n = commit.tasks();
+    if n > cx.rules.limits.archive_batch_max {
+        return Err(Rejection::limit(
+            "archive_batch_max",
+            cx.rules.limits.archive_batch_max,
+            "archive fewer tasks per pass",
+        )
+        .into());
+    }
+    if commit.chunks.iter().any(|c| !crate::archive::is_chunk_name(&c.name) || c.tasks.is_empty()) {
+        return Err(Rejection::invalid("archive", "a chunk has a malformed name or no task").into());
+    }
+    if !st(tx.archive(commit))? {
+        return Err(Rejection::invalid(
+            "archive",
+            "a task changed, or gained a child, after the pass read it; the next pass reads it again",
+        )
+        .into());
+    }
+    Ok(n)
 }
 
 /// Stores `wf` as the next version of its name, unless the latest version
@@ -403,6 +440,13 @@ pub fn submit<T: Tx>(tx: &mut T, new: &NewTask, cx: &mut Ctx<'_>) -> Res<Submitt
             return Ok(Submitted { task: existing, created: false });
         }
         return Err(Rejection::IdempotencyConflict { key: key.clone() }.into());
+    }
+    // The key of an archived task stays taken: a repeat must not start a
+    // second task, and the archive cannot answer with the live row.
+    if let Some(key) = &new.idempotency_key
+        && let Some(task) = st(tx.archived_by_key(&new.namespace, key))?
+    {
+        return Err(Rejection::TaskArchived { task }.into());
     }
     let id = TaskId(tx.new_id());
     insert_new(tx, id, new, wf.as_ref(), cx).map(|task| Submitted { task, created: true })

@@ -509,6 +509,20 @@ pub fn handoff_from_history(events: &[Event], id: HandoffId) -> Option<Handoff> 
     found
 }
 
+/// Every handoff a task's history tells of, in the order they were made
+/// (`handoff_from_history` for each).
+pub fn handoffs_from_history(events: &[Event]) -> Vec<Handoff> {
+    let mut ids: Vec<HandoffId> = Vec::new();
+    for e in events {
+        if let TaskState::Waiting { handoff: Some(h), .. } = &e.after.state
+            && !ids.contains(&h.id)
+        {
+            ids.push(h.id);
+        }
+    }
+    ids.into_iter().filter_map(|id| handoff_from_history(events, id)).collect()
+}
+
 /// Decodes a task's stored events, `rows` in version order from version 1
 /// or from a checkpoint.
 pub fn decode_chain<S: AsRef<str>>(task: TaskId, rows: &[(u64, S)]) -> Result<Vec<Event>, serde_json::Error> {

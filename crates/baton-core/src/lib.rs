@@ -5,6 +5,7 @@
 //! crate, and never reads the clock: `now` is an argument everywhere. The one
 //! exception is `clock::SystemClock`, which binaries construct and inject.
 
+pub mod archive;
 pub mod audit;
 pub mod auth;
 pub mod batch;

@@ -54,6 +54,9 @@ pub struct Limits {
     pub workflows_max: usize,
     /// Rollups one merge call may add.
     pub rollups_merge_max: usize,
+    /// Finished tasks one archive pass moves out of the live store (one
+    /// transaction, one chunk per hour of finish).
+    pub archive_batch_max: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +83,7 @@ impl Default for Limits {
             saga_step_within_ms: 24 * 3_600_000,
             workflows_max: 1_000,
             rollups_merge_max: 4_096,
+            archive_batch_max: 256,
         }
     }
 }

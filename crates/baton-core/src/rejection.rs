@@ -34,6 +34,13 @@ pub enum Rejection {
     /// No such task (or none visible to the caller).
     #[error("task {task} not found")]
     TaskNotFound { task: TaskId },
+    /// The task finished and was moved to the archive: its history is still
+    /// served (`GET /v1/tasks/{task}/history`), but it takes no call and its
+    /// idempotency key cannot start another task.
+    #[error(
+        "task {task} finished and was archived; read its history at GET /v1/tasks/{task}/history (an archived task takes no further call, and its idempotency key stays taken)"
+    )]
+    TaskArchived { task: TaskId },
     /// No such handoff.
     #[error("handoff {handoff} not found")]
     HandoffNotFound { handoff: HandoffId },
@@ -78,6 +85,7 @@ impl Rejection {
             Self::TaskNotFound { .. } | Self::HandoffNotFound { .. } | Self::WorkflowNotFound { .. } => {
                 "not_found"
             }
+            Self::TaskArchived { .. } => "task_archived",
             Self::AgentNotAllowed { .. } | Self::Forbidden { .. } => "forbidden",
             Self::RouteNotAllowed { .. } => "route_not_allowed",
             Self::InvalidRequest { .. } => "invalid_request",

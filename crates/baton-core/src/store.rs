@@ -3,6 +3,7 @@
 //! load, guard and persist; the engine (`crate::engine`) decides. Methods return
 //! boxed futures so the trait stays object-safe and free of any runtime.
 
+use crate::archive::{ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask};
 use crate::auth::Principal;
 use crate::command::{Action, NewTask};
 use crate::event::{Actor, Event, Hash};
@@ -106,6 +107,19 @@ pub trait Store: Send + Sync + 'static {
     /// A store one process owns (memory, SQLite) always holds every duty; on
     /// PostgreSQL one replica at a time does (a lease row).
     fn holds_duty(&self, duty: SingletonDuty) -> StoreFuture<'_, bool>;
+    /// One archive pass: moves up to `request.limit` (at most
+    /// `archive_batch_max`) finished tasks that `crate::archive::eligible`
+    /// lets go into the archive, durably, then deletes them from the live
+    /// store in one transaction that also indexes them (`Op::Archive`);
+    /// returns how many moved. The server runs it where the archive duty is.
+    fn archive(&self, request: ArchiveRequest) -> StoreFuture<'_, usize>;
+    /// An archived task's record, read back from the archive; `None` when
+    /// the task was never archived. `history` answers from it too.
+    fn archived(&self, task: TaskId) -> StoreFuture<'_, Option<ArchivedTask>>;
+    /// The first archive chunk with a name after `after` (`None`: the
+    /// first), with its bytes and the tasks the index places in it: audits
+    /// read the archive one chunk at a time this way.
+    fn archive_chunk(&self, after: Option<String>) -> StoreFuture<'_, Option<ArchiveChunk>>;
 }
 
 /// Live tasks of one stage, as `Store::stage_gauges` counts them.
@@ -136,6 +150,8 @@ pub enum SingletonDuty {
     Metrics,
     /// Webhook deliveries: one replica sends the outbox's notices.
     Webhooks,
+    /// Archive passes: one replica moves finished tasks to the archive.
+    Archive,
 }
 
 impl SingletonDuty {
@@ -144,6 +160,7 @@ impl SingletonDuty {
         match self {
             Self::Metrics => "metrics",
             Self::Webhooks => "webhooks",
+            Self::Archive => "archive",
         }
     }
 }
@@ -294,6 +311,9 @@ pub enum Op {
         id: u64,
         by: String,
     },
+    /// Delete archived tasks from the live store and index them under their
+    /// chunks (the second half of `Store::archive`; only stores send it).
+    Archive(ArchiveCommit),
 }
 
 /// What an `Op` produced, one variant per operation. Stored as the record
@@ -316,6 +336,8 @@ pub enum OpOutcome {
     DeletePushConfig,
     /// The anomaly as acknowledged.
     AckAnomaly(Anomaly),
+    /// How many tasks left the live store.
+    Archive(usize),
 }
 
 impl OpOutcome {

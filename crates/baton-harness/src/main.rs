@@ -111,6 +111,11 @@ enum Command {
     /// the fault took effect and the checkers passed (for
     /// power-loss-lying-fsync: found losses). `all` is the long tier.
     Fault(FaultArgs),
+    /// The retention soak: a child `baton dev` with a short `--retention`
+    /// takes a constant rate of tasks while the database's size (main file
+    /// plus WAL) is sampled; passes when it stays within 10% after the first
+    /// retention period and every sampled task still answers (docs/reliability.md).
+    Retention(RetentionArgs),
     /// Adds a backlog of ready tasks through the store (a `baton dev` data
     /// directory's `DIR/baton.db`, or a PostgreSQL schema), then times the
     /// stage gauges (counters) against their full recount, same run.
@@ -244,6 +249,64 @@ fn fault_command(a: FaultArgs) -> Result<()> {
         reports.iter().filter(|r| !scenarios::as_expected(r)).map(|r| r.scenario.as_str()).collect();
     if !unexpected.is_empty() {
         bail!("not as expected (see the reports above): {}", unexpected.join(", "));
+    }
+    Ok(())
+}
+
+/// `retention`'s options.
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// How long the load runs, in seconds.
+    #[arg(long, default_value_t = 3_600)]
+    duration_s: u64,
+    /// The server's `--retention`, in seconds.
+    #[arg(long, default_value_t = 300)]
+    retention_s: u64,
+    /// Tasks per second (submit, claim, complete each).
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+    /// Seconds between two size samples.
+    #[arg(long, default_value_t = 10)]
+    sample_s: u64,
+    /// Bytes of each task's payload.
+    #[arg(long, default_value_t = 512)]
+    payload_bytes: usize,
+    /// The `baton` binary; default: next to this binary.
+    #[arg(long)]
+    baton: Option<PathBuf>,
+    /// Directory for the run; default: a new temporary one, removed after.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also write the report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn retention_command(a: RetentionArgs) -> Result<()> {
+    use baton_harness::retention::{RetentionConfig, run};
+    if a.duration_s <= a.retention_s || a.rate == 0 || a.sample_s == 0 {
+        bail!("--duration-s must exceed --retention-s, and --rate and --sample-s must be positive");
+    }
+    let temp = tempfile::tempdir()?;
+    let dir = a.dir.unwrap_or_else(|| temp.path().to_owned());
+    let baton = a.baton.map_or_else(bench::http::default_baton, |b| std::fs::canonicalize(&b).unwrap_or(b));
+    let config = RetentionConfig {
+        baton,
+        dir,
+        duration: std::time::Duration::from_secs(a.duration_s),
+        retention: std::time::Duration::from_secs(a.retention_s),
+        rate: a.rate,
+        sample: std::time::Duration::from_secs(a.sample_s),
+        payload_bytes: a.payload_bytes,
+    };
+    let report = run(&config)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, &json).with_context(|| format!("write {}", path.display()))?;
+    }
+    if !report.ok {
+        bail!("the retention soak failed: {}", report.problems.join("; "));
     }
     Ok(())
 }
@@ -541,6 +604,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Fault(args) => fault_command(args),
+        Command::Retention(args) => retention_command(args),
         Command::CrashChild { db, seed, threads, run_ms_max, ops_per_thread_max } => {
             crash::run_child(&ChildConfig { db, seed, threads, run_ms_max, ops_per_thread_max })
         }

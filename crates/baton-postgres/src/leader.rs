@@ -20,8 +20,12 @@ pub const DUTY_PURGE: &str = "purge";
 
 /// Every duty this store takes and renews: the purge, and those the server
 /// asks about (`Store::holds_duty`).
-pub(crate) const DUTIES: &[&str] =
-    &[DUTY_PURGE, baton_core::SingletonDuty::Metrics.name(), baton_core::SingletonDuty::Webhooks.name()];
+pub(crate) const DUTIES: &[&str] = &[
+    DUTY_PURGE,
+    baton_core::SingletonDuty::Metrics.name(),
+    baton_core::SingletonDuty::Webhooks.name(),
+    baton_core::SingletonDuty::Archive.name(),
+];
 
 /// One duty's lease, as read from `leader`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,7 @@
 //! one replica by a lease row (`leader`). A lost database answers
 //! `Unavailable`, never a stale read, and the store reconnects by itself.
 
+mod archive;
 mod cursor;
 mod directory;
 mod error;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0008_push_configs", include_str!("../migrations/0008_push_configs.sql")),
     ("0009_stage_counts", include_str!("../migrations/0009_stage_counts.sql")),
     ("0010_handoff_index", include_str!("../migrations/0010_handoff_index.sql")),
+    ("0011_archive", include_str!("../migrations/0011_archive.sql")),
 ];
 
 /// The schema version this binary writes and understands.

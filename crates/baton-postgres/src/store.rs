@@ -13,6 +13,7 @@ use crate::leader::{DB_NOW, Duty};
 use crate::options::PostgresOptions;
 use crate::read;
 use crate::writer::{Counters, Op, Reply, Writer};
+use baton_core::archive::{ArchiveChunk, ArchiveRequest, ArchivedTask};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, SingletonDuty, StageGauge};
@@ -425,12 +426,58 @@ impl Store for PostgresStore {
         self.read(read::list(self.pool.clone(), filter, self.options.rules.limits.page_size_max))
     }
 
+    /// A task's events; an archived task's from its archive chunk.
     fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
-        self.read(read::history(self.pool.clone(), task))
+        let pool = self.pool.clone();
+        self.read(async move {
+            match read::history(pool.clone(), task).await? {
+                live if live.is_empty() => crate::archive::history(pool, task).await,
+                live => Ok(live),
+            }
+        })
     }
 
     fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
-        self.read(read::history_before(self.pool.clone(), task, before, limit))
+        let pool = self.pool.clone();
+        self.read(async move {
+            match read::history_before(pool.clone(), task, before, limit).await? {
+                live if live.is_empty() => {
+                    let before = before.unwrap_or(u64::MAX);
+                    let all = crate::archive::history(pool, task).await?;
+                    Ok(all.into_iter().rev().filter(|e| e.version < before).take(limit).collect())
+                }
+                live => Ok(live),
+            }
+        })
+    }
+
+    /// Reads and encodes on the read pool, then stores, indexes and deletes
+    /// in one writer transaction (`crate::archive`).
+    fn archive(&self, request: ArchiveRequest) -> StoreFuture<'_, usize> {
+        let max = request.limit.min(self.options.rules.limits.archive_batch_max);
+        if max == 0 {
+            return Box::pin(std::future::ready(Ok(0)));
+        }
+        let read = self.read(crate::archive::candidates(self.pool.clone(), request, max));
+        Box::pin(async move {
+            let records = read.await?;
+            if records.is_empty() {
+                return Ok(0);
+            }
+            let commit = baton_core::archive::commit_with_bytes(records);
+            match self.execute(baton_core::Op::Archive(commit), None).await? {
+                OpOutcome::Archive(n) => Ok(n),
+                other => Err(Error::Unavailable(format!("archive: unexpected outcome {other:?}"))),
+            }
+        })
+    }
+
+    fn archived(&self, task: TaskId) -> StoreFuture<'_, Option<ArchivedTask>> {
+        self.read(crate::archive::archived(self.pool.clone(), task))
+    }
+
+    fn archive_chunk(&self, after: Option<String>) -> StoreFuture<'_, Option<ArchiveChunk>> {
+        self.read(crate::archive::chunk_after(self.pool.clone(), after))
     }
 
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {

@@ -955,4 +955,12 @@ impl Tx for PgTx<'_> {
         let deleted = self.execute(PURGE_REQUESTS, &[&at_or_before, &limit(max)])?;
         Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
     }
+
+    fn archived_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<TaskId>, StoreError> {
+        crate::archive::by_key(self, namespace, key)
+    }
+
+    fn archive(&mut self, commit: &baton_core::archive::ArchiveCommit) -> Result<bool, StoreError> {
+        crate::archive::commit(self, commit)
+    }
 }

@@ -131,9 +131,11 @@ fn migrating_an_older_schema_counts_its_live_tasks() {
     let before = block_on(store.stage_gauges_recount(10)).expect("recount");
     store.close();
     admin(&format!(
-        "DROP TABLE {s}.stage_counts; ALTER TABLE {s}.tasks DROP COLUMN ready_since;
+        "DROP TABLE {s}.archived, {s}.archive_chunks; DROP INDEX {s}.tasks_finished, {s}.handoff_tasks_task,
+         {s}.alerts_task, {s}.deliveries_notice;
          CREATE TABLE {s}.handoffs (id uuid PRIMARY KEY, task uuid NOT NULL, body text NOT NULL);
          INSERT INTO {s}.handoffs SELECT id, task, '{{}}' FROM {s}.handoff_tasks; DROP TABLE {s}.handoff_tasks;
+         DROP TABLE {s}.stage_counts; ALTER TABLE {s}.tasks DROP COLUMN ready_since;
          DELETE FROM {s}.schema_migrations WHERE version >= 9;",
         s = schema.name
     ));

@@ -19,6 +19,7 @@
 pub mod a2a;
 pub mod accept;
 pub mod anomaly;
+pub mod archive;
 pub mod auth;
 pub mod convert;
 pub mod http;
@@ -70,6 +71,8 @@ pub async fn serve(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let state = AppState::new(config);
     let sweeper = state.options().sweeper.enabled.then(|| tokio::spawn(sweeper::run(state.clone())));
+    let sweeping = state.options().sweeper.enabled && state.options().sweeper.retention_ms.is_some();
+    let archiver = sweeping.then(|| tokio::spawn(archive::run(state.clone())));
     let webhooks =
         (!state.options().webhooks.hooks.is_empty()).then(|| tokio::spawn(webhooks::run(state.clone())));
     let metrics = state.options().metrics.enabled.then(|| tokio::spawn(metrics::run(state.clone())));
@@ -91,6 +94,11 @@ pub async fn serve(
         && let Err(error) = sweeper.await
     {
         tracing::error!(%error, "the sweeper task failed");
+    }
+    if let Some(archiver) = archiver
+        && let Err(error) = archiver.await
+    {
+        tracing::error!(%error, "the archive task failed");
     }
     if let Some(webhooks) = webhooks
         && let Err(error) = webhooks.await

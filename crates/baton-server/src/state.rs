@@ -142,11 +142,23 @@ pub struct SweeperOptions {
     /// The longest the sweeper sleeps, so a task that becomes due earlier than
     /// any the sweeper knew of is acted on within this time.
     pub idle_ms_max: u64,
+    /// How long a finished task stays in the live store before an archive
+    /// pass moves it to the archive (`crate::archive`); `None`: never.
+    pub retention_ms: Option<i64>,
+    /// How often the archive task (`crate::archive::run`, beside the
+    /// sweeper) runs a round while retention is on.
+    pub archive_interval_ms: i64,
 }
 
 impl Default for SweeperOptions {
     fn default() -> Self {
-        Self { enabled: true, batch_max: 512, idle_ms_max: 1_000 }
+        Self {
+            enabled: true,
+            batch_max: 512,
+            idle_ms_max: 1_000,
+            retention_ms: None,
+            archive_interval_ms: 60_000,
+        }
     }
 }
 

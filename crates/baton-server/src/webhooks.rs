@@ -196,6 +196,16 @@ impl Webhook {
         &self.name
     }
 
+    /// What this webhook wants, as the archive's eligibility check reads it
+    /// (`baton_core::archive::HookFilter`, the same rule as `wants`).
+    pub fn filter(&self) -> baton_core::archive::HookFilter {
+        baton_core::archive::HookFilter {
+            name: self.name.clone(),
+            kinds: self.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+            stages: self.stages.as_ref().map(|s| s.iter().cloned().collect()),
+        }
+    }
+
     pub fn url(&self) -> &str {
         self.url.as_str()
     }
@@ -850,6 +860,12 @@ mod tests {
         assert!(triage.wants(&handoff("a", "triage")), "the target stage");
         assert!(!triage.wants(&handoff("a", "b")));
         assert!(!triage.wants(&alert("inbox")) && triage.wants(&alert("triage")));
+        // The archive's copy of the rule agrees with the dispatcher's.
+        for h in [&all, &alerts, &triage] {
+            for n in [handoff("a", "b"), handoff("triage", "b"), alert("inbox"), alert("triage")] {
+                assert_eq!(h.filter().wants(&n), h.wants(&n));
+            }
+        }
     }
 
     #[test]

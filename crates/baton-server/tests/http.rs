@@ -18,6 +18,8 @@
 mod a2a;
 #[path = "http/anomaly.rs"]
 mod anomaly;
+#[path = "http/archive.rs"]
+mod archive;
 #[path = "http/auth.rs"]
 mod auth;
 #[path = "http/idempotency.rs"]

@@ -52,6 +52,9 @@ pub enum StoreError {
     Row(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The archive directory or a chunk file failed (`crate::archive`).
+    #[error("archive: {0}")]
+    Archive(String),
 }
 
 impl StoreError {
@@ -59,7 +62,7 @@ impl StoreError {
     pub(crate) fn sqlite(&self) -> Option<&rusqlite::Error> {
         match self {
             Self::Sqlite(e) => Some(e),
-            Self::Row(_) | Self::Json(_) => None,
+            Self::Row(_) | Self::Json(_) | Self::Archive(_) => None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! commit stops the process, but for a full disk, which refuses the batch
 //! with `StorageFull` and lets writes resume once space is freed (see `writer`).
 
+pub mod archive;
 mod backup;
 mod check;
 mod directory;

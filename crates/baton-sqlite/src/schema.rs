@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_push_configs.sql"),
     include_str!("../migrations/0009_stage_counts.sql"),
     include_str!("../migrations/0010_handoff_index.sql"),
+    include_str!("../migrations/0011_archive.sql"),
 ];
 
 /// The schema version this binary writes and understands.

@@ -13,6 +13,7 @@ use crate::read::{self, ReadPool};
 use crate::schema::open_writer;
 use crate::tx::WorkflowCache;
 use crate::writer::{Counters, Op, Reply, Writer};
+use baton_core::archive::{ArchiveChunk, ArchiveRequest, ArchivedTask};
 use baton_core::auth::{Directory, Principal, TokenRecord};
 use baton_core::metrics::{Anomaly, Rollup};
 use baton_core::store::{Delivery, Notice, SingletonDuty, StageGauge};
@@ -22,7 +23,7 @@ use baton_core::{
     TaskView, Workflow,
 };
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -40,6 +41,12 @@ pub struct SqliteStore {
     counters: Arc<Counters>,
     page_size_max: usize,
     workflows_max: usize,
+    /// The archive (`crate::archive`): its directory, whether a pass runs,
+    /// and which chunk files may be orphans (`Some(empty)`: any).
+    archive_dir: PathBuf,
+    archive_batch_max: usize,
+    archiving: Arc<AtomicBool>,
+    orphans: Arc<Mutex<Option<Vec<String>>>>,
 }
 
 /// What the writer has done since `open`: group commit at work.
@@ -95,6 +102,7 @@ impl SqliteStore {
             .map_err(|source| OpenError::Thread { thread: "writer", path: path.clone(), source })?;
         tracing::info!(path = %path.display(), "SQLite store open");
         Ok(Self {
+            archive_dir: crate::archive::archive_dir(&path),
             path,
             queue: RwLock::new(Some(queue)),
             queue_max,
@@ -104,11 +112,31 @@ impl SqliteStore {
             counters,
             page_size_max: options.rules.limits.page_size_max,
             workflows_max: options.rules.limits.workflows_max,
+            archive_batch_max: options.rules.limits.archive_batch_max,
+            archiving: Arc::new(AtomicBool::new(false)),
+            orphans: Arc::new(Mutex::new(Some(Vec::new()))),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The archive's directory, beside the database file.
+    pub fn archive_dir(&self) -> &Path {
+        &self.archive_dir
+    }
+
+    /// Step 1 of an archive pass only (chunks written and fsynced, nothing
+    /// deleted or indexed): what a crash between the two steps leaves. For
+    /// the crash-safety tests; returns the chunk names written.
+    #[doc(hidden)]
+    pub fn archive_write_only(&self, request: ArchiveRequest) -> Result<Vec<String>, Error> {
+        let limit = request.limit.min(self.archive_batch_max);
+        let dir = self.archive_dir.clone();
+        let commit =
+            self.reads.with_blocking(move |c| crate::archive::prepare(c, &dir, &request, limit, None))?;
+        Ok(commit.chunks.into_iter().map(|c| c.name).collect())
     }
 
     pub fn stats(&self) -> Stats {
@@ -200,6 +228,15 @@ impl SqliteStore {
     }
 }
 
+/// Clears the store's "an archive pass runs" flag when the pass ends.
+struct PassRunning(Arc<AtomicBool>);
+
+impl Drop for PassRunning {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
@@ -247,12 +284,83 @@ impl Store for SqliteStore {
         Box::pin(self.reads.with(move |c| read::list(c, &filter, page_size_max)))
     }
 
+    /// A task's events; an archived task's from its archive chunk.
     fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
-        Box::pin(self.reads.with(move |c| read::history(c, task)))
+        let dir = self.archive_dir.clone();
+        Box::pin(self.reads.with(move |c| match read::history(c, task)? {
+            live if live.is_empty() => crate::archive::history(c, &dir, task),
+            live => Ok(live),
+        }))
     }
 
     fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
-        Box::pin(self.reads.with(move |c| read::history_before(c, task, before, limit)))
+        let dir = self.archive_dir.clone();
+        Box::pin(self.reads.with(move |c| match read::history_before(c, task, before, limit)? {
+            live if live.is_empty() => {
+                let before = before.unwrap_or(u64::MAX);
+                let all = crate::archive::history(c, &dir, task)?;
+                Ok(all.into_iter().rev().filter(|e| e.version < before).take(limit).collect())
+            }
+            live => Ok(live),
+        }))
+    }
+
+    /// Writes the chunks on a reader thread (fsynced, see `crate::archive`),
+    /// then deletes and indexes through the writer. One pass at a time: a
+    /// call while one runs moves nothing. A commit that fails leaves its
+    /// chunks as orphans, which the next pass removes.
+    fn archive(&self, request: ArchiveRequest) -> StoreFuture<'_, usize> {
+        let limit = request.limit.min(self.archive_batch_max);
+        if limit == 0 || self.archiving.swap(true, Ordering::AcqRel) {
+            return Box::pin(std::future::ready(Ok(0)));
+        }
+        let running = PassRunning(Arc::clone(&self.archiving));
+        let sweep = self.orphans.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let dir = self.archive_dir.clone();
+        let prepared =
+            self.reads.with(move |c| crate::archive::prepare(c, &dir, &request, limit, sweep.as_deref()));
+        let orphans = Arc::clone(&self.orphans);
+        let suspect = move |names: Vec<String>| {
+            let mut o = orphans.lock().unwrap_or_else(PoisonError::into_inner);
+            match o.as_mut() {
+                Some(listed) if listed.is_empty() => {}
+                Some(listed) => listed.extend(names),
+                None => *o = Some(names),
+            }
+        };
+        Box::pin(async move {
+            let _running = running;
+            let commit = match prepared.await {
+                Ok(commit) => commit,
+                Err(e) => {
+                    // A chunk may have been written: look at every file next time.
+                    suspect(Vec::new());
+                    return Err(e);
+                }
+            };
+            if commit.chunks.is_empty() {
+                return Ok(0);
+            }
+            let names: Vec<String> = commit.chunks.iter().map(|c| c.name.clone()).collect();
+            match self.execute(baton_core::Op::Archive(commit), None).await {
+                Ok(OpOutcome::Archive(n)) => Ok(n),
+                Ok(other) => Err(Error::Unavailable(format!("archive: unexpected outcome {other:?}"))),
+                Err(e) => {
+                    suspect(names);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn archived(&self, task: TaskId) -> StoreFuture<'_, Option<ArchivedTask>> {
+        let dir = self.archive_dir.clone();
+        Box::pin(self.reads.with(move |c| crate::archive::archived(c, &dir, task)))
+    }
+
+    fn archive_chunk(&self, after: Option<String>) -> StoreFuture<'_, Option<ArchiveChunk>> {
+        let dir = self.archive_dir.clone();
+        Box::pin(self.reads.with(move |c| crate::archive::chunk_after(c, &dir, after.as_deref())))
     }
 
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {

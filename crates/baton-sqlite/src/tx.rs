@@ -406,6 +406,14 @@ impl Tx for WriteTx<'_> {
             self.conn.prepare_cached(PURGE_REQUESTS)?.execute(params![at_or_before, int(limit as u64)?])?;
         Ok(deleted)
     }
+
+    fn archived_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<TaskId>, StoreError> {
+        crate::archive::by_key(self.conn, namespace, key)
+    }
+
+    fn archive(&mut self, commit: &baton_core::archive::ArchiveCommit) -> Result<bool, StoreError> {
+        crate::archive::commit(self.conn, commit, &mut self.writes)
+    }
 }
 
 impl WriteTx<'_> {

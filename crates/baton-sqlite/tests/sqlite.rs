@@ -582,12 +582,14 @@ fn migrating_an_older_file_counts_its_live_tasks() {
     let before = block_on(store.stage_gauges_recount(100)).expect("recount");
     store.close();
     drop(store);
-    // Back to schema 7: no counters, no ready_since column.
+    // Back to schema 8: no archive (11), handoff records (10), no counters, no ready_since column (9).
     let conn = rusqlite::Connection::open(fx.path()).expect("raw open");
     conn.execute_batch(
-        "DROP TABLE stage_counts; DROP INDEX tasks_ready_since; ALTER TABLE tasks DROP COLUMN ready_since;
+        "DROP TABLE archived_keys; DROP TABLE archived; DROP TABLE archive_chunks; DROP INDEX tasks_finished;
+         DROP INDEX handoff_tasks_task; DROP INDEX alerts_task; DROP INDEX deliveries_notice;
          CREATE TABLE handoffs (id BLOB NOT NULL PRIMARY KEY, task BLOB NOT NULL, body TEXT NOT NULL);
          INSERT INTO handoffs SELECT id, task, '{}' FROM handoff_tasks; DROP TABLE handoff_tasks;
+         DROP TABLE stage_counts; DROP INDEX tasks_ready_since; ALTER TABLE tasks DROP COLUMN ready_since;
          PRAGMA user_version = 8;",
     )
     .expect("downgrade");

@@ -542,6 +542,21 @@ mod tests {
         fn purge_requests(&self, limit: usize) -> baton_core::StoreFuture<'_, usize> {
             self.inner.purge_requests(limit)
         }
+        fn archive(&self, r: baton_core::archive::ArchiveRequest) -> baton_core::StoreFuture<'_, usize> {
+            self.inner.archive(r)
+        }
+        fn archived(
+            &self,
+            task: baton_core::TaskId,
+        ) -> baton_core::StoreFuture<'_, Option<baton_core::archive::ArchivedTask>> {
+            self.inner.archived(task)
+        }
+        fn archive_chunk(
+            &self,
+            after: Option<String>,
+        ) -> baton_core::StoreFuture<'_, Option<baton_core::archive::ArchiveChunk>> {
+            self.inner.archive_chunk(after)
+        }
         fn workflow(
             &self,
             name: String,

@@ -188,6 +188,7 @@ pub fn populate<H: SuiteStore>(cx: &Case<H>) {
         actor: Actor::Principal("submitter".into()),
         note: "please use the EU address".into(),
         findings: None,
+        caller: None,
     };
     cx.try_execute(Op::Comment(comment), None).expect("comment");
 

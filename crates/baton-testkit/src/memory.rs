@@ -15,6 +15,7 @@
 //! and per stage), kept in step with every insert, update and rollback.
 
 use baton_core::Workflow;
+use baton_core::archive::{ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask};
 use baton_core::auth::{self, Directory, Principal, Role, TokenRecord};
 use baton_core::batch::{self, Backend, Class, Halt, Savepoint};
 use baton_core::engine::{self, Ctx, Fail, ReadyKey, Tx};
@@ -33,6 +34,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
+
+mod archive;
 
 /// How often an operation that met a revision conflict is run again before
 /// the store gives up. Under one mutex a conflict means a bug, so this is small.
@@ -79,6 +82,8 @@ struct State {
     fail_after_writes: Option<usize>,
     /// What claims and timers look up, derived from the task rows.
     indexes: Indexes,
+    /// Finished tasks moved out of `tasks` (`archive`).
+    archive: archive::Archive,
 }
 
 /// The secondary indexes of the task rows, each derived from a task by
@@ -254,6 +259,7 @@ enum Call<'a> {
     FireDue(usize),
     Execute(&'a Op, Option<&'a RequestKey>),
     PurgeRequests(usize),
+    Archive(&'a ArchiveCommit),
 }
 
 /// What a call produced.
@@ -326,6 +332,7 @@ impl<'a> Backend for Batch<'_, 'a> {
             Call::FireDue(limit) => Value::Count(engine::fire_due(tx, *limit, cx)?),
             Call::Execute(op, key) => Value::Outcome(engine::keyed(tx, *key, op, cx)?),
             Call::PurgeRequests(limit) => Value::Count(engine::purge_requests(tx, *limit, cx)?),
+            Call::Archive(commit) => Value::Count(engine::archive(tx, commit, cx)?),
         })
     }
 
@@ -442,16 +449,41 @@ impl Store for MemoryStore {
         })))
     }
 
+    /// A task's events, from the archive once it was archived.
     fn history(&self, task: TaskId) -> StoreFuture<'_, Vec<Event>> {
-        answer(Ok(self.read(|s| s.tasks.get(&task).map(|row| row.events.clone()).unwrap_or_default())))
+        answer(self.read(|s| match s.tasks.get(&task) {
+            Some(row) => Ok(row.events.clone()),
+            None => archived_events(s, task),
+        }))
     }
 
     fn history_before(&self, task: TaskId, before: Option<u64>, limit: usize) -> StoreFuture<'_, Vec<Event>> {
-        answer(Ok(self.read(|s| {
-            let Some(row) = s.tasks.get(&task) else { return Vec::new() };
+        answer(self.read(|s| {
+            let events = match s.tasks.get(&task) {
+                Some(row) => row.events.clone(),
+                None => archived_events(s, task)?,
+            };
             let before = before.unwrap_or(u64::MAX);
-            row.events.iter().rev().filter(|e| e.version < before).take(limit).cloned().collect()
-        })))
+            Ok(events.into_iter().rev().filter(|e| e.version < before).take(limit).collect())
+        }))
+    }
+
+    fn archive(&self, request: ArchiveRequest) -> StoreFuture<'_, usize> {
+        let limit = request.limit.min(self.rules.limits.archive_batch_max);
+        let records = self.read(|s| s.archive_candidates(&request, limit));
+        if records.is_empty() {
+            return answer(Ok(0));
+        }
+        let commit = baton_core::archive::commit_with_bytes(records);
+        answer(self.run(Call::Archive(&commit)).map(Value::count))
+    }
+
+    fn archived(&self, task: TaskId) -> StoreFuture<'_, Option<ArchivedTask>> {
+        answer(self.read(|s| s.archived(task)).map_err(Error::Unavailable))
+    }
+
+    fn archive_chunk(&self, after: Option<String>) -> StoreFuture<'_, Option<ArchiveChunk>> {
+        answer(Ok(self.read(|s| s.archive_chunk(after.as_deref()))))
     }
 
     fn handoff(&self, id: HandoffId) -> StoreFuture<'_, Option<Handoff>> {
@@ -596,6 +628,14 @@ impl Store for MemoryStore {
 }
 
 /// Items after sequence number `after` (numbers start at 1), at most `limit`.
+/// The events of an archived task (none for a task never stored).
+fn archived_events(s: &State, task: TaskId) -> Result<Vec<Event>, Error> {
+    match s.archived(task).map_err(Error::Unavailable)? {
+        Some(record) => record.parsed_events().map_err(|(_, why)| Error::Unavailable(why)),
+        None => Ok(Vec::new()),
+    }
+}
+
 fn numbered<T: Clone>(items: &[T], after: u64, limit: usize) -> Vec<(u64, T)> {
     let skip = usize::try_from(after).unwrap_or(usize::MAX);
     items.iter().enumerate().skip(skip).take(limit).map(|(i, x)| (i as u64 + 1, x.clone())).collect()
@@ -660,6 +700,8 @@ enum Undo {
     AnomalyAdded,
     /// An anomaly was replaced: put the old one back.
     AnomalyUpdated(usize, Box<Anomaly>),
+    /// Tasks were archived: put them back and forget their chunks.
+    Archive(Box<archive::Removed>),
 }
 
 impl State {
@@ -725,6 +767,7 @@ impl State {
                     self.anomalies.pop();
                 }
                 Undo::AnomalyUpdated(i, old) => self.anomalies[i] = *old,
+                Undo::Archive(removed) => self.unarchive(*removed),
                 Undo::Rollup(key, before) => match before {
                     Some(counts) => {
                         self.rollups.insert(key, counts);
@@ -992,6 +1035,14 @@ impl Tx for MemTx<'_> {
             self.undo.push(Undo::Request(id.clone(), before.map(Box::new)));
         }
         Ok(expired.len())
+    }
+
+    fn archived_by_key(&mut self, namespace: &str, key: &str) -> Result<Option<TaskId>, MemError> {
+        Ok(self.key_archived(namespace, key))
+    }
+
+    fn archive(&mut self, commit: &ArchiveCommit) -> Result<bool, MemError> {
+        self.archive_commit(commit)
     }
 }
 

@@ -18,7 +18,9 @@
 //! This module owns the cases and their shared rules (`suite_rules`); it leaves
 //! opening stores to the harness and the invariants themselves to `checker`.
 
+mod archive;
 mod workflows;
+pub use archive::*;
 pub use workflows::*;
 
 use crate::checker::{Acknowledged, HistoryReport, assert_store_ok, check_acknowledged, list_all};
@@ -177,6 +179,9 @@ macro_rules! store_suite {
             push_configs_are_kept_and_opted_in_tasks_leave_update_notices,
             canary_route_shares_then_promotes_and_rolls_back,
             stage_gauges_count_live_tasks_and_duties_are_held,
+            archive_moves_only_eligible_tasks,
+            archived_idempotency_key_stays_taken,
+            archive_pass_is_bounded,
         );
     };
 }

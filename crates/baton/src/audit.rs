@@ -4,10 +4,18 @@
 //! matches), a deleted one (a gap, or a row ahead of its events) or a
 //! reordered one (the chain breaks). Exit 0 when everything verifies, 1 when a
 //! link is broken. The checks themselves are `baton_core::audit`.
+//!
+//! With `--archive`, it checks the archive instead: every chunk the
+//! store's index names (an SQLite archive directory, PostgreSQL's
+//! `archive_chunks`), each archived task's chain with the same checks, and
+//! that each indexed task is in its chunk; with `--archive PATH`, every
+//! chunk file of that directory, no database needed. A changed byte makes
+//! its chunk unreadable (gzip's checksum); an edited line breaks its task.
 
 use crate::server::{Database, PostgresArgs, redact};
 use anyhow::{Context, bail};
 use baton_core::Store;
+use baton_core::archive::{ArchiveAudit, ArchiveChunk};
 use baton_core::audit::{AuditReport, verify_store};
 use std::path::PathBuf;
 
@@ -27,6 +35,11 @@ pub struct AuditArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     postgres: PostgresArgs,
+    /// Verify the archive of finished tasks instead of the live ones; with
+    /// PATH, the chunk files of that directory (an SQLite archive, e.g.
+    /// `.baton/baton.db.archive`), without opening a database.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    archive: Option<Option<PathBuf>>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -34,27 +47,13 @@ pub struct AuditArgs {
 
 pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     let AuditCommand::Verify(args) = command;
-    let (report, source) = match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())?
-    {
-        Database::Sqlite(path) => {
-            if !path.exists() {
-                bail!("no database at {}: name the data directory of a Baton server", path.display());
-            }
-            let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
-                .with_context(|| format!("cannot open the database {}", path.display()))?;
-            let report = verify(&store).await;
-            store.close();
-            (report?, path.display().to_string())
-        }
-        Database::Postgres(url) => {
-            let options = args.postgres.options(&url)?;
-            let store = baton_postgres::PostgresStore::open(options)
-                .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
-            let report = verify(&store).await;
-            store.close();
-            (report?, redact(&url))
-        }
-    };
+    if let Some(path) = &args.archive {
+        return run_archive(&args, path.as_deref()).await;
+    }
+    let opened = Opened::open(&args)?;
+    let report = verify(opened.store()).await;
+    opened.close();
+    let (report, source) = (report?, opened.source());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json(&report, &source))?);
     } else {
@@ -74,6 +73,151 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
         bail!("{} task histories do not verify", report.broken.len());
     }
     Ok(())
+}
+
+/// The store the arguments name, open.
+enum Opened {
+    Sqlite(baton_sqlite::SqliteStore),
+    Postgres(baton_postgres::PostgresStore, String),
+}
+
+impl Opened {
+    fn open(args: &AuditArgs) -> anyhow::Result<Self> {
+        Ok(match Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())? {
+            Database::Sqlite(path) => {
+                if !path.exists() {
+                    bail!("no database at {}: name the data directory of a Baton server", path.display());
+                }
+                let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
+                    .with_context(|| format!("cannot open the database {}", path.display()))?;
+                Self::Sqlite(store)
+            }
+            Database::Postgres(url) => {
+                let options = args.postgres.options(&url)?;
+                let store = baton_postgres::PostgresStore::open(options)
+                    .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
+                Self::Postgres(store, redact(&url))
+            }
+        })
+    }
+
+    fn store(&self) -> &dyn Store {
+        match self {
+            Self::Sqlite(store) => store,
+            Self::Postgres(store, _) => store,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close(),
+            Self::Postgres(store, _) => store.close(),
+        }
+    }
+
+    /// What the report names: the file, or the URL without its password.
+    fn source(&self) -> String {
+        match self {
+            Self::Sqlite(store) => store.path().display().to_string(),
+            Self::Postgres(_, url) => url.clone(),
+        }
+    }
+}
+
+/// `--archive [PATH]`: every archived chain, from a directory or a store.
+async fn run_archive(args: &AuditArgs, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let (report, source) = match dir {
+        Some(dir) => (verify_dir(dir)?, dir.display().to_string()),
+        None => {
+            let opened = Opened::open(args)?;
+            let report = verify_archive(opened.store()).await;
+            opened.close();
+            let source = match &opened {
+                Opened::Sqlite(store) => store.archive_dir().display().to_string(),
+                Opened::Postgres(..) => opened.source(),
+            };
+            (report?, source)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&archive_json(&report, &source))?);
+    } else {
+        for (chunk, problem) in &report.unreadable {
+            println!("chunk {chunk}: {problem}");
+        }
+        for b in &report.broken {
+            println!("task {}: version {}: {}", b.task, b.version, b.problem);
+        }
+        let verdict = if report.ok() { "ok" } else { "BROKEN" };
+        println!(
+            "{source}: archive of {} chunks, {} tasks, {} events verified; {} broken, {} unreadable: {verdict}",
+            report.chunks,
+            report.tasks,
+            report.events,
+            report.broken.len(),
+            report.unreadable.len()
+        );
+    }
+    if !report.ok() {
+        bail!(
+            "the archive does not verify: {} broken task histories, {} unreadable chunks or lines",
+            report.broken.len(),
+            report.unreadable.len()
+        );
+    }
+    Ok(())
+}
+
+/// Every chunk file of an archive directory, without its index.
+fn verify_dir(dir: &std::path::Path) -> anyhow::Result<ArchiveAudit> {
+    if !dir.is_dir() {
+        bail!(
+            "no archive directory at {}: name the `<database>.archive` directory beside a database",
+            dir.display()
+        );
+    }
+    let files = baton_sqlite::archive::chunk_files(dir)
+        .with_context(|| format!("cannot list the archive directory {}", dir.display()))?;
+    let mut report = ArchiveAudit::default();
+    for (name, path) in files {
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        report.check_chunk(&ArchiveChunk { name, bytes, indexed: Vec::new(), indexed_count: None });
+    }
+    Ok(report)
+}
+
+/// Every chunk the store's index names, one at a time.
+async fn verify_archive(store: &dyn Store) -> anyhow::Result<ArchiveAudit> {
+    let mut report = ArchiveAudit::default();
+    let mut after = None;
+    while let Some(chunk) =
+        store.archive_chunk(after.take()).await.context("the audit could not read the archive")?
+    {
+        if chunk.bytes.is_empty() {
+            report.chunks += 1;
+            report.unreadable.push((chunk.name.clone(), "the chunk is missing or empty".to_owned()));
+        } else {
+            report.check_chunk(&chunk);
+        }
+        after = Some(chunk.name);
+    }
+    Ok(report)
+}
+
+fn archive_json(report: &ArchiveAudit, source: &str) -> serde_json::Value {
+    serde_json::json!({
+        "archive": source,
+        "chunks": report.chunks,
+        "tasks": report.tasks,
+        "events": report.events,
+        "ok": report.ok(),
+        "broken": report.broken.iter().map(|b| serde_json::json!({
+            "task": b.task, "version": b.version, "problem": b.problem,
+        })).collect::<Vec<_>>(),
+        "unreadable": report.unreadable.iter().map(|(chunk, problem)| serde_json::json!({
+            "chunk": chunk, "problem": problem,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 async fn verify(store: &dyn Store) -> anyhow::Result<AuditReport> {

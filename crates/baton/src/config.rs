@@ -89,6 +89,12 @@ pub struct ServerSection {
     pub anomaly_window_ms: Option<i64>,
     pub anomaly_history_buckets: Option<usize>,
     pub anomaly_samples_min: Option<u64>,
+    /// How long a finished task stays before it is archived; 0 is off. The
+    /// `--retention` flag wins; without either, `serve` keeps 7 days and
+    /// `dev` never archives.
+    pub retention_ms: Option<u64>,
+    /// How often the archive pass runs while retention is on.
+    pub archive_interval_ms: Option<i64>,
 }
 
 impl File {
@@ -190,6 +196,10 @@ impl File {
             webhooks: self.webhook_options(base.webhooks.clone()),
             metrics: self.metrics_options(base.metrics.clone()),
             policies: self.rules().policies,
+            sweeper: baton_server::state::SweeperOptions {
+                archive_interval_ms: s.archive_interval_ms.unwrap_or(base.sweeper.archive_interval_ms),
+                ..base.sweeper.clone()
+            },
             ..base
         }
     }

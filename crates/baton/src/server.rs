@@ -33,6 +33,11 @@ pub struct DevArgs {
     /// Directory for the database (`baton.db`); created if missing.
     #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     data_dir: PathBuf,
+    /// How long a finished task stays in the database before it moves to
+    /// the archive (`DIR/baton.db.archive/`), e.g. `7d`; `off` keeps every
+    /// task. Off by default in `baton dev` (docs/reference/retention.md).
+    #[arg(long, env = "BATON_RETENTION", value_parser = crate::duration::parse_retention)]
+    retention: Option<u64>,
     /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
     /// (docs/reference/limits.md names every key) and `[[webhooks]]`
     /// (docs/reference/webhooks.md).
@@ -58,11 +63,26 @@ pub struct ServeArgs {
     /// put a TLS-terminating proxy in front of a non-loopback one.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7707")]
     listen: SocketAddr,
+    /// How long a finished task stays in the database before it moves to
+    /// the archive (beside an SQLite file, or a table on PostgreSQL), e.g.
+    /// `7d` (the default); `off` keeps every task (docs/reference/retention.md).
+    #[arg(long, env = "BATON_RETENTION", value_parser = crate::duration::parse_retention)]
+    retention: Option<u64>,
     /// A TOML file with `[limits]`, `[policies]` and `[server]` settings
     /// (docs/reference/limits.md names every key) and `[[webhooks]]`
     /// (docs/reference/webhooks.md).
     #[arg(long, env = "BATON_CONFIG")]
     config: Option<PathBuf>,
+}
+
+/// `baton serve`'s retention when neither the flag nor the file sets one.
+pub const SERVE_RETENTION_DEFAULT_MS: u64 = 7 * 86_400_000;
+
+/// The retention in force: the flag, else the file's `retention_ms`, else
+/// the mode's default; 0 is off.
+fn retention(flag: Option<u64>, file: &crate::config::File, default_ms: u64) -> Option<i64> {
+    let ms = flag.or(file.server.retention_ms).unwrap_or(default_ms);
+    (ms > 0).then(|| i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// PostgreSQL settings of `baton serve` and `baton db`.
@@ -144,14 +164,18 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
     let file = crate::config::File::load(args.config.as_deref())?;
-    run_sqlite(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off, file).await
+    let retention = retention(args.retention, &file, 0);
+    run_sqlite(&args.data_dir.join("baton.db"), args.listen, "dev", Auth::Off, file, retention).await
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = Database::from_args(args.database_url.as_deref(), args.data_dir.as_deref())?;
     let file = crate::config::File::load(args.config.as_deref())?;
+    let retention = retention(args.retention, &file, SERVE_RETENTION_DEFAULT_MS);
     match database {
-        Database::Sqlite(path) => run_sqlite(&path, args.listen, "serve", Auth::Tokens, file).await,
+        Database::Sqlite(path) => {
+            run_sqlite(&path, args.listen, "serve", Auth::Tokens, file, retention).await
+        }
         Database::Postgres(url) => {
             let rules = file.rules();
             let hub = Arc::new(ReadyHub::new());
@@ -162,8 +186,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let described =
                 format!("{} (schema {}, replica {})", redact(&url), store.schema(), store.replica());
             let closing = store.clone();
-            run(store, hub, &described, args.listen, "serve", Auth::Tokens, file, move || closing.close())
-                .await
+            let at = (args.listen, retention);
+            run(store, hub, &described, at, "serve", Auth::Tokens, file, move || closing.close()).await
         }
     }
 }
@@ -174,6 +198,7 @@ async fn run_sqlite(
     mode: &str,
     auth: Auth,
     file: crate::config::File,
+    retention: Option<i64>,
 ) -> anyhow::Result<()> {
     let hub = Arc::new(ReadyHub::new());
     let options = SqliteOptions::default().rules(file.rules()).listener(hub.clone());
@@ -181,7 +206,8 @@ async fn run_sqlite(
         .with_context(|| format!("cannot open the database {}", db.display()))?;
     let store = Arc::new(store);
     let closing = store.clone();
-    run(store, hub, &db.display().to_string(), listen, mode, auth, file, move || closing.close()).await
+    run(store, hub, &db.display().to_string(), (listen, retention), mode, auth, file, move || closing.close())
+        .await
 }
 
 /// Serves `store` until a shutdown signal, then calls `close`.
@@ -190,7 +216,7 @@ async fn run<S: Store + Directory>(
     store: Arc<S>,
     hub: Arc<ReadyHub>,
     db: &str,
-    listen: SocketAddr,
+    (listen, retention): (SocketAddr, Option<i64>),
     mode: &str,
     auth: Auth,
     file: crate::config::File,
@@ -217,7 +243,8 @@ async fn run<S: Store + Directory>(
         Auth::Off => AuthMode::Off,
         Auth::Tokens => AuthMode::Tokens(baton_server::Auth::new(store.clone(), rules.policies.clone())),
     };
-    let options = Options { auth: auth_mode, otlp: otlp_from_env(), ..file.options(Options::default()) };
+    let mut options = Options { auth: auth_mode, otlp: otlp_from_env(), ..file.options(Options::default()) };
+    options.sweeper.retention_ms = retention;
     let config = Config { store: store.clone(), clock: Arc::new(SystemClock), hub, options };
 
     // Only URLs that exist: the dashboard, the API, its docs, its health checks.
@@ -235,6 +262,13 @@ async fn run<S: Store + Directory>(
     println!("  health:    http://{bound}/healthz");
     println!("  readiness: http://{bound}/readyz");
     println!("  database:  {db}");
+    match retention {
+        Some(ms) => println!(
+            "  retention: finished tasks move to the archive after {}",
+            crate::duration::format_ms(ms)
+        ),
+        None => println!("  retention: off (finished tasks stay in the database)"),
+    }
     if let Some(token) = &first_token {
         println!(
             "Created the admin principal {:?}. Its token, shown this once (it will not be shown again):",

@@ -24,6 +24,8 @@
 //! a replica partitioned in network namespaces); `pgfull` fills the disk of
 //! Baton's PostgreSQL tablespace under `baton serve`.
 
+#[path = "cli/archive.rs"]
+mod archive;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/auth.rs"]

@@ -30,6 +30,7 @@ STATUS = {
     "forbidden": 403,
     "not_holder": 403,
     "not_found": 404,
+    "task_archived": 410,
     "method_not_allowed": 405,
     "lease_lost": 409,
     "invalid_transition": 409,

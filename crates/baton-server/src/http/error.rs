@@ -26,6 +26,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden | ErrorCode::NotHolder => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TaskArchived => StatusCode::GONE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::LeaseLost | ErrorCode::InvalidTransition | ErrorCode::RequestInProgress => {
             StatusCode::CONFLICT
@@ -218,6 +219,7 @@ impl From<Rejection> for ApiError {
                 (ErrorCode::TooManyLeases, json!({ "limit": "leases_per_agent_max", "max": max }))
             }
             Rejection::TaskNotFound { task } => (ErrorCode::NotFound, json!({ "task": task })),
+            Rejection::TaskArchived { task } => (ErrorCode::TaskArchived, json!({ "task": task })),
             Rejection::HandoffNotFound { handoff } => (ErrorCode::NotFound, json!({ "handoff": handoff })),
             Rejection::RouteNotAllowed { from, to } => {
                 (ErrorCode::RouteNotAllowed, json!({ "from": from, "to": to }))

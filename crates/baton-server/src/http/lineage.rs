@@ -9,7 +9,7 @@
 use crate::convert;
 use crate::http::error::ApiError;
 use crate::http::extract::IdPath;
-use crate::http::openapi::ReadRefusals;
+use crate::http::openapi::LineageRefusals;
 use crate::http::principal::Principal;
 use crate::state::AppState;
 use axum::Json;
@@ -41,7 +41,7 @@ pub const LINEAGE_NODES_MAX: usize = 500;
     params(("id" = uuid::Uuid, Path, description = "The task's id.")),
     responses(
         (status = 200, description = "The task's steps, their totals and its tree.", body = api::Lineage),
-        ReadRefusals,
+        LineageRefusals,
     ),
 )]
 pub async fn lineage(
@@ -49,7 +49,13 @@ pub async fn lineage(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<api::Lineage>, ApiError> {
-    let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    let Some(view) = state.store().get(TaskId(id)).await? else {
+        // An archived task has no tree in the live store: 410, to whoever may read it.
+        let archived = crate::archive::archived_view(&state, TaskId(id)).await?;
+        let view = archived.ok_or_else(|| ApiError::not_found("task", id))?;
+        principal.check_read(&view.task)?;
+        return Err(baton_core::Rejection::TaskArchived { task: TaskId(id) }.into());
+    };
     principal.check_read(&view.task)?;
     let events = state.store().history(TaskId(id)).await?;
     let as_of = state.clock().now();

@@ -203,6 +203,7 @@ fn example_details(code: ErrorCode) -> Value {
         ErrorCode::InvalidRequest => json!({ "field": "epoch" }),
         ErrorCode::NotHolder => json!({ "task": task }),
         ErrorCode::NotFound => json!({ "task": task }),
+        ErrorCode::TaskArchived => json!({ "task": task }),
         ErrorCode::LeaseLost => json!({ "task": task, "current_epoch": 4, "state": "waiting" }),
         ErrorCode::InvalidTransition => json!({ "task": task, "command": "cancel", "state": "done" }),
         ErrorCode::BodyTooLarge => json!({ "limit": "body_bytes_max", "max": 1_048_576 }),
@@ -247,12 +248,15 @@ macro_rules! refusal_sets {
 // `Retry-After`).
 refusal_sets! {
     /// `POST /v1/tasks`.
-    SubmitRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, BodyTooLarge, IdempotencyConflict, LimitExceeded,
+    SubmitRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotFound, TaskArchived, BodyTooLarge, IdempotencyConflict, LimitExceeded,
         Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /v1/tasks`.
     ListRefusals: [InvalidRequest, Unauthenticated, Forbidden, LimitExceeded, Internal, Unavailable, RequestTimeout, RateLimited];
     /// `GET /v1/tasks/{id}` and its history.
     ReadRefusals: [InvalidRequest, Unauthenticated, NotFound, Internal, Unavailable, RequestTimeout, RateLimited];
+    /// `GET /v1/tasks/{id}/lineage`: an archived task has none.
+    LineageRefusals: [InvalidRequest, Unauthenticated, NotFound, TaskArchived, Internal, Unavailable, RequestTimeout,
+        RateLimited];
     /// Heartbeat, complete, release, fail and spawn.
     HolderRefusals: [InvalidRequest, Unauthenticated, Forbidden, NotHolder, NotFound, LeaseLost, InvalidTransition, BodyTooLarge,
         IdempotencyConflict, LimitExceeded, TooManyLeases, Internal, Unavailable, RequestTimeout, RateLimited];

@@ -312,7 +312,7 @@ impl Principal {
         if !matches!(p.role, Role::Agent | Role::Submitter) {
             return Ok(());
         }
-        match state.store().get(id).await? {
+        match crate::archive::view(state, id).await? {
             Some(view) => self.check_read(&view.task),
             None => Err(ApiError::not_found("task", id)),
         }

@@ -31,6 +31,8 @@ use baton_core::{
     path = "/v1/tasks",
     operation_id = "submit_task",
     summary = "Submit a task",
+    description = "A repeated `idempotency_key` with the same body returns the existing task (200). \
+        The key of a task that was archived stays taken: 410 `task_archived` names that task.",
     tag = "tasks",
     params(IdempotencyKeyHeader),
     request_body = api::SubmitRequest,
@@ -96,6 +98,8 @@ pub async fn submit(
     path = "/v1/tasks/{id}",
     operation_id = "show_task",
     summary = "Show a task with its payload",
+    description = "A task that finished and was moved to the archive after the server's retention is \
+        answered from the archive, in the same shape (docs/reference/retention.md).",
     tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "The task's id.")),
     responses(
@@ -108,7 +112,9 @@ pub async fn show(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Json<api::Task>, ApiError> {
-    let view = state.store().get(TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
+    // An archived task answers from the archive, in the same shape.
+    let view =
+        crate::archive::view(&state, TaskId(id)).await?.ok_or_else(|| ApiError::not_found("task", id))?;
     principal.check_read(&view.task)?;
     Ok(Json(convert::task(&view.task, Some(stored_payload(view.payload)?))))
 }
@@ -213,6 +219,8 @@ async fn own_tasks(
     path = "/v1/tasks/{id}/history",
     operation_id = "task_history",
     summary = "A task's history",
+    description = "Every event, oldest first, hash-chained. An archived task's history is read from \
+        the archive: the same events, as they were stored.",
     tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "The task's id.")),
     responses(

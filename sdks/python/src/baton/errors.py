@@ -23,6 +23,7 @@ __all__ = [
     "Forbidden",
     "NotHolder",
     "NotFound",
+    "TaskArchived",
     "MethodNotAllowed",
     "LeaseLost",
     "InvalidTransition",
@@ -141,6 +142,17 @@ class NotFound(ApiError):
     """404: no such task, handoff, workflow or route (or none visible to the caller)."""
 
     CODE = "not_found"
+
+
+class TaskArchived(ApiError):
+    """410: the task finished and was archived.
+
+    Its history is still served; it takes no further call, and its
+    idempotency key stays taken (a repeated keyed submit gets this).
+    `details["task"]` names it.
+    """
+
+    CODE = "task_archived"
 
 
 class MethodNotAllowed(ApiError):
@@ -305,6 +317,7 @@ ERRORS_BY_CODE: dict[str, type[ApiError]] = {
         Forbidden,
         NotHolder,
         NotFound,
+        TaskArchived,
         MethodNotAllowed,
         LeaseLost,
         InvalidTransition,

@@ -21,7 +21,7 @@ CustodianKind: TypeAlias = Literal["submitter", "agent", "stage"]
 CUSTODIAN_KIND_VALUES: tuple[str, ...] = ("submitter", "agent", "stage",)
 
 
-ErrorCode: TypeAlias = Literal["invalid_request", "unauthenticated", "forbidden", "not_holder", "not_found", "method_not_allowed", "lease_lost", "invalid_transition", "request_in_progress", "body_too_large", "idempotency_conflict", "route_not_allowed", "invalid_workflow", "limit_exceeded", "rate_limited", "too_many_leases", "internal", "unavailable", "request_timeout", "storage_full"]
+ErrorCode: TypeAlias = Literal["invalid_request", "unauthenticated", "forbidden", "not_holder", "not_found", "task_archived", "method_not_allowed", "lease_lost", "invalid_transition", "request_in_progress", "body_too_large", "idempotency_conflict", "route_not_allowed", "invalid_workflow", "limit_exceeded", "rate_limited", "too_many_leases", "internal", "unavailable", "request_timeout", "storage_full"]
 """The stable error codes. Clients match on these, never on messages.
 
 - `invalid_request`: Malformed JSON, an unknown field, a bad value or a malformed id.
@@ -29,6 +29,7 @@ ErrorCode: TypeAlias = Literal["invalid_request", "unauthenticated", "forbidden"
 - `forbidden`: The principal's role does not allow the call.
 - `not_holder`: The epoch is current but another agent holds the lease.
 - `not_found`: No such task, handoff or route (or none visible to the caller).
+- `task_archived`: The task finished and was moved to the archive: its history is still served, but it takes no further call and its idempotency key stays taken; `details.task` names it.
 - `method_not_allowed`: The path exists but not with this HTTP method.
 - `lease_lost`: The caller's epoch is stale: stop working on the task.
 - `invalid_transition`: The call does not apply to the task's state.
@@ -45,7 +46,7 @@ ErrorCode: TypeAlias = Literal["invalid_request", "unauthenticated", "forbidden"
 - `request_timeout`: The request outlasted the server's time limit; it may have taken effect, so retry it as it was (same epoch, same idempotency key).
 - `storage_full`: The store is out of space.
 """
-ERROR_CODE_VALUES: tuple[str, ...] = ("invalid_request", "unauthenticated", "forbidden", "not_holder", "not_found", "method_not_allowed", "lease_lost", "invalid_transition", "request_in_progress", "body_too_large", "idempotency_conflict", "route_not_allowed", "invalid_workflow", "limit_exceeded", "rate_limited", "too_many_leases", "internal", "unavailable", "request_timeout", "storage_full",)
+ERROR_CODE_VALUES: tuple[str, ...] = ("invalid_request", "unauthenticated", "forbidden", "not_holder", "not_found", "task_archived", "method_not_allowed", "lease_lost", "invalid_transition", "request_in_progress", "body_too_large", "idempotency_conflict", "route_not_allowed", "invalid_workflow", "limit_exceeded", "rate_limited", "too_many_leases", "internal", "unavailable", "request_timeout", "storage_full",)
 
 
 JoinMode: TypeAlias = Literal["all", "any", "quorum"]
