@@ -81,7 +81,9 @@ impl ArchivedTask {
             .enumerate()
             .map(|(i, body)| {
                 let version = i as u64 + 1;
-                reader.read(version, body).map_err(|e| (version, format!("event {version} does not parse: {e}")))
+                reader
+                    .read(version, body)
+                    .map_err(|e| (version, format!("event {version} does not parse: {e}")))
             })
             .collect()
     }

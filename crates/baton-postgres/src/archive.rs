@@ -17,8 +17,8 @@ use baton_core::archive::{
     ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
     Candidate, eligible, find_in_chunk,
 };
-use baton_core::store::{Notice, PushConfig};
 use baton_core::event::{decode_chain, handoffs_from_history};
+use baton_core::store::{Notice, PushConfig};
 use baton_core::{Event, Hash, Task, TaskId};
 use deadpool_postgres::Pool;
 

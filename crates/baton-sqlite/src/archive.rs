@@ -29,8 +29,8 @@ use baton_core::archive::{
     ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
     Candidate, eligible, encode_chunk, find_in_chunk, group, is_chunk_name,
 };
-use baton_core::store::{Notice, PushConfig};
 use baton_core::event::{decode_chain, handoffs_from_history};
+use baton_core::store::{Notice, PushConfig};
 use baton_core::{Hash, Task, TaskId};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs::{self, File};

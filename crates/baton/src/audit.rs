@@ -75,10 +75,10 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store the arguments name, open.
+/// The store the arguments name, open (boxed: the stores differ in size).
 enum Opened {
-    Sqlite(baton_sqlite::SqliteStore),
-    Postgres(baton_postgres::PostgresStore, String),
+    Sqlite(Box<baton_sqlite::SqliteStore>),
+    Postgres(Box<baton_postgres::PostgresStore>, String),
 }
 
 impl Opened {
@@ -90,21 +90,21 @@ impl Opened {
                 }
                 let store = baton_sqlite::SqliteStore::open(&path, baton_sqlite::SqliteOptions::default())
                     .with_context(|| format!("cannot open the database {}", path.display()))?;
-                Self::Sqlite(store)
+                Self::Sqlite(Box::new(store))
             }
             Database::Postgres(url) => {
                 let options = args.postgres.options(&url)?;
                 let store = baton_postgres::PostgresStore::open(options)
                     .with_context(|| format!("cannot open the PostgreSQL store at {}", redact(&url)))?;
-                Self::Postgres(store, redact(&url))
+                Self::Postgres(Box::new(store), redact(&url))
             }
         })
     }
 
     fn store(&self) -> &dyn Store {
         match self {
-            Self::Sqlite(store) => store,
-            Self::Postgres(store, _) => store,
+            Self::Sqlite(store) => store.as_ref(),
+            Self::Postgres(store, _) => store.as_ref(),
         }
     }
 
