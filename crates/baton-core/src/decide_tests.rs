@@ -413,6 +413,54 @@ fn compact_events_store_what_changed_and_read_back_whole() {
     assert!(decode_chain(id, &stored[1..3]).is_err());
 }
 
+/// The field-by-field `row_change` (what the writers run) answers what
+/// comparing the rows' whole JSON answers: along a chain of real changes,
+/// and for every field set, changed and cleared, the skipped-when-empty
+/// ones included (they change to null).
+#[test]
+fn compact_events_row_change_by_field_equals_by_json() {
+    use crate::event::{row_change, row_change_by_json};
+    use crate::workflow::WorkflowRef;
+    let events = long_chain(140);
+    for pair in events.windows(2) {
+        let (before, after) = (&pair[0].after, &pair[1].after);
+        let v = pair[1].version;
+        assert_eq!(
+            row_change(Some(before), after, v),
+            row_change_by_json(Some(before), after, v),
+            "version {v}"
+        );
+    }
+    assert_eq!(row_change(None, &events[5].after, 6), row_change_by_json(None, &events[5].after, 6));
+    let base = events[1].after.clone();
+    let edits: Vec<fn(&mut Task)> = vec![
+        |t| t.trail = vec![StageName::new("a")],
+        |t| t.workflow = Some(WorkflowRef { name: "wf".into(), version: 2 }),
+        |t| t.boost_at = Some(T0 + 5),
+        |t| t.deadline_passed = true,
+        |t| t.compensation = true,
+        |t| t.deadline = Some(T0 + 9),
+        |t| t.parent = Some(TaskId(uuid::Uuid::from_u128(9))),
+        |t| t.trace = Some("00-abc".into()),
+        |t| t.idempotency_key = Some("k".into()),
+        |t| {
+            t.labels.insert("team".into(), "blue".into());
+        },
+        |t| t.priority = 7,
+        |t| t.reroutes += 1,
+        |t| t.stage = StageName::new("b"),
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let mut changed = base.clone();
+        edit(&mut changed);
+        for (before, after) in [(&base, &changed), (&changed, &base)] {
+            let by_field = row_change(Some(before), after, 2);
+            assert_eq!(by_field, row_change_by_json(Some(before), after, 2), "edit {i}");
+            assert_eq!(by_field.len(), 1, "edit {i} changes one field: {by_field:?}");
+        }
+    }
+}
+
 #[test]
 fn compact_events_chain_onto_old_ones_and_edits_are_caught() {
     use crate::event::{decode_chain, verify_chain};
