@@ -140,6 +140,22 @@ impl ArchivedTask {
     }
 }
 
+/// A task's handoffs for its archive line, as JSON, from its stored event
+/// bodies in version order (stores keep no handoff record of their own:
+/// `event::handoffs_from_history`).
+pub fn handoff_lines(task: TaskId, events: &[String]) -> Result<Vec<String>, String> {
+    let mut reader = crate::event::ChainReader::new(task);
+    let decoded = (1u64..)
+        .zip(events)
+        .map(|(version, body)| reader.read(version, body))
+        .collect::<Result<Vec<Event>, _>>()
+        .map_err(|e| format!("event: {e}"))?;
+    crate::event::handoffs_from_history(&decoded)
+        .iter()
+        .map(|h| serde_json::to_string(h).map_err(|e| format!("handoff: {e}")))
+        .collect()
+}
+
 /// When a task finished; `None` while it is live.
 pub fn finished_at(task: &Task) -> Option<Millis> {
     match &task.state {

@@ -328,76 +328,33 @@ fn row_map(task: &Task) -> RowChange {
 pub fn row_change(before: Option<&Task>, after: &Task, version: u64) -> RowChange {
     let Some(before) = before.filter(|_| !is_checkpoint(version)) else { return row_map(after) };
     let mut change = RowChange::new();
-    // Naming every field makes a new one a compile error here until it is
-    // listed: plain fields always serialize; `skipped` ones are left out of
-    // the row when empty, so they change to null.
-    let Task {
-        id,
-        namespace,
-        idempotency_key,
-        submit_digest,
-        stage,
-        priority,
-        deadline,
-        parent,
-        labels,
-        trace,
-        submitter,
-        created_at,
-        updated_at: _,
-        revision: _,
-        epoch,
-        attempts,
-        reoffers,
-        reroutes,
-        workflow,
-        trail,
-        boost_at,
-        deadline_passed,
-        compensation,
-        state,
-    } = after;
-    macro_rules! plain {
-        ($($field:ident),*) => {$(
-            if &before.$field != $field {
-                change.insert(stringify!($field).to_owned(), field_json($field));
-            }
-        )*};
+    // Every field is named once: the pattern makes a new field a compile
+    // error here until it is listed. Plain fields always serialize;
+    // `skipped` ones are left out of the row when empty, so they change to
+    // null; `implied` ones come from the event (`IMPLIED`).
+    macro_rules! diff {
+        (plain: $($p:ident),*; skipped: $($s:ident if $empty:expr),*; implied: $($i:ident),*) => {
+            let Task { $($p,)* $($s,)* $($i: _,)* } = after;
+            $(
+                if &before.$p != $p {
+                    change.insert(stringify!($p).to_owned(), field_json($p));
+                }
+            )*
+            $(
+                if &before.$s != $s {
+                    let empty: fn(&_) -> bool = $empty;
+                    let value = if empty($s) { serde_json::Value::Null } else { field_json($s) };
+                    change.insert(stringify!($s).to_owned(), value);
+                }
+            )*
+        };
     }
-    macro_rules! skipped {
-        ($($field:ident: $empty:expr),*) => {$(
-            if &before.$field != $field {
-                let empty: fn(&_) -> bool = $empty;
-                let value = if empty($field) { serde_json::Value::Null } else { field_json($field) };
-                change.insert(stringify!($field).to_owned(), value);
-            }
-        )*};
-    }
-    plain!(
-        id,
-        namespace,
-        idempotency_key,
-        submit_digest,
-        stage,
-        priority,
-        deadline,
-        parent,
-        labels,
-        trace,
-        submitter,
-        created_at,
-        epoch,
-        attempts,
-        reoffers,
-        reroutes,
-        state
-    );
-    skipped!(
-        workflow: Option::is_none,
-        trail: Vec::is_empty,
-        boost_at: Option::is_none,
-        deadline_passed: |b: &bool| !*b,
-        compensation: |b: &bool| !*b
+    diff!(
+        plain: id, namespace, idempotency_key, submit_digest, stage, priority, deadline, parent, labels,
+            trace, submitter, created_at, epoch, attempts, reoffers, reroutes, state;
+        skipped: workflow if Option::is_none, trail if Vec::is_empty, boost_at if Option::is_none,
+            deadline_passed if |b: &bool| !*b, compensation if |b: &bool| !*b;
+        implied: updated_at, revision
     );
     change
 }

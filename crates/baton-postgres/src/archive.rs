@@ -17,7 +17,6 @@ use baton_core::archive::{
     ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
     Candidate, eligible, find_in_chunk,
 };
-use baton_core::event::{decode_chain, handoffs_from_history};
 use baton_core::store::{Notice, PushConfig};
 use baton_core::{Event, Hash, Task, TaskId};
 use deadpool_postgres::Pool;
@@ -109,14 +108,7 @@ pub(crate) async fn candidates(
         };
         let events =
             texts(t.query("SELECT body FROM events WHERE task = $1 ORDER BY version", &[&id]).await?)?;
-        // Stores keep no handoff record: the history tells them.
-        let rows: Vec<(u64, &str)> =
-            events.iter().enumerate().map(|(i, b)| (i as u64 + 1, b.as_str())).collect();
-        let decoded = decode_chain(task.id, &rows).map_err(|e| StoreError::Row(format!("event: {e}")))?;
-        let handoffs = handoffs_from_history(&decoded)
-            .iter()
-            .map(|h| serde_json::to_string(h).map_err(|e| StoreError::Row(format!("handoff: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let handoffs = baton_core::archive::handoff_lines(task.id, &events).map_err(StoreError::Row)?;
         let alerts = texts(t.query("SELECT body FROM alerts WHERE task = $1 ORDER BY id", &[&id]).await?)?;
         let record = ArchivedTask {
             format: ARCHIVE_FORMAT,

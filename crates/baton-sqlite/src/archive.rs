@@ -29,7 +29,6 @@ use baton_core::archive::{
     ARCHIVE_FORMAT, ARCHIVE_SCAN_FACTOR, ArchiveChunk, ArchiveCommit, ArchiveRequest, ArchivedTask,
     Candidate, eligible, encode_chunk, find_in_chunk, group, is_chunk_name,
 };
-use baton_core::event::{decode_chain, handoffs_from_history};
 use baton_core::store::{Notice, PushConfig};
 use baton_core::{Hash, Task, TaskId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -175,7 +174,7 @@ fn candidates(
             Ok(bodies(conn, sql, &id)?.into_iter().map(|(_, b)| b).collect())
         };
         let events = texts("SELECT version, body FROM events WHERE task = ?1 ORDER BY version")?;
-        let handoffs = archived_handoffs(task.id, &events)?;
+        let handoffs = baton_core::archive::handoff_lines(task.id, &events).map_err(StoreError::Row)?;
         let record = ArchivedTask {
             format: ARCHIVE_FORMAT,
             id: task.id,
@@ -192,17 +191,6 @@ fn candidates(
         out.push((record, task.revision));
     }
     Ok(out)
-}
-
-/// A task's handoffs as its history tells them (stores keep no handoff
-/// record of their own), as JSON for the archive line.
-fn archived_handoffs(task: TaskId, events: &[String]) -> Result<Vec<String>, StoreError> {
-    let rows: Vec<(u64, &str)> = events.iter().enumerate().map(|(i, b)| (i as u64 + 1, b.as_str())).collect();
-    let decoded = decode_chain(task, &rows).map_err(|e| StoreError::Row(format!("event: {e}")))?;
-    handoffs_from_history(&decoded)
-        .iter()
-        .map(|h| serde_json::to_string(h).map_err(|e| StoreError::Row(format!("handoff: {e}"))))
-        .collect()
 }
 
 /// `(integer, text)` rows of a query over one task id.
