@@ -435,7 +435,11 @@ async fn heartbeats_keep_a_slow_handler_alive() {
     assert_eq!(finished[0].outcome, Outcome::Completed { confirmed: Confirmed::Response });
     let beats = fake.seen("heartbeat");
     assert!((2..=12).contains(&beats.len()), "every 30 ms for 250 ms: {}", beats.len());
-    assert_eq!(stats.heartbeats, beats.len() as u64);
+    // A heartbeat still in flight when the handler returns is cancelled:
+    // the fake saw it, the worker never counted its answer.
+    let counted = stats.heartbeats;
+    let sent = beats.len() as u64;
+    assert!(counted == sent || counted + 1 == sent, "counted {counted} of {sent} sent");
     assert!(beats.iter().all(|b| b.body == json!({"epoch": 4, "agent": "w", "lease_ms": 90})), "{beats:?}");
     assert_eq!(fake.seen("complete").len(), 1);
 }
